@@ -1,0 +1,76 @@
+"""The `skyloom` command: one entry point, a sub-command per stage of the recipe.
+
+Each stage's module exposes `register(subparsers)`; heavy imports happen inside the handlers so that
+`skyloom --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from skyloom import __version__
+
+# Modules that add sub-commands (each defines `register(subparsers)`), in --help order.
+COMMAND_MODULES = [
+    "skyloom.model.commands",
+]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep hand-written line breaks in descriptions and show defaults."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skyloom",
+        formatter_class=HelpFormatter,
+        description=(
+            "skyloom builds bilingual (English-Chinese) foundation language models with the methods of the\n"
+            "Skywork reports: data pipeline, tokenizer, dense and MoE models, two-stage pretraining,\n"
+            "validation monitoring and the reports' evaluations.\n\n"
+            "Run `skyloom COMMAND --help` for each command."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"skyloom {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        # `skyloom` or `skyloom GROUP` alone: show the relevant help.
+        (getattr(args, "group_parser", None) or parser).print_help()
+        return 0 if args.command is None else 2
+    from skyloom.config import ConfigError
+
+    try:
+        return int(handler(args) or 0)
+    except ConfigError as err:
+        print(f"skyloom: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("skyloom: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_group(sub, name: str, help: str, description: str | None = None):
+    """A command that has sub-commands (`skyloom model info`, …); returns its subparsers."""
+    group = sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+    group.set_defaults(group_parser=group)
+    return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+
+
+def add_command(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A leaf command; set `handler` with `parser.set_defaults(handler=fn)`."""
+    return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

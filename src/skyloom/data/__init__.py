@@ -1,0 +1,1 @@
+"""Data: token shards, mixtures and packing; the SkyPile pipeline steps."""

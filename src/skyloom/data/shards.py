@@ -1,0 +1,219 @@
+"""Token shards: packed token ids on disk, memory-mapped for reading without copies.
+
+One directory per source (e.g. `tokens/wiki_en/`):
+
+    shard_<name>.bin         token ids, raw little-endian uint16 (vocab ≤ 65,536) or uint32, no header;
+                             documents back to back, each ending with EOS (the packer appends it)
+    shard_<name>.docs.bin    uint64 end offset of every document inside the shard
+    shard_<name>.json        the shard's metadata: tokens, documents, dtype, sha256 of the .bin —
+                             written last, atomically: a shard without it is unfinished and ignored
+    index.json               {"format": "skyloom-tokens", "source", "tokenizer", "vocab_size", "dtype",
+                              "eos_id", "tokens", "documents", "shards": [...]} — rebuilt from the shard
+                             metadata by `finalize_index`, so parallel writers never share a file
+
+Writing is append-friendly (a new shard is a new file) and atomic per shard (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+FORMAT = "skyloom-tokens"
+INDEX_FILE = "index.json"
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab ≤ 65,536), else uint32."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: Path, payload: dict) -> None:
+    _atomic_write_bytes(path, (json.dumps(payload, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_shard(
+    directory: str | Path,
+    name: str,
+    documents: Iterable[Sequence[int] | np.ndarray],
+    *,
+    vocab_size: int,
+    source: str,
+    tokenizer: str = "",
+    eos_id: int | None = None,
+) -> dict:
+    """Write one complete shard atomically; returns its metadata. Documents are written as given."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = dtype_for_vocab(vocab_size)
+    bin_path, docs_path, meta_path = out / f"shard_{name}.bin", out / f"shard_{name}.docs.bin", out / f"shard_{name}.json"
+    tmp = bin_path.with_name(bin_path.name + ".tmp")
+    ends: list[int] = []
+    total = 0
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as f:
+        for doc in documents:
+            arr = np.asarray(doc)
+            if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+                raise ValueError(f"{bin_path}: token id out of range [0, {vocab_size}) in document {len(ends)}")
+            data = arr.astype(dtype, copy=False).tobytes()
+            f.write(data)
+            digest.update(data)
+            total += arr.size
+            ends.append(total)
+        f.flush()
+        os.fsync(f.fileno())
+    _atomic_write_bytes(docs_path, np.asarray(ends, dtype="<u8").tobytes())
+    os.replace(tmp, bin_path)
+    meta = {
+        "format": FORMAT, "file": bin_path.name, "docs_file": docs_path.name, "source": source,
+        "tokenizer": tokenizer, "vocab_size": vocab_size, "dtype": dtype.name, "eos_id": eos_id,
+        "tokens": total, "documents": len(ends), "sha256": digest.hexdigest(),
+    }
+    _atomic_write_json(meta_path, meta)
+    return meta
+
+
+def finished_shards(directory: str | Path) -> list[dict]:
+    """Metadata of every complete shard in `directory` (sorted by file name)."""
+    out = []
+    for meta_path in sorted(Path(directory).glob("shard_*.json")):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") == FORMAT and (Path(directory) / meta["file"]).is_file():
+            out.append(meta)
+    return out
+
+
+def finalize_index(directory: str | Path) -> dict:
+    """(Re)build `index.json` from the complete shards; refuses mixed tokenizers or dtypes."""
+    directory = Path(directory)
+    shards = finished_shards(directory)
+    if not shards:
+        raise ValueError(f"{directory}: no complete token shards")
+    first = shards[0]
+    for meta in shards[1:]:
+        for key in ("source", "tokenizer", "vocab_size", "dtype", "eos_id"):
+            if meta[key] != first[key]:
+                raise ValueError(f"{directory}/{meta['file']}: {key}={meta[key]!r} differs from "
+                                 f"{first['file']} ({first[key]!r}); one directory holds one source")
+    index = {
+        "format": FORMAT, "version": 1,
+        **{k: first[k] for k in ("source", "tokenizer", "vocab_size", "dtype", "eos_id")},
+        "tokens": sum(m["tokens"] for m in shards),
+        "documents": sum(m["documents"] for m in shards),
+        "shards": [{k: m[k] for k in ("file", "docs_file", "tokens", "documents", "sha256")} for m in shards],
+    }
+    _atomic_write_json(directory / INDEX_FILE, index)
+    return index
+
+
+@dataclass
+class _Shard:
+    tokens: np.memmap
+    ends: np.ndarray
+    start: int  # global offset of the shard's first token
+
+
+class TokenSource:
+    """Read-only view of one source's shards: `len()`, `read(start, n)`, `document(i)`; memory-mapped."""
+
+    def __init__(self, directory: str | Path, verify: bool = False):
+        self.directory = Path(directory)
+        index_path = self.directory / INDEX_FILE
+        try:
+            self.index = json.loads(index_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{index_path}: no token index (pack the source first)") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{index_path}: corrupt index: {err}") from None
+        if self.index.get("format") != FORMAT:
+            raise ValueError(f"{index_path}: not a skyloom token index")
+        self.dtype = np.dtype(self.index["dtype"]).newbyteorder("<")
+        self._shards: list[_Shard] = []
+        offset = 0
+        for entry in self.index["shards"]:
+            path = self.directory / entry["file"]
+            if verify and sha256_file(path) != entry["sha256"]:
+                raise ValueError(f"{path}: checksum mismatch (file changed or truncated)")
+            expected_bytes = entry["tokens"] * self.dtype.itemsize
+            if path.stat().st_size != expected_bytes:
+                raise ValueError(f"{path}: {path.stat().st_size} bytes, index says {expected_bytes}")
+            tokens = np.memmap(path, dtype=self.dtype, mode="r") if entry["tokens"] else np.zeros(0, self.dtype)
+            ends = np.fromfile(self.directory / entry["docs_file"], dtype="<u8")
+            self._shards.append(_Shard(tokens, ends, offset))
+            offset += entry["tokens"]
+        self._starts = np.array([s.start for s in self._shards], dtype=np.int64)
+        self.n_tokens = offset
+        self._doc_counts = np.cumsum([len(s.ends) for s in self._shards])
+
+    @property
+    def source(self) -> str:
+        return self.index["source"]
+
+    @property
+    def n_documents(self) -> int:
+        return int(self._doc_counts[-1]) if len(self._doc_counts) else 0
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.index.get("eos_id")
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start+length) across shards; a view (no copy) when inside one shard."""
+        if start < 0 or length < 0 or start + length > self.n_tokens:
+            raise IndexError(f"{self.directory}: read [{start}, {start + length}) outside {self.n_tokens} tokens")
+        i = int(np.searchsorted(self._starts, start, side="right") - 1)
+        shard = self._shards[i]
+        local = start - shard.start
+        if local + length <= len(shard.tokens):
+            return shard.tokens[local: local + length]
+        parts, remaining = [], length
+        while remaining > 0:
+            shard = self._shards[i]
+            take = min(remaining, len(shard.tokens) - local)
+            parts.append(shard.tokens[local: local + take])
+            remaining -= take
+            i, local = i + 1, 0
+        return np.concatenate(parts)
+
+    def document(self, i: int) -> np.ndarray:
+        """Tokens of document i (EOS included)."""
+        if not 0 <= i < self.n_documents:
+            raise IndexError(f"document {i} outside {self.n_documents}")
+        s = int(np.searchsorted(self._doc_counts, i, side="right"))
+        local = i - (int(self._doc_counts[s - 1]) if s else 0)
+        shard = self._shards[s]
+        begin = int(shard.ends[local - 1]) if local else 0
+        return shard.tokens[begin: int(shard.ends[local])]
+
+    def documents(self) -> Iterator[np.ndarray]:
+        for i in range(self.n_documents):
+            yield self.document(i)

@@ -1,0 +1,232 @@
+"""`skyloom model info|init`, `skyloom export hf`, `skyloom import hf`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from skyloom.cli import add_command, add_group
+from skyloom.config import ConfigError, apply_overrides, build, read_yaml
+from skyloom.model.config import ModelConfig
+from skyloom.model.presets import PRESETS
+
+
+def resolve_model_config(spec: str, overrides: list[str] = ()) -> ModelConfig:
+    """A preset name, a YAML config (with a `model:` section or flat), or a checkpoint directory."""
+    path = Path(spec)
+    if spec in PRESETS:
+        data: dict[str, Any] = {"preset": spec}
+    elif path.is_dir():
+        from skyloom.config import to_dict
+        from skyloom.model.checkpoint import is_skyloom_checkpoint, read_model_config
+
+        if is_skyloom_checkpoint(path):
+            data = to_dict(read_model_config(path))
+        elif (path / "config.json").is_file():
+            from skyloom.model.hf import config_from_hf
+
+            data = to_dict(config_from_hf(json.loads((path / "config.json").read_text()), str(path)))
+        else:
+            raise ConfigError("", f"{path}: not a skyloom checkpoint or Hugging Face model directory")
+    elif path.suffix in (".yaml", ".yml") or path.is_file():
+        raw = read_yaml(path)
+        data = raw.get("model", raw) if isinstance(raw.get("model"), dict) else raw
+    else:
+        import difflib
+
+        close = difflib.get_close_matches(spec, list(PRESETS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError("", f"{spec!r} is neither a preset{hint}, a config file nor a checkpoint; "
+                              f"presets: {', '.join(PRESETS)}")
+    # Overrides may be written relative to the model section or with the `model.` prefix.
+    relative = [o[len("model."):] if o.startswith("model.") else o for o in overrides]
+    return build(ModelConfig, apply_overrides(data, relative), prefix="model")
+
+
+def model_report(cfg: ModelConfig, seq_len: int | None, tokens_per_sec: float | None,
+                 peak_tflops: float | None, gpus: int) -> dict[str, Any]:
+    from skyloom.model.accounting import count_params, flops_per_token, mfu, training_memory_bytes
+
+    counts = count_params(cfg)
+    seq = seq_len or cfg.max_seq_len
+    fpt = flops_per_token(cfg, seq)
+    report: dict[str, Any] = {
+        "preset": cfg.preset,
+        "arch": cfg.arch,
+        "vocab_size": cfg.vocab_size,
+        "hidden_dim": cfg.dim,
+        "ffn_dim": cfg.hidden_ffn_dim,
+        "head_dim": cfg.head_dim,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.kv_heads,
+        "n_layers": cfg.n_layers,
+        "max_seq_len": cfg.max_seq_len,
+        "tie_embeddings": cfg.tie_embeddings,
+        "params_total": counts.total,
+        "params_embedding": counts.embedding,
+        "params_non_embedding": counts.non_embedding,
+        "seq_len": seq,
+        "flops_per_token": fpt,
+        "memory_bytes": training_memory_bytes(counts.total),
+    }
+    if tokens_per_sec is not None:
+        if peak_tflops is None:
+            raise ConfigError("--peak-tflops", "is needed with --tokens-per-sec to compute MFU")
+        report.update(tokens_per_sec=tokens_per_sec, peak_tflops=peak_tflops, gpus=gpus,
+                      mfu=mfu(tokens_per_sec, fpt, peak_tflops * 1e12, gpus))
+    return report
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    rows = [
+        ("Preset", r["preset"] or "(custom)"), ("Architecture", r["arch"]),
+        ("Vocab. size", f"{r['vocab_size']:,}"), ("Hidden dim.", f"{r['hidden_dim']:,}"),
+        ("FFN dim.", f"{r['ffn_dim']:,}"), ("Head dim.", r["head_dim"]), ("Num. heads", r["n_heads"]),
+        ("Num. KV heads", r["n_kv_heads"]), ("Num. layers", r["n_layers"]),
+        ("Seq. len.", f"{r['max_seq_len']:,}"), ("Tied embeddings", r["tie_embeddings"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = ["| " + "Architecture".ljust(width) + " | value |", "|" + "-" * (width + 2) + "|-------|"]
+    lines += [f"| {k.ljust(width)} | {v} |" for k, v in rows]
+    lines += [
+        "",
+        f"Parameters (total):         {r['params_total']:,}",
+        f"Parameters (embedding):     {r['params_embedding']:,}",
+        f"Parameters (non-embedding): {r['params_non_embedding']:,}",
+        f"Training FLOPs per token:   {r['flops_per_token']:.4g}  (6·N + 12·L·H·S, S={r['seq_len']:,})",
+        "",
+        "Memory for weights / gradients / AdamW state (no activations):",
+    ]
+    for setup, parts in r["memory_bytes"].items():
+        total = sum(parts.values())
+        lines.append(f"  {setup:<11} weights {_gib(parts['weights'])}, gradients {_gib(parts['gradients'])}, "
+                     f"optimizer {_gib(parts['optimizer'])}  = {_gib(total)}")
+    if "mfu" in r:
+        lines += ["", f"MFU at {r['tokens_per_sec']:,.0f} tokens/s on {r['gpus']} GPU(s) of "
+                      f"{r['peak_tflops']:g} TFLOP/s peak: {100 * r['mfu']:.1f}%"]
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    cfg = resolve_model_config(args.model, args.overrides)
+    report = model_report(cfg, args.seq_len, args.tokens_per_sec, args.peak_tflops, args.gpus)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import torch
+
+    from skyloom.model.accounting import count_params
+    from skyloom.model.checkpoint import save_model
+    from skyloom.model.transformer import Transformer
+
+    cfg = resolve_model_config(args.model, args.overrides)
+    n = count_params(cfg).total
+    if n > 2e9 and not args.force:
+        raise ConfigError("", f"{n:,} parameters would need {_gib(4 * n)} of memory; pass --force to do it anyway")
+    torch.manual_seed(args.seed)
+    model = Transformer(cfg)
+    out = save_model(model, args.out_dir, metadata={"seed": args.seed})
+    print(f"wrote {out} ({n:,} parameters, seed {args.seed})")
+    return 0
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from skyloom.model.checkpoint import load_model
+    from skyloom.model.hf import export_hf
+
+    model = load_model(args.checkpoint)
+    out = export_hf(model, args.out_dir, source_dir=args.checkpoint)
+    print(f"wrote Hugging Face LlamaForCausalLM directory {out}")
+    if args.verify:
+        diff = verify_hf_export(model, out)
+        print(f"verified with transformers: max |logit difference| = {diff:.2e}")
+    return 0
+
+
+def verify_hf_export(model, hf_dir: Path, seq_len: int = 16) -> float:
+    """Run the exported directory in transformers and compare logits with skyloom's on random tokens."""
+    import torch
+
+    from skyloom.model.hf import require_transformers
+
+    transformers = require_transformers("--verify")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), torch_dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, min(seq_len, model.config.max_seq_len)), generator=generator)
+    with torch.no_grad():
+        ours = model(ids)
+        theirs = hf_model(ids).logits
+    return float((ours - theirs).abs().max())
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from skyloom.model.checkpoint import save_model
+    from skyloom.model.hf import TOKENIZER_FILES, load_hf_llama
+
+    model = load_hf_llama(args.hf_dir)
+    out = save_model(model, args.out_dir, metadata={"imported_from": str(args.hf_dir)})
+    for name in TOKENIZER_FILES:
+        src = Path(args.hf_dir) / name
+        if src.is_file():
+            (out / name).write_bytes(src.read_bytes())
+    print(f"wrote skyloom checkpoint {out}")
+    return 0
+
+
+def _add_model_spec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="PRESET_OR_CONFIG",
+                   help=f"a preset ({', '.join(PRESETS)}), a YAML config, or a checkpoint directory")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="model field overrides, e.g. n_layers=4 (or model.n_layers=4)")
+
+
+def register(sub) -> None:
+    model = add_group(sub, "model", "inspect and create models")
+    info = add_command(
+        model, "info", "architecture table, parameter counts, FLOPs per token, memory and MFU",
+        description=(
+            "Print the architecture (like the report's Table 3), exact parameter counts, training FLOPs per\n"
+            "token (6·N + 12·L·H·S), the memory needed for weights, gradients and AdamW state, and — given a\n"
+            "throughput — the MFU it means. Nothing is allocated: 13B presets are counted from the config.\n\n"
+            "example: skyloom model info skywork-13b --tokens-per-sec 1873 --peak-tflops 312"
+        ),
+    )
+    _add_model_spec(info)
+    info.add_argument("--seq-len", type=int, help="sequence length for the attention FLOPs (default: the model's)")
+    info.add_argument("--tokens-per-sec", type=float, help="measured training throughput, all GPUs together")
+    info.add_argument("--peak-tflops", type=float, help="hardware peak per GPU in TFLOP/s (A100/A800 bf16: 312)")
+    info.add_argument("--gpus", type=int, default=1, help="number of GPUs the throughput was measured on")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    info.set_defaults(handler=cmd_info)
+
+    init = add_command(model, "init", "write a freshly initialised checkpoint (safetensors + model.json)")
+    init.add_argument("model", metavar="PRESET_OR_CONFIG",
+                      help=f"a preset ({', '.join(PRESETS)}), a YAML config, or a checkpoint directory")
+    init.add_argument("out_dir", metavar="OUT_DIR", help="directory to write")
+    init.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model field overrides, e.g. n_layers=2")
+    init.add_argument("--seed", type=int, default=0, help="random seed for the initialisation")
+    init.add_argument("--force", action="store_true", help="allow models above 2B parameters")
+    init.set_defaults(handler=cmd_init)
+
+    export = add_group(sub, "export", "export checkpoints to other formats")
+    hf = add_command(export, "hf", "export a dense checkpoint as a Hugging Face LlamaForCausalLM directory")
+    hf.add_argument("checkpoint", metavar="CHECKPOINT", help="skyloom checkpoint directory")
+    hf.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (config.json + model.safetensors)")
+    hf.add_argument("--verify", action="store_true",
+                    help="load the result in transformers and compare logits (needs skyloom[hf])")
+    hf.set_defaults(handler=cmd_export_hf)
+
+    imp = add_group(sub, "import", "import checkpoints from other formats")
+    ihf = add_command(imp, "hf", "import a Hugging Face Llama directory (safetensors) as a skyloom checkpoint")
+    ihf.add_argument("hf_dir", metavar="HF_DIR", help="directory with config.json and *.safetensors")
+    ihf.add_argument("out_dir", metavar="OUT_DIR", help="skyloom checkpoint directory to write")
+    ihf.set_defaults(handler=cmd_import_hf)
+

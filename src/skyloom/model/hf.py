@@ -1,0 +1,207 @@
+"""Hugging Face interop for the dense model: export to / import from a `LlamaForCausalLM` directory.
+
+Export and import need only `safetensors` and JSON; `transformers` (the `hf` extra) is needed only to
+*run* the exported model (e.g. `skyloom export hf --verify`). Our RoPE uses the same rotate-half
+layout as `LlamaForCausalLM`, so the weight mapping is a renaming, no q/k permutation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from skyloom.config import build
+from skyloom.model.config import ModelConfig
+from skyloom.model.transformer import Transformer
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+_LAYER_MAP = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn.wq.weight": "self_attn.q_proj.weight",
+    "attn.wk.weight": "self_attn.k_proj.weight",
+    "attn.wv.weight": "self_attn.v_proj.weight",
+    "attn.wo.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn.w1.weight": "mlp.gate_proj.weight",
+    "ffn.w3.weight": "mlp.up_proj.weight",
+    "ffn.w2.weight": "mlp.down_proj.weight",
+}
+_TOP_MAP = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+
+
+def require_transformers(purpose: str) -> Any:
+    """Import transformers or fail with the extra to install."""
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(
+            f"{purpose} needs Hugging Face transformers: pip install 'skyloom[hf]'"
+        ) from None
+    return transformers
+
+
+def to_hf_name(name: str) -> str:
+    if name in _TOP_MAP:
+        return _TOP_MAP[name]
+    _, index, rest = name.split(".", 2)  # layers.{i}.{rest}
+    return f"model.layers.{index}.{_LAYER_MAP[rest]}"
+
+
+def from_hf_name(name: str) -> str:
+    for ours, theirs in _TOP_MAP.items():
+        if name == theirs:
+            return ours
+    reverse = {v: k for k, v in _LAYER_MAP.items()}
+    if name.startswith("model.layers."):
+        _, _, index, rest = name.split(".", 3)
+        if rest in reverse:
+            return f"layers.{index}.{reverse[rest]}"
+    raise KeyError(name)
+
+
+def hf_config(cfg: ModelConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """config.json for LlamaForCausalLM with the same shape as `cfg`."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.hidden_ffn_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "initializer_range": cfg.init_std,
+        "torch_dtype": "float32",
+        **(extra or {}),
+    }
+
+
+def export_hf(model: Transformer, out_dir: str | Path, source_dir: str | Path | None = None) -> Path:
+    """Write `model` as a Hugging Face LlamaForCausalLM directory; copies tokenizer files from `source_dir`."""
+    cfg = model.config
+    if cfg.arch != "llama" or cfg.bias:
+        raise ValueError(
+            f"only the LLaMA architecture without biases exports to LlamaForCausalLM (got arch={cfg.arch!r}, "
+            f"bias={cfg.bias})"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if cfg.tie_embeddings and name == "output.weight":
+            continue
+        state[to_hf_name(name)] = tensor.detach().contiguous().cpu()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    extra: dict[str, Any] = {}
+    if source_dir is not None:
+        for name in TOKENIZER_FILES:
+            src = Path(source_dir) / name
+            if src.is_file():
+                shutil.copyfile(src, out / name)
+        extra.update(_special_token_ids(Path(source_dir)))
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, extra), indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _special_token_ids(source: Path) -> dict[str, int]:
+    """bos/eos/pad ids from a tokenizer_config.json + tokenizer.json next to the checkpoint, if present."""
+    tok_cfg, tok_json = source / "tokenizer_config.json", source / "tokenizer.json"
+    if not (tok_cfg.is_file() and tok_json.is_file()):
+        return {}
+    names = json.loads(tok_cfg.read_text(encoding="utf-8"))
+    vocab = {t["content"]: t["id"] for t in json.loads(tok_json.read_text(encoding="utf-8")).get("added_tokens", [])}
+    ids = {}
+    for key in ("bos_token", "eos_token", "pad_token"):
+        token = names.get(key)
+        token = token.get("content") if isinstance(token, dict) else token
+        if token in vocab:
+            ids[f"{key}_id"] = vocab[token]
+    return ids
+
+
+def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
+    """ModelConfig from a Llama config.json; refuses features skyloom's dense model does not have."""
+    if hf.get("model_type") != "llama":
+        raise ValueError(f"{source}: model_type {hf.get('model_type')!r} is not supported (only 'llama')")
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            raise ValueError(f"{source}: {key}=true is not supported")
+    if hf.get("rope_scaling"):
+        raise ValueError(f"{source}: rope_scaling {hf['rope_scaling']!r} is not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
+    dim, heads = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, dim // heads):
+        raise ValueError(f"{source}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
+    return build(
+        ModelConfig,
+        dict(
+            arch="llama",
+            vocab_size=hf["vocab_size"],
+            dim=dim,
+            ffn_dim=hf["intermediate_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=heads,
+            n_kv_heads=hf.get("num_key_value_heads") or heads,
+            max_seq_len=hf.get("max_position_embeddings", 4096),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            init_std=float(hf.get("initializer_range", 0.02)),
+        ),
+        prefix="model",
+    )
+
+
+def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        hint = f" (found {pickles[0]}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
+        raise ValueError(f"{path}: no safetensors weights{hint}")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(str(path / name)))
+    return state
+
+
+def load_hf_llama(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
+    """Build a skyloom Transformer from a Hugging Face Llama directory (safetensors only)."""
+    p = Path(path)
+    hf = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    cfg = config_from_hf(hf, str(p / "config.json"))
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device=device)
+    from skyloom.model.checkpoint import load_state_into
+
+    state = {}
+    for name, tensor in _read_hf_weights(p).items():
+        if name.endswith("rotary_emb.inv_freq"):
+            continue
+        try:
+            state[from_hf_name(name)] = tensor.to(device=device, dtype=torch.float32)
+        except KeyError:
+            raise ValueError(f"{p}: unexpected weight {name!r}") from None
+    load_state_into(model, state, str(p))
+    if cfg.tie_embeddings:
+        model.output.weight = model.tok_emb.weight
+    return model

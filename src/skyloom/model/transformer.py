@@ -1,0 +1,212 @@
+"""The decoder of the Skywork-13B report §3.4, read top to bottom.
+
+    tokens → embedding → N × [x + Attn(Norm(x)), x + FFN(Norm(x))] → Norm → output projection → logits
+
+`arch="llama"` (Skywork, LLaMA): RMSNorm pre-normalisation, rotary positions (RoPE) on queries/keys,
+SwiGLU FFN at ~8/3 width, no biases, optional grouped-query attention.
+`arch="gpt"` (the Table-9 baseline): LayerNorm, learned absolute positions, GELU MLP at 4×, dropout.
+
+RoPE uses the "rotate-half" layout (the first and second halves of each head form the complex pairs),
+the same as Hugging Face's LlamaForCausalLM, so weights convert without permuting q/k.
+
+Initialisation (`init_weights`): every linear and embedding weight ~ N(0, init_std=0.02); the two
+projections that write into the residual stream (attention `wo`, FFN `w2`) use
+init_std / sqrt(2·n_layers) (GPT-2 / Megatron), so the residual variance does not grow with depth;
+norm weights 1, biases 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skyloom.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x²) + eps) · g  (Zhang & Sennrich 2019), computed in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).to(x.dtype)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for rotate-half RoPE: angle(p, i) = p · theta^(-2i/d), i < d/2, duplicated."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # [..., T, d/2]
+    angles = torch.cat([angles, angles], dim=-1)  # [..., T, d]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x[i], x[i + d/2]) pair by its angle; x is [B, H, T, d], cos/sin [B or 1, 1, T, d]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Causal self-attention through scaled_dot_product_attention (FlashAttention kernels on GPU)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.use_rope = cfg.arch == "llama"
+        self.rope_theta = cfg.rope_theta
+        self.dropout = cfg.dropout
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.bias)
+        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.wo(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class SwiGLU(nn.Module):
+    """FFN(x) = W2 · (SiLU(W1 x) ⊙ W3 x)  (Shazeer 2020); W1 = gate, W3 = up, W2 = down."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=bias)
+        self.w3 = nn.Linear(dim, hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class GeluMLP(nn.Module):
+    """The GPT baseline's FFN: W2 · GELU(W1 x) at 4× width."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.gelu(self.w1(x)))
+
+
+def build_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "gpt":
+        return nn.LayerNorm(cfg.dim, eps=cfg.norm_eps, bias=cfg.bias)
+    return RMSNorm(cfg.dim, eps=cfg.norm_eps)
+
+
+def build_ffn(cfg: ModelConfig, layer_index: int) -> nn.Module:
+    """The feed-forward sub-layer of block `layer_index`."""
+    if cfg.arch == "gpt":
+        return GeluMLP(cfg.dim, cfg.hidden_ffn_dim, bias=cfg.bias)
+    return SwiGLU(cfg.dim, cfg.hidden_ffn_dim, bias=cfg.bias)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + Attn(Norm(x)), then x + FFN(Norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer_index: int):
+        super().__init__()
+        self.attn_norm = build_norm(cfg)
+        self.attn = Attention(cfg)
+        self.ffn_norm = build_norm(cfg)
+        self.ffn = build_ffn(cfg, layer_index)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, attn_mask):
+        x = x + self.resid_dropout(self.attn(self.attn_norm(x), rope, attn_mask))
+        return x + self.resid_dropout(self.ffn(self.ffn_norm(x)))
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model; `model(input_ids)` returns logits [batch, seq, vocab]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.dim) if cfg.arch == "gpt" else None
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = build_norm(cfg)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_emb.weight
+        if self.tok_emb.weight.device.type != "meta":
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Documented init (module docstring); call after `to_empty()` when built on `meta`."""
+        std = self.config.init_std
+        resid_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                is_resid_out = name.endswith(("attn.wo", "ffn.w2"))
+                nn.init.normal_(module.weight, mean=0.0, std=resid_std if is_resid_out else std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (RMSNorm, nn.LayerNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits for every position.
+
+        position_ids: [B, T] (default 0..T-1), e.g. restarting at each packed sample.
+        attn_mask: optional boolean [B, 1, T, T] (True = may attend) replacing the plain causal mask,
+        e.g. block-diagonal causal masks for packed samples or padding; the caller keeps it causal.
+        """
+        b, t = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(t, device=input_ids.device).unsqueeze(0)
+        x = self.tok_emb(input_ids)
+        rope = None
+        if self.pos_emb is not None:
+            if t > self.config.max_seq_len or int(position_ids.max()) >= self.config.max_seq_len:
+                raise ValueError(
+                    f"sequence of {t} tokens exceeds the GPT model's max_seq_len={self.config.max_seq_len}"
+                )
+            x = x + self.pos_emb(position_ids)
+        else:
+            cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+            rope = (cos.unsqueeze(1), sin.unsqueeze(1))  # [B or 1, 1, T, d]
+        x = self.emb_dropout(x)
+        for layer in self.layers:
+            x = layer(x, rope, attn_mask)
+        return self.output(self.norm(x))
