@@ -61,10 +61,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_group(sub, name: str, help: str, description: str | None = None):
-    """A command that has sub-commands (`skyloom model info`, …); returns its subparsers."""
+    """A command that has sub-commands (`skyloom model info`, …); returns its subparsers.
+
+    Several modules may add to one group (e.g. `data pack` and `data run`): the first call creates it.
+    """
+    if name in sub.choices:
+        return sub.choices[name].group_subparsers
     group = sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
     group.set_defaults(group_parser=group)
-    return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    group.group_subparsers = group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    return group.group_subparsers
 
 
 def add_command(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
