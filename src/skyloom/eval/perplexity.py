@@ -1,0 +1,290 @@
+"""Language-model loss and perplexity per domain — the report's Table 6 (§4.3) and its §2.2 monitoring.
+
+Which tokens are predicted, and with what context, is a *window convention*; three are supported:
+
+`report` (default) — the report authors' script (SkyworkAI/Skywork `eval/eval_loss.py`, run by
+    `bash_scripts/skywork_eval_loss.sh` with `--max-tokens 4096`): each document's text is cut to its
+    first `max_tokens // 3` characters, tokenised without special tokens (no BOS), cut to `max_tokens`
+    tokens, and scored in one window: tokens 2 … n are predicted from everything before them; the first
+    token is context only. A document contributes n − 1 predicted tokens. (The authors' batched script
+    additionally scores one padding token after every document shorter than the longest of its batch while
+    not counting it in the token total — a batch-dependent artefact not reproduced here.)
+`rolling` — the whole document, as lm-evaluation-harness `loglikelihood_rolling`: a prefix token (BOS,
+    else EOS: `prefix`) is placed before the text so that every text token is predicted; windows of
+    `max_tokens` inputs each predict the next `stride` not-yet-predicted tokens, with the preceding tokens
+    (up to the window size) as context. `stride = max_tokens` (default) gives disjoint windows and is
+    exactly lm-eval's convention; a smaller stride gives every prediction more context.
+`packed` — the documents concatenated (EOS after each text document; token-shard documents already end
+    with EOS) into one stream, cut into windows of `max_tokens + 1` tokens starting every `max_tokens`
+    tokens; each window's inputs are its first `max_tokens` tokens and its targets the last `max_tokens`,
+    so every stream token but the first is predicted exactly once — how a training-time validation monitor
+    reads packed validation shards.
+
+Loss of a domain = Σ NLL (nats) / number of predicted tokens (token-weighted mean); ppl = exp(loss).
+Bits per byte = Σ NLL / (ln 2 · UTF-8 bytes of the text the windows cover), comparable across tokenizers.
+The Table-6 "Average" column = exp(mean of the per-domain losses), the geometric mean of the perplexities.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+from skyloom.eval.lm import LanguageModel
+from skyloom.eval.textdata import Documents
+
+CONVENTIONS = ("report", "rolling", "packed")
+PREFIXES = ("auto", "bos", "eos", "none")
+
+# The six Chinese domain sets of Table 6 (the authors' release), in the table's column order.
+TABLE6_DOMAINS = [
+    ("Tech", "skywork/zh_tech.jsonl"),
+    ("Movie", "skywork/zh_movie.jsonl"),
+    ("Gov.", "skywork/zh_government.jsonl"),
+    ("Game", "skywork/zh_game.jsonl"),
+    ("Finance", "skywork/zh_finance.jsonl"),
+    ("General", "skywork/zh_general.jsonl"),
+]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Tokens `ids` (the model reads ids[:-1] and predicts ids[1:]); the last `n_predict` predictions count."""
+
+    ids: tuple[int, ...]
+    n_predict: int
+
+
+@dataclass(frozen=True)
+class WindowConvention:
+    kind: Literal["report", "rolling", "packed"] = "report"
+    max_tokens: int = 4096
+    stride: int | None = None  # rolling: tokens newly predicted per window (default max_tokens)
+    prefix: Literal["auto", "bos", "eos", "none"] = "auto"  # rolling: token placed before the text
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONVENTIONS:
+            raise ValueError(f"unknown window convention {self.kind!r}; choose {', '.join(CONVENTIONS)}")
+        if self.max_tokens < 2:
+            raise ValueError(f"max_tokens must be ≥ 2, got {self.max_tokens}")
+        if self.stride is not None and not 1 <= self.stride <= self.max_tokens:
+            raise ValueError(f"stride must be in [1, max_tokens={self.max_tokens}], got {self.stride}")
+        if self.prefix not in PREFIXES:
+            raise ValueError(f"unknown prefix {self.prefix!r}; choose {', '.join(PREFIXES)}")
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.kind == "rolling":
+            d["stride"] = self.stride or self.max_tokens
+        else:
+            d.pop("stride")
+            d.pop("prefix")
+        return d
+
+
+def report_text(text: str, max_tokens: int) -> str:
+    """The authors' character cut: the first max_tokens // 3 characters."""
+    return text[: max_tokens // 3]
+
+
+def report_windows(ids: Sequence[int], max_tokens: int) -> list[Window]:
+    """One window over the first `max_tokens` tokens; all but the first token predicted."""
+    ids = tuple(ids[:max_tokens])
+    return [Window(ids, len(ids) - 1)] if len(ids) >= 2 else []
+
+
+def rolling_windows(ids: Sequence[int], max_tokens: int, stride: int | None = None,
+                    prefix_id: int | None = None) -> list[Window]:
+    """Windows that predict every token of `ids` once (all but the first when there is no prefix token).
+
+    s = [prefix] + ids. The first window predicts s[1 : max_tokens + 1] from s[: max_tokens]; each later
+    window predicts the next `stride` tokens from up to `max_tokens` tokens before each of them.
+    """
+    stride = stride or max_tokens
+    s = ([prefix_id] if prefix_id is not None else []) + list(ids)
+    windows: list[Window] = []
+    if len(s) < 2:
+        return windows
+    end = min(len(s), max_tokens + 1)  # s[1:end] are predicted by the first window
+    windows.append(Window(tuple(s[:end]), end - 1))
+    while end < len(s):
+        new_end = min(len(s), end + stride)
+        begin = max(0, new_end - 1 - max_tokens)  # the model input s[begin:new_end-1] is ≤ max_tokens
+        windows.append(Window(tuple(s[begin:new_end]), new_end - end))
+        end = new_end
+    return windows
+
+
+def packed_windows(stream: Sequence[int], max_tokens: int) -> list[Window]:
+    """Windows of max_tokens + 1 tokens every max_tokens tokens: inputs w[:-1] predict w[1:]."""
+    windows = []
+    for start in range(0, max(len(stream) - 1, 0), max_tokens):
+        chunk = tuple(stream[start: start + max_tokens + 1])
+        windows.append(Window(chunk, len(chunk) - 1))
+    return windows
+
+
+def window_losses(lm: LanguageModel, windows: Sequence[Window], desc: str = "scoring") -> np.ndarray:
+    """Σ NLL (nats) of each window's counted predictions."""
+    logprobs = lm.score([w.ids for w in windows], desc=desc)
+    return np.array([-float(lp[len(lp) - w.n_predict:].sum()) if w.n_predict else 0.0
+                     for lp, w in zip(logprobs, windows)], dtype=np.float64)
+
+
+@dataclass
+class DocumentScores:
+    """Per-document totals: NLL in nats, predicted tokens, UTF-8 bytes of the covered text."""
+
+    nll: np.ndarray
+    tokens: np.ndarray
+    bytes: np.ndarray
+
+    @property
+    def loss(self) -> float:
+        total = int(self.tokens.sum())
+        return float(self.nll.sum() / total) if total else float("nan")
+
+
+def resolve_prefix(lm: LanguageModel, prefix: str) -> int | None:
+    if prefix == "none":
+        return None
+    if prefix == "bos" or (prefix == "auto" and lm.bos_id is not None):
+        if lm.bos_id is None:
+            raise ValueError(f"{lm.name}: the tokenizer has no BOS token (use --prefix eos or none)")
+        return lm.bos_id
+    if lm.eos_id is None:
+        raise ValueError(f"{lm.name}: the tokenizer has neither BOS nor EOS for the rolling prefix (use --prefix none)")
+    return lm.eos_id
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def score_documents(lm: LanguageModel, docs: Documents, convention: WindowConvention,
+                    desc: str = "scoring") -> DocumentScores:
+    """Score every document of one evaluation set under `convention`."""
+    if convention.max_tokens > lm.max_length:
+        raise ValueError(f"max_tokens={convention.max_tokens} exceeds {lm.name}'s maximum length {lm.max_length}; "
+                         f"pass --max-tokens {lm.max_length} or less")
+    kind, L = convention.kind, convention.max_tokens
+    if docs.texts is not None:
+        texts = [report_text(t, L) for t in docs.texts] if kind == "report" else list(docs.texts)
+        ids = lm.encode_batch(texts)
+    else:
+        ids = [list(d) for d in docs.token_ids or []]
+        texts = None
+
+    def covered_bytes(i: int, kept: Sequence[int], full: bool) -> int:
+        if texts is not None and full:
+            return _utf8_len(texts[i])
+        return _utf8_len(lm.decode(kept))
+
+    n = len(ids)
+    if kind == "packed":
+        eos = lm.eos_id
+        stream: list[int] = []
+        owner: list[int] = []
+        for i, doc in enumerate(ids):
+            doc = list(doc) + ([eos] if texts is not None and eos is not None else [])
+            stream += doc
+            owner += [i] * len(doc)
+        windows = packed_windows(stream, L)
+        logprobs = lm.score([w.ids for w in windows], desc=desc)
+        nll = np.zeros(n)
+        tokens = np.zeros(n, dtype=np.int64)
+        position = 1
+        for lp in logprobs:  # each prediction belongs to the document of its target token
+            targets = np.asarray(owner[position: position + len(lp)])
+            np.add.at(nll, targets, -lp)
+            np.add.at(tokens, targets, 1)
+            position += len(lp)
+        sizes = np.array([covered_bytes(i, ids[i], True) for i in range(n)], dtype=np.int64)
+        return DocumentScores(nll, tokens, sizes)
+
+    per_doc: list[list[Window]] = []
+    sizes = np.zeros(n, dtype=np.int64)
+    for i, doc in enumerate(ids):
+        if kind == "report":
+            per_doc.append(report_windows(doc, L))
+            sizes[i] = covered_bytes(i, doc[:L], len(doc) <= L)
+        else:
+            per_doc.append(rolling_windows(doc, L, convention.stride, resolve_prefix(lm, convention.prefix)))
+            sizes[i] = covered_bytes(i, doc, True)
+    flat = [w for ws in per_doc for w in ws]
+    losses = window_losses(lm, flat, desc=desc)
+    nll = np.zeros(n)
+    tokens = np.zeros(n, dtype=np.int64)
+    k = 0
+    for i, ws in enumerate(per_doc):
+        nll[i] = losses[k: k + len(ws)].sum()
+        tokens[i] = sum(w.n_predict for w in ws)
+        k += len(ws)
+    return DocumentScores(nll, tokens, sizes)
+
+
+def domain_result(scores: DocumentScores) -> dict[str, Any]:
+    """The per-domain JSON entry: loss, ppl, bpb, tokens, documents, bytes."""
+    total_tokens = int(scores.tokens.sum())
+    total_nll = float(scores.nll.sum())
+    total_bytes = int(scores.bytes.sum())
+    loss = total_nll / total_tokens if total_tokens else float("nan")
+    return {
+        "loss": loss,
+        "ppl": math.exp(loss) if total_tokens else float("nan"),
+        "bpb": total_nll / (math.log(2) * total_bytes) if total_bytes else float("nan"),
+        "tokens": total_tokens,
+        "documents": int(len(scores.tokens)),
+        "bytes": total_bytes,
+        "nll": total_nll,
+    }
+
+
+def average(losses: Iterable[float]) -> dict[str, float]:
+    """Table 6's Average column: exp(mean of per-domain losses) = geometric mean of the perplexities."""
+    values = [float(x) for x in losses]
+    if not values:
+        raise ValueError("no domains to average")
+    mean = sum(values) / len(values)
+    return {"loss": mean, "ppl": math.exp(mean)}
+
+
+def average_of_perplexities(ppls: Iterable[float]) -> float:
+    """The same average computed from a table row of perplexities (e.g. the report's Table 6)."""
+    return average(math.log(p) for p in ppls)["ppl"]
+
+
+def format_table(rows: dict[str, dict[str, Any]], domains: Sequence[str]) -> str:
+    """Markdown Table 6: one row per model, one perplexity column per domain, and the Average."""
+    header = "| Model | " + " | ".join(domains) + " | Average |"
+    lines = [header, "|" + "---|" * (len(domains) + 2)]
+    for model, result in rows.items():
+        cells = [f"{result['domains'][d]['ppl']:.2f}" for d in domains]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {result['average']['ppl']:.2f} |")
+    return "\n".join(lines)
+
+
+def format_details(result: dict[str, Any]) -> str:
+    """Markdown table of every number behind the perplexities."""
+    lines = ["| Domain | loss (nats/token) | ppl | bits/byte | tokens | documents |", "|---|---|---|---|---|---|"]
+    for name, d in result["domains"].items():
+        lines.append(f"| {name} | {d['loss']:.4f} | {d['ppl']:.2f} | {d['bpb']:.4f} | {d['tokens']:,} | "
+                     f"{d['documents']:,} |")
+    a = result["average"]
+    lines.append(f"| Average | {a['loss']:.4f} | {a['ppl']:.2f} | {a['bpb']:.4f} | | |")
+    return "\n".join(lines)
+
+
+def evaluate_perplexity(lm: LanguageModel, datasets: dict[str, Documents], convention: WindowConvention
+                        ) -> dict[str, Any]:
+    """Table-6 results for one model: {"domains": {name: {...}}, "average": {...}, ...}."""
+    domains = {}
+    for name, docs in datasets.items():
+        domains[name] = domain_result(score_documents(lm, docs, convention, desc=f"ppl {name}"))
+        domains[name]["source"] = str(docs.source)
+    avg = average(d["loss"] for d in domains.values())
+    avg["bpb"] = float(np.mean([d["bpb"] for d in domains.values()]))
+    return {"model": lm.describe(), "convention": convention.describe(), "domains": domains, "average": avg}
