@@ -1,0 +1,209 @@
+"""Training checkpoints: atomic directories with a manifest of checksums, retention, and finding the newest good one.
+
+    RUN_DIR/checkpoints/step_00001000/
+      model.safetensors, model.json     the weights (`skyloom.load_model(dir)` opens the directory as is)
+      tokenizer.json, …                 the run's tokenizer files, when it has one
+      optimizer.safetensors + .json     AdamW state (tensors) and param groups / scalar state (JSON)
+      rng.safetensors                   torch RNG state of every rank
+      trainer_state.json                step, tokens, data-loader position, fault counters, session info
+      dcp/                              FSDP runs: sharded model + optimizer via torch.distributed.checkpoint
+      manifest.json                     every file's size and sha256 — written last
+
+A checkpoint is written into `.tmp-step_…` and renamed when complete, so a crash never leaves a directory
+that looks finished; a checkpoint whose manifest is missing or whose files do not match it is "broken" and
+skipped by `--resume` (and reported). Nothing here unpickles: weights and optimizer tensors are safetensors,
+the rest JSON. (DCP's own `.metadata` file, FSDP runs only, is PyTorch's pickle: resume only your own runs.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from skyloom.data.shards import sha256_file
+
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.json"
+FORMAT = "skyloom-train-checkpoint"
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---- optimizer state without pickle ----
+
+def optimizer_state_to_files(state: dict, out_dir: Path) -> None:
+    """A torch optimizer state_dict → optimizer.safetensors (tensors) + optimizer.json (everything else)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, per_param in state["state"].items():
+        entry = scalars.setdefault(str(idx), {})
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                name = f"{idx}.{key}"
+                tensors[name] = value.detach().contiguous().cpu()
+                entry[key] = {"tensor": name}
+            else:
+                entry[key] = {"value": value}
+    save_file(tensors, str(out_dir / "optimizer.safetensors"))
+    write_json(out_dir / "optimizer.json", {"state": scalars, "param_groups": state["param_groups"]})
+
+
+def optimizer_state_from_files(ckpt_dir: Path) -> dict:
+    tensors = load_file(str(ckpt_dir / "optimizer.safetensors"))
+    meta = json.loads((ckpt_dir / "optimizer.json").read_text(encoding="utf-8"))
+    state = {}
+    for idx, entry in meta["state"].items():
+        state[int(idx)] = {k: tensors[v["tensor"]] if "tensor" in v else v["value"] for k, v in entry.items()}
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g and isinstance(g["betas"], list):
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+# ---- RNG ----
+
+def rng_state() -> dict[str, torch.Tensor]:
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---- writing ----
+
+def begin(root: Path, step: int) -> Path:
+    """A fresh temporary directory for checkpoint `step` (a leftover from a crash is removed)."""
+    tmp = root / f".tmp-{step_dir_name(step)}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit(tmp: Path, step: int, tokens: int, extra: dict | None = None) -> Path:
+    """Checksum every file, write the manifest last, then rename the directory into place."""
+    files = {}
+    for p in sorted(tmp.rglob("*")):
+        if p.is_file():
+            files[p.relative_to(tmp).as_posix()] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+        json.dump({"format": FORMAT, "version": 1, "step": step, "tokens": tokens, "files": files, **(extra or {})},
+                  f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    final = tmp.parent / step_dir_name(step)
+    if final.exists():  # e.g. a broken copy of the same step from before a crash
+        old = tmp.parent / f".old-{step_dir_name(step)}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(tmp.parent)
+    return final
+
+
+# ---- reading and checking ----
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every finished-looking checkpoint directory, oldest first."""
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def verify(ckpt: Path, checksums: bool = True) -> str | None:
+    """None when the checkpoint is complete and intact, else the reason it is broken."""
+    manifest_path = ckpt / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest.json (the write did not finish)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        return f"manifest.json is corrupt ({err.msg})"
+    if manifest.get("format") != FORMAT:
+        return "manifest.json is not a skyloom training checkpoint manifest"
+    for rel, info in manifest.get("files", {}).items():
+        p = ckpt / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != info["bytes"]:
+            return f"{rel} has {p.stat().st_size} bytes, the manifest says {info['bytes']} (truncated?)"
+        if checksums and sha256_file(p) != info["sha256"]:
+            return f"{rel} does not match its sha256 (corrupted)"
+    if not (ckpt / TRAINER_STATE).is_file():
+        return f"{TRAINER_STATE} is missing"
+    return None
+
+
+def latest_complete(root: Path, checksums: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint and the broken ones newer than it (each with its reason)."""
+    broken = []
+    for _, path in reversed(list_checkpoints(root)):
+        reason = verify(path, checksums)
+        if reason is None:
+            return path, broken
+        broken.append((path, reason))
+    return None, broken
+
+
+def prune(root: Path, keep_last: int, keep_every: int | None) -> list[Path]:
+    """Delete intact checkpoints beyond the newest `keep_last`, except steps that are multiples of `keep_every`.
+
+    Broken directories are left for inspection; returns the deleted directories.
+    """
+    intact = [(s, p) for s, p in list_checkpoints(root) if (p / MANIFEST).is_file()]
+    doomed = []
+    for step, path in intact[:-keep_last] if keep_last else intact:
+        if keep_every and step % keep_every == 0:
+            continue
+        doomed.append(path)
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def read_trainer_state(ckpt: Path) -> dict:
+    return json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))

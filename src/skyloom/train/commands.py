@@ -1,0 +1,136 @@
+"""`skyloom train CONFIG [key=value …] [--resume] [--out RUN_DIR] [--plan-only]`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from skyloom.cli import add_command
+from skyloom.config import ConfigError, apply_overrides, build, read_yaml
+
+
+def load_run_config(spec: str, overrides: list[str]):
+    """A YAML recipe, or a run directory (its saved config.yaml), plus dotted overrides."""
+    from skyloom.train.config import RunConfig
+
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "config.yaml").is_file():
+            raise ConfigError("", f"{path}: a directory without config.yaml is not a run directory")
+        path = path / "config.yaml"
+    return build(RunConfig, apply_overrides(read_yaml(path), overrides)), path
+
+
+def resolve_run_dir(args: argparse.Namespace, cfg, config_path: Path) -> Path:
+    if args.out:
+        return Path(args.out)
+    if Path(args.config).is_dir():
+        return Path(args.config)
+    if cfg.out_dir:
+        return Path(cfg.out_dir)
+    return Path("runs") / config_path.stem
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    cfg, config_path = load_run_config(args.config, args.overrides)
+    run_dir = resolve_run_dir(args, cfg, config_path)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if args.plan_only:
+        return _plan_only(cfg, run_dir)
+    started = (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
+    if started and not args.resume:
+        if not args.overwrite:
+            print(f"skyloom: error: {run_dir} already holds a run; continue it with --resume, choose another --out, "
+                  "or pass --overwrite to delete its metrics and checkpoints", file=sys.stderr)
+            return 2
+        if is_main:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    from skyloom.data.mixture import PlanError
+    from skyloom.train.distributed import shutdown
+    from skyloom.train.trainer import Trainer, TrainingAborted
+
+    try:
+        trainer = Trainer(cfg, run_dir, resume=args.resume)
+        rows = trainer.loader.plan() if hasattr(trainer.loader, "plan") else None
+        trainer.log(trainer.plan_text(rows))
+        if rows is not None:
+            trainer.loader.check_plan(rows)
+        status = trainer.fit()
+        if is_main:
+            _print_summary(trainer)
+        return 0 if status == "finished" else 128 + int(trainer.stop_signal or 15)
+    except (PlanError, TrainingAborted, ValueError, FileNotFoundError) as err:
+        print(f"skyloom: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown()
+
+
+def _plan_only(cfg, run_dir: Path) -> int:
+    from skyloom.data.mixture import PlanError
+    from skyloom.train.prepare import prepare_data
+    from skyloom.train.trainer import build_mixture_loader, load_tokenizer, plan_text
+
+    prepare_data(cfg.data)
+    loader = build_mixture_loader(cfg, load_tokenizer(cfg))
+    rows = loader.plan()
+    print(plan_text(cfg, loader, run_dir, "as launched (this printout assumes 1 rank)", 1, rows))
+    try:
+        loader.check_plan(rows)
+    except PlanError as err:
+        print(f"skyloom: error: {err}", file=sys.stderr)
+        return 2
+    print("plan OK")
+    return 0
+
+
+def _print_summary(trainer) -> None:
+    import json
+
+    last_train, first_train = None, None
+    for line in (trainer.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if rec.get("kind") == "train" and rec.get("loss") is not None:
+            first_train = first_train or rec
+            last_train = rec
+    if last_train:
+        print(f"train loss: {first_train['loss']:.4f} (step {first_train['step']}) → {last_train['loss']:.4f} "
+              f"(step {last_train['step']}), {trainer.tokens:,} tokens")
+    for name, r in (trainer.last_validation or {}).items():
+        print(f"validation {name}: loss {r['loss']:.4f}, perplexity {r['ppl']:.2f} ({r['eval_tokens']:,} tokens)")
+    found = sorted((trainer.run_dir / "checkpoints").glob("step_*"))
+    if found:
+        print(f"checkpoint: {found[-1]}  (open with skyloom.load_model)")
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "train", "pretrain a model from a YAML recipe (single process, or torchrun for DDP/FSDP)",
+        description=(
+            "Train the model a recipe describes on its data mixture and write RUN_DIR/config.yaml, metrics.jsonl\n"
+            "and checkpoints/step_XXXXXXXX/ (safetensors weights + optimizer, loader and RNG state).\n"
+            "The run plan (model size, batch arithmetic, per-source tokens and epochs) is printed first;\n"
+            "a plan that repeats a source more than its epoch cap is refused.\n\n"
+            "examples:\n"
+            "  skyloom train recipes/tiny.yaml\n"
+            "  skyloom train recipes/tiny.yaml train.max_steps=50 --out runs/quick\n"
+            "  skyloom train recipes/tiny.yaml --resume               # continue after a crash or kill\n"
+            "  torchrun --nproc_per_node 2 -m skyloom train recipes/tiny.yaml   # DDP + ZeRO-1\n"
+            "  skyloom train recipes/tiny.yaml --plan-only"
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG", help="YAML recipe (or a run directory to reuse its config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: out_dir from the config, else "
+                                                    "runs/<config name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest intact checkpoint in RUN_DIR (broken ones are reported and skipped)")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run's metrics and checkpoints first")
+    p.add_argument("--plan-only", action="store_true", help="print the run plan (and check it) without training")
+    p.set_defaults(handler=cmd_train)

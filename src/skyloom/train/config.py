@@ -1,0 +1,215 @@
+"""The one config `skyloom train` loads: `RunConfig` = model + data + train + validation + checkpoint.
+
+Every section is a dataclass built by `skyloom.config.build`, so unknown keys, wrong types and impossible
+values are refused before any work starts, naming the dotted key. `docs/training.md` documents every field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from skyloom.config import ConfigError
+from skyloom.model.config import ModelConfig
+
+# A weight is a constant or a piecewise-linear schedule [[fraction_of_training, weight], ...].
+Weight = float | list[list[float]]
+
+
+def check_weight(value: Any, key: str) -> None:
+    """A mixture weight: a number ≥ 0, or points [[x, w], …] with x rising from 0 to 1 and w ≥ 0."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(key, f"a weight must be ≥ 0, got {value}")
+        return
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, f"expected a number or a list of [fraction, weight] points, got {value!r}")
+    xs = []
+    for i, point in enumerate(value):
+        if not isinstance(point, (list, tuple)) or len(point) != 2:
+            raise ConfigError(f"{key}[{i}]", f"expected [fraction_of_training, weight], got {point!r}")
+        x, w = point
+        if not 0.0 <= x <= 1.0:
+            raise ConfigError(f"{key}[{i}]", f"the fraction of training must be in [0, 1], got {x}")
+        if w < 0:
+            raise ConfigError(f"{key}[{i}]", f"a weight must be ≥ 0, got {w}")
+        if xs and x <= xs[-1]:
+            raise ConfigError(f"{key}[{i}]", f"fractions must strictly increase ({xs[-1]} then {x})")
+        xs.append(x)
+
+
+@dataclass
+class SourceConfig:
+    """One named token source of the mixture.
+
+    `path` is a token-shard directory (`skyloom.data.shards`). When it holds no `index.json` yet and `raw`
+    lists text files (globs; `.txt` = one document per file, `.jsonl`/`.json` = one document per line taken
+    from `text_key`), `skyloom train` tokenizes them with the run's tokenizer and packs them there first.
+    `raw_fallback` is used when nothing in `raw` exists (e.g. `${stdlib}/**/*.py` — Python's own sources).
+    """
+
+    path: str
+    weight: Weight = 1.0
+    max_epochs: float | None = None  # None: data.max_epochs
+    raw: list[str] = field(default_factory=list)
+    raw_fallback: list[str] = field(default_factory=list)
+    text_key: str | list[str] = "text"  # JSONL field(s) holding the text; the first one present is used
+
+    def validate(self) -> None:
+        check_weight(self.weight, "weight")
+        if self.max_epochs is not None and self.max_epochs <= 0:
+            raise ConfigError("max_epochs", f"must be positive, got {self.max_epochs}")
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """Train a small byte-level BPE on the fly when `data.tokenizer` does not exist yet (demo recipes)."""
+
+    files: list[str] = field(default_factory=list)
+    fallback: list[str] = field(default_factory=list)
+    text_key: str | list[str] = "text"
+    vocab_size: int = 8192
+    max_chars: int = 20_000_000
+
+    def validate(self) -> None:
+        if self.vocab_size < 300:
+            raise ConfigError("vocab_size", f"must be ≥ 300 (256 bytes + merges), got {self.vocab_size}")
+
+
+@dataclass
+class DataConfig:
+    """Mixture of token sources; windows of `seq_len`+1 tokens drawn deterministically from `seed`."""
+
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    seq_len: int | None = None  # None: model.max_seq_len
+    max_epochs: float = 5.0  # report §3.2: no source repeated more than 5 times
+    seed: int = 0
+    tokenizer: str | None = None  # tokenizer directory (copied into every checkpoint)
+    train_tokenizer: TokenizerTrainConfig | None = None
+    init_loader_from_checkpoint: bool = False  # chained session: continue each same-named source's position
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ConfigError("sources", "at least one source is required")
+        if self.seq_len is not None and self.seq_len <= 0:
+            raise ConfigError("seq_len", f"must be positive, got {self.seq_len}")
+        if self.max_epochs <= 0:
+            raise ConfigError("max_epochs", f"must be positive, got {self.max_epochs}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule, batch, precision and parallelism."""
+
+    global_batch_tokens: int = 16384  # tokens per optimizer step over all ranks (report: 16M)
+    micro_batch_size: int = 8  # windows per forward pass per rank
+    max_steps: int | None = None
+    max_tokens: int | None = None  # alternative to max_steps
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # matrices only (see docs/training.md)
+    grad_clip: float = 1.0  # 0 disables clipping
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # ddp = DDP + ZeRO-1 when zero1 is true
+    zero1: bool = True
+    activation_checkpointing: bool = False
+    compile: bool = False
+    seed: int = 0
+    init_from: str | None = None  # chained session: start from another run's checkpoint (fresh schedule)
+    init_optimizer: bool = False  # with init_from: also take its optimizer state
+    max_bad_steps: int = 5  # stop after this many consecutive non-finite steps
+    log_every: int = 1  # metrics.jsonl gets every step; the console a line every `log_every` (non-TTY)
+    tensorboard: bool = False
+    peak_tflops: float | None = None  # per device, for MFU when the device's peak is unknown (e.g. CPU)
+
+    def validate(self) -> None:
+        if self.global_batch_tokens <= 0 or self.micro_batch_size <= 0:
+            raise ConfigError("global_batch_tokens", "batch sizes must be positive")
+        if (self.max_steps is None) == (self.max_tokens is None):
+            raise ConfigError("max_steps", "give exactly one of train.max_steps and train.max_tokens")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError("max_steps", f"must be positive, got {self.max_steps}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise ConfigError("max_tokens", f"must be positive, got {self.max_tokens}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError("min_lr", f"need 0 ≤ min_lr ≤ lr, got lr={self.lr} min_lr={self.min_lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError("warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError("betas", f"must be in [0, 1), got {self.betas}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0:
+            raise ConfigError("weight_decay", "weight_decay and grad_clip must be ≥ 0, eps > 0")
+        if self.max_bad_steps < 1:
+            raise ConfigError("max_bad_steps", f"must be ≥ 1, got {self.max_bad_steps}")
+        if self.init_optimizer and not self.init_from:
+            raise ConfigError("init_optimizer", "needs train.init_from")
+        if self.log_every < 1:
+            raise ConfigError("log_every", f"must be ≥ 1, got {self.log_every}")
+
+
+@dataclass
+class ValidationSetConfig:
+    """A held-out set: a token-shard directory, or text files (globs) tokenized with the run's tokenizer."""
+
+    path: str
+    max_tokens: int = 65536  # fixed budget of predicted tokens per evaluation
+    text_key: str | list[str] = "text"
+    fallback: list[str] = field(default_factory=list)  # globs used when `path` matches nothing
+
+    def validate(self) -> None:
+        if self.max_tokens <= 0:
+            raise ConfigError("max_tokens", f"must be positive, got {self.max_tokens}")
+
+
+@dataclass
+class ValidationConfig:
+    sets: dict[str, ValidationSetConfig] = field(default_factory=dict)
+    every: int = 100  # steps; 0 = only at the end
+    batch_size: int = 8
+    at_start: bool = True
+
+    def validate(self) -> None:
+        if self.every < 0 or self.batch_size <= 0:
+            raise ConfigError("every", "validation.every must be ≥ 0 and batch_size > 0")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # steps; 0 = only the final checkpoint
+    keep_last: int = 3
+    keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this
+    save_final: bool = True
+
+    def validate(self) -> None:
+        if self.every < 0 or self.keep_last < 1:
+            raise ConfigError("keep_last", "checkpoint.every must be ≥ 0 and keep_last ≥ 1")
+        if self.keep_every is not None and self.keep_every <= 0:
+            raise ConfigError("keep_every", f"must be positive, got {self.keep_every}")
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; saved as RUN_DIR/config.yaml."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    out_dir: str | None = None  # default: runs/<config file name>
+
+    @property
+    def seq_len(self) -> int:
+        return self.data.seq_len or self.model.max_seq_len
+
+    def validate(self) -> None:
+        if self.seq_len > self.model.max_seq_len and self.model.arch == "gpt":
+            raise ConfigError("data.seq_len", f"{self.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        if self.train.global_batch_tokens % self.seq_len:
+            raise ConfigError("train.global_batch_tokens",
+                              f"{self.train.global_batch_tokens} is not a multiple of seq_len={self.seq_len}")

@@ -1,0 +1,88 @@
+"""AdamW with the report's settings, parameter groups, and learning-rate schedules.
+
+Weight decay (0.1) applies to matrices only — the weights of linear layers. Norm gains and biases are not
+decayed (decaying a gain pulls it toward 0, i.e. toward switching the layer off, which is not a
+regulariser), and neither are the token/position embeddings (a row of the embedding is only updated when its
+token occurs, so decay would shrink rare tokens' rows on every step they are absent — LLaMA / OLMo /
+nanoGPT-style practice leaves them undecayed). The untied output projection is a linear layer and is decayed.
+
+Every group may carry `lr_scale` (default 1): the schedule sets `lr = schedule(step) · lr_scale`, the hook a
+later MoE setup uses to give experts or routers their own learning rates (`lr_scale_fn`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from skyloom.train.config import TrainConfig
+
+
+def _is_embedding_param(model: nn.Module, name: str) -> bool:
+    module_name = name.rsplit(".", 1)[0]
+    module = model.get_submodule(module_name) if module_name != name else model
+    return isinstance(module, nn.Embedding)
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    lr_scale_fn: Callable[[str, nn.Parameter], float] | None = None,
+) -> list[dict]:
+    """Groups keyed by (decayed?, lr_scale); each group lists its parameter names under "names"."""
+    groups: dict[tuple[bool, float], dict] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:  # tied weights appear once
+            continue
+        seen.add(id(p))
+        decay = p.ndim >= 2 and not _is_embedding_param(model, name)
+        scale = float(lr_scale_fn(name, p)) if lr_scale_fn else 1.0
+        group = groups.setdefault((decay, scale), {
+            "params": [], "names": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale,
+        })
+        group["params"].append(p)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(
+    model: nn.Module,
+    cfg: TrainConfig,
+    *,
+    zero1: bool = False,
+    lr_scale_fn: Callable[[str, nn.Parameter], float] | None = None,
+) -> torch.optim.Optimizer:
+    """AdamW(β=cfg.betas, eps=cfg.eps), wrapped in ZeroRedundancyOptimizer (ZeRO-1) when `zero1`."""
+    groups = [{k: v for k, v in g.items() if k != "names"}
+              for g in param_groups(model, cfg.weight_decay, lr_scale_fn)]
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if zero1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate for optimizer step `step` (0-based) of this session.
+
+    cosine: linear warmup from lr/warmup to lr over `warmup_steps`, then cosine from lr down to `min_lr` at the
+    last step (the report's 6e-4 → 6e-5). constant: warmup (if any), then `lr` (a chained session such as the
+    report's 2–3T continuation at a constant 6e-5 sets lr: 6e-5, schedule: constant).
+    """
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    decay_steps = max(total_steps - cfg.warmup_steps - 1, 1)
+    progress = min(max((step - cfg.warmup_steps) / decay_steps, 0.0), 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
