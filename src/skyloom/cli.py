@@ -16,6 +16,7 @@ from skyloom import __version__
 COMMAND_MODULES = [
     "skyloom.model.commands",
     "skyloom.train.commands",
+    "skyloom.eval.commands",
 ]
 
 

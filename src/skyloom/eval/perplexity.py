@@ -14,11 +14,11 @@ Which tokens are predicted, and with what context, is a *window convention*; thr
     `max_tokens` inputs each predict the next `stride` not-yet-predicted tokens, with the preceding tokens
     (up to the window size) as context. `stride = max_tokens` (default) gives disjoint windows and is
     exactly lm-eval's convention; a smaller stride gives every prediction more context.
-`packed` — the documents concatenated (EOS after each text document; token-shard documents already end
-    with EOS) into one stream, cut into windows of `max_tokens + 1` tokens starting every `max_tokens`
-    tokens; each window's inputs are its first `max_tokens` tokens and its targets the last `max_tokens`,
-    so every stream token but the first is predicted exactly once — how a training-time validation monitor
-    reads packed validation shards.
+`packed` — how a training run's validation monitor reads a held-out set (the same definition as
+    `skyloom.train.validation`): the documents concatenated, each followed by EOS (token-shard documents
+    already end with it; empty texts are skipped), cut from the first token into non-overlapping windows of
+    `max_tokens + 1` tokens, an incomplete tail dropped; a window's first `max_tokens` tokens are the input
+    and its last `max_tokens` the targets (the first token of each window is context only).
 
 Loss of a domain = Σ NLL (nats) / number of predicted tokens (token-weighted mean); ppl = exp(loss).
 Bits per byte = Σ NLL / (ln 2 · UTF-8 bytes of the text the windows cover), comparable across tokenizers.
@@ -119,12 +119,9 @@ def rolling_windows(ids: Sequence[int], max_tokens: int, stride: int | None = No
 
 
 def packed_windows(stream: Sequence[int], max_tokens: int) -> list[Window]:
-    """Windows of max_tokens + 1 tokens every max_tokens tokens: inputs w[:-1] predict w[1:]."""
-    windows = []
-    for start in range(0, max(len(stream) - 1, 0), max_tokens):
-        chunk = tuple(stream[start: start + max_tokens + 1])
-        windows.append(Window(chunk, len(chunk) - 1))
-    return windows
+    """Non-overlapping windows of max_tokens + 1 tokens from the stream's start; the tail is dropped."""
+    size = max_tokens + 1
+    return [Window(tuple(stream[i * size: (i + 1) * size]), max_tokens) for i in range(len(stream) // size)]
 
 
 def window_losses(lm: LanguageModel, windows: Sequence[Window], desc: str = "scoring") -> np.ndarray:
@@ -185,25 +182,7 @@ def score_documents(lm: LanguageModel, docs: Documents, convention: WindowConven
 
     n = len(ids)
     if kind == "packed":
-        eos = lm.eos_id
-        stream: list[int] = []
-        owner: list[int] = []
-        for i, doc in enumerate(ids):
-            doc = list(doc) + ([eos] if texts is not None and eos is not None else [])
-            stream += doc
-            owner += [i] * len(doc)
-        windows = packed_windows(stream, L)
-        logprobs = lm.score([w.ids for w in windows], desc=desc)
-        nll = np.zeros(n)
-        tokens = np.zeros(n, dtype=np.int64)
-        position = 1
-        for lp in logprobs:  # each prediction belongs to the document of its target token
-            targets = np.asarray(owner[position: position + len(lp)])
-            np.add.at(nll, targets, -lp)
-            np.add.at(tokens, targets, 1)
-            position += len(lp)
-        sizes = np.array([covered_bytes(i, ids[i], True) for i in range(n)], dtype=np.int64)
-        return DocumentScores(nll, tokens, sizes)
+        return _score_packed(lm, ids, texts, L, desc)
 
     per_doc: list[list[Window]] = []
     sizes = np.zeros(n, dtype=np.int64)
@@ -223,6 +202,47 @@ def score_documents(lm: LanguageModel, docs: Documents, convention: WindowConven
         nll[i] = losses[k: k + len(ws)].sum()
         tokens[i] = sum(w.n_predict for w in ws)
         k += len(ws)
+    return DocumentScores(nll, tokens, sizes)
+
+
+def _score_packed(lm: LanguageModel, ids: list[list[int]], texts: list[str] | None, max_tokens: int,
+                  desc: str) -> DocumentScores:
+    """The `packed` convention; each prediction is credited to the document its target token belongs to."""
+    eos = lm.eos_id
+    if texts is not None and eos is None:
+        raise ValueError(f"{lm.name}: the packed convention needs an EOS token between documents")
+    stream: list[int] = []
+    owner: list[int] = []
+    for i, doc in enumerate(ids):
+        if texts is not None:
+            if not texts[i]:
+                continue
+            doc = list(doc) + [eos]
+        stream += doc
+        owner += [i] * len(doc)
+    windows = packed_windows(stream, max_tokens)
+    logprobs = lm.score([w.ids for w in windows], desc=desc)
+    n = len(ids)
+    nll = np.zeros(n)
+    tokens = np.zeros(n, dtype=np.int64)
+    size = max_tokens + 1
+    for k, lp in enumerate(logprobs):
+        targets = np.asarray(owner[k * size + 1: (k + 1) * size])
+        np.add.at(nll, targets, -lp)
+        np.add.at(tokens, targets, 1)
+    covered = len(windows) * size
+    sizes = np.zeros(n, dtype=np.int64)
+    start = 0
+    for i, doc in enumerate(ids):
+        if texts is not None and not texts[i]:
+            continue
+        end = start + len(doc) + (1 if texts is not None else 0)
+        if start < covered:
+            if end <= covered and texts is not None:
+                sizes[i] = _utf8_len(texts[i])
+            else:
+                sizes[i] = _utf8_len(lm.decode([t for t in stream[start: min(end, covered)] if t != eos]))
+        start = end
     return DocumentScores(nll, tokens, sizes)
 
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Iterator
 
 QA_JOINER = " "
+
+
+def shared_data_dir() -> Path:
+    """Where the shared real data lives: $SKYLOOM_SHARED_DATA, else ../shared/data from the working directory."""
+    return Path(os.environ.get("SKYLOOM_SHARED_DATA", "../shared/data"))
 
 
 @dataclass

@@ -1,0 +1,96 @@
+"""Few-shot benchmarks by name: `mmlu`, `ceval`, `cmmlu` (multiple choice) and `gsm8k` (generation).
+
+`--task NAME[:PATH]` — PATH is the benchmark's directory; without it the copy in the shared data folder
+(`$SKYLOOM_SHARED_DATA`, default `../shared/data`) is used where one exists (C-Eval, CMMLU, GSM8K; MMLU
+has none and needs a path).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from skyloom.eval.lm import LanguageModel, Sampling
+from skyloom.eval.textdata import shared_data_dir
+
+TASKS = {
+    # name: (kind, default folder under the shared data, default shots)
+    "mmlu": ("multiple_choice", None, 5),
+    "ceval": ("multiple_choice", "ceval", 5),
+    "cmmlu": ("multiple_choice", "cmmlu", 5),
+    "gsm8k": ("generation", "gsm8k", 8),
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    path: Path
+
+    @property
+    def kind(self) -> str:
+        return TASKS[self.name][0]
+
+
+def parse_task(spec: str) -> TaskSpec:
+    """`NAME` or `NAME:PATH` → TaskSpec; unknown names and missing paths are named in the error."""
+    name, _, path = spec.partition(":")
+    name = name.strip().lower()
+    if name not in TASKS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(TASKS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown task {name!r}{hint}; known: {', '.join(TASKS)}")
+    if path:
+        return TaskSpec(name, Path(path))
+    default = TASKS[name][1]
+    if default is None:
+        raise ValueError(f"task {name!r} needs a path: --task {name}:DIR (a folder with dev/ and test/ CSVs)")
+    return TaskSpec(name, shared_data_dir() / default)
+
+
+def run_task(lm: LanguageModel, spec: TaskSpec, shots: int | None = None, limit: int | None = None,
+             fmt: str = "letter", split: str | None = None, subjects: Sequence[str] | None = None,
+             max_new_tokens: int = 256, sampling: Sampling | None = None
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run one benchmark; (results JSON, per-item records)."""
+    k = TASKS[spec.name][2] if shots is None else shots
+    if k < 0:
+        raise ValueError(f"shots must be ≥ 0, got {k}")
+    if spec.kind == "generation":
+        from skyloom.eval.gsm8k import evaluate_gsm8k
+
+        return evaluate_gsm8k(lm, spec.path, shots=k, limit=limit, max_new_tokens=max_new_tokens, sampling=sampling)
+    from skyloom.eval.multiple_choice import evaluate_multiple_choice
+
+    return evaluate_multiple_choice(lm, spec.name, spec.path, shots=k, fmt=fmt, split=split, limit=limit,
+                                    subjects=subjects)
+
+
+def write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Per-item prompts and predictions as JSON lines (the exact prompts, reproducible and hashable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def format_results(results: dict[str, dict[str, Any]], per_subject: bool = True) -> str:
+    """Markdown: one overall line per task, then the per-subject table."""
+    lines = ["| Task | shots | n | acc | acc_norm | prompt sha256 |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        o = r["overall"]
+        norm = f"{100 * o['acc_norm']:.1f}" if "acc_norm" in o else "–"
+        lines.append(f"| {name} | {r['shots']} | {o['n']:,} | {100 * o['acc']:.1f} | {norm} | "
+                     f"{r['prompt_sha256'][:12]} |")
+    if per_subject:
+        for name, r in results.items():
+            if len(r["subjects"]) <= 1:
+                continue
+            lines += ["", f"{name} by subject:", "", "| Subject | n | acc | acc_norm |", "|---|---|---|---|"]
+            for subject, s in r["subjects"].items():
+                lines.append(f"| {subject} | {s['n']} | {100 * s['acc']:.1f} | {100 * s['acc_norm']:.1f} |")
+    return "\n".join(lines)

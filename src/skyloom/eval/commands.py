@@ -1,0 +1,351 @@
+"""`skyloom eval ppl|leakage|bench|correlate` — the report's evaluations on any model directory."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from skyloom.cli import add_command, add_group
+
+MODEL_HELP = ("a skyloom checkpoint directory (model.json + model.safetensors + tokenizer files) or a "
+              "Hugging Face model directory (config.json + safetensors + tokenizer)")
+
+
+def _friendly(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Bad input (missing files, malformed records, a missing optional extra) → one clear line, exit 2."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (ValueError, FileNotFoundError, ImportError) as err:
+            print(f"skyloom: error: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _add_model_options(p: argparse.ArgumentParser, multiple: bool = False) -> None:
+    if multiple:
+        p.add_argument("--model", action="append", required=True, metavar="DIR",
+                       help=MODEL_HELP + "; repeat for one table row per model")
+    else:
+        p.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
+    _add_loading_options(p)
+
+
+def _add_loading_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model loading")
+    g.add_argument("--backend", choices=("auto", "skyloom", "hf"), default="auto",
+                   help="auto: skyloom for a skyloom checkpoint, transformers (skyloom[hf]) for a Hugging Face "
+                        "directory; a Llama directory runs in either")
+    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model directory)")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 …")
+    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="auto: bfloat16 on a GPU that supports it, float32 on CPU")
+    g.add_argument("--batch-tokens", type=int, default=8192,
+                   help="padded tokens per forward pass (batch rows × longest row)")
+    g.add_argument("--max-batch-size", type=int, default=64, help="rows per forward pass at most")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_window_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("window convention (see docs/evaluation.md)")
+    g.add_argument("--window", choices=("report", "rolling", "packed"), default="report",
+                   help="report: the authors' eval_loss.py (first max_tokens//3 characters, one window of at most "
+                        "max_tokens tokens, first token not predicted); rolling: whole documents in windows, "
+                        "lm-evaluation-harness style; packed: documents joined with EOS, cut like training batches")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="window size in tokens (default: 4096, capped at the model's maximum length)")
+    g.add_argument("--stride", type=int, default=None,
+                   help="rolling: tokens newly predicted per window (default: max-tokens, disjoint windows)")
+    g.add_argument("--prefix", choices=("auto", "bos", "eos", "none"), default="auto",
+                   help="rolling: token placed before each document so its first token is predicted "
+                        "(auto: BOS, else EOS)")
+
+
+def _load(args: argparse.Namespace, path: str):
+    from skyloom.eval.backends import load_lm
+
+    return load_lm(path, backend=args.backend, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
+                   batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size,
+                   progress=not args.no_progress)
+
+
+def _convention(args: argparse.Namespace, lm):
+    from skyloom.eval.perplexity import WindowConvention
+
+    max_tokens = args.max_tokens or min(4096, lm.max_length)
+    if args.max_tokens is None and max_tokens < 4096 and args.window == "report":
+        print(f"note: {lm.name} reads at most {lm.max_length} tokens, so windows are {max_tokens} tokens "
+              f"(the report used 4096)", file=sys.stderr)
+    return WindowConvention(args.window, max_tokens, args.stride, args.prefix)
+
+
+def _parse_data(specs: list[str] | None, field: str | None, limit: int | None) -> dict[str, Any]:
+    from skyloom.eval.textdata import read_documents, shared_data_dir
+
+    if not specs:
+        from skyloom.eval.perplexity import TABLE6_DOMAINS
+
+        base = shared_data_dir()
+        specs = [f"{name}={base / rel}" for name, rel in TABLE6_DOMAINS]
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        if name in out:
+            raise ValueError(f"--data: domain name {name!r} given twice")
+        out[name] = read_documents(path, field=field, limit=limit)
+    return out
+
+
+def _write_json(path: str | None, payload: Any) -> None:
+    if not path:
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _row_names(paths: list[str]) -> list[str]:
+    names = [Path(p).name or p for p in paths]
+    return names if len(set(names)) == len(names) else paths
+
+
+def cmd_ppl(args: argparse.Namespace) -> int:
+    from skyloom.eval.perplexity import evaluate_perplexity, format_details, format_table
+
+    data = _parse_data(args.data, args.field, args.limit)
+    results = {}
+    for name, path in zip(_row_names(args.model), args.model):
+        lm = _load(args, path)
+        results[name] = evaluate_perplexity(lm, data, _convention(args, lm))
+        results[name]["model"]["path"] = str(Path(path).resolve())
+        conv = ", ".join(f"{k}={v}" for k, v in results[name]["convention"].items())
+        print(f"\n{name} ({conv})\n\n{format_details(results[name])}")
+    print("\n" + format_table(results, list(data)))
+    _write_json(args.output, next(iter(results.values())) if len(results) == 1 else {"models": results})
+    return 0
+
+
+def cmd_leakage(args: argparse.Namespace) -> int:
+    from skyloom.eval.leakage import format_table8, leakage
+    from skyloom.eval.textdata import read_documents, shared_data_dir
+
+    base = shared_data_dir()
+    files = {
+        "train": args.train or base / "gsm8k" / "train.jsonl",
+        "test": args.test or base / "gsm8k" / "test.jsonl",
+        "ref": args.ref or base / "skywork" / "mock_gsm8k_test_public.jsonl",
+    }
+    docs = {k: read_documents(v, field=args.field, limit=args.limit) for k, v in files.items()}
+    results = {}
+    for name, path in zip(_row_names(args.model), args.model):
+        lm = _load(args, path)
+        results[name] = leakage(lm, docs["train"], docs["test"], docs["ref"], _convention(args, lm),
+                                n_boot=args.n_boot, seed=args.seed, confidence=args.confidence)
+        results[name]["model"]["path"] = str(Path(path).resolve())
+    print(format_table8(results))
+    for name, r in results.items():
+        print(f"{name}: {r['verdict']}  (samples train/test/ref: {r['samples']['train']:,}/"
+              f"{r['samples']['test']:,}/{r['samples']['ref']:,}; {100 * r['confidence']:.0f}% bootstrap intervals)")
+    _write_json(args.output, next(iter(results.values())) if len(results) == 1 else {"models": results})
+    return 0
+
+
+def _sampling(args: argparse.Namespace):
+    from skyloom.eval.lm import Sampling
+
+    return Sampling(args.temperature, args.top_k, args.top_p, args.seed) if args.temperature > 0 else None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from skyloom.eval.bench import format_results, parse_task, run_task, write_records
+
+    specs = [parse_task(t) for t in args.task]
+    lm = _load(args, args.model)
+    results, all_records = {}, {}
+    for spec in specs:
+        result, records = run_task(lm, spec, shots=args.shots, limit=args.limit, fmt=args.format, split=args.split,
+                                   subjects=args.subjects.split(",") if args.subjects else None,
+                                   max_new_tokens=args.max_new_tokens, sampling=_sampling(args))
+        results[spec.name] = result
+        all_records[spec.name] = records
+        if args.log_samples:
+            write_records(Path(args.log_samples) / f"{spec.name}.jsonl", records)
+    print(format_results(results, per_subject=not args.overall_only))
+    payload = {"model": {**lm.describe(), "path": str(Path(args.model).resolve())}, "tasks": results}
+    _write_json(args.output, payload)
+    return 0
+
+
+def cmd_correlate(args: argparse.Namespace) -> int:
+    from skyloom.eval.bench import parse_task, run_task
+    from skyloom.eval.correlate import collect, correlations, format_correlations, plot
+    from skyloom.eval.perplexity import evaluate_perplexity
+
+    run_dir = Path(args.run_dir)
+    specs = [parse_task(t) for t in (args.task or [])]
+    data = _parse_data(args.data, args.field, args.limit_docs) if args.data else None
+    bench_settings = {"shots": args.shots, "limit": args.limit, "format": args.format, "split": args.split,
+                      "metric_source": "overall"}
+    ppl_settings = {"data": args.data, "window": args.window, "max_tokens": args.max_tokens, "stride": args.stride,
+                    "prefix": args.prefix, "field": args.field, "limit": args.limit_docs}
+
+    def run_bench(spec, ckpt: Path) -> dict[str, Any]:
+        lm = _load(args, str(ckpt))
+        return run_task(lm, spec, shots=args.shots, limit=args.limit, fmt=args.format, split=args.split)[0]
+
+    def run_ppl(ckpt: Path) -> dict[str, Any]:
+        lm = _load(args, str(ckpt))
+        return evaluate_perplexity(lm, data, _convention(args, lm))
+
+    val, scores, checkpoints = collect(run_dir, specs, bench_settings, run_bench, data, ppl_settings, run_ppl,
+                                       metric=args.metric, recompute=args.recompute, progress=not args.no_progress)
+    if not val:
+        raise ValueError(f"{run_dir}: no validation losses (no 'val' lines in metrics.jsonl); pass --data NAME=PATH")
+    rows = correlations(val, scores, list(checkpoints))
+    print(format_correlations(rows))
+    out_dir = run_dir / "eval"
+    png = plot(val, scores, rows, Path(args.plot) if args.plot else out_dir / "correlation.png", args.metric)
+    print(f"wrote {png}", file=sys.stderr)
+    payload = {
+        "run_dir": str(run_dir.resolve()), "metric": args.metric, "steps": list(checkpoints),
+        "val_loss": {k: {str(s): v for s, v in d.items()} for k, d in val.items()},
+        "scores": {k: {str(s): v for s, v in d.items()} for k, d in scores.items()},
+        "correlations": [{**r, "pearson": None if math.isnan(r["pearson"]) else r["pearson"],
+                          "spearman": None if math.isnan(r["spearman"]) else r["spearman"]} for r in rows],
+        "plot": str(png),
+    }
+    _write_json(args.output or str(out_dir / "correlation.json"), payload)
+    return 0
+
+
+def _add_bench_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--task", action="append", required=required, metavar="NAME[:PATH]",
+                   help="mmlu:DIR, ceval[:DIR], cmmlu[:DIR], gsm8k[:DIR] (repeatable); without a path the copy in "
+                        "$SKYLOOM_SHARED_DATA (default ../shared/data) is used")
+    p.add_argument("--shots", type=int, default=None, help="few-shot exemplars (default: 5 for MMLU/C-Eval/CMMLU "
+                                                           "from each subject's dev file, 8 for GSM8K)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N questions of each subject")
+    p.add_argument("--format", choices=("letter", "text"), default="letter",
+                   help="multiple choice: score the answer letters after listed options (the report's setting) or "
+                        "the option texts as cloze continuations")
+    p.add_argument("--split", default=None, help="split folder to score (default: test, or val when test has no "
+                                                 "answers, as C-Eval)")
+
+
+def register(sub) -> None:
+    group = add_group(sub, "eval", "evaluate a model: domain perplexity, leakage, few-shot benchmarks, correlation")
+
+    ppl = add_command(
+        group, "ppl", "language-model loss, perplexity and bits per byte per domain (the report's Table 6)",
+        description=(
+            "Loss (token-weighted mean nats/token), perplexity, bits per byte, tokens and documents per domain;\n"
+            "the Average column is exp(mean of the domain losses). Default data: the authors' six Chinese\n"
+            "domain sets (skywork/zh_*.jsonl). Inputs: JSONL/JSON with a text field, .txt (one document), or a\n"
+            "skyloom token-shard directory.\n\n"
+            "example: skyloom eval ppl --model runs/demo/checkpoints/step_00001000 --output ppl.json\n"
+            "         skyloom eval ppl --model ckpt --data wiki=../shared/data/wikitext2/test.jsonl --window rolling"
+        ),
+    )
+    _add_model_options(ppl, multiple=True)
+    ppl.add_argument("--data", action="append", metavar="NAME=PATH",
+                     help="an evaluation set (repeatable; default: Table 6's Tech/Movie/Gov./Game/Finance/General)")
+    ppl.add_argument("--field", default=None, help="JSON field holding the text (default: text, or question+answer)")
+    ppl.add_argument("--limit", type=int, default=None, help="only the first N documents of each set")
+    ppl.add_argument("--output", metavar="FILE", help="write the results as JSON")
+    _add_window_options(ppl)
+    ppl.set_defaults(handler=_friendly(cmd_ppl))
+
+    leak = add_command(
+        group, "leakage", "train/test/reference losses and Δ1, Δ2 with bootstrap intervals (the report's Table 8)",
+        description=(
+            "L_train, L_test, L_ref = mean LM loss over each set's samples (question + ' ' + answer, or a\n"
+            "'text' field); Δ1 = L_test − L_ref (clearly negative: test leaked), Δ2 = L_test − L_train (clearly\n"
+            "positive: train split seen), seeded bootstrap intervals and a verdict (thresholds ±0.15 nats with\n"
+            "the interval excluding 0; see docs/evaluation.md). Defaults: GSM8K train/test and the authors'\n"
+            "GPT-4-written reference set.\n\n"
+            "example: skyloom eval leakage --model ckpt --output leakage.json"
+        ),
+    )
+    _add_model_options(leak, multiple=True)
+    leak.add_argument("--train", help="train split (default: $SKYLOOM_SHARED_DATA/gsm8k/train.jsonl)")
+    leak.add_argument("--test", help="test split (default: $SKYLOOM_SHARED_DATA/gsm8k/test.jsonl)")
+    leak.add_argument("--ref", help="reference set (default: $SKYLOOM_SHARED_DATA/skywork/mock_gsm8k_test_public.jsonl)")
+    leak.add_argument("--field", default=None, help="JSON field holding the sample text (default: text, or "
+                                                    "question + ' ' + answer)")
+    leak.add_argument("--limit", type=int, default=None, help="only the first N samples of each set")
+    leak.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
+    leak.add_argument("--confidence", type=float, default=0.95, help="interval coverage")
+    leak.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    leak.add_argument("--output", metavar="FILE", help="write the results as JSON")
+    _add_window_options(leak)
+    leak.set_defaults(handler=_friendly(cmd_leakage))
+
+    bench = add_command(
+        group, "bench", "few-shot benchmarks: MMLU/C-Eval/CMMLU by log-likelihood, GSM8K by generation",
+        description=(
+            "Multiple choice (MMLU-format CSVs: question, A-D, answer; K-shot from each subject's dev file):\n"
+            "acc and length-normalised acc_norm, per subject and overall (mean over subjects; micro too).\n"
+            "GSM8K: K-shot greedy generation, answer from '#### N', 'answer is N', else the last number.\n"
+            "The exact prompts are hashed (prompt_sha256) and can be written with --log-samples.\n\n"
+            "example: skyloom eval bench --model ckpt --task ceval --task cmmlu --task gsm8k --output bench.json\n"
+            "         skyloom eval bench --model hf_dir --task mmlu:data/mmlu --shots 5"
+        ),
+    )
+    _add_model_options(bench)
+    _add_bench_options(bench, required=True)
+    bench.add_argument("--subjects", default=None, help="comma-separated subjects to score (default: all)")
+    bench.add_argument("--max-new-tokens", type=int, default=256, help="GSM8K: generation budget")
+    bench.add_argument("--temperature", type=float, default=0.0, help="GSM8K: 0 = greedy (the report's setting)")
+    bench.add_argument("--top-p", type=float, default=1.0, help="GSM8K sampling: nucleus mass")
+    bench.add_argument("--top-k", type=int, default=0, help="GSM8K sampling: keep the k best tokens (0: all)")
+    bench.add_argument("--seed", type=int, default=0, help="GSM8K sampling seed")
+    bench.add_argument("--log-samples", metavar="DIR", help="write every prompt and prediction to DIR/<task>.jsonl")
+    bench.add_argument("--overall-only", action="store_true", help="print no per-subject table")
+    bench.add_argument("--output", metavar="FILE", help="write the results as JSON")
+    bench.set_defaults(handler=_friendly(cmd_bench))
+
+    corr = add_command(
+        group, "correlate", "validation loss vs benchmark score across a run's checkpoints (the report's Figure 1)",
+        description=(
+            "For every RUN_DIR/checkpoints/step_XXXXXXXX: the benchmark score (recorded before, or evaluated and\n"
+            "recorded under RUN_DIR/eval/) and the validation losses (metrics.jsonl 'val' lines at that step, or\n"
+            "`eval ppl` on --data). Prints Pearson and Spearman coefficients per (validation set, task) and\n"
+            "writes RUN_DIR/eval/correlation.json and correlation.png.\n\n"
+            "example: skyloom eval correlate runs/demo --task ceval --limit 20"
+        ),
+    )
+    corr.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory")
+    _add_bench_options(corr, required=False)
+    corr.add_argument("--metric", choices=("acc", "acc_norm", "acc_micro"), default="acc",
+                      help="which overall score to correlate")
+    corr.add_argument("--data", action="append", metavar="NAME=PATH",
+                      help="compute validation losses with `eval ppl` on these sets instead of reading metrics.jsonl")
+    corr.add_argument("--field", default=None, help="JSON field holding the text (with --data)")
+    corr.add_argument("--limit-docs", type=int, default=None, help="only the first N documents of each --data set")
+    corr.add_argument("--recompute", action="store_true", help="ignore recorded scores and losses")
+    corr.add_argument("--plot", metavar="PNG", help="plot file (default: RUN_DIR/eval/correlation.png)")
+    corr.add_argument("--output", metavar="FILE", help="JSON file (default: RUN_DIR/eval/correlation.json)")
+    _add_loading_options(corr)
+    _add_window_options(corr)
+    corr.set_defaults(handler=_friendly(cmd_correlate))
