@@ -324,7 +324,8 @@ class Trainer:
         return broadcast_object(str(path) if path is not None else None)
 
     def _weights_finite(self) -> bool:
-        ok = torch.tensor([all(bool(torch.isfinite(p).all()) for p in self.raw_model.parameters())],
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.raw_model.parameters()]
+        ok = torch.tensor([all(bool(torch.isfinite(t).all()) for t in local)],
                           dtype=torch.float32, device=self.device)
         return bool(all_reduce_sum(ok).item() == self.env.world_size)
 
@@ -345,13 +346,15 @@ class Trainer:
 
     def _load_sharded(self, path: Path, optimizer: bool) -> None:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_state_dict
 
         msd, osd = get_state_dict(self.model, self.optimizer)
         state = {"model": msd, "optim": osd} if optimizer else {"model": msd}
         dcp.load(state, checkpoint_id=str(path / "dcp"))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"] if optimizer else {})
+        if optimizer:
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        else:
+            set_model_state_dict(self.model, state["model"])
 
     def _load_optimizer(self, path: Path) -> None:
         if self.fsdp:
@@ -537,8 +540,13 @@ class Trainer:
                 if v_every and self.step % v_every == 0 and not done:
                     self.validate()
                 if (c_every and self.step % c_every == 0) or self.stop_requested:
-                    self.save_checkpoint()
-                    last_saved = self.step
+                    if self.bad_steps and not self.stop_requested:
+                        # weights are unchanged by skipped steps, but a streak may end in an abort: keep the
+                        # last checkpoint from before it as the one to resume from
+                        self.logger.event(self.step, "checkpoint_deferred", reason="in a run of non-finite steps")
+                    else:
+                        self.save_checkpoint()
+                        last_saved = self.step
                 if self.stop_requested:
                     name = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal on another rank"
                     self.logger.event(self.step, "interrupted", signal=name)

@@ -1,0 +1,152 @@
+"""Shared pieces for the training tests: a real-text corpus packed once per session, and tiny run configs."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from skyloom.data.shards import finalize_index, write_shard
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = dict(arch="llama", vocab_size=1024, dim=64, n_layers=2, n_heads=4, ffn_dim=192, max_seq_len=64)
+
+
+@pytest.fixture(autouse=False)
+def single_thread():
+    """One intra-op thread: tiny models run faster so, and timings do not collapse when the cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _read_lines(path: Path, key: str, limit: int) -> list[str]:
+    import json
+
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get(key):
+                out.append(rec[key])
+            if len(out) >= limit:
+                break
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_corpus(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
+    """A 1,024-entry byte-level BPE trained on real English + Chinese text, and token shards packed with it:
+    `en` (WikiText-2 valid), `zh` (FewCLUE CHID passages), `val_en` (WikiText-2 test, held out)."""
+    root = tmp_path_factory.getbasetemp() / "train_corpus"
+    done = root / "DONE"
+    if done.is_file():
+        return {name: root / name for name in ("tokenizer", "en", "zh", "val_en", "val_text")}
+    from skyloom.tokenizer.loading import TextTokenizer
+    from skyloom.train.prepare import train_bpe
+
+    root.mkdir(parents=True, exist_ok=True)
+    en_text = (shared_data / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:600_000]
+    zh_docs = _read_lines(shared_data / "fewclue_zh" / "chid" / "unlabeled.json", "content", 1500)
+    val_text = (shared_data / "wikitext2" / "test.txt").read_text(encoding="utf-8")[:200_000]
+    corpus = root / "corpus"
+    corpus.mkdir(exist_ok=True)
+    (corpus / "en.txt").write_text(en_text, encoding="utf-8")
+    (corpus / "zh.txt").write_text("\n".join(zh_docs), encoding="utf-8")
+    (root / "val_text").mkdir(exist_ok=True)
+    (root / "val_text" / "wikitext_test.txt").write_text(val_text, encoding="utf-8")
+    train_bpe([corpus / "en.txt", corpus / "zh.txt"], root / "tokenizer", vocab_size=1024)
+    tok = TextTokenizer.from_dir(root / "tokenizer")
+    eos = tok.eos_id
+    # English: one document per WikiText article (split at top-level " = Title = " headings).
+    articles = [a for a in en_text.split("\n = ") if a.strip()]
+    for name, docs in (("en", articles), ("zh", zh_docs), ("val_en", [val_text])):
+        ids = [np.asarray(x + [eos]) for x in tok.encode_batch(docs)]
+        half = len(ids) // 2 or 1
+        for i, part in enumerate((ids[:half], ids[half:])):
+            if part:
+                write_shard(root / name, f"{i:03d}", part, vocab_size=tok.vocab_size, source=name,
+                            tokenizer=tok.tokenizer_id, eos_id=eos)
+        finalize_index(root / name)
+    done.write_text("ok")
+    return {name: root / name for name in ("tokenizer", "en", "zh", "val_en", "val_text")}
+
+
+def tiny_run_config(corpus: dict[str, Path], **sections) -> dict:
+    """A run config (plain dict) for a ~240k-parameter model on the session corpus; `sections` update it."""
+    cfg = {
+        "model": dict(TINY_MODEL),
+        "data": {
+            "seq_len": 64,
+            "seed": 0,
+            "tokenizer": str(corpus["tokenizer"]),
+            "sources": {
+                "en": {"path": str(corpus["en"]), "weight": [[0.0, 0.7], [1.0, 0.5]]},
+                "zh": {"path": str(corpus["zh"]), "weight": [[0.0, 0.3], [1.0, 0.5]]},
+            },
+        },
+        "train": {"global_batch_tokens": 512, "micro_batch_size": 4, "max_steps": 16, "lr": 3e-3,
+                  "min_lr": 3e-4, "warmup_steps": 2, "log_every": 1000},
+        "validation": {"every": 0, "at_start": False, "batch_size": 16,
+                       "sets": {"wikitext_test": {"path": str(corpus["val_en"]), "max_tokens": 4096}}},
+        "checkpoint": {"every": 0, "keep_last": 100},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(copy.deepcopy(value))
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def build_run_config(cfg: dict):
+    from skyloom.config import build
+    from skyloom.train.config import RunConfig
+
+    return build(RunConfig, cfg)
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def cli_env(threads: int = 1) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def skyloom_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "skyloom", *args]
+
+
+def torchrun_cmd(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "skyloom", *args]
+
+
+def run(cmd: list[str], timeout: int = 240, threads: int = 1) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cli_env(threads), cwd=REPO)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path, kind: str = "train") -> list[dict]:
+    import json
+
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
