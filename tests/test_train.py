@@ -175,3 +175,16 @@ def test_plan_only_prints_and_refuses_a_broken_cap(train_corpus, tmp_path):
     assert main(["train", str(bad), "--plan-only"]) == 2
     assert main(["train", str(bad), "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_activation_checkpointing_and_bf16_switches(train_corpus, tmp_path):
+    def losses(name, **train):
+        cfg = build_run_config(tiny_run_config(train_corpus, train={"max_steps": 4, **train},
+                                               validation={"sets": {}}, checkpoint={"save_final": False}))
+        Trainer(cfg, tmp_path / name).fit()
+        return [r["loss"] for r in read_metrics(tmp_path / name)]
+
+    base = losses("base")
+    assert losses("ac", activation_checkpointing=True) == pytest.approx(base, abs=1e-6)
+    bf16 = losses("bf16", precision="bf16")
+    assert all(math.isfinite(x) for x in bf16) and bf16 == pytest.approx(base, abs=0.05) and bf16 != base
