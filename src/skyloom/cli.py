@@ -15,6 +15,7 @@ from skyloom import __version__
 # Modules that add sub-commands (each defines `register(subparsers)`), in --help order.
 COMMAND_MODULES = [
     "skyloom.model.commands",
+    "skyloom.model.moe_commands",
     "skyloom.train.commands",
     "skyloom.eval.commands",
 ]

@@ -53,7 +53,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _convert(value, option, key)
             except ConfigError as err:
-                errors.append(str(err))
+                errors.append(err)
+        if len(errors) == 1 and dataclasses.is_dataclass([o for o in options if o is not type(None)][0]):
+            raise errors[0]  # an optional section (`X | None`): its own error names the exact key
         raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         allowed = get_args(tp)

@@ -2,7 +2,8 @@
 
 FLOPs convention (nanoGPT's `estimate_mfu`, PaLM appendix B): training FLOPs per token =
     6·N                (forward 2·N + backward 4·N for every weight matmul; N = all parameters,
-                        input embedding included, as nanoGPT counts them)
+                        input embedding included, as nanoGPT counts them; for MoE models N = the
+                        parameters *activated* per token: the gate and top_k of the n experts)
   + 12·L·H·S           (attention scores QKᵀ and the weighted sum over values, forward + backward,
                         for L layers, hidden size H, sequence length S — full S×S, *not* halved for the
                         causal mask as Megatron-LM's newer counting does).
@@ -23,6 +24,11 @@ class ParamCounts:
     total: int
     embedding: int  # input embedding (+ untied output projection, + learned positions)
     non_embedding: int
+    active: int = -1  # parameters used per token (MoE: gate + top_k experts); = total for dense models
+
+    def __post_init__(self) -> None:
+        if self.active < 0:
+            object.__setattr__(self, "active", self.total)
 
 
 def _ffn_params(cfg: ModelConfig) -> int:
@@ -36,14 +42,25 @@ def _norm_params(cfg: ModelConfig) -> int:
     return cfg.dim * (2 if (cfg.arch == "gpt" and cfg.bias) else 1)
 
 
-def layer_params(cfg: ModelConfig, layer_index: int = 0) -> int:
-    """Parameters of one transformer block."""
+def _moe_params(cfg: ModelConfig, experts: int) -> int:
+    """An MoE FFN with `experts` SwiGLU experts counted (all of them, or the top_k active ones) + its gate."""
+    moe = cfg.moe
+    gate = cfg.dim * moe.n_experts + (moe.n_experts if moe.gate_bias else 0)
+    return gate + experts * 3 * cfg.dim * cfg.expert_ffn_dim
+
+
+def layer_params(cfg: ModelConfig, layer_index: int = 0, active: bool = False) -> int:
+    """Parameters of one transformer block (`active`: only those one token uses — MoE: top_k experts)."""
     q_out = cfg.n_heads * cfg.head_dim
     kv_out = cfg.kv_heads * cfg.head_dim
     attn = cfg.dim * q_out + 2 * cfg.dim * kv_out + q_out * cfg.dim
     if cfg.bias:
         attn += q_out + 2 * kv_out + cfg.dim
-    return attn + _ffn_params(cfg) + 2 * _norm_params(cfg)
+    if cfg.is_moe_layer(layer_index):
+        ffn = _moe_params(cfg, cfg.moe.top_k if active else cfg.moe.n_experts)
+    else:
+        ffn = _ffn_params(cfg)
+    return attn + ffn + 2 * _norm_params(cfg)
 
 
 def count_params(cfg: ModelConfig) -> ParamCounts:
@@ -54,13 +71,14 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     if cfg.arch == "gpt":
         embedding += cfg.max_seq_len * cfg.dim
     body = sum(layer_params(cfg, i) for i in range(cfg.n_layers)) + _norm_params(cfg)
-    return ParamCounts(total=embedding + body, embedding=embedding, non_embedding=body)
+    active = sum(layer_params(cfg, i, active=True) for i in range(cfg.n_layers)) + _norm_params(cfg)
+    return ParamCounts(total=embedding + body, embedding=embedding, non_embedding=body, active=embedding + active)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """Training FLOPs per token: 6·N + 12·L·H·S (see the module docstring)."""
+    """Training FLOPs per token: 6·N + 12·L·H·S, N = activated parameters (see the module docstring)."""
     seq = seq_len or cfg.max_seq_len
-    return 6.0 * count_params(cfg).total + 12.0 * cfg.n_layers * cfg.dim * seq
+    return 6.0 * count_params(cfg).active + 12.0 * cfg.n_layers * cfg.dim * seq
 
 
 def mfu(tokens_per_sec: float, flops_per_tok: float, peak_flops_per_gpu: float, n_gpus: int = 1) -> float:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from skyloom.config import ConfigError
+from skyloom.model.moe_config import MoEConfig
 
 
 @dataclass
@@ -33,10 +34,12 @@ class ModelConfig:
     bias: bool = False  # biases in linear layers (GPT baseline); LLaMA/Skywork have none
     dropout: float = 0.0
     init_std: float = 0.02
+    moe: MoEConfig | None = None  # mixture-of-experts FFNs (Skywork-MoE); None: dense
 
     @staticmethod
     def expand_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        """`preset: NAME` fills every field from that preset; keys given beside it win."""
+        """`preset: NAME` fills every field from that preset; keys given beside it win (a section such as
+        `moe` merges key by key, so `moe: {capacity_factor: 2}` keeps the preset's other MoE fields)."""
         name = data.get("preset")
         if name is None:
             return data
@@ -49,7 +52,11 @@ class ModelConfig:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             key = f"{prefix}.preset" if prefix else "preset"
             raise ConfigError(key, f"unknown preset {name!r}{hint}; known: {', '.join(preset_names())}")
-        return {**PRESETS[name], **data}
+        merged = dict(PRESETS[name])
+        for key, value in data.items():
+            base = merged.get(key)
+            merged[key] = {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
+        return merged
 
     @property
     def head_dim(self) -> int:
@@ -95,3 +102,19 @@ class ModelConfig:
             raise ConfigError("norm_eps", f"must be positive, got {self.norm_eps}")
         if self.init_std <= 0:
             raise ConfigError("init_std", f"must be positive, got {self.init_std}")
+        if self.moe is not None:
+            if self.arch != "llama" or self.bias:
+                raise ConfigError("moe", "MoE layers have SwiGLU experts without biases: they need arch=llama, bias=false")
+            if self.moe.every_n_layers > self.n_layers:
+                raise ConfigError("moe.every_n_layers",
+                                  f"{self.moe.every_n_layers} > n_layers={self.n_layers} leaves no MoE layer")
+
+    @property
+    def expert_ffn_dim(self) -> int:
+        """The width of one expert's SwiGLU (the dense FFN width unless `moe.expert_ffn_dim` is set)."""
+        if self.moe is not None and self.moe.expert_ffn_dim is not None:
+            return self.moe.expert_ffn_dim
+        return self.hidden_ffn_dim
+
+    def is_moe_layer(self, layer_index: int) -> bool:
+        return self.moe is not None and self.moe.is_moe_layer(layer_index)

@@ -1,5 +1,7 @@
 """Hugging Face interop for the dense model: export to / import from a `LlamaForCausalLM` directory.
 
+MoE models go to / come from `MixtralForCausalLM` instead (model/hf_mixtral.py); the functions here dispatch.
+
 Export and import need only `safetensors` and JSON; `transformers` (the `hf` extra) is needed only to
 *run* the exported model (e.g. `skyloom export hf --verify`). Our RoPE uses the same rotate-half
 layout as `LlamaForCausalLM`, so the weight mapping is a renaming, no q/k permutation.
@@ -91,8 +93,13 @@ def hf_config(cfg: ModelConfig, extra: dict[str, Any] | None = None) -> dict[str
 
 
 def export_hf(model: Transformer, out_dir: str | Path, source_dir: str | Path | None = None) -> Path:
-    """Write `model` as a Hugging Face LlamaForCausalLM directory; copies tokenizer files from `source_dir`."""
+    """Write `model` as a Hugging Face LlamaForCausalLM directory (MixtralForCausalLM for an MoE model);
+    copies tokenizer files from `source_dir`."""
     cfg = model.config
+    if cfg.moe is not None:
+        from skyloom.model.hf_mixtral import export_mixtral
+
+        return export_mixtral(model, out_dir, source_dir)
     if cfg.arch != "llama" or cfg.bias:
         raise ValueError(
             f"only the LLaMA architecture without biases exports to LlamaForCausalLM (got arch={cfg.arch!r}, "
@@ -134,7 +141,11 @@ def _special_token_ids(source: Path) -> dict[str, int]:
 
 
 def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
-    """ModelConfig from a Llama config.json; refuses features skyloom's dense model does not have."""
+    """ModelConfig from a Llama (or Mixtral) config.json; refuses features skyloom's model does not have."""
+    if hf.get("model_type") == "mixtral":
+        from skyloom.model.hf_mixtral import config_from_mixtral
+
+        return config_from_mixtral(hf, source)
     if hf.get("model_type") != "llama":
         raise ValueError(f"{source}: model_type {hf.get('model_type')!r} is not supported (only 'llama')")
     for key in ("attention_bias", "mlp_bias"):
@@ -184,9 +195,13 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_hf_llama(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
-    """Build a skyloom Transformer from a Hugging Face Llama directory (safetensors only)."""
+    """Build a skyloom Transformer from a Hugging Face Llama (or Mixtral) directory (safetensors only)."""
     p = Path(path)
     hf = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    if hf.get("model_type") == "mixtral":
+        from skyloom.model.hf_mixtral import load_hf_mixtral
+
+        return load_hf_mixtral(p, device=device)
     cfg = config_from_hf(hf, str(p / "config.json"))
     with torch.device("meta"):
         model = Transformer(cfg)

@@ -5,6 +5,8 @@
 `arch="llama"` (Skywork, LLaMA): RMSNorm pre-normalisation, rotary positions (RoPE) on queries/keys,
 SwiGLU FFN at ~8/3 width, no biases, optional grouped-query attention.
 `arch="gpt"` (the Table-9 baseline): LayerNorm, learned absolute positions, GELU MLP at 4×, dropout.
+With `moe` set (Skywork-MoE), the FFN of every `moe.every_n_layers`-th block is a mixture of SwiGLU experts
+(model/moe.py); `model.moe_layers()` lists them, each keeping its last aux loss and router statistics.
 
 RoPE uses the "rotate-half" layout (the first and second halves of each head form the complex pairs),
 the same as Hugging Face's LlamaForCausalLM, so weights convert without permuting q/k.
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skyloom.model.config import ModelConfig
+from skyloom.model.moe import MoE, moe_layers
 
 
 class RMSNorm(nn.Module):
@@ -126,6 +129,8 @@ def build_norm(cfg: ModelConfig) -> nn.Module:
 
 def build_ffn(cfg: ModelConfig, layer_index: int) -> nn.Module:
     """The feed-forward sub-layer of block `layer_index`."""
+    if cfg.is_moe_layer(layer_index):
+        return MoE(cfg.dim, cfg.expert_ffn_dim, cfg.moe)
     if cfg.arch == "gpt":
         return GeluMLP(cfg.dim, cfg.hidden_ffn_dim, bias=cfg.bias)
     return SwiGLU(cfg.dim, cfg.hidden_ffn_dim, bias=cfg.bias)
@@ -179,6 +184,12 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, MoE):
+                module.reset_parameters(std, resid_std)
+
+    def moe_layers(self) -> list[tuple[int, MoE]]:
+        """(block index, MoE layer) for every MoE block; empty for a dense model."""
+        return list(moe_layers(self))
 
     def forward(
         self,
