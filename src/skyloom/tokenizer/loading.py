@@ -22,6 +22,9 @@ class TextTokenizer:
 
     def __init__(self, tokenizer, special_tokens: dict[str, str], source: Path):
         self.tokenizer = tokenizer
+        # Text is text: a literal "</s>" or "<s>" inside a document is encoded as characters, never as the
+        # special id (packing appends EOS itself). Same as `split_special_tokens` in transformers.
+        self.tokenizer.encode_special_tokens = True
         self.source = source
         self.special_tokens = special_tokens
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)

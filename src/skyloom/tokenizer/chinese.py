@@ -1,0 +1,162 @@
+"""Frequencies of Chinese characters and multi-character words: what the vocabulary extension adds.
+
+The report adds the most frequent Chinese characters and ~25k frequent multi-character words to a Latin
+base vocabulary. Here characters are counted directly and words with `jieba` segmentation of the Han runs
+of the training corpus (in parallel processes; jieba is the slow part), optionally merged with a
+user-supplied frequency list. When a corpus is too small to supply enough distinct entries, jieba's own
+dictionary (its word frequencies, shipped inside the wheel) is the deterministic fill.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from skyloom.tokenizer.text import HAN_RUN, is_chinese_char_or_symbol, is_han_word
+
+
+@dataclass
+class Frequencies:
+    """Character and word counts (corpus and/or lists), plus a few totals for the report."""
+
+    chars: Counter = field(default_factory=Counter)  # every character (callers pick the ones they want)
+    words: Counter = field(default_factory=Counter)  # multi-character Han words
+    documents: int = 0
+    characters: int = 0
+
+    def update(self, other: "Frequencies") -> None:
+        self.chars.update(other.chars)
+        self.words.update(other.words)
+        self.documents += other.documents
+        self.characters += other.characters
+
+
+_JIEBA_READY = False
+
+
+def _jieba():
+    global _JIEBA_READY
+    import jieba
+
+    if not _JIEBA_READY:
+        jieba.setLogLevel(logging.WARNING)
+        jieba.initialize()
+        _JIEBA_READY = True
+    return jieba
+
+
+def count_batch(texts: list[str], hmm: bool = True, segment: bool = True) -> Frequencies:
+    """Counts for a batch of documents (runs in a worker process); `segment=False` counts characters only."""
+    jieba = _jieba() if segment else None
+    out = Frequencies(documents=len(texts))
+    for text in texts:
+        out.characters += len(text)
+        out.chars.update(text)
+        if jieba is None:
+            continue
+        for run in HAN_RUN.findall(text):
+            if len(run) < 2:
+                continue
+            for word in jieba.cut(run, HMM=hmm):
+                if len(word) > 1:
+                    out.words[word] += 1
+    return out
+
+
+def _batches(texts: Iterable[str], max_chars: int = 1 << 16, max_docs: int = 1024) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= max_chars or len(batch) >= max_docs:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def count_frequencies(texts: Iterable[str], workers: int = 1, hmm: bool = True, progress=None,
+                      segment: bool = True) -> Frequencies:
+    """Character and jieba word counts over `texts`; `workers` > 1 segments in that many processes.
+
+    `progress(n_chars)` is called as batches finish. Results do not depend on `workers`."""
+    total = Frequencies()
+    fn = partial(count_batch, hmm=hmm, segment=segment)
+    if workers <= 1:
+        for batch in _batches(texts):
+            part = fn(batch)
+            total.update(part)
+            if progress:
+                progress(part.characters)
+        return total
+    import multiprocessing as mp
+
+    # fork: workers only run jieba, and a forked worker needs no `if __name__ == "__main__"` guard in the caller.
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    if segment and method == "fork":
+        _jieba()  # load the dictionary once; forked workers inherit it
+    with mp.get_context(method).Pool(workers) as pool:
+        for part in pool.imap_unordered(fn, _batches(texts), chunksize=1):
+            total.update(part)
+            if progress:
+                progress(part.characters)
+    return total
+
+
+def read_frequency_list(path: str | Path) -> Counter:
+    """A user frequency list: one `entry count` per line (jieba's dict.txt format works: extra columns are
+    ignored); `#` starts a comment. Entries may be characters or words."""
+    counts: Counter = Counter()
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) < 2:
+                raise ValueError(f"{path}:{number}: expected 'entry count', got {line[:60]!r}")
+            try:
+                count = float(parts[1])
+            except ValueError:
+                raise ValueError(f"{path}:{number}: count {parts[1]!r} is not a number") from None
+            if count < 0:
+                raise ValueError(f"{path}:{number}: negative count {count}")
+            counts[parts[0]] += count
+    return counts
+
+
+@lru_cache(maxsize=1)
+def jieba_dictionary() -> tuple[tuple[str, ...], tuple[str, ...], dict[str, int]]:
+    """jieba's bundled dictionary: (characters by frequency, Han words by frequency, frequencies)."""
+    jieba = _jieba()
+    freq: dict[str, int] = {}
+    with jieba.get_dict_file() as f:
+        for raw in f:
+            parts = raw.decode("utf-8").split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                freq[parts[0]] = freq.get(parts[0], 0) + int(parts[1])
+    ranked = sorted(freq, key=lambda w: (-freq[w], w))
+    chars = tuple(w for w in ranked if len(w) == 1 and is_chinese_char_or_symbol(w))
+    words = tuple(w for w in ranked if is_han_word(w))
+    return chars, words, freq
+
+
+def rank(corpus: Counter, user: Counter, weight: float, keep) -> list[tuple[str, float, str]]:
+    """Candidates by combined count (corpus + weight × user list), ties by text: (entry, count, origin)."""
+    combined: dict[str, float] = {}
+    origin: dict[str, str] = {}
+    for entry, count in corpus.items():
+        if count > 0 and keep(entry):
+            combined[entry] = float(count)
+            origin[entry] = "corpus"
+    for entry, count in user.items():
+        if count > 0 and keep(entry):
+            combined[entry] = combined.get(entry, 0.0) + weight * count
+            origin.setdefault(entry, "frequency_list")
+    ranked = sorted(combined, key=lambda e: (-combined[e], e))
+    return [(e, combined[e], origin[e]) for e in ranked]

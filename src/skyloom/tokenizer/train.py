@@ -1,0 +1,273 @@
+"""`skyloom tokenizer train`: base BPE (or an existing tokenizer) + Chinese extension + reserved specials.
+
+The final size is exact: total = base + Chinese characters/symbols + Chinese words + reserved. With
+`extend`, the base is the given tokenizer (its size is fixed, every id kept); otherwise a byte-fallback
+BPE of `base_size` entries is trained on the inputs. The Chinese word count is whatever the total leaves.
+
+When the corpus (plus any frequency list) does not hold enough distinct characters or words, the rest comes
+from jieba's bundled dictionary in its frequency order (`fill="jieba"`, the default; the breakdown says how
+many) — or training stops with the shortfall named (`fill="none"`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+from skyloom.config import ConfigError
+from skyloom.tokenizer.chinese import Frequencies, count_frequencies, jieba_dictionary, rank, read_frequency_list
+from skyloom.tokenizer.corpus import iter_texts
+from skyloom.tokenizer.extend import Addition, BaseTokenizer, VocabExtender, load_base
+from skyloom.tokenizer.text import BYTE_TOKEN, is_chinese_char_or_symbol, is_han, is_han_word
+
+ROW_BASE = "Latin based words & subwords"
+ROW_CHARS = "Chinese characters & Unicode symbols"
+ROW_WORDS = "Chinese words"
+ROW_RESERVED = "Reserved symbols"
+
+
+@dataclass
+class TrainSettings:
+    inputs: list[str]
+    out: str
+    fields: list[str] = field(default_factory=lambda: ["text"])
+    total: int = 65536
+    base_size: int = 32000
+    chinese_chars: int = 8000
+    chinese_words: int | None = None  # None: whatever the total leaves
+    reserved: int = 17
+    extend: str | None = None
+    freq_lists: list[str] = field(default_factory=list)
+    freq_list_weight: float = 1.0
+    fill: Literal["jieba", "none"] = "jieba"
+    min_word_count: int = 2
+    character_coverage: float = 0.9995
+    min_frequency: int = 2
+    max_token_length: int = 16
+    jieba_hmm: bool = True
+    workers: int = 0  # 0: one per CPU
+    max_bytes: int | None = None
+    bos_token: str = "<s>"
+    eos_token: str = "</s>"
+    unk_token: str = "<unk>"
+    pad_token: str = "<pad>"
+    progress: bool = True
+
+
+@dataclass
+class Sizes:
+    base: int
+    chars: int
+    words: int
+    reserved: int
+
+    @property
+    def total(self) -> int:
+        return self.base + self.chars + self.words + self.reserved
+
+
+def resolve_sizes(s: TrainSettings, base_size: int | None = None) -> Sizes:
+    """The four row sizes; `base_size` is the size of the tokenizer being extended, if any."""
+    base = base_size if base_size is not None else s.base_size
+    for key, value in (("--chinese-chars", s.chinese_chars), ("--reserved", s.reserved), ("--base-size", base)):
+        if value < 0:
+            raise ConfigError(key, f"must be ≥ 0, got {value}")
+    words = s.total - base - s.chinese_chars - s.reserved
+    if s.chinese_words is not None and s.chinese_words != words:
+        raise ConfigError("--chinese-words", f"{base} + {s.chinese_chars} + {s.chinese_words} + {s.reserved} = "
+                                             f"{base + s.chinese_chars + s.chinese_words + s.reserved}, "
+                                             f"not --total {s.total}")
+    if words < 0:
+        raise ConfigError("--total", f"{s.total} is smaller than base {base} + Chinese characters "
+                                     f"{s.chinese_chars} + reserved {s.reserved}")
+    if s.reserved < 4 and base_size is None:
+        raise ConfigError("--reserved", f"a new tokenizer needs at least 4 reserved ids (unk, bos, eos, pad), "
+                                        f"got {s.reserved}")
+    return Sizes(base, s.chinese_chars, words, s.reserved)
+
+
+class _Progress:
+    """A tqdm bar over characters when asked for, silent otherwise."""
+
+    def __init__(self, enabled: bool, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=desc, unit="char", unit_scale=True, file=sys.stderr, leave=False)
+
+    def __call__(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _log(settings: TrainSettings, message: str) -> None:
+    if settings.progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _candidates(ranked: list[tuple[str, float, str]], fill: tuple[str, ...] | None,
+                keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+    seen = set()
+    for entry, _, origin in ranked:
+        seen.add(entry)
+        yield entry, origin
+    for entry in fill or ():
+        if entry not in seen and keep(entry):
+            yield entry, "jieba_fill"
+
+
+def _row(category: str, addition: Addition | None = None, **extra) -> dict:
+    row: dict = {"category": category}
+    if addition is not None:
+        origins = Counter(addition.origin[e] for e in addition.entries)
+        row.update(size=addition.size, first_id=addition.first_id, last_id=addition.last_id,
+                   entries=len(addition.entries), helpers=len(addition.helpers),
+                   from_corpus=origins["corpus"], from_frequency_list=origins["frequency_list"],
+                   from_jieba_fill=origins["jieba_fill"])
+    row.update(extra)
+    return row
+
+
+def _base_composition(vocab: dict[str, int], base_size: int) -> dict:
+    byte_tokens = han = 0
+    for token, token_id in vocab.items():
+        if token_id >= base_size:
+            continue
+        if BYTE_TOKEN.fullmatch(token):
+            byte_tokens += 1
+        elif any(is_han(c) for c in token):
+            han += 1
+    return {"byte_fallback_tokens": byte_tokens, "tokens_with_chinese": han,
+            "other_tokens": base_size - byte_tokens - han}
+
+
+def train_tokenizer(s: TrainSettings) -> dict:
+    """Build and write the tokenizer directory; returns the vocabulary breakdown."""
+    started = time.time()
+    if not s.inputs:
+        raise ConfigError("INPUT", "give at least one input file")
+    if not 0 < s.character_coverage <= 1:
+        raise ConfigError("--character-coverage", f"must be in (0, 1], got {s.character_coverage}")
+    workers = s.workers or (os.cpu_count() or 1)
+    base: BaseTokenizer | None = load_base(s.extend) if s.extend else None
+    if base is not None:
+        probe = VocabExtender(base)
+        sizes = resolve_sizes(s, probe.base_size)
+    else:
+        sizes = resolve_sizes(s)
+    user: Counter = Counter()
+    for path in s.freq_lists:
+        user.update(read_frequency_list(path))
+
+    texts = lambda: iter_texts(s.inputs, s.fields, s.max_bytes)  # noqa: E731 - read twice, streamed
+    segment = sizes.words > 0
+    _log(s, f"counting characters{' and jieba words' if segment else ''} ({workers} workers)")
+    bar = _Progress(s.progress, "count")
+    freqs: Frequencies = count_frequencies(texts(), workers=workers if segment else 1, hmm=s.jieba_hmm,
+                                           progress=bar, segment=segment)
+    bar.close()
+    _log(s, f"  {freqs.documents:,} documents, {freqs.characters:,} characters, "
+            f"{sum(1 for c in freqs.chars if is_han(c)):,} distinct Chinese characters, "
+            f"{len(freqs.words):,} distinct words")
+    if freqs.characters == 0:
+        raise ConfigError("INPUT", "the inputs hold no text")
+
+    if base is None:
+        from skyloom.tokenizer.base import alphabet_size, train_base
+
+        alphabet = alphabet_size(freqs.chars, s.character_coverage)
+        _log(s, f"training the base BPE: {sizes.base:,} entries (256 bytes, alphabet ≤ {alphabet})")
+        bar = _Progress(s.progress, "base BPE")
+        doc = train_base(texts(), sizes.base, alphabet, s.min_frequency, s.max_token_length, on_text=bar)
+        bar.close()
+        base = BaseTokenizer(doc, {}, "trained on the inputs", "trained")
+    ext = VocabExtender(base)
+    assert ext.base_size == sizes.base
+
+    def count(text: str) -> float:
+        return float(freqs.words.get(text, 0) or (freqs.chars.get(text, 0) if len(text) == 1 else 0))
+
+    fill_chars, fill_words = (jieba_dictionary()[:2] if s.fill == "jieba" else (None, None))
+    char_keep = lambda e: len(e) == 1 and is_chinese_char_or_symbol(e)  # noqa: E731
+    chars_row, words_row = Addition(), Addition()
+    ext.fill(chars_row, sizes.chars, _candidates(rank(freqs.chars, user, s.freq_list_weight, char_keep),
+                                                 fill_chars, char_keep), count)
+    if chars_row.size != sizes.chars:
+        raise ConfigError("--chinese-chars", f"only {chars_row.size} of {sizes.chars} Chinese characters/symbols "
+                                             f"could be added (corpus + lists{' + jieba fill' if fill_chars else ''}"
+                                             f" exhausted); give more text or a --freq-list, or lower it")
+    corpus_words = Counter({w: c for w, c in freqs.words.items() if c >= s.min_word_count})
+    ext.fill(words_row, sizes.words, _candidates(rank(corpus_words, user, s.freq_list_weight, is_han_word),
+                                                 fill_words, is_han_word), count)
+    if words_row.size != sizes.words:
+        raise ConfigError("--chinese-words", f"only {words_row.size} of {sizes.words} Chinese words could be "
+                                             f"added (corpus + lists{' + jieba fill' if fill_words else ''} "
+                                             f"exhausted); give more text or a --freq-list, or change the sizes")
+
+    # Reserved block: the special tokens the base lacks, then spares, to exactly `reserved` new ids.
+    first_reserved = ext.next_id
+    names = {key: base.specials.get(key) or getattr(s, key) for key in ("unk_token", "bos_token", "eos_token",
+                                                                         "pad_token")}
+    missing = [key for key, content in names.items() if ext.special_id(content) is None]
+    if len(missing) > sizes.reserved:
+        raise ConfigError("--reserved", f"{sizes.reserved} reserved ids cannot hold the missing special tokens "
+                                        f"{[names[k] for k in missing]}")
+    special_ids = {}
+    for key, content in names.items():
+        if ext.special_id(content) is not None:
+            ext.mark_special(content)
+        special_ids[key] = ext.add_special(content)
+    spares: list[str] = []
+    index = 0
+    while ext.next_id - first_reserved < sizes.reserved:
+        name = f"<reserved_{index}>"
+        index += 1
+        if ext.special_id(name) is None:
+            ext.add_special(name)
+            spares.append(name)
+    doc = ext.document(names["unk_token"])
+    if ext.next_id != sizes.total:
+        raise AssertionError(f"vocabulary has {ext.next_id} ids, expected {sizes.total}")
+
+    from skyloom.tokenizer.files import write_tokenizer_dir
+
+    breakdown = {
+        "format": "skyloom-vocab-breakdown", "version": 1,
+        "total": sizes.total,
+        "rows": [
+            _row(ROW_BASE, size=sizes.base, first_id=0, last_id=sizes.base - 1, source=base.source,
+                 kind=base.kind, **_base_composition(ext.vocab, sizes.base)),
+            _row(ROW_CHARS, chars_row, han=sum(1 for e in chars_row.entries if is_han(e)),
+                 symbols=sum(1 for e in chars_row.entries if not is_han(e))),
+            _row(ROW_WORDS, words_row, by_length=dict(sorted(Counter(
+                str(len(e)) for e in words_row.entries).items(), key=lambda kv: int(kv[0])))),
+            {"category": ROW_RESERVED, "size": sizes.reserved, "first_id": first_reserved,
+             "last_id": ext.next_id - 1,
+             "tokens": {content: token_id for content, token_id in ext.new_specials}},
+        ],
+        "special_tokens": {key: {"content": names[key], "id": special_ids[key]} for key in names},
+        "settings": {
+            "inputs": [str(p) for p in s.inputs], "fields": s.fields, "extend": s.extend,
+            "freq_lists": s.freq_lists, "freq_list_weight": s.freq_list_weight, "fill": s.fill,
+            "min_word_count": s.min_word_count, "character_coverage": s.character_coverage,
+            "min_frequency": s.min_frequency, "max_token_length": s.max_token_length, "jieba_hmm": s.jieba_hmm,
+        },
+        "corpus": {"documents": freqs.documents, "characters": freqs.characters,
+                   "han_characters": sum(c for ch, c in freqs.chars.items() if is_han(ch)),
+                   "distinct_words": len(freqs.words)},
+        "seconds": round(time.time() - started, 1),
+    }
+    write_tokenizer_dir(s.out, doc, {k: names[k] for k in names}, spares, breakdown)
+    _log(s, f"wrote {Path(s.out)} ({sizes.total:,} entries) in {time.time() - started:.0f} s")
+    return breakdown
+
