@@ -120,11 +120,14 @@ def test_packed_convention_equals_the_trainer_validation_loss(lm, tmp_path):
     file = tmp_path / "val.jsonl"
     file.write_text("".join(json.dumps({"text": r["text"]}, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     seq_len = 96
-    windows = validation.make_windows(validation.tokenize_files([file], tokenizer()), seq_len)
-    trainer_loss, trainer_tokens = validation.evaluate_loss(lm.model, windows, batch_size=4)
-    ours = domain_result(score_documents(lm, read_documents(file), WindowConvention("packed", seq_len)))
-    assert ours["tokens"] == trainer_tokens
-    assert ours["loss"] == pytest.approx(trainer_loss, abs=1e-5)
+    stream = validation.tokenize_files([file], tokenizer())
+    for budget in (None, 1000):  # the whole set, and a validation set's max_tokens budget
+        windows = validation.make_windows(stream, seq_len, budget)
+        trainer_loss, trainer_tokens = validation.evaluate_loss(lm.model, windows, batch_size=4)
+        conv = WindowConvention("packed", seq_len, budget=budget)
+        ours = domain_result(score_documents(lm, read_documents(file), conv))
+        assert ours["tokens"] == trainer_tokens == (1056 if budget else len(stream) // 97 * 96)
+        assert ours["loss"] == pytest.approx(trainer_loss, abs=1e-5)
 
 
 def test_token_shard_directory_scores_like_its_text(lm, tmp_path):

@@ -67,6 +67,9 @@ def _add_window_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix", choices=("auto", "bos", "eos", "none"), default="auto",
                    help="rolling: token placed before each document so its first token is predicted "
                         "(auto: BOS, else EOS)")
+    g.add_argument("--token-budget", type=int, default=None,
+                   help="packed: score only the first ceil(N / max-tokens) windows (a validation set's max_tokens "
+                        "in a training config)")
 
 
 def _load(args: argparse.Namespace, path: str):
@@ -84,7 +87,7 @@ def _convention(args: argparse.Namespace, lm):
     if args.max_tokens is None and max_tokens < 4096 and args.window == "report":
         print(f"note: {lm.name} reads at most {lm.max_length} tokens, so windows are {max_tokens} tokens "
               f"(the report used 4096)", file=sys.stderr)
-    return WindowConvention(args.window, max_tokens, args.stride, args.prefix)
+    return WindowConvention(args.window, max_tokens, args.stride, args.prefix, args.token_budget)
 
 
 def _parse_data(specs: list[str] | None, field: str | None, limit: int | None) -> dict[str, Any]:
@@ -208,7 +211,8 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     bench_settings = {"shots": args.shots, "limit": args.limit, "format": args.format, "split": args.split,
                       "metric_source": "overall"}
     ppl_settings = {"data": args.data, "window": args.window, "max_tokens": args.max_tokens, "stride": args.stride,
-                    "prefix": args.prefix, "field": args.field, "limit": args.limit_docs}
+                    "prefix": args.prefix, "token_budget": args.token_budget, "field": args.field,
+                    "limit": args.limit_docs}
 
     def run_bench(spec, ckpt: Path) -> dict[str, Any]:
         lm = _load(args, str(ckpt))

@@ -18,7 +18,8 @@ Which tokens are predicted, and with what context, is a *window convention*; thr
     `skyloom.train.validation`): the documents concatenated, each followed by EOS (token-shard documents
     already end with it; empty texts are skipped), cut from the first token into non-overlapping windows of
     `max_tokens + 1` tokens, an incomplete tail dropped; a window's first `max_tokens` tokens are the input
-    and its last `max_tokens` the targets (the first token of each window is context only).
+    and its last `max_tokens` the targets (the first token of each window is context only). A token budget
+    (`budget`, the monitor's per-set `max_tokens`) keeps the first ceil(budget / max_tokens) windows.
 
 Loss of a domain = Σ NLL (nats) / number of predicted tokens (token-weighted mean); ppl = exp(loss).
 Bits per byte = Σ NLL / (ln 2 · UTF-8 bytes of the text the windows cover), comparable across tokenizers.
@@ -64,6 +65,7 @@ class WindowConvention:
     max_tokens: int = 4096
     stride: int | None = None  # rolling: tokens newly predicted per window (default max_tokens)
     prefix: Literal["auto", "bos", "eos", "none"] = "auto"  # rolling: token placed before the text
+    budget: int | None = None  # packed: predicted-token budget, ceil(budget / max_tokens) windows
 
     def __post_init__(self) -> None:
         if self.kind not in CONVENTIONS:
@@ -74,6 +76,8 @@ class WindowConvention:
             raise ValueError(f"stride must be in [1, max_tokens={self.max_tokens}], got {self.stride}")
         if self.prefix not in PREFIXES:
             raise ValueError(f"unknown prefix {self.prefix!r}; choose {', '.join(PREFIXES)}")
+        if self.budget is not None and (self.kind != "packed" or self.budget < 1):
+            raise ValueError("a token budget applies to the packed convention only and must be positive")
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
@@ -82,6 +86,8 @@ class WindowConvention:
         else:
             d.pop("stride")
             d.pop("prefix")
+        if self.budget is None:
+            d.pop("budget")
         return d
 
 
@@ -118,10 +124,14 @@ def rolling_windows(ids: Sequence[int], max_tokens: int, stride: int | None = No
     return windows
 
 
-def packed_windows(stream: Sequence[int], max_tokens: int) -> list[Window]:
-    """Non-overlapping windows of max_tokens + 1 tokens from the stream's start; the tail is dropped."""
+def packed_windows(stream: Sequence[int], max_tokens: int, budget: int | None = None) -> list[Window]:
+    """Non-overlapping windows of max_tokens + 1 tokens from the stream's start; the tail is dropped;
+    with a token budget only the first ceil(budget / max_tokens) windows."""
     size = max_tokens + 1
-    return [Window(tuple(stream[i * size: (i + 1) * size]), max_tokens) for i in range(len(stream) // size)]
+    n = len(stream) // size
+    if budget is not None:
+        n = min(n, math.ceil(budget / max_tokens))
+    return [Window(tuple(stream[i * size: (i + 1) * size]), max_tokens) for i in range(n)]
 
 
 def window_losses(lm: LanguageModel, windows: Sequence[Window], desc: str = "scoring") -> np.ndarray:
@@ -182,7 +192,7 @@ def score_documents(lm: LanguageModel, docs: Documents, convention: WindowConven
 
     n = len(ids)
     if kind == "packed":
-        return _score_packed(lm, ids, texts, L, desc)
+        return _score_packed(lm, ids, texts, L, desc, convention.budget)
 
     per_doc: list[list[Window]] = []
     sizes = np.zeros(n, dtype=np.int64)
@@ -206,7 +216,7 @@ def score_documents(lm: LanguageModel, docs: Documents, convention: WindowConven
 
 
 def _score_packed(lm: LanguageModel, ids: list[list[int]], texts: list[str] | None, max_tokens: int,
-                  desc: str) -> DocumentScores:
+                  desc: str, budget: int | None = None) -> DocumentScores:
     """The `packed` convention; each prediction is credited to the document its target token belongs to."""
     eos = lm.eos_id
     if texts is not None and eos is None:
@@ -220,7 +230,7 @@ def _score_packed(lm: LanguageModel, ids: list[list[int]], texts: list[str] | No
             doc = list(doc) + [eos]
         stream += doc
         owner += [i] * len(doc)
-    windows = packed_windows(stream, max_tokens)
+    windows = packed_windows(stream, max_tokens, budget)
     logprobs = lm.score([w.ids for w in windows], desc=desc)
     n = len(ids)
     nll = np.zeros(n)
