@@ -12,10 +12,10 @@ _DESCRIPTION = """\
 Upcycle a dense checkpoint into a mixture of experts (Skywork-MoE §3): every expert of an MoE block is a copy
 of the block's dense SwiGLU FFN, the gate starts as small random weights (--gate-std; 0 = zeros) with a zero
 bias. Without token dropping the result computes exactly the dense model's function at step 0.
-Further MoE options as KEY=VALUE (fields of model.moe, see docs/moe.md), e.g. gate_norm=true adaptive=true
-capacity_factor=1.25 every_n_layers=2.
+Further MoE options with --set KEY=VALUE … (fields of model.moe, see docs/moe.md), e.g. --set gate_norm=true
+adaptive=true capacity_factor=1.25 every_n_layers=2.
 
-  skyloom upcycle runs/tiny/checkpoints/step-000120 --experts 8 --top-k 2 --out runs/tiny-moe-init gate_norm=true
+  skyloom upcycle runs/tiny/checkpoints/step-000120 --experts 8 --top-k 2 --out runs/tiny-moe-init --set gate_norm=true
 
 With --advise, print the report's rule of thumb (§3.3) instead: upcycle or train from scratch, given what the
 dense checkpoint cost and what the MoE may spend — as --dense-cost/--moe-budget in any one unit (GPU hours,
@@ -28,7 +28,7 @@ FLOPs), or as --dense-tokens/--moe-tokens, converted to FLOPs with the models' a
 
 
 def _moe_settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings = apply_overrides({}, args.overrides)
+    settings = apply_overrides({}, args.set)
     settings.setdefault("n_experts", args.experts)
     settings.setdefault("top_k", args.top_k)
     return settings
@@ -88,7 +88,8 @@ def register(sub) -> None:
                     description=_DESCRIPTION)
     p.add_argument("dense", nargs="?", metavar="DENSE_CKPT",
                    help="dense skyloom checkpoint or Hugging Face Llama directory (or a preset/config with --advise)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model.moe fields, e.g. gate_norm=true")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="model.moe fields, e.g. --set gate_norm=true adaptive=true")
     p.add_argument("--out", metavar="MOE_CKPT", help="checkpoint directory to write")
     p.add_argument("--experts", type=int, default=16, help="experts per MoE layer (n)")
     p.add_argument("--top-k", type=int, default=2, help="experts per token (k)")
