@@ -13,7 +13,7 @@ import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 LINE_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -132,41 +132,59 @@ class Document:
     line: int
 
 
+OnError = Optional[Callable[[InputError], None]]
+
+
 def iter_documents(path: str | Path, fields: Sequence[str] = ("text",), start: int = 0,
-                   end: int | None = None) -> Iterator[Document]:
+                   end: int | None = None, on_error: OnError = None) -> Iterator[Document]:
     """Documents of one file; `start`/`end` select a slice: bytes for uncompressed JSON lines (lines that
-    *begin* inside [start, end)), row groups for Parquet. Other types are read whole (start must be 0)."""
+    *begin* inside [start, end)), row groups for Parquet. Other types are read whole (start must be 0).
+
+    A malformed record raises `InputError` naming file and line — or, with `on_error`, is handed to it and
+    skipped (the caller counts and reports it)."""
     fmt = file_format(path)
     if fmt == "lines":
         if is_gzip(path):
             if start or end is not None:
                 raise ValueError(f"{path}: gzip files are read whole")
             with gzip.open(path, "rb") as f:
-                yield from _parse_lines(f, fields, path, first_line=1)
+                yield from _parse_lines(f, fields, path, on_error)
         else:
-            yield from _iter_line_range(Path(path), fields, start, end)
+            yield from _iter_line_range(Path(path), fields, start, end, on_error)
     elif fmt == "text":
         if start:
             raise ValueError(f"{path}: text files are read whole")
         data = gzip.open(path, "rb").read() if is_gzip(path) else Path(path).read_bytes()
         try:
-            yield Document(data.decode("utf-8"), str(path), 1)
+            text = data.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise InputError(path, data.count(b"\n", 0, err.start) + 1, "not valid UTF-8") from None
+            _handle(InputError(path, data.count(b"\n", 0, err.start) + 1, "not valid UTF-8"), on_error)
+            return
+        yield Document(text, str(path), 1)
     elif fmt == "csv":
-        yield from _iter_csv(Path(path), fields)
+        yield from _iter_csv(Path(path), fields, on_error)
     else:
-        yield from _iter_parquet(Path(path), fields, start, end)
+        yield from _iter_parquet(Path(path), fields, start, end, on_error)
 
 
-def _parse_lines(f: Iterable[bytes], fields, path, first_line: int) -> Iterator[Document]:
-    for number, raw in enumerate(f, first_line):
-        text = parse_line(raw, fields, path, number)
+def _handle(err: InputError, on_error: OnError) -> None:
+    if on_error is None:
+        raise err
+    on_error(err)
+
+
+def _parse_lines(f: Iterable[bytes], fields, path, on_error: OnError) -> Iterator[Document]:
+    for number, raw in enumerate(f, 1):
+        try:
+            text = parse_line(raw, fields, path, number)
+        except InputError as err:
+            _handle(err, on_error)
+            continue
         if text is not None:
             yield Document(text, str(path), number)
 
 
-def _iter_line_range(path: Path, fields, start: int, end: int | None) -> Iterator[Document]:
+def _iter_line_range(path: Path, fields, start: int, end: int | None, on_error: OnError) -> Iterator[Document]:
     end = path.stat().st_size if end is None else end
     with open(path, "rb") as f:
         if start > 0:
@@ -183,7 +201,8 @@ def _iter_line_range(path: Path, fields, start: int, end: int | None) -> Iterato
                 text = parse_line(raw, fields, path, number or 0)
             except InputError as err:
                 line = number if number is not None else line_number_at(path, pos)
-                raise InputError(path, line, err.detail) from None
+                _handle(InputError(path, line, err.detail), on_error)
+                text = None
             if text is not None:
                 yield Document(text, str(path), number if number is not None else 0)
             if number is not None:
@@ -191,18 +210,23 @@ def _iter_line_range(path: Path, fields, start: int, end: int | None) -> Iterato
             pos = f.tell()
 
 
-def _iter_csv(path: Path, fields) -> Iterator[Document]:
+def _iter_csv(path: Path, fields, on_error: OnError) -> Iterator[Document]:
     opener = gzip.open(path, "rt", encoding="utf-8", newline="") if is_gzip(path) else \
         open(path, encoding="utf-8", newline="")
     with opener as f:
         reader = csv.DictReader(f)
         try:
-            for row_number, row in enumerate(reader, 2):
-                yield Document(record_text(row, fields, path, row_number), str(path), row_number)
+            for row in reader:
+                try:
+                    text = record_text(row, fields, path, reader.line_num)
+                except InputError as err:
+                    _handle(err, on_error)
+                    continue
+                yield Document(text, str(path), reader.line_num)
         except UnicodeDecodeError:
-            raise InputError(path, None, "not valid UTF-8") from None
+            _handle(InputError(path, reader.line_num + 1, "not valid UTF-8"), on_error)
         except csv.Error as err:
-            raise InputError(path, reader.line_num, f"malformed CSV: {err}") from None
+            _handle(InputError(path, reader.line_num, f"malformed CSV: {err}"), on_error)
 
 
 def parquet_row_groups(path: str | Path) -> list[int]:
@@ -220,7 +244,7 @@ def _pyarrow_parquet():
     return pq
 
 
-def _iter_parquet(path: Path, fields, start: int, end: int | None) -> Iterator[Document]:
+def _iter_parquet(path: Path, fields, start: int, end: int | None, on_error: OnError) -> Iterator[Document]:
     pq = _pyarrow_parquet()
     pf = pq.ParquetFile(path)
     names = set(pf.schema_arrow.names)
@@ -231,10 +255,14 @@ def _iter_parquet(path: Path, fields, start: int, end: int | None) -> Iterator[D
     groups = range(start, pf.metadata.num_row_groups if end is None else end)
     row = sum(pf.metadata.row_group(i).num_rows for i in range(start))
     for g in groups:
-        table = pf.read_row_group(g, columns=columns).to_pylist()
-        for record in table:
+        for record in pf.read_row_group(g, columns=columns).to_pylist():
             row += 1
-            yield Document(record_text(record, columns, path, row), str(path), row)
+            try:
+                text = record_text(record, columns, path, row)
+            except InputError as err:
+                _handle(err, on_error)
+                continue
+            yield Document(text, str(path), row)
 
 
 def iter_texts(paths: Sequence[str | Path], fields: Sequence[str] = ("text",),

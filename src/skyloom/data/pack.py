@@ -1,0 +1,336 @@
+"""Packing: documents → token ids + EOS → token shards, one directory per source (`skyloom data pack`).
+
+Work is planned before anything is tokenized: each source's files are cut into tasks of about
+`shard_bytes` of input (byte ranges of uncompressed JSON-lines files, Parquet row groups, whole files for
+gzip/text/CSV), and every task writes exactly one shard named by its index. The plan is saved next to the
+shards (`pack_plan.json`), so
+
+* parallel workers never write the same file (one task, one shard name);
+* a re-run with the same inputs, tokenizer and settings skips every task whose shard is finished (its
+  metadata JSON exists — `write_shard` writes it last), which is the resume;
+* a re-run with *different* inputs or settings is refused instead of mixing two plans in one directory.
+
+Counts are exact: each shard's metadata holds its tokens and documents, `index.json` sums them, and the
+summary reports empty documents (skipped: an empty document would be a lone EOS) and malformed records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from skyloom.data.shards import finalize_index, finished_shards, write_shard
+from skyloom.tokenizer.corpus import InputError, expand_inputs, file_format, is_gzip, iter_documents
+
+PLAN_FILE = "pack_plan.json"
+PLAN_FORMAT = "skyloom-pack-plan"
+
+
+@dataclass
+class Piece:
+    """Part of one input file: a byte range (JSON lines), a row-group range (Parquet), or the whole file."""
+
+    path: str
+    start: int = 0
+    end: int | None = None
+    bytes: int = 0
+
+
+@dataclass
+class Task:
+    source: str
+    name: str
+    pieces: list[Piece] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.bytes for p in self.pieces)
+
+
+@dataclass
+class SourceSpec:
+    name: str
+    files: list[Path]
+
+
+def parse_sources(specs: Sequence[str]) -> list[SourceSpec]:
+    """`NAME=PATH` (a file, directory or glob) or a bare PATH (named after the file's stem / the directory).
+    Several specs with one name form one source, in the order given."""
+    by_name: dict[str, list[Path]] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or "/" in name or os.sep in name:
+            name, path = "", spec
+        files = expand_inputs([path])
+        if not name:
+            p = Path(path)
+            name = p.name if p.is_dir() else _stem(p)
+        by_name.setdefault(name, []).extend(files)
+    for name in by_name:
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"source name {name!r}: use letters, digits, '-', '_' or '.' (NAME=PATH sets it)")
+    return [SourceSpec(name, files) for name, files in by_name.items()]
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".json", ".ndjson", ".parquet", ".csv", ".txt", ".text", ".md"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name or "source"
+
+
+def file_pieces(path: Path, shard_bytes: int) -> list[Piece]:
+    """How one file is cut: byte ranges for JSON lines, row groups for Parquet, else the whole file."""
+    size = path.stat().st_size
+    fmt = file_format(path)
+    if fmt == "lines" and not is_gzip(path) and size > shard_bytes:
+        return [Piece(str(path), start, min(start + shard_bytes, size), min(shard_bytes, size - start))
+                for start in range(0, size, shard_bytes)]
+    if fmt == "parquet":
+        from skyloom.tokenizer.corpus import _pyarrow_parquet
+
+        meta = _pyarrow_parquet().ParquetFile(path).metadata
+        pieces, first, acc = [], 0, 0
+        for g in range(meta.num_row_groups):
+            acc += meta.row_group(g).total_byte_size
+            if acc >= shard_bytes or g == meta.num_row_groups - 1:
+                pieces.append(Piece(str(path), first, g + 1, acc))
+                first, acc = g + 1, 0
+        return pieces or [Piece(str(path), 0, 0, 0)]
+    return [Piece(str(path), 0, None, size)]
+
+
+def plan_source(source: SourceSpec, shard_bytes: int) -> list[Task]:
+    """Group the pieces of a source's files into tasks of about `shard_bytes` each."""
+    tasks: list[Task] = []
+    current: list[Piece] = []
+    for path in source.files:
+        for piece in file_pieces(path, shard_bytes):
+            current.append(piece)
+            if sum(p.bytes for p in current) >= shard_bytes:
+                tasks.append(Task(source.name, f"{len(tasks):05d}", current))
+                current = []
+    if current:
+        tasks.append(Task(source.name, f"{len(tasks):05d}", current))
+    return tasks
+
+
+def _plan_document(source: SourceSpec, tasks: list[Task], tokenizer_id: str, fields: Sequence[str],
+                   shard_bytes: int) -> dict:
+    return {
+        "format": PLAN_FORMAT, "source": source.name, "tokenizer": tokenizer_id, "fields": list(fields),
+        "shard_bytes": shard_bytes,
+        "files": [{"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+                  for p in source.files],
+        "tasks": [{"name": t.name, "pieces": [asdict(p) for p in t.pieces]} for t in tasks],
+    }
+
+
+def _check_or_write_plan(directory: Path, plan: dict, overwrite: bool) -> None:
+    path = directory / PLAN_FILE
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if {k: v for k, v in old.items() if k != "tasks"} != {k: v for k, v in plan.items() if k != "tasks"} \
+                or old.get("tasks") != json.loads(json.dumps(plan["tasks"])):
+            if not overwrite:
+                diff = [k for k in ("tokenizer", "fields", "shard_bytes", "files") if old.get(k) != plan.get(k)]
+                raise ValueError(f"{directory}: already holds shards packed with different "
+                                 f"{', '.join(diff) or 'tasks'}; resume needs the same inputs, tokenizer and "
+                                 f"--shard-bytes (use another --out, or --overwrite to start this source afresh)")
+            for f in directory.glob("shard_*"):
+                f.unlink()
+            (directory / "index.json").unlink(missing_ok=True)
+    elif overwrite or any(directory.glob("shard_*")):
+        if not overwrite:
+            raise ValueError(f"{directory}: holds shards but no {PLAN_FILE}; use another --out or --overwrite")
+        for f in directory.glob("shard_*"):
+            f.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(PLAN_FILE + ".tmp")
+    tmp.write_text(json.dumps(plan, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- the work of one task (in a worker process) ---------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_dir: str, one_thread: bool) -> None:
+    if one_thread:
+        os.environ["RAYON_NUM_THREADS"] = "1"  # one encoder thread per worker process
+    from skyloom.tokenizer.loading import TextTokenizer
+
+    _WORKER["tokenizer"] = TextTokenizer.from_dir(tokenizer_dir)
+
+
+@dataclass
+class TaskResult:
+    source: str
+    name: str
+    tokens: int = 0
+    documents: int = 0
+    characters: int = 0
+    bytes: int = 0
+    empty: int = 0
+    malformed: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool, batch_docs: int = 256) -> TaskResult:
+    """Tokenize one task's documents (+EOS) and write its shard."""
+    tok = _WORKER["tokenizer"]
+    eos = tok.eos_id
+    result = TaskResult(task.source, task.name, bytes=task.bytes)
+    on_error = (lambda err: result.malformed.append(str(err))) if skip_malformed else None
+    dtype = np.uint32
+
+    def documents() -> Iterator[np.ndarray]:
+        batch: list[str] = []
+
+        def flush():
+            for ids in tok.encode_batch(batch):
+                arr = np.empty(len(ids) + 1, dtype=dtype)
+                arr[:-1] = ids
+                arr[-1] = eos
+                yield arr
+            batch.clear()
+
+        for piece in task.pieces:
+            for doc in iter_documents(piece.path, fields, piece.start, piece.end, on_error=on_error):
+                if not doc.text:
+                    result.empty += 1
+                    continue
+                result.characters += len(doc.text)
+                batch.append(doc.text)
+                if len(batch) >= batch_docs:
+                    yield from flush()
+        if batch:
+            yield from flush()
+
+    try:
+        meta = write_shard(Path(out) / task.source, task.name, documents(), vocab_size=tok.vocab_size,
+                           source=task.source, tokenizer=tok.tokenizer_id, eos_id=eos)
+    except InputError as err:
+        result.error = str(err)
+        return result
+    result.tokens, result.documents = meta["tokens"], meta["documents"]
+    return result
+
+
+def _run_task_star(args) -> TaskResult:
+    return run_task(*args)
+
+
+# --- the whole job -------------------------------------------------------------------------------------
+
+@dataclass
+class PackSummary:
+    sources: dict[str, dict]
+    tasks_run: int
+    tasks_skipped: int
+    tokens: int  # written by this run
+    documents: int
+    characters: int
+    bytes: int
+    empty: int
+    malformed: list[str]
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out: str | Path,
+         fields: Sequence[str] = ("text",), workers: int = 1, shard_bytes: int = 64 << 20,
+         skip_malformed: bool = False, overwrite: bool = False, progress: bool = True) -> PackSummary:
+    """Pack every source; returns what this run did and each source's final index."""
+    from skyloom.tokenizer.loading import TextTokenizer
+
+    if shard_bytes <= 0:
+        raise ValueError(f"--shard-bytes must be positive, got {shard_bytes}")
+    tok = TextTokenizer.from_dir(tokenizer)
+    if tok.eos_id is None:
+        raise ValueError(f"{tokenizer}: the tokenizer names no eos_token (tokenizer_config.json); "
+                         f"packing appends EOS to every document")
+    sources = [s if isinstance(s, SourceSpec) else None for s in specs]
+    if any(s is None for s in sources):
+        sources = parse_sources([str(s) for s in specs])
+    out = Path(out)
+    pending: list[Task] = []
+    skipped = 0
+    for source in sources:
+        tasks = plan_source(source, shard_bytes)
+        directory = out / source.name
+        _check_or_write_plan(directory, _plan_document(source, tasks, tok.tokenizer_id, fields, shard_bytes),
+                             overwrite)
+        done = {m["file"] for m in finished_shards(directory)}
+        for task in tasks:
+            if f"shard_{task.name}.bin" in done:
+                skipped += 1
+            else:
+                pending.append(task)
+
+    started = time.time()
+    bar = None
+    if progress and pending:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(t.bytes for t in pending), unit="B", unit_scale=True, desc="pack", file=sys.stderr)
+    results: list[TaskResult] = []
+    jobs = [(t, str(out), list(fields), skip_malformed) for t in pending]
+    try:
+        if workers <= 1 or len(pending) <= 1:
+            _WORKER["tokenizer"] = tok
+            iterator = map(_run_task_star, jobs)
+            _consume(iterator, results, bar)
+        else:
+            import multiprocessing as mp
+
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            with mp.get_context(method).Pool(min(workers, len(pending)), initializer=_init_worker,
+                                             initargs=(str(tok.source), True)) as pool:
+                _consume(pool.imap_unordered(_run_task_star, jobs), results, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.time() - started
+
+    indexes = {}
+    for source in sources:
+        directory = out / source.name
+        if finished_shards(directory):
+            index = finalize_index(directory)
+            indexes[source.name] = {k: index[k] for k in ("tokens", "documents")} | {"shards": len(index["shards"]),
+                                                                                    "path": str(directory)}
+    malformed = [m for r in results for m in r.malformed]
+    return PackSummary(
+        sources=indexes, tasks_run=len(results), tasks_skipped=skipped,
+        tokens=sum(r.tokens for r in results), documents=sum(r.documents for r in results),
+        characters=sum(r.characters for r in results), bytes=sum(r.bytes for r in results),
+        empty=sum(r.empty for r in results), malformed=malformed, seconds=seconds,
+    )
+
+
+def _consume(iterator, results: list[TaskResult], bar) -> None:
+    for result in iterator:
+        if result.error:
+            raise PackError(f"{result.error}\n(shards finished so far are kept: fix the input, or pass "
+                            f"--skip-malformed, and run the same command again to resume)")
+        results.append(result)
+        if bar is not None:
+            bar.update(result.bytes)
+            bar.set_postfix(tokens=f"{sum(r.tokens for r in results):,}")
+
+
+class PackError(ValueError):
+    """A task failed on bad input; finished shards are kept, so a fixed re-run resumes."""

@@ -1,0 +1,77 @@
+"""`skyloom data pack`: tokenize documents into token shards, one directory per source."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from skyloom.cli import add_command, add_group
+
+DESCRIPTION = """\
+Tokenize documents (a text field of JSONL / Parquet / CSV records, or whole .txt files; .gz read through),
+append EOS to each, and write token shards (the skyloom-tokens format: OUT/SOURCE/shard_*.bin + index.json)
+with exact token and document counts.
+
+SOURCE is NAME=PATH or a bare PATH (then named after the file stem or directory); PATH is a file, a
+directory or a glob. Repeat a name to put several paths into one source.
+
+Inputs are cut into tasks of about --shard-bytes (byte ranges of JSONL files, Parquet row groups, whole
+gzip/text files); each task writes one shard and tasks run in --workers processes. The plan is saved as
+OUT/SOURCE/pack_plan.json: running the same command again skips finished shards (resume after a crash or
+Ctrl-C) and refuses if inputs, tokenizer or settings changed. Empty documents are skipped and counted;
+a malformed record stops packing with its file and line, or is skipped and listed with --skip-malformed.
+
+examples:
+  skyloom data pack --tokenizer tok/ --out tokens/ wiki_en=data/wiki/ zh_web=data/zh/*.jsonl.gz
+  skyloom data pack -t tok/ -o tokens/ data/zh_tech.jsonl --field text --workers 8
+"""
+
+
+def register(sub) -> None:
+    group = add_group(sub, "data", "data pipeline: clean, filter, pack")
+    p = add_command(group, "pack", "tokenize documents into token shards (per source, parallel, resumable)",
+                    DESCRIPTION)
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="NAME=PATH or PATH (file, directory, glob)")
+    p.add_argument("--tokenizer", "-t", required=True, help="tokenizer directory (tokenizer.json + "
+                                                            "tokenizer_config.json naming eos_token)")
+    p.add_argument("--out", "-o", required=True, help="output directory; one sub-directory per source")
+    p.add_argument("--field", action="append", dest="fields", metavar="NAME",
+                   help="record field holding the text; repeat to join several with a newline (default: text)")
+    p.add_argument("--workers", type=int, default=0, help="processes (0: one per CPU)")
+    p.add_argument("--shard-bytes", type=int, default=64 << 20, help="input bytes per task / shard")
+    p.add_argument("--skip-malformed", action="store_true",
+                   help="skip malformed records (listed with file:line) instead of stopping")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete a source's existing shards when the plan changed, instead of refusing")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_pack)
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from skyloom.data.pack import pack
+    from skyloom.tokenizer.corpus import InputError
+
+    workers = args.workers or (os.cpu_count() or 1)
+    try:
+        summary = pack(args.sources, args.tokenizer, args.out, fields=args.fields or ["text"], workers=workers,
+                       shard_bytes=args.shard_bytes, skip_malformed=args.skip_malformed,
+                       overwrite=args.overwrite, progress=not args.quiet)
+    except (InputError, FileNotFoundError, ValueError) as err:
+        print(f"skyloom: error: {err}", file=sys.stderr)
+        return 2
+    for line in summary.malformed[:50]:
+        print(f"skipped malformed record: {line}", file=sys.stderr)
+    if len(summary.malformed) > 50:
+        print(f"... and {len(summary.malformed) - 50} more malformed records", file=sys.stderr)
+    print(f"{'source':<24} {'tokens':>14} {'documents':>11} {'shards':>7}  path")
+    for name, info in summary.sources.items():
+        print(f"{name:<24} {info['tokens']:>14,} {info['documents']:>11,} {info['shards']:>7}  {info['path']}")
+    s = summary
+    rate = f"{s.tokens_per_second:,.0f} tokens/s, {s.characters / s.seconds / 1e6:.2f} M chars/s, " \
+           f"{s.bytes / s.seconds / 1e6:.1f} MB/s" if s.seconds > 0 and s.tasks_run else "nothing to do"
+    print(f"this run: {s.tasks_run} shard(s) written, {s.tasks_skipped} already finished; {s.tokens:,} tokens, "
+          f"{s.documents:,} documents in {s.seconds:.1f} s ({rate}; {workers} workers)")
+    if s.empty or s.malformed:
+        print(f"skipped: {s.empty:,} empty documents, {len(s.malformed):,} malformed records")
+    return 0

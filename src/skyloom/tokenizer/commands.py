@@ -1,0 +1,198 @@
+"""`skyloom tokenizer train|stats|convert`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from skyloom.cli import add_command, add_group
+
+TRAIN_DESCRIPTION = """\
+Train a bilingual byte-fallback BPE tokenizer the Skywork way (report §3.3, Table 2):
+
+  1. base vocabulary: a BPE with byte fallback (<0x00>..<0xFF>) and single-digit numbers, trained on the
+     non-Chinese part of INPUT (Latin words, code, punctuation) -- or, with --extend, an existing
+     tokenizer.json or SentencePiece .model (e.g. LLaMA's or Mistral's), every id kept;
+  2. the N most frequent Chinese characters and symbols (--chinese-chars);
+  3. the most frequent Chinese multi-character words, counted with jieba on INPUT (plus --freq-list),
+     as many as the total leaves (--chinese-words);
+  4. reserved specials <unk> <s> </s> <pad> (those the base lacks) and spares <reserved_N> (--reserved).
+
+The size is exact: --total = base + chars + words + reserved (defaults 32,000 + 8,000 + 25,519 + 17 =
+65,536). If INPUT lacks enough distinct Chinese characters/words, jieba's bundled dictionary fills the rest
+in its frequency order (--fill jieba), or training stops naming the shortfall (--fill none).
+
+Writes OUT/tokenizer.json, tokenizer_config.json, special_tokens_map.json (loadable by tokenizers and
+transformers.PreTrainedTokenizerFast) and vocab_breakdown.json (the rows of Table 2).
+
+examples:
+  skyloom tokenizer train corpus/*.jsonl --out tok/ --field text
+  skyloom tokenizer train zh.jsonl en.txt --out tok-mistral/ --extend mistral-7b-v0.1.model
+  skyloom tokenizer train data/ --out tok-small/ --total 4000 --base-size 1500 --chinese-chars 1000
+"""
+
+STATS_DESCRIPTION = """\
+Measure a tokenizer on text files: characters/token, bytes/token, tokens per whitespace word (English),
+share of byte-fallback tokens, unknown-token rate, round-trip failures and encode throughput (tokenizers
+batch encoding, --threads threads). TOKENIZER and --vs accept a tokenizer directory, a tokenizer.json or a
+SentencePiece .model. With --vs both are shown per file, with the ratio OTHER/TOKENIZER.
+
+examples:
+  skyloom tokenizer stats tok/ data/zh_*.jsonl wikitext2/test.txt
+  skyloom tokenizer stats tok/ zh_tech.jsonl --vs mistral-7b-v0.1.model --threads 1
+"""
+
+
+def register(sub) -> None:
+    group = add_group(sub, "tokenizer", "train, extend, measure and convert tokenizers")
+
+    p = add_command(group, "train", "train a bilingual BPE tokenizer with a Chinese vocabulary extension",
+                    TRAIN_DESCRIPTION)
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="text files: .jsonl/.json lines, .parquet, .csv, .txt (optionally .gz), dirs or globs")
+    p.add_argument("--out", "-o", required=True, help="output tokenizer directory")
+    p.add_argument("--field", action="append", dest="fields", metavar="NAME",
+                   help="JSON/Parquet/CSV field holding text; repeat to join several (default: text)")
+    p.add_argument("--total", type=int, default=65536, help="exact final vocabulary size")
+    p.add_argument("--base-size", type=int, default=32000, help="base BPE entries incl. 256 byte tokens "
+                                                                 "(ignored with --extend: the base's size)")
+    p.add_argument("--chinese-chars", type=int, default=8000, help="Chinese characters/symbols to add")
+    p.add_argument("--chinese-words", type=int, default=None,
+                   help="Chinese words to add (default: what --total leaves; if given, must add up)")
+    p.add_argument("--reserved", type=int, default=17, help="new reserved ids: missing specials + spares")
+    p.add_argument("--extend", metavar="BASE", help="extend this tokenizer.json / SentencePiece .model / directory "
+                                                    "instead of training a base")
+    p.add_argument("--freq-list", action="append", default=[], dest="freq_lists", metavar="FILE",
+                   help="extra 'entry count' lines (jieba dict format) added to the corpus counts")
+    p.add_argument("--freq-list-weight", type=float, default=1.0, help="multiplier for --freq-list counts")
+    p.add_argument("--fill", choices=["jieba", "none"], default="jieba",
+                   help="what supplies entries the corpus lacks")
+    p.add_argument("--min-word-count", type=int, default=2, help="corpus words seen fewer times are not candidates")
+    p.add_argument("--character-coverage", type=float, default=0.9995,
+                   help="share of non-Chinese character occurrences the base alphabet covers (rest: bytes)")
+    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a base BPE merge")
+    p.add_argument("--max-token-length", type=int, default=16, help="longest base BPE token (characters)")
+    p.add_argument("--no-hmm", action="store_true", help="jieba without its HMM for unseen words")
+    p.add_argument("--workers", type=int, default=0, help="processes for jieba segmentation (0: one per CPU)")
+    p.add_argument("--max-bytes", type=int, default=None, help="read at most about this much text")
+    for key, default in (("bos", "<s>"), ("eos", "</s>"), ("unk", "<unk>"), ("pad", "<pad>")):
+        p.add_argument(f"--{key}-token", default=default, help=f"{key.upper()} token (the base's own is kept)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(handler=_train)
+
+    p = add_command(group, "stats", "compression and speed of a tokenizer on text files", STATS_DESCRIPTION)
+    p.add_argument("tokenizer", metavar="TOKENIZER")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--vs", metavar="OTHER", help="a second tokenizer to compare side by side")
+    p.add_argument("--field", action="append", dest="fields", metavar="NAME", help="text field (default: text)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="encoder threads (RAYON_NUM_THREADS; 1 gives a per-core figure); default: all cores")
+    p.add_argument("--max-docs", type=int, default=None, help="use at most this many documents per file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=_stats)
+
+    p = add_command(group, "convert", "write a SentencePiece .model (or tokenizer.json) as a tokenizer directory",
+                    "Convert a SentencePiece .model into a tokenizer directory (tokenizer.json with every id kept,\n"
+                    "tokenizer_config.json, special_tokens_map.json) that skyloom and transformers load.")
+    p.add_argument("source", metavar="MODEL")
+    p.add_argument("out", metavar="OUT")
+    p.set_defaults(handler=_convert)
+
+
+def _fail(err: Exception) -> int:
+    print(f"skyloom: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from skyloom.tokenizer.corpus import InputError
+    from skyloom.tokenizer.train import TrainSettings, train_tokenizer
+
+    settings = TrainSettings(
+        inputs=args.inputs, out=args.out, fields=args.fields or ["text"], total=args.total,
+        base_size=args.base_size, chinese_chars=args.chinese_chars, chinese_words=args.chinese_words,
+        reserved=args.reserved, extend=args.extend, freq_lists=args.freq_lists,
+        freq_list_weight=args.freq_list_weight, fill=args.fill, min_word_count=args.min_word_count,
+        character_coverage=args.character_coverage, min_frequency=args.min_frequency,
+        max_token_length=args.max_token_length, jieba_hmm=not args.no_hmm, workers=args.workers,
+        max_bytes=args.max_bytes, bos_token=args.bos_token, eos_token=args.eos_token, unk_token=args.unk_token,
+        pad_token=args.pad_token, progress=not args.quiet,
+    )
+    try:
+        breakdown = train_tokenizer(settings)
+    except (InputError, FileNotFoundError, ValueError) as err:
+        from skyloom.config import ConfigError
+
+        if isinstance(err, ConfigError):
+            raise
+        return _fail(err)
+    print(f"{'category':<40} {'size':>8}")
+    for row in breakdown["rows"]:
+        print(f"{row['category']:<40} {row['size']:>8,}")
+    print(f"{'Total':<40} {breakdown['total']:>8,}")
+    words = breakdown["rows"][2]
+    if words["helpers"]:
+        print(f"({words['helpers']:,} of the word entries are sub-word helpers that make longer words reachable)")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    if args.threads:
+        os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # before the encoder's thread pool starts
+    from skyloom.tokenizer.corpus import InputError, expand_inputs, iter_documents
+    from skyloom.tokenizer.stats import COLUMNS, format_row, format_table, load_tokenizer, measure
+
+    try:
+        tokenizers = [("A", args.tokenizer, load_tokenizer(args.tokenizer))]
+        if args.vs:
+            tokenizers.append(("B", args.vs, load_tokenizer(args.vs)))
+        files = expand_inputs(args.files)
+        results = []
+        for path in files:
+            texts = []
+            for doc in iter_documents(path, args.fields or ["text"]):
+                texts.append(doc.text)
+                if args.max_docs and len(texts) >= args.max_docs:
+                    break
+            per = {label: measure(tok, texts, path.name) for label, _, tok in tokenizers}
+            results.append((path, per))
+    except (InputError, FileNotFoundError, ValueError) as err:
+        return _fail(err)
+    if args.json:
+        print(json.dumps({"tokenizers": {label: {"path": str(p), "vocab_size": tok.vocab_size}
+                                         for label, p, tok in tokenizers},
+                          "files": [{"file": str(path), **{label: s.as_dict() for label, s in per.items()}}
+                                    for path, per in results]}, indent=1))
+        return 0
+    for label, path, tok in tokenizers:
+        print(f"{label}: {path} ({tok.vocab_size:,} entries)")
+    rows = []
+    for path, per in results:
+        for label, s in per.items():
+            rows.append(format_row(f"{path.name} [{label}]" if args.vs else path.name, s))
+        if args.vs:
+            a, b = per["A"], per["B"]
+            rows.append([f"  B/A", "", "", f"{b.tokens / max(a.tokens, 1):.3f}",
+                         f"{b.chars_per_token / a.chars_per_token:.3f}" if a.tokens else "-",
+                         f"{b.bytes_per_token / a.bytes_per_token:.3f}" if a.tokens else "-", "", "", "", "",
+                         f"{b.chars_per_second / a.chars_per_second:.2f}" if a.chars_per_second else "-"])
+    print(format_table(rows, ("file", *COLUMNS)))
+    threads = os.environ.get("RAYON_NUM_THREADS", "all")
+    print(f"(throughput: tokenizers encode_batch, {threads} thread(s); tok/word only for mostly non-Chinese text)")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from skyloom.tokenizer.extend import load_base
+    from skyloom.tokenizer.files import write_tokenizer_dir
+
+    try:
+        base = load_base(args.source)
+    except (FileNotFoundError, ValueError) as err:
+        return _fail(err)
+    write_tokenizer_dir(args.out, base.doc, base.specials, [])
+    print(f"wrote {args.out}")
+    return 0
