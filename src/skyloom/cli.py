@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "skyloom.model.moe_commands",
     "skyloom.train.commands",
     "skyloom.eval.commands",
+    "skyloom.tokenizer.commands",
+    "skyloom.data.pack_commands",
 ]
 
 
