@@ -196,14 +196,13 @@ def build_prompt(q: Question, shots: Sequence[Question], template: Template, fmt
     return context, [template.letter_space + o for o in options]
 
 
-def encode_pair(lm: LanguageModel, context: str, continuation: str, context_ids: list[int]) -> list[int]:
-    """Continuation tokens as they fall in the tokenisation of context + continuation (lm-eval's rule),
-    falling back to encoding the continuation alone when the boundary merges."""
-    whole = lm.encode(context + continuation)
+def split_pair(context_ids: list[int], whole_ids: list[int], encode_continuation) -> list[int]:
+    """Continuation tokens as they fall in the tokenisation of context + continuation (lm-eval's rule); when the
+    boundary merges into one token, the continuation is encoded alone instead."""
     n = len(context_ids)
-    if len(whole) > n and whole[:n] == context_ids:
-        return whole[n:]
-    return lm.encode(continuation)
+    if len(whole_ids) > n and whole_ids[:n] == context_ids:
+        return whole_ids[n:]
+    return encode_continuation()
 
 
 def requests_sha256(records: Sequence[dict[str, Any]]) -> str:
@@ -255,9 +254,10 @@ def evaluate_multiple_choice(lm: LanguageModel, task: str, root: Path, shots: in
     flat = [q for qs in questions.values() for q in qs]
     contexts = [build_prompt(q, exemplars[q.subject], template, fmt) for q in flat]
     context_ids = lm.encode_batch([c for c, _ in contexts])
+    whole_ids = lm.encode_batch([context + c for context, conts in contexts for c in conts])
     truncated = 0
-    for q, (context, continuations), ids in zip(flat, contexts, context_ids):
-        conts = [encode_pair(lm, context, c, ids) for c in continuations]
+    for k, (q, (context, continuations), ids) in enumerate(zip(flat, contexts, context_ids)):
+        conts = [split_pair(ids, whole_ids[4 * k + j], lambda c=c: lm.encode(c)) for j, c in enumerate(continuations)]
         truncated += int(len(ids) + max(len(c) for c in conts) - 1 > lm.max_length)
         requests += [(ids, c) for c in conts]
         records.append({"id": f"{q.subject}/{q.index}", "subject": q.subject, "where": q.where,
