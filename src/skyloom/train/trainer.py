@@ -79,10 +79,12 @@ def plan_text(cfg: RunConfig, loader, run_dir: Path, layout: str, world_size: in
     global_windows = t.global_batch_tokens // seq_len
     accum = global_windows // world_size // t.micro_batch_size
     steps = total_steps_for(cfg)
-    n_params = count_params(cfg.model).total
+    counts = count_params(cfg.model)
+    n_params = counts.total
+    active = f" ({counts.active:,} active per token)" if counts.active != counts.total else ""
     lines = [
         f"run dir      {run_dir}",
-        f"model        {cfg.model.preset or 'custom'} ({cfg.model.arch}): {n_params:,} parameters, "
+        f"model        {cfg.model.preset or 'custom'} ({cfg.model.arch}): {n_params:,} parameters{active}, "
         f"{flops_per_token(cfg.model, seq_len) / 1e6:,.1f} MFLOP/token (6N + 12·L·H·S)",
         f"layout       {layout}",
         f"batch        {t.global_batch_tokens:,} tokens/step = {global_windows} windows × {seq_len} tokens "
@@ -157,6 +159,11 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.callbacks = list(callbacks)
+        if cfg.model.moe is not None:  # MoE: aux losses, adaptive coefficients, router metrics (train/moe.py)
+            from skyloom.train.moe import MoECallback, lr_scale_fn_for
+
+            self.callbacks.append(MoECallback(cfg.model.moe))
+            lr_scale_fn = lr_scale_fn or lr_scale_fn_for(cfg.model.moe)
         self.env: DistEnv = init_distributed(cfg.train.device)
         self.device = self.env.device
         self._print = log or print
