@@ -530,6 +530,9 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         try:
+            if self.step >= self.total_steps:
+                self.log(f"the run already finished ({self.step} of {self.total_steps} steps); nothing to do")
+                return "finished"
             if self.step == 0 and self.cfg.validation.at_start:
                 self.validate()
             while self.step < self.total_steps:
