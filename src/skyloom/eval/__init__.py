@@ -1,1 +1,26 @@
-"""skyloom.eval"""
+"""The report's evaluations on any model (docs/evaluation.md).
+
+    lm.py               LanguageModel: score tokens, score continuations, generate (batched, deterministic)
+    backends.py         SkyloomLM, HuggingFaceLM, load_lm(path) picking one
+    kv_cache.py         incremental decoding for skyloom's Transformer
+    textdata.py         evaluation inputs (JSONL/JSON/text files, token-shard directories)
+    perplexity.py       Table 6: per-domain loss / perplexity / bits per byte, window conventions
+    leakage.py          Table 8: L_train, L_test, L_ref, Δ1, Δ2, bootstrap intervals, verdict
+    multiple_choice.py  MMLU / C-Eval / CMMLU by log-likelihood
+    gsm8k.py            GSM8K by generation and answer extraction
+    bench.py            benchmark tasks by name
+    correlate.py        Figure 1: validation loss vs benchmark score across a run's checkpoints
+    stats.py            Pearson, Spearman, bootstrap
+    commands.py         `skyloom eval ppl|leakage|bench|correlate`
+"""
+
+from __future__ import annotations
+
+__all__ = ["load_lm"]
+
+
+def load_lm(path, **kwargs):
+    """Open a skyloom checkpoint or Hugging Face model directory as a `LanguageModel` (see backends.load_lm)."""
+    from skyloom.eval.backends import load_lm as _load_lm
+
+    return _load_lm(path, **kwargs)
