@@ -5,8 +5,8 @@ Both train the same shape (a skyloom preset, converted with `skyloom.model.hf.hf
 accumulation, cross-entropy over every position, gradient clipping at 1.0 and AdamW (β 0.9/0.95, eps 1e-8,
 weight decay 0.1 on matrices only). skyloom's side is the real `Trainer.train_step` (loader, loss, backward,
 clip, schedule, optimizer, metrics); the peer is the equivalent hand-written loop around transformers' model
-(attention through SDPA, as ours). Steps alternate between the two in rounds so that a shared, noisy machine
-affects both alike; the figure is total tokens / total time over the timed steps.
+(attention through SDPA, as ours). Steps alternate one by one between the two so that a shared, noisy machine
+affects both alike; throughput = tokens per step / median step time (wall clock, and process CPU time).
 
     .venv/bin/python benchmarks/bench_train_vs_hf.py                  # tiny and small presets, this CPU
     .venv/bin/python benchmarks/bench_train_vs_hf.py --presets small --precision bf16 --device cuda
@@ -104,25 +104,23 @@ def bench(preset: str, args) -> dict:
         cpu = {"skyloom": [], "transformers": []}
         losses = {"skyloom": [], "transformers": []}
         tokens = args.global_batch_tokens
-        for r in range(args.rounds):
-            for name in ("skyloom", "transformers"):
-                for i in range(args.warmup + args.steps):
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    if name == "skyloom":
-                        loss = trainer.train_step()["loss"]
-                    else:
-                        loss = peer.step()[0]
-                    dt, dc = time.perf_counter() - t0, time.process_time() - c0
-                    if i >= args.warmup:
-                        times[name].append(dt)
-                        cpu[name].append(dc)
-                    losses[name].append(loss)
+        for i in range(args.warmup + args.steps):
+            order = ("skyloom", "transformers") if i % 2 == 0 else ("transformers", "skyloom")
+            for name in order:  # one step each, alternating who goes first
+                t0, c0 = time.perf_counter(), time.process_time()
+                loss = trainer.train_step()["loss"] if name == "skyloom" else peer.step()[0]
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                if i >= args.warmup:
+                    times[name].append(dt)
+                    cpu[name].append(dc)
+                losses[name].append(loss)
         out = {"preset": preset, "params": trainer.n_params}
         for name, ts in times.items():
-            out[name] = tokens * len(ts) / sum(ts)
-            out[name + "_median_step_s"] = statistics.median(ts)
-            out[name + "_per_cpu_s"] = tokens * len(ts) / sum(cpu[name])
+            # medians: robust to the spikes of a machine shared with other work
+            out[name] = tokens / statistics.median(ts)
+            out[name + "_per_cpu_s"] = tokens / statistics.median(cpu[name])
             out[name + "_first_loss"] = losses[name][0]
+            out[name + "_last_loss"] = losses[name][-1]
         out["ratio"] = out["skyloom"] / out["transformers"]
         out["cpu_ratio"] = out["skyloom_per_cpu_s"] / out["transformers_per_cpu_s"]
         if trainer.device.type == "cuda":
@@ -143,9 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--global-batch-tokens", type=int, default=4096)
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per round and side")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=12, help="timed steps per side (alternating)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side at the start")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = p.parse_args(argv)
     if args.threads:
