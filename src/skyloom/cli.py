@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "skyloom.eval.commands",
     "skyloom.tokenizer.commands",
     "skyloom.data.pack_commands",
+    "skyloom.data.pipeline_commands",
 ]
 
 

@@ -1,0 +1,224 @@
+"""YAML steps → datatrove stages.
+
+Per-document steps (extract, langid, heuristics, quality, code_filter, decontaminate, stem_split) run inside
+one stage, one after the other, in every task. A global step (exact_dedup, minhash_dedup, semantic_filter)
+needs the whole corpus, so it ends the current stage: the stage writes its documents (``work/<stage>/``, one
+file per task) and the step's signatures; the step's global stages run (finding duplicates / clusters); the
+next per-document stage reads the hand-over files back — task *r* reads exactly what task *r* wrote, which
+keeps datatrove's per-task document indices valid — and applies the step's filter first.
+
+Layout of ``output_dir``: ``main/``, ``stem/`` (results), ``stats.json`` + ``funnel.md`` (report),
+``reports/`` (semantic clusters), ``rejects/<step>/`` (with ``keep_rejects``), ``stats/funnel|malformed/``
+(per-task counts), ``work/`` (hand-over files, signatures), ``logs/<stage>/`` (datatrove logs, stats and
+``completions/`` markers — a rerun skips finished tasks).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from datatrove.pipeline.base import PipelineStep
+
+from skyloom.config import ConfigError, build
+from skyloom.data.pipeline.base import Accounted, SkyFilter
+from skyloom.data.pipeline.config import PipelineConfig
+
+
+@dataclass
+class StepType:
+    config: type
+    kind: str  # "doc" (per-document filter) or "global"
+    make: Callable[[Any], SkyFilter] | None = None
+    default_reason: str = "filtered"
+    help: str = ""
+
+
+def step_types() -> dict[str, StepType]:
+    from skyloom.data.pipeline.code import CodeConfig, CodeFilter
+    from skyloom.data.pipeline.decontam import DecontamConfig, Decontaminate
+    from skyloom.data.pipeline.dedup import ExactDedupStepConfig, MinhashStepConfig
+    from skyloom.data.pipeline.extract import ExtractConfig, HtmlExtractor
+    from skyloom.data.pipeline.heuristics import HeuristicFilter, HeuristicsConfig
+    from skyloom.data.pipeline.langid import LangIdConfig, LanguageFilter
+    from skyloom.data.pipeline.quality import QualityClassifier, QualityConfig
+    from skyloom.data.pipeline.semantic import SemanticConfig
+    from skyloom.data.pipeline.stem import StemConfig, StemSplit
+
+    return {
+        "extract": StepType(ExtractConfig, "doc", HtmlExtractor, "no_main_text", "HTML → main text, title, URL, date"),
+        "langid": StepType(LangIdConfig, "doc", LanguageFilter, "language", "language + score; keep en/zh"),
+        "heuristics": StepType(HeuristicsConfig, "doc", HeuristicFilter, "heuristics", "Gopher/C4 rules per language"),
+        "quality": StepType(QualityConfig, "doc", QualityClassifier, "quality", "CCNet-style score + bucket"),
+        "code_filter": StepType(CodeConfig, "doc", CodeFilter, "code", "RedPajama-style code rules"),
+        "decontaminate": StepType(DecontamConfig, "doc", Decontaminate, "contaminated", "benchmark n-gram overlap"),
+        "stem_split": StepType(StemConfig, "doc", StemSplit, "stem", "route to SkyPile-STEM / -Main"),
+        "exact_dedup": StepType(ExactDedupStepConfig, "global", None, "exact_duplicate", "normalised-hash dedup"),
+        "minhash_dedup": StepType(MinhashStepConfig, "global", None, "near_duplicate", "MinHash-LSH near-dedup"),
+        "semantic_filter": StepType(SemanticConfig, "global", None, "semantic_recurrent",
+                                    "drop blocks recurring far beyond the corpus norm"),
+    }
+
+
+@dataclass
+class StepSpec:
+    type: str
+    label: str
+    config: Any
+    sources: tuple[str, ...] = ()
+    skip_sources: tuple[str, ...] = ()
+
+
+def parse_steps(raw_steps: list[dict[str, Any]]) -> list[StepSpec]:
+    types = step_types()
+    specs, seen = [], {}
+    for i, raw in enumerate(raw_steps):
+        raw = dict(raw)
+        kind = raw.pop("type")
+        if kind not in types:
+            import difflib
+
+            close = difflib.get_close_matches(str(kind), list(types), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"steps[{i}].type", f"unknown step {kind!r}{hint}; steps: {', '.join(types)}")
+        label = raw.pop("name", None)
+        if label is None:
+            seen[kind] = seen.get(kind, 0) + 1
+            label = kind if seen[kind] == 1 else f"{kind}_{seen[kind]}"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(label)):
+            raise ConfigError(f"steps[{i}].name", f"{label!r}: use letters, digits, '_', '-', '.'")
+        sources = tuple(raw.pop("sources", ()) or ())
+        skip = tuple(raw.pop("skip_sources", ()) or ())
+        cfg = build(types[kind].config, raw, prefix=f"steps[{i}]")
+        specs.append(StepSpec(kind, str(label), cfg, sources, skip))
+    labels = [s.label for s in specs]
+    dupes = {x for x in labels if labels.count(x) > 1}
+    if dupes:
+        raise ConfigError("steps", f"step names must be unique: {sorted(dupes)}")
+    return specs
+
+
+@dataclass
+class Stage:
+    name: str
+    pipeline: list[PipelineStep]
+    tasks: int
+    skip_completed: bool = True
+
+
+@dataclass
+class Plan:
+    stages: list[Stage]
+    funnel_order: list[str]  # row labels of the funnel, in pipeline order
+    stage_of_label: dict[str, str] = field(default_factory=dict)
+
+
+class _NonEmpty(SkyFilter):
+    """Drops documents a step emptied (datatrove's readers skip empty records, which would shift indices)."""
+
+    name = "∅ Non-empty"
+    default_reason = "empty_after_processing"
+
+    def filter(self, doc) -> bool | tuple[bool, str]:
+        return bool(doc.text.strip()) or (False, "empty_after_processing")
+
+
+def build_plan(cfg: PipelineConfig) -> Plan:
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
+    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
+    from datatrove.pipeline.readers import JsonlReader
+
+    from skyloom.data.pipeline.dedup import UnitMinhashSignature, exact_dedup_config
+    from skyloom.data.pipeline.readers import SourceReader
+    from skyloom.data.pipeline.report import ReportStep
+    from skyloom.data.pipeline.semantic import SemanticCluster, SemanticEmbed, SemanticFilter
+    from skyloom.data.pipeline.writers import HandoverWriter, SubsetWriter
+
+    out = os.path.abspath(cfg.output_dir)
+    tasks = cfg.executor.tasks
+    types = step_types()
+    specs = parse_steps(cfg.steps)
+    stages: list[Stage] = []
+    order: list[str] = []
+    stage_of: dict[str, str] = {}
+    n = 1
+    stage_name = f"{n:02d}_documents"
+
+    def funnel_dir(stage: str) -> str:
+        return os.path.join(out, "stats", "funnel", stage)
+
+    def malformed_dir(stage: str) -> str:
+        return os.path.join(out, "stats", "malformed", stage)
+
+    def wrap(step: PipelineStep, label: str, reason: str, stage: str) -> Accounted:
+        order.append(label)
+        stage_of[label] = stage
+        return Accounted(step, label, funnel_dir(stage), reason,
+                         rejects_dir=os.path.join(out, "rejects") if cfg.keep_rejects else None,
+                         malformed_dir=malformed_dir(stage))
+
+    current: list[PipelineStep] = []
+    for inp in cfg.inputs:
+        current.append(SourceReader(inp, funnel_dir(stage_name), malformed_dir(stage_name)))
+        order.append(f"read:{inp.label}")
+        stage_of[f"read:{inp.label}"] = stage_name
+
+    def close_stage(global_label: str) -> str:
+        """End the per-document stage: guard, hand-over writer. Returns the hand-over folder."""
+        nonlocal current
+        guard = _NonEmpty()
+        current.append(wrap(guard, f"{global_label}.input", "empty_after_processing", stage_name))
+        handover = os.path.join(out, "work", stage_name)
+        current.append(HandoverWriter(handover))
+        return handover
+
+    def reader_of(folder: str) -> JsonlReader:
+        return JsonlReader(folder, glob_pattern="*.jsonl.gz", compression="gzip")
+
+    for spec in specs:
+        st = types[spec.type]
+        if st.kind == "doc":
+            step = st.make(spec.config)
+            step.scope_sources, step.scope_skip_sources = spec.sources, spec.skip_sources
+            current.append(wrap(step, spec.label, st.default_reason, stage_name))
+            continue
+        if spec.sources or spec.skip_sources:
+            raise ConfigError(f"steps.{spec.label}", "global steps (dedup, semantic) apply to all sources")
+        handover = close_stage(spec.label)
+        base = os.path.join(out, "work", f"{stage_name}.{spec.label}")
+        if spec.type == "exact_dedup":
+            ecfg = exact_dedup_config()
+            current.append(ExactDedupSignature(os.path.join(base, "sigs"), ecfg, finder_workers=1))
+            stages.append(Stage(stage_name, current, tasks))
+            stages.append(Stage(f"{stage_name}.{spec.label}.find", [
+                ExactFindDedups(os.path.join(base, "sigs"), os.path.join(base, "dups"), ecfg)], 1))
+            next_filter: PipelineStep = ExactDedupFilter(os.path.join(base, "dups"), ecfg)
+        elif spec.type == "minhash_dedup":
+            mcfg = spec.config.to_datatrove()
+            current.append(UnitMinhashSignature(os.path.join(base, "sigs"), mcfg))
+            stages.append(Stage(stage_name, current, tasks))
+            stages.append(Stage(f"{stage_name}.{spec.label}.buckets", [
+                MinhashDedupBuckets(os.path.join(base, "sigs"), os.path.join(base, "buckets"), config=mcfg)],
+                mcfg.num_buckets))
+            stages.append(Stage(f"{stage_name}.{spec.label}.cluster", [
+                MinhashDedupCluster(os.path.join(base, "buckets"), os.path.join(base, "remove"), config=mcfg,
+                                    save_cluster_size=True)], 1))
+            next_filter = MinhashDedupFilter(os.path.join(base, "remove"), load_cluster_sizes=True)
+        else:  # semantic_filter
+            scfg = spec.config
+            current.append(SemanticEmbed(os.path.join(base, "embeddings"), scfg))
+            stages.append(Stage(stage_name, current, tasks))
+            stages.append(Stage(f"{stage_name}.{spec.label}.cluster", [
+                SemanticCluster(os.path.join(base, "embeddings"), os.path.join(base, "decisions"),
+                                os.path.join(out, "reports"), scfg)], 1))
+            next_filter = SemanticFilter(os.path.join(base, "decisions"), scfg)
+        n += 1
+        stage_name = f"{n:02d}_documents"
+        current = [reader_of(handover), wrap(next_filter, spec.label, st.default_reason, stage_name)]
+
+    current.append(SubsetWriter(out, compression="gzip" if cfg.compression == "gzip" else None))
+    stages.append(Stage(stage_name, current, tasks))
+    stages.append(Stage("99_report", [ReportStep(out, order, stage_of)], 1, skip_completed=False))
+    return Plan(stages, order, stage_of)

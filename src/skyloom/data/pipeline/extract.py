@@ -1,0 +1,550 @@
+"""Structural extraction: HTML page → main text, title, URL and date.
+
+Three backends, chosen by measurement (benchmarks/bench_extraction.py):
+
+- ``skyloom`` (default): one lxml parse; the article container is found with readability-style scoring
+  (paragraph text and commas flow up to parents, class/id names weigh candidates, link-dense blocks
+  count little); navigation, comment sections, captions, share bars, related-links and similar boilerplate
+  inside it are pruned by tag and by class/id words; text is written block by block. It aims at
+  trafilatura's precision at close to resiliparse's speed.
+- ``resiliparse``: ``extract_plain_text(main_content=True)`` with comments, post meta and alt texts off
+  (fastest; keeps more boilerplate).
+- ``trafilatura``: ``trafilatura.extract(favor_precision=True)`` (most careful; slowest).
+
+Metadata comes from the page head (``og:``/``article:`` meta tags, JSON-LD, ``<time>``, canonical link),
+which costs almost nothing once the tree is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKENDS = ("skyloom", "resiliparse", "trafilatura")
+
+
+class NotHTML(ValueError):
+    """The input does not parse as an HTML page with a body (binary data, JSON, plain text …)."""
+
+
+@dataclass
+class Extracted:
+    text: str
+    title: str | None = None
+    url: str | None = None
+    date: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+# Elements whose whole subtree never holds main text.
+_DROP_TAGS = {
+    "script", "style", "noscript", "template", "svg", "math", "canvas", "iframe", "object", "embed", "video",
+    "audio", "map", "button", "select", "input", "textarea", "label", "nav", "aside", "footer", "figure",
+    "figcaption", "picture", "img", "head", "title", "meta", "link", "dialog",
+}
+_BLOCK_TAGS = {
+    "p", "div", "section", "article", "main", "header", "h1", "h2", "h3", "h4", "h5", "h6", "li", "ul", "ol",
+    "dl", "dt", "dd", "pre", "blockquote", "table", "tr", "br", "hr", "address", "center", "form", "fieldset",
+    "details", "summary", "caption", "tbody", "thead", "tfoot",
+}
+_HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+_PARAGRAPH_TAGS = ("p", "pre", "blockquote", "td")
+
+# Words in class/id names (readability's lists, extended): negative ones mark boilerplate.
+_NEGATIVE = re.compile(
+    r"(?:^|[-_\s])(?:comments?|commentlist|discuss\w*|disqus|respond|reply|replies|sidebar|side-bar|widget|related|"
+    r"recirc\w*|recommend\w*|trending|popular|most-?read|more-?stories|read-?more|see-?also|also-?read|"
+    r"share|sharing|sharebar|social|newsletter|subscribe|subscription|signup|sign-up|promo\w*|advert\w*|ads?|"
+    r"ad-?slot|adwrap|sponsor\w*|outbrain|taboola|breadcrumbs?|pagination|pager|tags?|tag-?list|"
+    r"caption|credits?|gallery|slideshow|carousel|modal|popup|pop-up|overlay|cookies?|consent|gdpr|banner|"
+    r"masthead|byline|author-?(?:bio|info|box)|bio|footer|nav|navbar|navigation|menu|toolbar|print|rating|"
+    r"votes?|skip|hidden|visually-?hidden|sr-only|screen-?reader|disclaimer|copyright|legal|timestamp|dateline|"
+    r"meta|post-?meta|entry-?meta|jump|follow|donate|paywall)(?:$|[-_\s\d])",
+    re.I,
+)
+_POSITIVE = re.compile(
+    r"(?:^|[-_\s])(?:article|articlebody|article-?body|body|content|entry|entry-?content|hentry|main|page|post|"
+    r"post-?body|post-?content|text|blog|story|story-?body|prose|rich-?text)(?:$|[-_\s\d])",
+    re.I,
+)
+_SPLIT_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+_ws = re.compile(r"[ \t\r\f\v\u00a0\u200b]+")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+# Whole lines that are page furniture even inside an article body.
+_BOILER_LINE = re.compile(
+    r"^(?:advertisement|advertisment|sponsored( content)?|related( articles| posts| stories)?|read more|"
+    r"see also|share( this( article| story| post)?)?( on \w+)?|share via \w+|print|email|tweet|"
+    r"click here( to \w+)?|loading\.*|comments?|\d+ comments?|leave a (reply|comment)|"
+    r"(follow|like) us on \w+|subscribe( now| to our newsletter)?|sign up( for \w+)?|"
+    r"(image|photo|picture)( credit)?:.*|\(image: [^)]*\)|getty images|back to top|"
+    r"(this|our) (web)?site uses cookies.*|we use cookies.*|accept( all)? cookies|"
+    r"all rights reserved.*|copyright ©.*|© \d{4}.*|"
+    r"更多|相关阅读|相关文章|相关新闻|责任编辑[:：].*|分享到[:：]?.*|点击查看.*|广告|返回顶部)$",
+    re.I,
+)
+
+
+def _words_of(attr: str) -> str:
+    return _SPLIT_CAMEL.sub("-", attr)
+
+
+def _class_weight(el) -> int:
+    names = " ".join(x for x in (el.get("class"), el.get("id")) if x)
+    if not names:
+        return 0
+    names = _words_of(names)
+    weight = 0
+    if _NEGATIVE.search(names):
+        weight -= 25
+    if _POSITIVE.search(names):
+        weight += 25
+    return weight
+
+
+def _text_len(s: str) -> int:
+    """Characters that carry text; a CJK character counts as much as ~2 Latin characters of a word."""
+    return len(s) + len(_CJK.findall(s))
+
+
+def _link_density(el, text_len: int) -> float:
+    if text_len == 0:
+        return 0.0
+    link_chars = sum(len(_tc(a) or "") for a in el.iter("a"))
+    return min(1.0, link_chars / text_len)
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+def _decode(raw: bytes | str) -> str:
+    if isinstance(raw, str):
+        return raw
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+    return bytes_to_str(raw, detect_encoding(raw))
+
+
+_HTML_SNIFF = re.compile(r"<\s*(?:!doctype\s+html|html|head|body|div|p|article|title|meta|span|table|br)\b", re.I)
+
+
+def parse_html(raw: bytes | str):
+    """lxml tree of a page; NotHTML when the input has no HTML structure at all."""
+    from lxml import etree
+
+    text = _decode(raw)
+    head = text[:4096]
+    if "\x00" in head or not _HTML_SNIFF.search(text[:65536]):
+        raise NotHTML("no HTML tags found")
+    # Encoding declarations inside a str confuse lxml; strip the XML prolog.
+    text = re.sub(r"^\s*<\?xml[^>]*\?>", "", text)
+    try:
+        # plain etree elements (no lxml.html element classes): a third faster on big pages
+        root = etree.fromstring(text, _parser())
+    except (etree.ParserError, etree.XMLSyntaxError, ValueError) as err:
+        raise NotHTML(f"unparseable HTML: {err}") from err
+    if root is None or root.find("body") is None:
+        raise NotHTML("no <body>")
+    return root
+
+
+_PARSER = None
+
+
+def _parser():
+    global _PARSER
+    if _PARSER is None:
+        from lxml import etree
+
+        _PARSER = etree.HTMLParser(remove_comments=True, remove_pis=True, no_network=True, recover=True,
+                                   default_doctype=False)
+    return _PARSER
+
+
+def _tc(el) -> str:
+    """text_content() for plain etree elements."""
+    return "".join(el.itertext())
+
+
+# --------------------------------------------------------------------------------------------- metadata
+
+_DATE_KEYS = (
+    "article:published_time", "og:published_time", "datepublished", "date", "dc.date", "dc.date.issued",
+    "dcterms.date", "pubdate", "publishdate", "publish-date", "sailthru.date", "parsely-pub-date",
+    "article.published", "published_time", "og:updated_time", "article:modified_time", "datemodified",
+)
+_TITLE_KEYS = ("og:title", "twitter:title", "dc.title", "headline")
+
+
+def _clean(s: str | None) -> str | None:
+    if not s:
+        return None
+    s = _ws.sub(" ", s).strip()
+    return s or None
+
+
+def extract_metadata(root, url: str | None = None) -> dict[str, str | None]:
+    """Title, canonical URL and publication date from meta tags, JSON-LD and <time> elements."""
+    metas: dict[str, str] = {}
+    for m in root.iter("meta"):
+        key = (m.get("property") or m.get("name") or m.get("itemprop") or "").strip().lower()
+        val = m.get("content")
+        if key and val and key not in metas:
+            metas[key] = val
+    title = next((_clean(metas[k]) for k in _TITLE_KEYS if metas.get(k)), None)
+    date = next((_clean(metas[k]) for k in _DATE_KEYS if metas.get(k)), None)
+    if date is None or title is None:
+        for script in root.iter("script"):
+            if (script.get("type") or "").lower() != "application/ld+json" or not script.text:
+                continue
+            try:
+                data = json.loads(script.text)
+            except ValueError:
+                continue
+            for obj in data if isinstance(data, list) else [data]:
+                if isinstance(obj, dict) and "@graph" in obj and isinstance(obj["@graph"], list):
+                    candidates = obj["@graph"]
+                else:
+                    candidates = [obj]
+                for c in candidates:
+                    if not isinstance(c, dict):
+                        continue
+                    date = date or _clean(str(c.get("datePublished") or c.get("dateCreated") or "") or None)
+                    title = title or _clean(str(c.get("headline") or "") or None)
+    if date is None:
+        for t in root.iter("time"):
+            date = _clean(t.get("datetime")) or _clean(_tc(t))
+            if date:
+                break
+    if title is None:
+        h1 = next(root.iter("h1"), None)
+        t = root.find(".//title")
+        title = _clean(_tc(h1) if h1 is not None else None) or _clean(_tc(t) if t is not None else None)
+    canonical = None
+    for link in root.iter("link"):
+        if (link.get("rel") or "").lower() == "canonical" and link.get("href", "").startswith("http"):
+            canonical = link.get("href").strip()
+            break
+    page_url = url or canonical or _clean(metas.get("og:url"))
+    return {"title": title, "date": date, "url": page_url}
+
+
+# --------------------------------------------------------------------------------------------- main text
+
+
+def _paragraphs(body):
+    """(element, worth) for every prose paragraph: long enough, not a list of links."""
+    out = []
+    for p in body.iter(*_PARAGRAPH_TAGS, "div"):
+        if p.tag == "div":
+            # a div that directly holds text (old <br>-separated pages) counts as a paragraph
+            text = ((p.text or "") + "".join((c.tail or "") for c in p)).strip()
+            ld = 0.0
+        else:
+            text = _tc(p).strip()
+            ld = _link_density(p, len(text)) if text else 1.0
+        n = _text_len(text)
+        if n < 25 or ld > 0.5:
+            continue
+        worth = (1 + text.count(",") + text.count("，") + text.count("、") + min(3, n // 100)) * (1 - ld)
+        out.append((p, worth))
+    return out
+
+
+_TAG_BONUS = {"div": 5, "article": 10, "main": 5, "section": 3, "td": 3, "blockquote": 3, "pre": 3}
+
+
+def _choose_container(body):
+    """Readability's top candidate, widened to the ancestor that holds the article's other parts.
+
+    Paragraph worth flows to parent (full) and grandparent (half) for the readability score; it also flows
+    to every ancestor as "mass". Paragraphs inside boilerplate-named regions (comments, sidebars …) that are
+    not the bulk of the page count for no mass, so widening never swallows a comment section.
+    """
+    paragraphs = _paragraphs(body)
+    if not paragraphs:
+        return [body]
+    scores: dict[int, float] = {}
+    nodes: dict[int, Any] = {}
+    raw_mass: dict[int, float] = {}
+    chains = []
+    for p, worth in paragraphs:
+        chain = []
+        anc = p.getparent()
+        while anc is not None:
+            chain.append(anc)
+            raw_mass[id(anc)] = raw_mass.get(id(anc), 0.0) + worth
+            if anc is body:
+                break
+            anc = anc.getparent()
+        chains.append((chain, worth))
+        for level, anc in enumerate(chain[:2]):
+            k = id(anc)
+            if k not in scores:
+                nodes[k] = anc
+                scores[k] = float(_class_weight(anc)) + _TAG_BONUS.get(anc.tag, 0)
+            scores[k] += worth / (1 + level)
+    total = raw_mass.get(id(body), 0.0) or 1.0
+    weight_cache: dict[int, int] = {}
+
+    def boiler(el) -> bool:
+        k = id(el)
+        if k not in weight_cache:
+            weight_cache[k] = _class_weight(el)
+        return weight_cache[k] < 0 and raw_mass.get(k, 0.0) < 0.5 * total
+
+    mass: dict[int, float] = {}
+    for chain, worth in chains:
+        # teaser cards (paragraphs inside list items) and boilerplate regions are not article mass
+        if any(boiler(a) for a in chain) or any(a.tag == "li" for a in chain[:4]):
+            continue
+        for a in chain:
+            mass[id(a)] = mass.get(id(a), 0.0) + worth
+
+    best_key, best_score = None, float("-inf")
+    for k, s in scores.items():
+        el = nodes[k]
+        s = s * (1 - _link_density(el, len(_tc(el))))
+        if s > best_score:
+            best_key, best_score = k, s
+    top = nodes[best_key]
+    # widen: climb while the parent holds clearly more clean article mass than the current node
+    # (ancestors that add nothing are passed through; one that adds a little side content stops the climb)
+    cur, anc = top, top.getparent()
+    while anc is not None:
+        m_cur, m_anc = mass.get(id(cur), 0.0), mass.get(id(anc), 0.0)
+        if m_anc >= 1.35 * m_cur and m_anc > 0:
+            if _link_density(anc, len(_tc(anc))) > 0.35:
+                break
+            cur = anc
+        elif m_anc > 1.05 * m_cur:
+            break
+        if anc is body:
+            break
+        anc = anc.getparent()
+    if cur is not top:
+        return [cur]
+    parent = top.getparent()
+    if parent is None:
+        return [top]
+    chosen = []
+    for sib in parent:
+        if sib is top:
+            chosen.append(sib)
+        elif sib.tag == "p":
+            t = _tc(sib).strip()
+            if len(t) > 80 and _link_density(sib, len(t)) < 0.25:
+                chosen.append(sib)
+    return chosen
+
+
+def _prune(container, container_len: int) -> None:
+    """Remove boilerplate subtrees inside the chosen article container (never the container itself)."""
+    doomed = []
+    for el in container.iterdescendants():
+        tag = el.tag
+        if not isinstance(tag, str):  # comments, processing instructions
+            doomed.append(el)
+            continue
+        if tag in _DROP_TAGS or tag == "h1" or (tag == "form" and len(el) < 40):
+            doomed.append(el)
+            continue
+        if el.get("hidden") is not None or el.get("aria-hidden") == "true":
+            doomed.append(el)
+            continue
+        style = el.get("style")
+        if style and re.search(r"display\s*:\s*none|visibility\s*:\s*hidden", style):
+            doomed.append(el)
+            continue
+        if _class_weight(el) < 0:
+            # a wrapper holding most of the article is never boilerplate, whatever its name
+            n = _text_len(_tc(el))
+            if n < 0.3 * container_len:
+                doomed.append(el)
+                continue
+        if tag in ("ul", "ol", "table") or tag == "div":
+            txt = _tc(el)
+            n = len(txt.strip())
+            if n and _link_density(el, n) > 0.6 and n < 0.3 * container_len:
+                doomed.append(el)  # lists of links: menus, related stories, tag clouds
+    for el in doomed:
+        parent = el.getparent()
+        if parent is None:
+            continue
+        # keep the tail text (it belongs to the parent)
+        if el.tail and el.tail.strip():
+            prev = el.getprevious()
+            if prev is not None:
+                prev.tail = (prev.tail or "") + el.tail
+            else:
+                parent.text = (parent.text or "") + el.tail
+        parent.remove(el)
+
+
+def _serialize(elements) -> str:
+    """Block-aware text: a new line at each block element; inline text joined with spaces collapsed."""
+    lines: list[str] = []
+    buf: list[str] = []
+
+    def flush():
+        if buf:
+            line = _ws.sub(" ", "".join(buf)).strip()
+            if line:
+                lines.append(line)
+            buf.clear()
+
+    def walk(el):
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if tag in _DROP_TAGS:
+            if el.tail:
+                buf.append(el.tail.replace("\n", " "))
+            return
+        block = tag in _BLOCK_TAGS
+        if block:
+            flush()
+        if tag == "pre":
+            flush()
+            lines.extend(x.rstrip() for x in _tc(el).split("\n") if x.strip())
+        else:
+            if el.text:
+                buf.append(el.text.replace("\n", " "))
+            for child in el:
+                walk(child)
+        if block:
+            flush()
+        if el.tail:
+            buf.append(el.tail.replace("\n", " "))
+
+    for el in elements:
+        walk(el)
+        flush()
+    return "\n".join(lines)
+
+
+def _drop_boilerplate_lines(text: str, title: str | None) -> str:
+    out = []
+    title_norm = _ws.sub(" ", title).strip().lower() if title else None
+    for line in text.split("\n"):
+        s = line.strip()
+        if not s:
+            continue
+        low = s.lower()
+        if len(s) < 120 and _BOILER_LINE.match(low):
+            continue
+        if title_norm and low == title_norm:
+            continue
+        out.append(s)
+    return "\n".join(out)
+
+
+def _main_text_skyloom(root, title: str | None) -> str:
+    body = root.find("body")
+    chosen = _choose_container(body)
+    total = sum(_text_len(_tc(c)) for c in chosen)
+    for c in chosen:
+        _prune(c, total)
+    text = _drop_boilerplate_lines(_serialize(chosen), title)
+    return text
+
+
+def _resiliparse_text(raw: bytes | str) -> str:
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.html import HTMLTree
+
+    tree = HTMLTree.parse_from_bytes(raw) if isinstance(raw, bytes) else HTMLTree.parse(raw)
+    return extract_plain_text(tree, main_content=True, comments=False, post_meta=False, alt_texts=False,
+                              list_bullets=False)
+
+
+def _trafilatura_text(html: str) -> str:
+    import trafilatura
+
+    return trafilatura.extract(html, favor_precision=True, include_comments=False) or ""
+
+
+def extract_html(raw: bytes | str, backend: str = "skyloom", url: str | None = None,
+                 min_chars_fallback: int = 200) -> Extracted:
+    """Main text and metadata of one page. Raises NotHTML for inputs that are not HTML pages."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown extraction backend {backend!r}; choose one of {BACKENDS}")
+    root = parse_html(raw)
+    meta = extract_metadata(root, url)
+    if backend == "skyloom":
+        from lxml import etree
+
+        etree.strip_elements(root, "script", "style", "noscript", "template", with_tail=False)
+        text = _main_text_skyloom(root, meta["title"])
+        if _text_len(text) < min_chars_fallback:
+            # container choice failed (e.g. a page of short items): fall back to the whole-page extractor
+            alt = _drop_boilerplate_lines(_resiliparse_text(raw), meta["title"])
+            if _text_len(alt) > _text_len(text):
+                text = alt
+    elif backend == "resiliparse":
+        text = _resiliparse_text(raw)
+    else:
+        text = _trafilatura_text(_decode(raw))
+    return Extracted(text=text.strip(), title=meta["title"], url=meta["url"], date=meta["date"])
+
+
+# --------------------------------------------------------------------------------------------- pipeline step
+
+from skyloom.data.pipeline.base import SkyFilter  # noqa: E402
+
+
+@dataclass
+class ExtractConfig:
+    """``extract`` step: HTML documents (from ``html``/``warc`` inputs, or ``content_type: html``) → main text."""
+
+    backend: str = "skyloom"
+    min_chars: int = 1  # a page whose main text is shorter is dropped as ``no_main_text``
+    include_title: bool = False  # prepend the title to the text (it is always kept in metadata)
+    fallback_chars: int = 200  # skyloom backend: below this, fall back to whole-page extraction
+
+    def validate(self) -> None:
+        from skyloom.config import ConfigError
+
+        if self.backend not in BACKENDS:
+            raise ConfigError("backend", f"must be one of {list(BACKENDS)}, got {self.backend!r}")
+
+
+class HtmlExtractor(SkyFilter):
+    """Replaces an HTML document's text with its main text; title/url/date go to metadata.
+
+    Documents that are not HTML pages (``content_type`` unset, from text inputs) pass untouched. A page that
+    is not HTML at all is dropped as ``malformed:not_html`` (and listed with its file and line)."""
+
+    name = "🛢 Extract"
+    default_reason = "no_main_text"
+
+    def __init__(self, cfg: ExtractConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def filter(self, doc) -> bool | tuple[bool, str]:
+        md = doc.metadata
+        if md.get("content_type") != "html":
+            return True
+        try:
+            ex = extract_html(doc.text, backend=self.cfg.backend, url=md.get("url"),
+                              min_chars_fallback=self.cfg.fallback_chars)
+        except NotHTML as err:
+            self.stat_update("not_html")
+            md["malformed_detail"] = str(err)
+            return False, "malformed:not_html"
+        md.pop("content_type", None)
+        for key in ("title", "url", "date"):
+            val = getattr(ex, key)
+            if val and not md.get(key):
+                md[key] = val
+        text = ex.text
+        if self.cfg.include_title and ex.title and not text.startswith(ex.title):
+            text = f"{ex.title}\n\n{text}"
+        doc.text = text
+        if len(text.strip()) < self.cfg.min_chars:
+            return False, "no_main_text"
+        return True
