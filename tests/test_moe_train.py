@@ -164,3 +164,25 @@ def test_ddp_two_processes_match_one(train_corpus, tmp_path):
     wa = load_file(str(tmp_path / "single/checkpoints/step_00000006/model.safetensors"))
     wb = load_file(str(tmp_path / "ddp/checkpoints/step_00000006/model.safetensors"))
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+
+
+def test_fsdp2_with_activation_checkpointing_matches_and_resumes(train_corpus, tmp_path):
+    """FSDP2 shards the stacked expert weights over ranks; the coefficients (buffers) go through the sharded
+    (DCP) checkpoint and come back on resume."""
+    cfg = moe_run_config(train_corpus, train={"max_steps": 4, "activation_checkpointing": True},
+                         checkpoint={"every": 2})
+    config = write_config(cfg, tmp_path / "moe.yaml")
+    run(skyloom_cmd("train", str(config), "--out", str(tmp_path / "single")))
+    out = run(torchrun_cmd(2, "train", str(config), "train.parallel=fsdp", "--out", str(tmp_path / "fsdp")),
+              timeout=240)
+    assert "FSDP2" in out.stdout
+    shutil.rmtree(tmp_path / "fsdp" / "checkpoints" / "step_00000004")
+    run(torchrun_cmd(2, "train", str(config), "train.parallel=fsdp", "--out", str(tmp_path / "fsdp"), "--resume"),
+        timeout=240)
+    a, b = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "fsdp")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) < 1e-4
+        assert x["moe/L1/aux_coef"] == pytest.approx(y["moe/L1/aux_coef"], rel=1e-5)
+        assert x["moe/L0/drop_rate"] == pytest.approx(y["moe/L0/drop_rate"], abs=1e-6)
+    assert b[0]["moe/L0/expert_similarity"] == pytest.approx(a[0]["moe/L0/expert_similarity"], abs=1e-5)

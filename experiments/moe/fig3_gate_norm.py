@@ -1,0 +1,152 @@
+"""Figure 3 of the Skywork-MoE report at CPU scale: gating logit normalisation and adaptive aux-loss coefficients.
+
+Trains the same small MoE (the `tiny-moe` recipe's data: English Wikipedia, Chinese novels/news, GSM8K-style
+math; 4 layers, dim 128, n experts of width 352, top-2, capacity factor 1.0) several times, changing only the
+gate:
+
+  no-norm          plain softmax gate (Eq. 1), fixed α = 0.01
+  norm-1           gating logit normalisation λ = 1 (Eq. 6), fixed α = 0.01
+  norm-2           λ = 2, fixed α = 0.01
+  norm-1-adaptive  λ = 1 with adaptive coefficients (ξ = 1/5, α_max = 0.01, β = 0.99; §4.2)
+
+and summarises metrics.jsonl: Max1/Max2 and Max2/Max3 of the third gating layer (as in the report's figure),
+token drop rate (mean over layers), training loss, held-out loss, and the mean aux coefficient.
+
+    .venv/bin/python experiments/moe/fig3_gate_norm.py                  # ~3 min per run on 2 cores
+    .venv/bin/python experiments/moe/fig3_gate_norm.py --steps 60 --runs no-norm norm-1
+
+Writes experiments/moe/results/fig3.json, fig3.md (the table) and fig3.png (curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from skyloom.config import apply_overrides, build, read_yaml
+from skyloom.train.config import RunConfig
+from skyloom.train.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+RUNS = {
+    "no-norm": ["model.moe.gate_norm=false", "model.moe.adaptive=false"],
+    "norm-1": ["model.moe.gate_norm=true", "model.moe.gate_norm_lambda=1.0", "model.moe.adaptive=false"],
+    "norm-2": ["model.moe.gate_norm=true", "model.moe.gate_norm_lambda=2.0", "model.moe.adaptive=false"],
+    "norm-1-adaptive": ["model.moe.gate_norm=true", "model.moe.gate_norm_lambda=1.0", "model.moe.adaptive=true"],
+}
+
+
+def run_config(name: str, steps: int, experts: int, seed: int) -> RunConfig:
+    data = read_yaml(REPO / "recipes" / "tiny-moe.yaml")
+    overrides = RUNS[name] + [
+        f"model.moe.n_experts={experts}", "model.moe.capacity_factor=1.0", "model.moe.aux_coef=0.01",
+        f"train.max_steps={steps}", f"train.warmup_steps={max(steps // 20, 1)}", f"train.seed={seed}",
+        f"data.seed={seed}", "train.log_every=10", "validation.every=0", "validation.at_start=false",
+        "checkpoint.every=0", "checkpoint.save_final=false",
+    ]
+    return build(RunConfig, apply_overrides(data, overrides))
+
+
+def summarize(run_dir: Path, layer: int) -> dict:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    tail = train[-max(len(train) // 5, 1):]  # the last 20% of steps
+
+    def mean(key: str, rows=tail) -> float:
+        return sum(r[key] for r in rows) / len(rows)
+
+    return {
+        "steps": len(train),
+        "train_loss_tail": mean("loss"),
+        "val_loss": {r["set"]: r["loss"] for r in val},
+        "max1_max2_tail": mean(f"moe/L{layer}/max1_max2"),
+        "max2_max3_tail": mean(f"moe/L{layer}/max2_max3"),
+        "drop_rate_tail": mean("moe/drop_rate"),
+        "drop_rate_all": mean("moe/drop_rate", train),
+        "aux_coef_final": train[-1]["moe/aux_coef"],
+        "aux_coef_min": min(r["moe/aux_coef"] for r in train),
+        "expert_similarity_final": train[-1].get(f"moe/L{layer}/expert_similarity"),
+        "tokens_per_sec": mean("tokens_per_sec"),
+        "curves": {
+            "step": [r["step"] for r in train],
+            "loss": [r["loss"] for r in train],
+            "max1_max2": [r[f"moe/L{layer}/max1_max2"] for r in train],
+            "max2_max3": [r[f"moe/L{layer}/max2_max3"] for r in train],
+            "drop_rate": [r["moe/drop_rate"] for r in train],
+            "aux_coef": [r["moe/aux_coef"] for r in train],
+        },
+    }
+
+
+def table(results: dict) -> str:
+    lines = ["| run | Max1/Max2 (L2) | Max2/Max3 (L2) | drop rate (last 20%) | drop rate (all) | train loss "
+             "(last 20%) | val loss en / zh | α final (min) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        val = " / ".join(f"{v:.3f}" for v in r["val_loss"].values())
+        lines.append(f"| {name} | {r['max1_max2_tail']:.2f} | {r['max2_max3_tail']:.2f} | {r['drop_rate_tail']:.4f} | "
+                     f"{r['drop_rate_all']:.4f} | {r['train_loss_tail']:.3f} | {val} | "
+                     f"{r['aux_coef_final']:.4f} ({r['aux_coef_min']:.4f}) |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    panels = [("loss", "training loss"), ("drop_rate", "token drop rate (mean over layers)"),
+              ("aux_coef", "aux coefficient α (mean over layers)"), ("max1_max2", "Max1/Max2, gating layer 3"),
+              ("max2_max3", "Max2/Max3, gating layer 3")]
+    for ax, (key, title) in zip(axes.flat, panels):
+        for name, r in results.items():
+            c = r["curves"]
+            ax.plot(c["step"], c[key], label=name, linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes.flat[0].legend()
+    axes.flat[-1].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--experts", type=int, default=16, help="experts per layer (the report's Fig. 3 MoE has 16)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--out", default=str(REPO / "runs" / "moe-fig3"), help="where the runs go")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_file = RESULTS / "fig3.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    for name in args.runs:
+        run_dir = Path(args.out) / name
+        if (run_dir / "metrics.jsonl").is_file():
+            (run_dir / "metrics.jsonl").unlink()
+        t0 = time.time()
+        Trainer(run_config(name, args.steps, args.experts, args.seed), run_dir).fit()
+        results[name] = {**summarize(run_dir, layer=2), "wall_s": time.time() - t0, "experts": args.experts,
+                         "seed": args.seed}
+        print(f"{name}: {time.time() - t0:.0f}s")
+        results_file.write_text(json.dumps(results, indent=1) + "\n")
+    ordered = {k: results[k] for k in RUNS if k in results}
+    (RESULTS / "fig3.md").write_text(table(ordered) + "\n")
+    plot(ordered, RESULTS / "fig3.png")
+    print(table(ordered))
+
+
+if __name__ == "__main__":
+    main()
