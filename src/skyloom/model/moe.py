@@ -266,12 +266,15 @@ class MoE(nn.Module):
     def _experts_loop(self, rows: torch.Tensor, padded: torch.Tensor, n_rows: int) -> torch.Tensor:
         """One SwiGLU per expert over its contiguous rows; rows past the last group stay zero."""
         outs, start = [], 0
+        # unbind once: its backward stacks the experts' gradients, where indexing w[e] per expert would add n
+        # full-size zero-padded gradients
+        w1, w3, w2 = self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0)
         for e, count in enumerate(padded.tolist()):
             if count == 0:
                 continue
             xe = rows[start:start + count]
-            h = F.silu(F.linear(xe, self.w1[e])) * F.linear(xe, self.w3[e])
-            outs.append(F.linear(h, self.w2[e]))
+            h = F.silu(F.linear(xe, w1[e])) * F.linear(xe, w3[e])
+            outs.append(F.linear(h, w2[e]))
             start += count
         tail = rows.new_zeros(n_rows - start, self.dim)
         if outs:
