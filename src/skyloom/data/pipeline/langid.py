@@ -19,6 +19,7 @@ from skyloom.data.pipeline.base import SkyFilter
 
 _SEGMENT_CHARS = 500
 _MIN_SEGMENT_CHARS = 300
+_PARAGRAPH_CHARS = 100
 
 
 @dataclass
@@ -55,8 +56,8 @@ def identifier():
 
 
 def _segments(text: str) -> list[str]:
-    """Runs of consecutive lines of about 300–1,000 characters (few identifier calls, fine enough to see
-    a paragraph in another language); very long lines are cut at spaces (or anywhere in CJK text)."""
+    """Paragraphs (lines of ≥ 100 characters) on their own; runs of short lines merged up to ~300 characters
+    (few identifier calls); very long lines cut at spaces (or anywhere in CJK text)."""
     out: list[str] = []
     buf: list[str] = []
     size = 0
@@ -72,6 +73,12 @@ def _segments(text: str) -> list[str]:
                 buf, size = [], 0
             out.append(line[:cut])
             line = line[cut:].strip()
+        if len(line) >= _PARAGRAPH_CHARS:  # a real paragraph is judged on its own
+            if buf:
+                out.append("\n".join(buf))
+                buf, size = [], 0
+            out.append(line)
+            continue
         buf.append(line)
         size += len(line)
         if size >= _MIN_SEGMENT_CHARS:

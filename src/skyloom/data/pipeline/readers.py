@@ -327,7 +327,7 @@ class SourceReader(BaseDiskReader):
         reader = getattr(self, f"_read_{self.cfg.format}")
         try:
             yield from reader(filepath)
-        except (OSError, EOFError, ValueError) as err:  # unreadable/corrupt file (bad gzip …): report, go on
+        except Exception as err:  # unreadable/corrupt file (bad gzip, zlib errors …): report, go on
             logger.warning(f"{self.label}: cannot read {filepath}: {err}")
             self._bad(filepath, -1, "unreadable_file", f"{type(err).__name__}: {err}")
 

@@ -12,9 +12,10 @@ Three stages:
    spam templates, lightly rewritten copies — is lexical recurrence, which n-gram cosine measures well.
 2. ``SemanticCluster`` (one task): spherical k-means splits all block vectors into partitions (each block
    joins its two nearest centroids, so near neighbours split by a boundary still meet); inside a partition
-   every pair with cosine ≥ ``similarity`` is linked (union-find), as in NeMo-Curator's semantic dedup. A
-   group's *recurrence* is the number of distinct documents it spans. The corpus norm is the median
-   recurrence of recurring groups; groups at ``max(min_docs, norm_factor × norm)`` or more are flagged.
+   every pair with cosine ≥ ``similarity`` is linked (connected components), as in NeMo-Curator's semantic
+   dedup. A group's *recurrence* is the number of distinct documents it spans. The corpus norm is the
+   median recurrence over all blocks (1 when most text is unique); groups at ``max(min_docs,
+   norm_factor × norm)`` documents or more are flagged.
    Writes per-task removal lists and ``reports/semantic_clusters.{json,md}`` (biggest flagged groups with
    examples).
 3. ``SemanticFilter`` (every task, next stage): removes flagged blocks, except the first ``keep_per_group``
@@ -226,7 +227,9 @@ class SemanticCluster(PipelineStep):
             members[g].append(i)
         recurrence = {g: len({(int(rank_of[i]), int(doc_of[i])) for i in m}) for g, m in members.items()}
         recurring = [r for r in recurrence.values() if r >= 2]
-        norm = float(np.median(recurring)) if recurring else 1.0
+        # the corpus norm: how often a typical block recurs (median over blocks — 1 in a healthy corpus)
+        per_block = np.array([recurrence[g] for g in group.tolist()]) if len(group) else np.ones(1)
+        norm = float(np.median(per_block))
         threshold = max(self.cfg.min_docs, self.cfg.norm_factor * norm)
         flagged = sorted((g for g, r in recurrence.items() if r >= threshold), key=lambda g: -recurrence[g])
         removals: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -290,7 +293,7 @@ class SemanticCluster(PipelineStep):
                           {"summary": summary, "top_groups": groups})
         lines = ["# Distribution filter: most over-recurring text blocks", "",
                  f"{summary['blocks']:,} blocks in {summary['groups']:,} groups; "
-                 f"{summary['recurring_groups']:,} recur (span ≥ 2 documents); corpus norm (median recurrence) "
+                 f"{summary['recurring_groups']:,} recur (span ≥ 2 documents); corpus norm (median block recurrence) "
                  f"{summary['norm_recurrence']:g} documents; flagged at ≥ {summary['threshold_docs']:g} documents: "
                  f"{summary['flagged_groups']:,} groups, {summary['removed_blocks']:,} blocks / "
                  f"{summary['removed_chars']:,} characters removed.", ""]
