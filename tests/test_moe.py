@@ -159,6 +159,25 @@ def test_fully_dropped_token_passes_through_residual():
     assert torch.equal(y[0, cap:], torch.zeros(6 - cap, 8))  # dropped → the block adds nothing
 
 
+def test_eval_mode_is_dropless_unless_asked():
+    torch.manual_seed(0)
+    layer = MoE(8, 16, moe_cfg(n_experts=2, top_k=1, capacity_factor=0.5))
+    with torch.no_grad():
+        layer.gate.bias.copy_(torch.tensor([5.0, -5.0]))
+    x = torch.randn(1, 6, 8)
+    layer.train()
+    layer(x)
+    assert summarize_stats(layer.last_stats, 1)["drop_rate"] > 0
+    layer.eval()
+    y = layer(x)
+    assert summarize_stats(layer.last_stats, 1)["drop_rate"] == 0.0
+    # eval results do not depend on what else is in the batch
+    assert torch.allclose(layer(x[:, :1]), y[:, :1], atol=1e-6)
+    layer.cfg.drop_in_eval = True
+    layer(x)
+    assert summarize_stats(layer.last_stats, 1)["drop_rate"] > 0
+
+
 def test_dropless_and_gradients_match_oracle():
     torch.manual_seed(1)
     layer = MoE(8, 12, moe_cfg(n_experts=5, top_k=2, dropless=True)).double()

@@ -30,7 +30,9 @@ def test_upcycled_equals_dense_at_init(dense, moe):
     ids = torch.randint(0, dense.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected, got = dense(ids), model(ids)
+        got_train = model.train()(ids)  # training mode applies the capacity; C ≥ T here, so still no drop
     assert (got - expected).abs().max() < 1e-6
+    assert (got_train - expected).abs().max() < 1e-6
     for _, layer in model.moe_layers():
         assert summarize_stats(layer.last_stats, layer.top_k)["drop_rate"] == 0.0
         assert expert_similarity(layer) == pytest.approx(1.0, abs=1e-6)

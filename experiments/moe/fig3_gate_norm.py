@@ -1,8 +1,8 @@
 """Figure 3 of the Skywork-MoE report at CPU scale: gating logit normalisation and adaptive aux-loss coefficients.
 
 Trains the same small MoE (the `tiny-moe` recipe's data: English Wikipedia, Chinese novels/news, GSM8K-style
-math; 4 layers, dim 128, n experts of width 352, top-2, capacity factor 1.0) several times, changing only the
-gate:
+math; 4 layers, dim 128, n experts of width 352, top-2, capacity factor 1.0, 2,048 tokens per step) several
+times, changing only the gate:
 
   no-norm          plain softmax gate (Eq. 1), fixed α = 0.01
   norm-1           gating logit normalisation λ = 1 (Eq. 6), fixed α = 0.01
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -42,11 +43,12 @@ RUNS = {
 }
 
 
-def run_config(name: str, steps: int, experts: int, seed: int) -> RunConfig:
+def run_config(name: str, steps: int, experts: int, seed: int, batch_tokens: int) -> RunConfig:
     data = read_yaml(REPO / "recipes" / "tiny-moe.yaml")
     overrides = RUNS[name] + [
         f"model.moe.n_experts={experts}", "model.moe.capacity_factor=1.0", "model.moe.aux_coef=0.01",
         f"train.max_steps={steps}", f"train.warmup_steps={max(steps // 20, 1)}", f"train.seed={seed}",
+        f"train.global_batch_tokens={batch_tokens}", "train.micro_batch_size=8",
         f"data.seed={seed}", "train.log_every=10", "validation.every=0", "validation.at_start=false",
         "checkpoint.every=0", "checkpoint.save_final=false",
     ]
@@ -124,6 +126,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--experts", type=int, default=16, help="experts per layer (the report's Fig. 3 MoE has 16)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-tokens", type=int, default=2048, help="tokens per step (micro-batches of 8×256)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--out", default=str(REPO / "runs" / "moe-fig3"), help="where the runs go")
@@ -134,12 +137,14 @@ def main() -> None:
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for name in args.runs:
         run_dir = Path(args.out) / name
-        if (run_dir / "metrics.jsonl").is_file():
-            (run_dir / "metrics.jsonl").unlink()
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
         t0 = time.time()
-        Trainer(run_config(name, args.steps, args.experts, args.seed), run_dir).fit()
+        status = Trainer(run_config(name, args.steps, args.experts, args.seed, args.batch_tokens), run_dir).fit()
+        if status != "finished":
+            raise SystemExit(f"{name}: {status}; no results written for it")
         results[name] = {**summarize(run_dir, layer=2), "wall_s": time.time() - t0, "experts": args.experts,
-                         "seed": args.seed}
+                         "seed": args.seed, "batch_tokens": args.batch_tokens}
         print(f"{name}: {time.time() - t0:.0f}s")
         results_file.write_text(json.dumps(results, indent=1) + "\n")
     ordered = {k: results[k] for k in RUNS if k in results}

@@ -2,10 +2,10 @@
 
 Mixtral's router is skyloom's gate with everything optional switched off: logits = W x (no bias), softmax over
 all experts in fp32, top-k, the k probabilities renormalised by their sum, no capacity (never drops). So the
-exported model reproduces skyloom's logits exactly when skyloom's config has no gating logit normalisation, no
-gate bias (or an all-zero one) and drops no token (`dropless`, or a capacity nothing overflows). Gate
-normalisation or a non-zero bias cannot be expressed in Mixtral and are refused; every block must be an MoE
-block (`every_n_layers: 1`).
+exported model reproduces skyloom's logits exactly when skyloom's config has no gating logit normalisation and no
+gate bias (or an all-zero one), in eval mode (dropless unless `drop_in_eval`; `dropless` makes training mode match
+too). Gate normalisation or a non-zero bias cannot be expressed in Mixtral and are refused; every block must be an
+MoE block (`every_n_layers: 1`).
 
 The weights are written in Mixtral's original on-disk layout (`block_sparse_moe.gate`,
 `block_sparse_moe.experts.{j}.w1/w2/w3`), which every `transformers` version and other runtimes read;
@@ -57,9 +57,9 @@ def check_mixtral_compatible(model: Transformer) -> list[str]:
     for i, layer in model.moe_layers():
         if layer.gate.bias is not None and bool(layer.gate.bias.detach().ne(0).any()):
             raise ValueError(f"layer {i}: the gate bias is non-zero and Mixtral's router has no bias")
-    if not moe.dropless:
-        notes.append(f"Mixtral never drops tokens; this model uses capacity_factor={moe.capacity_factor}, so the "
-                     "exported model matches it exactly only on inputs where no expert overflows")
+    if not moe.dropless and moe.drop_in_eval:
+        notes.append(f"Mixtral never drops tokens; this model applies capacity_factor={moe.capacity_factor} in eval "
+                     "mode too (drop_in_eval), so the exported model matches it only where no expert overflows")
     return notes
 
 

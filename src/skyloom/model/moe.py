@@ -11,7 +11,7 @@ Capacity: every expert takes at most C = ceil(k·T/n·capacity_factor) of the k�
 "probs" drops the slots with the lowest gate probability for that expert first (Megatron-LM's default),
 "position" keeps the earliest slots in (batch row, position) order and drops the latest. A dropped slot
 contributes nothing, so a token that loses all its slots passes through the block unchanged (the residual).
-`dropless` removes the cap (Mixtral-style).
+`dropless` removes the cap (Mixtral-style); in eval mode the cap applies only with `drop_in_eval`.
 
 Dispatch is a sort, not a loop over tokens: slots are ordered by (expert, priority), each kept slot gets a row
 in an expert-grouped buffer (groups padded to `align` rows), the experts run on contiguous row ranges, and a
@@ -204,7 +204,8 @@ class MoE(nn.Module):
         self.aux_coef.fill_(float(self.cfg.aux_coef))
 
     def capacity(self, n_tokens: int) -> int | None:
-        if self.cfg.dropless:
+        """Slots per expert for a forward pass of `n_tokens` tokens; None = no cap (dropless, or eval mode)."""
+        if self.cfg.dropless or not (self.training or self.cfg.drop_in_eval):
             return None
         return expert_capacity(n_tokens, self.n_experts, self.top_k, self.cfg.capacity_factor)
 

@@ -25,7 +25,8 @@ class MoEConfig:
     forward pass (per rank and micro-batch); the overflow is dropped — that token/expert slot contributes 0 and
     the token keeps its residual. `drop_policy` picks who drops first: "probs" = the slots with the lowest gate
     probability for that expert, "position" = the slots latest in the (flattened batch, sequence) order.
-    `dropless: true` never drops (C = ∞).
+    `dropless: true` never drops (C = ∞). Dropping is a training device: in eval mode (validation, evaluation,
+    generation) the layer is dropless unless `drop_in_eval`, so results do not depend on batch composition.
     Gating logit normalisation (Eq. 6): with `gate_norm`, z̃ = λ·(z − mean z)/std z before the softmax.
     Aux loss per MoE layer: "eq4" = Σ_j (1/n − mean_i g_ij)² (Eq. 4 as written), "switch" = n·Σ_j f_j·P_j
     (Switch/Megatron), "none". Coefficient: fixed `aux_coef`, or with `adaptive` the §4.2 rule
@@ -39,6 +40,7 @@ class MoEConfig:
     capacity_factor: float = 1.25
     drop_policy: DropPolicy = "probs"
     dropless: bool = False
+    drop_in_eval: bool = False  # apply the capacity in eval mode too (default: eval is dropless)
     gate_bias: bool = True  # Eq. 1 has a bias b; Mixtral's router has none
     gate_norm: bool = False  # Eq. 6
     gate_norm_lambda: float = 1.0  # λ (the report uses 1)
