@@ -112,11 +112,32 @@ def _text_len(s: str) -> int:
     return len(s) + len(_CJK.findall(s))
 
 
-def _link_density(el, text_len: int) -> float:
-    if text_len == 0:
-        return 0.0
-    link_chars = sum(len(_tc(a) or "") for a in el.iter("a"))
-    return min(1.0, link_chars / text_len)
+class _Measure:
+    """Text and link-text lengths of every element, from one bottom-up pass (instead of re-walking subtrees)."""
+
+    def __init__(self, body):
+        self.text: dict[int, int] = {}
+        self.link: dict[int, int] = {}
+        t, lk = self.text, self.link
+        # keep the proxies alive: lxml hands out the same Python object (hence id) only while one exists
+        self.elements = list(body.iter())
+        for el in reversed(self.elements):
+            n = len(el.text) if el.text else 0
+            links = 0
+            for child in el:
+                k = id(child)
+                n += t.get(k, 0) + (len(child.tail) if child.tail else 0)
+                links += lk.get(k, 0)
+            k = id(el)
+            t[k] = n
+            lk[k] = n if el.tag == "a" else links
+
+    def density(self, el) -> float:
+        n = self.text.get(id(el), 0)
+        return min(1.0, self.link.get(id(el), 0) / n) if n else 0.0
+
+    def length(self, el) -> int:
+        return self.text.get(id(el), 0)
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -237,7 +258,7 @@ def extract_metadata(root, url: str | None = None) -> dict[str, str | None]:
 # --------------------------------------------------------------------------------------------- main text
 
 
-def _paragraphs(body):
+def _paragraphs(body, m: _Measure):
     """(element, worth) for every prose paragraph: long enough, not a list of links."""
     out = []
     for p in body.iter(*_PARAGRAPH_TAGS, "div"):
@@ -247,7 +268,7 @@ def _paragraphs(body):
             ld = 0.0
         else:
             text = _tc(p).strip()
-            ld = _link_density(p, len(text)) if text else 1.0
+            ld = m.density(p) if text else 1.0
         n = _text_len(text)
         if n < 25 or ld > 0.5:
             continue
@@ -259,14 +280,14 @@ def _paragraphs(body):
 _TAG_BONUS = {"div": 5, "article": 10, "main": 5, "section": 3, "td": 3, "blockquote": 3, "pre": 3}
 
 
-def _choose_container(body):
+def _choose_container(body, m: _Measure):
     """Readability's top candidate, widened to the ancestor that holds the article's other parts.
 
     Paragraph worth flows to parent (full) and grandparent (half) for the readability score; it also flows
     to every ancestor as "mass". Paragraphs inside boilerplate-named regions (comments, sidebars …) that are
     not the bulk of the page count for no mass, so widening never swallows a comment section.
     """
-    paragraphs = _paragraphs(body)
+    paragraphs = _paragraphs(body, m)
     if not paragraphs:
         return [body]
     scores: dict[int, float] = {}
@@ -309,7 +330,7 @@ def _choose_container(body):
     best_key, best_score = None, float("-inf")
     for k, s in scores.items():
         el = nodes[k]
-        s = s * (1 - _link_density(el, len(_tc(el))))
+        s = s * (1 - m.density(el))
         if s > best_score:
             best_key, best_score = k, s
     top = nodes[best_key]
@@ -319,7 +340,7 @@ def _choose_container(body):
     while anc is not None:
         m_cur, m_anc = mass.get(id(cur), 0.0), mass.get(id(anc), 0.0)
         if m_anc >= 1.35 * m_cur and m_anc > 0:
-            if _link_density(anc, len(_tc(anc))) > 0.35:
+            if m.density(anc) > 0.35:
                 break
             cur = anc
         elif m_anc > 1.05 * m_cur:
@@ -337,13 +358,12 @@ def _choose_container(body):
         if sib is top:
             chosen.append(sib)
         elif sib.tag == "p":
-            t = _tc(sib).strip()
-            if len(t) > 80 and _link_density(sib, len(t)) < 0.25:
+            if m.length(sib) > 80 and m.density(sib) < 0.25:
                 chosen.append(sib)
     return chosen
 
 
-def _prune(container, container_len: int) -> None:
+def _prune(container, container_len: int, m: _Measure) -> None:
     """Remove boilerplate subtrees inside the chosen article container (never the container itself)."""
     doomed = []
     for el in container.iterdescendants():
@@ -363,14 +383,12 @@ def _prune(container, container_len: int) -> None:
             continue
         if _class_weight(el) < 0:
             # a wrapper holding most of the article is never boilerplate, whatever its name
-            n = _text_len(_tc(el))
-            if n < 0.3 * container_len:
+            if m.length(el) < 0.3 * container_len:
                 doomed.append(el)
                 continue
         if tag in ("ul", "ol", "table") or tag == "div":
-            txt = _tc(el)
-            n = len(txt.strip())
-            if n and _link_density(el, n) > 0.6 and n < 0.3 * container_len:
+            n = m.length(el)
+            if n and m.density(el) > 0.6 and n < 0.3 * container_len:
                 doomed.append(el)  # lists of links: menus, related stories, tag clouds
     for el in doomed:
         parent = el.getparent()
@@ -444,10 +462,11 @@ def _drop_boilerplate_lines(text: str, title: str | None) -> str:
 
 def _main_text_skyloom(root, title: str | None) -> str:
     body = root.find("body")
-    chosen = _choose_container(body)
-    total = sum(_text_len(_tc(c)) for c in chosen)
+    m = _Measure(body)
+    chosen = _choose_container(body, m)
+    total = sum(m.length(c) for c in chosen)
     for c in chosen:
-        _prune(c, total)
+        _prune(c, total, m)
     text = _drop_boilerplate_lines(_serialize(chosen), title)
     return text
 
