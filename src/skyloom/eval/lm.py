@@ -88,6 +88,22 @@ class Sampling:
         return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, max_elements: int = 1 << 26) -> torch.Tensor:
+    """Cross-entropy [B, T] of logits [B, T, V] against targets (-100 = skip, gives 0), in float32.
+
+    One fused call per group of rows (per-row calls cost more than the arithmetic on CPU); groups keep the
+    float32 copy of half-precision logits under `max_elements`.
+    """
+    b, t, v = logits.shape
+    rows = max(1, max_elements // max(t * v, 1))
+    parts = []
+    for start in range(0, b, rows):
+        chunk = logits[start: start + rows]
+        parts.append(F.cross_entropy(chunk.float().reshape(-1, v), targets[start: start + rows].reshape(-1),
+                                     reduction="none", ignore_index=-100).view(chunk.shape[0], t))
+    return torch.cat(parts)
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """`text` up to the earliest stop string, and whether one was found."""
     cut = min((pos for s in stop if s and (pos := text.find(s)) >= 0), default=-1)
@@ -179,13 +195,14 @@ class LanguageModel(ABC):
             ids = torch.full((len(batch), longest + 1), self.pad_id, dtype=torch.long)
             for row, i in enumerate(batch):
                 ids[row, : inputs[i] + 1] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
-            ids = ids.to(self.device)
-            logits = self._logits(ids[:, :-1])
+            targets = ids[:, 1:].clone()
             for row, i in enumerate(batch):
-                n = inputs[i]
-                if n >= 1:
-                    nll = F.cross_entropy(logits[row, :n].float(), ids[row, 1 : n + 1], reduction="none")
-                    out[i] = (-nll).double().cpu().numpy()
+                targets[row, max(inputs[i], 0):] = -100  # padding: not scored
+            ids, targets = ids.to(self.device), targets.to(self.device)
+            nll = token_nll(self._logits(ids[:, :-1]), targets).cpu()
+            for row, i in enumerate(batch):
+                if inputs[i] >= 1:
+                    out[i] = (-nll[row, : inputs[i]]).double().numpy()
             bar.update(len(batch))
         bar.close()
         return out
