@@ -18,9 +18,9 @@ COMMAND_MODULES = [
     "skyloom.model.moe_commands",
     "skyloom.train.commands",
     "skyloom.eval.commands",
+    "skyloom.data.pipeline_commands",
     "skyloom.tokenizer.commands",
     "skyloom.data.pack_commands",
-    "skyloom.data.pipeline_commands",
 ]
 
 

@@ -6,9 +6,11 @@ gzip/text/CSV), and every task writes exactly one shard named by its index. The 
 shards (`pack_plan.json`), so
 
 * parallel workers never write the same file (one task, one shard name);
-* a re-run with the same inputs, tokenizer and settings skips every task whose shard is finished (its
-  metadata JSON exists — `write_shard` writes it last), which is the resume;
-* a re-run with *different* inputs or settings is refused instead of mixing two plans in one directory.
+* a re-run skips every task whose shard is finished (its metadata JSON exists — `write_shard` writes it
+  last) and whose input files are unchanged (size, mtime): that is the resume, and after fixing a
+  malformed file only the shards that read it are packed again;
+* a re-run with a different tokenizer, text fields or shard size is refused (or, with `overwrite`, starts
+  the source afresh) instead of mixing two packings in one directory.
 
 Counts are exact: each shard's metadata holds its tokens and documents, `index.json` sums them, and the
 summary reports empty documents (skipped: an empty document would be a lone EOS) and malformed records.
@@ -123,40 +125,60 @@ def plan_source(source: SourceSpec, shard_bytes: int) -> list[Task]:
     return tasks
 
 
+def _stamp(path: str) -> list[int]:
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
 def _plan_document(source: SourceSpec, tasks: list[Task], tokenizer_id: str, fields: Sequence[str],
                    shard_bytes: int) -> dict:
+    """The plan as saved: global settings, and per task its pieces with each file's (size, mtime)."""
+    stamps = {str(p): _stamp(str(p)) for p in source.files}
     return {
         "format": PLAN_FORMAT, "source": source.name, "tokenizer": tokenizer_id, "fields": list(fields),
         "shard_bytes": shard_bytes,
-        "files": [{"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-                  for p in source.files],
-        "tasks": [{"name": t.name, "pieces": [asdict(p) for p in t.pieces]} for t in tasks],
+        "tasks": [{"name": t.name, "pieces": [asdict(p) | {"stamp": stamps[p.path]} for p in t.pieces]}
+                  for t in tasks],
     }
 
 
-def _check_or_write_plan(directory: Path, plan: dict, overwrite: bool) -> None:
+GLOBAL_KEYS = ("format", "source", "tokenizer", "fields", "shard_bytes")
+
+
+def reconcile_plan(directory: Path, plan: dict, overwrite: bool) -> tuple[set[str], list[str]]:
+    """Save `plan` and return (names of finished shards still valid, names of shards removed as stale).
+
+    Settings that change every shard (tokenizer, fields, shard size) are refused unless `overwrite`; a task
+    whose input files changed (or that no longer exists) loses its shard and is done again, so fixing one
+    malformed file re-does only the shards that read it."""
     path = directory / PLAN_FILE
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if {k: v for k, v in old.items() if k != "tasks"} != {k: v for k, v in plan.items() if k != "tasks"} \
-                or old.get("tasks") != json.loads(json.dumps(plan["tasks"])):
-            if not overwrite:
-                diff = [k for k in ("tokenizer", "fields", "shard_bytes", "files") if old.get(k) != plan.get(k)]
-                raise ValueError(f"{directory}: already holds shards packed with different "
-                                 f"{', '.join(diff) or 'tasks'}; resume needs the same inputs, tokenizer and "
-                                 f"--shard-bytes (use another --out, or --overwrite to start this source afresh)")
-            for f in directory.glob("shard_*"):
-                f.unlink()
-            (directory / "index.json").unlink(missing_ok=True)
-    elif overwrite or any(directory.glob("shard_*")):
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    finished = {m["file"][len("shard_"):-len(".bin")] for m in finished_shards(directory)}
+    stale: set[str] = set()
+    if old is not None:
+        changed = [k for k in GLOBAL_KEYS if old.get(k) != plan.get(k)]
+        if changed and not overwrite:
+            raise ValueError(f"{directory}: already holds shards packed with a different "
+                             f"{', '.join(changed)}; use another --out, or --overwrite to re-pack this source")
+        old_tasks = {} if changed else {t["name"]: t for t in old.get("tasks", [])}
+        new_tasks = {t["name"]: t for t in plan["tasks"]}
+        stale = {n for n in finished if old_tasks.get(n) is None or old_tasks[n] != new_tasks.get(n)}
+    elif finished or any(directory.glob("shard_*")):
         if not overwrite:
             raise ValueError(f"{directory}: holds shards but no {PLAN_FILE}; use another --out or --overwrite")
-        for f in directory.glob("shard_*"):
-            f.unlink()
+        stale = set(finished)
+    if overwrite and old is None:
+        stale = set(finished)
     directory.mkdir(parents=True, exist_ok=True)
+    for name in stale:
+        for suffix in (".json", ".bin", ".docs.bin"):  # metadata first: a half-deleted shard reads as unfinished
+            (directory / f"shard_{name}{suffix}").unlink(missing_ok=True)
+    if stale:
+        (directory / "index.json").unlink(missing_ok=True)
     tmp = path.with_name(PLAN_FILE + ".tmp")
     tmp.write_text(json.dumps(plan, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+    return finished - stale, sorted(stale)
 
 
 # --- the work of one task (in a worker process) ---------------------------------------------------------
@@ -237,6 +259,7 @@ class PackSummary:
     sources: dict[str, dict]
     tasks_run: int
     tasks_skipped: int
+    tasks_redone: int  # finished shards whose inputs changed, removed and written again
     tokens: int  # written by this run
     documents: int
     characters: int
@@ -267,15 +290,15 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
         sources = parse_sources([str(s) for s in specs])
     out = Path(out)
     pending: list[Task] = []
-    skipped = 0
+    skipped = redone = 0
     for source in sources:
         tasks = plan_source(source, shard_bytes)
         directory = out / source.name
-        _check_or_write_plan(directory, _plan_document(source, tasks, tok.tokenizer_id, fields, shard_bytes),
-                             overwrite)
-        done = {m["file"] for m in finished_shards(directory)}
+        done, removed = reconcile_plan(directory, _plan_document(source, tasks, tok.tokenizer_id, fields,
+                                                                 shard_bytes), overwrite)
+        redone += len(removed)
         for task in tasks:
-            if f"shard_{task.name}.bin" in done:
+            if task.name in done:
                 skipped += 1
             else:
                 pending.append(task)
@@ -296,8 +319,8 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
         else:
             import multiprocessing as mp
 
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            with mp.get_context(method).Pool(min(workers, len(pending)), initializer=_init_worker,
+            # spawn, never fork: forking a process whose torch/OpenMP/rayon threads are running can deadlock.
+            with mp.get_context("spawn").Pool(min(workers, len(pending)), initializer=_init_worker,
                                              initargs=(str(tok.source), True)) as pool:
                 _consume(pool.imap_unordered(_run_task_star, jobs), results, bar)
     finally:
@@ -314,7 +337,7 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
                                                                                     "path": str(directory)}
     malformed = [m for r in results for m in r.malformed]
     return PackSummary(
-        sources=indexes, tasks_run=len(results), tasks_skipped=skipped,
+        sources=indexes, tasks_run=len(results), tasks_skipped=skipped, tasks_redone=redone,
         tokens=sum(r.tokens for r in results), documents=sum(r.documents for r in results),
         characters=sum(r.characters for r in results), bytes=sum(r.bytes for r in results),
         empty=sum(r.empty for r in results), malformed=malformed, seconds=seconds,
@@ -324,8 +347,9 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
 def _consume(iterator, results: list[TaskResult], bar) -> None:
     for result in iterator:
         if result.error:
-            raise PackError(f"{result.error}\n(shards finished so far are kept: fix the input, or pass "
-                            f"--skip-malformed, and run the same command again to resume)")
+            raise PackError(f"{result.error}\n(shards finished so far are kept: fix the file, or pass "
+                            f"--skip-malformed, and run the command again; only unfinished shards and those "
+                            f"reading changed files are packed again)")
         results.append(result)
         if bar is not None:
             bar.update(result.bytes)

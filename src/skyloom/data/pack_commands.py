@@ -18,8 +18,9 @@ directory or a glob. Repeat a name to put several paths into one source.
 
 Inputs are cut into tasks of about --shard-bytes (byte ranges of JSONL files, Parquet row groups, whole
 gzip/text files); each task writes one shard and tasks run in --workers processes. The plan is saved as
-OUT/SOURCE/pack_plan.json: running the same command again skips finished shards (resume after a crash or
-Ctrl-C) and refuses if inputs, tokenizer or settings changed. Empty documents are skipped and counted;
+OUT/SOURCE/pack_plan.json: running the command again skips finished shards (resume after a crash or
+Ctrl-C), packs again only shards whose input files changed, and refuses a different tokenizer, --field or
+--shard-bytes (unless --overwrite). Empty documents are skipped and counted;
 a malformed record stops packing with its file and line, or is skipped and listed with --skip-malformed.
 
 examples:
@@ -70,7 +71,8 @@ def _pack(args: argparse.Namespace) -> int:
     s = summary
     rate = f"{s.tokens_per_second:,.0f} tokens/s, {s.characters / s.seconds / 1e6:.2f} M chars/s, " \
            f"{s.bytes / s.seconds / 1e6:.1f} MB/s" if s.seconds > 0 and s.tasks_run else "nothing to do"
-    print(f"this run: {s.tasks_run} shard(s) written, {s.tasks_skipped} already finished; {s.tokens:,} tokens, "
+    redone = f" ({s.tasks_redone} redone: inputs changed)" if s.tasks_redone else ""
+    print(f"this run: {s.tasks_run} shard(s) written{redone}, {s.tasks_skipped} already finished; {s.tokens:,} tokens, "
           f"{s.documents:,} documents in {s.seconds:.1f} s ({rate}; {workers} workers)")
     if s.empty or s.malformed:
         print(f"skipped: {s.empty:,} empty documents, {len(s.malformed):,} malformed records")

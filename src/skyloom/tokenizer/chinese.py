@@ -96,15 +96,24 @@ def count_frequencies(texts: Iterable[str], workers: int = 1, hmm: bool = True, 
         return total
     import multiprocessing as mp
 
-    # fork: workers only run jieba, and a forked worker needs no `if __name__ == "__main__"` guard in the caller.
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    if segment and method == "fork":
-        _jieba()  # load the dictionary once; forked workers inherit it
-    with mp.get_context(method).Pool(workers) as pool:
-        for part in pool.imap_unordered(fn, _batches(texts), chunksize=1):
+    # spawn, never fork: forking a process whose torch/OpenMP/rayon threads are running can deadlock
+    # (seen in the full test suite). Each worker loads jieba's dictionary once.
+    # The pool reads `texts` in its task thread; an input error there must reach the caller, not a worker.
+    failure: list[BaseException] = []
+
+    def feed() -> Iterator[list[str]]:
+        try:
+            yield from _batches(texts)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the submitted batches finish
+            failure.append(e)
+
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for part in pool.imap_unordered(fn, feed(), chunksize=1):
             total.update(part)
             if progress:
                 progress(part.characters)
+    if failure:
+        raise failure[0]
     return total
 
 

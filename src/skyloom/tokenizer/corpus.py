@@ -27,6 +27,9 @@ class InputError(ValueError):
         self.path, self.line, self.detail = str(path), line, message
         super().__init__(f"{path}:{line}: {message}" if line is not None else f"{path}: {message}")
 
+    def __reduce__(self):  # picklable, so it survives a trip through a worker process
+        return type(self), (self.path, self.line, self.detail)
+
 
 def file_format(path: str | Path) -> str:
     """'lines' (JSON lines), 'text' (the whole file is one document), 'parquet' or 'csv'; gzip looked through."""

@@ -225,23 +225,22 @@ class VocabExtender:
         """Add candidates (text, origin) in order until `budget` new ids are used; skips entries already
         present, unusable or unreachable, and ones whose helpers would overflow the budget."""
         row.first_id = self.next_id
-        for text, origin in candidates:
-            remaining = budget - row.size
-            if remaining <= 0:
+        candidates = iter(candidates)
+        while row.size < budget:
+            try:
+                text, origin = next(candidates)
+            except StopIteration:
                 break
             if self.has(text) or not self.usable(text):
                 continue
             if len(self.atoms(text)) == 1:
                 self.add_atom(text)
-                row.entries.append(text)
-                row.origin[text] = origin
-                continue
-            steps = self.plan(text, count)
-            if not steps or len(steps) > remaining:
-                continue
-            self.apply(steps)
-            for _, _, merged in steps[:-1]:
-                row.helpers.append(merged)
+            else:
+                steps = self.plan(text, count)
+                if not steps or len(steps) > budget - row.size:
+                    continue
+                self.apply(steps)
+                row.helpers.extend(merged for _, _, merged in steps[:-1])
             row.entries.append(text)
             row.origin[text] = origin
         row.last_id = self.next_id - 1

@@ -115,13 +115,14 @@ def _log(settings: TrainSettings, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _candidates(ranked: list[tuple[str, float, str]], fill: tuple[str, ...] | None,
+def _candidates(ranked: list[tuple[str, float, str]], fill: Callable[[], tuple[str, ...]] | None,
                 keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+    """Ranked corpus/list entries, then (only if the consumer gets that far) the fill entries."""
     seen = set()
     for entry, _, origin in ranked:
         seen.add(entry)
         yield entry, origin
-    for entry in fill or ():
+    for entry in (fill() if fill else ()):
         if entry not in seen and keep(entry):
             yield entry, "jieba_fill"
 
@@ -197,7 +198,8 @@ def train_tokenizer(s: TrainSettings) -> dict:
     def count(text: str) -> float:
         return float(freqs.words.get(text, 0) or (freqs.chars.get(text, 0) if len(text) == 1 else 0))
 
-    fill_chars, fill_words = (jieba_dictionary()[:2] if s.fill == "jieba" else (None, None))
+    fill_chars = (lambda: jieba_dictionary()[0]) if s.fill == "jieba" else None
+    fill_words = (lambda: jieba_dictionary()[1]) if s.fill == "jieba" else None
     char_keep = lambda e: len(e) == 1 and is_chinese_char_or_symbol(e)  # noqa: E731
     chars_row, words_row = Addition(), Addition()
     ext.fill(chars_row, sizes.chars, _candidates(rank(freqs.chars, user, s.freq_list_weight, char_keep),
