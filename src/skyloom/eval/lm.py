@@ -116,6 +116,8 @@ class LanguageModel(ABC):
     name: str
     max_length: int
     device: torch.device
+    backend: str = "?"
+    dtype: torch.dtype = torch.float32
 
     def __init__(self, batch_tokens: int = 8192, max_batch_size: int = 64, progress: bool = True):
         if batch_tokens <= 0 or max_batch_size <= 0:
@@ -153,9 +155,6 @@ class LanguageModel(ABC):
         """What was evaluated, for results files."""
         return {"name": self.name, "backend": self.backend, "max_length": self.max_length,
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
-
-    backend: str = "?"
-    dtype: torch.dtype = torch.float32
 
     # ---- backend hooks ---------------------------------------------------------------------------
     @abstractmethod
