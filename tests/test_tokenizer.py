@@ -16,6 +16,7 @@ import pytest
 from skyloom.cli import main
 from skyloom.config import ConfigError
 from skyloom.tokenizer import TextTokenizer
+from skyloom.tokenizer.stats import load_tokenizer
 from skyloom.tokenizer.text import BYTE_TOKEN, is_han
 from skyloom.tokenizer.train import TrainSettings, train_tokenizer
 from tests.conftest import SHARED_DATA
@@ -341,9 +342,26 @@ def test_cli_train_and_stats(tmp_path, capsys):
     assert main(["tokenizer", "stats", str(out), str(zh), "--vs", str(MISTRAL), "--threads", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     a, b = report["files"][0]["A"], report["files"][0]["B"]
-    assert a["tokens"] < b["tokens"] and a["roundtrip_failures"] == b["roundtrip_failures"] == 0
-    assert a["characters"] == b["characters"] == sum(len(t) for t in _lines(zh, "text", 10_000))
+    # No "A beats B" claim here: a 2,000-entry vocabulary (500 characters) is not expected to out-compress
+    # Mistral's 32,000 on Chinese; the size-matched comparison at 65,536 is benchmarks/bench_tokenizer.py.
+    # What the command must get right: the counts are those of the tokenizers themselves, side by side.
+    texts = _lines(zh, "text", 10_000)
+    assert a["roundtrip_failures"] == b["roundtrip_failures"] == 0
+    assert a["documents"] == b["documents"] == len(texts)
+    assert a["characters"] == b["characters"] == sum(len(t) for t in texts)
+    assert a["bytes"] == b["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
+    assert a["tokens"] == sum(map(len, TextTokenizer.from_dir(out).encode_batch(texts)))
     assert abs(b["chars_per_token"] - 1.002) < 0.01  # Mistral 32k on zh_tech, as measured independently
+    assert a["chars_per_token"] == pytest.approx(a["characters"] / a["tokens"])
+    assert 0 < a["byte_fallback_share"] < 1 and a["unknown_rate"] == 0  # rare characters → bytes, never <unk>
+    assert a["tokens_per_word"] is None  # whitespace words mean nothing in Chinese
     assert main(["tokenizer", "stats", str(out), str(zh), str(SHARED_DATA / "wikitext2" / "test.txt")]) == 0
     table = capsys.readouterr().out
     assert "chars/tok" in table and "zh_tech.jsonl" in table and "test.txt" in table
+    assert main(["tokenizer", "stats", str(out), str(zh), "--vs", str(MISTRAL), "--max-docs", "200"]) == 0
+    table = capsys.readouterr().out
+    ratio = re.search(r"^\s+B/A\s+([\d.]+)\s", table, re.M)
+    first = _lines(zh, "text", 200)
+    mistral_tokens = len([i for ids in load_tokenizer(MISTRAL).encode_batch(first) for i in ids])
+    ours = sum(map(len, TextTokenizer.from_dir(out).encode_batch(first)))
+    assert ratio and float(ratio.group(1)) == pytest.approx(mistral_tokens / ours, abs=1e-3)
