@@ -172,6 +172,20 @@ def test_full_run_funnel_malformed_rejects_outputs(shared_data, tmp_path, qualit
     # rejects carry their reason
     rejects = [json.loads(line) for f in (out / "rejects").rglob("*.jsonl.gz") for line in gzip.open(f, "rt")]
     assert rejects and all(r["metadata"]["drop_reason"] and r["metadata"]["drop_step"] for r in rejects)
+    # every drop the funnel counts (per step and reason) is a reject on disk, and nothing more
+    on_disk: dict[tuple[str, str], int] = {}
+    for r in rejects:
+        k = (r["metadata"]["drop_step"], r["metadata"]["drop_reason"])
+        on_disk[k] = on_disk.get(k, 0) + 1
+    counted = {(row["step"], reason): d["docs"] for row in stats["steps"] if not row["step"].startswith("read:")
+               for reason, d in row["dropped"].items()}
+    assert on_disk == counted
+    # malformed records of the readers are listed one by one, as many as the read rows count
+    read_drops = sum(row["docs_dropped"] for row in stats["steps"] if row["step"].startswith("read:"))
+    listed = [m for m in stats["malformed"]["records"] if m["step"].startswith("read:")]
+    assert len(listed) == read_drops
+    # rows are split by the language the document has when it leaves the step: langid's row knows it
+    assert "?" not in rows["langid"]["by_language"] and rows["langid"]["by_language"]["zh"]["docs_out"] >= 12
     assert any(r["id"] == "leaky" and r["metadata"]["drop_reason"] == "contaminated:gsm8k_test" for r in rejects)
     md = (out / "funnel.md").read_text()
     assert "| decontaminate |" in md and "Malformed input" in md and "SkyPile-STEM" in md

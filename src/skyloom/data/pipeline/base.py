@@ -5,6 +5,10 @@ Accounting is a wrapper, not a duty of each step, so datatrove's own steps (MinH
 filters) are counted the same way as ours. Steps preserve document order and identity, so a document that
 went in and did not come out before the next one that did was dropped; its reason is the
 ``filter_reason`` the step wrote into its metadata (or the step's default reason).
+
+A document is counted in its (language, source) cell as it *leaves* the step (kept or dropped), so the
+language identification row is already split by the language it found (e.g. ``ja`` pages dropped there),
+and every cell balances on its own: docs_in = docs_out + dropped.
 """
 
 from __future__ import annotations
@@ -163,15 +167,14 @@ class Accounted(PipelineStep):
 
         def feed():
             for doc in data:
-                key = doc_key(doc)
-                n = len(doc.text)
-                funnel.add_in(key, n)
-                pending.append((doc, key, n))
+                pending.append((doc, len(doc.text)))
                 yield doc
 
         def drop(item):
-            doc, key, n = item
+            doc, n = item
+            key = doc_key(doc)
             reason = doc.metadata.pop(REASON_KEY, None) or self.default_reason
+            funnel.add_in(key, n)
             funnel.add_drop(key, reason, n)
             if reason.startswith(("malformed", "error:")):
                 malformed.append({**where(doc), "step": self.label, "reason": reason})
@@ -184,10 +187,10 @@ class Accounted(PipelineStep):
             for out in self.inner.run(feed(), rank, world_size):
                 while pending and pending[0][0] is not out:
                     drop(pending.popleft())
+                key = doc_key(out)
                 if pending:
-                    _, key, _ = pending.popleft()
-                else:  # a step that creates documents: count them as created under their own key
-                    key = doc_key(out)
+                    funnel.add_in(key, pending.popleft()[1])
+                # else: a step that creates documents — counted out, not in, so the books show the imbalance
                 funnel.add_out(key, len(out.text))
                 yield out
             while pending:
