@@ -84,3 +84,41 @@ def test_extractor_keeps_metadata_and_passes_plain_text(pages):
     assert out[0].metadata.get("title") and "content_type" not in out[0].metadata
     assert "<" not in out[0].text[:200]
     assert out[1].text == "already plain text, not a page"
+
+
+def _warc_record(uri: str, date: str, content_type: str, body: bytes) -> bytes:
+    http = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    head = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:{abs(hash(uri)):032x}>\r\n"
+            f"WARC-Target-URI: {uri}\r\nWARC-Date: {date}\r\nContent-Type: application/http; msgtype=response\r\n"
+            f"Content-Length: {len(http)}\r\n\r\n").encode()
+    return head + http + b"\r\n\r\n"
+
+
+def test_warc_responses_are_read_and_extracted(pages, tmp_path):
+    """WARC input: HTML responses become documents with the WARC URL and date; other content types are
+    skipped; a truncated archive keeps what was read and is reported, not raised."""
+    import json
+    from pathlib import Path
+
+    from skyloom.config import build
+    from skyloom.data.pipeline.readers import InputConfig, SourceReader
+
+    (sha1, raw1, gold1), (sha2, raw2, _) = pages[0], pages[1]
+    data = (_warc_record("https://news.example/a", "2021-03-04T05:06:07Z", "text/html; charset=utf-8", raw1)
+            + _warc_record("https://news.example/logo.png", "2021-03-04T05:06:08Z", "image/png", b"\x89PNG" + bytes(64))
+            + _warc_record("https://news.example/b", "2021-03-04T05:06:09Z", "text/html", raw2))
+    (tmp_path / "crawl.warc").write_bytes(data)
+    (tmp_path / "cut.warc").write_bytes(data[: len(data) - 500])  # the last record is cut short
+    reader = SourceReader(build(InputConfig, {"path": str(tmp_path), "format": "warc", "source": "cc"}),
+                          str(tmp_path / "funnel"), str(tmp_path / "malformed"))
+    docs = list(reader.run(None, 0, 1))
+    urls = [d.metadata["url"] for d in docs]
+    assert sorted(urls) == ["https://news.example/a"] * 2 + ["https://news.example/b"]  # b only from crawl.warc
+    (bad,) = json.loads(next((tmp_path / "malformed").glob("*.json")).read_text())
+    assert (Path(bad["file"]).name, bad["line"], bad["reason"]) == ("cut.warc", 3, "truncated_record")
+    assert not any(u.endswith(".png") for u in urls)
+    full = [d for d in docs if d.metadata["file"].endswith("crawl.warc")]
+    assert [d.metadata["date"] for d in full] == ["2021-03-04T05:06:07Z", "2021-03-04T05:06:09Z"]
+    out = list(HtmlExtractor(ExtractConfig()).run(full))
+    assert len(out) == 2 and out[0].metadata["url"] == "https://news.example/a" and out[0].metadata.get("title")
+    assert _prf(out[0].text, gold1)[2] > 0.8

@@ -89,6 +89,9 @@ def detokenize_wikitext(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
+_HTTP_CONTENT_TYPE = re.compile(rb"(?im)^content-type:[ \t]*([^\r\n;]*)")
+
+
 def _get_path(obj: Any, dotted: str | None) -> Any:
     if not dotted:
         return obj
@@ -285,20 +288,33 @@ class SourceReader(BaseDiskReader):
             yield doc
 
     def _read_warc(self, filepath: str) -> Iterator[Document]:
+        """HTML responses of a WARC file; ``line`` is the response record's number. The HTTP head is split off
+        here (not by fastwarc) so that a record cut short — fastwarc hands it over with fewer bytes than its
+        Content-Length — is caught and reported as ``truncated_record``."""
         from fastwarc.warc import ArchiveIterator, WarcRecordType
         from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
         with self.data_folder.open(filepath, "rb", compression="infer") as f:
             try:
-                for i, record in enumerate(ArchiveIterator(f, record_types=WarcRecordType.response), start=1):
+                records = ArchiveIterator(f, record_types=WarcRecordType.response, parse_http=False)
+                for i, record in enumerate(records, start=1):
                     if not self._mine():
                         continue
-                    ctype = (record.http_content_type or "").lower()
-                    if ctype and "html" not in ctype:
+                    if record.content_length > self.cfg.max_chars:
+                        self._bad(filepath, i, "gigantic", f"{record.content_length:,} bytes",
+                                  chars=record.content_length)
                         continue
-                    raw = record.reader.read()
-                    if len(raw) > self.cfg.max_chars:
-                        self._bad(filepath, i, "gigantic", f"{len(raw):,} bytes", chars=len(raw))
+                    block = record.reader.read()
+                    if len(block) < record.content_length:
+                        self._bad(filepath, i, "truncated_record",
+                                  f"{len(block):,} of {record.content_length:,} bytes", chars=len(block))
+                        continue
+                    head, sep, raw = block.partition(b"\r\n\r\n")
+                    if not sep:
+                        head, sep, raw = block.partition(b"\n\n")
+                    m = _HTTP_CONTENT_TYPE.search(head)
+                    ctype = m.group(1).decode("latin-1").lower() if m else ""
+                    if ctype and "html" not in ctype:
                         continue
                     html = bytes_to_str(raw, detect_encoding(raw))
                     headers = record.headers
@@ -307,7 +323,7 @@ class SourceReader(BaseDiskReader):
                                      "date": headers.get("WARC-Date")})
                     if doc is not None:
                         yield doc
-            except Exception as err:  # a truncated or corrupt WARC: keep what was read
+            except Exception as err:  # a corrupt WARC: keep what was read
                 self._bad(filepath, -1, "bad_warc", f"{type(err).__name__}: {err}")
 
     def _read_files(self, filepath: str) -> Iterator[Document]:
