@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "skyloom.data.pipeline_commands",
     "skyloom.tokenizer.commands",
     "skyloom.data.pack_commands",
+    "skyloom.sft.commands",
 ]
 
 
