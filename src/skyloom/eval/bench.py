@@ -21,6 +21,9 @@ TASKS = {
     "ceval": ("multiple_choice", "ceval", 5),
     "cmmlu": ("multiple_choice", "cmmlu", 5),
     "gsm8k": ("generation", "gsm8k", 8),
+    # zero-shot math in a chat template (skyloom/eval/math.py): GSM8K test, or any math JSONL given as PATH
+    "gsm8k-chat": ("math", "gsm8k/test.jsonl", 0),
+    "math-zh": ("math", None, 0),
 }
 
 
@@ -60,6 +63,11 @@ def run_task(lm: LanguageModel, spec: TaskSpec, shots: int | None = None, limit:
     k = TASKS[spec.name][2] if shots is None else shots
     if k < 0:
         raise ValueError(f"shots must be ≥ 0, got {k}")
+    if spec.kind == "math":
+        from skyloom.eval.math import evaluate_math
+
+        return evaluate_math(lm, spec.path, task=spec.name, limit=limit, max_new_tokens=max_new_tokens,
+                             sampling=sampling)
     if spec.kind == "generation":
         from skyloom.eval.gsm8k import evaluate_gsm8k
 
