@@ -94,8 +94,8 @@ def file_pieces(path: Path, shard_bytes: int) -> list[Piece]:
     size = path.stat().st_size
     fmt = file_format(path)
     if fmt == "lines" and not is_gzip(path) and size > shard_bytes:
-        return [Piece(str(path), start, min(start + shard_bytes, size), min(shard_bytes, size - start))
-                for start in range(0, size, shard_bytes)]
+        cuts = _line_aligned_cuts(path, size, shard_bytes)
+        return [Piece(str(path), start, end, end - start) for start, end in zip(cuts, cuts[1:])]
     if fmt == "parquet":
         from skyloom.tokenizer.corpus import _pyarrow_parquet
 
@@ -108,6 +108,22 @@ def file_pieces(path: Path, shard_bytes: int) -> list[Piece]:
                 first, acc = g + 1, 0
         return pieces or [Piece(str(path), 0, 0, 0)]
     return [Piece(str(path), 0, None, size)]
+
+
+def _line_aligned_cuts(path: Path, size: int, shard_bytes: int) -> list[int]:
+    """Offsets 0 = c0 < c1 < … < size, each at the start of a line, about `shard_bytes` apart: every piece
+    holds whole records (a line longer than `shard_bytes` makes one longer piece, never an empty one)."""
+    cuts = [0]
+    with open(path, "rb") as f:
+        while cuts[-1] + shard_bytes < size:
+            f.seek(cuts[-1] + shard_bytes - 1)
+            f.readline()  # to the end of the line holding the byte before the nominal cut
+            pos = f.tell()
+            if pos >= size:
+                break
+            cuts.append(pos)
+    cuts.append(size)
+    return cuts
 
 
 def plan_source(source: SourceSpec, shard_bytes: int) -> list[Task]:
