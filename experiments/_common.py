@@ -1,0 +1,150 @@
+"""Shared plumbing for the report's small-scale experiments (experiments/*/run.py).
+
+Every experiment trains `tiny`-preset models (2.9M parameters) with the training engine on the real data beside the
+repository (`../shared/data`), starting from `recipes/tiny.yaml`: its tokenizer recipe, sources and validation sets.
+Data lives in one directory shared by all experiments (default `runs/experiments/data`: an 8,192-entry BPE and three
+packed sources `en` = WikiText-2 valid, `zh` = FewCLUE ChID passages, `stem` = GSM8K train), created on first use.
+
+Runs are resumable: a run directory remembers the config it was started with (`experiment-config.json`); the same
+config resumes (a finished run is not re-trained), a changed one starts that run afresh.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path("../shared/data")  # relative to the repository root, like the recipes
+DEFAULT_DATA = "runs/experiments/data"
+TINY_DATA = "runs/tiny-data"
+
+
+def enter_repo() -> None:
+    """Run from the repository root (the recipes' relative paths assume it) with skyloom importable."""
+    os.chdir(REPO)
+    if str(REPO / "src") not in sys.path:
+        sys.path.insert(0, str(REPO / "src"))
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+def require_shared(*relative: str) -> None:
+    """Fail early, naming the file, when the real data an experiment needs is not there."""
+    missing = [str(SHARED / r) for r in relative if not (SHARED / r).exists()]
+    if missing:
+        raise SystemExit("this experiment needs the shared real data beside the repository; missing: "
+                         + ", ".join(missing) + " (see ../shared/data/README.md)")
+
+
+def base_config(data_dir: str = DEFAULT_DATA, drop_sources: Iterable[str] = ()) -> dict[str, Any]:
+    """recipes/tiny.yaml as a dict, its data directory moved to `data_dir`, without `drop_sources`."""
+    from skyloom.config import read_yaml
+
+    raw = read_yaml(REPO / "recipes" / "tiny.yaml")
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(TINY_DATA):
+            return data_dir.rstrip("/") + value[len(TINY_DATA):]
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    cfg = move(raw)
+    for name in drop_sources:
+        cfg["data"]["sources"].pop(name)
+    return cfg
+
+
+def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    node = cfg
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    return cfg
+
+
+def train(cfg_dict: dict[str, Any], run_dir: Path, label: str) -> Path:
+    """Train (or resume, or skip when finished) one run; returns its directory."""
+    from skyloom.config import build
+    from skyloom.train.config import RunConfig
+    from skyloom.train.trainer import Trainer
+
+    cfg_dict = copy.deepcopy(cfg_dict)
+    cfg_dict["out_dir"] = str(run_dir)
+    cfg = build(RunConfig, cfg_dict)
+    marker = run_dir / "experiment-config.json"
+    wanted = json.dumps(cfg_dict, sort_keys=True)
+    if run_dir.exists() and (not marker.is_file() or marker.read_text(encoding="utf-8") != wanted):
+        print(f"[{label}] {run_dir} holds a run with other settings; starting it afresh", flush=True)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(wanted, encoding="utf-8")
+    t0 = time.time()
+    print(f"[{label}] training → {run_dir}", flush=True)
+    status = Trainer(cfg, run_dir, resume=True).fit()
+    if status != "finished":
+        raise SystemExit(f"[{label}] {run_dir}: {status}; run the same command again to resume")
+    print(f"[{label}] done in {time.time() - t0:.0f} s", flush=True)
+    return run_dir
+
+
+def metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train lines, val lines) of a run's metrics.jsonl."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "val"]
+
+
+def val_at(run_dir: Path, step: int | None = None) -> dict[str, float]:
+    """{set: loss} at `step` (default: the last validated step)."""
+    _, val = metrics(run_dir)
+    step = max(r["step"] for r in val) if step is None else step
+    return {r["set"]: r["loss"] for r in val if r["step"] == step}
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    found = sorted((run_dir / "checkpoints").glob("step_*"))
+    if not found:
+        raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint")
+    return found[-1]
+
+
+def write_jsonl_texts(path: Path, texts: Iterable[str]) -> Path:
+    """One {"text": …} record per line (the format the trainer's raw sources and validation sets read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def gsm8k_texts(split: str, start: int = 0, stop: int | None = None) -> list[str]:
+    """GSM8K samples as the report scores them (question + " " + answer), records [start, stop) of the split."""
+    lines = (SHARED / "gsm8k" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[start:stop]
+    out = []
+    for line in lines:
+        r = json.loads(line)
+        out.append(f"{r['question']} {r['answer']}")
+    return out
+
+
+def save_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
