@@ -64,10 +64,11 @@ def small_tokenizer_dir() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def mistral_extended_dir() -> Path:
+    """Mistral-7B's 32,000 pieces + 300 characters + 400 words + 17 reserved, by `skyloom tokenizer extend`."""
     out = _ROOT / "mistral-ext"
-    train_tokenizer(TrainSettings(inputs=[str(training_corpus())], out=str(out), extend=str(MISTRAL),
-                                  total=32000 + 300 + 400 + 17, chinese_chars=300, reserved=17, workers=1,
-                                  progress=False))
+    assert main(["tokenizer", "extend", str(MISTRAL), str(training_corpus()), "--out", str(out), "--total",
+                 str(32000 + 300 + 400 + 17), "--chinese-chars", "300", "--reserved", "17", "--workers", "1",
+                 "-q"]) == 0
     return out
 
 
@@ -181,6 +182,24 @@ def test_round_trip_on_real_text_and_edge_cases(name):
     cases = EDGE_CASES if name == "small" else [c for c in EDGE_CASES if "▁" not in c]  # SentencePiece: ▁ = space
     for text in cases:
         assert tok.decode(tok.encode(text)) == text, repr(text)
+
+
+def test_round_trip_of_random_unicode(tok):
+    """decode(encode(x)) == x for arbitrary valid text: every plane, combining marks, controls, whitespace."""
+    import random
+
+    rng = random.Random(4)
+    pools = [(0x20, 0x7E), (0x00, 0x1F), (0x80, 0x24F), (0x300, 0x36F), (0x3000, 0x303F), (0x4E00, 0x9FFF),
+             (0xAC00, 0xD7A3), (0xE000, 0xF8FF), (0xFF00, 0xFFEF), (0x1F300, 0x1FAFF), (0x20000, 0x2A6DF),
+             (0xE0000, 0xE007F), (0x10FF00, 0x10FFFF)]
+    texts = []
+    for _ in range(400):
+        chars = []
+        for _ in range(rng.randint(1, 60)):
+            lo, hi = rng.choice(pools)
+            chars.append(chr(rng.randint(lo, hi)))
+        texts.append("".join(chars))
+    assert [tok.decode(ids) for ids in tok.encode_batch(texts)] == texts
 
 
 def test_literal_special_token_text_is_not_a_special_id(tok):

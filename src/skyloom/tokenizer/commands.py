@@ -34,6 +34,19 @@ examples:
   skyloom tokenizer train data/ --out tok-small/ --total 4000 --base-size 1500 --chinese-chars 1000
 """
 
+EXTEND_DESCRIPTION = """\
+Extend an existing tokenizer with Chinese entries -- the report's own procedure (§3.3: LLaMA's vocabulary +
+8,000 Chinese characters + ~25k Chinese words + 17 reserved = 65,536). Same as `skyloom tokenizer train
+--extend BASE`: every id of BASE is kept and its segmentation of text it already covered (English) is
+unchanged; new entries are BPE merges ranked after the base's, so Chinese characters and frequent jieba words
+(counted on INPUT, plus --freq-list) become single tokens; then the missing specials and spare reserved ids.
+--total is exact: --chinese-words defaults to what BASE, --chinese-chars and --reserved leave.
+
+examples:
+  skyloom tokenizer extend mistral-7b-v0.1.model zh_corpus/ --out tok-mistral-zh/
+  skyloom tokenizer extend llama/tokenizer.model zh.jsonl --out tok/ --total 40000 --chinese-chars 4000
+"""
+
 STATS_DESCRIPTION = """\
 Measure a tokenizer on text files: characters/token, bytes/token, tokens per whitespace word (English),
 share of byte-fallback tokens, unknown-token rate, round-trip failures and encode throughput (tokenizers
@@ -51,37 +64,11 @@ def register(sub) -> None:
 
     p = add_command(group, "train", "train a bilingual BPE tokenizer with a Chinese vocabulary extension",
                     TRAIN_DESCRIPTION)
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="text files: .jsonl/.json lines, .parquet, .csv, .txt (optionally .gz), dirs or globs")
-    p.add_argument("--out", "-o", required=True, help="output tokenizer directory")
-    p.add_argument("--field", action="append", dest="fields", metavar="NAME",
-                   help="JSON/Parquet/CSV field holding text; repeat to join several (default: text)")
-    p.add_argument("--total", type=int, default=65536, help="exact final vocabulary size")
-    p.add_argument("--base-size", type=int, default=32000, help="base BPE entries incl. 256 byte tokens "
-                                                                 "(ignored with --extend: the base's size)")
-    p.add_argument("--chinese-chars", type=int, default=8000, help="Chinese characters/symbols to add")
-    p.add_argument("--chinese-words", type=int, default=None,
-                   help="Chinese words to add (default: what --total leaves; if given, must add up)")
-    p.add_argument("--reserved", type=int, default=17, help="new reserved ids: missing specials + spares")
-    p.add_argument("--extend", metavar="BASE", help="extend this tokenizer.json / SentencePiece .model / directory "
-                                                    "instead of training a base")
-    p.add_argument("--freq-list", action="append", default=[], dest="freq_lists", metavar="FILE",
-                   help="extra 'entry count' lines (jieba dict format) added to the corpus counts")
-    p.add_argument("--freq-list-weight", type=float, default=1.0, help="multiplier for --freq-list counts")
-    p.add_argument("--fill", choices=["jieba", "none"], default="jieba",
-                   help="what supplies entries the corpus lacks")
-    p.add_argument("--min-word-count", type=int, default=2, help="corpus words seen fewer times are not candidates")
-    p.add_argument("--character-coverage", type=float, default=0.9995,
-                   help="share of non-Chinese character occurrences the base alphabet covers (rest: bytes)")
-    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a base BPE merge")
-    p.add_argument("--max-token-length", type=int, default=16, help="longest base BPE token (characters)")
-    p.add_argument("--no-hmm", action="store_true", help="jieba without its HMM for unseen words")
-    p.add_argument("--workers", type=int, default=0, help="processes for jieba segmentation (0: one per CPU)")
-    p.add_argument("--max-bytes", type=int, default=None, help="read at most about this much text")
-    for key, default in (("bos", "<s>"), ("eos", "</s>"), ("unk", "<unk>"), ("pad", "<pad>")):
-        p.add_argument(f"--{key}-token", default=default, help=f"{key.upper()} token (the base's own is kept)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    p.set_defaults(handler=_train)
+    _train_arguments(p, extend_command=False)
+    p = add_command(group, "extend", "extend an existing tokenizer (tokenizer.json / SentencePiece .model) with "
+                                     "Chinese characters, words and reserved ids, every existing id kept",
+                    EXTEND_DESCRIPTION)
+    _train_arguments(p, extend_command=True)
 
     p = add_command(group, "stats", "compression and speed of a tokenizer on text files", STATS_DESCRIPTION)
     p.add_argument("tokenizer", metavar="TOKENIZER")
@@ -102,6 +89,47 @@ def register(sub) -> None:
     p.set_defaults(handler=_convert)
 
 
+def _train_arguments(p, extend_command: bool) -> None:
+    """Options shared by `tokenizer train` and `tokenizer extend` (the latter takes BASE first)."""
+    if extend_command:
+        p.add_argument("extend", metavar="BASE", help="the tokenizer to extend: a tokenizer.json, a SentencePiece "
+                                                         "model or a directory holding one")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="text files: .jsonl/.json lines, .parquet, .csv, .txt (optionally .gz), dirs or globs")
+    p.add_argument("--out", "-o", required=True, help="output tokenizer directory")
+    p.add_argument("--field", action="append", dest="fields", metavar="NAME",
+                   help="JSON/Parquet/CSV field holding text; repeat to join several (default: text)")
+    p.add_argument("--total", type=int, default=65536, help="exact final vocabulary size")
+    if not extend_command:
+        p.add_argument("--base-size", type=int, default=32000, help="base BPE entries incl. 256 byte tokens "
+                                                                     "(ignored with --extend: the base's size)")
+    p.add_argument("--chinese-chars", type=int, default=8000, help="Chinese characters/symbols to add")
+    p.add_argument("--chinese-words", type=int, default=None,
+                   help="Chinese words to add (default: what --total leaves; if given, must add up)")
+    p.add_argument("--reserved", type=int, default=17, help="new reserved ids: missing specials + spares")
+    if not extend_command:
+        p.add_argument("--extend", metavar="BASE", help="extend this tokenizer.json / SentencePiece .model / "
+                                                        "directory instead of training a base (= tokenizer extend)")
+    p.add_argument("--freq-list", action="append", default=[], dest="freq_lists", metavar="FILE",
+                   help="extra 'entry count' lines (jieba dict format) added to the corpus counts")
+    p.add_argument("--freq-list-weight", type=float, default=1.0, help="multiplier for --freq-list counts")
+    p.add_argument("--fill", choices=["jieba", "none"], default="jieba",
+                   help="what supplies entries the corpus lacks")
+    p.add_argument("--min-word-count", type=int, default=2, help="corpus words seen fewer times are not candidates")
+    if not extend_command:  # options of the base BPE trainer
+        p.add_argument("--character-coverage", type=float, default=0.9995,
+                       help="share of non-Chinese character occurrences the base alphabet covers (rest: bytes)")
+        p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a base BPE merge")
+        p.add_argument("--max-token-length", type=int, default=16, help="longest base BPE token (characters)")
+    p.add_argument("--no-hmm", action="store_true", help="jieba without its HMM for unseen words")
+    p.add_argument("--workers", type=int, default=0, help="processes for jieba segmentation (0: one per CPU)")
+    p.add_argument("--max-bytes", type=int, default=None, help="read at most about this much text")
+    for key, default in (("bos", "<s>"), ("eos", "</s>"), ("unk", "<unk>"), ("pad", "<pad>")):
+        p.add_argument(f"--{key}-token", default=default, help=f"{key.upper()} token (the base's own is kept)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(handler=_train)
+
+
 def _fail(err: Exception) -> int:
     print(f"skyloom: error: {err}", file=sys.stderr)
     return 2
@@ -111,13 +139,14 @@ def _train(args: argparse.Namespace) -> int:
     from skyloom.tokenizer.corpus import InputError
     from skyloom.tokenizer.train import TrainSettings, train_tokenizer
 
+    base_options = {key: getattr(args, key) for key in ("base_size", "character_coverage", "min_frequency",
+                                                          "max_token_length") if hasattr(args, key)}
     settings = TrainSettings(
         inputs=args.inputs, out=args.out, fields=args.fields or ["text"], total=args.total,
-        base_size=args.base_size, chinese_chars=args.chinese_chars, chinese_words=args.chinese_words,
+        chinese_chars=args.chinese_chars, chinese_words=args.chinese_words,
         reserved=args.reserved, extend=args.extend, freq_lists=args.freq_lists,
         freq_list_weight=args.freq_list_weight, fill=args.fill, min_word_count=args.min_word_count,
-        character_coverage=args.character_coverage, min_frequency=args.min_frequency,
-        max_token_length=args.max_token_length, jieba_hmm=not args.no_hmm, workers=args.workers,
+        **base_options, jieba_hmm=not args.no_hmm, workers=args.workers,
         max_bytes=args.max_bytes, bos_token=args.bos_token, eos_token=args.eos_token, unk_token=args.unk_token,
         pad_token=args.pad_token, progress=not args.quiet,
     )
