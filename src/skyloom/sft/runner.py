@@ -167,13 +167,13 @@ class SFTValidation(Callback):
             self._run(trainer)
 
 
-def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
-            extra: dict[str, tuple[Conversations, float]] | None = None,
-            log: Callable[[str], None] = print, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Fine-tune as `cfg` says; returns a summary (status, steps, losses, data stats, checkpoint, hf dir)."""
+def build_trainer(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
+                  extra: dict[str, tuple[Conversations, float]] | None = None,
+                  log: Callable[[str], None] = print, callbacks: Sequence[Callback] = ()):
+    """(trainer, batch source, validation callback, data report): everything `run_sft` runs, set up."""
     from skyloom.tokenizer.loading import TextTokenizer
     from skyloom.train.config import DataConfig, RunConfig, ValidationConfig
-    from skyloom.train.trainer import Trainer, find_checkpoint
+    from skyloom.train.trainer import Trainer
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -222,6 +222,18 @@ def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
                 f"in {stats['windows']:,} windows over {len(source.epoch_windows)} epoch(s), "
                 f"{stats['samples_per_window']:.2f} samples/window, non-pad share {stats['non_pad_share']:.1%}, "
                 f"{stats['target_tokens']:,} answer tokens")
+    return trainer, source, val_cb, report
+
+
+def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
+            extra: dict[str, tuple[Conversations, float]] | None = None,
+            log: Callable[[str], None] = print, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Fine-tune as `cfg` says; returns a summary (status, steps, losses, data stats, checkpoint, hf dir)."""
+    from skyloom.train.trainer import find_checkpoint
+
+    run_dir = Path(run_dir)
+    trainer, source, val_cb, report = build_trainer(cfg, run_dir, resume, extra, log, callbacks)
+    stats, steps, tok_dir, model_cfg = source.stats(), trainer.total_steps, run_dir / "tokenizer", trainer.cfg.model
     status = trainer.fit()
     summary: dict[str, Any] = {"status": status, "steps": trainer.step, "total_steps": steps, "data": report,
                                "layout": stats, "val": val_cb.last, "tokens": trainer.tokens}
