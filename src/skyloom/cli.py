@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "skyloom.tokenizer.commands",
     "skyloom.data.pack_commands",
     "skyloom.sft.commands",
+    "skyloom.recipes.commands",
 ]
 
 

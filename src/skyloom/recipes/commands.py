@@ -1,0 +1,68 @@
+"""`skyloom plan RECIPE [KEY=VALUE …] [--root DIR] [--gpus N] [--gpu NAME] [--mfu X] [--peak-tflops T] [--json F]`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from skyloom.cli import add_command
+from skyloom.config import ConfigError
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from skyloom.recipes.plan import format_plan, plan_recipe
+    from skyloom.recipes.recipe import load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        hw = recipe.config.hardware
+        changes = {k: v for k, v in (("gpus", args.gpus), ("gpu", args.gpu), ("mfu", args.mfu),
+                                     ("peak_tflops", args.peak_tflops), ("pipeline_parallel", args.pp))
+                   if v is not None}
+        if "gpu" in changes and args.peak_tflops is None:
+            changes["peak_tflops"] = None  # a named GPU brings its own peak
+        hw = dataclasses.replace(hw, **changes)
+        plan = plan_recipe(recipe, args.root, hw)
+    except (ConfigError, ValueError, KeyError) as err:
+        print(f"skyloom: error: {err}", file=sys.stderr)
+        return 2
+    print(format_plan(plan))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(plan, indent=1) + "\n", encoding="utf-8")
+    over = [f"{s['session']}: {', '.join(s['over_cap'])}" for s in plan["sessions"] if s["over_cap"]]
+    if over:
+        print(f"skyloom: error: the plan reads sources beyond their epoch cap ({'; '.join(over)})", file=sys.stderr)
+        return 2
+    return 0
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "plan", "print a recipe's sessions, data mixture, epochs and GPU-hours without training",
+        description=(
+            "Plan every session of a recipe directory (recipe.yaml + one train config per session): model size,\n"
+            "tokens, steps, batch arithmetic, parallel layout, per-source mixture with shares and epochs (summed over\n"
+            "sessions that continue the data loader), and GPU-hours/days at the given hardware and MFU.\n"
+            "Source sizes come from token shards under --root when they exist, else from the recipe's declared_tokens.\n\n"
+            "examples:\n"
+            "  skyloom plan recipes/skywork-13b\n"
+            "  skyloom plan recipes/skywork-13b --gpus 1024 --gpu H100-SXM --mfu 0.45\n"
+            "  skyloom plan recipes/skywork-13b stage2.train.max_tokens=2.6e11 hardware.mfu=0.5\n"
+            "  skyloom plan recipes/demo --root runs/demo            # the demo's real shard sizes"
+        ),
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe directory (or its recipe.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="SESSION.key=value changes one session's config; other keys change recipe.yaml")
+    p.add_argument("--root", default=".", help="workspace root the sessions' relative paths start from")
+    p.add_argument("--gpus", type=int, help="number of GPUs (default: the recipe's hardware.gpus)")
+    p.add_argument("--gpu", help="GPU model for the peak FLOP/s, e.g. A800, H100-SXM, H200")
+    p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s per GPU (overrides --gpu's)")
+    p.add_argument("--mfu", type=float, help="model FLOPs utilisation to assume, e.g. 0.45")
+    p.add_argument("--pp", type=int, help="pipeline-parallel degree of the layout (data parallel = gpus / pp)")
+    p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
+    p.set_defaults(handler=cmd_plan)
