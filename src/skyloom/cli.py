@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "skyloom.data.pack_commands",
     "skyloom.sft.commands",
     "skyloom.recipes.commands",
+    "skyloom.demo.commands",
+    "skyloom.report.commands",
 ]
 
 

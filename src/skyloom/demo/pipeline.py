@@ -32,16 +32,22 @@ def pipeline_spec(inputs: list[dict[str, Any]], benchmarks: list[dict[str, Any]]
     }
 
 
-def starter_inputs(corpus: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    """Pipeline inputs, decontamination benchmarks and heuristic-exempt sources for the starter corpus."""
+def corpus_inputs(corpus: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                                  list[str]]:
+    """Pipeline inputs, decontamination benchmarks and heuristic-exempt sources for a demo corpus directory."""
     inputs = []
-    for name in ("zh_news", "zh_reviews", "en_docs", "code", "stem"):
+    for name in manifest["domains"]:
         item: dict[str, Any] = {"name": name, "path": str(corpus / "raw" / f"{name}.jsonl"), "format": "jsonl",
                                 "shard": "records"}
         if name == "code":
             item["kind"] = "code"
         inputs.append(item)
-    benchmarks = [{"name": f"{name}_heldout", "path": str(corpus / "heldout" / f"{name}.jsonl"), "fields": ["text"]}
-                  for name in ("zh_news", "zh_reviews", "en_docs", "stem")]
+    # nothing held out — validation documents, Table-6 sets, the leakage test and reference sets — may be trained on
+    held = [(f"{name}_heldout", corpus / "heldout" / f"{name}.jsonl") for name in manifest["domains"]]
+    held += [(f"table6_{name}", Path(path)) for name, path in (manifest.get("table6") or {}).items()]
+    held += [(f"leakage_{k}", Path(manifest["leakage"][k])) for k in ("test", "ref") if manifest.get("leakage")]
+    benchmarks = [{"name": name, "path": str(path), "fields": ["text"]} for name, path in held
+                  if path.is_file() and path.stat().st_size > 0]
     # worked solutions and source code are not web prose; the Gopher/C4 rules would reject them
-    return inputs, benchmarks, ["code", "stem"]
+    exempt = sorted({"code", *manifest.get("stem_domains", [])} & set(manifest["domains"]))
+    return inputs, benchmarks, exempt

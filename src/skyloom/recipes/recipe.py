@@ -36,6 +36,7 @@ class SessionRef:
     name: str
     config: str
     stage: str = ""  # sessions of one stage are summed together in the plan (e.g. stage-1 = A + B)
+    overrides: list[str] = field(default_factory=list)  # dotted key=value applied to the config file
 
     def validate(self) -> None:
         if not self.name or "." in self.name or "/" in self.name:
@@ -82,6 +83,9 @@ class RecipeConfig:
     description: str = ""
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     declared_tokens: dict[str, float] = field(default_factory=dict)
+    # what `skyloom demo` builds before training: corpus scale and `skyloom tokenizer train` sizes
+    corpus: dict[str, Any] = field(default_factory=dict)
+    tokenizer: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.sessions:
@@ -110,7 +114,7 @@ class Recipe:
         """The session's config as a YAML tree: overrides applied, relative paths rebased onto `root`."""
         ref = self._ref(name)
         path = self.directory / ref.config
-        tree = apply_overrides(read_yaml(path), self.session_overrides.get(name, []))
+        tree = apply_overrides(read_yaml(path), [*ref.overrides, *self.session_overrides.get(name, [])])
         return rebase_paths(tree, Path(root))
 
     def session_config(self, name: str, root: str | Path = "."):
@@ -138,6 +142,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not file.is_file():
         raise ConfigError("", f"{p}: not a recipe (no {RECIPE_FILE})")
     tree = read_yaml(file)
+    for ref in tree.get("sessions", []):  # YAML aliases (`[*common, key=value]`) nest lists: flatten them
+        if isinstance(ref, dict) and isinstance(ref.get("overrides"), list):
+            ref["overrides"] = _flatten(ref["overrides"])
     names = {s.get("name") for s in tree.get("sessions", []) if isinstance(s, dict)}
     own, per_session = [], {}
     for text in overrides:
@@ -154,6 +161,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if not (file.parent / ref.config).is_file():
             raise ConfigError(f"sessions.{ref.name}.config", f"{file}: {file.parent / ref.config} does not exist")
     return Recipe(file.parent, config, per_session)
+
+
+def _flatten(items: list) -> list:
+    out: list = []
+    for item in items:
+        out.extend(_flatten(item) if isinstance(item, list) else [item])
+    return out
 
 
 def _rebase(value: Any, root: Path) -> Any:

@@ -1,0 +1,307 @@
+"""`skyloom demo`: the whole Skywork recipe at tiny scale, as resumable phases in one workspace directory.
+
+    corpus → pipeline → tokenizer → pack → stage1-a → stage1-b → stage2 → eval → report
+
+Every phase calls the project's own engine (the SkyPile pipeline, `skyloom tokenizer train`, `skyloom data pack`,
+the trainer with chained sessions, `skyloom eval ppl/leakage`, `skyloom report`) and, when it finishes, writes
+`phases/<phase>.json` (its summary and seconds). A re-run skips finished phases; an interrupted training session
+resumes from its newest checkpoint. Workspace layout:
+
+    corpus/{raw,heldout,leakage}/*.jsonl, manifest.json     the starter corpus (or the user's files)
+    pipeline/{main,stem}/*.jsonl, funnel.md, stats.json      SkyPile-Main / SkyPile-STEM and the funnel
+    data/tokenizer/, data/tokens/{main,stem}/                tokenizer and token shards
+    runs/<session>/{config.yaml,metrics.jsonl,checkpoints/}  one run directory per training session
+    eval/{ppl.json,leakage.json,tables.md}                   Table 6 and Table 8
+    report.html, report/*.png                                the run report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from skyloom.recipes.recipe import Recipe, load_recipe
+
+REPO_RECIPES = Path(__file__).resolve().parents[3] / "recipes" / "demo"
+
+
+def default_recipe(tiny: bool) -> Path:
+    """recipes/demo/recipe.yaml (or tiny.yaml); the package data copy when skyloom is installed elsewhere."""
+    name = "tiny.yaml" if tiny else "recipe.yaml"
+    for base in (REPO_RECIPES, Path(__file__).resolve().parent / "recipes"):
+        if (base / name).is_file():
+            return base / name
+    raise FileNotFoundError(f"the demo recipe {name} was not found in {REPO_RECIPES}; pass --recipe")
+
+
+class Demo:
+    """One demo workspace; `run()` executes the phases that are not finished yet."""
+
+    def __init__(self, out: str | Path, recipe: str | Path | None = None, tiny: bool = False,
+                 data: str | Path | None = None, overrides: list[str] | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.out = Path(out)
+        self.recipe: Recipe = load_recipe(recipe or default_recipe(tiny), overrides or [])
+        self.data = Path(data) if data else None
+        self.log = log or (lambda text: print(text, flush=True))
+        self.phase_dir = self.out / "phases"
+        self.sessions = [s.name for s in self.recipe.sessions]
+        self.phases: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("corpus", self.corpus), ("pipeline", self.pipeline), ("tokenizer", self.tokenizer), ("pack", self.pack),
+            *[(name, (lambda n=name: self.train(n))) for name in self.sessions],
+            ("eval", self.evaluate), ("report", self.report),
+        ]
+
+    # ---- bookkeeping ----
+
+    def done(self, phase: str) -> dict[str, Any] | None:
+        path = self.phase_dir / f"{phase}.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def _record(self, phase: str, summary: dict[str, Any], seconds: float, cpu: float) -> None:
+        self.phase_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.phase_dir / f".{phase}.json.tmp"
+        tmp.write_text(json.dumps({"phase": phase, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+                                   "summary": summary}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(self.phase_dir / f"{phase}.json")
+
+    def _check_workspace(self) -> None:
+        """Refuse to mix two different set-ups (another recipe or data) in one workspace."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        ident = {"recipe": self.recipe.config.name, "data": str(self.data.resolve()) if self.data else None}
+        path = self.out / "demo.json"
+        if path.is_file():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if {k: old.get(k) for k in ident} != ident:
+                was = f"{old.get('recipe')} on {old.get('data') or 'the starter corpus'}"
+                now = f"{ident['recipe']} on {ident['data'] or 'the starter corpus'}"
+                raise RuntimeError(f"{self.out} holds a demo of {was}; use another --out (or delete it) for {now}")
+        path.write_text(json.dumps({**ident, "sessions": self.sessions,
+                                    "recipe_file": str(self.recipe.directory)}, indent=1) + "\n", encoding="utf-8")
+
+    def run(self, until: str | None = None) -> dict[str, Any]:
+        """Run every unfinished phase (up to and including `until`); returns {phase: record}."""
+        self._check_workspace()
+        records: dict[str, Any] = {}
+        total = len(self.phases)
+        for i, (name, fn) in enumerate(self.phases, 1):
+            rec = self.done(name)
+            if rec is not None:
+                self.log(f"[{i}/{total}] {name}: done earlier ({rec['seconds']:.1f} s) — skipped")
+            else:
+                self.log(f"[{i}/{total}] {name} …")
+                t0, c0 = time.time(), time.process_time() + _children_cpu()
+                summary = fn()
+                self._record(name, summary, time.time() - t0, time.process_time() + _children_cpu() - c0)
+                rec = self.done(name)
+                self.log(f"[{i}/{total}] {name}: finished in {rec['seconds']:.1f} s")
+            records[name] = rec
+            if name == until:
+                break
+        return records
+
+    # ---- phases ----
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.out / "corpus" / "manifest.json").read_text(encoding="utf-8"))
+
+    def corpus(self) -> dict[str, Any]:
+        from skyloom.demo import userdata
+        from skyloom.demo.corpus import SCALES, build_starter_corpus
+
+        scale = self.recipe.config.corpus.get("scale", "tiny")
+        out = self.out / "corpus"
+        if self.data is None:
+            manifest = build_starter_corpus(out, scale)
+        elif not self.data.is_dir():
+            raise FileNotFoundError(f"--data {self.data}: not a directory")
+        elif userdata.is_shared_layout(self.data):
+            manifest = userdata.build_from_shared(self.data, out, SCALES[scale]["chars"])
+        else:
+            manifest = userdata.build_from_files(self.data, out, SCALES[scale]["chars"])
+        for name, c in manifest["counts"].items():
+            self.log(f"    {name:12s} {c['train']:6,} train documents, {c.get('heldout', 0):5,} held out")
+        return {"source": manifest["source"], "counts": manifest["counts"]}
+
+    def pipeline(self) -> dict[str, Any]:
+        from skyloom.data.pipeline.config import load_pipeline_config
+        from skyloom.data.pipeline.report import format_markdown
+        from skyloom.data.pipeline.runner import run_pipeline
+        from skyloom.demo.pipeline import corpus_inputs, pipeline_spec
+
+        inputs, benchmarks, exempt = corpus_inputs(self.out / "corpus", self.manifest)
+        workers = int(self.recipe.config.corpus.get("pipeline_workers", 2))
+        spec = pipeline_spec(inputs, benchmarks, self.out / "pipeline", exempt, workers=workers)
+        report = run_pipeline(load_pipeline_config(spec), quiet=False)
+        text = format_markdown(report)
+        outputs = [line for line in text.splitlines() if line.startswith("- SkyPile-")]
+        for line in outputs:
+            self.log(f"    {line[2:]}")
+        return {"outputs": outputs, "funnel": str(self.out / "pipeline" / "funnel.md")}
+
+    def _subset_files(self, subset: str) -> list[str]:
+        from skyloom.data.pipeline.writers import output_files
+
+        return output_files(str(self.out / "pipeline"), subset)
+
+    def tokenizer(self) -> dict[str, Any]:
+        from skyloom.tokenizer.train import TrainSettings, train_tokenizer
+
+        files = self._subset_files("main") + self._subset_files("stem")
+        sizes = dict(self.recipe.config.tokenizer)
+        settings = TrainSettings(inputs=files, out=str(self.out / "data" / "tokenizer"), fields=["text"],
+                                 workers=min(2, os.cpu_count() or 1), progress=sys.stderr.isatty(), **sizes)
+        breakdown = train_tokenizer(settings)
+        rows = {r["category"]: r["size"] for r in breakdown["rows"]}
+        for k, v in rows.items():
+            self.log(f"    {k:40s} {v:6,}")
+        return {"total": breakdown["total"], "rows": rows}
+
+    def pack(self) -> dict[str, Any]:
+        from skyloom.data.pack import SourceSpec, pack
+
+        specs = [SourceSpec(subset, [Path(f) for f in self._subset_files(subset)]) for subset in ("main", "stem")]
+        specs = [s for s in specs if s.files]
+        summary = pack(specs, self.out / "data" / "tokenizer", self.out / "data" / "tokens", fields=("text",),
+                       workers=1, progress=sys.stderr.isatty())
+        for name, s in summary.sources.items():
+            self.log(f"    {name:6s} {s['tokens']:10,} tokens in {s['documents']:6,} documents")
+        return {"sources": summary.sources}
+
+    def session_config(self, name: str):
+        """The session's RunConfig in this workspace, with one validation set per corpus domain."""
+        from skyloom.config import build
+        from skyloom.train.config import RunConfig
+
+        tree = self.recipe.session_tree(name, self.out)
+        budget = int(self.recipe.config.corpus.get("val_tokens", 8192))
+        sets = {d: {"path": str(self.out / "corpus" / "heldout" / f"{d}.jsonl"), "max_tokens": budget}
+                for d in self.manifest["domains"]
+                if (self.out / "corpus" / "heldout" / f"{d}.jsonl").stat().st_size > 0}
+        tree.setdefault("validation", {})
+        tree["validation"] = {**tree["validation"], "sets": {**sets, **tree["validation"].get("sets", {})}}
+        sources = tree["data"]["sources"]
+        missing = [s for s, src in sources.items() if not (Path(src["path"]) / "index.json").is_file()]
+        if missing:  # e.g. user data with no STEM documents: Stage-2 continues on Main alone, and says so
+            self.log(f"    note: no shards for {missing} (the pipeline put no documents there); "
+                     f"{name} trains without them")
+            tree["data"]["sources"] = {s: src for s, src in sources.items() if s not in missing}
+        return build(RunConfig, tree)
+
+    def train(self, name: str) -> dict[str, Any]:
+        from skyloom.train.trainer import Trainer
+
+        cfg = self.session_config(name)
+        run_dir = Path(cfg.out_dir)
+        trainer = Trainer(cfg, run_dir, resume=True, log=lambda text: self.log("    " + text.replace("\n", "\n    ")))
+        rows = trainer.loader.plan() if hasattr(trainer.loader, "plan") else None
+        trainer.log(trainer.plan_text(rows))
+        if rows is not None:
+            trainer.loader.check_plan(rows)
+        status = trainer.fit()
+        if status != "finished":
+            raise RuntimeError(f"session {name} stopped ({status}); run the demo again to resume it")
+        train = [r for r in _metrics(run_dir) if r.get("kind") == "train" and r.get("loss") is not None]
+        val = {name_: r["loss"] for name_, r in (trainer.last_validation or {}).items()}
+        self.log(f"    train loss {train[0]['loss']:.3f} → {train[-1]['loss']:.3f}; validation "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
+        return {"run_dir": str(run_dir), "steps": trainer.step, "tokens": trainer.tokens,
+                "first_loss": train[0]["loss"], "last_loss": train[-1]["loss"], "validation": val}
+
+    def evaluate(self) -> dict[str, Any]:
+        from skyloom.eval.backends import load_lm
+        from skyloom.eval.leakage import format_table8, leakage
+        from skyloom.eval.perplexity import WindowConvention, evaluate_perplexity, format_table
+        from skyloom.eval.textdata import read_documents
+        from skyloom.train.trainer import find_checkpoint
+
+        manifest = self.manifest
+        if manifest.get("table6"):
+            ppl_sets = {name: read_documents(path) for name, path in manifest["table6"].items()}
+        else:
+            ppl_sets = {d: read_documents(self.out / "corpus" / "heldout" / f"{d}.jsonl")
+                        for d in manifest["domains"] if (self.out / "corpus" / "heldout" / f"{d}.jsonl").stat().st_size}
+        leak_sets = None
+        if manifest.get("leakage"):
+            leak_sets = {k: read_documents(manifest["leakage"][k]) for k in ("train", "test", "ref")}
+        # the end of Stage-1 (the last session of the first stage) and the end of every later stage
+        stage_last: dict[str, str] = {}
+        for ref in self.recipe.sessions:
+            stage_last[ref.stage or ref.name] = ref.name
+        rows_ppl, rows_leak = {}, {}
+        out = self.out / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        for stage, session in stage_last.items():
+            ckpt = find_checkpoint(self.out / "runs" / session)
+            lm = load_lm(ckpt, backend="skyloom", device="cpu", progress=False)
+            conv = WindowConvention("report", min(4096, lm.max_length))
+            label = f"{stage} ({session})"
+            rows_ppl[label] = evaluate_perplexity(lm, ppl_sets, conv)
+            rows_ppl[label]["checkpoint"] = str(ckpt)
+            if leak_sets:
+                rows_leak[label] = leakage(lm, leak_sets["train"], leak_sets["test"], leak_sets["ref"], conv)
+                rows_leak[label]["checkpoint"] = str(ckpt)
+        domains = list(ppl_sets)
+        (out / "ppl.json").write_text(json.dumps({"models": rows_ppl, "domains": domains}, indent=1) + "\n",
+                                      encoding="utf-8")
+        tables = "## Table 6: perplexity per domain (held-out text)\n\n" + format_table(rows_ppl, domains) + "\n"
+        if rows_leak:
+            (out / "leakage.json").write_text(json.dumps({"models": rows_leak, "note": manifest.get("leakage_note")},
+                                                         indent=1) + "\n", encoding="utf-8")
+            tables += "\n## Table 8: leakage (GSM8K-style sets)\n\n" + format_table8(rows_leak) + "\n"
+        else:
+            tables += f"\nTable 8 skipped: {manifest.get('leakage_note')}\n"
+        (out / "tables.md").write_text(tables, encoding="utf-8")
+        for line in tables.splitlines():
+            self.log("    " + line)
+        return {"ppl": {k: v["average"]["ppl"] for k, v in rows_ppl.items()},
+                "leakage": {k: {"delta1": v["delta1"], "delta2": v["delta2"], "verdict": v["verdict"]}
+                            for k, v in rows_leak.items()}}
+
+    def report(self) -> dict[str, Any]:
+        from skyloom.report.build import build_report
+
+        path = build_report(self.out)
+        self.log(f"    {path}")
+        return {"report": str(path)}
+
+
+def _metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _children_cpu() -> float:
+    """CPU seconds of finished child processes (pipeline workers, pack workers)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def summary_text(demo: Demo, records: dict[str, Any]) -> str:
+    """The closing summary: time per phase, losses per session, Table-6/8 headline numbers, where things are."""
+    lines = ["", "== skyloom demo: summary", f"workspace {demo.out}", "",
+             f"{'phase':10s} {'wall s':>8s} {'CPU s':>8s}"]
+    for name, rec in records.items():
+        lines.append(f"{name:10s} {rec['seconds']:8.1f} {rec.get('cpu_seconds', 0):8.1f}")
+    lines.append(f"{'total':10s} {sum(r['seconds'] for r in records.values()):8.1f}")
+    for name in demo.sessions:
+        s = records.get(name, {}).get("summary")
+        if s:
+            val = ", ".join(f"{k} {v:.3f}" for k, v in s["validation"].items())
+            lines.append(f"{name}: {s['steps']} steps, {s['tokens']:,} tokens; train loss {s['first_loss']:.3f} → "
+                         f"{s['last_loss']:.3f}; validation {val}")
+    ev = records.get("eval", {}).get("summary")
+    if ev:
+        for k, v in ev["ppl"].items():
+            lines.append(f"Table 6 average perplexity, {k}: {v:.2f}")
+        for k, v in ev["leakage"].items():
+            lines.append(f"Table 8, {k}: Δ1 {v['delta1']:+.3f}, Δ2 {v['delta2']:+.3f} → {v['verdict']}")
+    rep = records.get("report", {}).get("summary")
+    if rep:
+        lines.append(f"report: {rep['report']}")
+    return "\n".join(lines)
