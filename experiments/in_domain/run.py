@@ -26,6 +26,7 @@ Writes RESULTS/{results.json,results.md,curves.png}; runs live under --out and r
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="base peak LR, cosine to LR/10 (3e-3)")
     p.add_argument("--cont-lr", type=float, default=1e-3, help="constant LR of the continuation (1e-3)")
     p.add_argument("--mc-questions", type=int, default=200, help="GSM8K test questions in the choice task (200)")
+    p.add_argument("--val-every", type=int, default=10, help="validation interval in steps, all runs (10)")
     p.add_argument("--val-tokens", type=int, default=8192, help="predicted tokens per validation set (8192)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/experiments/in_domain", help="where the runs go (resumable)")
@@ -64,19 +66,19 @@ def configs(args: argparse.Namespace, gsm8k_test: Path) -> dict[str, dict]:
     for s in base["validation"]["sets"].values():
         s["max_tokens"] = args.val_tokens
     for key, value in {**common, "train.max_steps": args.base_steps, "train.lr": args.lr,
-                       "train.min_lr": args.lr / 10, "validation.every": max(args.base_steps // 4, 1),
+                       "train.min_lr": args.lr / 10, "validation.every": args.val_every,
                        "checkpoint.every": max(args.base_steps // 2, 1)}.items():
         C.set_key(base, key, value)
 
     def continuation(sources: dict) -> dict:
         cfg = C.base_config(args.data_dir)
-        cfg["validation"] = base["validation"]
+        cfg["validation"] = copy.deepcopy(base["validation"])
         cfg["data"]["sources"] = sources
         for key, value in {**common, "train.max_steps": args.cont_steps, "train.lr": args.cont_lr,
                            "train.min_lr": args.cont_lr, "train.schedule": "constant", "train.warmup_steps": 0,
                            "train.init_from": str(Path(args.out) / "base"),
                            "data.init_loader_from_checkpoint": True,  # general sources go on where base stopped
-                           "validation.every": max(args.cont_steps // 4, 1),
+                           "validation.every": args.val_every,
                            "checkpoint.every": args.cont_steps}.items():
             C.set_key(cfg, key, value)
         return cfg
