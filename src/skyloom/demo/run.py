@@ -17,6 +17,7 @@ resumes from its newest checkpoint. Workspace layout:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -137,7 +138,11 @@ class Demo:
         inputs, benchmarks, exempt = corpus_inputs(self.out / "corpus", self.manifest)
         workers = int(self.recipe.config.corpus.get("pipeline_workers", 2))
         spec = pipeline_spec(inputs, benchmarks, self.out / "pipeline", exempt, workers=workers)
-        report = run_pipeline(load_pipeline_config(spec), quiet=False)
+        log = self.out / "pipeline.log"
+        self.log(f"    {len(inputs)} inputs, steps: {', '.join(s['type'] for s in spec['steps'])} "
+                 f"(datatrove's log: {log})")
+        with _stderr_to(log):
+            report = run_pipeline(load_pipeline_config(spec), quiet=True)
         text = format_markdown(report)
         outputs = [line for line in text.splitlines() if line.startswith("- SkyPile-")]
         for line in outputs:
@@ -269,6 +274,27 @@ class Demo:
         path = build_report(self.out)
         self.log(f"    {path}")
         return {"report": str(path)}
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Send file descriptor 2 (this process and the workers it starts) to `path` for a while: datatrove logs
+    every task at INFO level on stderr, which would bury the demo's own progress lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+            print("\n".join(["    (last lines of " + str(path) + ")", *tail]), file=sys.stderr)
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:

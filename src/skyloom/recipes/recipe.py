@@ -84,6 +84,7 @@ class RecipeConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     declared_tokens: dict[str, float] = field(default_factory=dict)
     # what `skyloom demo` builds before training: corpus scale and `skyloom tokenizer train` sizes
+    overrides: list[str] = field(default_factory=list)  # applied to every session before its own overrides
     corpus: dict[str, Any] = field(default_factory=dict)
     tokenizer: dict[str, Any] = field(default_factory=dict)
 
@@ -114,7 +115,8 @@ class Recipe:
         """The session's config as a YAML tree: overrides applied, relative paths rebased onto `root`."""
         ref = self._ref(name)
         path = self.directory / ref.config
-        tree = apply_overrides(read_yaml(path), [*ref.overrides, *self.session_overrides.get(name, [])])
+        tree = apply_overrides(read_yaml(path), [*self.config.overrides, *ref.overrides,
+                                                    *self.session_overrides.get(name, [])])
         return rebase_paths(tree, Path(root))
 
     def session_config(self, name: str, root: str | Path = "."):
@@ -142,9 +144,6 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not file.is_file():
         raise ConfigError("", f"{p}: not a recipe (no {RECIPE_FILE})")
     tree = read_yaml(file)
-    for ref in tree.get("sessions", []):  # YAML aliases (`[*common, key=value]`) nest lists: flatten them
-        if isinstance(ref, dict) and isinstance(ref.get("overrides"), list):
-            ref["overrides"] = _flatten(ref["overrides"])
     names = {s.get("name") for s in tree.get("sessions", []) if isinstance(s, dict)}
     own, per_session = [], {}
     for text in overrides:
@@ -161,13 +160,6 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if not (file.parent / ref.config).is_file():
             raise ConfigError(f"sessions.{ref.name}.config", f"{file}: {file.parent / ref.config} does not exist")
     return Recipe(file.parent, config, per_session)
-
-
-def _flatten(items: list) -> list:
-    out: list = []
-    for item in items:
-        out.extend(_flatten(item) if isinstance(item, list) else [item])
-    return out
 
 
 def _rebase(value: Any, root: Path) -> Any:

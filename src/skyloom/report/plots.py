@@ -89,7 +89,13 @@ def plot_schedule(data: RunData, path: Path) -> Path:
         c = COLOURS[i % len(COLOURS)]
         tr = [r for r in s.train if _num(r.get("lr"))]
         a.plot([s.step_offset + r["step"] for r in tr], [r["lr"] for r in tr], color=c, label=s.name)
-        for key in sorted({k for r in s.train for k in r if k.startswith("weight/")}):
+        keys = sorted({k for r in s.train for k in r if k.startswith("weight/")})
+        only = list((s.config.get("data") or {}).get("sources") or {})
+        if not keys and len(only) == 1 and tr:  # a single source is not logged: its weight is 1 throughout
+            keys = [f"weight/{only[0]}"]
+            for r in s.train:
+                r.setdefault(keys[0], 1.0)
+        for key in keys:
             src = key.split("/", 1)[1]
             if src not in sources:
                 sources.append(src)
