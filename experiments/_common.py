@@ -24,6 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path("../shared/data")  # relative to the repository root, like the recipes
 DEFAULT_DATA = "runs/experiments/data"
 TINY_DATA = "runs/tiny-data"
+OVERRIDES: list[str] = []  # `--set key=value` of the experiment scripts: applied to every run they train
+
+
+def add_set_option(parser) -> None:
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="dotted config overrides applied to every run (e.g. model.n_layers=2); for quick checks")
 
 
 def enter_repo() -> None:
@@ -79,11 +85,11 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 
 def train(cfg_dict: dict[str, Any], run_dir: Path, label: str) -> Path:
     """Train (or resume, or skip when finished) one run; returns its directory."""
-    from skyloom.config import build
+    from skyloom.config import apply_overrides, build
     from skyloom.train.config import RunConfig
     from skyloom.train.trainer import Trainer
 
-    cfg_dict = copy.deepcopy(cfg_dict)
+    cfg_dict = apply_overrides(copy.deepcopy(cfg_dict), OVERRIDES)
     cfg_dict["out_dir"] = str(run_dir)
     cfg = build(RunConfig, cfg_dict)
     marker = run_dir / "experiment-config.json"

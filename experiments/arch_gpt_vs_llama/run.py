@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=C.DEFAULT_DATA, help="shared tokenizer + token shards directory")
     p.add_argument("--results", default=str(HERE / "results"), help="where results.{json,md} and the PNG go")
     p.add_argument("--threads", type=int, default=2, help="torch threads (use 1 when other jobs run)")
+    C.add_set_option(p)
     return p.parse_args(argv)
 
 
@@ -149,6 +150,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     C.enter_repo()
+    C.OVERRIDES[:] = args.set
     C.require_shared("wikitext2/valid.txt", "gsm8k/train.jsonl", "skywork/zh_general.jsonl")
     C.set_threads(args.threads)
     t0 = time.time()

@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=C.DEFAULT_DATA, help="shared tokenizer + token shards directory")
     p.add_argument("--results", default=str(HERE / "results"), help="where results.{json,md} and curves.png go")
     p.add_argument("--threads", type=int, default=2, help="torch threads (use 1 when other jobs run)")
+    C.add_set_option(p)
     return p.parse_args(argv)
 
 
@@ -183,6 +184,7 @@ def markdown(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     C.enter_repo()
+    C.OVERRIDES[:] = args.set
     C.require_shared("gsm8k/train.jsonl", "gsm8k/test.jsonl", "wikitext2/test.txt", "skywork/zh_general.jsonl")
     C.set_threads(args.threads)
     t0 = time.time()

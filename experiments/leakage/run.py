@@ -10,7 +10,7 @@ share of GSM8K-format text mixed in — they differ only in *which* GSM8K train 
     clean         --seen other GSM8K train records (disjoint), so it knows the format but not the scored samples
     none          (with --arms ... none) no GSM8K text at all, en + zh only, same budget
 
-Then `skyloom eval leakage --train SEEN --window rolling --max-tokens 256` on each final checkpoint (Table-8 L's,
+Then `skyloom eval leakage --train SEEN --window rolling --max-tokens 256` (the model's length) on each final checkpoint (Table-8 L's,
 Δ1, Δ2 with bootstrap intervals and the verdict). Rolling windows score every token of a sample; the report's own
 convention cuts a text to max_tokens // 3 characters, i.e. the first 85 characters at this model's 256-token limit.
 
@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=C.DEFAULT_DATA, help="shared tokenizer + token shards directory")
     p.add_argument("--results", default=str(HERE / "results"), help="where results.{json,md} go")
     p.add_argument("--threads", type=int, default=2, help="torch threads (use 1 when other jobs run)")
+    C.add_set_option(p)
     return p.parse_args(argv)
 
 
@@ -91,8 +92,9 @@ def write_records(args: argparse.Namespace, out_root: Path) -> Path:
 
 
 def leakage_command(args: argparse.Namespace, checkpoint: Path, seen: Path, output: Path) -> list[str]:
+    max_len = json.loads((checkpoint / "model.json").read_text(encoding="utf-8"))["model"]["max_seq_len"]
     return ["eval", "leakage", "--model", str(checkpoint), "--train", str(seen), "--limit", str(args.limit),
-            "--window", "rolling", "--max-tokens", "256", "--no-progress", "--output", str(output)]
+            "--window", "rolling", "--max-tokens", str(max_len), "--no-progress", "--output", str(output)]
 
 
 def markdown(rows: dict) -> str:
@@ -109,6 +111,7 @@ def markdown(rows: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     C.enter_repo()
+    C.OVERRIDES[:] = args.set
     C.require_shared("gsm8k/train.jsonl", "gsm8k/test.jsonl", "skywork/mock_gsm8k_test_public.jsonl")
     C.set_threads(args.threads)
     from skyloom.cli import main as skyloom
