@@ -267,8 +267,13 @@ def test_semantic_filter_removes_over_recurring_blocks(shared_data, tmp_path):
         texts.append(spam + "\n" + t if i < 12 else t)
     cfg = build(SemanticConfig, {})  # defaults: flag groups spanning ≥ max(5, 5 × median recurrence) docs
 
+    # code files share import lines by nature: the distribution filter must leave code alone
+    code = [f"from __future__ import annotations\n\nimport os\n\n\ndef f{i}(path):\n    return os.path.exists(path) or {i}\n"
+            for i in range(8)]
+
     def docs():
-        return [Document(text=t, id=f"d{i}", metadata={"source": "s", "language": "x"}) for i, t in enumerate(texts)]
+        return [Document(text=t, id=f"d{i}", metadata={"source": "s", "language": "x"}) for i, t in enumerate(texts)] \
+            + [Document(text=t, id=f"c{i}", metadata={"source": "code", "kind": "code"}) for i, t in enumerate(code)]
 
     SemanticEmbed(str(tmp_path / "emb"), cfg).run(iter(docs()), 0, 1)
     SemanticCluster(str(tmp_path / "emb"), str(tmp_path / "dec"), str(tmp_path / "rep"), cfg).run(None, 0, 1)
@@ -280,7 +285,9 @@ def test_semantic_filter_removes_over_recurring_blocks(shared_data, tmp_path):
     assert (tmp_path / "rep" / "semantic_clusters.md").read_text().count("documents") >= 2
     out_docs = docs()
     kept = list(SemanticFilter(str(tmp_path / "dec"), cfg).run(iter(out_docs), 0, 1))
-    assert len(kept) == len(texts)  # blocks go, the documents (mostly real text) stay
+    assert len(kept) == len(texts) + len(code)  # blocks go, the documents (mostly real text) stay
+    assert [d.text for d in kept[len(texts):]] == code
+    kept = kept[:len(texts)]
     assert sum(boiler[:20] in d.text or boiler.replace("删除", "处理")[:20] in d.text for d in kept) == 1
     assert sum(spam in d.text for d in kept) == 1
     # the distinct paragraphs all survive

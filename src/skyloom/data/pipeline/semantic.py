@@ -18,6 +18,8 @@ Three stages:
    norm_factor × norm)`` documents or more are flagged.
    Writes per-task removal lists and ``reports/semantic_clusters.{json,md}`` (biggest flagged groups with
    examples).
+Documents whose ``kind`` is in ``skip_kinds`` (default: code) are left alone.
+
 3. ``SemanticFilter`` (every task, next stage): removes flagged blocks, except the first ``keep_per_group``
    occurrences of each group; a document left with less than ``min_keep_fraction`` of its characters is
    dropped as ``semantic_recurrent``.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +57,9 @@ class SemanticConfig:
     kmeans_iters: int = 10
     report_top: int = 20
     seed: int = 0
+    # documents of these kinds are neither embedded nor changed: shared import lines and licence headers recur
+    # in code by nature, and removing them would break the files (the code step judges code)
+    skip_kinds: list[str] = field(default_factory=lambda: ["code"])
 
     def validate(self) -> None:
         from skyloom.config import ConfigError
@@ -108,6 +113,9 @@ class SemanticEmbed(PipelineStep):
         with self.track_time(), excerpts:
             for di, doc in enumerate(data):
                 self.stat_update("documents")
+                if doc.metadata.get("kind") in self.cfg.skip_kinds:
+                    self.stat_update("skipped_kind")
+                    continue
                 src, lang = doc.metadata.get("source"), doc.metadata.get("language")
                 for bi, block in enumerate(blocks_of(doc.text)):
                     b = block.strip()
