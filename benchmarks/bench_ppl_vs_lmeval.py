@@ -153,8 +153,7 @@ def main() -> int:
     diffs = [abs(a - b) for a, b in zip(ll_ours, ll_theirs)]
     rel = max(d / abs(b) for d, b in zip(diffs, ll_theirs))
     expected_tokens = sum(len(ours.encode(t)) for t in texts)
-    print(f"model: preset {args.preset} (random init), vocab {ours.vocab_size if hasattr(ours, 'vocab_size') else ''}"
-          f"{ours.model.config.vocab_size:,}, L = {args.seq_len}, device {args.device}, dtype {args.dtype}, "
+    print(f"model: preset {args.preset} (random init), vocab {ours.model.config.vocab_size:,}, L = {args.seq_len}, device {args.device}, dtype {args.dtype}, "
           f"batch {args.batch_size} windows, torch threads {torch.get_num_threads()}")
     print(f"data: {len(texts)} documents ({args.docs} per domain × 6 Chinese domain sets), {n_tokens:,} predicted "
           f"tokens, {n_bytes:,} bytes")
