@@ -155,8 +155,9 @@ def jieba_dictionary() -> tuple[tuple[str, ...], tuple[str, ...], dict[str, int]
     return chars, words, freq
 
 
-def rank(corpus: Counter, user: Counter, weight: float, keep) -> list[tuple[str, float, str]]:
-    """Candidates by combined count (corpus + weight × user list), ties by text: (entry, count, origin)."""
+def rank(corpus: Counter, user: Counter, weight: float, keep, value=None) -> list[tuple[str, float, str]]:
+    """Candidates by combined count (corpus + weight × user list), ties by text: (entry, count, origin).
+    `value(entry, count)`, if given, orders by that instead of the count (e.g. characters saved)."""
     combined: dict[str, float] = {}
     origin: dict[str, str] = {}
     for entry, count in corpus.items():
@@ -167,5 +168,6 @@ def rank(corpus: Counter, user: Counter, weight: float, keep) -> list[tuple[str,
         if count > 0 and keep(entry):
             combined[entry] = combined.get(entry, 0.0) + weight * count
             origin.setdefault(entry, "frequency_list")
-    ranked = sorted(combined, key=lambda e: (-combined[e], e))
+    score = combined if value is None else {e: value(e, c) for e, c in combined.items()}
+    ranked = sorted(combined, key=lambda e: (-score[e], e))
     return [(e, combined[e], origin[e]) for e in ranked]

@@ -77,7 +77,9 @@ class TextTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        """Ids of many texts in parallel (RAYON_NUM_THREADS threads); offsets are not computed (faster)."""
+        encode = getattr(self.tokenizer, "encode_batch_fast", None) or self.tokenizer.encode_batch  # tokenizers ≥ 0.20
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)

@@ -46,6 +46,9 @@ class TrainSettings:
     freq_list_weight: float = 1.0
     fill: Literal["jieba", "none"] = "jieba"
     min_word_count: int = 2
+    # "count": most frequent words first (the report's wording); "savings": by count × (characters − 1), the
+    # tokens a word saves over character-by-character encoding, so long frequent words are not crowded out.
+    word_rank: Literal["count", "savings"] = "count"
     character_coverage: float = 0.9995
     min_frequency: int = 2
     max_token_length: int = 16
@@ -209,7 +212,10 @@ def train_tokenizer(s: TrainSettings) -> dict:
                                              f"could be added (corpus + lists{' + jieba fill' if fill_chars else ''}"
                                              f" exhausted); give more text or a --freq-list, or lower it")
     corpus_words = Counter({w: c for w, c in freqs.words.items() if c >= s.min_word_count})
-    ext.fill(words_row, sizes.words, _candidates(rank(corpus_words, user, s.freq_list_weight, is_han_word),
+    if s.word_rank not in ("count", "savings"):
+        raise ConfigError("--word-rank", f"must be 'count' or 'savings', got {s.word_rank!r}")
+    value = (lambda e, c: c * (len(e) - 1)) if s.word_rank == "savings" else None
+    ext.fill(words_row, sizes.words, _candidates(rank(corpus_words, user, s.freq_list_weight, is_han_word, value),
                                                  fill_words, is_han_word), count)
     if words_row.size != sizes.words:
         raise ConfigError("--chinese-words", f"only {words_row.size} of {sizes.words} Chinese words could be "
@@ -261,7 +267,7 @@ def train_tokenizer(s: TrainSettings) -> dict:
         "settings": {
             "inputs": [str(p) for p in s.inputs], "fields": s.fields, "extend": s.extend,
             "freq_lists": s.freq_lists, "freq_list_weight": s.freq_list_weight, "fill": s.fill,
-            "min_word_count": s.min_word_count, "character_coverage": s.character_coverage,
+            "min_word_count": s.min_word_count, "word_rank": s.word_rank, "character_coverage": s.character_coverage,
             "min_frequency": s.min_frequency, "max_token_length": s.max_token_length, "jieba_hmm": s.jieba_hmm,
         },
         "corpus": {"documents": freqs.documents, "characters": freqs.characters,
