@@ -203,7 +203,10 @@ class Demo:
 
         cfg = self.session_config(name)
         run_dir = Path(cfg.out_dir)
-        trainer = Trainer(cfg, run_dir, resume=True, log=lambda text: self.log("    " + text.replace("\n", "\n    ")))
+        resume = (run_dir / "checkpoints").is_dir()
+        if not resume:  # stopped before its first checkpoint: nothing to keep
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        trainer = Trainer(cfg, run_dir, resume=resume, log=lambda text: self.log("    " + text.replace("\n", "\n    ")))
         rows = trainer.loader.plan() if hasattr(trainer.loader, "plan") else None
         trainer.log(trainer.plan_text(rows))
         if rows is not None:

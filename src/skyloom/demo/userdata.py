@@ -53,6 +53,22 @@ def _read(path: Path, limit_chars: int, text_keys: tuple[str, ...] = ("text", "c
     return _take([d for d in docs if d.strip()], limit_chars)
 
 
+def _json_lines(path: Path, key: str) -> list[str]:
+    """One record per line (FewCLUE's `.json` files are JSON lines); errors name the file and line."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)[key]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{n}: expected a JSON object with a {key!r} field ({err})") from None
+            if isinstance(text, str) and text.strip():
+                out.append(text.strip())
+    return out
+
+
 def wikitext_articles(path: Path) -> list[str]:
     """WikiText's tokenised articles (split at ' = Title = ' lines), with ' @-@ ' and friends undone."""
     text = path.read_text(encoding="utf-8")
@@ -71,7 +87,7 @@ def build_from_shared(data: Path, out: Path, chars: int, heldout_fraction: float
 
     domains = {
         "en_wiki": _take(wikitext_articles(data / "wikitext2" / "valid.txt"), chars),
-        "zh_novels": _take(_read(data / "fewclue_zh" / "chid" / "unlabeled.json", chars), chars),
+        "zh_novels": _take(_json_lines(data / "fewclue_zh" / "chid" / "unlabeled.json", "content"), chars),
     }
     counts: dict[str, dict[str, int]] = {}
     for name, docs in domains.items():
@@ -109,10 +125,7 @@ def build_from_files(data: Path, out: Path, chars: int, heldout_fraction: float 
         name = re.sub(r"[^A-Za-z0-9_]+", "_", path.stem).strip("_") or "domain"
         while name in counts:
             name += "_"
-        try:
-            docs = _read(path, chars)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+        docs = _read(path, chars)  # errors name the file and line
         if len(docs) < 2:
             raise ValueError(f"{path}: needs at least 2 documents (one is held out for validation), got {len(docs)}")
         train, held = split_heldout(docs, heldout_fraction)

@@ -1,0 +1,155 @@
+"""`skyloom demo --tiny`: every phase on real text, chained sessions, the STEM curriculum, a full report, resume."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from skyloom.demo.run import Demo
+from skyloom.report.build import SECTIONS
+
+PHASES = ["corpus", "pipeline", "tokenizer", "pack", "stage1-a", "stage1-b", "stage2", "eval", "report"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "ws"
+    lines: list[str] = []
+    d = Demo(out, tiny=True, log=lines.append)
+    records = d.run()
+    return d, records, lines
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _texts(folder):
+    return {r["text"] for f in sorted(folder.glob("*.jsonl")) for r in _jsonl(f)}
+
+
+def test_every_phase_runs_and_the_report_has_every_section(demo):
+    d, records, _ = demo
+    assert list(records) == PHASES
+    page = (d.out / "report.html").read_text(encoding="utf-8")
+    for title in SECTIONS:
+        assert f">{title}</h2>" in page, title
+    assert "Demo phases" in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) >= 3
+    for png in ("losses.png", "lr_mixture.png", "throughput_mfu.png"):
+        assert (d.out / "report" / png).stat().st_size > 5000
+    # Table 6 rows for the end of each stage, one column per held-out domain; Table 8 for both
+    ppl = json.loads((d.out / "eval" / "ppl.json").read_text())
+    domains = ["code", "en_docs", "stem", "zh_news", "zh_reviews"]
+    assert ppl["domains"] == domains and list(ppl["models"]) == ["stage-1 (stage1-b)", "stage-2 (stage2)"]
+    for row in ppl["models"].values():
+        assert set(row["domains"]) == set(domains) and 1 < row["average"]["ppl"] < 2048
+    leak = json.loads((d.out / "eval" / "leakage.json").read_text())
+    for row in leak["models"].values():
+        assert row["delta2"] == pytest.approx(row["L_test"] - row["L_train"])
+        assert "likely" in row["verdict"] or "no sign" in row["verdict"]
+    for domain in domains:
+        assert f">{domain}<" in page
+
+
+def test_pipeline_outputs_never_hold_held_out_text(demo):
+    d, _, _ = demo
+    main, stem = _texts(d.out / "pipeline" / "main"), _texts(d.out / "pipeline" / "stem")
+    assert main and stem
+    assert not (main | stem) & _texts(d.out / "corpus" / "heldout")
+    assert not (main | stem) & _texts(d.out / "corpus" / "leakage") - {r["text"] for r in _jsonl(
+        d.out / "corpus" / "leakage" / "train.jsonl")}
+    # the generated word problems end up in SkyPile-STEM, the news in SkyPile-Main
+    assert sum("####" in t for t in stem) > 0.9 * len(stem)
+    news = {r["text"] for r in _jsonl(d.out / "corpus" / "raw" / "zh_news.jsonl")}
+    assert news & main and not news & stem
+    assert (d.out / "pipeline" / "funnel.md").is_file()
+
+
+def test_tokenizer_and_shards(demo):
+    from skyloom.data.shards import TokenSource
+    from skyloom.tokenizer.loading import TextTokenizer
+
+    d, records, _ = demo
+    tok = TextTokenizer.from_dir(d.out / "data" / "tokenizer")
+    assert tok.vocab_size == records["tokenizer"]["summary"]["total"] == 2048
+    for name in ("main", "stem"):
+        src = TokenSource(d.out / "data" / "tokens" / name)
+        assert len(src) == records["pack"]["summary"]["sources"][name]["tokens"] > 1000
+        assert src.eos_id == tok.eos_id
+
+
+def test_sessions_chain_and_stage2_follows_the_stem_curriculum(demo):
+    d, records, _ = demo
+    runs = d.out / "runs"
+
+    def final_state(name):
+        ckpt = sorted((runs / name / "checkpoints").glob("step_*"))[-1]
+        return json.loads((ckpt / "trainer_state.json").read_text())
+
+    a, b, s2 = final_state("stage1-a"), final_state("stage1-b"), final_state("stage2")
+    assert b["init_from"].endswith("stage1-a") and s2["init_from"].endswith("stage1-b")
+    windows = 1024 // 128
+    # session B continues A's data position: its draws of `main` come after A's
+    assert b["loader"]["sources"]["main"]["drawn"] == a["loader"]["sources"]["main"]["drawn"] + 6 * windows
+    assert s2["loader"]["sources"]["stem"]["drawn"] + s2["loader"]["sources"]["main"]["drawn"] == \
+        b["loader"]["sources"]["main"]["drawn"] + 12 * windows
+    train = {n: [r for r in _jsonl(runs / n / "metrics.jsonl") if r["kind"] == "train"] for n in
+             ("stage1-a", "stage1-b", "stage2")}
+    assert train["stage1-a"][0]["lr"] < train["stage1-a"][2]["lr"]  # warmup, then cosine
+    assert train["stage1-a"][-1]["lr"] == pytest.approx(3e-4)
+    assert all(r["lr"] == pytest.approx(3e-4) for r in train["stage1-b"])
+    stem = [r["weight/stem"] for r in train["stage2"]]
+    assert stem[0] == pytest.approx(0.1) and stem[-1] == pytest.approx(0.4)
+    assert all(x <= y + 1e-12 for x, y in zip(stem, stem[1:]))
+    sets = {r["set"] for r in _jsonl(runs / "stage2" / "metrics.jsonl") if r["kind"] == "val"}
+    assert sets == {"code", "en_docs", "stem", "zh_news", "zh_reviews"}
+
+
+def test_rerun_skips_finished_phases_and_redoes_removed_ones(demo):
+    d, records, _ = demo
+    (d.out / "phases" / "eval.json").unlink()
+    lines: list[str] = []
+    again = Demo(d.out, tiny=True, log=lines.append).run()
+    skipped = [ln for ln in lines if ln.endswith("— skipped")]
+    assert len(skipped) == len(PHASES) - 1 and not any(ln.startswith("[8/9] eval: done") for ln in lines)
+    assert again["stage2"] == records["stage2"]  # training was not redone
+    assert again["eval"]["summary"]["ppl"] == pytest.approx(records["eval"]["summary"]["ppl"])
+
+
+def test_user_files_become_domains_and_workspaces_do_not_mix(tmp_path):
+    data = tmp_path / "mine"
+    data.mkdir()
+    (data / "notes.jsonl").write_text("".join(json.dumps({"text": f"Note {i}: " + "words and more words " * 30}) + "\n"
+                                              for i in range(20)))
+    (data / "math problems.txt").write_text("\n\n".join(f"Question {i}: what is {i} + {i}? " * 20 + f"Answer: {2 * i}"
+                                                         for i in range(10)))
+    out = tmp_path / "ws"
+    Demo(out, tiny=True, data=data, log=lambda s: None).run(until="corpus")
+    manifest = json.loads((out / "corpus" / "manifest.json").read_text())
+    assert manifest["domains"] == ["math_problems", "notes"] and manifest["stem_domains"] == ["math_problems"]
+    assert manifest["leakage"] is None and "leakage" in manifest["leakage_note"]
+    for name in manifest["domains"]:
+        assert manifest["counts"][name]["heldout"] >= 2
+    with pytest.raises(RuntimeError, match="another --out"):
+        Demo(out, tiny=True, log=lambda s: None).run(until="corpus")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no .jsonl"):
+        Demo(tmp_path / "ws2", tiny=True, data=tmp_path / "empty", log=lambda s: None).run(until="corpus")
+    (data / "broken.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="broken.json"):
+        Demo(tmp_path / "ws3", tiny=True, data=data, log=lambda s: None).run(until="corpus")
+
+
+def test_shared_data_corpus_uses_the_reports_sets(tmp_path, shared_data):
+    out = tmp_path / "ws"
+    Demo(out, tiny=True, data=shared_data, log=lambda s: None).run(until="corpus")
+    manifest = json.loads((out / "corpus" / "manifest.json").read_text())
+    assert {"finance", "general", "game", "government", "movie", "tech"} <= set(manifest["table6"])
+    assert manifest["leakage"]["ref"].endswith("ref.jsonl")
+    ref = _jsonl(out / "corpus" / "leakage" / "ref.jsonl")
+    train = {r["text"] for r in _jsonl(out / "corpus" / "leakage" / "train.jsonl")}
+    assert train <= {r["text"] for r in _jsonl(out / "corpus" / "raw" / "stem.jsonl")}  # trained on
+    assert len(ref) == 150 and all("####" in r["text"] for r in _jsonl(out / "corpus" / "heldout" / "stem.jsonl"))
