@@ -90,6 +90,8 @@ def main() -> None:
     print("\n| stage | seconds |\n|---|---:|")
     for name, s in _stage_seconds(tmp / "out" / "logs").items():
         print(f"| {name} | {s:.1f} |")
+    print("\nsteps' own wall time (a step that consumes the stream — signatures, embeddings, dedup filter — includes "
+          "the steps before it; setup such as index building is not counted)")
     print("\n| stage | step | seconds | documents |\n|---|---|---:|---:|")
     for stage, step, sec, n in _step_seconds(tmp / "out" / "logs"):
         print(f"| {stage} | {step} | {sec:.1f} | {n:,} |")
