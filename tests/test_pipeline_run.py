@@ -156,6 +156,10 @@ def test_full_run_funnel_malformed_rejects_outputs(shared_data, tmp_path, qualit
     # decontamination: the hidden GSM8K test question is gone, counted per benchmark
     assert rows["decontaminate"]["dropped"]["contaminated:gsm8k_test"]["docs"] == 1
     assert rows["decontaminate"]["counters"]["docs:gsm8k_test"] == 1
+    # the quality step reports its bucket distribution over every document it scored (its sources only)
+    q = rows["quality"]
+    scored = sum(q["by_source"][s]["docs_in"] for s in ("web_en", "web_zh") if s in q["by_source"])
+    assert sum(v for k, v in q["counters"].items() if k.count(":") == 1) == scored > 0
     main_docs, stem_docs = read_outputs(out, "main"), read_outputs(out, "stem")
     ids = {d["id"] for d in main_docs + stem_docs}
     assert "leaky" not in ids and "wiki1" in ids

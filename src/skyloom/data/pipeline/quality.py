@@ -365,6 +365,8 @@ class QualityClassifier(SkyFilter):
         bucket = self._model.bucket(score, md.get("language") or "default")
         md["quality_score"] = round(score, 4)
         md["quality_bucket"] = bucket
+        self.count(f"bucket:{bucket}")  # every scored document, kept or not: the bucket distribution
+        self.count(f"bucket:{bucket}:{md.get('language') or '?'}")
         if bucket not in self.cfg.keep_buckets:
             return False, f"quality_{bucket}"
         return True
