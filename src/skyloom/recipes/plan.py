@@ -160,6 +160,10 @@ def plan_recipe(recipe: Recipe, root: str | Path = ".", hardware: HardwareConfig
             "sessions": sessions, "stages": stages, "total": total}
 
 
+def _hours(h: float) -> str:
+    return f"{h:,.0f} GPU-hours" if h >= 10 else f"{h * 3600:,.1f} GPU-seconds"
+
+
 def _tok(n: float) -> str:
     for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
@@ -182,7 +186,7 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"{m['dim']}, {m['flops_per_token'] / 1e9:,.2f} GFLOP/token",
             f"tokens    {_tok(s['tokens'])} ({s['tokens']:,}) = {s['steps']:,} steps × {s['global_batch_tokens']:,} "
             f"tokens ({s['global_batch_windows']:,} × seq {s['seq_len']:,})",
-            f"layout    {lay['gpus']} GPUs = DP {lay['data_parallel']} × PP {lay['pipeline_parallel']}"
+            f"layout    {lay['gpus']} GPU(s) = DP {lay['data_parallel']} × PP {lay['pipeline_parallel']}"
             f"{', ZeRO-1' if lay['zero1'] else ''}; micro-batch {s['micro_batch_size']} → "
             f"{lay['accumulation']:g} accumulation step(s) per rank",
             f"lr        {lr}, warmup {sch['warmup_steps']}"
@@ -200,7 +204,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         for row in (head, *body):
             lines.append("  " + "  ".join(str(x).ljust(w) if i in (0, 2) else str(x).rjust(w)
                                           for i, (x, w) in enumerate(zip(row, widths))))
-        lines.append(f"compute   {s['gpu_hours']:,.0f} GPU-hours = {s['days']:,.2f} days on {lay['gpus']} GPUs "
+        lines.append(f"compute   {_hours(s['gpu_hours'])} = {s['days']:,.2f} days on {lay['gpus']} GPU(s) "
                      f"({s['tokens_per_gpu_second']:,.0f} tokens/s/GPU)")
         if s["over_cap"]:
             lines.append(f"WARNING   over the epoch cap: {', '.join(s['over_cap'])}")
@@ -211,8 +215,8 @@ def format_plan(plan: dict[str, Any]) -> str:
     for name, st in plan["stages"].items():
         shares = ", ".join(f"{k} {v:.1%}" for k, v in st["source_share"].items())
         lines.append(f"{name}: {' + '.join(st['sessions'])}: {_tok(st['tokens'])} tokens, {st['steps']:,} steps, "
-                     f"{st['gpu_hours']:,.0f} GPU-hours, {st['days']:,.2f} days; mixture {shares}")
+                     f"{_hours(st['gpu_hours'])}, {st['days']:,.2f} days; mixture {shares}")
     t = plan["total"]
-    lines.append(f"total: {_tok(t['tokens'])} tokens, {t['steps']:,} steps, {t['gpu_hours']:,.0f} GPU-hours, "
+    lines.append(f"total: {_tok(t['tokens'])} tokens, {t['steps']:,} steps, {_hours(t['gpu_hours'])}, "
                  f"{t['days']:,.2f} days on {hw['gpus']} × {hw['gpu']}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 import time
 from pathlib import Path
@@ -102,11 +103,15 @@ def table6_section(data: RunData) -> str:
     models = data.ppl.get("models") or {"model": data.ppl}
     domains = data.ppl.get("domains") or list(next(iter(models.values()))["domains"])
     parts = [markdown_tables(format_table(models, domains)),
-             "<p class='note'>Perplexity = exp(token-weighted mean loss) per held-out domain with the report's "
-             "window convention; Average = exp(mean of the domain losses), as in Table 6.</p>"]
+             "<p class='note'>Perplexity = exp(token-weighted mean loss) per held-out domain; Average = exp(mean "
+             f"of the domain losses), as in Table 6. Windows: {html.escape(json.dumps(_convention(models)))}.</p>"]
     for name, result in models.items():
         parts.append(f"<h4>{html.escape(name)}</h4>" + markdown_tables(format_details(result)))
     return "\n".join(parts)
+
+
+def _convention(models: dict[str, Any]) -> Any:
+    return next((m.get("convention") for m in models.values() if m.get("convention")), "not recorded")
 
 
 def table8_section(data: RunData) -> str:
