@@ -271,3 +271,31 @@ def test_slurm_plan_chains_datatrove_executors(shared_data, tmp_path):
         build_plan(load_pipeline_config({**data, "steps": [{"type": "minhash_dedupe"}]}))
     with pytest.raises(ConfigError, match="steps\\[0\\].n_gram"):
         build_plan(load_pipeline_config({**data, "steps": [{"type": "minhash_dedup", "n_gram": 3}]}))
+
+
+def test_report_checks_catch_unbalanced_books(tmp_path):
+    """The books check is not a tautology: a cell that lost a document, or a row whose input is not the previous
+    row's output, fails it."""
+    from skyloom.data.pipeline.report import collect
+
+    def cell(i, o, drops):
+        return {"docs_in": i, "chars_in": 10 * i, "docs_out": o, "chars_out": 10 * o,
+                "dropped": {r: {"docs": n, "chars": 10 * n} for r, n in drops.items()}}
+
+    def write(label, cells):
+        d = tmp_path / "stats" / "funnel" / "01"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"00000_{label}.json").write_text(json.dumps({"label": label, "cells": cells}))
+
+    order, stage = ["read:x", "langid", "heuristics"], {k: "01" for k in ("read:x", "langid", "heuristics")}
+    write("read:x", {"?\tx": cell(10, 10, {})})
+    write("langid", {"en\tx": cell(6, 6, {}), "ja\tx": cell(4, 0, {"language:ja": 4})})
+    write("heuristics", {"en\tx": cell(6, 5, {"gopher_too_few_words": 1})})
+    checks = collect(str(tmp_path), order, stage)["checks"]
+    assert checks["rows_balanced"] and checks["rows_chained"]
+    # rows still add up, but one cell lost a document that another cell gained
+    write("langid", {"en\tx": cell(6, 7, {}), "ja\tx": cell(4, 0, {"language:ja": 3})})
+    assert not collect(str(tmp_path), order, stage)["checks"]["rows_balanced"]
+    write("langid", {"en\tx": cell(6, 6, {}), "ja\tx": cell(3, 0, {"language:ja": 3})})  # balanced, but lost one
+    checks = collect(str(tmp_path), order, stage)["checks"]
+    assert checks["rows_balanced"] and not checks["rows_chained"]

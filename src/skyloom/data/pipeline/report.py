@@ -2,7 +2,7 @@
 
 Each row is one step (readers first): documents and characters in and out, documents dropped by reason,
 and the same per language and per source. ``checks`` verifies the books balance: in every row
-docs_in = docs_out + dropped, and each row's input is the previous row's output.
+(and every language / source cell) docs_in = docs_out + dropped, and each row's input is the previous row's output.
 """
 
 from __future__ import annotations
@@ -70,7 +70,12 @@ def collect(out_dir: str, order: list[str], stage_of: dict[str, str]) -> dict[st
                 malformed.append(item)
     readers = [r for r in steps if r["step"].startswith("read:")]
     others = [r for r in steps if not r["step"].startswith("read:")]
-    balanced = all(r["docs_in"] == r["docs_out"] + r["docs_dropped"] for r in steps)
+    def ok(c: dict[str, Any]) -> bool:
+        return c["docs_in"] == c["docs_out"] + c["docs_dropped"]
+
+    # every row, and every language / source cell of it, balances on its own
+    balanced = all(ok(r) and all(ok(c) for dim in ("by_language", "by_source") for c in r[dim].values())
+                   for r in steps)
     chain = []
     prev_out = sum(r["docs_out"] for r in readers)
     for r in others:
