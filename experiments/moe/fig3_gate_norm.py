@@ -143,8 +143,10 @@ def main() -> None:
         status = Trainer(run_config(name, args.steps, args.experts, args.seed, args.batch_tokens), run_dir).fit()
         if status != "finished":
             raise SystemExit(f"{name}: {status}; no results written for it")
+        # re-read before writing: several copies of this script may run different --runs side by side
+        results = json.loads(results_file.read_text()) if results_file.is_file() else {}
         results[name] = {**summarize(run_dir, layer=2), "wall_s": time.time() - t0, "experts": args.experts,
-                         "seed": args.seed, "batch_tokens": args.batch_tokens}
+                         "seed": args.seed, "batch_tokens": args.batch_tokens, "steps_planned": args.steps}
         print(f"{name}: {time.time() - t0:.0f}s")
         results_file.write_text(json.dumps(results, indent=1) + "\n")
     ordered = {k: results[k] for k in RUNS if k in results}

@@ -144,7 +144,8 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
 
     model = load_model(args.checkpoint)
     out = export_hf(model, args.out_dir, source_dir=args.checkpoint)
-    print(f"wrote Hugging Face LlamaForCausalLM directory {out}")
+    kind = "MixtralForCausalLM" if model.config.moe is not None else "LlamaForCausalLM"
+    print(f"wrote Hugging Face {kind} directory {out}")
     if args.verify:
         diff = verify_hf_export(model, out)
         print(f"verified with transformers: max |logit difference| = {diff:.2e}")
@@ -217,7 +218,7 @@ def register(sub) -> None:
     init.set_defaults(handler=cmd_init)
 
     export = add_group(sub, "export", "export checkpoints to other formats")
-    hf = add_command(export, "hf", "export a dense checkpoint as a Hugging Face LlamaForCausalLM directory")
+    hf = add_command(export, "hf", "export a checkpoint as a Hugging Face directory (LlamaForCausalLM; MixtralForCausalLM for an MoE model)")
     hf.add_argument("checkpoint", metavar="CHECKPOINT", help="skyloom checkpoint directory")
     hf.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (config.json + model.safetensors)")
     hf.add_argument("--verify", action="store_true",
