@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=2048, help="tokens per optimizer step (default 2048 = 8 windows of 256)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak LR, cosine to LR/10 (default 3e-3, as tiny.yaml)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="init seeds; each arch is trained per seed")
+    p.add_argument("--archs", nargs="+", choices=list(ARCHS), default=list(ARCHS),
+                   help="architectures to train (default both; e.g. one per process to run them side by side)")
     p.add_argument("--val-every", type=int, default=25, help="validation interval in steps (default 25)")
     p.add_argument("--out", default="runs/experiments/arch", help="where the runs go (resumable)")
     p.add_argument("--data-dir", default=C.DEFAULT_DATA, help="shared tokenizer + token shards directory")
@@ -154,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     C.require_shared("wikitext2/valid.txt", "gsm8k/train.jsonl", "skywork/zh_general.jsonl")
     C.set_threads(args.threads)
     t0 = time.time()
-    runs: dict[str, dict[int, Path]] = {arch: {} for arch in ARCHS}
+    runs: dict[str, dict[int, Path]] = {arch: {} for arch in args.archs}
     for seed in args.seeds:
-        for arch in ARCHS:
+        for arch in args.archs:
             run_dir = Path(args.out) / f"{arch}-seed{seed}"
             runs[arch][seed] = C.train(run_config(args, arch, seed), run_dir, f"{arch} seed {seed}")
     results = summarise(args, runs, time.time() - t0)
