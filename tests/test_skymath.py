@@ -109,7 +109,7 @@ def test_skymath_round_end_to_end_and_resume_after_kill(tiny_base, shared_data, 
         "base": str(tiny_base), "train_data": str(shared_data / "gsm8k" / "train.jsonl"), "train_limit": 8,
         "rounds": 1, "sample": {"k": 2, "max_new_tokens": 24, "temperature": 1.0},
         "eval": {"sets": {"gsm8k": {"path": str(test_file)}}, "max_new_tokens": 16},
-        "sft": {"data": {"seq_len": 256}, "train": {"max_steps": 30, "global_batch_tokens": 512,
+        "sft": {"data": {"seq_len": 256}, "train": {"max_steps": 20, "global_batch_tokens": 512,
                                                    "micro_batch_size": 2, "device": "cpu", "lr": 1e-3},
                 "checkpoint": {"every": 2, "keep_last": 2}},
     }
@@ -130,12 +130,12 @@ def test_skymath_round_end_to_end_and_resume_after_kill(tiny_base, shared_data, 
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (run / "round_01" / "samples.jsonl").stat().st_mtime_ns == samples_mtime  # not re-sampled
     rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["sft_steps"] == 30
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["sft_steps"] == 20
     assert rounds[1]["data"]["samples"] == 16 and rounds[1]["data"]["examples"]["reference"] == 8
     assert 0.0 <= rounds[1]["eval"]["gsm8k"]["acc"] <= 1.0 and rounds[1]["eval"]["gsm8k"]["n"] == 4
     sft_metrics = [json.loads(line) for line in (run / "round_01" / "sft" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in sft_metrics if m["kind"] == "train"] == list(range(1, 31))  # each step once
+    assert [m["step"] for m in sft_metrics if m["kind"] == "train"] == list(range(1, 21))  # each step once
     assert any(m.get("event") == "resume" for m in sft_metrics)
     bench = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(b["kind"], b["round"], b["task"]) for b in bench] == [("bench", 0, "gsm8k"), ("bench", 1, "gsm8k")]
-    assert bench[1]["step"] == 30
+    assert bench[1]["step"] == 20
