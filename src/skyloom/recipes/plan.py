@@ -118,7 +118,7 @@ def plan_session(recipe: Recipe, name: str, root: Path, hardware: HardwareConfig
     accumulation = windows / (dp * t.micro_batch_size)
     gpu_seconds = total_tokens * fpt / (hardware.peak_flops * hardware.mfu)
     return {
-        "session": name, "stage": recipe._ref(name).stage,
+        "session": name, "stage": recipe.ref(name).stage,
         "model": {"preset": cfg.model.preset, "arch": cfg.model.arch, "params": counts.total,
                   "active_params": counts.active, "layers": cfg.model.n_layers, "dim": cfg.model.dim,
                   "flops_per_token": fpt},

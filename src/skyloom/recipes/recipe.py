@@ -113,7 +113,7 @@ class Recipe:
 
     def session_tree(self, name: str, root: str | Path = ".") -> dict[str, Any]:
         """The session's config as a YAML tree: overrides applied, relative paths rebased onto `root`."""
-        ref = self._ref(name)
+        ref = self.ref(name)
         path = self.directory / ref.config
         tree = apply_overrides(read_yaml(path), [*self.config.overrides, *ref.overrides,
                                                     *self.session_overrides.get(name, [])])
@@ -123,13 +123,13 @@ class Recipe:
         """The session's `RunConfig` (validated; errors name the session file and key)."""
         from skyloom.train.config import RunConfig
 
-        ref = self._ref(name)
+        ref = self.ref(name)
         try:
             return build(RunConfig, self.session_tree(name, root))
         except ConfigError as err:
             raise ConfigError("", f"{self.directory / ref.config}: {err}") from None
 
-    def _ref(self, name: str) -> SessionRef:
+    def ref(self, name: str) -> SessionRef:
         for ref in self.sessions:
             if ref.name == name:
                 return ref
