@@ -330,6 +330,10 @@ def run_skymath(cfg: SkyMathConfig, run_dir: str | Path, log: Callable[[str], No
             log(f"round {r}: data {stats['examples']} (sample accuracy "
                 f"{stats['sample_accuracy'] if stats['sample_accuracy'] is None else round(stats['sample_accuracy'], 3)})")
         stats = json.loads(stats_file.read_text(encoding="utf-8"))
+        usable = {k: n for k, n in stats["examples"].items() if n and getattr(cfg.mix, k) > 0}
+        if not usable:
+            raise ValueError(f"round {r}: no training data — the kinds switched on ({', '.join(k for k in KINDS if getattr(cfg.mix, k) > 0)}) "
+                             f"produced no examples ({stats['examples']}); see {stats_file}")
         sft_cfg = round_sft_config(cfg, current, data_dir, first=r == 1)
         sft_dir = rdir / "sft"
         resume = (sft_dir / "checkpoints").is_dir()
