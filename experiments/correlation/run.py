@@ -6,7 +6,7 @@ between the two. Here: one `tiny`-preset run (2.9M parameters) on the `recipes/t
 validation pass (WikiText-2 test, zh_general) every --every steps, and at every checkpoint two zero-shot
 multiple-choice tasks a model of this size can move on, scored by log-likelihood (lm-evaluation-harness style):
 
-    chid        FewCLUE ChID public test (a real Chinese benchmark): the passage's blank `#idiom#`, 7 candidate
+    chid        FewCLUE ChID public test (a real Chinese benchmark; passages whose blank has text before it): the blank `#idiom#`, 7 candidate
                 idioms; context = up to 100 characters before the blank, continuation = idiom + the next 20 characters
                 (same for every candidate); highest summed log-likelihood wins. Chance 1/7. The training data holds
                 other ChID passages (with their blanks unfilled), never the test passages or their answers.
@@ -70,11 +70,15 @@ def run_config(args: argparse.Namespace) -> dict:
 
 def chid_items(n: int) -> list[tuple[str, list[str], int]]:
     items = []
-    for line in (C.SHARED / "fewclue_zh" / "chid" / "test_public.json").read_text(encoding="utf-8").splitlines()[:n]:
+    for line in (C.SHARED / "fewclue_zh" / "chid" / "test_public.json").read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         left, _, right = r["content"].partition("#idiom#")
+        if not left.strip():
+            continue  # a blank at the very start leaves no context to choose by
         right = right.replace("#idiom#", "")[:20]
         items.append((left[-100:], [c + right for c in r["candidates"]], int(r["answer"])))
+        if len(items) == n:
+            break
     return items
 
 
