@@ -384,3 +384,16 @@ def test_cli_train_and_stats(tmp_path, capsys):
     mistral_tokens = len([i for ids in load_tokenizer(MISTRAL).encode_batch(first) for i in ids])
     ours = sum(map(len, TextTokenizer.from_dir(out).encode_batch(first)))
     assert ratio and float(ratio.group(1)) == pytest.approx(mistral_tokens / ours, abs=1e-3)
+
+
+def test_word_candidates_by_count_or_by_characters_saved():
+    from collections import Counter
+
+    from skyloom.tokenizer.chinese import rank
+    from skyloom.tokenizer.text import is_han_word
+
+    corpus = Counter({"中国": 10, "中华人民共和国": 4, "人民": 10, "x1": 99})
+    by_count = [e for e, _, _ in rank(corpus, Counter({"人民": 1}), 1.0, is_han_word)]
+    assert by_count == ["人民", "中国", "中华人民共和国"]  # 11, 10, 4; "x1" is no Han word
+    by_savings = [e for e, _, _ in rank(corpus, Counter(), 1.0, is_han_word, lambda e, c: c * (len(e) - 1))]
+    assert by_savings == ["中华人民共和国", "中国", "人民"]  # 24, then 10 and 10 by text

@@ -116,6 +116,8 @@ def _train_arguments(p, extend_command: bool) -> None:
     p.add_argument("--fill", choices=["jieba", "none"], default="jieba",
                    help="what supplies entries the corpus lacks")
     p.add_argument("--min-word-count", type=int, default=2, help="corpus words seen fewer times are not candidates")
+    p.add_argument("--word-rank", choices=["count", "savings"], default="count",
+                   help="order of word candidates: by count, or by count x (characters - 1), the tokens saved")
     if not extend_command:  # options of the base BPE trainer
         p.add_argument("--character-coverage", type=float, default=0.9995,
                        help="share of non-Chinese character occurrences the base alphabet covers (rest: bytes)")
@@ -146,6 +148,7 @@ def _train(args: argparse.Namespace) -> int:
         chinese_chars=args.chinese_chars, chinese_words=args.chinese_words,
         reserved=args.reserved, extend=args.extend, freq_lists=args.freq_lists,
         freq_list_weight=args.freq_list_weight, fill=args.fill, min_word_count=args.min_word_count,
+        word_rank=args.word_rank,
         **base_options, jieba_hmm=not args.no_hmm, workers=args.workers,
         max_bytes=args.max_bytes, bos_token=args.bos_token, eos_token=args.eos_token, unk_token=args.unk_token,
         pad_token=args.pad_token, progress=not args.quiet,
