@@ -40,10 +40,12 @@ RUNS = {
     "norm-1": ["model.moe.gate_norm=true", "model.moe.gate_norm_lambda=1.0", "model.moe.adaptive=false"],
     "norm-2": ["model.moe.gate_norm=true", "model.moe.gate_norm_lambda=2.0", "model.moe.adaptive=false"],
     "norm-1-adaptive": ["model.moe.gate_norm=true", "model.moe.gate_norm_lambda=1.0", "model.moe.adaptive=true"],
+    "no-norm-adaptive": ["model.moe.gate_norm=false", "model.moe.adaptive=true"],
 }
 
 
-def run_config(name: str, steps: int, experts: int, seed: int, batch_tokens: int) -> RunConfig:
+def run_config(name: str, steps: int, experts: int, seed: int, batch_tokens: int,
+               extra: list[str] | None = None) -> RunConfig:
     data = read_yaml(REPO / "recipes" / "tiny-moe.yaml")
     overrides = RUNS[name] + [
         f"model.moe.n_experts={experts}", "model.moe.capacity_factor=1.0", "model.moe.aux_coef=0.01",
@@ -51,7 +53,7 @@ def run_config(name: str, steps: int, experts: int, seed: int, batch_tokens: int
         f"train.global_batch_tokens={batch_tokens}", "train.micro_batch_size=8",
         f"data.seed={seed}", "train.log_every=10", "validation.every=0", "validation.at_start=false",
         "checkpoint.every=0", "checkpoint.save_final=false",
-    ]
+    ] + list(extra or [])
     return build(RunConfig, apply_overrides(data, overrides))
 
 
@@ -130,26 +132,32 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--out", default=str(REPO / "runs" / "moe-fig3"), help="where the runs go")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra config overrides for every run, e.g. model.moe.aux_loss=switch")
+    parser.add_argument("--label", default="", help="suffix of the result names (another regime, e.g. '-switch')")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     results_file = RESULTS / "fig3.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for name in args.runs:
-        run_dir = Path(args.out) / name
+        run_dir = Path(args.out) / f"{name}{args.label}"
         if run_dir.exists():
             shutil.rmtree(run_dir)
         t0 = time.time()
-        status = Trainer(run_config(name, args.steps, args.experts, args.seed, args.batch_tokens), run_dir).fit()
+        status = Trainer(run_config(name, args.steps, args.experts, args.seed, args.batch_tokens, args.set),
+                         run_dir).fit()
         if status != "finished":
             raise SystemExit(f"{name}: {status}; no results written for it")
         # re-read before writing: several copies of this script may run different --runs side by side
         results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-        results[name] = {**summarize(run_dir, layer=2), "wall_s": time.time() - t0, "experts": args.experts,
-                         "seed": args.seed, "batch_tokens": args.batch_tokens, "steps_planned": args.steps}
+        results[f"{name}{args.label}"] = {**summarize(run_dir, layer=2), "wall_s": time.time() - t0,
+                                          "experts": args.experts, "seed": args.seed, "batch_tokens": args.batch_tokens,
+                                          "steps_planned": args.steps, "overrides": RUNS[name] + args.set}
         print(f"{name}: {time.time() - t0:.0f}s")
         results_file.write_text(json.dumps(results, indent=1) + "\n")
-    ordered = {k: results[k] for k in RUNS if k in results}
+    results = json.loads(results_file.read_text()) if results_file.is_file() else results
+    ordered = results  # in the order the runs were first recorded
     (RESULTS / "fig3.md").write_text(table(ordered) + "\n")
     plot(ordered, RESULTS / "fig3.png")
     print(table(ordered))
