@@ -119,7 +119,7 @@ def test_skymath_round_end_to_end_and_resume_after_kill(tiny_base, shared_data, 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
     cmd = [sys.executable, "-m", "skyloom", "skymath", str(cfg_file), "--out", str(run)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(run / "round_01" / "sft" / "checkpoints" / "step_00000004", proc, 240)
+    _wait_for(run / "round_01" / "sft" / "checkpoints" / "step_00000002", proc, 240)
     assert proc.poll() is None, proc.stdout.read()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
