@@ -3,8 +3,8 @@
 The report plots the validation loss on English web text against the average of several downstream tasks (BoolQ,
 PIQA, WinoGrande, TriviaQA, RACE) over Skywork-13B's pretraining checkpoints and finds "a very high correlation"
 between the two. Here: one `tiny`-preset run (2.9M parameters) on the `recipes/tiny.yaml` mixture, a checkpoint and a
-validation pass (WikiText-2 test, zh_general) every --every steps, and at every checkpoint two zero-shot
-multiple-choice tasks a model of this size can move on, scored by log-likelihood (lm-evaluation-harness style):
+validation pass (WikiText-2 test, zh_general) every --every steps, and at every checkpoint three zero-shot
+multiple-choice tasks a model of this size might move on, scored by log-likelihood (lm-evaluation-harness style):
 
     chid        FewCLUE ChID public test (a real Chinese benchmark; passages whose blank has text before it): the blank `#idiom#`, 7 candidate
                 idioms; context = up to 100 characters before the blank, continuation = idiom + the next 20 characters
@@ -12,6 +12,8 @@ multiple-choice tasks a model of this size can move on, scored by log-likelihood
                 other ChID passages (with their blanks unfilled), never the test passages or their answers.
     wiki_next   English next-sentence choice from WikiText-2 test articles beyond the validation budget: the true
                 next sentence vs 3 sentences from other articles, per-character log-likelihood (acc_norm). Chance 1/4.
+    word_order  BLiMP-style minimal pairs from the same held-out sentences: after the preceding sentence, the real
+                sentence vs its words shuffled (same characters); summed log-likelihood. Chance 1/2.
 
 The scores are recorded in the run's metrics.jsonl as {"kind": "bench", "step", "task", "score"} lines and the
 correlation is computed by `skyloom eval correlate RUN_DIR` (Pearson r, Spearman ρ, a scatter PNG).
@@ -116,7 +118,28 @@ def wiki_items(n: int, seed: int) -> list[tuple[str, list[str], int]]:
     return items
 
 
-TASKS = {"chid": (lambda a: chid_items(a.items), False), "wiki_next": (lambda a: wiki_items(a.items, a.seed), True)}
+def word_order_items(n: int, seed: int) -> list[tuple[str, list[str], int]]:
+    """BLiMP-style minimal pairs: a WikiText-2 sentence vs the same words shuffled, after the preceding sentence."""
+    rng = random.Random(seed + 1)
+    paragraphs = wiki_sentences()
+    items = []
+    for i in rng.sample(range(len(paragraphs)), len(paragraphs)):
+        k = rng.randrange(len(paragraphs[i]) - 1)
+        context, sentence = paragraphs[i][k], paragraphs[i][k + 1]
+        words = sentence.split(" ")
+        shuffled = words[:]
+        while shuffled == words:
+            rng.shuffle(shuffled)
+        options = [sentence, " ".join(shuffled)]
+        rng.shuffle(options)
+        items.append((context, [" " + o for o in options], options.index(sentence)))
+        if len(items) == n:
+            break
+    return items
+
+
+TASKS = {"chid": (lambda a: chid_items(a.items), False), "wiki_next": (lambda a: wiki_items(a.items, a.seed), True),
+         "word_order": (lambda a: word_order_items(a.items, a.seed), False)}
 
 
 def score(lm, items: list[tuple[str, list[str], int]], per_char: bool, task: str) -> float:
