@@ -35,6 +35,16 @@ def test_script_help_names_the_claim(name):
     assert SCRIPTS[name] in out.stdout and "--out" in out.stdout and "--set" in out.stdout
 
 
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_readme_states_claim_command_and_measured_numbers(name):
+    folder = REPO / "experiments" / name
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert SCRIPTS[name] in readme and f"experiments/{name}/run.py" in readme
+    assert "RESULTS_TABLE" not in readme and "CONCLUSION" not in readme  # the template was filled
+    results = json.loads((folder / "results" / "results.json").read_text(encoding="utf-8"))
+    assert results["settings"] and results["wall_s"] > 0  # written by a real run of the script
+
+
 def test_bad_option_is_refused_with_a_message():
     out = subprocess.run([sys.executable, str(REPO / "experiments" / "leakage" / "run.py"), "--arms", "dirty"],
                          capture_output=True, text=True, timeout=60)
