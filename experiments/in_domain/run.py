@@ -16,8 +16,8 @@ Measured on all three: the in-domain score proxy — the loss on GSM8K *test* (n
 choice accuracy on GSM8K test (pick the question's own worked solution among 3 solutions of other test questions,
 by log-likelihood; acc and acc_norm as lm-evaluation-harness; questions with a candidate solution longer than the
 model's 256-token window minus 32 are left out) — and the general losses on WikiText-2 test (En) and
-the authors' zh_general set (Zh). GSM8K 8-shot exact-match accuracy is 0% for a 2.9M-parameter model before and
-after, so it is not measured.
+the authors' zh_general set (Zh). GSM8K's own exact-match accuracy is 0/50 for these models before and after
+(measured once with `skyloom eval bench --task gsm8k --shots 0 --limit 50`), so the script does not compute it.
 
 Writes RESULTS/{results.json,results.md,curves.png}; runs live under --out and resume when re-run.
 
