@@ -10,7 +10,8 @@ is shared.
 Writes RESULTS/{results.json,results.md,loss_curves.png}; runs live under --out and resume when re-run.
 
     .venv/bin/python experiments/arch_gpt_vs_llama/run.py              # 2 × 200 steps × 2,048 tokens
-    .venv/bin/python experiments/arch_gpt_vs_llama/run.py --seeds 0 1  # two seeds per architecture
+    .venv/bin/python experiments/arch_gpt_vs_llama/run.py --seeds 0 1
+                                                           # two seeds per architecture
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ COLORS = {"llama": "tab:blue", "gpt": "tab:red"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200, help="optimizer steps per run (default 200)")
-    p.add_argument("--batch-tokens", type=int, default=2048, help="tokens per optimizer step (default 2048 = 8 windows of 256)")
+    p.add_argument("--batch-tokens", type=int, default=2048,
+                   help="tokens per optimizer step (default 2048 = 8 windows of 256)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak LR, cosine to LR/10 (default 3e-3, as tiny.yaml)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="init seeds; each arch is trained per seed")
     p.add_argument("--archs", nargs="+", choices=list(ARCHS), default=list(ARCHS),

@@ -1,8 +1,8 @@
 """Continuing a weak checkpoint on in-domain data (Skywork-13B report §5.1, Table 7), at CPU scale.
 
 The report takes a weak Skywork-13B checkpoint (0.5T tokens), trains it on 1B tokens of in-domain (SkyPile-STEM)
-data, and finds the in-domain scores jump (GSM8K 6.9 → 40.7, C-Eval 28.3 → 50.8) while the general language-modelling
-loss gets worse (En 1.86 → 2.09, Zh 2.08 → 2.21).
+data, and finds the in-domain scores jump (GSM8K 6.9 → 40.7, C-Eval 28.3 → 50.8) while the general
+language-modelling loss gets worse (En 1.86 → 2.09, Zh 2.08 → 2.21).
 
 Here, with the `tiny` preset (2.9M parameters):
 

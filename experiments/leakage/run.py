@@ -10,9 +10,9 @@ share of GSM8K-format text mixed in — they differ only in *which* GSM8K train 
     clean         --seen other GSM8K train records (disjoint), so it knows the format but not the scored samples
     none          (with --arms ... none) no GSM8K text at all, en + zh only, same budget
 
-Then `skyloom eval leakage --train SEEN --window rolling --max-tokens 256` (the model's length) on each final checkpoint (Table-8 L's,
-Δ1, Δ2 with bootstrap intervals and the verdict). Rolling windows score every token of a sample; the report's own
-convention cuts a text to max_tokens // 3 characters, i.e. the first 85 characters at this model's 256-token limit.
+Then `skyloom eval leakage --train SEEN --window rolling --max-tokens 256` (the model's length) on each final
+checkpoint (Table-8 L's, Δ1, Δ2 with bootstrap intervals and the verdict). Rolling windows score every token of
+a sample; the report's own convention cuts a text to max_tokens // 3 characters, i.e. the first 85 characters at this model's 256-token limit.
 
 Writes RESULTS/{results.json,results.md}; runs live under --out and resume when re-run.
 
@@ -98,7 +98,8 @@ def leakage_command(args: argparse.Namespace, checkpoint: Path, seen: Path, outp
 
 
 def markdown(rows: dict) -> str:
-    lines = ["| model | L_test | L_train (seen records) | L_ref | Δ1 = L_test − L_ref | Δ2 = L_test − L_train | verdict |",
+    lines = ["| model | L_test | L_train (seen records) | L_ref | Δ1 = L_test − L_ref | Δ2 = L_test − L_train "
+             "| verdict |",
              "|---|---|---|---|---|---|---|"]
     for arm, r in rows.items():
         c = r["ci"]
