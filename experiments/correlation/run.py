@@ -9,7 +9,8 @@ multiple-choice tasks a model of this size might move on, scored by log-likeliho
     chid        FewCLUE ChID public test (a real Chinese benchmark; passages whose blank has text before it): the
                 blank `#idiom#`, 7 candidate idioms; context = up to 100 characters before the blank,
                 continuation = idiom + the next 20 characters (same for every candidate); highest summed
-                log-likelihood wins. Chance 1/7. The training data holds other ChID passages (with their blanks unfilled), never the test passages or their answers.
+                log-likelihood wins. Chance 1/7. The training data holds other ChID passages (with their blanks
+                unfilled), never the test passages or their answers.
     wiki_next   English next-sentence choice from WikiText-2 test articles beyond the validation budget: the true
                 next sentence vs 3 sentences from other articles, per-character log-likelihood (acc_norm). Chance 1/4.
     word_order  BLiMP-style minimal pairs from the same held-out sentences: after the preceding sentence, the real

@@ -12,7 +12,8 @@ share of GSM8K-format text mixed in — they differ only in *which* GSM8K train 
 
 Then `skyloom eval leakage --train SEEN --window rolling --max-tokens 256` (the model's length) on each final
 checkpoint (Table-8 L's, Δ1, Δ2 with bootstrap intervals and the verdict). Rolling windows score every token of
-a sample; the report's own convention cuts a text to max_tokens // 3 characters, i.e. the first 85 characters at this model's 256-token limit.
+a sample; the report's own convention cuts a text to max_tokens // 3 characters, i.e. the first 85 characters at
+this model's 256-token limit.
 
 Writes RESULTS/{results.json,results.md}; runs live under --out and resume when re-run.
 
