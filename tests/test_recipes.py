@@ -136,3 +136,21 @@ def test_bad_recipes_are_refused_with_the_file_named(tmp_path):
     (tmp_path / "a.yaml").write_text("model: {preset: tiny}\ndata: {sources: {m: {path: m}}}\ntrain: {max_steps: 5}\n")
     with pytest.raises(ValueError, match="declared_tokens.m"):
         plan_recipe(load_recipe(tmp_path), root=tmp_path)
+
+
+def test_plan_gives_the_upcycling_advice_for_an_moe_session(capsys):
+    """Skywork-MoE §3.3 in `skyloom plan`: C_MoE vs C_dense decides upcycle vs from-scratch."""
+    tiny = REPO / "recipes" / "demo" / "tiny.yaml"
+    moe = ["stage2.model.moe.n_experts=4", "stage2.model.moe.top_k=2", "stage2.train.max_steps=4"]
+    plan = plan_recipe(load_recipe(tiny, moe))
+    dense_hours = sum(s["gpu_hours"] for s in plan["sessions"][:2])
+    advice = plan["sessions"][2]["upcycle_advice"]
+    assert advice["dense_gpu_hours"] == pytest.approx(dense_hours)
+    assert advice["moe_gpu_hours"] == pytest.approx(plan["sessions"][2]["gpu_hours"])
+    assert advice["ratio"] == pytest.approx(advice["moe_gpu_hours"] / dense_hours)
+    assert advice["choice"] == "upcycle"  # a short Stage-2 after a longer dense Stage-1: C_MoE ≪ C_dense
+    assert all("upcycle_advice" not in s for s in plan["sessions"][:2])
+    assert "upcycle_advice" not in plan_recipe(load_recipe(tiny))["sessions"][2]  # dense recipe: no advice
+    # a dense checkpoint that cost little compared with the MoE budget: from scratch
+    assert main(["plan", str(tiny), *moe, "--dense-gpu-hours", "1e-9"]) == 0
+    assert "upcycle?  from-scratch" in capsys.readouterr().out

@@ -25,7 +25,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if "gpu" in changes and args.peak_tflops is None:
             changes["peak_tflops"] = None  # a named GPU brings its own peak
         hw = dataclasses.replace(hw, **changes)
-        plan = plan_recipe(recipe, args.root, hw)
+        plan = plan_recipe(recipe, args.root, hw, dense_gpu_hours=args.dense_gpu_hours)
     except (ConfigError, ValueError, KeyError) as err:
         print(f"skyloom: error: {err}", file=sys.stderr)
         return 2
@@ -64,5 +64,9 @@ def register(sub) -> None:
     p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s per GPU (overrides --gpu's)")
     p.add_argument("--mfu", type=float, help="model FLOPs utilisation to assume, e.g. 0.45")
     p.add_argument("--pp", type=int, help="pipeline-parallel degree of the layout (data parallel = gpus / pp)")
+    p.add_argument("--dense-gpu-hours", type=float, metavar="H",
+                   help="for a recipe with MoE sessions: GPU-hours the dense checkpoint cost, if it was trained "
+                        "outside this recipe (default: the recipe's own dense sessions); feeds the Skywork-MoE §3.3 "
+                        "upcycle-or-from-scratch advice")
     p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
     p.set_defaults(handler=cmd_plan)

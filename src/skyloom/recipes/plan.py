@@ -135,12 +135,34 @@ def plan_session(recipe: Recipe, name: str, root: Path, hardware: HardwareConfig
     }
 
 
-def plan_recipe(recipe: Recipe, root: str | Path = ".", hardware: HardwareConfig | None = None) -> dict[str, Any]:
-    """The whole recipe's plan (JSON-ready): sessions in order, stage sums, totals."""
+def add_upcycle_advice(sessions: list[dict[str, Any]], dense_gpu_hours: float | None = None) -> None:
+    """Skywork-MoE §3.3 on the recipe's first MoE session: upcycle the dense checkpoint or train from scratch?
+
+    C_dense is `dense_gpu_hours` when given (a dense model trained elsewhere), else the GPU-hours of the dense
+    sessions before it in this recipe; C_MoE is the GPU-hours of the MoE sessions from there on."""
+    from skyloom.model.upcycle import upcycle_advice
+
+    is_moe = [s["model"]["active_params"] < s["model"]["params"] for s in sessions]
+    if True not in is_moe:
+        return
+    first = is_moe.index(True)
+    dense = dense_gpu_hours if dense_gpu_hours is not None else \
+        sum(s["gpu_hours"] for s, moe in zip(sessions[:first], is_moe) if not moe)
+    budget = sum(s["gpu_hours"] for s, moe in zip(sessions[first:], is_moe[first:]) if moe)
+    advice = upcycle_advice(dense, budget)
+    sessions[first]["upcycle_advice"] = {"choice": advice.choice, "ratio": advice.ratio, "dense_gpu_hours": dense,
+                                         "moe_gpu_hours": budget, "reasoning": advice.reasoning}
+
+
+def plan_recipe(recipe: Recipe, root: str | Path = ".", hardware: HardwareConfig | None = None,
+                dense_gpu_hours: float | None = None) -> dict[str, Any]:
+    """The whole recipe's plan (JSON-ready): sessions in order, stage sums, totals, and for a recipe with MoE
+    sessions the §3.3 upcycling advice (`dense_gpu_hours`: the dense checkpoint's cost if trained elsewhere)."""
     hw = hardware or recipe.config.hardware
     hw.validate()
     carried: dict[str, tuple[int, int]] = {}
     sessions = [plan_session(recipe, ref.name, Path(root), hw, carried) for ref in recipe.sessions]
+    add_upcycle_advice(sessions, dense_gpu_hours)
     stages: dict[str, dict[str, Any]] = {}
     for s in sessions:
         key = s["stage"] or s["session"]
@@ -208,6 +230,10 @@ def format_plan(plan: dict[str, Any]) -> str:
                      f"({s['tokens_per_gpu_second']:,.0f} tokens/s/GPU)")
         if s["over_cap"]:
             lines.append(f"WARNING   over the epoch cap: {', '.join(s['over_cap'])}")
+        if "upcycle_advice" in s:
+            a = s["upcycle_advice"]
+            lines.append(f"upcycle?  {a['choice']} (C_MoE {_hours(a['moe_gpu_hours'])} vs C_dense "
+                         f"{_hours(a['dense_gpu_hours'])}): {a['reasoning']}")
         lines.append("")
     if any(r["origin"] == "declared" for s in plan["sessions"] for r in s["sources"]):
         lines += ["* declared in recipe.yaml (declared_tokens): no shards were found under the workspace root", ""]
