@@ -77,8 +77,8 @@ def register(sub) -> None:
             "only answer tokens carry a loss; samples are packed into full windows with positions and attention\n"
             "reset per sample (data.layout=padded for one sample per window). Optimizer, schedule, checkpoints,\n"
             "resume and metrics are the training engine's (docs/training.md); see docs/sft.md.\n\n"
-            "example: skyloom sft recipes/sft/tiny-gsm8k.yaml train.lr=1e-4\n"
-            "         skyloom sft runs/sft/tiny-gsm8k --resume"
+            "example: skyloom sft recipes/sft/gsm8k-alpaca.yaml train.lr=1e-4\n"
+            "         skyloom sft runs/sft/gsm8k-alpaca --resume"
         ),
     )
     p.add_argument("config", metavar="CONFIG", help="SFT YAML (or a run directory to reuse its sft.yaml)")
@@ -98,7 +98,7 @@ def register(sub) -> None:
             "with `skyloom sft`'s engine; evaluate; next round. Each kind can be switched off (plain SFT and RFT\n"
             "are ablations of this command). Rounds are recorded in RUN_DIR/rounds.jsonl and resume with\n"
             "--resume. See docs/sft.md.\n\n"
-            "example: skyloom skymath recipes/sft/tiny-skymath.yaml rounds=2 sample.k=4"
+            "example: skyloom skymath recipes/sft/skymath-gsm8k.yaml rounds=2 mix.compare=0   # RFT ablation"
         ),
     )
     q.add_argument("config", metavar="CONFIG", help="SkyMath YAML (or a run directory to reuse its skymath.yaml)")
