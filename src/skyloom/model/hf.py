@@ -151,6 +151,13 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
             raise ValueError(f"{source}: {key}=true is not supported")
+    return build(ModelConfig, llama_fields(hf, source, norm_eps=1e-6, rope_theta=10000.0), prefix="model")
+
+
+def llama_fields(hf: dict[str, Any], source: str, norm_eps: float, rope_theta: float) -> dict[str, Any]:
+    """The ModelConfig fields a Llama-family config.json (Llama, Mixtral) shares, after refusing what skyloom's
+    attention cannot do; `norm_eps` and `rope_theta` are the family's defaults for keys the file leaves out.
+    `rope_theta` is read at the top level or, as newer `transformers` versions write it, in `rope_parameters`."""
     if hf.get("rope_scaling"):
         raise ValueError(f"{source}: rope_scaling {hf['rope_scaling']!r} is not supported")
     if hf.get("hidden_act", "silu") != "silu":
@@ -158,23 +165,20 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
     dim, heads = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, dim // heads):
         raise ValueError(f"{source}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
-    return build(
-        ModelConfig,
-        dict(
-            arch="llama",
-            vocab_size=hf["vocab_size"],
-            dim=dim,
-            ffn_dim=hf["intermediate_size"],
-            n_layers=hf["num_hidden_layers"],
-            n_heads=heads,
-            n_kv_heads=hf.get("num_key_value_heads") or heads,
-            max_seq_len=hf.get("max_position_embeddings", 4096),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(hf.get("rope_theta", 10000.0)),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            init_std=float(hf.get("initializer_range", 0.02)),
-        ),
-        prefix="model",
+    theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta") or rope_theta
+    return dict(
+        arch="llama",
+        vocab_size=hf["vocab_size"],
+        dim=dim,
+        ffn_dim=hf["intermediate_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=heads,
+        n_kv_heads=hf.get("num_key_value_heads") or heads,
+        max_seq_len=hf.get("max_position_embeddings", 4096),
+        norm_eps=float(hf.get("rms_norm_eps", norm_eps)),
+        rope_theta=float(theta),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        init_std=float(hf.get("initializer_range", 0.02)),
     )
 
 

@@ -142,37 +142,15 @@ def config_from_mixtral(hf: dict[str, Any], source: str) -> ModelConfig:
     """
     if hf.get("model_type") != "mixtral":
         raise ValueError(f"{source}: model_type {hf.get('model_type')!r} is not 'mixtral'")
-    if hf.get("rope_scaling"):
-        raise ValueError(f"{source}: rope_scaling {hf['rope_scaling']!r} is not supported")
     if hf.get("sliding_window") not in (None, 0) and hf["sliding_window"] < hf.get("max_position_embeddings", 0):
         raise ValueError(f"{source}: sliding-window attention ({hf['sliding_window']}) is not supported")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
-    dim, heads = hf["hidden_size"], hf["num_attention_heads"]
-    if hf.get("head_dim") not in (None, dim // heads):
-        raise ValueError(f"{source}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
-    rope_theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 1e6)
-    return build(
-        ModelConfig,
-        dict(
-            arch="llama",
-            vocab_size=hf["vocab_size"],
-            dim=dim,
-            ffn_dim=hf["intermediate_size"],
-            n_layers=hf["num_hidden_layers"],
-            n_heads=heads,
-            n_kv_heads=hf.get("num_key_value_heads") or heads,
-            max_seq_len=hf.get("max_position_embeddings", 4096),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(rope_theta),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            init_std=float(hf.get("initializer_range", 0.02)),
-            moe=dict(n_experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"], every_n_layers=1,
-                     dropless=True, gate_bias=False, gate_norm=False, aux_loss="switch",
-                     aux_coef=float(hf.get("router_aux_loss_coef", 0.02))),
-        ),
-        prefix="model",
-    )
+    from skyloom.model.hf import llama_fields
+
+    fields = llama_fields(hf, source, norm_eps=1e-5, rope_theta=1e6)
+    fields["moe"] = dict(n_experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"], every_n_layers=1,
+                         dropless=True, gate_bias=False, gate_norm=False, aux_loss="switch",
+                         aux_coef=float(hf.get("router_aux_loss_coef", 0.02)))
+    return build(ModelConfig, fields, prefix="model")
 
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
