@@ -27,30 +27,30 @@ TINY_DATA = "runs/tiny-data"
 OVERRIDES: list[str] = []  # `--set key=value` of the experiment scripts: applied to every run they train
 
 
-def add_set_option(parser) -> None:
+def add_common_options(parser, out: str, out_help: str, results: Path, results_help: str) -> None:
+    """The options every experiment script shares: where runs and results go, threads, `--set` overrides."""
+    parser.add_argument("--out", default=out, help=out_help)
+    parser.add_argument("--data-dir", default=DEFAULT_DATA, help="shared tokenizer + token shards directory")
+    parser.add_argument("--results", default=str(results), help=results_help)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (use 1 when other jobs run)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="dotted config overrides applied to every run (e.g. model.n_layers=2); for quick checks")
 
 
-def enter_repo() -> None:
-    """Run from the repository root (the recipes' relative paths assume it) with skyloom importable."""
+def start(args, *shared: str) -> None:
+    """Before any work: run from the repository root (the recipes' relative paths assume it) with skyloom
+    importable, check the shared real data (`shared`, relative to ../shared/data), apply --set and --threads."""
     os.chdir(REPO)
     if str(REPO / "src") not in sys.path:
         sys.path.insert(0, str(REPO / "src"))
-
-
-def set_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, n))
-
-
-def require_shared(*relative: str) -> None:
-    """Fail early, naming the file, when the real data an experiment needs is not there."""
-    missing = [str(SHARED / r) for r in relative if not (SHARED / r).exists()]
+    missing = [str(SHARED / r) for r in shared if not (SHARED / r).exists()]
     if missing:
         raise SystemExit("this experiment needs the shared real data beside the repository; missing: "
                          + ", ".join(missing) + " (see ../shared/data/README.md)")
+    OVERRIDES[:] = args.set
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
 
 
 def base_config(data_dir: str = DEFAULT_DATA, drop_sources: Iterable[str] = ()) -> dict[str, Any]:

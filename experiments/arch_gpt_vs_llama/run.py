@@ -39,11 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--archs", nargs="+", choices=list(ARCHS), default=list(ARCHS),
                    help="architectures to train (default both; e.g. one per process to run them side by side)")
     p.add_argument("--val-every", type=int, default=25, help="validation interval in steps (default 25)")
-    p.add_argument("--out", default="runs/experiments/arch", help="where the runs go (resumable)")
-    p.add_argument("--data-dir", default=C.DEFAULT_DATA, help="shared tokenizer + token shards directory")
-    p.add_argument("--results", default=str(HERE / "results"), help="where results.{json,md} and the PNG go")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (use 1 when other jobs run)")
-    C.add_set_option(p)
+    C.add_common_options(p, "runs/experiments/arch", "where the runs go (resumable)",
+                         HERE / "results", "where results.{json,md} and the PNG go")
     return p.parse_args(argv)
 
 
@@ -153,10 +150,7 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    C.enter_repo()
-    C.OVERRIDES[:] = args.set
-    C.require_shared("wikitext2/valid.txt", "gsm8k/train.jsonl", "skywork/zh_general.jsonl")
-    C.set_threads(args.threads)
+    C.start(args, "wikitext2/valid.txt", "gsm8k/train.jsonl", "skywork/zh_general.jsonl")
     t0 = time.time()
     runs: dict[str, dict[int, Path]] = {arch: {} for arch in args.archs}
     for seed in args.seeds:

@@ -51,11 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="peak LR, cosine to LR/10 (3e-3)")
     p.add_argument("--items", type=int, default=200, help="questions per task (200)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/experiments/correlation", help="the run directory (resumable)")
-    p.add_argument("--data-dir", default=C.DEFAULT_DATA, help="shared tokenizer + token shards directory")
-    p.add_argument("--results", default=str(HERE / "results"), help="where results.{json,md} and the PNG go")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (use 1 when other jobs run)")
-    C.add_set_option(p)
+    C.add_common_options(p, "runs/experiments/correlation", "the run directory (resumable)",
+                         HERE / "results", "where results.{json,md} and the PNG go")
     return p.parse_args(argv)
 
 
@@ -206,10 +203,7 @@ def markdown(result: dict, scores: dict[str, dict[int, float]], val: dict[str, d
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    C.enter_repo()
-    C.OVERRIDES[:] = args.set
-    C.require_shared("fewclue_zh/chid/test_public.json", "wikitext2/test.txt", "skywork/zh_general.jsonl")
-    C.set_threads(args.threads)
+    C.start(args, "fewclue_zh/chid/test_public.json", "wikitext2/test.txt", "skywork/zh_general.jsonl")
     from skyloom.cli import main as skyloom
 
     t0 = time.time()

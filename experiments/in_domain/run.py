@@ -52,11 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-every", type=int, default=10, help="validation interval in steps, all runs (10)")
     p.add_argument("--val-tokens", type=int, default=8192, help="predicted tokens per validation set (8192)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/experiments/in_domain", help="where the runs go (resumable)")
-    p.add_argument("--data-dir", default=C.DEFAULT_DATA, help="shared tokenizer + token shards directory")
-    p.add_argument("--results", default=str(HERE / "results"), help="where results.{json,md} and curves.png go")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (use 1 when other jobs run)")
-    C.add_set_option(p)
+    C.add_common_options(p, "runs/experiments/in_domain", "where the runs go (resumable)",
+                         HERE / "results", "where results.{json,md} and curves.png go")
     return p.parse_args(argv)
 
 
@@ -188,10 +185,7 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    C.enter_repo()
-    C.OVERRIDES[:] = args.set
-    C.require_shared("gsm8k/train.jsonl", "gsm8k/test.jsonl", "wikitext2/test.txt", "skywork/zh_general.jsonl")
-    C.set_threads(args.threads)
+    C.start(args, "gsm8k/train.jsonl", "gsm8k/test.jsonl", "wikitext2/test.txt", "skywork/zh_general.jsonl")
     t0 = time.time()
     out_root = Path(args.out)
     gsm8k_test = C.write_jsonl_texts(out_root / "gsm8k_test.jsonl", C.gsm8k_texts("test"))

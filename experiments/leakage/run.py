@@ -45,11 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=300, help="samples scored per set (eval leakage --limit; 300)")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=["contaminated", "clean"], help="which models to train")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/experiments/leakage", help="where the runs go (resumable)")
-    p.add_argument("--data-dir", default=C.DEFAULT_DATA, help="shared tokenizer + token shards directory")
-    p.add_argument("--results", default=str(HERE / "results"), help="where results.{json,md} go")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (use 1 when other jobs run)")
-    C.add_set_option(p)
+    C.add_common_options(p, "runs/experiments/leakage", "where the runs go (resumable)",
+                         HERE / "results", "where results.{json,md} go")
     return p.parse_args(argv)
 
 
@@ -112,10 +109,7 @@ def markdown(rows: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    C.enter_repo()
-    C.OVERRIDES[:] = args.set
-    C.require_shared("gsm8k/train.jsonl", "gsm8k/test.jsonl", "skywork/mock_gsm8k_test_public.jsonl")
-    C.set_threads(args.threads)
+    C.start(args, "gsm8k/train.jsonl", "gsm8k/test.jsonl", "skywork/mock_gsm8k_test_public.jsonl")
     from skyloom.cli import main as skyloom
 
     t0 = time.time()
