@@ -64,34 +64,27 @@ def check_mixtral_compatible(model: Transformer) -> list[str]:
 
 
 def mixtral_config(cfg: ModelConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """config.json for MixtralForCausalLM with the shape of `cfg`."""
+    """config.json for MixtralForCausalLM with the shape of `cfg`: the Llama fields, experts as the FFN."""
+    from skyloom.model.hf import hf_config
+
+    out = hf_config(cfg)
+    for key in ("attention_bias", "mlp_bias"):  # not Mixtral config keys
+        del out[key]
     moe = cfg.moe
-    return {
+    out.update({
         "architectures": ["MixtralForCausalLM"],
         "model_type": "mixtral",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.dim,
         "intermediate_size": cfg.expert_ffn_dim,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.kv_heads,
-        "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.max_seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
         "sliding_window": None,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "hidden_act": "silu",
         "num_local_experts": moe.n_experts,
         "num_experts_per_tok": moe.top_k,
         "output_router_logits": False,
         "router_aux_loss_coef": moe.aux_coef,
         "router_jitter_noise": 0.0,
-        "initializer_range": cfg.init_std,
         "attention_dropout": 0.0,
-        "torch_dtype": "float32",
         **(extra or {}),
-    }
+    })
+    return out
 
 
 def export_mixtral(model: Transformer, out_dir: str | Path, source_dir: str | Path | None = None) -> Path:
