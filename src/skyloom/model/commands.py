@@ -159,7 +159,9 @@ def verify_hf_export(model, hf_dir: Path, seq_len: int = 16) -> float:
     from skyloom.model.hf import require_transformers
 
     transformers = require_transformers("--verify")
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), torch_dtype=torch.float32).eval()
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(  # the directory just written: safetensors only
+        str(hf_dir), torch_dtype=torch.float32, use_safetensors=True, local_files_only=True, trust_remote_code=False
+    ).eval()
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (2, min(seq_len, model.config.max_seq_len)), generator=generator)
     with torch.no_grad():
