@@ -132,11 +132,26 @@ def finalize_index(directory: str | Path) -> dict:
     return index
 
 
+class ShardMismatch(ValueError):
+    """A token-shard directory does not fit the model reading it (another tokenizer, a bigger vocabulary)."""
+
+
+def check_token_ids(ids: np.ndarray, vocab_size: int, where: str) -> None:
+    """Refuse ids outside [0, vocab_size) before they reach an embedding: there they are a bare IndexError on
+    CPU and a device-side assert on a GPU, neither of which names the data."""
+    arr = np.asarray(ids)
+    if arr.size and (int(arr.max()) >= vocab_size or int(arr.min()) < 0):
+        bad = int(np.flatnonzero((arr >= vocab_size) | (arr < 0))[0])
+        raise ShardMismatch(f"{where}: token id {int(arr[bad])} at position {bad} is outside the model's "
+                            f"vocabulary of {vocab_size}; the data was packed for another model")
+
+
 @dataclass
 class _Shard:
     tokens: np.memmap
     ends: np.ndarray
     start: int  # global offset of the shard's first token
+    path: Path
 
 
 class TokenSource:
@@ -165,11 +180,38 @@ class TokenSource:
                 raise ValueError(f"{path}: {path.stat().st_size} bytes, index says {expected_bytes}")
             tokens = np.memmap(path, dtype=self.dtype, mode="r") if entry["tokens"] else np.zeros(0, self.dtype)
             ends = np.fromfile(self.directory / entry["docs_file"], dtype="<u8")
-            self._shards.append(_Shard(tokens, ends, offset))
+            self._shards.append(_Shard(tokens, ends, offset, path))
             offset += entry["tokens"]
         self._starts = np.array([s.start for s in self._shards], dtype=np.int64)
         self.n_tokens = offset
         self._doc_counts = np.cumsum([len(s.ends) for s in self._shards])
+        self.vocab_limit: int | None = None  # set by check_model_fit: reads then refuse ids ≥ it
+
+    @property
+    def tokenizer_id(self) -> str:
+        """The packing tokenizer's fingerprint ('' when the packer did not record one)."""
+        return self.index.get("tokenizer") or ""
+
+    def check_model_fit(self, what: str, vocab_size: int, tokenizer_id: str | None = None,
+                        tokenizer_name: str = "") -> None:
+        """Refuse shards a model cannot read correctly, before any id reaches its embedding: packed with another
+        tokenizer (the ids mean other strings: silently wrong numbers) or for a bigger vocabulary (IndexError).
+
+        The one check every shard consumer runs (training sources, validation sets, `eval --data`). `what`
+        names the consumer (e.g. "data.sources.en"); an unknown fingerprint on either side ('' / None) skips
+        the tokenizer comparison. Afterwards every read also checks its ids against `vocab_size`, so a shard
+        changed after packing is named instead of crashing the forward pass.
+        """
+        packed, vocab = self.tokenizer_id, int(self.index["vocab_size"])
+        if packed and tokenizer_id and packed != tokenizer_id:
+            model_tok = f"{tokenizer_id} ({tokenizer_name})" if tokenizer_name else tokenizer_id
+            raise ShardMismatch(f"{what}: {self.directory} was packed with tokenizer {packed} (vocabulary {vocab:,}), "
+                                f"the model's tokenizer is {model_tok}; pack the data again with the model's "
+                                "tokenizer")
+        if vocab > vocab_size:
+            raise ShardMismatch(f"{what}: {self.directory} was packed for a vocabulary of {vocab:,} (tokenizer "
+                                f"{packed or 'unrecorded'}), more than the model's {vocab_size:,} embeddings")
+        self.vocab_limit = vocab_size
 
     @property
     def source(self) -> str:
@@ -194,15 +236,20 @@ class TokenSource:
         shard = self._shards[i]
         local = start - shard.start
         if local + length <= len(shard.tokens):
-            return shard.tokens[local: local + length]
+            return self._checked(shard, local, shard.tokens[local: local + length])
         parts, remaining = [], length
         while remaining > 0:
             shard = self._shards[i]
             take = min(remaining, len(shard.tokens) - local)
-            parts.append(shard.tokens[local: local + take])
+            parts.append(self._checked(shard, local, shard.tokens[local: local + take]))
             remaining -= take
             i, local = i + 1, 0
         return np.concatenate(parts)
+
+    def _checked(self, shard: _Shard, local: int, tokens: np.ndarray) -> np.ndarray:
+        if self.vocab_limit is not None:
+            check_token_ids(tokens, self.vocab_limit, f"{shard.path} (from token {local:,})")
+        return tokens
 
     def document(self, i: int) -> np.ndarray:
         """Tokens of document i (EOS included)."""
@@ -212,7 +259,7 @@ class TokenSource:
         local = i - (int(self._doc_counts[s - 1]) if s else 0)
         shard = self._shards[s]
         begin = int(shard.ends[local - 1]) if local else 0
-        return shard.tokens[begin: int(shard.ends[local])]
+        return self._checked(shard, begin, shard.tokens[begin: int(shard.ends[local])])
 
     def documents(self) -> Iterator[np.ndarray]:
         for i in range(self.n_documents):

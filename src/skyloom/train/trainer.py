@@ -106,13 +106,8 @@ def build_mixture_loader(cfg: RunConfig, tokenizer=None, rank: int = 0, world_si
     specs = []
     for name, src in data.sources.items():
         source = TokenSource(src.path)
-        if tokenizer is not None and source.index.get("tokenizer") not in ("", None, tokenizer.tokenizer_id):
-            raise ValueError(f"data.sources.{name}: {src.path} was packed with tokenizer "
-                             f"{source.index.get('tokenizer')}, the run uses {tokenizer.tokenizer_id} "
-                             f"({data.tokenizer})")
-        if source.index["vocab_size"] > cfg.model.vocab_size:
-            raise ValueError(f"data.sources.{name}: {src.path} has vocab_size {source.index['vocab_size']} > "
-                             f"model.vocab_size={cfg.model.vocab_size}")
+        source.check_model_fit(f"data.sources.{name}", cfg.model.vocab_size,
+                               tokenizer.tokenizer_id if tokenizer is not None else None, str(data.tokenizer or ""))
         specs.append(MixtureSourceSpec(name, source, WeightSchedule(src.weight),
                                        src.max_epochs if src.max_epochs is not None else data.max_epochs))
     return MixtureLoader(specs, seq_len=cfg.seq_len, global_windows=cfg.train.global_batch_tokens // cfg.seq_len,
@@ -206,7 +201,7 @@ class Trainer:
             from skyloom.train.validation import ValidationMonitor
 
             self.validation = ValidationMonitor(cfg.validation.sets, self.seq_len, self.tokenizer,
-                                                cfg.validation.batch_size)
+                                                cfg.validation.batch_size, vocab_size=cfg.model.vocab_size)
 
         resumed_from = self._resume() if resume else None
         if resumed_from is None and cfg.train.init_from:

@@ -109,14 +109,20 @@ def make_windows(stream: np.ndarray, seq_len: int, max_tokens: int | None = None
 
 
 def load_stream(path: str, tokenizer=None, text_key: str | Sequence[str] = "text", max_tokens: int | None = None,
-                seq_len: int | None = None, fallback: Sequence[str] = ()) -> np.ndarray:
+                seq_len: int | None = None, fallback: Sequence[str] = (), vocab_size: int | None = None,
+                what: str | None = None) -> np.ndarray:
     """A validation set's token stream: a token-shard directory, or text files tokenized on the fly
-    (`fallback` globs are used when `path` matches nothing)."""
+    (`fallback` globs are used when `path` matches nothing). Shards packed with another tokenizer than
+    `tokenizer`, or for more than the model's `vocab_size` entries, are refused (`TokenSource.check_model_fit`)."""
     p = Path(expand_placeholders(path))
     if p.is_dir() and (p / "index.json").is_file():
         from skyloom.data.shards import TokenSource
 
         source = TokenSource(p)
+        limit = vocab_size if vocab_size is not None else getattr(tokenizer, "vocab_size", None)
+        if limit is not None:
+            source.check_model_fit(what or f"validation set {path}", limit, getattr(tokenizer, "tokenizer_id", None),
+                                   str(getattr(tokenizer, "source", "") or ""))
         n = len(source)
         if max_tokens is not None and seq_len is not None:
             n = min(n, math.ceil(max_tokens / seq_len) * (seq_len + 1))
@@ -179,11 +185,12 @@ class ValidationMonitor:
     sharded forward needs all ranks in step).
     """
 
-    def __init__(self, sets: dict, seq_len: int, tokenizer=None, batch_size: int = 8):
+    def __init__(self, sets: dict, seq_len: int, tokenizer=None, batch_size: int = 8, vocab_size: int | None = None):
         self.batch_size = batch_size
         self.windows: dict[str, torch.Tensor] = {}
         for name, cfg in sets.items():
-            stream = load_stream(cfg.path, tokenizer, cfg.text_key, cfg.max_tokens, seq_len, cfg.fallback)
+            stream = load_stream(cfg.path, tokenizer, cfg.text_key, cfg.max_tokens, seq_len, cfg.fallback,
+                                 vocab_size=vocab_size, what=f"validation.sets.{name}")
             windows = make_windows(stream, seq_len, cfg.max_tokens)
             if len(windows) == 0:
                 raise ValueError(f"validation set '{name}' ({cfg.path}): {len(stream)} tokens, fewer than one "
