@@ -3,7 +3,8 @@
 `model.json` holds {"format": "skyloom-model", "version": 1, "model": <ModelConfig fields>, ...metadata}.
 Training checkpoints are the same directory with more files beside (optimizer, loader, RNG state),
 so `load_model` opens both. A Hugging Face Llama directory (config.json + *.safetensors) loads too.
-Weights are never unpickled.
+Weights are never unpickled. A directory with a manifest.json (a training checkpoint) is verified against it
+first (`model/manifest.py`); `verify=False` skips that.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from skyloom.config import build, to_dict
 from skyloom.model.config import ModelConfig
+from skyloom.model.manifest import CheckpointError, ensure_intact
 from skyloom.model.transformer import Transformer
 
 WEIGHTS_FILE = "model.safetensors"
@@ -69,6 +71,16 @@ def load_state_into(model: Transformer, state: dict[str, torch.Tensor], source: 
         )
 
 
+def read_weights(file: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; an unreadable file (truncated, garbage, I/O error) → CheckpointError naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(file), device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: cannot read the weights ({err})") from None
+
+
 def is_skyloom_checkpoint(path: str | Path) -> bool:
     p = Path(path)
     return (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
@@ -78,17 +90,23 @@ def load_model(
     path: str | Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    verify: bool = True,
 ) -> Transformer:
-    """Load a skyloom checkpoint directory or a Hugging Face Llama directory; returns the model in eval mode."""
+    """Load a skyloom checkpoint directory or a Hugging Face Llama directory; returns the model in eval mode.
+
+    With `verify` (the default) a directory holding a manifest.json is checked against it first (sizes and
+    sha256 of every file); a mismatch raises CheckpointError naming the file.
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such checkpoint: {p}")
+    ensure_intact(p, verify)
     if is_skyloom_checkpoint(p):
         cfg = read_model_config(p)
         with torch.device("meta"):
             model = Transformer(cfg)
         model.to_empty(device=device)
-        state = load_file(str(p / WEIGHTS_FILE), device=str(device))
+        state = read_weights(p / WEIGHTS_FILE, device)
         load_state_into(model, state, str(p / WEIGHTS_FILE))
         if cfg.tie_embeddings:
             model.output.weight = model.tok_emb.weight

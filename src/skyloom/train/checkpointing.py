@@ -11,8 +11,10 @@
 
 A checkpoint is written into `.tmp-step_…` and renamed when complete, so a crash never leaves a directory
 that looks finished; a checkpoint whose manifest is missing or whose files do not match it is "broken" and
-skipped by `--resume` (and reported). Nothing here unpickles: weights and optimizer tensors are safetensors,
-the rest JSON. (DCP's own `.metadata` file, FSDP runs only, is PyTorch's pickle: resume only your own runs.)
+skipped by `--resume` (and reported). The manifest itself is read and checked in `skyloom.model.manifest`, the
+one place every loader uses. Nothing here unpickles: weights and optimizer tensors are safetensors, the rest
+JSON. (DCP's own `.metadata` file, FSDP runs only, is PyTorch's pickle: the trainer opens it only after the
+manifest verified it.)
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from skyloom.data.shards import sha256_file
+from skyloom.model import manifest
+from skyloom.model.manifest import FORMAT, MANIFEST  # noqa: F401  (re-exported: the trainer's names)
 
-MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
-FORMAT = "skyloom-train-checkpoint"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
@@ -116,16 +117,7 @@ def begin(root: Path, step: int) -> Path:
 
 def commit(tmp: Path, step: int, tokens: int, extra: dict | None = None) -> Path:
     """Checksum every file, write the manifest last, then rename the directory into place."""
-    files = {}
-    for p in sorted(tmp.rglob("*")):
-        if p.is_file():
-            files[p.relative_to(tmp).as_posix()] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-        json.dump({"format": FORMAT, "version": 1, "step": step, "tokens": tokens, "files": files, **(extra or {})},
-                  f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    manifest.write_manifest(tmp, {"step": step, "tokens": tokens, **(extra or {})})
     final = tmp.parent / step_dir_name(step)
     if final.exists():  # e.g. a broken copy of the same step from before a crash
         old = tmp.parent / f".old-{step_dir_name(step)}"
@@ -156,26 +148,10 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 def verify(ckpt: Path, checksums: bool = True) -> str | None:
     """None when the checkpoint is complete and intact, else the reason it is broken."""
-    manifest_path = ckpt / MANIFEST
-    if not manifest_path.is_file():
-        return "no manifest.json (the write did not finish)"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        return f"manifest.json is corrupt ({err.msg})"
-    if manifest.get("format") != FORMAT:
-        return "manifest.json is not a skyloom training checkpoint manifest"
-    for rel, info in manifest.get("files", {}).items():
-        p = ckpt / rel
-        if not p.is_file():
-            return f"{rel} is missing"
-        if p.stat().st_size != info["bytes"]:
-            return f"{rel} has {p.stat().st_size} bytes, the manifest says {info['bytes']} (truncated?)"
-        if checksums and sha256_file(p) != info["sha256"]:
-            return f"{rel} does not match its sha256 (corrupted)"
-    if not (ckpt / TRAINER_STATE).is_file():
+    reason = manifest.check(ckpt, checksums, require=True)
+    if reason is None and not (ckpt / TRAINER_STATE).is_file():
         return f"{TRAINER_STATE} is missing"
-    return None
+    return reason
 
 
 def latest_complete(root: Path, checksums: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
@@ -189,15 +165,20 @@ def latest_complete(root: Path, checksums: bool = True) -> tuple[Path | None, li
     return None, broken
 
 
-def prune(root: Path, keep_last: int, keep_every: int | None) -> list[Path]:
-    """Delete intact checkpoints beyond the newest `keep_last`, except steps that are multiples of `keep_every`.
+def prune(root: Path, keep_last: int, keep_every: int | None, newest: Path | None = None) -> list[Path]:
+    """Delete checkpoints beyond the newest `keep_last`, except steps that are multiples of `keep_every`.
 
-    Broken directories are left for inspection; returns the deleted directories.
+    `newest` is the checkpoint just written: it is never deleted, and directories with a later step (left
+    from before a resume fell back past them, so broken) are not counted, so they can never push it out.
+    Directories that do not look intact (no manifest, wrong sizes) are left for inspection and not counted
+    either. Returns the deleted directories.
     """
-    intact = [(s, p) for s, p in list_checkpoints(root) if (p / MANIFEST).is_file()]
+    limit = int(_STEP_DIR.match(newest.name).group(1)) if newest is not None else None
+    intact = [(s, p) for s, p in list_checkpoints(root)
+              if (limit is None or s <= limit) and verify(p, checksums=False) is None]
     doomed = []
     for step, path in intact[:-keep_last] if keep_last else intact:
-        if keep_every and step % keep_every == 0:
+        if (keep_every and step % keep_every == 0) or (newest is not None and path == newest):
             continue
         doomed.append(path)
     for path in doomed:
