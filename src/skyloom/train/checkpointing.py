@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from skyloom.model import manifest
+from skyloom.model.manifest import CheckpointError
 from skyloom.model.manifest import FORMAT, MANIFEST  # noqa: F401  (re-exported: the trainer's names)
 
 TRAINER_STATE = "trainer_state.json"
@@ -77,15 +79,19 @@ def optimizer_state_to_files(state: dict, out_dir: Path) -> None:
 
 
 def optimizer_state_from_files(ckpt_dir: Path) -> dict:
-    tensors = load_file(str(ckpt_dir / "optimizer.safetensors"))
-    meta = json.loads((ckpt_dir / "optimizer.json").read_text(encoding="utf-8"))
-    state = {}
-    for idx, entry in meta["state"].items():
-        state[int(idx)] = {k: tensors[v["tensor"]] if "tensor" in v else v["value"] for k, v in entry.items()}
-    groups = meta["param_groups"]
-    for g in groups:
-        if "betas" in g and isinstance(g["betas"], list):
-            g["betas"] = tuple(g["betas"])
+    """The inverse of `optimizer_state_to_files`; unreadable files raise CheckpointError naming the directory."""
+    try:
+        tensors = load_file(str(ckpt_dir / "optimizer.safetensors"))
+        meta = json.loads((ckpt_dir / "optimizer.json").read_text(encoding="utf-8"))
+        state = {}
+        for idx, entry in meta["state"].items():
+            state[int(idx)] = {k: tensors[v["tensor"]] if "tensor" in v else v["value"] for k, v in entry.items()}
+        groups = meta["param_groups"]
+        for g in groups:
+            if "betas" in g and isinstance(g["betas"], list):
+                g["betas"] = tuple(g["betas"])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{ckpt_dir}: cannot read the optimizer state ({type(err).__name__}: {err})") from None
     return {"state": state, "param_groups": groups}
 
 
@@ -187,4 +193,13 @@ def prune(root: Path, keep_last: int, keep_every: int | None, newest: Path | Non
 
 
 def read_trainer_state(ckpt: Path) -> dict:
-    return json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
+    """trainer_state.json; unreadable or incomplete → CheckpointError naming the file."""
+    path = ckpt / TRAINER_STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    missing = [k for k in ("step", "tokens", "loader") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: lacks {', '.join(missing)}")
+    return state

@@ -41,11 +41,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     is_main = int(os.environ.get("RANK", "0")) == 0
     if args.plan_only:
         return _plan_only(cfg, run_dir)
+    lock = _lock_run_dir(run_dir) if is_main else None  # before anything in RUN_DIR is touched
     started = (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
     if started and not args.resume:
         if not args.overwrite:
             print(f"skyloom: error: {run_dir} already holds a run; continue it with --resume, choose another --out, "
                   "or pass --overwrite to delete its metrics and checkpoints", file=sys.stderr)
+            if lock is not None:
+                lock.release()
             return 2
         if is_main:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -56,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from skyloom.train.trainer import Trainer, TrainingAborted
 
     try:
-        trainer = Trainer(cfg, run_dir, resume=args.resume)
+        trainer = Trainer(cfg, run_dir, resume=args.resume, verify=not args.no_verify)
         rows = trainer.loader.plan() if hasattr(trainer.loader, "plan") else None
         trainer.log(trainer.plan_text(rows))
         if rows is not None:
@@ -65,11 +68,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         if is_main:
             _print_summary(trainer)
         return 0 if status == "finished" else 128 + int(trainer.stop_signal or 15)
-    except (PlanError, TrainingAborted, ValueError, FileNotFoundError) as err:
+    except (PlanError, TrainingAborted, ValueError, OSError) as err:  # OSError: e.g. the disk filled up
         print(f"skyloom: error: {err}", file=sys.stderr)
         return 2
     finally:
         shutdown()
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run_dir(run_dir: Path):
+    """Hold RUN_DIR for this run (skyloom.train.run_lock); a live holder → RunDirLocked, exit 2, nothing touched."""
+    from skyloom.train.run_lock import RunLock
+
+    lock = RunLock(run_dir)
+    note = lock.acquire()
+    if note:
+        print(note, file=sys.stderr)
+    return lock
 
 
 def _plan_only(cfg, run_dir: Path) -> int:
@@ -104,9 +120,12 @@ def _print_summary(trainer) -> None:
               f"(step {last_train['step']}), {trainer.tokens:,} tokens")
     for name, r in (trainer.last_validation or {}).items():
         print(f"validation {name}: loss {r['loss']:.4f}, perplexity {r['ppl']:.2f} ({r['eval_tokens']:,} tokens)")
-    found = sorted((trainer.run_dir / "checkpoints").glob("step_*"))
-    if found:
-        print(f"checkpoint: {found[-1]}  (open with skyloom.load_model)")
+    from skyloom.train.checkpointing import latest_complete
+
+    # not the newest name on disk: that may be a broken leftover from before a resume fell back
+    found = trainer.last_checkpoint or latest_complete(trainer.run_dir / "checkpoints", checksums=False)[0]
+    if found is not None:
+        print(f"checkpoint: {found}  (open with skyloom.load_model)")
 
 
 def register(sub) -> None:
@@ -132,5 +151,9 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest intact checkpoint in RUN_DIR (broken ones are reported and skipped)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run's metrics and checkpoints first")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not check checkpoints (--resume, train.init_from) against their manifest's sha256 "
+                        "(faster; --resume still checks sizes; an FSDP checkpoint's pickled dcp/.metadata is then "
+                        "opened unverified)")
     p.add_argument("--plan-only", action="store_true", help="print the run plan (and check it) without training")
     p.set_defaults(handler=cmd_train)

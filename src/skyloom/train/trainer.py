@@ -10,14 +10,18 @@ One step, in order (the order is what makes runs reproducible and resumable):
   5. learning rate from the schedule, AdamW update;
   6. metrics line; validation every `validation.every`; checkpoint every `checkpoint.every`;
      SIGTERM/SIGINT end the run after the current step with a final checkpoint.
+
+Checkpoints are verified against their manifest before anything reads them (`verify=False` skips it); a
+resume falls back past checkpoints that are broken or fail to read; a checkpoint that cannot be written
+(disk full) stops the run with an `abort` event and leaves the earlier ones as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import resource
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -25,13 +29,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from skyloom.config import save as save_config, to_dict
 from skyloom.data.mixture import MixtureLoader, MixtureSourceSpec, WeightSchedule, format_plan
 from skyloom.data.shards import TokenSource
 from skyloom.model.accounting import count_params, flops_per_token, peak_flops_for_device
-from skyloom.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_state_into, write_model_json
+from skyloom.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_state_into, read_weights, write_model_json
+from skyloom.model.manifest import NO_VERIFY_HINT, CheckpointError, check as check_manifest, ensure_intact
 from skyloom.model.transformer import Transformer
 from skyloom.train import checkpointing as ckpt
 from skyloom.train.batch import IGNORE_INDEX, Batch
@@ -127,16 +133,42 @@ def load_tokenizer(cfg: RunConfig):
     return tok
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (→ its newest intact checkpoint)."""
+def find_checkpoint(path: str | Path, verify: bool = True) -> Path:
+    """A checkpoint directory (checked against its manifest, if it has one), or a run directory (→ its newest
+    intact checkpoint). `verify=False`: sizes only, no checksums."""
     p = Path(path)
     if (p / ckpt.MANIFEST).is_file() or (p / WEIGHTS_FILE).is_file():
+        ensure_intact(p, verify)
         return p
-    found, broken = ckpt.latest_complete(p / "checkpoints")
+    found, broken = ckpt.latest_complete(p / "checkpoints", checksums=verify)
     if found is None:
         extra = f" (broken: {', '.join(f'{b.name}: {r}' for b, r in broken)})" if broken else ""
         raise FileNotFoundError(f"{p}: no intact checkpoint{extra}")
     return found
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out = {}
+        for key, inner in value.items():
+            out.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def config_changes(saved: Path, cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """{dotted key: {"old", "new"}} for every setting that differs between a run's saved config.yaml and `cfg`."""
+    import yaml
+
+    if not saved.is_file():
+        return {}
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return {"config.yaml": {"old": f"unreadable ({err})", "new": "rewritten"}}
+    new = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    a, b = _flatten(old), _flatten(new)
+    return {k: {"old": a.get(k), "new": b.get(k)} for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
 class Trainer:
@@ -150,9 +182,14 @@ class Trainer:
         batch_source=None,
         lr_scale_fn: Callable | None = None,
         log: Callable[[str], None] | None = None,
+        verify: bool = True,
     ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.verify = verify  # check checkpoints against their manifests before reading them
+        self._verified: set[Path] = set()
+        self._broken: list[tuple[Path, str]] = []
+        self.last_checkpoint: Path | None = None
         self.callbacks = list(callbacks)
         if cfg.model.moe is not None:  # MoE: aux losses, adaptive coefficients, router metrics (train/moe.py)
             from skyloom.train.moe import MoECallback, lr_scale_fn_for
@@ -206,19 +243,29 @@ class Trainer:
         resumed_from = self._resume() if resume else None
         if resumed_from is None and cfg.train.init_from:
             self._init_from(cfg.train.init_from)
-        dropped = 0
+        dropped, changes = 0, {}
         if self.env.is_main:
+            if resume:
+                changes = config_changes(self.run_dir / "config.yaml", cfg)
             save_config(cfg, self.run_dir / "config.yaml")
-            if resumed_from is not None:
-                dropped = truncate_after(self.run_dir / "metrics.jsonl", self.step)
+            if resume:  # from scratch (nothing intact): every train/val line belongs to lost steps
+                dropped = truncate_after(self.run_dir / "metrics.jsonl", self.step if resumed_from else -1)
         barrier()
         self.logger = MetricsLogger(self.run_dir, self.total_steps, enabled=self.env.is_main,
                                     tensorboard=cfg.train.tensorboard, log_every=cfg.train.log_every,
                                     initial_step=self.step)
+        broken = [{"path": str(p), "reason": r} for p, r in self._broken]
+        if changes:
+            self.log("--resume: settings changed since the last session (recorded as a config_changed event):\n"
+                     + "\n".join(f"  {k}: {v['old']!r} → {v['new']!r}" for k, v in changes.items()))
+            self.logger.event(self.step, "config_changed", changes=changes)
         if resumed_from is not None:
             self.logger.event(self.step, "resume", checkpoint=str(resumed_from), tokens=self.tokens,
                               world_size=self.env.world_size, replayed_lines_dropped=dropped,
-                              broken_checkpoints=[{"path": str(p), "reason": r} for p, r in self._broken])
+                              broken_checkpoints=broken)
+        elif resume and (dropped or broken):
+            self.log(f"--resume: dropped {dropped} train/validation line(s) of the lost steps from metrics.jsonl")
+            self.logger.event(0, "resume_from_scratch", replayed_lines_dropped=dropped, broken_checkpoints=broken)
 
     # ---- set-up pieces ----
 
@@ -281,7 +328,12 @@ class Trainer:
         if not self._weights_finite():
             self.logger.event(self.step, "checkpoint_refused", reason="non-finite weights")
             raise TrainingAborted(f"step {self.step}: weights are not finite; refusing to write a checkpoint")
-        tmp = ckpt.begin(self.ckpt_root, self.step) if self.env.is_main else None
+        tmp = None
+        if self.env.is_main:
+            try:
+                tmp = ckpt.begin(self.ckpt_root, self.step)
+            except OSError as err:
+                self._checkpoint_write_failed(None, err)
         tmp = Path(self._broadcast_path(tmp))
         rngs = all_gather_object({k: v.tolist() for k, v in ckpt.rng_state().items()})
         if self.fsdp:
@@ -303,22 +355,42 @@ class Trainer:
         if self.env.is_main:
             if self.cfg.model.tie_embeddings:
                 full.pop("output.weight", None)
-            save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-            write_model_json(self.cfg.model, tmp, {"step": self.step, "tokens": self.tokens, "run": str(self.run_dir)})
-            if self.tokenizer is not None:
-                self.tokenizer.copy_files_to(tmp)
-            if opt_state is not None:
-                ckpt.optimizer_state_to_files(opt_state, tmp)
-            save_file({f"{k}.rank{r}": torch.tensor(v, dtype=torch.uint8) for r, d in enumerate(rngs)
-                       for k, v in d.items()}, str(tmp / "rng.safetensors"))
-            ckpt.write_json(tmp / ckpt.TRAINER_STATE, self._state())
-            path = ckpt.commit(tmp, self.step, self.tokens)
-            deleted = ckpt.prune(self.ckpt_root, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
+            try:
+                self._write_checkpoint_files(tmp, full, opt_state, rngs)
+                path = ckpt.commit(tmp, self.step, self.tokens)
+            except (OSError, SafetensorError) as err:
+                self._checkpoint_write_failed(tmp, err)
+            self.last_checkpoint = path
+            deleted = ckpt.prune(self.ckpt_root, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every,
+                                 newest=path)
             self.logger.event(self.step, "checkpoint", path=str(path), deleted=[p.name for p in deleted])
             for cb in self.callbacks:
                 cb.on_checkpoint(self, path)
         barrier()
         return path
+
+    def _write_checkpoint_files(self, tmp: Path, full: dict, opt_state: dict | None, rngs: list) -> None:
+        save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_model_json(self.cfg.model, tmp, {"step": self.step, "tokens": self.tokens, "run": str(self.run_dir)})
+        if self.tokenizer is not None:
+            self.tokenizer.copy_files_to(tmp)
+        if opt_state is not None:
+            ckpt.optimizer_state_to_files(opt_state, tmp)
+        save_file({f"{k}.rank{r}": torch.tensor(v, dtype=torch.uint8) for r, d in enumerate(rngs)
+                   for k, v in d.items()}, str(tmp / "rng.safetensors"))
+        ckpt.write_json(tmp / ckpt.TRAINER_STATE, self._state())
+
+    def _checkpoint_write_failed(self, tmp: Path | None, err: Exception):
+        """Disk full or unwritable: drop the partial directory (freeing its space), log an `abort` event (best
+        effort — the log may sit on the full disk) and stop; the earlier checkpoints are untouched."""
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        reason = f"cannot write the checkpoint of step {self.step}: {err}"
+        with contextlib.suppress(OSError):
+            self.logger.event(self.step, "abort", reason=reason)
+        kept = ", ".join(p.name for _, p in ckpt.list_checkpoints(self.ckpt_root)) or "none"
+        raise TrainingAborted(f"{reason}. The partial checkpoint was removed and the earlier ones are untouched "
+                              f"({kept}); free some space, then continue with --resume")
 
     def _broadcast_path(self, path):
         from skyloom.train.distributed import broadcast_object
@@ -331,11 +403,12 @@ class Trainer:
                           dtype=torch.float32, device=self.device)
         return bool(all_reduce_sum(ok).item() == self.env.world_size)
 
-    def _load_weights(self, path: Path) -> None:
+    def _load_weights(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
         if self.fsdp and (path / "dcp").is_dir():
             self._load_sharded(path, optimizer=False)
             return
-        state = load_file(str(path / WEIGHTS_FILE), device="cpu")
+        if state is None:
+            state = read_weights(path / WEIGHTS_FILE)
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -346,10 +419,21 @@ class Trainer:
         with torch.no_grad():
             load_state_into(self.raw_model, {k: v.to(self.device) for k, v in state.items()}, str(path / WEIGHTS_FILE))
 
+    def _require_verified(self, path: Path) -> None:
+        """DCP's `.metadata` is a pickle: it is opened only once the manifest has vouched for every byte."""
+        if not self.verify or path in self._verified:
+            return
+        reason = check_manifest(path, require=True)
+        if reason is not None:
+            raise CheckpointError(f"{path}: {reason}; its dcp/.metadata is a pickle, opened only when the manifest "
+                                  f"verifies it ({NO_VERIFY_HINT}, for a checkpoint you wrote yourself)")
+        self._verified.add(path)
+
     def _load_sharded(self, path: Path, optimizer: bool) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_state_dict
 
+        self._require_verified(path)
         msd, osd = get_state_dict(self.model, self.optimizer)
         state = {"model": msd, "optim": osd} if optimizer else {"model": msd}
         dcp.load(state, checkpoint_id=str(path / "dcp"))
@@ -358,7 +442,7 @@ class Trainer:
         else:
             set_model_state_dict(self.model, state["model"])
 
-    def _load_optimizer(self, path: Path) -> None:
+    def _load_optimizer(self, path: Path, state: dict | None = None) -> None:
         if self.fsdp:
             if not (path / "dcp").is_dir():
                 raise ValueError(f"{path}: not an FSDP checkpoint; its optimizer state cannot be sharded in — "
@@ -367,10 +451,33 @@ class Trainer:
             return
         if not (path / "optimizer.safetensors").is_file():
             raise ValueError(f"{path}: no optimizer.safetensors (an FSDP checkpoint? resume it with parallel=fsdp)")
-        self.optimizer.load_state_dict(ckpt.optimizer_state_from_files(path))
+        self.optimizer.load_state_dict(state if state is not None else ckpt.optimizer_state_from_files(path))
+
+    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
+        """What a resume needs from `path`, read into memory before any of it is applied, so a checkpoint that
+        verifies but cannot be read (e.g. re-signed garbage) leaves the model untouched for the next older one."""
+        state = ckpt.read_trainer_state(path)
+        out: dict[str, Any] = {"state": state, "rng": read_weights(path / "rng.safetensors")}
+        if not (self.fsdp and (path / "dcp").is_dir()):
+            out["weights"] = read_weights(path / WEIGHTS_FILE)
+        if not self.fsdp and (path / "optimizer.safetensors").is_file():
+            out["optimizer"] = ckpt.optimizer_state_from_files(path)
+        return out
+
+    def _newest_readable(self) -> tuple[Path | None, dict | None]:
+        """Rank 0: the newest checkpoint that verifies and reads (with what was read); the others go to _broken."""
+        for _, path in reversed(ckpt.list_checkpoints(self.ckpt_root)):
+            reason = ckpt.verify(path, checksums=self.verify)
+            if reason is None:
+                try:
+                    return path, self._read_checkpoint(path)
+                except CheckpointError as err:
+                    reason = f"verified, but cannot be read: {err}"
+            self._broken.append((path, reason))
+        return None, None
 
     def _resume(self) -> Path | None:
-        found, self._broken = ckpt.latest_complete(self.ckpt_root) if self.env.is_main else (None, [])
+        found, loaded = self._newest_readable() if self.env.is_main else (None, None)
         found = self._broadcast_path(found)
         self._broken = [(Path(p), r) for p, r in _broadcast_list(self._broken)]
         for p, reason in self._broken:
@@ -379,18 +486,20 @@ class Trainer:
             self.log(f"--resume: no intact checkpoint in {self.ckpt_root}; starting from scratch")
             return None
         path = Path(found)
-        state = ckpt.read_trainer_state(path)
-        self._load_weights(path)
-        self._load_optimizer(path)
-        self.loader.load_state_dict(state["loader"])
-        self.step, self.tokens = int(state["step"]), int(state["tokens"])
-        self.bad_steps, self.skipped_steps = int(state["bad_steps"]), int(state["skipped_steps"])
+        if self.verify:
+            self._verified.add(path)
+        loaded = loaded if loaded is not None else self._read_checkpoint(path)
+        state = loaded["state"]
         if state.get("total_steps") not in (None, self.total_steps):
             raise ValueError(f"{path}: the run was planned for {state['total_steps']} steps, now {self.total_steps}; "
                              "the schedule would change — start a chained session (train.init_from) instead")
-        rng = load_file(str(path / "rng.safetensors"))
-        mine = {k.rsplit(".rank", 1)[0]: v for k, v in rng.items() if k.endswith(f".rank{self.env.rank}")}
-        if mine and state["world_size"] == self.env.world_size:
+        self._load_weights(path, loaded.get("weights"))
+        self._load_optimizer(path, loaded.get("optimizer"))
+        self.loader.load_state_dict(state["loader"])
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.bad_steps, self.skipped_steps = int(state.get("bad_steps", 0)), int(state.get("skipped_steps", 0))
+        mine = {k.rsplit(".rank", 1)[0]: v for k, v in loaded["rng"].items() if k.endswith(f".rank{self.env.rank}")}
+        if mine and state.get("world_size") == self.env.world_size:
             ckpt.set_rng_state(mine)
         else:
             torch.manual_seed(self.cfg.train.seed + 1000003 * self.step + self.env.rank)
@@ -398,12 +507,25 @@ class Trainer:
         return path
 
     def _init_from(self, source: str) -> None:
-        path = find_checkpoint(source)
+        path, error = None, None
+        if self.env.is_main:  # one rank reads every byte to verify; the others take its word
+            try:
+                path = find_checkpoint(source, self.verify)
+            except (CheckpointError, FileNotFoundError) as err:
+                error = err
+        path, message = _broadcast_pair(path, str(error) if error else None)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise CheckpointError(message)
+        path = Path(path)
+        if self.verify and (path / ckpt.MANIFEST).is_file():
+            self._verified.add(path)
         self._load_weights(path)
         if self.cfg.train.init_optimizer:
             self._load_optimizer(path)
         if self.cfg.data.init_loader_from_checkpoint and isinstance(self.loader, MixtureLoader):
-            state = json.loads((path / ckpt.TRAINER_STATE).read_text(encoding="utf-8"))
+            state = ckpt.read_trainer_state(path)
             self.loader.load_state_dict(state["loader"], sources_only=True)
         self.log(f"initialised from {path} ({'with' if self.cfg.train.init_optimizer else 'fresh'} optimizer state, "
                  "fresh schedule)")
@@ -565,10 +687,17 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.logger.close()
+            with contextlib.suppress(OSError):  # a full disk must not hide the error that ended the run
+                self.logger.close()
 
 
 def _broadcast_list(items):
     from skyloom.train.distributed import broadcast_object
 
     return broadcast_object([(str(p), r) for p, r in items])
+
+
+def _broadcast_pair(path: Path | None, message: str | None) -> tuple[str | None, str | None]:
+    from skyloom.train.distributed import broadcast_object
+
+    return broadcast_object((str(path) if path is not None else None, message))
