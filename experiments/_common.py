@@ -83,6 +83,70 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return cfg
 
 
+TIMING_FILE = "experiment-timing.json"
+
+
+def trained_steps(run_dir: Path) -> int:
+    """The last optimizer step a run's metrics.jsonl records (0 before any)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    rows = (json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip())
+    return max((r["step"] for r in rows if r.get("kind") == "train"), default=0)
+
+
+class TrainingSession:
+    """Times the training that really happens inside the `with` block and appends it to the run's
+    experiment-timing.json, so a later resumed or skipped re-run still reports what the run originally cost
+    (a re-run's own wall time would say 4 s for a run that trained for an hour). A block that trains no step
+    records nothing; an interrupted one is recorded as such (its cost was real)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def __enter__(self) -> "TrainingSession":
+        self.step0, self.t0, self.load0 = trained_steps(self.run_dir), time.time(), os.getloadavg()
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        step1 = trained_steps(self.run_dir)
+        if step1 <= self.step0 or not self.run_dir.is_dir():
+            return
+        import torch
+
+        session = {"started": self.started, "steps": [self.step0, step1], "wall_s": round(time.time() - self.t0, 1),
+                   "load_avg_start": [round(x, 2) for x in self.load0],
+                   "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+                   "torch_threads": torch.get_num_threads(), "completed": exc_type is None}
+        path = self.run_dir / TIMING_FILE
+        sessions = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        save_json(path, sessions + [session])
+
+
+def training_cost(run_dir: Path) -> dict[str, Any]:
+    """What training `run_dir` really cost, over all its sessions (see TrainingSession): total wall seconds,
+    the 1-minute load average of the machine at the start of each session, and the sessions themselves."""
+    path = Path(run_dir) / TIMING_FILE
+    if not path.is_file():
+        return {"train_wall_s": None, "note": "not recorded (trained before timing was recorded)"}
+    sessions = json.loads(path.read_text(encoding="utf-8"))
+    return {"train_wall_s": round(sum(s["wall_s"] for s in sessions), 1),
+            "load_avg_1min": [s["load_avg_start"][0] for s in sessions], "sessions": sessions}
+
+
+def cost_table(costs: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of training_cost() per run: what training really took, under which machine load."""
+    lines = ["| run | training wall time (s) | load average (1 min) at its start |", "|---|---|---|"]
+    for name, cost in costs.items():
+        if cost["train_wall_s"] is None:
+            lines.append(f"| {name} | not recorded | not recorded |")
+        else:
+            loads = ", ".join(f"{x:.1f}" for x in cost["load_avg_1min"])
+            lines.append(f"| {name} | {cost['train_wall_s']:,.0f} | {loads} |")
+    return "\n".join(lines)
+
+
 def train(cfg_dict: dict[str, Any], run_dir: Path, label: str) -> Path:
     """Train (or resume, or skip when finished) one run; returns its directory."""
     from skyloom.config import apply_overrides, build
@@ -101,7 +165,8 @@ def train(cfg_dict: dict[str, Any], run_dir: Path, label: str) -> Path:
     marker.write_text(wanted, encoding="utf-8")
     t0 = time.time()
     print(f"[{label}] training → {run_dir}", flush=True)
-    status = Trainer(cfg, run_dir, resume=True).fit()
+    with TrainingSession(run_dir):
+        status = Trainer(cfg, run_dir, resume=True).fit()
     if status != "finished":
         raise SystemExit(f"[{label}] {run_dir}: {status}; run the same command again to resume")
     print(f"[{label}] done in {time.time() - t0:.0f} s", flush=True)
@@ -119,6 +184,14 @@ def val_at(run_dir: Path, step: int | None = None) -> dict[str, float]:
     _, val = metrics(run_dir)
     step = max(r["step"] for r in val) if step is None else step
     return {r["set"]: r["loss"] for r in val if r["step"] == step}
+
+
+def val_curve(run_dir: Path) -> dict[str, dict[str, float]]:
+    """{step: {set: loss}} of every validation pass of a run (steps as strings: the JSON keys)."""
+    out: dict[str, dict[str, float]] = {}
+    for r in metrics(run_dir)[1]:
+        out.setdefault(str(r["step"]), {})[r["set"]] = r["loss"]
+    return out
 
 
 def last_checkpoint(run_dir: Path) -> Path:
