@@ -104,12 +104,13 @@ def plot(runs: dict[str, dict[int, Path]], out: Path) -> None:
     plt.close(fig)
 
 
-def summarise(args: argparse.Namespace, runs: dict[str, dict[int, Path]], wall: float) -> dict:
+def summarise(args: argparse.Namespace, runs: dict[str, dict[int, Path]], invocation_wall: float) -> dict:
     from skyloom.config import build
     from skyloom.model.accounting import count_params
     from skyloom.model.config import ModelConfig
 
-    results: dict = {"settings": {k: v for k, v in vars(args).items()}, "runs": {}, "wall_s": round(wall, 1)}
+    results: dict = {"settings": {k: v for k, v in vars(args).items()}, "runs": {},
+                     "invocation_wall_s": round(invocation_wall, 1)}  # this call only: finished runs are reused
     for arch, by_seed in runs.items():
         params = count_params(build(ModelConfig, {"preset": ARCHS[arch]})).total
         for seed, run_dir in by_seed.items():
@@ -121,7 +122,20 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[int, Path]], wall: 
                 "train_loss_last20": sum(r["loss"] for r in train[-20:]) / len(train[-20:]),
                 "val_final": {r["set"]: r["loss"] for r in val if r["step"] == last},
                 "cpu_tokens_per_sec_median": sorted(r["tokens_per_sec"] for r in train)[len(train) // 2],
+                "val_curve": C.val_curve(run_dir),
+                "training": C.training_cost(run_dir),  # the real training's wall time and load average
             }
+    runs_ = results["runs"]
+    if {r["arch"] for r in runs_.values()} == {"llama", "gpt"}:
+        sets = sorted(next(iter(runs_.values()))["val_final"])
+        metrics = {"train loss": lambda r: r["train_loss_last20"],
+                   **{f"val {s}": (lambda r, s=s: r["val_final"][s]) for s in sets}}
+        seeds = sorted({r["seed"] for r in runs_.values() if r["arch"] == "gpt"}
+                       & {r["seed"] for r in runs_.values() if r["arch"] == "llama"})
+        results["gpt_minus_llama"] = {
+            name: {"mean": sum(key(runs_[f"gpt/seed{s}"]) - key(runs_[f"llama/seed{s}"]) for s in seeds) / len(seeds),
+                   **{f"seed{s}": key(runs_[f"gpt/seed{s}"]) - key(runs_[f"llama/seed{s}"]) for s in seeds}}
+            for name, key in metrics.items()}
     return results
 
 
@@ -135,16 +149,22 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {r['params']:,} | {r['tokens']:,} | {r['train_loss_last20']:.3f} | "
                      + " | ".join(f"{r['val_final'][s]:.3f}" for s in sets)
                      + f" | {r['cpu_tokens_per_sec_median']:,.0f} |")
-    archs = {r["arch"] for r in runs.values()}
-    if archs == {"llama", "gpt"}:
-        def mean(arch: str, key) -> float:
-            vals = [key(r) for r in runs.values() if r["arch"] == arch]
-            return sum(vals) / len(vals)
-
-        gap = [("train loss", lambda r: r["train_loss_last20"])] + \
-            [(f"val {s}", lambda r, s=s: r["val_final"][s]) for s in sets]
-        lines += ["", "| metric | GPT − LLaMA (mean over seeds) |", "|---|---|"]
-        lines += [f"| {name} | {mean('gpt', key) - mean('llama', key):+.3f} |" for name, key in gap]
+    if "gpt_minus_llama" in results:
+        gaps = results["gpt_minus_llama"]
+        seeds = [k for k in next(iter(gaps.values())) if k != "mean"]
+        lines += ["", "| metric | GPT − LLaMA (mean over seeds) | " + " | ".join(seeds) + " |",
+                  "|---|---|" + "---|" * len(seeds)]
+        lines += [f"| {name} | {g['mean']:+.3f} | " + " | ".join(f"{g[s]:+.3f}" for s in seeds) + " |"
+                  for name, g in gaps.items()]
+        if "llama/seed0" in runs and "gpt/seed0" in runs:
+            llama, gpt = runs["llama/seed0"]["val_curve"], runs["gpt/seed0"]["val_curve"]
+            per_step = results["settings"]["batch_tokens"]
+            lines += ["", "| step (tokens) | " + " | ".join(f"LLaMA {s} | GPT {s}" for s in sets) + " |",
+                      "|---|" + "---|" * (2 * len(sets))]
+            for step in sorted((int(k) for k in llama if k in gpt and int(k) > 0)):
+                cells = " | ".join(f"{llama[str(step)][s]:.3f} | {gpt[str(step)][s]:.3f}" for s in sets)
+                lines.append(f"| {step} ({step * per_step:,}) | {cells} |")
+    lines += ["", C.cost_table({name: r["training"] for name, r in runs.items()})]
     return "\n".join(lines)
 
 

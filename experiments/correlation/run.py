@@ -218,9 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(run_dir / "eval" / "correlation.png", out / "correlation.png")
     table = markdown(result, scores, result["val_loss"])
+    training = C.training_cost(run_dir)  # the real training's wall time and load average, kept in the run
     C.save_json(out / "results.json", {"settings": vars(args), "command": "skyloom " + " ".join(cmd),
-                                       "correlate": result, "wall_s": round(time.time() - t0, 1)})
-    (out / "results.md").write_text(table + "\n", encoding="utf-8")
+                                       "correlate": result, "training": training,
+                                       "invocation_wall_s": round(time.time() - t0, 1)})  # this call only
+    (out / "results.md").write_text(table + "\n\n" + C.cost_table({"correlation run": training}) + "\n",
+                                    encoding="utf-8")
     print(table)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'correlation.png'}")
     return 0

@@ -159,6 +159,31 @@ def plot(out_root: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def params(checkpoint: Path) -> int:
+    from skyloom.model.checkpoint import load_model
+
+    return sum(p.numel() for p in load_model(checkpoint).parameters())
+
+
+def deltas(before: dict, after: dict) -> dict:
+    """after − before for every loss and both choice accuracies (percentage points for the accuracies)."""
+    out = {k: after[k] - before[k] for k in SETS}
+    for key in ("acc", "acc_norm"):
+        out[f"choice_{key}_points"] = 100 * (after["choice"][key] - before["choice"][key])
+    return out
+
+
+def step_table(r: dict) -> str:
+    """The in-domain continuation's validation losses step by step (step 0 = the weak base)."""
+    per_step = r["settings"]["batch_tokens"]
+    lines = ["| continuation step (tokens) | " + " | ".join(SETS[s].split(" (")[0] for s in SETS) + " |",
+             "|---|" + "---|" * len(SETS)]
+    for step, losses in sorted(r["val_curves"]["in-domain"].items(), key=lambda kv: int(kv[0])):
+        tokens = f" ({int(step) * per_step:,})" if int(step) else ""
+        lines.append(f"| {step}{tokens} | " + " | ".join(f"{losses[s]:.3f}" for s in SETS) + " |")
+    return "\n".join(lines)
+
+
 def markdown(r: dict) -> str:
     rows = r["rows"]
     head = ("| | GSM8K choice acc_norm (%) | GSM8K choice acc (%) | GSM8K test loss | En loss | Zh loss |\n"
@@ -180,7 +205,7 @@ def markdown(r: dict) -> str:
     lines.append(delta("Δ in-domain", rows["base"], rows["in-domain"]))
     lines.append(line("After, general (control)", rows["general"]))
     lines.append(delta("Δ general", rows["base"], rows["general"]))
-    return "\n".join(lines)
+    return "\n".join(lines + ["", step_table(r), "", C.cost_table(r["training"])])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,9 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("base", "in-domain", "general"):
         print(f"[{name}] GSM8K choice task ({len(items)} questions)", flush=True)
         rows[name] = {**C.val_at(out_root / name), "choice": choice_accuracy(C.last_checkpoint(out_root / name), items)}
-    results = {"settings": vars(args), "rows": rows, "tokens": {
-        "base": args.base_steps * args.batch_tokens, "continuation": args.cont_steps * args.batch_tokens},
-        "wall_s": round(time.time() - t0, 1)}
+    results = {"settings": vars(args), "params": params(C.last_checkpoint(out_root / "base")), "rows": rows,
+               "tokens": {"base": args.base_steps * args.batch_tokens,
+                          "continuation": args.cont_steps * args.batch_tokens},
+               "continuation_share_of_base": args.cont_steps / args.base_steps,
+               "deltas": {arm: deltas(rows["base"], rows[arm]) for arm in ("in-domain", "general")},
+               "perplexity_gsm8k_test": {name: math.exp(rows[name]["gsm8k_test"]) for name in rows},
+               "val_curves": {arm: C.val_curve(out_root / arm) for arm in ("in-domain", "general")},
+               "training": {name: C.training_cost(out_root / name) for name in ("base", "in-domain", "general")},
+               "invocation_wall_s": round(time.time() - t0, 1)}  # this call only: finished runs are reused
     out = Path(args.results)
     C.save_json(out / "results.json", results)
     table = markdown(results)

@@ -127,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         rows[arm] = json.loads(output.read_text(encoding="utf-8"))
         rows[arm]["val_final"] = C.val_at(run_dir)
         commands[arm] = "skyloom " + " ".join(cmd)
-    results = {"settings": vars(args), "commands": commands, "rows": rows, "wall_s": round(time.time() - t0, 1)}
+    training = {arm: C.training_cost(out_root / arm) for arm in args.arms}  # the real training, kept in each run
+    results = {"settings": vars(args), "commands": commands, "rows": rows, "training": training,
+               "invocation_wall_s": round(time.time() - t0, 1)}  # this call only: finished runs are reused
     out = Path(args.results)
     C.save_json(out / "results.json", results)
-    table = markdown(rows)
+    table = markdown(rows) + "\n\n" + C.cost_table(training)
     (out / "results.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}")
