@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
+import sys
 from pathlib import Path
 
 import torch
@@ -33,6 +33,9 @@ from skyloom.train.config import RunConfig
 from skyloom.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "experiments"))
+import _common as C  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 RUNS = {
@@ -77,6 +80,16 @@ def summarize(run_dir: Path, layer: int) -> dict:
         "aux_coef_final": train[-1]["moe/aux_coef"],
         "aux_coef_min": min(r["moe/aux_coef"] for r in train),
         "expert_similarity_final": train[-1].get(f"moe/L{layer}/expert_similarity"),
+        "max_expert_load_final": max(train[-1][f"moe/L{layer}/load"]),  # share of the busiest expert's slots
+        "max_expert_load_tail": mean_max_load(tail, layer),
+        "aux_loss_tail": mean(f"moe/L{layer}/aux_loss"),  # the unweighted aux loss of that layer
+        "weighted_aux_loss_tail": mean("moe/aux_loss"),  # Σ over layers of α·aux loss, what the gradient sees
+        "max1_max2_peak": peak(train, f"moe/L{layer}/max1_max2"),
+        "drop_rate_peak": peak(train, "moe/drop_rate"),
+        # the curves at the first step and every 10th: the values the README's prose quotes
+        "at_steps": {str(r["step"]): {"max1_max2": r[f"moe/L{layer}/max1_max2"], "drop_rate": r["moe/drop_rate"],
+                                      "aux_coef": r["moe/aux_coef"]}
+                     for r in train if r["step"] == 1 or r["step"] % 10 == 0},
         "tokens_per_sec": mean("tokens_per_sec"),
         "curves": {
             "step": [r["step"] for r in train],
@@ -87,6 +100,17 @@ def summarize(run_dir: Path, layer: int) -> dict:
             "aux_coef": [r["moe/aux_coef"] for r in train],
         },
     }
+
+
+def peak(rows: list[dict], key: str) -> dict:
+    """The largest value of `key` over the run and the step it was reached at."""
+    top = max(rows, key=lambda r: r[key])
+    return {"value": top[key], "step": top["step"]}
+
+
+def mean_max_load(rows: list[dict], layer: int) -> float:
+    """Mean over `rows` of the busiest expert's share of layer `layer`'s routed slots (1/n when balanced)."""
+    return sum(max(r[f"moe/L{layer}/load"]) for r in rows) / len(rows)
 
 
 def table(results: dict) -> str:
@@ -135,6 +159,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every run, e.g. model.moe.aux_loss=switch")
     parser.add_argument("--label", default="", help="suffix of the result names (another regime, e.g. '-switch')")
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="do not train: re-summarise runs this script finished earlier with the same settings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -142,19 +168,26 @@ def main() -> None:
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for name in args.runs:
         run_dir = Path(args.out) / f"{name}{args.label}"
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        t0 = time.time()
-        status = Trainer(run_config(name, args.steps, args.experts, args.seed, args.batch_tokens, args.set),
-                         run_dir).fit()
-        if status != "finished":
-            raise SystemExit(f"{name}: {status}; no results written for it")
+        settings = {"steps_planned": args.steps, "experts": args.experts, "seed": args.seed,
+                    "batch_tokens": args.batch_tokens, "overrides": RUNS[name] + args.set}
+        marker = run_dir / "fig3-settings.json"
+        if args.summarize_only:
+            if not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")) != settings:
+                raise SystemExit(f"{run_dir}: no run of this script with these settings to summarise")
+        else:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            with C.TrainingSession(run_dir):
+                status = Trainer(run_config(name, args.steps, args.experts, args.seed, args.batch_tokens, args.set),
+                                 run_dir).fit()
+            if status != "finished":
+                raise SystemExit(f"{name}: {status}; no results written for it")
+            C.save_json(marker, settings)
         # re-read before writing: several copies of this script may run different --runs side by side
         results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-        results[f"{name}{args.label}"] = {**summarize(run_dir, layer=2), "wall_s": time.time() - t0,
-                                          "experts": args.experts, "seed": args.seed, "batch_tokens": args.batch_tokens,
-                                          "steps_planned": args.steps, "overrides": RUNS[name] + args.set}
-        print(f"{name}: {time.time() - t0:.0f}s")
+        cost = C.training_cost(run_dir)  # wall time and the machine's load average while it trained
+        results[f"{name}{args.label}"] = {**summarize(run_dir, layer=2), "training": cost, **settings}
+        print(f"{name}: {cost['train_wall_s']:.0f}s")
         results_file.write_text(json.dumps(results, indent=1) + "\n")
     results = json.loads(results_file.read_text()) if results_file.is_file() else results
     ordered = results  # in the order the runs were first recorded

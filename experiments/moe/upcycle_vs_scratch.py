@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -30,9 +31,14 @@ from skyloom.train.config import RunConfig
 from skyloom.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "experiments"))
+import _common as C  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CONTINUATIONS = ("upcycled", "dense-continued", "scratch")
 MOE = {"n_experts": 8, "top_k": 2, "gate_norm": True, "adaptive": True, "capacity_factor": 1.25}
+GATE_STD = 0.02
+CONTINUATION_LR = (1.5e-3, 1.5e-4, 5)  # peak, final, warm-up steps
 
 
 def common(steps: int, seed: int) -> list[str]:
@@ -57,7 +63,9 @@ def train(recipe: str, overrides: list[str], run_dir: Path, steps: int, reuse: b
     if run_dir.exists():
         shutil.rmtree(run_dir)
     cfg = build(RunConfig, apply_overrides(read_yaml(REPO / "recipes" / recipe), overrides))
-    if Trainer(cfg, run_dir).fit() != "finished":
+    with C.TrainingSession(run_dir):  # the real training cost, kept in the run for later re-summaries
+        status = Trainer(cfg, run_dir).fit()
+    if status != "finished":
         raise SystemExit(f"{run_dir}: interrupted")
 
 
@@ -88,7 +96,7 @@ def main() -> None:
     if args.fresh or not (moe_init / "model.safetensors").is_file() or \
             (moe_init / "model.safetensors").stat().st_mtime < (dense_ckpt / "model.safetensors").stat().st_mtime:
         tmp = out / f"moe-init.tmp{os.getpid()}"
-        save_model(upcycle(load_model(dense_ckpt), MOE, gate_std=0.02, seed=args.seed), tmp)
+        save_model(upcycle(load_model(dense_ckpt), MOE, gate_std=GATE_STD, seed=args.seed), tmp)
         for f in dense_ckpt.glob("tokenizer*"):
             shutil.copy(f, tmp / f.name)
         if moe_init.exists():
@@ -96,7 +104,9 @@ def main() -> None:
         tmp.rename(moe_init)
 
     # the continuation: same data order (the data seed moves on), LR 1.5e-3 → 1.5e-4
-    cont = common(args.moe_steps, args.seed) + ["train.lr=1.5e-3", "train.min_lr=1.5e-4", "train.warmup_steps=5",
+    peak_lr, final_lr, warmup = CONTINUATION_LR
+    cont = common(args.moe_steps, args.seed) + [f"train.lr={peak_lr}", f"train.min_lr={final_lr}",
+                                                f"train.warmup_steps={warmup}",
                                                 f"data.seed={args.seed + 1}"]
     moe_overrides = [f"model.moe.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in MOE.items()]
     recipes = {"upcycled": ("tiny-moe.yaml", moe_overrides + [f"train.init_from={moe_init}"]),
@@ -116,30 +126,47 @@ def main() -> None:
         start = {r["set"]: r["loss"] for r in val if r["step"] == 0}
         end = {r["set"]: r["loss"] for r in val if r["step"] == args.moe_steps}
         sims = [(r["step"], r["moe/L1/expert_similarity"]) for r in tr if "moe/L1/expert_similarity" in r]
+        moe = "moe/drop_rate" in tr[-1]
         results[name] = {"val_start": start, "val_end": end, "train_loss_last10": sum(r["loss"] for r in tr[-10:]) / 10,
                          "expert_similarity_L1": sims,
-                         "drop_rate_last10": (sum(r["moe/drop_rate"] for r in tr[-10:]) / 10) if sims else None}
+                         "drop_rate_last10": (sum(r["moe/drop_rate"] for r in tr[-10:]) / 10) if moe else None,
+                         "aux_coef_end": tr[-1]["moe/aux_coef"] if moe else None,  # mean α over layers
+                         # drop rate and mean α at step 1 and every 10th step: what the README's prose quotes
+                         "at_steps": {str(r["step"]): {"drop_rate": r["moe/drop_rate"], "aux_coef": r["moe/aux_coef"]}
+                                      for r in tr if moe and (r["step"] == 1 or r["step"] % 10 == 0)},
+                         "training": C.training_cost(out / name)}
     _, dense_val = metrics(out / "dense")
     results["dense@end-of-pretraining"] = {"val_end": {r["set"]: r["loss"] for r in dense_val
-                                                       if r["step"] == args.dense_steps}}
+                                                       if r["step"] == args.dense_steps},
+                                           "training": C.training_cost(out / "dense")}
+    up, dense, scratch = (results[n]["val_end"] for n in CONTINUATIONS)
+    results["gaps"] = {"dense_continued_minus_upcycled": {k: dense[k] - up[k] for k in up},
+                       "scratch_minus_upcycled": {k: scratch[k] - up[k] for k in up}}
     dense_model = load_model(dense_ckpt)
-    moe_cfg = load_model(moe_init).config
+    moe_model = load_model(moe_init)
     tokens = 2048
     dense_cost = training_cost_flops(dense_model.config, args.dense_steps * tokens, 256)
-    moe_cost = training_cost_flops(moe_cfg, args.moe_steps * tokens, 256)
+    moe_cost = training_cost_flops(moe_model.config, args.moe_steps * tokens, 256)
     results["advice"] = str(upcycle_advice(dense_cost, moe_cost))
-    results["cost_flops"] = {"dense": dense_cost, "moe": moe_cost}
-    results["wall_s"] = time.time() - t0
+    results["cost_flops"] = {"dense": dense_cost, "moe": moe_cost, "moe_over_dense": moe_cost / dense_cost}
+    params = {"dense": sum(p.numel() for p in dense_model.parameters()),
+              "moe": sum(p.numel() for p in moe_model.parameters())}
+    results["params"] = {**params, "moe_over_dense": params["moe"] / params["dense"]}
+    results["settings"] = {"dense_steps": args.dense_steps, "moe_steps": args.moe_steps, "seed": args.seed,
+                           "batch_tokens": tokens, "moe": MOE, "gate_std": GATE_STD,
+                           "continuation_lr": dict(zip(("peak", "final", "warmup_steps"), CONTINUATION_LR))}
+    results["invocation_wall_s"] = round(time.time() - t0, 1)  # this call only (finished runs are reused)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "upcycle.json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = ["| run | val en (start → end) | val zh (start → end) | train loss (last 10) | expert similarity L1 "
-             "(first → last logged) |", "|---|---|---|---|---|"]
+    lines = ["| run | val en (start → end) | val zh (start → end) | train loss (last 10) | drop rate (last 10) | "
+             "α (mean, end) | expert similarity L1 |", "|---|---|---|---|---|---|---|"]
     for name in ("upcycled", "dense-continued", "scratch"):
         r = results[name]
         cells = [f"{r['val_start'].get(k, float('nan')):.3f} → {r['val_end'][k]:.3f}" for k in r["val_end"]]
         sims = r["expert_similarity_L1"]
         sim = f"{sims[0][1]:.3f} (step {sims[0][0]}) → {sims[-1][1]:.3f} (step {sims[-1][0]})" if sims else "—"
-        lines.append(f"| {name} | {' | '.join(cells)} | {r['train_loss_last10']:.3f} | {sim} |")
+        moe = [f"{r['drop_rate_last10']:.3f}", f"{r['aux_coef_end']:.4f}"] if r["aux_coef_end"] is not None else ["—"] * 2
+        lines.append(f"| {name} | {' | '.join(cells)} | {r['train_loss_last10']:.3f} | {' | '.join(moe)} | {sim} |")
     (RESULTS / "upcycle.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(results["advice"])
