@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +37,34 @@ from problems import generate, write  # noqa: E402
 ARMS = {"sft": {"reference": 1.0, "own": 0.0, "compare": 0.0},
         "rft": {"reference": 1.0, "own": 1.0, "compare": 0.0},
         "compare": {"reference": 1.0, "own": 1.0, "compare": 1.0}}
+
+
+@contextmanager
+def timed(work: Path, stage: str, already_done: bool):
+    """Record the wall time and machine load of a stage that really runs (not of one found finished) in
+    WORK/timing.json, so results.json reports what the stages cost even after a resumed re-run."""
+    t0, load0 = time.time(), os.getloadavg()
+    yield
+    if already_done:
+        return
+    path = work / "timing.json"
+    timing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    timing[stage] = {"wall_s": round(time.time() - t0, 1), "load_avg_start": [round(x, 2) for x in load0],
+                     "load_avg_end": [round(x, 2) for x in os.getloadavg()], "threads": torch_threads(),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0))}
+    path.write_text(json.dumps(timing, indent=1) + "\n", encoding="utf-8")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def finished(run: Path) -> bool:
+    """A training run under `run` that has logged its "finished" event."""
+    log = run / "metrics.jsonl"
+    return log.is_file() and any(json.loads(x).get("event") == "finished" for x in log.open() if x.strip())
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -144,7 +174,9 @@ def per_group(work: Path, run: str, round_no: int, set_name: str) -> dict:
 def report(work: Path, a) -> None:
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    results: dict = {"settings": vars(a), "models": {}, "rounds": {}}
+    timing = work / "timing.json"
+    results: dict = {"settings": vars(a), "models": {}, "rounds": {},
+                     "timing": json.loads(timing.read_text(encoding="utf-8")) if timing.is_file() else None}
     models = {"sft0 (start)": ("arm_sft", 0)} | {name: (f"arm_{name}", 1) for name in ARMS}
     for label, (run, r) in models.items():
         if (work / run / f"round_{r:02d}" / "eval.json").is_file():
@@ -208,12 +240,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     make_data(work, a)
-    base = pretrain(work, a)
+    with timed(work, "pretrain", finished(work / "pretrain")):
+        base = pretrain(work, a)
     print(f"[{time.time() - t0:.0f}s] pretrained: {base}", flush=True)
-    start = sft0(work, base, a)
+    with timed(work, "sft0", (work / "sft0" / "DONE").is_file()):
+        start = sft0(work, base, a)
     print(f"[{time.time() - t0:.0f}s] sft0: {start}", flush=True)
     for name in a.arms:
-        arm(work, name, start, a)
+        rounds = work / f"arm_{name}" / "rounds.jsonl"
+        with timed(work, f"arm {name}", rounds.is_file() and any(json.loads(x)["round"] >= 1 for x in rounds.open())):
+            arm(work, name, start, a)
         print(f"[{time.time() - t0:.0f}s] arm {name} done", flush=True)
         report(work, a)
     report(work, a)
