@@ -53,7 +53,8 @@ def test_bad_option_is_refused_with_a_message():
 
 @pytest.fixture(scope="module")
 def small_data(shared_data, tmp_path_factory) -> Path:
-    """tokenizer/ (1,024 entries) + en/zh/stem shards from slices of the real files the tiny recipe packs."""
+    """tokenizer/ (1,024 entries) + en/zh/stem shards from slices of real text: WikiText-2, CMRC 2018 passages
+    (Chinese; FewCLUE, which the tiny recipe packs, has no licence and is not among the test fixtures), GSM8K."""
     from skyloom.tokenizer.loading import TextTokenizer
     from skyloom.train.prepare import pack_files, train_bpe
 
@@ -62,9 +63,10 @@ def small_data(shared_data, tmp_path_factory) -> Path:
     raw.mkdir()
     (raw / "en.txt").write_text((shared_data / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:60_000],
                                 encoding="utf-8")
-    zh = (shared_data / "fewclue_zh" / "chid" / "unlabeled.json").read_text(encoding="utf-8").splitlines()[:150]
-    (raw / "zh.jsonl").write_text("\n".join(json.dumps({"text": json.loads(x)["content"]}, ensure_ascii=False)
-                                            for x in zh) + "\n", encoding="utf-8")
+    cmrc = json.loads((shared_data / "cmrc2018" / "cmrc2018_dev.json").read_text(encoding="utf-8"))
+    zh = [record["context_text"] for record in cmrc][:150]  # a list of SQuAD-like records, one passage each
+    (raw / "zh.jsonl").write_text("\n".join(json.dumps({"text": x}, ensure_ascii=False) for x in zh) + "\n",
+                                  encoding="utf-8")
     stem = (shared_data / "skywork" / "pt_train.jsonl").read_text(encoding="utf-8").splitlines()[:150]
     (raw / "stem.jsonl").write_text("\n".join(stem) + "\n", encoding="utf-8")
     (raw / "val_en.txt").write_text((shared_data / "wikitext2" / "test.txt").read_text(encoding="utf-8")[:20_000],
