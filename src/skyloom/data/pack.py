@@ -9,11 +9,13 @@ shards (`pack_plan.json`), so
 * a re-run skips every task whose shard is finished (its metadata JSON exists — `write_shard` writes it
   last) and whose input files are unchanged (size, mtime): that is the resume, and after fixing a
   malformed file only the shards that read it are packed again;
-* a re-run with a different tokenizer, text fields or shard size is refused (or, with `overwrite`, starts
-  the source afresh) instead of mixing two packings in one directory.
+* a re-run with a different tokenizer, text fields, shard size or --max-doc-chars is refused (or, with
+  `overwrite`, starts the source afresh) instead of mixing two packings in one directory.
 
 Counts are exact: each shard's metadata holds its tokens and documents, `index.json` sums them, and the
-summary reports empty documents (skipped: an empty document would be a lone EOS) and malformed records.
+summary reports empty documents (skipped: an empty document would be a lone EOS), malformed records, and
+documents over `max_doc_chars` (records skipped, text files split: see `SizeGuard`). A task that fails
+leaves no temporary file behind.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from skyloom.data.shards import finalize_index, finished_shards, write_shard
-from skyloom.tokenizer.corpus import InputError, expand_inputs, file_format, is_gzip, iter_documents
+from skyloom.tokenizer.corpus import (DEFAULT_MAX_DOC_CHARS, InputError, SizeGuard, expand_inputs, file_format,
+                                      is_gzip, iter_documents)
 
 PLAN_FILE = "pack_plan.json"
 PLAN_FORMAT = "skyloom-pack-plan"
@@ -147,24 +150,24 @@ def _stamp(path: str) -> list[int]:
 
 
 def _plan_document(source: SourceSpec, tasks: list[Task], tokenizer_id: str, fields: Sequence[str],
-                   shard_bytes: int) -> dict:
+                   shard_bytes: int, max_doc_chars: int) -> dict:
     """The plan as saved: global settings, and per task its pieces with each file's (size, mtime)."""
     stamps = {str(p): _stamp(str(p)) for p in source.files}
     return {
         "format": PLAN_FORMAT, "source": source.name, "tokenizer": tokenizer_id, "fields": list(fields),
-        "shard_bytes": shard_bytes,
+        "shard_bytes": shard_bytes, "max_doc_chars": max_doc_chars,
         "tasks": [{"name": t.name, "pieces": [asdict(p) | {"stamp": stamps[p.path]} for p in t.pieces]}
                   for t in tasks],
     }
 
 
-GLOBAL_KEYS = ("format", "source", "tokenizer", "fields", "shard_bytes")
+GLOBAL_KEYS = ("format", "source", "tokenizer", "fields", "shard_bytes", "max_doc_chars")
 
 
 def reconcile_plan(directory: Path, plan: dict, overwrite: bool) -> tuple[set[str], list[str]]:
     """Save `plan` and return (names of finished shards still valid, names of shards removed as stale).
 
-    Settings that change every shard (tokenizer, fields, shard size) are refused unless `overwrite`; a task
+    Settings that change every shard (tokenizer, fields, shard size, size guard) are refused unless `overwrite`; a task
     whose input files changed (or that no longer exists) loses its shard and is done again, so fixing one
     malformed file re-does only the shards that read it."""
     path = directory / PLAN_FILE
@@ -220,15 +223,19 @@ class TaskResult:
     bytes: int = 0
     empty: int = 0
     malformed: list[str] = field(default_factory=list)
+    over_long: list[str] = field(default_factory=list)  # records skipped for --max-doc-chars
+    split: list[str] = field(default_factory=list)  # text files split for --max-doc-chars
     error: str | None = None
 
 
-def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool, batch_docs: int = 256) -> TaskResult:
-    """Tokenize one task's documents (+EOS) and write its shard."""
+def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool,
+             max_doc_chars: int = DEFAULT_MAX_DOC_CHARS, batch_docs: int = 256) -> TaskResult:
+    """Tokenize one task's documents (+EOS) and write its shard; on failure no temporary file is left."""
     tok = _WORKER["tokenizer"]
     eos = tok.eos_id
     result = TaskResult(task.source, task.name, bytes=task.bytes)
     on_error = (lambda err: result.malformed.append(str(err))) if skip_malformed else None
+    guard = SizeGuard(max_doc_chars, skipped=result.over_long, split=result.split)
     dtype = np.uint32
 
     def documents() -> Iterator[np.ndarray]:
@@ -243,7 +250,7 @@ def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool, 
             batch.clear()
 
         for piece in task.pieces:
-            for doc in iter_documents(piece.path, fields, piece.start, piece.end, on_error=on_error):
+            for doc in iter_documents(piece.path, fields, piece.start, piece.end, on_error=on_error, guard=guard):
                 if not doc.text:
                     result.empty += 1
                     continue
@@ -254,12 +261,15 @@ def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool, 
         if batch:
             yield from flush()
 
+    directory = Path(out) / task.source
     try:
-        meta = write_shard(Path(out) / task.source, task.name, documents(), vocab_size=tok.vocab_size,
+        meta = write_shard(directory, task.name, documents(), vocab_size=tok.vocab_size,
                            source=task.source, tokenizer=tok.tokenizer_id, eos_id=eos)
     except InputError as err:
         result.error = str(err)
         return result
+    finally:  # write_shard renames its temporary file when it succeeds; whatever stopped it, none may stay
+        (directory / f"shard_{task.name}.bin.tmp").unlink(missing_ok=True)
     result.tokens, result.documents = meta["tokens"], meta["documents"]
     return result
 
@@ -282,6 +292,8 @@ class PackSummary:
     bytes: int
     empty: int
     malformed: list[str]
+    over_long: list[str]  # records skipped for max_doc_chars
+    split: list[str]  # text files split for max_doc_chars
     seconds: float
 
     @property
@@ -291,12 +303,15 @@ class PackSummary:
 
 def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out: str | Path,
          fields: Sequence[str] = ("text",), workers: int = 1, shard_bytes: int = 64 << 20,
-         skip_malformed: bool = False, overwrite: bool = False, progress: bool = True) -> PackSummary:
-    """Pack every source; returns what this run did and each source's final index."""
+         skip_malformed: bool = False, overwrite: bool = False, progress: bool = True,
+         max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> PackSummary:
+    """Pack every source; returns what this run did and each source's final index. Documents over
+    `max_doc_chars` characters are skipped (records) or split (text files) and counted (see `SizeGuard`)."""
     from skyloom.tokenizer.loading import TextTokenizer
 
     if shard_bytes <= 0:
         raise ValueError(f"--shard-bytes must be positive, got {shard_bytes}")
+    SizeGuard(max_doc_chars)  # refuses a limit ≤ 0 before any work
     tok = TextTokenizer.from_dir(tokenizer)
     if tok.eos_id is None:
         raise ValueError(f"{tokenizer}: the tokenizer names no eos_token (tokenizer_config.json); "
@@ -311,7 +326,7 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
         tasks = plan_source(source, shard_bytes)
         directory = out / source.name
         done, removed = reconcile_plan(directory, _plan_document(source, tasks, tok.tokenizer_id, fields,
-                                                                 shard_bytes), overwrite)
+                                                                 shard_bytes, max_doc_chars), overwrite)
         redone += len(removed)
         for task in tasks:
             if task.name in done:
@@ -326,7 +341,7 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
 
         bar = tqdm(total=sum(t.bytes for t in pending), unit="B", unit_scale=True, desc="pack", file=sys.stderr)
     results: list[TaskResult] = []
-    jobs = [(t, str(out), list(fields), skip_malformed) for t in pending]
+    jobs = [(t, str(out), list(fields), skip_malformed, max_doc_chars) for t in pending]
     try:
         if workers <= 1 or len(pending) <= 1:
             _WORKER["tokenizer"] = tok
@@ -356,7 +371,9 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
         sources=indexes, tasks_run=len(results), tasks_skipped=skipped, tasks_redone=redone,
         tokens=sum(r.tokens for r in results), documents=sum(r.documents for r in results),
         characters=sum(r.characters for r in results), bytes=sum(r.bytes for r in results),
-        empty=sum(r.empty for r in results), malformed=malformed, seconds=seconds,
+        empty=sum(r.empty for r in results), malformed=malformed,
+        over_long=[m for r in results for m in r.over_long], split=[m for r in results for m in r.split],
+        seconds=seconds,
     )
 
 

@@ -7,6 +7,7 @@ import os
 import sys
 
 from skyloom.cli import add_command, add_group
+from skyloom.tokenizer.corpus import DEFAULT_MAX_DOC_CHARS
 
 DESCRIPTION = """\
 Tokenize documents (a text field of JSONL / Parquet / CSV records, or whole .txt files; .gz read through),
@@ -21,7 +22,9 @@ gzip/text files); each task writes one shard and tasks run in --workers processe
 OUT/SOURCE/pack_plan.json: running the command again skips finished shards (resume after a crash or
 Ctrl-C), packs again only shards whose input files changed, and refuses a different tokenizer, --field or
 --shard-bytes (unless --overwrite). Empty documents are skipped and counted;
-a malformed record stops packing with its file and line, or is skipped and listed with --skip-malformed.
+a malformed record (bad JSON or UTF-8, no string text, a damaged .gz) stops packing with its file and line,
+or is skipped and listed with --skip-malformed. A document over --max-doc-chars characters is skipped and
+counted (a record) or split at line ends (a whole text file), so one gigantic line cannot exhaust memory.
 
 examples:
   skyloom data pack --tokenizer tok/ --out tokens/ wiki_en=data/wiki/ zh_web=data/zh/*.jsonl.gz
@@ -43,6 +46,9 @@ def register(sub) -> None:
     p.add_argument("--shard-bytes", type=int, default=64 << 20, help="input bytes per task / shard")
     p.add_argument("--skip-malformed", action="store_true",
                    help="skip malformed records (listed with file:line) instead of stopping")
+    p.add_argument("--max-doc-chars", type=int, default=DEFAULT_MAX_DOC_CHARS, metavar="N",
+                   help="longest document: longer records are skipped and counted, longer text files split "
+                        "(default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete a source's existing shards when the plan changed, instead of refusing")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -57,7 +63,7 @@ def _pack(args: argparse.Namespace) -> int:
     try:
         summary = pack(args.sources, args.tokenizer, args.out, fields=args.fields or ["text"], workers=workers,
                        shard_bytes=args.shard_bytes, skip_malformed=args.skip_malformed,
-                       overwrite=args.overwrite, progress=not args.quiet)
+                       overwrite=args.overwrite, progress=not args.quiet, max_doc_chars=args.max_doc_chars)
     except (InputError, FileNotFoundError, ValueError) as err:
         print(f"skyloom: error: {err}", file=sys.stderr)
         return 2
@@ -74,6 +80,12 @@ def _pack(args: argparse.Namespace) -> int:
     redone = f" ({s.tasks_redone} redone: inputs changed)" if s.tasks_redone else ""
     print(f"this run: {s.tasks_run} shard(s) written{redone}, {s.tasks_skipped} already finished; {s.tokens:,} tokens, "
           f"{s.documents:,} documents in {s.seconds:.1f} s ({rate}; {workers} workers)")
-    if s.empty or s.malformed:
-        print(f"skipped: {s.empty:,} empty documents, {len(s.malformed):,} malformed records")
+    for line in s.over_long[:20]:
+        print(f"skipped over-long document: {line}", file=sys.stderr)
+    if s.empty or s.malformed or s.over_long:
+        print(f"skipped: {s.empty:,} empty documents, {len(s.malformed):,} malformed records, "
+              f"{len(s.over_long):,} over-long documents (> {args.max_doc_chars:,} characters)")
+    if s.split:
+        print(f"split: {len(s.split):,} text file(s) longer than {args.max_doc_chars:,} characters, into documents "
+              f"of at most that size")
     return 0
