@@ -78,6 +78,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="encoder threads (RAYON_NUM_THREADS; 1 gives a per-core figure); default: all cores")
     p.add_argument("--max-docs", type=int, default=None, help="use at most this many documents per file")
+    _max_doc_chars_argument(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_stats)
 
@@ -126,10 +127,19 @@ def _train_arguments(p, extend_command: bool) -> None:
     p.add_argument("--no-hmm", action="store_true", help="jieba without its HMM for unseen words")
     p.add_argument("--workers", type=int, default=0, help="processes for jieba segmentation (0: one per CPU)")
     p.add_argument("--max-bytes", type=int, default=None, help="read at most about this much text")
+    _max_doc_chars_argument(p)
     for key, default in (("bos", "<s>"), ("eos", "</s>"), ("unk", "<unk>"), ("pad", "<pad>")):
         p.add_argument(f"--{key}-token", default=default, help=f"{key.upper()} token (the base's own is kept)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(handler=_train)
+
+
+def _max_doc_chars_argument(p) -> None:
+    from skyloom.tokenizer.corpus import DEFAULT_MAX_DOC_CHARS
+
+    p.add_argument("--max-doc-chars", type=int, default=DEFAULT_MAX_DOC_CHARS, metavar="N",
+                   help="longest document: longer records are skipped and counted, longer text files split, "
+                        "so one gigantic line cannot exhaust memory (default: %(default)s)")
 
 
 def _fail(err: Exception) -> int:
@@ -150,8 +160,8 @@ def _train(args: argparse.Namespace) -> int:
         freq_list_weight=args.freq_list_weight, fill=args.fill, min_word_count=args.min_word_count,
         word_rank=args.word_rank,
         **base_options, jieba_hmm=not args.no_hmm, workers=args.workers,
-        max_bytes=args.max_bytes, bos_token=args.bos_token, eos_token=args.eos_token, unk_token=args.unk_token,
-        pad_token=args.pad_token, progress=not args.quiet,
+        max_bytes=args.max_bytes, max_doc_chars=args.max_doc_chars, bos_token=args.bos_token,
+        eos_token=args.eos_token, unk_token=args.unk_token, pad_token=args.pad_token, progress=not args.quiet,
     )
     try:
         breakdown = train_tokenizer(settings)
@@ -165,6 +175,10 @@ def _train(args: argparse.Namespace) -> int:
     for row in breakdown["rows"]:
         print(f"{row['category']:<40} {row['size']:>8,}")
     print(f"{'Total':<40} {breakdown['total']:>8,}")
+    corpus = breakdown["corpus"]
+    if corpus["over_long_skipped"] or corpus["text_files_split"]:
+        print(f"(--max-doc-chars {args.max_doc_chars:,}: {corpus['over_long_skipped']:,} over-long documents "
+              f"skipped, {corpus['text_files_split']:,} text file(s) split)")
     words = breakdown["rows"][2]
     if words["helpers"]:
         print(f"({words['helpers']:,} of the word entries are sub-word helpers that make longer words reachable)")
@@ -174,30 +188,36 @@ def _train(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     if args.threads:
         os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # before the encoder's thread pool starts
-    from skyloom.tokenizer.corpus import InputError, expand_inputs, iter_documents
+    from skyloom.tokenizer.corpus import InputError, SizeGuard, expand_inputs, iter_documents
     from skyloom.tokenizer.stats import COLUMNS, format_row, format_table, load_tokenizer, measure
 
     try:
+        SizeGuard(args.max_doc_chars)  # refuses a limit ≤ 0 before any work
         tokenizers = [("A", args.tokenizer, load_tokenizer(args.tokenizer))]
         if args.vs:
             tokenizers.append(("B", args.vs, load_tokenizer(args.vs)))
         files = expand_inputs(args.files)
         results = []
+        guards = []
         for path in files:
             texts = []
-            for doc in iter_documents(path, args.fields or ["text"]):
+            guard = SizeGuard(args.max_doc_chars)
+            for doc in iter_documents(path, args.fields or ["text"], guard=guard):
                 texts.append(doc.text)
                 if args.max_docs and len(texts) >= args.max_docs:
                     break
             per = {label: measure(tok, texts, path.name) for label, _, tok in tokenizers}
             results.append((path, per))
+            guards.append(guard)
     except (InputError, FileNotFoundError, ValueError) as err:
         return _fail(err)
     if args.json:
         print(json.dumps({"tokenizers": {label: {"path": str(p), "vocab_size": tok.vocab_size}
                                          for label, p, tok in tokenizers},
-                          "files": [{"file": str(path), **{label: s.as_dict() for label, s in per.items()}}
-                                    for path, per in results]}, indent=1))
+                          "max_doc_chars": args.max_doc_chars,
+                          "files": [{"file": str(path), **{label: s.as_dict() for label, s in per.items()},
+                                     "over_long_skipped": len(g.skipped), "split": bool(g.split)}
+                                    for (path, per), g in zip(results, guards)]}, indent=1))
         return 0
     for label, path, tok in tokenizers:
         print(f"{label}: {path} ({tok.vocab_size:,} entries)")
@@ -212,6 +232,10 @@ def _stats(args: argparse.Namespace) -> int:
                          f"{b.bytes_per_token / a.bytes_per_token:.3f}" if a.tokens else "-", "", "", "", "",
                          f"{b.chars_per_second / a.chars_per_second:.2f}" if a.chars_per_second else "-"])
     print(format_table(rows, ("file", *COLUMNS)))
+    skipped, split = sum(len(g.skipped) for g in guards), sum(len(g.split) for g in guards)
+    if skipped or split:
+        print(f"(--max-doc-chars {args.max_doc_chars:,}: {skipped:,} over-long documents skipped, "
+              f"{split:,} text file(s) split)")
     threads = os.environ.get("RAYON_NUM_THREADS", "all")
     print(f"(throughput: tokenizers encode_batch, {threads} thread(s); tok/word only for mostly non-Chinese text)")
     return 0

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Literal
 
 from skyloom.config import ConfigError
 from skyloom.tokenizer.chinese import Frequencies, count_frequencies, jieba_dictionary, rank, read_frequency_list
-from skyloom.tokenizer.corpus import iter_texts
+from skyloom.tokenizer.corpus import DEFAULT_MAX_DOC_CHARS, SizeGuard, iter_texts
 from skyloom.tokenizer.extend import Addition, BaseTokenizer, VocabExtender, load_base
 from skyloom.tokenizer.text import BYTE_TOKEN, is_chinese_char_or_symbol, is_han, is_han_word
 
@@ -55,6 +55,7 @@ class TrainSettings:
     jieba_hmm: bool = True
     workers: int = 0  # 0: one per CPU
     max_bytes: int | None = None
+    max_doc_chars: int = DEFAULT_MAX_DOC_CHARS  # longer documents skipped (records) or split (text files)
     bos_token: str = "<s>"
     eos_token: str = "</s>"
     unk_token: str = "<unk>"
@@ -173,16 +174,20 @@ def train_tokenizer(s: TrainSettings) -> dict:
     for path in s.freq_lists:
         user.update(read_frequency_list(path))
 
-    texts = lambda: iter_texts(s.inputs, s.fields, s.max_bytes)  # noqa: E731 - read twice, streamed
+    guard = SizeGuard(s.max_doc_chars)  # what the first reading skipped or split; the second reads the same
+    texts = lambda g=None: iter_texts(s.inputs, s.fields, s.max_bytes, g or SizeGuard(s.max_doc_chars))  # noqa: E731
     segment = sizes.words > 0
     _log(s, f"counting characters{' and jieba words' if segment else ''} ({workers} workers)")
     bar = _Progress(s.progress, "count")
-    freqs: Frequencies = count_frequencies(texts(), workers=workers if segment else 1, hmm=s.jieba_hmm,
+    freqs: Frequencies = count_frequencies(texts(guard), workers=workers if segment else 1, hmm=s.jieba_hmm,
                                            progress=bar, segment=segment)
     bar.close()
     _log(s, f"  {freqs.documents:,} documents, {freqs.characters:,} characters, "
             f"{sum(1 for c in freqs.chars if is_han(c)):,} distinct Chinese characters, "
             f"{len(freqs.words):,} distinct words")
+    if guard.skipped or guard.split:
+        _log(s, f"  --max-doc-chars {s.max_doc_chars:,}: {len(guard.skipped):,} over-long documents skipped, "
+                f"{len(guard.split):,} text file(s) split")
     if freqs.characters == 0:
         raise ConfigError("INPUT", "the inputs hold no text")
 
@@ -190,6 +195,11 @@ def train_tokenizer(s: TrainSettings) -> dict:
         from skyloom.tokenizer.base import alphabet_size, train_base
 
         alphabet = alphabet_size(freqs.chars, s.character_coverage)
+        if sizes.base < 256 + alphabet:  # the BPE trainer keeps the whole alphabet, whatever the size asked
+            raise ConfigError("--base-size", f"must be at least {256 + alphabet:,} (the 256 byte tokens + the "
+                                             f"{alphabet:,} characters of the base alphabet, which "
+                                             f"--character-coverage {s.character_coverage} keeps), got {sizes.base:,}; "
+                                             f"raise it or lower --character-coverage")
         _log(s, f"training the base BPE: {sizes.base:,} entries (256 bytes, alphabet ≤ {alphabet})")
         bar = _Progress(s.progress, "base BPE")
         doc = train_base(texts(), sizes.base, alphabet, s.min_frequency, s.max_token_length, on_text=bar)
@@ -272,7 +282,8 @@ def train_tokenizer(s: TrainSettings) -> dict:
         },
         "corpus": {"documents": freqs.documents, "characters": freqs.characters,
                    "han_characters": sum(c for ch, c in freqs.chars.items() if is_han(ch)),
-                   "distinct_words": len(freqs.words)},
+                   "distinct_words": len(freqs.words), "max_doc_chars": s.max_doc_chars,
+                   "over_long_skipped": len(guard.skipped), "text_files_split": len(guard.split)},
         "seconds": round(time.time() - started, 1),
     }
     write_tokenizer_dir(s.out, doc, {k: names[k] for k in names}, spares, breakdown)
