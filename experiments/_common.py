@@ -194,6 +194,13 @@ def val_curve(run_dir: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def resolved_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config as the trainer resolved it (its config.yaml): the settings the READMEs quote."""
+    from skyloom.config import read_yaml
+
+    return read_yaml(run_dir / "config.yaml")
+
+
 def last_checkpoint(run_dir: Path) -> Path:
     found = sorted((run_dir / "checkpoints").glob("step_*"))
     if not found:

@@ -124,6 +124,7 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[int, Path]], invoca
                 "cpu_tokens_per_sec_median": sorted(r["tokens_per_sec"] for r in train)[len(train) // 2],
                 "val_curve": C.val_curve(run_dir),
                 "training": C.training_cost(run_dir),  # the real training's wall time and load average
+                "config": C.resolved_config(run_dir),
             }
     runs_ = results["runs"]
     if {r["arch"] for r in runs_.values()} == {"llama", "gpt"}:

@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     training = C.training_cost(run_dir)  # the real training's wall time and load average, kept in the run
     C.save_json(out / "results.json", {"settings": vars(args), "command": "skyloom " + " ".join(cmd),
                                        "correlate": result, "training": training,
+                                       "config": C.resolved_config(run_dir),
                                        "invocation_wall_s": round(time.time() - t0, 1)})  # this call only
     (out / "results.md").write_text(table + "\n\n" + C.cost_table({"correlation run": training}) + "\n",
                                     encoding="utf-8")

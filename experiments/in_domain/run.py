@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                "perplexity_gsm8k_test": {name: math.exp(rows[name]["gsm8k_test"]) for name in rows},
                "val_curves": {arm: C.val_curve(out_root / arm) for arm in ("in-domain", "general")},
                "training": {name: C.training_cost(out_root / name) for name in ("base", "in-domain", "general")},
+               "configs": {name: C.resolved_config(out_root / name) for name in ("base", "in-domain", "general")},
                "invocation_wall_s": round(time.time() - t0, 1)}  # this call only: finished runs are reused
     out = Path(args.results)
     C.save_json(out / "results.json", results)

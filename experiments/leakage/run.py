@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"[{arm}] eval leakage failed")
         rows[arm] = json.loads(output.read_text(encoding="utf-8"))
         rows[arm]["val_final"] = C.val_at(run_dir)
+        rows[arm]["config"] = C.resolved_config(run_dir)
         commands[arm] = "skyloom " + " ".join(cmd)
     training = {arm: C.training_cost(out_root / arm) for arm in args.arms}  # the real training, kept in each run
     results = {"settings": vars(args), "commands": commands, "rows": rows, "training": training,
