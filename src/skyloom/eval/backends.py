@@ -12,6 +12,7 @@ which is how the two are checked against each other).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -93,6 +94,14 @@ class SkyloomLM(LanguageModel):
         pad = getattr(self.tokenizer, "pad_id", None)
         return pad if pad is not None else super().pad_id
 
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    @property
+    def tokenizer_id(self) -> str | None:
+        return getattr(self.tokenizer, "tokenizer_id", None)
+
     def _logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)
 
@@ -137,11 +146,12 @@ class HuggingFaceLM(LanguageModel):
     backend = "hf"
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "model", max_length: int | None = None,
-                 **kwargs: Any):
+                 tokenizer_id: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
+        self._tokenizer_id = tokenizer_id
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         config_max = getattr(model.config, "max_position_embeddings", None) or 2048
@@ -149,17 +159,30 @@ class HuggingFaceLM(LanguageModel):
 
     @classmethod
     def from_dir(cls, path: str | Path, device: torch.device, dtype: torch.dtype, tokenizer_dir: str | Path | None = None,
-                 **kwargs: Any) -> "HuggingFaceLM":
+                 allow_pickle: bool = False, **kwargs: Any) -> "HuggingFaceLM":
+        """Load from local files. Weights must be safetensors unless `allow_pickle` (unsafe: a pickle can run code
+        when loaded, and transformers' weights-only unpickler is a mitigation, not a guarantee)."""
         transformers = require_transformers(f"evaluating {path} with the Hugging Face backend")
+        if not allow_pickle:
+            refuse_pickled_weights(Path(path))
         tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir or path), local_files_only=True,
                                                          trust_remote_code=False)
         tok.model_max_length = 1 << 40  # windows are cut by the evaluator; silence the length warning
         major = int(transformers.__version__.split(".")[0])
         dtype_kw = {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, trust_remote_code=False, **dtype_kw
+            str(path), local_files_only=True, trust_remote_code=False, use_safetensors=not allow_pickle, **dtype_kw
         ).to(device)
-        return cls(model, tok, name=Path(path).name, **kwargs)
+        return cls(model, tok, name=Path(path).name, tokenizer_id=tokenizer_fingerprint(Path(tokenizer_dir or path)),
+                   **kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    @property
+    def tokenizer_id(self) -> str | None:
+        return self._tokenizer_id
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -202,6 +225,24 @@ class HuggingFaceLM(LanguageModel):
         return out.logits[:, -1], (out.past_key_values, mask, position + 1)
 
 
+def refuse_pickled_weights(path: Path) -> None:
+    """A Hugging Face directory without safetensors weights is refused before transformers would unpickle its
+    `pytorch_model.bin` (the README's promise: pickles are never loaded unless asked for)."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    found = f" (found {', '.join(pickles)}: pickled weights)" if pickles else ""
+    raise ValueError(f"{path}: no safetensors weights{found}; convert them to safetensors, or pass --allow-pickle "
+                     "to load pickled weights anyway (unsafe: unpickling can run code)")
+
+
+def tokenizer_fingerprint(directory: Path) -> str | None:
+    """The fingerprint `TextTokenizer.tokenizer_id` gives (and token shards record): sha256 of tokenizer.json,
+    first 16 hex digits; None when the directory has no tokenizer.json (e.g. a SentencePiece-only model)."""
+    file = directory / "tokenizer.json"
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else None
+
+
 def detect_backend(path: Path) -> str:
     from skyloom.model.checkpoint import is_skyloom_checkpoint
 
@@ -232,9 +273,11 @@ def load_lm(
     dtype: str | torch.dtype = "auto",
     tokenizer: str | Path | None = None,
     max_length: int | None = None,
+    allow_pickle: bool = False,
     **kwargs: Any,
 ) -> LanguageModel:
-    """Open a model directory for evaluation (`kwargs`: batch_tokens, max_batch_size, progress)."""
+    """Open a model directory for evaluation (`kwargs`: batch_tokens, max_batch_size, progress); `allow_pickle`
+    lets the transformers backend load pickled weights (unsafe; safetensors only by default)."""
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"no such model directory: {p}")
@@ -246,7 +289,8 @@ def load_lm(
     if chosen == "hf":
         if not (p / "config.json").is_file():
             raise ValueError(f"{p}: the hf backend needs a Hugging Face directory (config.json)")
-        return HuggingFaceLM.from_dir(p, dev, dt, tokenizer_dir=tokenizer, max_length=max_length, **kwargs)
+        return HuggingFaceLM.from_dir(p, dev, dt, tokenizer_dir=tokenizer, max_length=max_length,
+                                      allow_pickle=allow_pickle, **kwargs)
     from skyloom.model.checkpoint import load_model
 
     model = load_model(p, device=dev, dtype=dt)

@@ -151,6 +151,16 @@ class LanguageModel(ABC):
         """Filler for padded positions (never scored, never attended to by real tokens)."""
         return self.eos_id if self.eos_id is not None else 0
 
+    @property
+    def vocab_size(self) -> int | None:
+        """Rows of the input embedding: ids from data files at or above it cannot be scored (None: unknown)."""
+        return None
+
+    @property
+    def tokenizer_id(self) -> str | None:
+        """The tokenizer's fingerprint as token shards record it (`TextTokenizer.tokenizer_id`); None: unknown."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What was evaluated, for results files."""
         return {"name": self.name, "backend": self.backend, "max_length": self.max_length,

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
+from skyloom.data.shards import check_token_ids
 from skyloom.eval.lm import LanguageModel
 from skyloom.eval.textdata import Documents
 
@@ -171,12 +172,54 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
+def check_data_fits(lm: LanguageModel, docs: Documents, ids: Sequence[Sequence[int]], name: str) -> None:
+    """Refuse an evaluation set the model cannot read correctly, naming the set and its file: token shards packed
+    with another tokenizer or for a bigger vocabulary (the check training runs too), and any id outside the
+    model's vocabulary (an IndexError, or a device assert on GPU, otherwise)."""
+    vocab = lm.vocab_size
+    if vocab is None:
+        return
+    if docs.shards is not None:
+        docs.shards.check_model_fit(f"set '{name}'", vocab, lm.tokenizer_id, lm.name)
+    for i, doc in enumerate(ids):
+        if len(doc) and (max(doc) >= vocab or min(doc) < 0):
+            if docs.shards is not None:
+                docs.shards.document(i)  # reads again under the vocabulary limit: the error names the shard file
+            check_token_ids(np.asarray(doc), vocab, f"set '{name}' ({docs.source}), document {i}")
+
+
+def unscorable_reason(ids: Sequence[Sequence[int]], texts: Sequence[str] | None, convention: WindowConvention,
+                      prefixed: bool) -> str:
+    """Why a set yields no predicted token under `convention` (its loss would be 0/0 = NaN)."""
+    n = len(ids)
+    if n == 0:
+        return "no documents"
+    docs = f"{n:,} document{'s' if n != 1 else ''}"
+    empty = sum(1 for d in ids if len(d) == 0)
+    if convention.kind == "packed":
+        if texts is None:
+            stream, eos = sum(len(d) for d in ids), ""
+        else:  # empty texts are skipped, every other document gets its EOS
+            stream, eos = sum(len(d) + 1 for d, t in zip(ids, texts) if t), " with EOS"
+        return (f"{docs} make {stream:,} tokens{eos}, fewer than one window of max_tokens + 1 = "
+                f"{convention.max_tokens + 1:,}")
+    if prefixed:
+        return f"{docs}, all empty"
+    return (f"{docs}, all shorter than 2 tokens" + (f" ({empty:,} empty)" if empty else "")
+            + " (a document's first token is context only)")
+
+
 def score_documents(lm: LanguageModel, docs: Documents, convention: WindowConvention,
-                    desc: str = "scoring") -> DocumentScores:
-    """Score every document of one evaluation set under `convention`."""
+                    desc: str = "scoring", name: str | None = None) -> DocumentScores:
+    """Score every document of one evaluation set under `convention`.
+
+    A set the model cannot read (`check_data_fits`), with nothing to score, or on which the model gives a
+    non-finite loss is an error naming the set (`name`, default its file), never a NaN in a results table.
+    """
     if convention.max_tokens > lm.max_length:
         raise ValueError(f"max_tokens={convention.max_tokens} exceeds {lm.name}'s maximum length {lm.max_length}; "
                          f"pass --max-tokens {lm.max_length} or less")
+    name = name or str(docs.source)
     kind, L = convention.kind, convention.max_tokens
     if docs.texts is not None:
         texts = [report_text(t, L) for t in docs.texts] if kind == "report" else list(docs.texts)
@@ -184,6 +227,23 @@ def score_documents(lm: LanguageModel, docs: Documents, convention: WindowConven
     else:
         ids = [list(d) for d in docs.token_ids or []]
         texts = None
+    check_data_fits(lm, docs, ids, name)
+    prefix_id = resolve_prefix(lm, convention.prefix) if kind == "rolling" else None
+    scores = _score(lm, ids, texts, convention, desc, prefix_id)
+    if int(scores.tokens.sum()) == 0:
+        reason = unscorable_reason(ids, texts, convention, prefix_id is not None)
+        raise ValueError(f"set '{name}' ({docs.source}) has no scorable tokens: {reason}")
+    bad = np.flatnonzero(~np.isfinite(scores.nll))
+    if len(bad):
+        raise ValueError(f"set '{name}' ({docs.source}): {lm.name} gave a non-finite loss ({scores.nll[bad[0]]}) on "
+                         f"{len(bad):,} document(s), the first is document {int(bad[0])}; the weights are broken or "
+                         "the dtype overflows (try --dtype float32)")
+    return scores
+
+
+def _score(lm: LanguageModel, ids: list[list[int]], texts: list[str] | None, convention: WindowConvention,
+           desc: str, prefix_id: int | None) -> DocumentScores:
+    kind, L = convention.kind, convention.max_tokens
 
     def covered_bytes(i: int, kept: Sequence[int], full: bool) -> int:
         if texts is not None and full:
@@ -201,7 +261,7 @@ def score_documents(lm: LanguageModel, docs: Documents, convention: WindowConven
             per_doc.append(report_windows(doc, L))
             sizes[i] = covered_bytes(i, doc[:L], len(doc) <= L)
         else:
-            per_doc.append(rolling_windows(doc, L, convention.stride, resolve_prefix(lm, convention.prefix)))
+            per_doc.append(rolling_windows(doc, L, convention.stride, prefix_id))
             sizes[i] = covered_bytes(i, doc, True)
     flat = [w for ws in per_doc for w in ws]
     losses = window_losses(lm, flat, desc=desc)
@@ -256,16 +316,23 @@ def _score_packed(lm: LanguageModel, ids: list[list[int]], texts: list[str] | No
     return DocumentScores(nll, tokens, sizes)
 
 
-def domain_result(scores: DocumentScores) -> dict[str, Any]:
-    """The per-domain JSON entry: loss, ppl, bpb, tokens, documents, bytes."""
+def domain_result(scores: DocumentScores, name: str = "the set") -> dict[str, Any]:
+    """The per-domain JSON entry: loss, ppl, bpb, tokens, documents, bytes; every number finite or an error."""
     total_tokens = int(scores.tokens.sum())
     total_nll = float(scores.nll.sum())
     total_bytes = int(scores.bytes.sum())
-    loss = total_nll / total_tokens if total_tokens else float("nan")
+    if not total_tokens or not math.isfinite(total_nll):
+        raise ValueError(f"{name}: no finite loss ({total_tokens:,} predicted tokens, total NLL {total_nll})")
+    if not total_bytes:
+        raise ValueError(f"{name}: the {total_tokens:,} scored tokens decode to no text (only special tokens?), "
+                         "so bits per byte is undefined")
+    loss = total_nll / total_tokens
+    if loss > 700:
+        raise ValueError(f"{name}: loss {loss:.1f} nats/token, perplexity overflows (broken weights?)")
     return {
         "loss": loss,
-        "ppl": math.exp(loss) if total_tokens else float("nan"),
-        "bpb": total_nll / (math.log(2) * total_bytes) if total_bytes else float("nan"),
+        "ppl": math.exp(loss),
+        "bpb": total_nll / (math.log(2) * total_bytes),
         "tokens": total_tokens,
         "documents": int(len(scores.tokens)),
         "bytes": total_bytes,
@@ -313,7 +380,8 @@ def evaluate_perplexity(lm: LanguageModel, datasets: dict[str, Documents], conve
     """Table-6 results for one model: {"domains": {name: {...}}, "average": {...}, ...}."""
     domains = {}
     for name, docs in datasets.items():
-        domains[name] = domain_result(score_documents(lm, docs, convention, desc=f"ppl {name}"))
+        scores = score_documents(lm, docs, convention, desc=f"ppl {name}", name=name)
+        domains[name] = domain_result(scores, f"set '{name}' ({docs.source})")
         domains[name]["source"] = str(docs.source)
     avg = average(d["loss"] for d in domains.values())
     avg["bpb"] = float(np.mean([d["bpb"] for d in domains.values()]))

@@ -30,6 +30,7 @@ class Documents:
     texts: list[str] | None = None
     token_ids: list[list[int]] | None = None
     meta: dict[str, Any] = dc_field(default_factory=dict)
+    shards: Any = None  # the TokenSource token_ids came from: its tokenizer and vocabulary are checked against a model
 
     def __len__(self) -> int:
         return len(self.texts if self.texts is not None else self.token_ids or [])
@@ -121,5 +122,5 @@ def read_documents(path: str | Path, field: str | None = None, limit: int | None
             if limit is not None and len(docs) >= limit:
                 break
         return Documents(p, token_ids=docs, meta={"tokenizer": source.index.get("tokenizer"),
-                                                  "eos_id": source.eos_id})
+                                                  "eos_id": source.eos_id}, shards=source)
     return Documents(p, texts=read_texts(p, field, limit))
