@@ -116,6 +116,14 @@ def collect(
     val, recorded_bench = read_metrics(run_dir)
     if data:
         val = {}
+    for kind, table, hint in (("validation loss of set", val, "evaluate the checkpoints with --data"),
+                              ("recorded score of task", {} if recompute else recorded_bench,
+                               "score them again with --task NAME --recompute")):
+        for name, by_step in table.items():
+            bad = sorted(step for step, x in by_step.items() if not math.isfinite(x))
+            if bad:  # a diverged run: a NaN point would make every coefficient NaN and the JSON invalid
+                raise ValueError(f"{run_dir / 'metrics.jsonl'}: {kind} '{name}' is not finite at step(s) "
+                                 f"{', '.join(map(str, bad[:5]))}; {hint} instead")
     scores: dict[str, dict[int, float]] = {}
     if not tasks:
         scores = recorded_bench

@@ -53,7 +53,8 @@ def leakage(lm: LanguageModel, train: Documents, test: Documents, ref: Documents
             confidence: float = 0.95, thresholds: dict[str, float] = THRESHOLDS) -> dict[str, Any]:
     """Table-8 numbers for one model; JSON-ready (keys L_train, L_test, L_ref, delta1, delta2, verdict …)."""
     convention = convention or WindowConvention("report", min(4096, lm.max_length))
-    scores = {name: score_documents(lm, docs, convention, desc=f"leakage {name}")
+    # score_documents refuses a set with no scorable token or a non-finite loss, naming it: no verdict from NaN
+    scores = {name: score_documents(lm, docs, convention, desc=f"leakage {name}", name=name)
               for name, docs in (("train", train), ("test", test), ("ref", ref))}
     rng = np.random.default_rng(seed)
     boot = {name: bootstrap_ratio(s.nll, s.tokens.astype(np.float64), n_boot, rng) for name, s in scores.items()}
@@ -62,6 +63,9 @@ def leakage(lm: LanguageModel, train: Documents, test: Documents, ref: Documents
     d1_boot, d2_boot = boot["test"] - boot["ref"], boot["test"] - boot["train"]
     ci = {f"L_{name}": interval(b, confidence) for name, b in boot.items()}
     ci["delta1"], ci["delta2"] = interval(d1_boot, confidence), interval(d2_boot, confidence)
+    numbers = [*L.values(), d1, d2, *(x for pair in ci.values() for x in pair)]
+    if not all(np.isfinite(numbers)):
+        raise ValueError(f"leakage of {lm.name}: a non-finite loss or interval ({L}); no verdict")
     return {
         "L_train": L["train"], "L_test": L["test"], "L_ref": L["ref"],
         "delta1": d1, "delta2": d2,
