@@ -52,6 +52,9 @@ def _add_loading_options(p: argparse.ArgumentParser) -> None:
                    help="padded tokens per forward pass (batch rows × longest row)")
     g.add_argument("--max-batch-size", type=int, default=64, help="rows per forward pass at most")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="UNSAFE: let the transformers backend load pickled weights (pytorch_model.bin) when a "
+                        "directory has no safetensors; unpickling an untrusted file can run code")
 
 
 def _add_window_options(p: argparse.ArgumentParser) -> None:
@@ -77,7 +80,7 @@ def _load(args: argparse.Namespace, path: str):
 
     return load_lm(path, backend=args.backend, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
                    batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, allow_pickle=args.allow_pickle)
 
 
 def _convention(args: argparse.Namespace, lm):
@@ -113,11 +116,34 @@ def _write_json(path: str | None, payload: Any) -> None:
     if not path:
         return
     out = Path(path)
+    bad = non_finite_key(payload)
+    if bad is not None:  # json.dumps would write a bare NaN/Infinity, which is not JSON
+        raise ValueError(f"cannot write {out}: the results hold a non-finite number at {bad}")
+    text = json.dumps(payload, ensure_ascii=False, indent=2, default=_json_default, allow_nan=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(out)
     print(f"wrote {out}", file=sys.stderr)
+
+
+def non_finite_key(value: Any, where: str = "$") -> str | None:
+    """The path (e.g. `$.domains.Tech.loss`) of the first NaN/±inf in a JSON-bound value, or None."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy / torch scalar
+        value = value.item()
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} ({value})"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = non_finite_key(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}")
+        if found is not None:
+            return found
+    return None
 
 
 def _json_default(value: Any) -> Any:
@@ -192,6 +218,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                    max_new_tokens=args.max_new_tokens, sampling=_sampling(args))
         results[spec.name] = result
         all_records[spec.name] = records
+        for line in result.get("warnings", []):
+            print(f"warning: {line}", file=sys.stderr)
         if args.log_samples:
             write_records(Path(args.log_samples) / f"{spec.name}.jsonl", records)
     print(format_results(results, per_subject=not args.overall_only))
