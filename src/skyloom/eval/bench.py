@@ -66,8 +66,11 @@ def run_task(lm: LanguageModel, spec: TaskSpec, shots: int | None = None, limit:
     if spec.kind == "math":
         from skyloom.eval.math import evaluate_math
 
-        return evaluate_math(lm, spec.path, task=spec.name, limit=limit, max_new_tokens=max_new_tokens,
-                             sampling=sampling)
+        result, records = evaluate_math(lm, spec.path, task=spec.name, limit=limit, max_new_tokens=max_new_tokens,
+                                        sampling=sampling)
+        result["shots_requested"] = k
+        result["warnings"] = [f"{spec.name}: zero-shot in a chat template; --shots {k} is ignored"] if k else []
+        return result, records
     if spec.kind == "generation":
         from skyloom.eval.gsm8k import evaluate_gsm8k
 
@@ -86,19 +89,33 @@ def write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def shots_cell(result: dict[str, Any]) -> str:
+    """The shots actually used: "5", or "3 of 5" / "0–5 of 5" when some subject had fewer exemplars than asked."""
+    asked = result.get("shots_requested", result["shots"])
+    used = [s.get("shots", result["shots"]) for s in result["subjects"].values()] or [result["shots"]]
+    lo, hi = min(used), max(used)
+    if lo == hi == asked:
+        return str(asked)
+    return f"{lo} of {asked}" if lo == hi else f"{lo}–{hi} of {asked}"
+
+
 def format_results(results: dict[str, dict[str, Any]], per_subject: bool = True) -> str:
-    """Markdown: one overall line per task, then the per-subject table."""
+    """Markdown: one overall line per task, then the per-subject table (with its shots when some fell short)."""
     lines = ["| Task | shots | n | acc | acc_norm | prompt sha256 |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         o = r["overall"]
         norm = f"{100 * o['acc_norm']:.1f}" if "acc_norm" in o else "–"
-        lines.append(f"| {name} | {r['shots']} | {o['n']:,} | {100 * o['acc']:.1f} | {norm} | "
+        lines.append(f"| {name} | {shots_cell(r)} | {o['n']:,} | {100 * o['acc']:.1f} | {norm} | "
                      f"{r['prompt_sha256'][:12]} |")
     if per_subject:
         for name, r in results.items():
             if len(r["subjects"]) <= 1:
                 continue
-            lines += ["", f"{name} by subject:", "", "| Subject | n | acc | acc_norm |", "|---|---|---|---|"]
+            short = any(s.get("shots", r["shots"]) != r.get("shots_requested", r["shots"])
+                        for s in r["subjects"].values())
+            head = "| Subject | n | acc | acc_norm |" + (" shots |" if short else "")
+            lines += ["", f"{name} by subject:", "", head, "|---" * head.count(" |") + "|"]
             for subject, s in r["subjects"].items():
-                lines.append(f"| {subject} | {s['n']} | {100 * s['acc']:.1f} | {100 * s['acc_norm']:.1f} |")
+                row = f"| {subject} | {s['n']} | {100 * s['acc']:.1f} | {100 * s['acc_norm']:.1f} |"
+                lines.append(row + (f" {s.get('shots', r['shots'])} |" if short else ""))
     return "\n".join(lines)

@@ -9,6 +9,10 @@ Answer extraction from the completion: the number after the first `#### ` (the d
 which the exemplars teach); else the number after "answer is" / "答案是" (how chat-style models end);
 else the last number in the completion. Numbers are compared as values after removing thousands
 separators, currency signs and a trailing period (so "$1,234.50" and "1234.5" match).
+
+Shots: a train file with fewer than K problems gives fewer exemplars; the result then records the number
+used (`shots`, with `shots_requested` and a line in `warnings`) — the same rule and reason as the
+multiple-choice benchmarks (skyloom/eval/multiple_choice.py).
 """
 
 from __future__ import annotations
@@ -125,10 +129,13 @@ def evaluate_gsm8k(lm: LanguageModel, path: Path, shots: int = 8, limit: int | N
                                  sort_keys=True).encode("utf-8") + b"\n")
     n = len(records)
     truncated = sum(len(ids) > lm.max_length - max_new_tokens for ids in prompt_ids)
+    warnings = [f"gsm8k: {train_file} has {len(exemplars)} problem(s), fewer than the {shots} exemplars asked for; "
+                f"scored {len(exemplars)}-shot"] if len(exemplars) < shots else []
     result = {
-        "task": "gsm8k", "kind": "generation", "path": str(test_file), "shots": shots, "limit": limit,
+        "task": "gsm8k", "kind": "generation", "path": str(test_file), "shots": len(exemplars),
+        "shots_requested": shots, "warnings": warnings, "limit": limit,
         "overall": {"acc": correct / n if n else float("nan"), "n": n, "invalid": invalid},
-        "subjects": {"gsm8k": {"n": n, "acc": correct / n if n else float("nan")}},
+        "subjects": {"gsm8k": {"n": n, "acc": correct / n if n else float("nan"), "shots": len(exemplars)}},
         "generation": {"max_new_tokens": max_new_tokens, "stop": list(STOP),
                        "sampling": vars(sampling) if sampling else "greedy"},
         "prompt_sha256": digest.hexdigest(), "truncated_prompts": truncated,

@@ -14,6 +14,12 @@ then the question. `letter` format lists the options and scores the answer lette
 scores each option's text. Prediction = the option with the highest log-likelihood (acc); acc_norm
 divides each log-likelihood by the continuation's length in characters first (lm-evaluation-harness's
 acc_norm). Overall = mean over subjects (as the authors' scripts average) and over all questions (micro).
+
+Shots: a subject whose dev file holds fewer than K exemplars is scored with all it has, and the result
+says so — `shots` per subject and overall (the fewest used), `shots_requested`, and a line in `warnings`.
+A warning rather than an error because the prompt is still well-formed and the number is still a true
+K'-shot score; refusing would stop a 50-subject run for one short dev file. What must not happen is a
+result labelled K-shot that is not, so the numbers always carry the shots actually used.
 """
 
 from __future__ import annotations
@@ -252,6 +258,8 @@ def evaluate_multiple_choice(lm: LanguageModel, task: str, root: Path, shots: in
     records: list[dict[str, Any]] = []
     requests: list[tuple[list[int], list[int]]] = []
     flat = [q for qs in questions.values() for q in qs]
+    if not flat:
+        raise ValueError(f"{root / split}: no questions to score")
     contexts = [build_prompt(q, exemplars[q.subject], template, fmt) for q in flat]
     context_ids = lm.encode_batch([c for c, _ in contexts])
     whole_ids = lm.encode_batch([context + c for context, conts in contexts for c in conts])
@@ -281,7 +289,10 @@ def evaluate_multiple_choice(lm: LanguageModel, task: str, root: Path, shots: in
     for subject, s in per_subject.items():
         subject_records = [r for r in records if r["subject"] == subject]
         subjects_out[subject] = {"n": s["n"], "acc": s["correct"] / s["n"], "acc_norm": s["correct_norm"] / s["n"],
-                                 "prompt_sha256": requests_sha256(subject_records)}
+                                 "shots": len(exemplars[subject]), "prompt_sha256": requests_sha256(subject_records)}
+    short = {name: s["shots"] for name, s in subjects_out.items() if s["shots"] < shots}
+    warnings = [f"{task}: {len(short)} of {len(subjects_out)} subject(s) have fewer than {shots} dev exemplars and "
+                f"were scored with fewer: " + ", ".join(f"{name} ({k})" for name, k in short.items())] if short else []
     n = len(records)
     overall = {
         "acc": float(np.mean([s["acc"] for s in subjects_out.values()])) if subjects_out else float("nan"),
@@ -291,8 +302,9 @@ def evaluate_multiple_choice(lm: LanguageModel, task: str, root: Path, shots: in
         "n": n, "subjects": len(subjects_out),
     }
     result = {
-        "task": task, "kind": "multiple_choice", "path": str(root), "split": split, "shots": shots, "format": fmt,
+        "task": task, "kind": "multiple_choice", "path": str(root), "split": split,
+        "shots": min(s["shots"] for s in subjects_out.values()), "shots_requested": shots, "format": fmt,
         "limit": limit, "overall": overall, "subjects": subjects_out, "prompt_sha256": requests_sha256(records),
-        "truncated_prompts": truncated, "chance": 0.25,
+        "truncated_prompts": truncated, "chance": 0.25, "warnings": warnings,
     }
     return result, records
