@@ -13,7 +13,7 @@
 5. report   greedy zero-shot accuracy per step count and language on val and test with Wilson 95% intervals →
             results/results.json and results/results.md.
 
-    .venv/bin/python experiments/skymath/run.py                 # 41 min measured on 2 heavily shared cores
+    .venv/bin/python experiments/skymath/run.py                 # tens of minutes on 2 shared cores
     .venv/bin/python experiments/skymath/run.py --quick         # a smoke run (minutes)
 Stages are cached in --work (default runs/skymath-exp); re-running continues where it stopped.
 """
