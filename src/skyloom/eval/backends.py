@@ -274,15 +274,20 @@ def load_lm(
     tokenizer: str | Path | None = None,
     max_length: int | None = None,
     allow_pickle: bool = False,
+    verify: bool = True,
     **kwargs: Any,
 ) -> LanguageModel:
     """Open a model directory for evaluation (`kwargs`: batch_tokens, max_batch_size, progress); `allow_pickle`
-    lets the transformers backend load pickled weights (unsafe; safetensors only by default)."""
+    lets the transformers backend load pickled weights (unsafe; safetensors only by default). With `verify`, a
+    directory holding a manifest.json (a training checkpoint) is checked against it first, for either backend."""
+    from skyloom.model.manifest import ensure_intact
+
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"no such model directory: {p}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    ensure_intact(p, verify)
     chosen = detect_backend(p) if backend == "auto" else backend
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -293,7 +298,7 @@ def load_lm(
                                       allow_pickle=allow_pickle, **kwargs)
     from skyloom.model.checkpoint import load_model
 
-    model = load_model(p, device=dev, dtype=dt)
+    model = load_model(p, device=dev, dtype=dt, verify=False)  # verified above
     tok = load_skyloom_tokenizer(Path(tokenizer) if tokenizer else p)
     return SkyloomLM(model, tok, name=p.name, max_length=max_length, **kwargs)
 

@@ -52,6 +52,9 @@ def _add_loading_options(p: argparse.ArgumentParser) -> None:
                    help="padded tokens per forward pass (batch rows × longest row)")
     g.add_argument("--max-batch-size", type=int, default=64, help="rows per forward pass at most")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-verify", action="store_true",
+                   help="skip checking a training checkpoint against its manifest.json (sizes + sha256) before "
+                        "loading it (faster; a corrupt file then gives other numbers instead of an error)")
     g.add_argument("--allow-pickle", action="store_true",
                    help="UNSAFE: let the transformers backend load pickled weights (pytorch_model.bin) when a "
                         "directory has no safetensors; unpickling an untrusted file can run code")
@@ -80,7 +83,7 @@ def _load(args: argparse.Namespace, path: str):
 
     return load_lm(path, backend=args.backend, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
                    batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size,
-                   progress=not args.no_progress, allow_pickle=args.allow_pickle)
+                   progress=not args.no_progress, allow_pickle=args.allow_pickle, verify=not args.no_verify)
 
 
 def _convention(args: argparse.Namespace, lm):

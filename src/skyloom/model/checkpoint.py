@@ -78,7 +78,7 @@ def read_weights(file: Path, device: str | torch.device = "cpu") -> dict[str, to
     try:
         return load_file(str(file), device=str(device))
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{file}: cannot read the weights ({err})") from None
+        raise CheckpointError(f"{file}: cannot read it as safetensors ({err})") from None
 
 
 def is_skyloom_checkpoint(path: str | Path) -> bool:

@@ -142,7 +142,7 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     from skyloom.model.checkpoint import load_model
     from skyloom.model.hf import export_hf
 
-    model = load_model(args.checkpoint)
+    model = load_model(args.checkpoint, verify=not args.no_verify)  # a corrupt source is refused, not laundered
     out = export_hf(model, args.out_dir, source_dir=args.checkpoint)
     kind = "MixtralForCausalLM" if model.config.moe is not None else "LlamaForCausalLM"
     print(f"wrote Hugging Face {kind} directory {out}")
@@ -225,6 +225,9 @@ def register(sub) -> None:
     hf.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (config.json + model.safetensors)")
     hf.add_argument("--verify", action="store_true",
                     help="load the result in transformers and compare logits (needs skyloom[hf])")
+    hf.add_argument("--no-verify", action="store_true",
+                    help="skip checking CHECKPOINT against its manifest.json (sizes + sha256) before exporting "
+                         "(--verify, by contrast, checks the exported result)")
     hf.set_defaults(handler=cmd_export_hf)
 
     imp = add_group(sub, "import", "import checkpoints from other formats")

@@ -73,10 +73,12 @@ def _parse(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return manifest, None
 
 
-def check(directory: str | Path, checksums: bool = True, require: bool = False) -> str | None:
+def check(directory: str | Path, checksums: bool = True, require: bool = False,
+          complete_under: str | None = None) -> str | None:
     """None when every file the manifest lists has its size (and sha256) — else the reason, naming the file.
 
     Without a skyloom manifest there is nothing to check (None), unless `require` (a training checkpoint, DCP).
+    `complete_under`: a subdirectory whose every file must be listed too (DCP: an added pickle is not "intact").
     """
     d = Path(directory)
     manifest, reason = _parse(d / MANIFEST)
@@ -103,6 +105,11 @@ def check(directory: str | Path, checksums: bool = True, require: bool = False) 
             return f"{rel} has {size} bytes, the manifest says {info.get('bytes')} (truncated?)"
         if checksums and sha256_file(p) != info.get("sha256"):
             return f"{rel} does not match its sha256 in manifest.json (corrupted)"
+    if complete_under and (d / complete_under).is_dir():
+        for p in sorted((d / complete_under).rglob("*")):
+            rel = p.relative_to(d).as_posix()
+            if p.is_file() and rel not in files:
+                return f"{rel} is not in manifest.json (added after the checkpoint was written)"
     return None
 
 

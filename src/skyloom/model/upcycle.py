@@ -79,12 +79,13 @@ def upcycle(dense: Transformer, moe: MoEConfig | dict[str, Any], gate_std: float
 
 
 def upcycle_checkpoint(dense_path: str | Path, out_dir: str | Path, moe: MoEConfig | dict[str, Any],
-                       gate_std: float = 0.02, seed: int = 0) -> tuple[Path, Transformer]:
-    """Load a dense checkpoint (skyloom or HF Llama), upcycle it, save it with the source's tokenizer files."""
+                       gate_std: float = 0.02, seed: int = 0, verify: bool = True) -> tuple[Path, Transformer]:
+    """Load a dense checkpoint (skyloom or HF Llama; verified against its manifest unless `verify=False`),
+    upcycle it, save it with the source's tokenizer files."""
     from skyloom.model.checkpoint import load_model, save_model
     from skyloom.model.hf import TOKENIZER_FILES
 
-    dense = load_model(dense_path)
+    dense = load_model(dense_path, verify=verify)
     model = upcycle(dense, moe, gate_std=gate_std, seed=seed)
     out = save_model(model, out_dir, metadata={"upcycled_from": str(dense_path), "gate_std": gate_std,
                                                "seed": seed})

@@ -35,6 +35,7 @@ from skyloom.model.manifest import CheckpointError
 from skyloom.model.manifest import FORMAT, MANIFEST  # noqa: F401  (re-exported: the trainer's names)
 
 TRAINER_STATE = "trainer_state.json"
+DCP_DIR = "dcp"  # FSDP: sharded state; its .metadata is a pickle, so every file there must be in the manifest
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
@@ -154,7 +155,7 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 def verify(ckpt: Path, checksums: bool = True) -> str | None:
     """None when the checkpoint is complete and intact, else the reason it is broken."""
-    reason = manifest.check(ckpt, checksums, require=True)
+    reason = manifest.check(ckpt, checksums, require=True, complete_under=DCP_DIR)
     if reason is None and not (ckpt / TRAINER_STATE).is_file():
         return f"{TRAINER_STATE} is missing"
     return reason

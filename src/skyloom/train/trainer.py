@@ -423,7 +423,7 @@ class Trainer:
         """DCP's `.metadata` is a pickle: it is opened only once the manifest has vouched for every byte."""
         if not self.verify or path in self._verified:
             return
-        reason = check_manifest(path, require=True)
+        reason = check_manifest(path, require=True, complete_under=ckpt.DCP_DIR)
         if reason is not None:
             raise CheckpointError(f"{path}: {reason}; its dcp/.metadata is a pickle, opened only when the manifest "
                                   f"verifies it ({NO_VERIFY_HINT}, for a checkpoint you wrote yourself)")
