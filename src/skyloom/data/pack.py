@@ -230,7 +230,7 @@ class TaskResult:
 
 def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool,
              max_doc_chars: int = DEFAULT_MAX_DOC_CHARS, batch_docs: int = 256) -> TaskResult:
-    """Tokenize one task's documents (+EOS) and write its shard; on failure no temporary file is left."""
+    """Tokenize one task's documents (+EOS) and write its shard; a task that fails leaves no temporary file."""
     tok = _WORKER["tokenizer"]
     eos = tok.eos_id
     result = TaskResult(task.source, task.name, bytes=task.bytes)
@@ -265,11 +265,14 @@ def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool,
     try:
         meta = write_shard(directory, task.name, documents(), vocab_size=tok.vocab_size,
                            source=task.source, tokenizer=tok.tokenizer_id, eos_id=eos)
-    except InputError as err:
+    except Exception as err:
+        # A failed task leaves no temporary file; an interrupted one (Ctrl-C, kill) may, and the next run
+        # overwrites it.
+        (directory / f"shard_{task.name}.bin.tmp").unlink(missing_ok=True)
+        if not isinstance(err, InputError):
+            raise
         result.error = str(err)
         return result
-    finally:  # write_shard renames its temporary file when it succeeds; whatever stopped it, none may stay
-        (directory / f"shard_{task.name}.bin.tmp").unlink(missing_ok=True)
     result.tokens, result.documents = meta["tokens"], meta["documents"]
     return result
 
