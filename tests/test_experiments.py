@@ -69,6 +69,11 @@ README_RESULTS = {
     "moe/README.md": ["moe/results/fig3.json", "moe/results/upcycle.json"],
 }
 README_RESULTS["README.md"] = sorted({f for files in README_RESULTS.values() for f in files})  # the index
+DOC_PASSAGES = {  # docs that quote experiment outcomes: (doc, the passage's first words) → the experiment's results
+    ("docs/moe.md", "**Figure 3 and upcycling at CPU scale**"): README_RESULTS["moe/README.md"],
+    ("docs/moe.md", "At CPU scale the rule's call"): README_RESULTS["moe/README.md"],
+    ("docs/sft.md", "**Experiment** (experiments/skymath/README.md)"): README_RESULTS["skymath/README.md"],
+}
 
 _SUP = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
 NUMBER = re.compile(r"(?<![\w.,/\-−+])(?P<sign>[-+−])?(?P<body>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
@@ -151,6 +156,22 @@ def test_every_readme_number_is_in_the_committed_results(readme):
     results = [json.loads((root / f).read_text(encoding="utf-8")) for f in README_RESULTS[readme]]
     missing = unsourced((root / readme).read_text(encoding="utf-8"), results)
     assert not missing, f"experiments/{readme}: numbers not in {README_RESULTS[readme]}: " + ", ".join(missing)
+
+
+def passage(text: str, start: str) -> str:
+    """From the line holding `start` to the end of its paragraph."""
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if start in line)
+    end = next((i for i in range(first, len(lines)) if not lines[i].strip()), len(lines))
+    return "\n".join(lines[first:end])
+
+
+@pytest.mark.parametrize("doc,start", sorted(DOC_PASSAGES))
+def test_docs_quote_experiment_numbers_from_the_committed_results(doc, start):
+    files = DOC_PASSAGES[(doc, start)]
+    results = [json.loads((REPO / "experiments" / f).read_text(encoding="utf-8")) for f in files]
+    missing = unsourced(passage((REPO / doc).read_text(encoding="utf-8"), start), results)
+    assert not missing, f"{doc}, passage '{start}': numbers not in {files}: " + ", ".join(missing)
 
 
 def test_number_check_catches_a_changed_digit_and_a_stale_mark():
