@@ -126,6 +126,7 @@ class SourceReader(BaseDiskReader):
         self._funnel: Funnel | None = None
         self._malformed: list[dict[str, Any]] = []
         self._rank, self._world, self._seen = 0, 1, 0
+        self._lines_read = 0  # jsonl: lines of the current file read so far (names where a bad .gz broke off)
 
     def _mine(self) -> bool:
         """Record-level sharding: is the next record this task's?"""
@@ -208,6 +209,7 @@ class SourceReader(BaseDiskReader):
 
         with self.data_folder.open(filepath, "rb", compression="infer") as f:
             for i, raw in enumerate(f, start=1):
+                self._lines_read = i
                 if not raw.strip() or not self._mine():
                     continue
                 text = self._decode(raw, filepath, i)
@@ -341,11 +343,14 @@ class SourceReader(BaseDiskReader):
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
         reader = getattr(self, f"_read_{self.cfg.format}")
+        self._lines_read = 0
         try:
             yield from reader(filepath)
         except Exception as err:  # unreadable/corrupt file (bad gzip, zlib errors …): report, go on
-            logger.warning(f"{self.label}: cannot read {filepath}: {err}")
-            self._bad(filepath, -1, "unreadable_file", f"{type(err).__name__}: {err}")
+            # jsonl: the line where reading broke off (what came before it was read); other formats: unknown
+            line = self._lines_read + 1 if self.cfg.format == "jsonl" else -1
+            logger.warning(f"{self.label}: cannot read {filepath} (line {line}): {err}")
+            self._bad(filepath, line, "unreadable_file", f"{type(err).__name__}: {err}")
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self._funnel = Funnel()
