@@ -295,3 +295,16 @@ def test_pipeline_reader_counts_a_broken_gzip_and_null_text_as_malformed_with_th
     read = sum(1 for d in docs if d.metadata["file"].endswith("cut.jsonl.gz"))
     assert cut["reason"] == "unreadable_file" and cut["line"] == read + 1 and 0 < read < len(GOOD)
     assert (by_file["null.jsonl"]["reason"], by_file["null.jsonl"]["line"]) == ("missing_text", 2)
+
+
+def test_no_temporary_file_is_left_when_a_parallel_pack_stops(tok_dir, tmp_path, capsys):
+    """A failed task stops the pool; the tasks it cuts short must not leave their half-written files either."""
+    bad = _bad_gzip(tmp_path / "a_bad.jsonl.gz", "truncated")
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(_jsonl(GOOD * 20))
+    out = tmp_path / "tokens"
+    args = ["data", "pack", "-t", str(tok_dir), "-o", str(out), "--workers", "2", "-q", "--shard-bytes", "4000",
+            f"s={bad}", f"s={good}"]
+    assert main(args) == 2
+    assert f"{bad}:" in capsys.readouterr().err
+    assert not list(out.rglob("*.tmp"))

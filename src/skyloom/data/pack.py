@@ -357,6 +357,9 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
             with mp.get_context("spawn").Pool(min(workers, len(pending)), initializer=_init_worker,
                                              initargs=(str(tok.source), True)) as pool:
                 _consume(pool.imap_unordered(_run_task_star, jobs), results, bar)
+    except PackError:  # leaving the pool terminated the tasks still running: remove what they were writing
+        _remove_temporary_files(out, pending)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -378,6 +381,12 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
         over_long=[m for r in results for m in r.over_long], split=[m for r in results for m in r.split],
         seconds=seconds,
     )
+
+
+def _remove_temporary_files(out: Path, tasks: list[Task]) -> None:
+    for task in tasks:
+        for suffix in (".bin", ".docs.bin", ".json"):  # write_shard's files, each written as NAME.tmp first
+            (out / task.source / f"shard_{task.name}{suffix}.tmp").unlink(missing_ok=True)
 
 
 def _consume(iterator, results: list[TaskResult], bar) -> None:
