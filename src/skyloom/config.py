@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -37,11 +38,24 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+class NonFiniteError(ConfigError):
+    """A number field holds NaN or ±inf."""
+
+
+def _finite(value: float, key: str) -> float:
+    """NaN or ±inf in a config is always a mistake (`.nan`, `1e400`): it would pass every `x < 0` check."""
+    if not math.isfinite(value):
+        raise NonFiniteError(key, f"must be a finite number, got {value!r}")
+    return value
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check/convert one YAML value against a type hint; raise ConfigError naming `key`."""
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if isinstance(value, float):
+        _finite(value, key)
     if origin in (Union, types.UnionType):
         options = get_args(tp)
         if value is None and type(None) in options:
@@ -52,6 +66,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _convert(value, option, key)
+            except NonFiniteError:
+                raise
             except ConfigError as err:
                 errors.append(err)
         if len(errors) == 1 and dataclasses.is_dataclass([o for o in options if o is not type(None)][0]):
@@ -100,12 +116,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(key, f"expected a number, got {value!r}")
         if isinstance(value, (int, float)):
-            return float(value)
+            return _finite(float(value), key)
         if isinstance(value, str):  # YAML reads "6e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+            else:
+                return _finite(number, key)
         raise ConfigError(key, f"expected a number, got {value!r}")
     if tp is str:
         if not isinstance(value, str):
@@ -159,6 +177,48 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not "last one wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # PyYAML itself reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str, source: str = "<text>") -> Any:
+    """Parse YAML with the safe loader, refusing duplicate keys; errors name `source` and the line."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f":{mark.line + 1}" if mark is not None else ""
+        context = f" ({err.context} on line {err.context_mark.line + 1})" if err.context and err.context_mark else ""
+        raise ConfigError("", f"{source}{where}: invalid YAML: {err.problem}{context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{source}: invalid YAML: {err}") from None
+
+
+def read_text_utf8(path: Path) -> str:
+    """A config file's text; bytes that are not UTF-8 are an error naming the file, line and byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError("", f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                              "save the file as UTF-8") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`model.n_layers=4` → (['model', 'n_layers'], 4); the value is read as YAML."""
     if "=" not in text:
@@ -168,9 +228,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(key, "an override key must be dotted names like train.lr")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""  # noqa: S506 — safe loader
     except yaml.YAMLError as err:
-        raise ConfigError(key, f"cannot parse value {raw!r}: {err}") from None
+        raise ConfigError(key, f"cannot parse value {raw!r}: {getattr(err, 'problem', None) or err}") from None
     return key.split("."), value
 
 
@@ -192,16 +252,11 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file (and line, when YAML knows it)."""
+    """Read a YAML mapping; errors (bad YAML, a key given twice, bytes that are not UTF-8) name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("", f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError("", f"{path}{where}: invalid YAML: {err}") from None
+    data = load_yaml_text(read_text_utf8(path), str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
