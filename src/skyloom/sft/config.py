@@ -24,6 +24,8 @@ class SFTSourceConfig:
     def validate(self) -> None:
         if self.weight < 0:
             raise ConfigError("weight", f"must be ≥ 0, got {self.weight}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("limit", f"must be ≥ 1 (or left out), got {self.limit}")
 
 
 @dataclass
@@ -44,8 +46,12 @@ class SFTDataConfig:
 
         if self.template not in TEMPLATES:
             raise ConfigError("template", f"unknown chat template {self.template!r}; known: {', '.join(TEMPLATES)}")
+        if self.seq_len is not None and self.seq_len <= 0:
+            raise ConfigError("seq_len", f"must be positive, got {self.seq_len}")
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError("epochs", f"must be positive, got {self.epochs}")
+        if self.val_max_samples < 1:
+            raise ConfigError("val_max_samples", f"must be ≥ 1, got {self.val_max_samples}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
 

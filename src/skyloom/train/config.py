@@ -45,7 +45,9 @@ class SourceConfig:
     `path` is a token-shard directory (`skyloom.data.shards`). When it holds no `index.json` yet and `raw`
     lists text files (globs; `.txt` = one document per file, `.jsonl`/`.json` = one document per line taken
     from `text_key`), `skyloom train` tokenizes them with the run's tokenizer and packs them there first.
-    `raw_fallback` is used when nothing in `raw` exists (e.g. `${stdlib}/**/*.py` — Python's own sources).
+    `raw_fallback` (e.g. `${stdlib}/**/*.py` — Python's own sources) stands in only when the data `raw` points
+    into is absent altogether (no such directory), with a note; a `raw` entry that matches nothing while another
+    does, or while its directory exists, is refused as a typo (`skyloom.train.prepare`).
     """
 
     path: str
@@ -74,6 +76,8 @@ class TokenizerTrainConfig:
     def validate(self) -> None:
         if self.vocab_size < 300:
             raise ConfigError("vocab_size", f"must be ≥ 300 (256 bytes + merges), got {self.vocab_size}")
+        if self.max_chars <= 0:
+            raise ConfigError("max_chars", f"must be positive, got {self.max_chars}")
 
 
 @dataclass
@@ -128,28 +132,37 @@ class TrainConfig:
     peak_tflops: float | None = None  # per device, for MFU when the device's peak is unknown (e.g. CPU)
 
     def validate(self) -> None:
-        if self.global_batch_tokens <= 0 or self.micro_batch_size <= 0:
-            raise ConfigError("global_batch_tokens", "batch sizes must be positive")
+        """Each rule names the one key it is about (no shared messages: the key is what the user edits)."""
+        for name in ("global_batch_tokens", "micro_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
         if (self.max_steps is None) == (self.max_tokens is None):
             raise ConfigError("max_steps", "give exactly one of train.max_steps and train.max_tokens")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError("max_steps", f"must be positive, got {self.max_steps}")
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise ConfigError("max_tokens", f"must be positive, got {self.max_tokens}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+        if self.lr <= 0:
+            raise ConfigError("lr", f"must be positive, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
             raise ConfigError("min_lr", f"need 0 ≤ min_lr ≤ lr, got lr={self.lr} min_lr={self.min_lr}")
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError("betas", f"must be in [0, 1), got {self.betas}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0:
-            raise ConfigError("weight_decay", "weight_decay and grad_clip must be ≥ 0, eps > 0")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be ≥ 0, got {getattr(self, name)}")
+        if self.eps <= 0:
+            raise ConfigError("eps", f"must be positive, got {self.eps}")
         if self.max_bad_steps < 1:
             raise ConfigError("max_bad_steps", f"must be ≥ 1, got {self.max_bad_steps}")
         if self.init_optimizer and not self.init_from:
             raise ConfigError("init_optimizer", "needs train.init_from")
         if self.log_every < 1:
             raise ConfigError("log_every", f"must be ≥ 1, got {self.log_every}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ConfigError("peak_tflops", f"must be positive, got {self.peak_tflops}")
 
 
 @dataclass
@@ -174,8 +187,10 @@ class ValidationConfig:
     at_start: bool = True
 
     def validate(self) -> None:
-        if self.every < 0 or self.batch_size <= 0:
-            raise ConfigError("every", "validation.every must be ≥ 0 and batch_size > 0")
+        if self.every < 0:
+            raise ConfigError("every", f"must be ≥ 0, got {self.every}")
+        if self.batch_size <= 0:
+            raise ConfigError("batch_size", f"must be positive, got {self.batch_size}")
 
 
 @dataclass
@@ -186,8 +201,10 @@ class CheckpointConfig:
     save_final: bool = True
 
     def validate(self) -> None:
-        if self.every < 0 or self.keep_last < 1:
-            raise ConfigError("keep_last", "checkpoint.every must be ≥ 0 and keep_last ≥ 1")
+        if self.every < 0:
+            raise ConfigError("every", f"must be ≥ 0, got {self.every}")
+        if self.keep_last < 1:
+            raise ConfigError("keep_last", f"must be ≥ 1, got {self.keep_last}")
         if self.keep_every is not None and self.keep_every <= 0:
             raise ConfigError("keep_every", f"must be positive, got {self.keep_every}")
 
@@ -208,8 +225,11 @@ class RunConfig:
         return self.data.seq_len or self.model.max_seq_len
 
     def validate(self) -> None:
-        if self.seq_len > self.model.max_seq_len and self.model.arch == "gpt":
-            raise ConfigError("data.seq_len", f"{self.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        # Every architecture: the checkpoint's model.json records max_seq_len, and a model trained on longer
+        # windows than it says would be misdescribed to everything that loads it (HF export, eval, SFT).
+        if self.seq_len > self.model.max_seq_len:
+            raise ConfigError("data.seq_len", f"{self.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; "
+                                              "raise model.max_seq_len or lower data.seq_len")
         if self.train.global_batch_tokens % self.seq_len:
             raise ConfigError("train.global_batch_tokens",
                               f"{self.train.global_batch_tokens} is not a multiple of seq_len={self.seq_len}")

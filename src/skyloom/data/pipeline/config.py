@@ -47,6 +47,9 @@ class ExecutorConfig:
             raise ConfigError("tasks", "must be ≥ 1")
         if self.workers < 1:
             raise ConfigError("workers", "must be ≥ 1")
+        for name in ("cpus_per_task", "mem_per_cpu_gb"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
         if self.type == "slurm" and not self.partition:
             raise ConfigError("partition", "is required with type: slurm")
 
@@ -74,8 +77,8 @@ class PipelineConfig:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def expand_env(value: Any) -> Any:
-    """``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree."""
+def expand_env(value: Any, key: str = "") -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree; an unset variable names the config key."""
     if isinstance(value, str):
         def sub(m: re.Match) -> str:
             name, default = m.group(1), m.group(2)
@@ -83,13 +86,13 @@ def expand_env(value: Any) -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            raise ConfigError(name, f"environment variable ${{{name}}} is not set and has no default")
+            raise ConfigError(key, f"environment variable ${{{name}}} is not set and has no default")
 
         return _ENV.sub(sub, value)
     if isinstance(value, list):
-        return [expand_env(v) for v in value]
+        return [expand_env(v, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
+        return {k: expand_env(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     return value
 
 
