@@ -30,14 +30,21 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from skyloom.config import ConfigError
 from skyloom.data.shards import TokenSource
 from skyloom.train.batch import Batch
 
 STATE_VERSION = 1
 
 
-class PlanError(ValueError):
-    """The data plan is impossible (a source would be repeated beyond its epoch cap, or is too small)."""
+class PlanError(ConfigError):
+    """The data plan is impossible (a source would be repeated beyond its epoch cap, or is too small).
+
+    A ConfigError (so a ValueError too): every command reports it as `skyloom: error: …`, exit 2, wherever it
+    is raised — `--plan-only`, the run itself, the demo."""
+
+    def __init__(self, message: str, key: str = ""):
+        super().__init__(key, message)
 
 
 class WeightSchedule:
@@ -49,6 +56,8 @@ class WeightSchedule:
         else:
             pts = [(float(x), float(w)) for x, w in spec]
             self.xs, self.ws = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        if not np.all(np.isfinite(self.ws)) or not np.all(np.isfinite(self.xs)):
+            raise ValueError(f"non-finite mixture weight in {spec!r}")
         if np.any(self.ws < 0):
             raise ValueError(f"negative mixture weight in {spec!r}")
 
@@ -148,10 +157,12 @@ class MixtureLoader:
         """Normalised source weights at `step`."""
         frac = step / (self.total_steps - 1) if self.total_steps > 1 else 0.0
         w = np.array([s.spec.weight(min(max(frac, 0.0), 1.0)) for s in self.sources])
-        total = w.sum()
-        if total <= 0:
-            raise PlanError(f"all mixture weights are 0 at step {step} (fraction {frac:.3f} of training)")
-        return w / total
+        top = w.max()
+        if not top > 0:
+            raise PlanError(f"all mixture weights (data.sources.*.weight) are 0 at step {step} "
+                            f"(fraction {frac:.3f} of training)")
+        w = w / top  # scaled to ≤ 1 first: weights near the float maximum (1e308) cannot overflow the sum
+        return w / w.sum()
 
     def _counts(self, step: int, drawn: np.ndarray, ideal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Windows per source for `step` (summing to global_windows) and the new cumulative ideal."""
