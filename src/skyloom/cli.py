@@ -50,9 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Like `parser.parse_args`, except that `KEY=VALUE` overrides may also follow the options
+    (`skyloom train cfg.yaml --out runs/x train.lr=1e-3`): argparse gives a `nargs="*"` positional only the
+    words before the first option, so any later ones are appended, in order, to the command's `overrides`."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and isinstance(getattr(args, "overrides", None), list):
+        late = [word for word in extras if "=" in word and not word.startswith("-")]
+        args.overrides.extend(late)
+        extras = [word for word in extras if word not in late]
+    if extras:
+        target = getattr(args, "group_parser", None) if getattr(args, "handler", None) is None else None
+        (target or parser).error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         # `skyloom` or `skyloom GROUP` alone: show the relevant help.
