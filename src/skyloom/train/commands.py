@@ -11,6 +11,16 @@ from skyloom.cli import add_command
 from skyloom.config import ConfigError, apply_overrides, build, read_yaml
 
 
+# What the config, the data or the disk can make impossible: `skyloom: error: …`, exit 2, for the run and for
+# --plan-only alike (PlanError and ConfigError are ValueErrors; OSError: e.g. the disk filled up).
+RUN_ERRORS = (ValueError, OSError)
+
+
+def _fail(err: BaseException) -> int:
+    print(f"skyloom: error: {err}", file=sys.stderr)
+    return 2
+
+
 def load_run_config(spec: str, overrides: list[str]):
     """A YAML recipe, or a run directory (its saved config.yaml), plus dotted overrides."""
     from skyloom.train.config import RunConfig
@@ -40,7 +50,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = resolve_run_dir(args, cfg, config_path)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if args.plan_only:
-        return _plan_only(cfg, run_dir)
+        try:
+            return _plan_only(cfg, run_dir)
+        except RUN_ERRORS as err:
+            return _fail(err)
     lock = _lock_run_dir(run_dir) if is_main else None  # before anything in RUN_DIR is touched
     started = (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
     if started and not args.resume:
@@ -54,7 +67,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
-    from skyloom.data.mixture import PlanError
     from skyloom.train.distributed import shutdown
     from skyloom.train.trainer import Trainer, TrainingAborted
 
@@ -68,9 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if is_main:
             _print_summary(trainer)
         return 0 if status == "finished" else 128 + int(trainer.stop_signal or 15)
-    except (PlanError, TrainingAborted, ValueError, OSError) as err:  # OSError: e.g. the disk filled up
-        print(f"skyloom: error: {err}", file=sys.stderr)
-        return 2
+    except (TrainingAborted, *RUN_ERRORS) as err:
+        return _fail(err)
     finally:
         shutdown()
         if lock is not None:
@@ -97,11 +108,7 @@ def _plan_only(cfg, run_dir: Path) -> int:
     loader = build_mixture_loader(cfg, load_tokenizer(cfg))
     rows = loader.plan()
     print(plan_text(cfg, loader, run_dir, "as launched (this printout assumes 1 rank)", 1, rows))
-    try:
-        loader.check_plan(rows)
-    except PlanError as err:
-        print(f"skyloom: error: {err}", file=sys.stderr)
-        return 2
+    loader.check_plan(rows)
     print("plan OK")
     return 0
 
