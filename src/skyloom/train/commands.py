@@ -100,7 +100,7 @@ def _lock_run_dir(run_dir: Path):
 
 
 def _plan_only(cfg, run_dir: Path) -> int:
-    from skyloom.data.mixture import PlanError
+    """Print the plan and check it; errors propagate to cmd_train's one error path (RUN_ERRORS)."""
     from skyloom.train.prepare import prepare_data
     from skyloom.train.trainer import build_mixture_loader, load_tokenizer, plan_text
 
