@@ -138,11 +138,25 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paths_or_error(source: str, what: str, out_dir: str) -> None:
+    """Refuse, as `skyloom: error:` (exit 2) before any work, a missing input directory or an OUT_DIR that is a
+    file; what is wrong inside the input is reported by its loader and turned into the same kind of error."""
+    if not Path(source).is_dir():
+        reason = "not a directory" if Path(source).exists() else "no such directory"
+        raise ConfigError("", f"{what} {source}: {reason}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError("", f"OUT_DIR {out_dir}: exists and is not a directory")
+
+
 def cmd_export_hf(args: argparse.Namespace) -> int:
     from skyloom.model.checkpoint import load_model
     from skyloom.model.hf import export_hf
 
-    model = load_model(args.checkpoint, verify=not args.no_verify)  # a corrupt source is refused, not laundered
+    _paths_or_error(args.checkpoint, "CHECKPOINT", args.out_dir)
+    try:
+        model = load_model(args.checkpoint, verify=not args.no_verify)  # a corrupt source is refused, not laundered
+    except (ValueError, FileNotFoundError) as err:  # not a checkpoint, unreadable model.json, …
+        raise ConfigError("", str(err)) from None
     out = export_hf(model, args.out_dir, source_dir=args.checkpoint)
     kind = "MixtralForCausalLM" if model.config.moe is not None else "LlamaForCausalLM"
     print(f"wrote Hugging Face {kind} directory {out}")
@@ -174,7 +188,13 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
     from skyloom.model.checkpoint import save_model
     from skyloom.model.hf import TOKENIZER_FILES, load_hf_llama
 
-    model = load_hf_llama(args.hf_dir)
+    _paths_or_error(args.hf_dir, "HF_DIR", args.out_dir)
+    if not (Path(args.hf_dir) / "config.json").is_file():
+        raise ConfigError("", f"HF_DIR {args.hf_dir}: no config.json (not a Hugging Face model directory)")
+    try:
+        model = load_hf_llama(args.hf_dir)
+    except (ValueError, KeyError, FileNotFoundError) as err:  # bad config.json, no safetensors, unknown weights
+        raise ConfigError("", f"HF_DIR {args.hf_dir}: {err}") from None
     out = save_model(model, args.out_dir, metadata={"imported_from": str(args.hf_dir)})
     for name in TOKENIZER_FILES:
         src = Path(args.hf_dir) / name
