@@ -168,6 +168,12 @@ def _rebase(value: Any, root: Path) -> Any:
     return value
 
 
+def _rebase_keys(section: dict[str, Any], root: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """`section` with the path lists under `keys` rebased (a non-list is left for the config check to refuse)."""
+    return {k: ([_rebase(v, root) for v in value] if k in keys and isinstance(value, list) else value)
+            for k, value in section.items()}
+
+
 def rebase_paths(tree: dict[str, Any], root: Path) -> dict[str, Any]:
     """Prefix the path-valued keys of a RunConfig tree with `root` (relative ones only)."""
     if str(root) in ("", "."):
@@ -182,14 +188,17 @@ def rebase_paths(tree: dict[str, Any], root: Path) -> dict[str, Any]:
             data["tokenizer"] = _rebase(data["tokenizer"], root)
         sources = data.get("sources")
         if isinstance(sources, dict):
-            data["sources"] = {name: ({**src, "path": _rebase(src.get("path"), root),
-                                       "raw": [_rebase(r, root) for r in src.get("raw", [])]}
+            data["sources"] = {name: (_rebase_keys({**src, "path": _rebase(src.get("path"), root)}, root,
+                                                   ("raw", "raw_fallback"))
                                       if isinstance(src, dict) else src) for name, src in sources.items()}
+        if isinstance(data.get("train_tokenizer"), dict):  # its files too, or they would silently fall back
+            data["train_tokenizer"] = _rebase_keys(data["train_tokenizer"], root, ("files", "fallback"))
     train = out.get("train")
     if isinstance(train, dict) and train.get("init_from"):
         out["train"] = {**train, "init_from": _rebase(train["init_from"], root)}
     val = out.get("validation")
     if isinstance(val, dict) and isinstance(val.get("sets"), dict):
-        out["validation"] = {**val, "sets": {name: ({**s, "path": _rebase(s.get("path"), root)}
+        out["validation"] = {**val, "sets": {name: (_rebase_keys({**s, "path": _rebase(s.get("path"), root)}, root,
+                                                                 ("fallback",))
                                                     if isinstance(s, dict) else s) for name, s in val["sets"].items()}}
     return out

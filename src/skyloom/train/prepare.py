@@ -15,20 +15,49 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from skyloom.config import ConfigError
 from skyloom.train.config import DataConfig
-from skyloom.train.validation import expand_paths, iter_documents
+from skyloom.train.validation import expand_paths, expand_placeholders, iter_documents
 
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = [EOS_TOKEN, "<|pad|>", "<|unk|>"]
 
 
-def _resolve_files(primary: Sequence[str], fallback: Sequence[str], what: str) -> list[Path]:
-    files = expand_paths(primary) if primary else []
-    if not files and fallback:
-        files = expand_paths(fallback)
+def _resolve_files(primary: Sequence[str], fallback: Sequence[str], what: str,
+                   log: Callable[[str], None] = print) -> list[Path]:
+    """The files `primary` names. `fallback` stands in only when the data `primary` points into is absent as a
+    whole (e.g. no ../shared/data on this machine), and says so. A name that matches nothing while another one
+    matches, or while the directory it names exists, is a typo: refused naming the key, never skipped or replaced
+    by the fallback (which would train on other data without a word)."""
+    missing = [p for p in primary if not expand_paths(p)]
+    found = [p for p in primary if p not in missing]
+    if missing and found:
+        raise ConfigError(what, f"{', '.join(missing)} matches no file (while {', '.join(found)} does); "
+                                "fix the path or remove it")
+    typos = [(p, d) for p in missing if (d := _fixed_dir(p)).is_dir()]
+    if typos:
+        p, d = typos[0]
+        raise ConfigError(what, f"{p} matches no file, though its directory {d} exists; fix the path")
+    if found:
+        return expand_paths(primary)
+    files = expand_paths(fallback) if fallback else []
     if not files:
-        raise FileNotFoundError(f"{what}: none of {list(primary) + list(fallback)} exists")
+        raise ConfigError(what, f"none of {list(primary) + list(fallback)} exists")
+    if primary:
+        log(f"note: {what}: {', '.join(primary)} not found (no such directory); using the fallback "
+            f"{', '.join(fallback)} ({len(files)} file(s))")
     return files
+
+
+def _fixed_dir(pattern: str) -> Path:
+    """The directory a path or glob names before any wildcard: `a/b/c.txt` → a/b, `a/*/x.py` → a."""
+    parts = Path(expand_placeholders(pattern)).parts
+    fixed = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            return Path(*fixed) if fixed else Path(".")
+        fixed.append(part)
+    return Path(*fixed[:-1]) if len(fixed) > 1 else Path(".")
 
 
 def _texts(files: Iterable[Path], text_key: str, max_chars: int | None = None) -> Iterable[str]:
@@ -99,23 +128,25 @@ def pack_files(files: Sequence[Path], out_dir: Path, tokenizer, source: str, tex
 
 
 def prepare_data(data: DataConfig, log: Callable[[str], None] = print) -> None:
-    """Create the tokenizer and any missing token shards the config describes (idempotent)."""
-    tokenizer = None
+    """Create the tokenizer and any missing token shards the config describes (idempotent). Every file list is
+    resolved first, so a wrong path is refused before minutes of tokenizer training are spent."""
+    raw_files = {name: _resolve_files(src.raw, src.raw_fallback, f"data.sources.{name}.raw", log)
+                 for name, src in data.sources.items()
+                 if not (Path(src.path) / "index.json").is_file() and (src.raw or src.raw_fallback)}
+    if raw_files and not data.tokenizer:
+        raise ConfigError(f"data.sources.{next(iter(raw_files))}.raw", "packing raw text needs data.tokenizer")
     if data.tokenizer and not (Path(data.tokenizer) / "tokenizer.json").is_file() and data.train_tokenizer:
         spec = data.train_tokenizer
-        files = _resolve_files(spec.files, spec.fallback, "data.train_tokenizer.files")
+        files = _resolve_files(spec.files, spec.fallback, "data.train_tokenizer.files", log)
         log(f"training a {spec.vocab_size}-entry byte-level BPE tokenizer on {len(files)} file(s) → {data.tokenizer}")
         train_bpe(files, Path(data.tokenizer), spec.vocab_size, spec.text_key, spec.max_chars)
-    for name, src in data.sources.items():
-        if (Path(src.path) / "index.json").is_file() or not (src.raw or src.raw_fallback):
-            continue
-        if not data.tokenizer:
-            raise ValueError(f"data.sources.{name}: packing raw text needs data.tokenizer")
+    tokenizer = None
+    for name, files in raw_files.items():
+        src = data.sources[name]
         if tokenizer is None:
             from skyloom.tokenizer.loading import TextTokenizer
 
             tokenizer = TextTokenizer.from_dir(data.tokenizer)
-        files = _resolve_files(src.raw, src.raw_fallback, f"data.sources.{name}.raw")
         log(f"packing source '{name}' from {len(files)} file(s) → {src.path}")
         index = pack_files(files, Path(src.path), tokenizer, name, src.text_key)
         log(f"  {index['tokens']:,} tokens in {index['documents']:,} documents")
