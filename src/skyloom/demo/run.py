@@ -29,6 +29,7 @@ from typing import Any, Callable
 from skyloom.recipes.recipe import Recipe, load_recipe
 
 REPO_RECIPES = Path(__file__).resolve().parents[3] / "recipes" / "demo"
+SUBSETS = ("main", "stem")  # the pipeline's outputs, packed into data/tokens/<subset>
 
 
 def default_recipe(tiny: bool) -> Path:
@@ -178,7 +179,7 @@ class Demo:
     def pack(self) -> dict[str, Any]:
         from skyloom.data.pack import SourceSpec, pack
 
-        specs = [SourceSpec(subset, [Path(f) for f in self._subset_files(subset)]) for subset in ("main", "stem")]
+        specs = [SourceSpec(subset, [Path(f) for f in self._subset_files(subset)]) for subset in SUBSETS]
         specs = [s for s in specs if s.files]
         summary = pack(specs, self.out / "data" / "tokenizer", self.out / "data" / "tokens", fields=("text",),
                        workers=1, progress=sys.stderr.isatty())
@@ -188,7 +189,7 @@ class Demo:
 
     def session_config(self, name: str):
         """The session's RunConfig in this workspace, with one validation set per corpus domain."""
-        from skyloom.config import build
+        from skyloom.config import ConfigError, build
         from skyloom.train.config import RunConfig
 
         tree = self.recipe.session_tree(name, self.out)
@@ -200,11 +201,23 @@ class Demo:
         tree["validation"] = {**tree["validation"], "sets": {**sets, **tree["validation"].get("sets", {})}}
         sources = tree["data"]["sources"]
         missing = [s for s, src in sources.items() if not (Path(src["path"]) / "index.json").is_file()]
+        for source in missing:  # only an empty pipeline subset may be left out; any other path is a mistake
+            if not self._empty_subset(Path(sources[source]["path"])):
+                ref = self.recipe.ref(name)
+                raise ConfigError(f"data.sources.{source}.path",
+                                  f"{self.recipe.directory / ref.config} (session {name}): {sources[source]['path']} "
+                                  "holds no token shards (no index.json) and is not one the demo packs")
         if missing:  # e.g. user data with no STEM documents: Stage-2 continues on Main alone, and says so
             self.log(f"    note: no shards for {missing} (the pipeline put no documents there); "
                      f"{name} trains without them")
             tree["data"]["sources"] = {s: src for s, src in sources.items() if s not in missing}
         return build(RunConfig, tree)
+
+    def _empty_subset(self, path: Path) -> bool:
+        """Whether `path` is the demo's shard directory of a pipeline subset that received no documents."""
+        tokens = self.out / "data" / "tokens"
+        return (path.parent.resolve() == tokens.resolve() and path.name in SUBSETS
+                and not self._subset_files(path.name))
 
     def train(self, name: str) -> dict[str, Any]:
         from skyloom.train.trainer import Trainer

@@ -28,7 +28,14 @@ STEM_NAME = re.compile(r"stem|math|gsm", re.I)
 
 
 def is_shared_layout(path: Path) -> bool:
-    return all((path / m).is_dir() for m in SHARED_MARKERS)
+    """All four shared-data folders: the shared layout. Two or three of them: a shared-data copy with a folder
+    missing (or misspelt) — refused, rather than silently read as "any other directory" of user files."""
+    present = [m for m in SHARED_MARKERS if (path / m).is_dir()]
+    if 2 <= len(present) < len(SHARED_MARKERS):
+        missing = [m for m in SHARED_MARKERS if m not in present]
+        raise FileNotFoundError(f"--data {path}: looks like the shared-data layout ({', '.join(present)}) but lacks "
+                                f"{', '.join(missing)}/; add it, or give a directory of your own files")
+    return len(present) == len(SHARED_MARKERS)
 
 
 def _read(path: Path, limit_chars: int, text_keys: tuple[str, ...] = ("text", "content")) -> list[str]:
