@@ -93,7 +93,10 @@ def _lock_run_dir(run_dir: Path):
     from skyloom.train.run_lock import RunLock
 
     lock = RunLock(run_dir)
-    note = lock.acquire()
+    try:
+        note = lock.acquire()
+    except OSError as err:  # e.g. no permission to create RUN_DIR
+        raise ConfigError("", f"{run_dir}: cannot create or lock the run directory ({err})") from None
     if note:
         print(note, file=sys.stderr)
     return lock
