@@ -340,8 +340,13 @@ class Trainer:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
 
+            from torch.distributed.checkpoint.api import CheckpointException
+
             msd, osd = get_state_dict(self.model, self.optimizer)
-            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
+            try:
+                dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
+            except (CheckpointException, OSError) as err:  # raised on every rank (a BaseException, not an Exception)
+                self._checkpoint_write_failed(tmp if self.env.is_main else None, err)
             full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             opt_state = None
         else:
@@ -385,7 +390,8 @@ class Trainer:
         effort — the log may sit on the full disk) and stop; the earlier checkpoints are untouched."""
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        reason = f"cannot write the checkpoint of step {self.step}: {err}"
+        last_line = (str(err).strip().splitlines() or [type(err).__name__])[-1]  # DCP's carry a whole traceback
+        reason = f"cannot write the checkpoint of step {self.step}: {last_line}"
         with contextlib.suppress(OSError):
             self.logger.event(self.step, "abort", reason=reason)
         kept = ", ".join(p.name for _, p in ckpt.list_checkpoints(self.ckpt_root)) or "none"
