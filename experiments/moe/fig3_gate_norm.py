@@ -186,7 +186,8 @@ def main() -> None:
         # re-read before writing: several copies of this script may run different --runs side by side
         results = json.loads(results_file.read_text()) if results_file.is_file() else {}
         cost = C.training_cost(run_dir)  # wall time and the machine's load average while it trained
-        results[f"{name}{args.label}"] = {**summarize(run_dir, layer=2), "training": cost, **settings}
+        results[f"{name}{args.label}"] = {**summarize(run_dir, layer=2), "training": cost, **settings,
+                                          "config": C.resolved_config(run_dir)}
         print(f"{name}: {cost['train_wall_s']:.0f}s")
         results_file.write_text(json.dumps(results, indent=1) + "\n")
     results = json.loads(results_file.read_text()) if results_file.is_file() else results

@@ -134,11 +134,12 @@ def main() -> None:
                          # drop rate and mean α at step 1 and every 10th step: what the README's prose quotes
                          "at_steps": {str(r["step"]): {"drop_rate": r["moe/drop_rate"], "aux_coef": r["moe/aux_coef"]}
                                       for r in tr if moe and (r["step"] == 1 or r["step"] % 10 == 0)},
-                         "training": C.training_cost(out / name)}
+                         "training": C.training_cost(out / name), "config": C.resolved_config(out / name)}
     _, dense_val = metrics(out / "dense")
     results["dense@end-of-pretraining"] = {"val_end": {r["set"]: r["loss"] for r in dense_val
                                                        if r["step"] == args.dense_steps},
-                                           "training": C.training_cost(out / "dense")}
+                                           "training": C.training_cost(out / "dense"),
+                                           "config": C.resolved_config(out / "dense")}
     up, dense, scratch = (results[n]["val_end"] for n in CONTINUATIONS)
     results["gaps"] = {"dense_continued_minus_upcycled": {k: dense[k] - up[k] for k in up},
                        "scratch_minus_upcycled": {k: scratch[k] - up[k] for k in up}}
