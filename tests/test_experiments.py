@@ -56,7 +56,7 @@ def test_readme_states_claim_and_command(name):
 # (the paper's words), link targets, dates, references (§5.1, Table 7, Figure 3, Eq. 4, Appendix A), numbers glued to
 # letters (13B, L2, Max1, Δ2, 2.9M) or in a hyphenated compound (4-way, 2-core). Anything else that is a setting,
 # size or citation is marked in the README, greppably:
-#     <!-- not measured: 1/16 6% -->                 at the end of a line: these tokens of that line (must be there)
+#     <!-- not measured: 307,200 3e-4 -->            at the end of a line: these tokens of that line (must be there)
 #     <!-- not measured: begin (why) --> … <!-- not measured: end -->   a block (the paper's table)
 
 LONG_LIST = 24
