@@ -218,11 +218,12 @@ def test_train_override_after_out_is_applied(config, tmp_path, capsys):
     assert rc == 0 and "steps        7 " in out and "plan OK" in out
 
 
-# ---- item 11: export hf / import hf on missing paths ----
+# ---- item 11: export hf / import hf (and upcycle) on missing paths ----
 
 @pytest.mark.parametrize("argv, message", [
     (["export", "hf", "MISSING", "OUT"], "CHECKPOINT MISSING: no such directory"),
     (["import", "hf", "MISSING", "OUT"], "HF_DIR MISSING: no such directory"),
+    (["upcycle", "MISSING", "--out", "OUT"], "no such checkpoint: MISSING"),
     (["export", "hf", "EMPTY", "OUT"], "neither a skyloom checkpoint"),
     (["import", "hf", "EMPTY", "OUT"], "no config.json"),
 ])

@@ -72,10 +72,10 @@ def cmd_upcycle(args: argparse.Namespace) -> int:
     try:
         out, model = upcycle_checkpoint(args.dense, args.out, _moe_settings(args), gate_std=args.gate_std,
                                         seed=args.seed)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:  # FileNotFoundError: DENSE_CKPT does not exist
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError("upcycle", f"{args.dense}: {err}") from None
+        raise ConfigError("upcycle", str(err) if args.dense in str(err) else f"{args.dense}: {err}") from None
     counts = count_params(model.config)
     moe = model.config.moe
     print(f"wrote {out}: {len(model.moe_layers())} MoE layers × {moe.n_experts} experts (top-{moe.top_k}), "
