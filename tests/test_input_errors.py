@@ -145,6 +145,20 @@ def test_sft_validators_name_their_keys():
         assert err.value.key == key, override
 
 
+@pytest.mark.parametrize("cls, field, value", [
+    ("skyloom.data.pipeline.dedup.MinhashStepConfig", "hashes_per_bucket", 0),
+    ("skyloom.sft.skymath.SampleConfig", "temperature", -1.0),
+    ("skyloom.sft.skymath.SampleConfig", "max_new_tokens", 0),
+])
+def test_sibling_validators_name_their_keys(cls, field, value):
+    import importlib
+
+    module, name = cls.rsplit(".", 1)
+    with pytest.raises(ConfigError) as err:
+        build(getattr(importlib.import_module(module), name), {field: value})
+    assert err.value.key == field
+
+
 def test_pipeline_env_variable_error_names_the_key(monkeypatch):
     from skyloom.data.pipeline.config import expand_env
 

@@ -40,8 +40,11 @@ class SampleConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.k < 1 or self.temperature < 0 or self.max_new_tokens < 1:
-            raise ConfigError("k", "need k ≥ 1, temperature ≥ 0, max_new_tokens ≥ 1")
+        for name in ("k", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise ConfigError("temperature", f"must be ≥ 0, got {self.temperature}")
 
 
 @dataclass

@@ -52,8 +52,9 @@ class MinhashStepConfig:
 
         if self.n_grams < 1:
             raise ConfigError("n_grams", "must be ≥ 1")
-        if self.num_buckets < 1 or self.hashes_per_bucket < 1:
-            raise ConfigError("num_buckets", "num_buckets and hashes_per_bucket must be ≥ 1")
+        for name in ("num_buckets", "hashes_per_bucket"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
 
     def to_datatrove(self) -> MinhashConfig:
         return MinhashConfig(n_grams=self.n_grams, num_buckets=self.num_buckets,
