@@ -252,17 +252,18 @@ def test_kill_9_of_data_run_leaves_no_child_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "skyloom", "data", "run", str(tmp_path / "p.yaml")], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    task_logs = [tmp_path / "out" / "logs" / "01_documents" / "logs" / f"task_{r:05d}.log" for r in range(2)]
     seen: set[int] = set()
     try:
         deadline = time.time() + 120
-        while time.time() < deadline:  # until the task workers run (children of the forkserver: grandchildren)
+        while time.time() < deadline:  # until both tasks run in their workers (children of the forkserver)
             assert proc.poll() is None, "the run ended before it could be killed"
             seen |= _descendants(proc.pid)
-            if any(_children(c) for c in seen):
+            if all(log.exists() for log in task_logs):
                 break
             time.sleep(0.05)
         seen |= _descendants(proc.pid)
-        assert len(seen) >= 3, seen  # at least the manager, the forkserver and a worker
+        assert len(seen) >= 4 and any(_children(c) for c in seen), seen  # manager, forkserver, 2 workers
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.time() + 3

@@ -7,7 +7,7 @@ into the same ``output_dir`` is refused (``--restart`` discards the old run's fi
 
 Killed with ``kill -9``, a run leaves no process behind: datatrove's local executor starts a
 ``multiprocess`` manager process (and, for ``workers > 1``, a pool of task processes) that would otherwise
-outlive it forever (~185 MB each); here each asks Linux to kill it when its parent dies (``PR_SET_PDEATHSIG``).
+outlive it forever (~185 MB each); here each of them is killed as soon as the run's process dies.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import hashlib
 import importlib
 import json
 import os
+import select
 import shutil
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -117,25 +119,52 @@ def _record_plan(cfg: PipelineConfig, plan: Plan) -> None:
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def die_with_parent(parent: int | None = None) -> None:
-    """Initializer of a child process: on Linux, have it SIGKILLed when its parent dies, so that no child of a
-    killed run lives on. `parent`: the pid the child was started from, to catch a parent that died before
-    the request took effect. A no-op where prctl is unavailable."""
+def die_with_run(run_pid: int) -> None:
+    """Initializer of a child process: have it SIGKILLed as soon as the run's process `run_pid` dies.
+
+    A direct child asks Linux for it (`PR_SET_PDEATHSIG`). A forkserver's pool worker cannot: its parent is
+    the forkserver, which itself only exits once every worker is gone (each holds its "alive" pipe), so it
+    watches the run from a daemon thread instead (a pidfd, which becomes readable when the process ends)."""
+    if os.getppid() == run_pid and _ask_for_death_signal():
+        if os.getppid() != run_pid:  # the run died before the request took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+    threading.Thread(target=_die_when_gone, args=(run_pid,), daemon=True, name="skyloom-die-with-run").start()
+
+
+def _ask_for_death_signal() -> bool:
     if not sys.platform.startswith("linux"):
-        return
+        return False
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            return
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
     except (OSError, AttributeError):
-        return
-    if parent is not None and os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
+        return False
+
+
+def _die_when_gone(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux), or the process is already gone
+        while _exists(pid):
+            time.sleep(1.0)
+    else:
+        select.select([fd], [], [])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _ChildrenDieWithParent:
     """What datatrove's local executor sees as its `multiprocess` module: the same module, except that the
-    manager process it starts and the task processes of its pools die with their parent (`die_with_parent`).
+    manager process it starts and the task processes of its pools die with this process (`die_with_run`).
     Anything else passes through unchanged."""
 
     def __init__(self, module: Any, context: Any = None):
@@ -147,7 +176,7 @@ class _ChildrenDieWithParent:
     def Manager(self) -> Any:  # noqa: N802 - the name datatrove calls
         managers = importlib.import_module(f"{self._module.__name__}.managers")
         manager = managers.SyncManager(ctx=self._module.get_context())
-        manager.start(die_with_parent, (os.getpid(),))
+        manager.start(die_with_run, (os.getpid(),))
         return manager
 
     def get_context(self, method: str | None = None) -> "_ChildrenDieWithParent":
@@ -155,8 +184,7 @@ class _ChildrenDieWithParent:
 
     def Pool(self, processes: int | None = None, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
         if not args and "initializer" not in kwargs:
-            # a forkserver's pool workers are children of the forkserver, which exits when this process dies
-            kwargs["initializer"] = die_with_parent
+            kwargs.update(initializer=die_with_run, initargs=(os.getpid(),))
         return (self._context or self._module).Pool(processes, *args, **kwargs)
 
 
