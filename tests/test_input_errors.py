@@ -202,6 +202,10 @@ def test_mixture_weights_near_the_float_maximum_do_not_overflow(shards):
     assert [r["windows_drawn"] for r in loader.plan()] == [8, 8]
     with pytest.raises(ValueError, match="non-finite"):
         WeightSchedule(float("inf"))
+    # `skyloom plan`'s vectorised path (long runs) does the same arithmetic
+    from skyloom.recipes.plan import _vectorised_draws
+
+    assert _vectorised_draws(loader, np.zeros(2, dtype=np.int64)).tolist() == [8, 8]
 
 
 # ---- item 11: overrides after options, for every command that takes them ----

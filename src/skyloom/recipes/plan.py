@@ -61,6 +61,10 @@ def _vectorised_draws(loader, start: np.ndarray) -> np.ndarray:
     steps = loader.total_steps
     frac = np.arange(steps) / (steps - 1) if steps > 1 else np.zeros(1)
     w = np.stack([np.interp(frac, s.spec.weight.xs, s.spec.weight.ws) for s in loader.sources], axis=1)
+    top = w.max(axis=1, keepdims=True)
+    if not np.all(top > 0):
+        loader.weights_at(int(np.argmin(top[:, 0])))  # raises the loader's PlanError for that step
+    w = w / top  # as MixtureLoader.weights_at: scaled to ≤ 1 first, so weights near 1e308 cannot overflow the sum
     w = w / w.sum(axis=1, keepdims=True)
     ideal = loader.global_windows * w.sum(axis=0)
     counts = np.floor(ideal).astype(np.int64)
