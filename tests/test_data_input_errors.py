@@ -68,7 +68,8 @@ def _pack(tok_dir: Path, out: Path, *args: str) -> list[str]:
 
 def test_null_or_non_string_text_is_malformed_not_an_empty_document(tok_dir, tmp_path, capsys):
     path = tmp_path / "docs.jsonl"
-    path.write_bytes(_jsonl([{"text": "fine"}, {"text": None}, {"text": 5}, {"text": ""}, {"title": None, "text": "b"}]))
+    records = [{"text": "fine"}, {"text": None}, {"text": 5}, {"text": ""}, {"title": None, "text": "b"}]
+    path.write_bytes(_jsonl(records))
     with pytest.raises(InputError, match=r"docs.jsonl:2: field 'text' is null"):
         list(iter_documents(path))
     errors: list[InputError] = []
