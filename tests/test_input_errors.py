@@ -20,7 +20,6 @@ from skyloom.cli import build_parser, main
 from skyloom.config import ConfigError, apply_overrides, build, parse_override, read_yaml
 from skyloom.data.shards import finalize_index, write_shard
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL = dict(arch="llama", vocab_size=128, dim=32, n_layers=1, n_heads=2, ffn_dim=64, max_seq_len=32)
 
 
@@ -264,20 +263,20 @@ def raw_dir(tmp_path) -> Path:
     return corpus
 
 
-def with_raw(config: Path, raw: list[str], fallback: list[str], tmp_path: Path) -> list[str]:
+def with_raw(raw: list[str], fallback: list[str], tmp_path: Path) -> list[str]:
     return [f"data.sources.a.path={tmp_path / 'to_pack'}", f"data.sources.a.raw={json.dumps(raw)}",
             f"data.sources.a.raw_fallback={json.dumps(fallback)}", f"data.tokenizer={tmp_path / 'tok'}"]
 
 
 def test_raw_typo_with_a_fallback_is_refused(config, raw_dir, tmp_path, capsys):
-    overrides = with_raw(config, [str(raw_dir / "en.tx")], [str(raw_dir / "fallback.txt")], tmp_path)
+    overrides = with_raw([str(raw_dir / "en.tx")], [str(raw_dir / "fallback.txt")], tmp_path)
     rc, out, err = cli(capsys, "train", config, *overrides, "--plan-only", "--out", tmp_path / "run")
     assert rc == 2 and "'data.sources.a.raw'" in err and "en.tx matches no file" in err
     assert "fallback" not in out
 
 
 def test_missing_file_in_a_raw_list_is_refused(config, raw_dir, tmp_path, capsys):
-    overrides = with_raw(config, [str(raw_dir / "en.txt"), str(raw_dir / "zh.txt")], [], tmp_path)
+    overrides = with_raw([str(raw_dir / "en.txt"), str(raw_dir / "zh.txt")], [], tmp_path)
     rc, _, err = cli(capsys, "train", config, *overrides, "--plan-only", "--out", tmp_path / "run")
     assert rc == 2 and "'data.sources.a.raw'" in err and "zh.txt matches no file" in err
 
