@@ -205,6 +205,44 @@ def test_a_second_run_on_a_locked_directory_is_refused_and_a_stale_lock_taken_ov
     assert (run_dir / ".lock").read_text() == ""  # released cleanly: the next run takes it without a note
 
 
+HOLD_LOCKS = ("import sys, time; from skyloom.train.run_lock import RunLock; "
+              "locks = [RunLock(d) for d in sys.argv[1:]]; [lock.acquire() for lock in locks]; "
+              "print('locked', flush=True); time.sleep(120)")
+
+
+def test_sft_skymath_and_demo_take_the_run_directory_lock_too(tmp_path, capsys):
+    from tests.test_input_errors import tiny_sft_base, tiny_sft_config
+
+    config = tiny_sft_config(tiny_sft_base(tmp_path / "base"), tmp_path, seq_len=32)
+    skymath = write_config({"base": str(tmp_path / "base"), "train_data": str(tmp_path / "qa.jsonl"),
+                            "sft": {"train": {"max_steps": 1, "device": "cpu"}}}, tmp_path / "skymath.yaml")
+    sft_dir, skymath_dir, demo_dir = tmp_path / "sft", tmp_path / "skymath", tmp_path / "demo"
+    for run_dir, earlier in ((sft_dir, "metrics.jsonl"), (skymath_dir, "rounds.jsonl"), (demo_dir, "demo.json")):
+        run_dir.mkdir()
+        (run_dir / earlier).write_text("{}\n")  # an earlier run's file: nothing may touch it
+    before = {p: p.read_bytes() for p in tmp_path.glob("*/*") if p.name != ".lock" and p.is_file()}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCKS, str(sft_dir), str(skymath_dir), str(demo_dir)],
+                              cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        for argv in (["sft", config, "--out", sft_dir], ["sft", config, "--out", sft_dir, "--overwrite"],
+                     ["sft", config, "--out", sft_dir, "--resume"], ["skymath", skymath, "--out", skymath_dir,
+                                                                     "--overwrite"],
+                     ["demo", "--tiny", "--out", demo_dir, "--until", "corpus"]):
+            assert main([str(a) for a in argv]) == 2, argv
+            err = capsys.readouterr().err
+            assert f"pid {holder.pid} on host {socket.gethostname()}" in err and "skyloom: error:" in err, (argv, err)
+        assert {p: p.read_bytes() for p in tmp_path.glob("*/*") if p.name != ".lock" and p.is_file()} == before
+    finally:
+        holder.kill()  # the lock files still name the dead holder: stale
+        holder.wait()
+    # a stale lock is taken over with a note; --overwrite empties the directory around the lock file
+    assert main(["sft", str(config), "--out", str(sft_dir), "--overwrite"]) == 0
+    assert f"stale lock of {sft_dir}: its holder, pid {holder.pid}" in capsys.readouterr().err
+    assert (sft_dir / "metrics.jsonl").read_text() != "{}\n" and (sft_dir / ".lock").read_text() == ""
+
+
 def test_kill_9_during_a_checkpoint_write_then_resume_gives_the_same_weights(corpus, straight, tmp_path, capsys):
     cfg = run_config(corpus, checkpoint={"every": 1, "keep_last": 2})
     config = write_config(cfg, tmp_path / "run.yaml")

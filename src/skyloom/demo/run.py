@@ -87,7 +87,14 @@ class Demo:
                                     "recipe_file": str(self.recipe.directory)}, indent=1) + "\n", encoding="utf-8")
 
     def run(self, until: str | None = None) -> dict[str, Any]:
-        """Run every unfinished phase (up to and including `until`); returns {phase: record}."""
+        """Run every unfinished phase (up to and including `until`); returns {phase: record}. The workspace is
+        locked for the whole run (skyloom.train.run_lock): a second demo on the same --out is refused."""
+        from skyloom.train.run_lock import hold_run_dir
+
+        with hold_run_dir(self.out):
+            return self._run_phases(until)
+
+    def _run_phases(self, until: str | None) -> dict[str, Any]:
         self._check_workspace()
         records: dict[str, Any] = {}
         total = len(self.phases)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import shutil
+import os
 import sys
 from pathlib import Path
 
@@ -19,14 +20,18 @@ def _run_dir(args, cfg, config_path: Path, default_root: str) -> Path:
     return Path(default_root) / config_path.stem
 
 
-def _prepare_dir(run_dir: Path, args, files: tuple[str, ...]) -> bool:
+def _prepare_dir(run_dir: Path, args, files: tuple[str, ...], is_main: bool = True) -> bool:
+    """Whether the run may start in RUN_DIR (called with its lock held); --overwrite empties it, lock file kept."""
+    from skyloom.train.run_lock import clear_run_dir
+
     started = any((run_dir / f).exists() for f in files)
     if started and not args.resume:
         if not args.overwrite:
             print(f"skyloom: error: {run_dir} already holds a run; continue it with --resume, choose another --out, "
                   "or pass --overwrite to start over", file=sys.stderr)
             return False
-        shutil.rmtree(run_dir)
+        if is_main:
+            clear_run_dir(run_dir)
     return True
 
 
@@ -34,6 +39,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from skyloom.config import apply_overrides, read_yaml, save
     from skyloom.sft.config import build_sft_config
     from skyloom.train.distributed import shutdown
+    from skyloom.train.run_lock import hold_run_dir
     from skyloom.train.trainer import TrainingAborted
 
     config_path = Path(args.config)
@@ -42,21 +48,23 @@ def cmd_sft(args: argparse.Namespace) -> int:
     raw = apply_overrides(read_yaml(config_path), args.overrides)
     cfg = build_sft_config(raw)
     run_dir = _run_dir(args, cfg, config_path, "runs/sft")
-    if not _prepare_dir(run_dir, args, ("metrics.jsonl", "checkpoints", "init")):
-        return 2
-    run_dir.mkdir(parents=True, exist_ok=True)
-    import yaml
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    with hold_run_dir(run_dir) if is_main else contextlib.nullcontext():  # before anything in RUN_DIR is touched
+        if not _prepare_dir(run_dir, args, ("metrics.jsonl", "checkpoints", "init"), is_main):
+            return 2
+        run_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
 
-    (run_dir / "sft.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    from skyloom.sft.runner import run_sft
+        (run_dir / "sft.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        from skyloom.sft.runner import run_sft
 
-    try:
-        summary = run_sft(cfg, run_dir, resume=args.resume)
-    except (TrainingAborted, ValueError, FileNotFoundError) as err:
-        print(f"skyloom: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        shutdown()
+        try:
+            summary = run_sft(cfg, run_dir, resume=args.resume)
+        except (TrainingAborted, ValueError, FileNotFoundError) as err:
+            print(f"skyloom: error: {err}", file=sys.stderr)
+            return 2
+        finally:
+            shutdown()
     print(json.dumps({k: summary.get(k) for k in ("status", "steps", "val", "checkpoint", "hf")}, indent=1))
     return 0 if summary["status"] == "finished" else 130
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -355,28 +354,31 @@ def run_skymath(cfg: SkyMathConfig, run_dir: str | Path, log: Callable[[str], No
 def run_skymath_command(args: argparse.Namespace) -> int:
     import yaml
 
+    from skyloom.train.run_lock import clear_run_dir, hold_run_dir
+
     config_path = Path(args.config)
     if config_path.is_dir():
         config_path = config_path / "skymath.yaml"
     cfg, raw = load_skymath_config(config_path, args.overrides)
     run_dir = Path(args.out or cfg.out_dir or Path("runs/skymath") / config_path.stem)
-    if (run_dir / "rounds.jsonl").is_file() or any(run_dir.glob("round_*")):
-        if not args.resume:
-            if not args.overwrite:
-                print(f"skyloom: error: {run_dir} already holds a run; continue it with --resume or pass --overwrite",
-                      file=sys.stderr)
-                return 2
-            shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "skymath.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    try:
-        rounds = run_skymath(cfg, run_dir)
-    except KeyboardInterrupt as err:
-        print(f"skyloom: {err or 'interrupted'}", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError) as err:
-        print(f"skyloom: error: {err}", file=sys.stderr)
-        return 2
+    with hold_run_dir(run_dir):  # before anything in RUN_DIR is touched; its round_*/sft runs are inside it
+        if (run_dir / "rounds.jsonl").is_file() or any(run_dir.glob("round_*")):
+            if not args.resume:
+                if not args.overwrite:
+                    print(f"skyloom: error: {run_dir} already holds a run; continue it with --resume or pass "
+                          "--overwrite", file=sys.stderr)
+                    return 2
+                clear_run_dir(run_dir)
+        (run_dir / "skymath.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True),
+                                              encoding="utf-8")
+        try:
+            rounds = run_skymath(cfg, run_dir)
+        except KeyboardInterrupt as err:
+            print(f"skyloom: {err or 'interrupted'}", file=sys.stderr)
+            return 130
+        except (ValueError, FileNotFoundError) as err:
+            print(f"skyloom: error: {err}", file=sys.stderr)
+            return 2
     for r in rounds:
         print(json.dumps({"round": r["round"], "eval": {k: v["acc"] for k, v in r["eval"].items()}}))
     return 0

@@ -54,7 +54,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             return _plan_only(cfg, run_dir)
         except RUN_ERRORS as err:
             return _fail(err)
-    lock = _lock_run_dir(run_dir) if is_main else None  # before anything in RUN_DIR is touched
+    from skyloom.train.run_lock import hold_run_dir
+
+    lock = hold_run_dir(run_dir) if is_main else None  # before anything in RUN_DIR is touched
     started = (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
     if started and not args.resume:
         if not args.overwrite:
@@ -86,20 +88,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         shutdown()
         if lock is not None:
             lock.release()
-
-
-def _lock_run_dir(run_dir: Path):
-    """Hold RUN_DIR for this run (skyloom.train.run_lock); a live holder → RunDirLocked, exit 2, nothing touched."""
-    from skyloom.train.run_lock import RunLock
-
-    lock = RunLock(run_dir)
-    try:
-        note = lock.acquire()
-    except OSError as err:  # e.g. no permission to create RUN_DIR
-        raise ConfigError("", f"{run_dir}: cannot create or lock the run directory ({err})") from None
-    if note:
-        print(note, file=sys.stderr)
-    return lock
 
 
 def _plan_only(cfg, run_dir: Path) -> int:

@@ -1,10 +1,11 @@
 """One run per run directory: an exclusive lock on RUN_DIR/.lock, held for the run's whole life.
 
-Two `skyloom train` on one `--out` (a requeued Slurm job while the old one still runs, two launches at the same
-instant) would interleave metrics.jsonl, overwrite config.yaml under the other's weights and share one
-`.tmp-step_*`. `skyloom train` takes this lock before it touches anything in the directory. It is
-`fcntl.flock`, so the kernel releases it on any exit, `kill -9` included; the file holds the holder's pid,
-host, start time and command line:
+Two `skyloom train` (or `sft`, `skymath`, `demo`) on one `--out` (a requeued Slurm job while the old one still
+runs, two launches at the same instant) would interleave metrics.jsonl, overwrite config.yaml under the other's
+weights and share one `.tmp-step_*`. Every command that owns a run directory takes this lock through
+`hold_run_dir` before it touches anything in the directory (`--overwrite` included: `clear_run_dir` empties it
+around the lock file). It is `fcntl.flock`, so the kernel releases it on any exit, `kill -9` included; the file
+holds the holder's pid, host, start time and command line:
 
 * a second run on a locked directory is refused (`skyloom: error:` naming the holder, exit 2);
 * a file still naming a holder while nobody holds the lock means that holder died without releasing it
@@ -21,6 +22,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -101,11 +103,39 @@ class RunLock:
         self.fd = None
 
     def __enter__(self) -> "RunLock":
-        self.acquire()
+        if self.fd is None:
+            self.acquire()
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def hold_run_dir(run_dir: str | Path) -> RunLock:
+    """The lock of RUN_DIR for a command that owns it (train, sft, skymath, demo), taken before anything there is
+    touched: a live holder → RunDirLocked (exit 2); a stale or unenforceable lock → a note on stderr; a directory
+    that cannot be created or locked → ConfigError naming it. Release with `.release()`, or `with hold_run_dir(…):`.
+    """
+    lock = RunLock(run_dir)
+    try:
+        note = lock.acquire()
+    except OSError as err:  # e.g. no permission to create RUN_DIR
+        raise ConfigError("", f"{run_dir}: cannot create or lock the run directory ({err})") from None
+    if note:
+        print(note, file=sys.stderr)
+    return lock
+
+
+def clear_run_dir(run_dir: str | Path) -> None:
+    """Delete everything in RUN_DIR but its lock file (`--overwrite` while holding the lock: deleting the file
+    would let a second run lock a new file beside this one)."""
+    for entry in Path(run_dir).iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _read(fd: int) -> str:
