@@ -337,3 +337,62 @@ def test_demo_refuses_a_shared_layout_with_a_folder_missing(tmp_path, capsys):
     (data / "gsm8k" / "train.txt").write_text(("A long enough paragraph. " * 20 + "\n\n") * 3, encoding="utf-8")
     rc, _, err = cli(capsys, "demo", "--tiny", "--data", data, "--out", tmp_path / "ws", "--until", "corpus")
     assert rc == 2 and "lacks fewclue_zh/" in err
+
+
+# ---- SFT: a seq_len above the base's max_seq_len ----
+
+SFT_TEXT = [f"Question {i}: what is {i} plus {i}? Answer: {i} plus {i} is {2 * i}." for i in range(60)]
+
+
+def tiny_sft_base(root: Path, arch: str = "llama", max_seq_len: int = 32) -> Path:
+    """An SFT base in a second, no data needed: a byte-level BPE (</s> as eos) and a random tiny model beside it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from skyloom.model.checkpoint import save_model
+    from skyloom.model.config import ModelConfig
+    from skyloom.model.transformer import Transformer
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(SFT_TEXT, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    torch.manual_seed(0)
+    cfg = build(ModelConfig, dict(MODEL, arch=arch, vocab_size=tok.get_vocab_size(), max_seq_len=max_seq_len))
+    save_model(Transformer(cfg), root)
+    tok.save(str(root / "tokenizer.json"))
+    (root / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "unk_token": "<unk>"}))
+    return root
+
+
+def tiny_sft_config(base: Path, root: Path, seq_len: int, **train) -> Path:
+    """An `skyloom sft` YAML of 2 steps on a few question/answer records (written beside it)."""
+    data = root / "qa.jsonl"
+    data.write_text("".join(json.dumps({"instruction": t.split(" Answer:")[0], "output": t.split("Answer: ")[1]}) + "\n"
+                            for t in SFT_TEXT[:20]), encoding="utf-8")
+    cfg = {"base": str(base), "data": {"sources": {"qa": {"path": str(data)}}, "seq_len": seq_len},
+           "train": {"max_steps": 2, "global_batch_tokens": 2 * seq_len, "micro_batch_size": 2, "lr": 1e-3,
+                     "warmup_steps": 0, "device": "cpu", **train},
+           "validation": {"every": 0}, "export_hf": False}
+    path = root / "sft.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def test_sft_seq_len_above_a_rope_base_raises_the_saved_max_seq_len(tmp_path, capsys):
+    base = tiny_sft_base(tmp_path / "base", "llama", max_seq_len=32)
+    rc, out, _ = cli(capsys, "sft", tiny_sft_config(base, tmp_path, seq_len=64), "--out", tmp_path / "run")
+    assert rc == 0 and "max_seq_len 32 → 64" in out
+    saved = json.loads(next((tmp_path / "run" / "checkpoints").glob("step_*/model.json")).read_text())
+    assert saved["model"]["max_seq_len"] == 64  # what the model was trained on, not the base's 32
+
+
+def test_sft_seq_len_above_a_gpt_base_is_refused_before_anything_is_written(tmp_path, capsys):
+    base = tiny_sft_base(tmp_path / "base", "gpt", max_seq_len=32)
+    rc, _, err = cli(capsys, "sft", tiny_sft_config(base, tmp_path, seq_len=64), "--out", tmp_path / "run")
+    assert rc == 2 and "data.seq_len" in err and "model.max_seq_len=32" in err and "learned positions" in err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "sft.yaml"]  # no init/ to --overwrite
+    rc, _, err = cli(capsys, "sft", tiny_sft_config(base, tmp_path, seq_len=32), "--out", tmp_path / "run")
+    assert rc == 0, err

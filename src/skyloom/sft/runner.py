@@ -54,11 +54,12 @@ def prepare_base(cfg: SFTConfig, run_dir: Path, log: Callable[[str], None] = pri
     tok_src = Path(cfg.tokenizer) if cfg.tokenizer else base
     if not (tok_src / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{tok_src}: no tokenizer.json (set `tokenizer:` to the base model's tokenizer directory)")
+    model = load_model(base)
+    sft_model_config(cfg, model.config, base, log=lambda _: None)  # a refusal leaves nothing to --overwrite
     old = TextTokenizer.from_dir(tok_src)
     missing = [t for t in template.added_tokens if old.tokenizer.token_to_id(t) is None]
     add_special_tokens(tok_src, tok_dir, template.added_tokens, template.jinja)
     new = TextTokenizer.from_dir(tok_dir)
-    model = load_model(base)
     if missing or new.vocab_size > model.config.vocab_size:
         new_vocab = max(model.config.vocab_size, new.vocab_size)
         log(f"added {missing} to the tokenizer (ids {[new.tokenizer.token_to_id(t) for t in missing]}); "
@@ -74,6 +75,26 @@ def prepare_base(cfg: SFTConfig, run_dir: Path, log: Callable[[str], None] = pri
         shutil.rmtree(init_dir)
     tmp.replace(init_dir)
     return init_dir, tok_dir, model.config
+
+
+def sft_model_config(cfg: SFTConfig, model_cfg, base: str | Path, log: Callable[[str], None] = print):
+    """(window length, the run's model config). An SFT `data.seq_len` above the base's `max_seq_len` is fine for a
+    RoPE model (no weight depends on the length): the run's config is raised to it, so every checkpoint's model.json
+    (and the HF export) states the length the model was trained on. A GPT model's learned positions end at
+    `max_seq_len`: refused, naming both keys."""
+    from skyloom.config import ConfigError
+
+    seq_len = cfg.data.seq_len or model_cfg.max_seq_len
+    if seq_len <= model_cfg.max_seq_len:
+        return seq_len, model_cfg
+    if model_cfg.arch == "gpt":
+        raise ConfigError("data.seq_len", f"{seq_len} exceeds the base model's model.max_seq_len="
+                                          f"{model_cfg.max_seq_len} ({base}); a GPT model's learned positions end "
+                                          "there: lower data.seq_len")
+    log(f"note: data.seq_len={seq_len} exceeds the base model's max_seq_len={model_cfg.max_seq_len} ({base}); "
+        f"RoPE has no per-position weights, so this run's model config is raised: max_seq_len "
+        f"{model_cfg.max_seq_len} → {seq_len}")
+    return seq_len, replace(model_cfg, max_seq_len=seq_len)
 
 
 def _weighted(samples: list[Sample], weight: float, seed: int) -> list[Sample]:
@@ -192,9 +213,7 @@ def build_trainer(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
         model_cfg = read_model_config(init_dir)
     tokenizer = TextTokenizer.from_dir(tok_dir)
     encoder = TemplateEncoder(get_template(cfg.data.template), tokenizer)
-    seq_len = cfg.data.seq_len or model_cfg.max_seq_len
-    if seq_len > model_cfg.max_seq_len and model_cfg.arch == "gpt":
-        raise ValueError(f"data.seq_len={seq_len} exceeds the model's max_seq_len={model_cfg.max_seq_len}")
+    seq_len, model_cfg = sft_model_config(cfg, model_cfg, cfg.base, log)
     if cfg.train.global_batch_tokens % seq_len:
         raise ValueError(f"train.global_batch_tokens={cfg.train.global_batch_tokens} is not a multiple of "
                          f"seq_len={seq_len}")
