@@ -388,6 +388,17 @@ def test_init_from_and_upcycle_refuse_a_flipped_bit_and_no_verify_loads_it(flipp
     upcycle_checkpoint(ckpt_dir, tmp_path / "moe", moe, verify=False)
 
 
+def test_upcycle_command_refuses_a_flipped_bit_and_no_verify_upcycles_it(flipped, tmp_path, capsys):
+    ckpt_dir, _ = flipped
+    argv = ["upcycle", str(ckpt_dir), "--out", str(tmp_path / "moe"), "--experts", "2", "--top-k", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors does not match its sha256" in err and "--no-verify" in err
+    assert not (tmp_path / "moe").exists()
+    assert main([*argv, "--no-verify"]) == 0
+    assert skyloom.load_model(tmp_path / "moe").config.moe.n_experts == 2
+
+
 def test_a_directory_without_a_manifest_loads_as_is(flipped, tmp_path):
     from skyloom.model.checkpoint import save_model
 

@@ -71,7 +71,7 @@ def cmd_upcycle(args: argparse.Namespace) -> int:
 
     try:
         out, model = upcycle_checkpoint(args.dense, args.out, _moe_settings(args), gate_std=args.gate_std,
-                                        seed=args.seed)
+                                        seed=args.seed, verify=not args.no_verify)
     except (ValueError, FileNotFoundError) as err:  # FileNotFoundError: DENSE_CKPT does not exist
         if isinstance(err, ConfigError):
             raise
@@ -96,6 +96,8 @@ def register(sub) -> None:
     p.add_argument("--gate-std", type=float, default=0.02,
                    help="std of the gate's initial weights (0 = zeros: every token then ties on the same experts)")
     p.add_argument("--seed", type=int, default=0, help="seed for the gate's initial weights")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking DENSE_CKPT against its manifest.json (sizes + sha256) before upcycling")
     p.add_argument("--advise", action="store_true", help="print the §3.3 upcycle-or-from-scratch advice instead")
     p.add_argument("--dense-cost", type=float, help="--advise: what the dense checkpoint cost (any unit)")
     p.add_argument("--moe-budget", type=float, help="--advise: what the MoE training may cost (same unit)")
