@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -145,9 +147,26 @@ def test_user_files_become_domains_and_workspaces_do_not_mix(tmp_path):
         Demo(tmp_path / "ws3", tiny=True, data=data, log=lambda s: None).run(until="corpus")
 
 
+def _shared_layout(shared_data: Path, root: Path) -> Path:
+    """The shared data as `demo --data` reads it. tests/data has no FewCLUE (no licence): there a copy of the other
+    folders gets a stand-in `fewclue_zh/chid/unlabeled.json` holding People's Daily text in ChID's format."""
+    if (shared_data / "fewclue_zh").is_dir():
+        return shared_data
+    from tests.zh_text import news
+
+    for name in ("wikitext2", "gsm8k", "skywork"):
+        shutil.copytree(shared_data / name, root / name)
+    chid = root / "fewclue_zh" / "chid" / "unlabeled.json"
+    chid.parent.mkdir(parents=True)
+    chid.write_text("".join(json.dumps({"content": t}, ensure_ascii=False) + "\n" for t in news(80_000)),
+                    encoding="utf-8")
+    return root
+
+
 def test_shared_data_corpus_uses_the_reports_sets(tmp_path, shared_data):
     out = tmp_path / "ws"
-    Demo(out, tiny=True, data=shared_data, log=lambda s: None).run(until="corpus")
+    data = _shared_layout(shared_data, tmp_path / "shared")
+    Demo(out, tiny=True, data=data, log=lambda s: None).run(until="corpus")
     manifest = json.loads((out / "corpus" / "manifest.json").read_text())
     assert {"finance", "general", "game", "government", "movie", "tech"} <= set(manifest["table6"])
     assert manifest["leakage"]["ref"].endswith("ref.jsonl")

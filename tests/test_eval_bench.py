@@ -22,7 +22,7 @@ from skyloom.eval.multiple_choice import (
     read_questions,
     subject_files,
 )
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, full_data_only
 from tests.test_eval_fixtures import tiny_checkpoint, tiny_model, tokenizer, train_tiny
 
 
@@ -30,7 +30,14 @@ def _count(folder) -> int:
     return sum(len(read_questions(p, s)) for s, p in subject_files(folder).items())
 
 
-def test_ceval_and_cmmlu_files_read_completely():
+def _csv_rows(folder) -> int:
+    """Data rows of every CSV in the folder, counted by the csv module itself (header excluded)."""
+    return sum(len(list(csv.reader(p.read_text(encoding="utf-8").splitlines(keepends=True)))) - 1
+               for p in folder.glob("*.csv"))
+
+
+@full_data_only
+def test_ceval_and_cmmlu_record_counts_match_the_manifests():
     # record counts from the MANIFESTs: C-Eval dev 260 / val 1,346 (52 subjects); CMMLU dev 335 / test 11,582 (67)
     assert len(subject_files(SHARED_DATA / "ceval" / "val")) == 52
     assert _count(SHARED_DATA / "ceval" / "dev") == 260
@@ -38,6 +45,11 @@ def test_ceval_and_cmmlu_files_read_completely():
     assert len(subject_files(SHARED_DATA / "cmmlu" / "test")) == 67
     assert _count(SHARED_DATA / "cmmlu" / "dev") == 335
     assert _count(SHARED_DATA / "cmmlu" / "test") == 11582
+
+
+def test_ceval_and_cmmlu_files_read_completely():
+    for folder in ("ceval/dev", "ceval/val", "cmmlu/dev", "cmmlu/test"):  # every row is a question, none lost
+        assert _count(SHARED_DATA / folder) == _csv_rows(SHARED_DATA / folder) > 0, folder
     assert default_eval_split(SHARED_DATA / "ceval") == "val"
     assert default_eval_split(SHARED_DATA / "cmmlu") == "test"
     q = read_questions(SHARED_DATA / "ceval" / "val" / "computer_network_val.csv", "computer_network")[0]
@@ -146,9 +158,15 @@ def test_gsm8k_answer_extraction_on_model_style_outputs(completion, expected):
     assert (None if got is None else got) == (None if expected is None else Decimal(expected))
 
 
+@full_data_only
+def test_gsm8k_test_split_is_complete():
+    assert len(read_problems(SHARED_DATA / "gsm8k" / "test.jsonl")) == 1319
+
+
 def test_gsm8k_gold_answers_and_prompt():
     problems = read_problems(SHARED_DATA / "gsm8k" / "test.jsonl")
-    assert len(problems) == 1319
+    lines = (SHARED_DATA / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(problems) == len([line for line in lines if line.strip()])  # every record read
     assert all(gold_answer(p["answer"], p["where"]) is not None for p in problems)
     shots = read_problems(SHARED_DATA / "gsm8k" / "train.jsonl")[:8]
     prompt = gsm8k_prompt(problems[0]["question"], shots)
@@ -182,13 +200,15 @@ def test_bench_command_on_the_real_benchmarks(tmp_path, capsys):
     assert main(args) == 0
     first = json.loads(out.read_text())
     assert set(first["tasks"]) == {"ceval", "cmmlu", "gsm8k"}
-    assert first["tasks"]["ceval"]["overall"]["n"] == 52 and len(first["tasks"]["ceval"]["subjects"]) == 52
-    assert first["tasks"]["cmmlu"]["split"] == "test" and first["tasks"]["cmmlu"]["overall"]["n"] == 67
+    n_ceval = len(subject_files(SHARED_DATA / "ceval" / "val"))  # one question per subject (52 in the full set)
+    n_cmmlu = len(subject_files(SHARED_DATA / "cmmlu" / "test"))
+    assert first["tasks"]["ceval"]["overall"]["n"] == n_ceval and len(first["tasks"]["ceval"]["subjects"]) == n_ceval
+    assert first["tasks"]["cmmlu"]["split"] == "test" and first["tasks"]["cmmlu"]["overall"]["n"] == n_cmmlu
     assert first["tasks"]["gsm8k"]["overall"]["n"] == 1
     for r in first["tasks"].values():
         assert set(r["overall"]) >= {"acc", "n"} and len(r["prompt_sha256"]) == 64
     lines = (samples / "ceval.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 52 and json.loads(lines[0])["context"].endswith("答案：")
+    assert len(lines) == n_ceval and json.loads(lines[0])["context"].endswith("答案：")
     capsys.readouterr()
     # the same prompts again (a different model): identical hashes; different shots: different hashes
     again = ["eval", "bench", "--task", "ceval", "--limit", "1", "--no-progress", "--output", str(out)]

@@ -35,14 +35,14 @@ def _training_texts() -> list[str]:
     texts = []
     with open(SHARED_DATA / "gsm8k" / "train.jsonl", encoding="utf-8") as f:
         for i, line in enumerate(f):
-            if i >= 3000:
+            if i >= 500:
                 break
             r = json.loads(line)
             texts.append(r["question"] + " " + r["answer"])
     for name in ("zh_general.jsonl", "zh_tech.jsonl"):
         with open(SHARED_DATA / "skywork" / name, encoding="utf-8") as f:
             for i, line in enumerate(f):
-                if i >= 40:
+                if i >= 12:
                     break
                 texts.append(json.loads(line)["text"][:3000])
     for folder in ("ceval/dev", "cmmlu/dev"):

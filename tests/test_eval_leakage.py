@@ -21,10 +21,10 @@ STEPS = 30
 
 @pytest.fixture(scope="module")
 def sets():
-    train = read_texts(SHARED_DATA / "gsm8k" / "train.jsonl", limit=2000)
+    train = read_texts(SHARED_DATA / "gsm8k" / "train.jsonl", limit=400)
     return {
         "seen": train[:N],  # what the contaminated model is trained on, and the "train split" we score
-        "elsewhere": train[1000:1000 + N],  # in-domain text the control is trained on instead
+        "elsewhere": train[300:300 + N],  # in-domain text the control is trained on instead
         "test": read_texts(SHARED_DATA / "gsm8k" / "test.jsonl", limit=N),
         "ref": read_texts(SHARED_DATA / "skywork" / "mock_gsm8k_test_public.jsonl", limit=N),
     }

@@ -25,6 +25,7 @@ from skyloom.eval.perplexity import (
     score_documents,
 )
 from skyloom.eval.textdata import Documents, read_documents, read_texts
+from tests.conftest import SHARED_DATA
 from tests.test_eval_fixtures import tiny_checkpoint, tokenizer, workdir
 
 # The report's Table 6: per-domain perplexities (Tech, Movie, Gov., Game, Finance, General) and Average.
@@ -90,7 +91,7 @@ def test_packed_windows_match_training_batches():
 
 
 def test_rolling_loss_equals_a_direct_sum_and_bits_per_byte(lm):
-    texts = read_texts("../shared/data/skywork/zh_game.jsonl", limit=3)
+    texts = read_texts(SHARED_DATA / "skywork" / "zh_game.jsonl", limit=3)
     scores = score_documents(lm, Documents("game", texts=texts), WindowConvention("rolling", 128, 50, "bos"))
     tok = tokenizer()
     with torch.no_grad():
@@ -116,7 +117,7 @@ def test_rolling_loss_equals_a_direct_sum_and_bits_per_byte(lm):
 
 def test_packed_convention_equals_the_trainer_validation_loss(lm, tmp_path):
     validation = pytest.importorskip("skyloom.train.validation")
-    rows = [json.loads(line) for line in open("../shared/data/skywork/zh_finance.jsonl", encoding="utf-8")][:12]
+    rows = [json.loads(line) for line in open(SHARED_DATA / "skywork" / "zh_finance.jsonl", encoding="utf-8")][:12]
     file = tmp_path / "val.jsonl"
     file.write_text("".join(json.dumps({"text": r["text"]}, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     seq_len = 96
@@ -134,7 +135,7 @@ def test_token_shard_directory_scores_like_its_text(lm, tmp_path):
     from skyloom.data.shards import finalize_index, write_shard
 
     tok = tokenizer()
-    texts = read_texts("../shared/data/skywork/zh_tech.jsonl", limit=3)
+    texts = read_texts(SHARED_DATA / "skywork" / "zh_tech.jsonl", limit=3)
     docs = [tok.encode(t) + [tok.eos_id] for t in texts]
     write_shard(tmp_path / "tech", "0", docs, vocab_size=tok.vocab_size, source="tech", tokenizer=tok.tokenizer_id,
                 eos_id=tok.eos_id)

@@ -67,7 +67,7 @@ def _shas(directory: Path) -> list[str]:
 def corpus(tmp_path_factory) -> dict:
     """Real Chinese and English documents (plus an empty one and a blank line) in three formats."""
     root = tmp_path_factory.mktemp("corpus")
-    zh = [r["text"] for r in _records(SHARED_DATA / "skywork" / "zh_tech.jsonl", 24)]
+    zh = [r["text"] for r in _records(SHARED_DATA / "skywork" / "zh_tech.jsonl", 12)]
     zh_records = [{"text": t} for t in zh[:10]] + [{"text": ""}] + [{"text": t} for t in zh[10:]]
     zh_path = _write_jsonl(root / "zh.jsonl", zh_records)
     with open(zh_path, "a", encoding="utf-8") as f:
@@ -86,7 +86,7 @@ def test_pack_round_trip_and_exact_counts(tok_dir, tok, corpus, tmp_path, capsys
     out = tmp_path / "tokens"
     code = main(["data", "pack", "-t", str(tok_dir), "-o", str(out), f"zh={corpus['zh_path']}",
                  f"en={corpus['gsm_path']}", f"en={corpus['wiki_path']}", "--field", "question", "--field",
-                 "answer", "--field", "text", "--workers", "1", "--shard-bytes", "60000", "-q"])
+                 "answer", "--field", "text", "--workers", "1", "--shard-bytes", "25000", "-q"])
     assert code == 0
     printed = capsys.readouterr().out
     expected = {"zh": corpus["zh"], "en": corpus["gsm"] + [corpus["wiki"]]}
@@ -99,16 +99,16 @@ def test_pack_round_trip_and_exact_counts(tok_dir, tok, corpus, tmp_path, capsys
         assert source.index["dtype"] == "uint16" and source.index["vocab_size"] == 32000
         assert source.index["tokenizer"] == tok.tokenizer_id
         assert f"{n_tokens:,}" in printed
-    shards = TokenSource(out / "zh").index["shards"]  # ~190 kB of JSON lines cut at line starts, ~60 kB each
+    shards = TokenSource(out / "zh").index["shards"]  # ~110 kB of JSON lines cut at line starts, ~25 kB each
     assert len(shards) >= 3 and all(s["documents"] > 0 for s in shards)
     assert "1 empty documents" in printed and "0 malformed" in printed
     assert "tokens/s" in printed and "M chars/s" in printed
 
 
 def test_parallel_workers_write_the_same_shards(tok_dir, corpus, tmp_path):
-    serial = pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "serial", workers=1, shard_bytes=30_000,
+    serial = pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "serial", workers=1, shard_bytes=15_000,
                   progress=False)
-    parallel = pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "parallel", workers=2, shard_bytes=30_000,
+    parallel = pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "parallel", workers=2, shard_bytes=15_000,
                     progress=False)
     assert serial.tasks_run == parallel.tasks_run >= 6
     assert _shas(tmp_path / "serial" / "zh") == _shas(tmp_path / "parallel" / "zh")
@@ -116,7 +116,7 @@ def test_parallel_workers_write_the_same_shards(tok_dir, corpus, tmp_path):
 
 
 def test_resume_after_an_interruption_finishes_only_the_rest(tok_dir, corpus, tmp_path, monkeypatch):
-    clean = pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "clean", shard_bytes=30_000, progress=False)
+    clean = pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "clean", shard_bytes=15_000, progress=False)
     real = pack_module.iter_documents
     calls = {"n": 0}
 
@@ -130,17 +130,17 @@ def test_resume_after_an_interruption_finishes_only_the_rest(tok_dir, corpus, tm
     monkeypatch.setattr(pack_module, "iter_documents", interrupted)
     out = tmp_path / "tokens"
     with pytest.raises(KeyboardInterrupt):
-        pack([f"zh={corpus['zh_path']}"], tok_dir, out, shard_bytes=30_000, progress=False)
+        pack([f"zh={corpus['zh_path']}"], tok_dir, out, shard_bytes=15_000, progress=False)
     monkeypatch.setattr(pack_module, "iter_documents", real)
     d = out / "zh"
     assert sorted(p.name for p in d.glob("shard_*.json")) == [f"shard_0000{i}.json" for i in range(3)]
     assert (d / "shard_00003.bin.tmp").exists() and not (d / "index.json").exists()  # a half-written shard
     (d / "shard_00001.json").unlink()  # as if killed between writing shard 1's tokens and its metadata
-    resumed = pack([f"zh={corpus['zh_path']}"], tok_dir, out, shard_bytes=30_000, progress=False)
+    resumed = pack([f"zh={corpus['zh_path']}"], tok_dir, out, shard_bytes=15_000, progress=False)
     assert (resumed.tasks_skipped, resumed.tasks_run) == (2, clean.tasks_run - 2)
     assert _shas(d) == _shas(tmp_path / "clean" / "zh") and not list(d.glob("*.tmp"))
     assert resumed.sources["zh"]["tokens"] == clean.sources["zh"]["tokens"]
-    again = pack([f"zh={corpus['zh_path']}"], tok_dir, out, shard_bytes=30_000, progress=False)
+    again = pack([f"zh={corpus['zh_path']}"], tok_dir, out, shard_bytes=15_000, progress=False)
     assert (again.tasks_run, again.tasks_skipped, again.tokens) == (0, clean.tasks_run, 0)
 
 

@@ -25,7 +25,7 @@ def pages(shared_data):
 
 
 def test_main_text_matches_gold(pages):
-    """Bag-of-words P/R/F1 against the gold article bodies (macro over 12 pages spread over the set)."""
+    """Bag-of-words P/R/F1 against the gold article bodies (macro over the first 12 pages by name: random sites)."""
     scores = [_prf(extract_html(raw).text, gold) for _, raw, gold in pages]
     precision = sum(s[0] for s in scores) / len(scores)
     recall = sum(s[1] for s in scores) / len(scores)

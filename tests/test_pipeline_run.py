@@ -198,9 +198,13 @@ def test_full_run_funnel_malformed_rejects_outputs(shared_data, tmp_path, qualit
 def test_resume_after_kill(shared_data, tmp_path):
     """Kill the run after its first task finished; the rerun skips that task and completes the rest."""
     out = tmp_path / "out"
+    # 7,500 distinct records (GSM8K train's first 500, 15 numbered variants each): tasks long enough to kill between
+    records = [{"question": f"{r['question']} (variant {k})", "answer": r["answer"]}
+               for k in range(15) for r in gsm8k(shared_data, "train", 500)]
+    variants = write_jsonl(tmp_path / "in" / "gsm8k.jsonl", records)
     cfg = write_yaml(tmp_path / "p.yaml", {
         "output_dir": str(out), "executor": {"tasks": 3, "workers": 1},
-        "inputs": [{"name": "gsm8k", "path": str(shared_data / "gsm8k" / "train.jsonl"), "format": "jsonl",
+        "inputs": [{"name": "gsm8k", "path": str(variants), "format": "jsonl",
                     "text_keys": ["question", "answer"], "shard": "records"}],
         "steps": [{"type": "langid"}, {"type": "exact_dedup"}, {"type": "stem_split"}]})
     done = out / "logs" / "01_documents" / "completions"
@@ -230,7 +234,7 @@ def test_resume_after_kill(shared_data, tmp_path):
         assert (out / "logs" / "01_documents" / "logs" / f"task_{r}.log").stat().st_mtime_ns == mtime
     stats = json.loads((out / "stats.json").read_text())
     assert stats["checks"]["rows_balanced"] and stats["checks"]["rows_chained"]
-    assert stats["steps"][0]["docs_out"] == 7473  # every record read exactly once over both attempts
+    assert stats["steps"][0]["docs_out"] == len(records) == 7500  # every record read exactly once over both attempts
     total = len(read_outputs(out, "main")) + len(read_outputs(out, "stem"))
     assert total == stats["steps"][-1]["docs_out"] > 7000
     # a different configuration is refused in the same output_dir

@@ -1,4 +1,4 @@
-"""Each pipeline step alone, on small real inputs from ../shared/data."""
+"""Each pipeline step alone, on small real inputs (the test data: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from datatrove.data import Document
 from skyloom.config import ConfigError, build
 from tests.test_pipeline_support import (REPO, cmrc_passages, gsm8k, jsonl_texts, train_small_quality_model,
                                          wikitext_articles)
+from tests.zh_text import reviews
 
 
 def _docs(texts, **md):
@@ -163,8 +164,8 @@ def test_stem_split_routes_exercises_and_keeps_news_main(shared_data):
     bare = [sep[i % 2].join([r["Question"]] + [f"{c}. {r[c]}" for c in "ABCD"]) for i, r in enumerate(cm)]
     # news, finance, tech, game reviews … full of numbers, "答案", "所以…是", "求" in prose; Wikipedia
     news = [t for name in ("finance", "government", "tech", "game", "general", "movie")
-            for t in jsonl_texts(shared_data / "skywork" / f"zh_{name}.jsonl", "text", 60)]
-    wiki = wikitext_articles(shared_data, 30) + cmrc_passages(shared_data, 100)
+            for t in jsonl_texts(shared_data / "skywork" / f"zh_{name}.jsonl", "text", 12)]
+    wiki = wikitext_articles(shared_data, 20) + cmrc_passages(shared_data, 40)
     stem_docs = _docs([i["question"] + " " + i["answer"] for i in items] + mock + exams + bare)
     main_docs = _docs(news + wiki)
     step = StemSplit(build(StemConfig, {}))
@@ -225,10 +226,9 @@ def test_quality_classifier_trains_saves_and_ranks(shared_data, quality_model):
     assert set(model.cutoffs) >= {"en", "zh", "default"}
     for lang, (head, middle) in model.cutoffs.items():
         assert head >= middle, lang
-    # held-out by construction: WikiText *valid* and CMRC *dev* were not in training (test/trial were)
+    # held-out by construction: WikiText *valid*, CMRC *dev* and later reviews were not in training
     wiki = wikitext_articles(shared_data, 20) + cmrc_passages(shared_data, 40)
-    web = (jsonl_texts(shared_data / "fewclue_zh" / "eprstmt" / "unlabeled.json", "sentence", 40, start=10_000)
-           + jsonl_texts(shared_data / "fewclue_zh" / "chid" / "test_public.json", "content", 40))
+    web = reviews(80, start=5000)  # the model was trained on reviews 0 … 199
     s_wiki = np.array([model.score(t) for t in wiki])
     s_web = np.array([model.score(t) for t in web])
     assert np.median(s_wiki) > np.median(s_web)
@@ -243,7 +243,7 @@ def test_quality_step_buckets_and_keeps_configured(shared_data, quality_model):
     from skyloom.data.pipeline.quality import QualityClassifier, QualityConfig
 
     _, path = quality_model
-    web = jsonl_texts(shared_data / "skywork" / "zh_movie.jsonl", "text", 60)
+    web = jsonl_texts(shared_data / "skywork" / "zh_movie.jsonl", "text", 40)
     step = QualityClassifier(build(QualityConfig, {"model": str(path), "keep_buckets": ["head"]}))
     docs = _docs(web, language="zh")
     kept, dropped = _run(step, docs)
@@ -261,7 +261,7 @@ def test_quality_step_buckets_and_keeps_configured(shared_data, quality_model):
 def test_semantic_filter_removes_over_recurring_blocks(shared_data, tmp_path):
     from skyloom.data.pipeline.semantic import SemanticCluster, SemanticConfig, SemanticEmbed, SemanticFilter
 
-    news = jsonl_texts(shared_data / "skywork" / "zh_general.jsonl", "text", 40)
+    news = jsonl_texts(shared_data / "skywork" / "zh_general.jsonl", "text", 24)
     wiki = wikitext_articles(shared_data, 20)
     boiler = "免责声明：本文仅代表作者个人观点，与本网站无关。转载请注明出处，如有侵权请联系我们删除。"
     spam = "Subscribe to our newsletter to get the latest stories delivered to your inbox every morning!"
@@ -285,7 +285,7 @@ def test_semantic_filter_removes_over_recurring_blocks(shared_data, tmp_path):
     report = json.loads((tmp_path / "rep" / "semantic_clusters.json").read_text())
     top = report["top_groups"]
     assert report["summary"]["flagged_groups"] == 2
-    assert {g["documents"] for g in top} == {40, 12}
+    assert {g["documents"] for g in top} == {len(news), 12}
     assert any(boiler[:20] in ex for g in top for ex in g["examples"])
     assert (tmp_path / "rep" / "semantic_clusters.md").read_text().count("documents") >= 2
     out_docs = docs()

