@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from skyloom.cli import main
 from skyloom.eval import correlate as correlate_module
-from skyloom.eval.backends import SkyloomLM
+from skyloom.eval.backends import SkyloomLM, load_lm
 from skyloom.eval.multiple_choice import TEMPLATES, build_prompt, read_questions
 from skyloom.eval.perplexity import WindowConvention, domain_result, score_documents
 from skyloom.eval.stats import pearson, ranks, spearman
@@ -41,8 +42,8 @@ def run_dir():
     lines = []
     done = 0
     for step in STEPS:
-        if step > done:
-            train_tiny(model, train_texts, steps=step - done, keep="tail", seed=step)
+        if step > done:  # at lr 5e-3 the validation loss falls all the way (at 1e-2 it turned back up after step 8)
+            train_tiny(model, train_texts, steps=step - done, lr=5e-3, keep="tail", seed=step)
             done = step
         ckpt = save_checkpoint(model, run / "checkpoints" / f"step_{step:08d}")
         lm = SkyloomLM(model, tokenizer(), progress=False)
@@ -65,7 +66,12 @@ def test_correlate_finds_loss_and_score_moving_together(run_dir, capsys):
     assert result["steps"] == list(STEPS)
     losses = [result["val_loss"]["rig"][str(s)] for s in STEPS]
     scores = [result["scores"]["ceval"][str(s)] for s in STEPS]
-    assert losses[-1] < losses[0] - 0.5 and scores[-1] > scores[0]  # training worked on both measures
+    # training worked on both measures: the loss fell far more than it varies from document to document at the start
+    untrained = load_lm(run_dir / "checkpoints" / f"step_{STEPS[0]:08d}", progress=False)
+    first = score_documents(untrained, read_documents(run_dir / "val_rig.jsonl"), WindowConvention("packed", SEQ))
+    noise = float(np.std(first.nll / first.tokens))
+    assert first.loss == pytest.approx(losses[0], abs=1e-6) and noise > 0
+    assert losses[-1] < losses[0] - 10 * noise and scores[-1] > scores[0], (losses, noise, scores)
     [row] = result["correlations"]
     assert row["set"] == "rig" and row["task"] == "ceval" and row["n"] == len(STEPS)
     assert row["pearson"] == pytest.approx(pearson(losses, scores))
