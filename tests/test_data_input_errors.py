@@ -310,3 +310,40 @@ def test_no_temporary_file_is_left_when_a_parallel_pack_stops(tok_dir, tmp_path,
     assert main(args) == 2
     assert f"{bad}:" in capsys.readouterr().err
     assert not list(out.rglob("*.tmp"))
+
+
+# --- training validation sets (`validation.sets.*` text files) ------------------------------------------------
+
+@pytest.mark.parametrize("record, detail", [({"text": None}, "field 'text' is null"),
+                                            ({"text": 5}, "field 'text' is int, expected a string")])
+def test_validation_text_null_or_not_a_string_is_malformed(record, detail, tok_dir, tmp_path):
+    from skyloom.tokenizer.loading import TextTokenizer
+    from skyloom.train.validation import load_stream
+
+    path = tmp_path / "val.jsonl"
+    path.write_bytes(_jsonl([{"text": "fine"}, record, {"text": "also fine"}]))
+    with pytest.raises(InputError, match=rf"val.jsonl:2: {detail}"):
+        load_stream(str(path), TextTokenizer.from_dir(tok_dir))
+
+
+def test_validation_sets_read_gzip_and_name_a_damaged_one(tok_dir, tmp_path):
+    from skyloom.tokenizer.loading import TextTokenizer
+    from skyloom.train.validation import load_stream
+
+    tok = TextTokenizer.from_dir(tok_dir)
+    plain, packed = tmp_path / "val.jsonl", tmp_path / "val2.jsonl.gz"
+    plain.write_bytes(_jsonl(GOOD[:30]))
+    packed.write_bytes(gzip.compress(_jsonl(GOOD[:30])))
+    text, text_gz = tmp_path / "doc.txt", tmp_path / "doc2.txt.gz"
+    text.write_text(GOOD[0]["text"], encoding="utf-8")
+    text_gz.write_bytes(gzip.compress(GOOD[0]["text"].encode()))
+    assert load_stream(str(packed), tok).tolist() == load_stream(str(plain), tok).tolist()
+    assert load_stream(str(text_gz), tok).tolist() == load_stream(str(text), tok).tolist()
+    for kind in ("truncated", "not_gzip", "corrupt"):
+        bad = _bad_gzip(tmp_path / f"{kind}.jsonl.gz", kind)
+        with pytest.raises(InputError, match=rf"{kind}.jsonl.gz:\d+: .*gzip"):
+            load_stream(str(bad), tok)
+    whole = gzip.compress(_jsonl(GOOD))
+    (tmp_path / "cut.txt.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"cut.txt.gz:\d+: truncated gzip"):
+        load_stream(str(tmp_path / "cut.txt.gz"), tok)

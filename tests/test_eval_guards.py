@@ -155,6 +155,25 @@ def test_eval_ppl_packed_set_shorter_than_a_window_says_so(tmp_path, capsys):
     assert rc == 2 and "fewer than one window of max_tokens + 1 = 65" in err
 
 
+@pytest.mark.parametrize("name", ["docs.jsonl.gz", "docs.json.gz", "doc.txt.gz"])
+@pytest.mark.parametrize("kind", ["truncated", "not_gzip"])
+def test_eval_ppl_names_a_damaged_gzip_set(tmp_path, capsys, name, kind):
+    import gzip
+
+    from skyloom.eval.textdata import read_texts
+
+    records = [{"text": f"document number {i} with a few words of text"} for i in range(300)]
+    body = json.dumps(records) if "json." in name else "".join(json.dumps(r) + "\n" for r in records)
+    path = tmp_path / name
+    whole = gzip.compress(body.encode())
+    path.write_bytes(whole[: len(whole) // 2] if kind == "truncated" else body.encode())
+    good = tmp_path / f"good_{name}"
+    good.write_bytes(whole)
+    assert read_texts(good) == ([body] if name.endswith(".txt.gz") else [r["text"] for r in records])
+    rc, err = _ppl(capsys, f"S={path}")
+    assert rc == 2 and err.startswith(f"skyloom: error: {path}:") and "gzip" in err and "Traceback" not in err
+
+
 def test_leakage_gives_no_verdict_from_an_empty_set(tmp_path, capsys):
     files = {}
     for name in ("train", "test", "ref"):

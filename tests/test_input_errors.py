@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from skyloom import cli as skyloom_cli
@@ -297,6 +298,27 @@ def test_fallback_stands_in_only_for_absent_data_and_says_so(raw_dir, tmp_path):
                            "data.sources.a.raw", notes.append)
     assert files == [raw_dir / "fallback.txt"]
     assert len(notes) == 1 and "no_data_here" in notes[0] and "fallback" in notes[0]
+
+
+def test_validation_set_path_typo_is_refused_and_its_fallback_stands_in_only_for_absent_data(raw_dir, tmp_path,
+                                                                                            capsys):
+    from skyloom.tokenizer.loading import TextTokenizer
+    from skyloom.train.config import ValidationSetConfig
+    from skyloom.train.validation import ValidationMonitor
+
+    fallback = [str(raw_dir / "fallback.txt")]
+    typo = ValidationSetConfig(path=str(raw_dir / "en.tx"), fallback=fallback)
+    with pytest.raises(ConfigError, match=r"en\.tx matches no file") as err:
+        ValidationMonitor({"wiki": typo}, seq_len=8)
+    assert err.value.key == "validation.sets.wiki.path"
+    tok = TextTokenizer.from_dir(tiny_sft_base(tmp_path / "base"))
+    absent = ValidationSetConfig(path=str(tmp_path / "no_data_here" / "en.txt"), fallback=fallback)
+    capsys.readouterr()
+    monitor = ValidationMonitor({"wiki": absent}, seq_len=8, tokenizer=tok)
+    out = capsys.readouterr().out
+    assert "validation.sets.wiki.path" in out and "no_data_here" in out and "fallback" in out
+    direct = ValidationMonitor({"wiki": ValidationSetConfig(path=fallback[0])}, seq_len=8, tokenizer=tok)
+    assert torch.equal(monitor.windows["wiki"], direct.windows["wiki"])
 
 
 def test_recipe_rebases_every_file_list(tmp_path):

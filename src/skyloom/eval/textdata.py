@@ -3,6 +3,10 @@
 A JSONL record gives its text through `field` (default `text`); records with `question` and `answer`
 instead (GSM8K and its kind) become question + " " + answer — the concatenation the report's Table 8
 scores and the authors' own `pt_train.jsonl` uses. Errors name the file and line.
+
+`read_lines` and `read_text_file` are the byte-level half of reading (gzip looked through; a damaged `.gz` or
+invalid UTF-8 is `tokenizer.corpus.InputError` naming FILE:LINE, as in every other reader), shared with the
+training validation sets (`skyloom.train.validation`), which give records their own meaning.
 """
 
 from __future__ import annotations
@@ -58,22 +62,56 @@ def record_text(record: Any, field: str | None, where: str, joiner: str = QA_JOI
     return value
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def read_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of a file, decompressed when its name ends in `.gz`. A damaged `.gz` (cut short,
+    not gzip, corrupt) raises `InputError` naming the file and the line where reading stopped, after the lines
+    before it (tokenizer/corpus.py's rule and message)."""
+    from skyloom.tokenizer.corpus import _GZIP_ERRORS, _gzip_error, is_gzip
+
+    with (gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")) as f:
+        number = 0
+        while True:
+            number += 1
+            try:
+                raw = f.readline()
+            except _GZIP_ERRORS as err:
+                raise _gzip_error(path, number, err) from None
+            if not raw:
+                return
+            yield number, raw
+
+
+def read_text_file(path: str | Path, errors: str = "strict") -> str:
+    """A whole file as text with universal newlines, like `open(path, encoding="utf-8").read()` (gzip looked
+    through, see `read_lines`); with errors="strict" invalid UTF-8 is an `InputError` naming the file and line."""
+    from skyloom.tokenizer.corpus import InputError
+
+    data = b"".join(raw for _, raw in read_lines(path))
+    try:
+        text = data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as err:
+        raise InputError(path, data[:err.start].count(b"\n") + 1, "not valid UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def parse_json_line(raw: bytes, path: str | Path, number: int) -> Any:
+    """One JSON line's record; bad JSON or UTF-8 → `InputError` naming file:line."""
+    from skyloom.tokenizer.corpus import InputError
+
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise InputError(path, number, "not valid UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise InputError(path, number, f"invalid JSON ({err.msg})") from None
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed record) for every non-blank line; bad JSON names file:line."""
-    with _open_text(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+    """(line number, parsed record) for every non-blank line; bad JSON, bad UTF-8 or a damaged .gz names
+    file:line."""
+    for number, raw in read_lines(path):
+        if raw.strip():
+            yield number, parse_json_line(raw, path, number)
 
 
 def read_texts(path: str | Path, field: str | None = None, limit: int | None = None,
@@ -90,18 +128,16 @@ def read_texts(path: str | Path, field: str | None = None, limit: int | None = N
             if limit is not None and len(texts) >= limit:
                 break
     elif name.endswith(".json"):
-        with _open_text(p) as f:
-            try:
-                payload = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{p}:{err.lineno}: invalid JSON ({err.msg})") from None
+        try:
+            payload = json.loads(read_text_file(p))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{p}:{err.lineno}: invalid JSON ({err.msg})") from None
         if not isinstance(payload, list):
             raise ValueError(f"{p}: expected a JSON list of records")
         for i, record in enumerate(payload[:limit] if limit else payload):
             texts.append(record_text(record, field, f"{p}[{i}]", joiner))
     else:
-        with _open_text(p) as f:
-            texts = [f.read()]
+        texts = [read_text_file(p)]
     if not texts:
         raise ValueError(f"{p}: no documents")
     return texts

@@ -4,7 +4,8 @@ The convention (deterministic, so curves compare across runs and checkpoints):
 
 1. A set's token stream: a token-shard directory read from its first token; or text files tokenized with the
    run's tokenizer — files in sorted order (globs expanded and sorted), a `.txt` file is one document (its
-   whole text), a `.jsonl`/`.json` file one document per non-empty line (the `text_key` field); every document
+   whole text), a `.jsonl`/`.json` file one document per non-empty line (the `text_key` field; an empty
+   string is no document, a null or non-string one is malformed), `.gz` decompressed; every document
    is followed by the tokenizer's EOS id; documents are concatenated in that order.
 2. Windows: non-overlapping chunks of `seq_len + 1` tokens from the start of the stream — window i is tokens
    [i·(L+1), (i+1)·(L+1)); an incomplete tail is dropped. The budget `max_tokens` keeps the first
@@ -55,27 +56,28 @@ def expand_placeholders(pattern: str) -> str:
 
 
 def iter_documents(path: Path, text_key: str | Sequence[str] = "text") -> Iterable[str]:
-    """Documents of one text file: `.txt` → the whole file; `.jsonl`/`.json` → one per line, from the first of
-    the `text_key` field names (a name or a list of names) that the record has."""
+    """Documents of one text file, decompressed when its name ends in `.gz`: `.jsonl`/`.json` → one per line,
+    from the first of the `text_key` field names (a name or a list of names) that the record has; any other file
+    → its whole text. Malformed input raises `InputError` naming FILE:LINE (the rules of tokenizer/corpus.py):
+    bad JSON or UTF-8, a record whose text is null or not a string, a damaged `.gz`. Empty text is left out."""
+    from skyloom.eval.textdata import parse_json_line, read_lines, read_text_file
+    from skyloom.tokenizer.corpus import InputError, record_text
+
     keys = [text_key] if isinstance(text_key, str) else list(text_key)
-    if path.suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not a JSON line ({err.msg})") from None
-                key = next((k for k in keys if isinstance(record, dict) and k in record), None)
-                if key is None:
-                    raise ValueError(f"{path}:{lineno}: none of the fields {keys} (set text_key)")
-                text = record[key]
-                if isinstance(text, str) and text:
-                    yield text
-    else:
-        yield path.read_text(encoding="utf-8", errors="replace")
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    if not name.endswith((".jsonl", ".json")):
+        yield read_text_file(path, errors="replace")
+        return
+    for lineno, raw in read_lines(path):
+        if not raw.strip():
+            continue
+        record = parse_json_line(raw, path, lineno)
+        key = next((k for k in keys if isinstance(record, dict) and k in record), None)
+        if key is None:
+            raise InputError(path, lineno, f"none of the fields {keys} (set text_key)")
+        text = record_text(record, [key], path, lineno)  # null or not a string: malformed, never skipped
+        if text:
+            yield text
 
 
 def tokenize_files(files: Sequence[Path], tokenizer, text_key: str = "text", batch: int = 512) -> np.ndarray:
@@ -111,9 +113,11 @@ def make_windows(stream: np.ndarray, seq_len: int, max_tokens: int | None = None
 def load_stream(path: str, tokenizer=None, text_key: str | Sequence[str] = "text", max_tokens: int | None = None,
                 seq_len: int | None = None, fallback: Sequence[str] = (), vocab_size: int | None = None,
                 what: str | None = None) -> np.ndarray:
-    """A validation set's token stream: a token-shard directory, or text files tokenized on the fly
-    (`fallback` globs are used when `path` matches nothing). Shards packed with another tokenizer than
-    `tokenizer`, or for more than the model's `vocab_size` entries, are refused (`TokenSource.check_model_fit`)."""
+    """A validation set's token stream: a token-shard directory, or text files tokenized on the fly. `fallback`
+    stands in only when the data `path` points into is absent as a whole, with a note; a `path` that matches
+    nothing while its directory exists is a typo, refused naming `WHAT.path` (train/prepare.py's rule for `raw:`).
+    Shards packed with another tokenizer than `tokenizer`, or for more than the model's `vocab_size` entries, are
+    refused (`TokenSource.check_model_fit`)."""
     p = Path(expand_placeholders(path))
     if p.is_dir() and (p / "index.json").is_file():
         from skyloom.data.shards import TokenSource
@@ -127,9 +131,9 @@ def load_stream(path: str, tokenizer=None, text_key: str | Sequence[str] = "text
         if max_tokens is not None and seq_len is not None:
             n = min(n, math.ceil(max_tokens / seq_len) * (seq_len + 1))
         return np.asarray(source.read(0, n), dtype=np.int64)
-    files = expand_paths(path) or (expand_paths(fallback) if fallback else [])
-    if not files:
-        raise FileNotFoundError(f"validation set {path}: no token index and no text files found")
+    from skyloom.train.prepare import _resolve_files
+
+    files = _resolve_files([path], list(fallback), f"{what}.path" if what else "")
     if tokenizer is None:
         raise ValueError(f"validation set {path} is raw text: the run needs data.tokenizer to tokenize it")
     return tokenize_files(files, tokenizer, text_key)
