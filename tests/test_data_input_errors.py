@@ -205,6 +205,35 @@ def test_the_guard_is_an_option_of_pack_and_stats_and_is_reported(tok_dir, tmp_p
     assert "--max-doc-chars" in capsys.readouterr().err
 
 
+def test_resuming_a_pack_planned_before_the_guard_finishes_it_without_the_guard_and_says_so(tok_dir, tmp_path,
+                                                                                           capsys):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_bytes(_jsonl(GOOD[:20]))
+    second.write_bytes(_jsonl([{"text": "short one"}, {"text": "much longer text " * 10}]))
+    out = tmp_path / "t"
+    sources = [f"s={first}", f"s={second}", "--shard-bytes", str(first.stat().st_size)]  # a shard per file
+    assert main(_pack(tok_dir, out, *sources)) == 0
+    plan_file = out / "s" / "pack_plan.json"
+    plan = json.loads(plan_file.read_text())
+    del plan["max_doc_chars"]  # written by a skyloom from before --max-doc-chars: nothing was skipped
+    plan_file.write_text(json.dumps(plan))
+    last = sorted((out / "s").glob("shard_*.json"))[-1]  # the run was stopped before its last shard
+    for suffix in (".json", ".bin", ".docs.bin"):
+        last.with_suffix(suffix).unlink(missing_ok=True)
+    capsys.readouterr()
+    assert main(_pack(tok_dir, out, *sources, "--max-doc-chars", "50")) == 0
+    printed = capsys.readouterr()
+    assert "predates --max-doc-chars" in printed.err and "--overwrite" in printed.err
+    assert "1 already finished" in printed.out and "over-long" not in printed.out
+    assert json.loads((out / "s" / "index.json").read_text())["documents"] == 22  # the long one kept, like the rest
+    assert json.loads(plan_file.read_text())["max_doc_chars"] is None  # the next resume follows the same rule
+    assert main(_pack(tok_dir, out, *sources, "--max-doc-chars", "50")) == 0
+    assert "2 already finished" in capsys.readouterr().out
+    assert main(_pack(tok_dir, out, *sources, "--max-doc-chars", "50", "--overwrite")) == 0  # re-packed, guarded
+    assert json.loads((out / "s" / "index.json").read_text())["documents"] == 21
+    assert json.loads(plan_file.read_text())["max_doc_chars"] == 50
+
+
 # --- kill -9 of `skyloom data run` ---------------------------------------------------------------------------
 
 def _children(pid: int) -> set[int]:

@@ -10,7 +10,9 @@ shards (`pack_plan.json`), so
   last) and whose input files are unchanged (size, mtime): that is the resume, and after fixing a
   malformed file only the shards that read it are packed again;
 * a re-run with a different tokenizer, text fields, shard size or --max-doc-chars is refused (or, with
-  `overwrite`, starts the source afresh) instead of mixing two packings in one directory.
+  `overwrite`, starts the source afresh) instead of mixing two packings in one directory; a plan saved before
+  --max-doc-chars existed (no `max_doc_chars`) was packed with no size limit, so its source is finished the
+  same way, with a note (see `reconcile_plan`).
 
 Counts are exact: each shard's metadata holds its tokens and documents, `index.json` sums them, and the
 summary reports empty documents (skipped: an empty document would be a lone EOS), malformed records, and
@@ -162,6 +164,8 @@ def _plan_document(source: SourceSpec, tasks: list[Task], tokenizer_id: str, fie
 
 
 GLOBAL_KEYS = ("format", "source", "tokenizer", "fields", "shard_bytes", "max_doc_chars")
+# What a task's SizeGuard gets for a source packed with no size limit (`max_doc_chars: null` in its plan).
+NO_SIZE_LIMIT = sys.maxsize // 16
 
 
 def reconcile_plan(directory: Path, plan: dict, overwrite: bool) -> tuple[set[str], list[str]]:
@@ -169,16 +173,29 @@ def reconcile_plan(directory: Path, plan: dict, overwrite: bool) -> tuple[set[st
 
     Settings that change every shard (tokenizer, fields, shard size, size guard) are refused unless `overwrite`; a task
     whose input files changed (or that no longer exists) loses its shard and is done again, so fixing one
-    malformed file re-does only the shards that read it."""
+    malformed file re-does only the shards that read it.
+
+    A saved plan without `max_doc_chars` (or with null) comes from before --max-doc-chars: its shards were packed
+    with no document size limit. Resuming it neither refuses (which would force a full re-pack) nor applies the
+    limit to the rest (one directory, two rules): `plan["max_doc_chars"]` is set to None — the rest is packed
+    with no limit, and the saved plan says so for later resumes — and a note names --overwrite, which re-packs
+    the source with the limit."""
     path = directory / PLAN_FILE
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     finished = {m["file"][len("shard_"):-len(".bin")] for m in finished_shards(directory)}
     stale: set[str] = set()
     if old is not None:
+        unguarded = old.get("max_doc_chars") is None and not overwrite
+        if unguarded:
+            plan["max_doc_chars"] = None
         changed = [k for k in GLOBAL_KEYS if old.get(k) != plan.get(k)]
         if changed and not overwrite:
             raise ValueError(f"{directory}: already holds shards packed with a different "
                              f"{', '.join(changed)}; use another --out, or --overwrite to re-pack this source")
+        if unguarded:
+            print(f"note: {path} predates --max-doc-chars: its shards were packed with no document size limit, and "
+                  "the rest of this source is packed the same way (--overwrite re-packs it with the limit)",
+                  file=sys.stderr)
         old_tasks = {} if changed else {t["name"]: t for t in old.get("tasks", [])}
         new_tasks = {t["name"]: t for t in plan["tasks"]}
         stale = {n for n in finished if old_tasks.get(n) is None or old_tasks[n] != new_tasks.get(n)}
@@ -324,12 +341,14 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
         sources = parse_sources([str(s) for s in specs])
     out = Path(out)
     pending: list[Task] = []
+    limits: dict[str, int] = {}  # per source: its plan's max_doc_chars (a plan from before the guard: none)
     skipped = redone = 0
     for source in sources:
         tasks = plan_source(source, shard_bytes)
         directory = out / source.name
-        done, removed = reconcile_plan(directory, _plan_document(source, tasks, tok.tokenizer_id, fields,
-                                                                 shard_bytes, max_doc_chars), overwrite)
+        plan = _plan_document(source, tasks, tok.tokenizer_id, fields, shard_bytes, max_doc_chars)
+        done, removed = reconcile_plan(directory, plan, overwrite)
+        limits[source.name] = NO_SIZE_LIMIT if plan["max_doc_chars"] is None else plan["max_doc_chars"]
         redone += len(removed)
         for task in tasks:
             if task.name in done:
@@ -344,7 +363,7 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
 
         bar = tqdm(total=sum(t.bytes for t in pending), unit="B", unit_scale=True, desc="pack", file=sys.stderr)
     results: list[TaskResult] = []
-    jobs = [(t, str(out), list(fields), skip_malformed, max_doc_chars) for t in pending]
+    jobs = [(t, str(out), list(fields), skip_malformed, limits[t.source]) for t in pending]
     try:
         if workers <= 1 or len(pending) <= 1:
             _WORKER["tokenizer"] = tok
