@@ -117,15 +117,16 @@ def file_pieces(path: Path, shard_bytes: int) -> list[Piece]:
 
 def _line_aligned_cuts(path: Path, size: int, shard_bytes: int) -> list[int]:
     """Offsets 0 = c0 < c1 < … < size, each at the start of a line, about `shard_bytes` apart: every piece
-    holds whole records (a line longer than `shard_bytes` makes one longer piece, never an empty one)."""
+    holds whole records (a line longer than `shard_bytes` makes one longer piece, never an empty one; trailing blank
+    lines stay with the last records)."""
     cuts = [0]
     with open(path, "rb") as f:
         while cuts[-1] + shard_bytes < size:
             f.seek(cuts[-1] + shard_bytes - 1)
             f.readline()  # to the end of the line holding the byte before the nominal cut
             pos = f.tell()
-            if pos >= size:
-                break
+            if pos >= size or (size - pos < shard_bytes and not f.read(size - pos).strip()):
+                break  # nothing or only blank lines left: no piece (and no shard) without a document
             cuts.append(pos)
     cuts.append(size)
     return cuts
