@@ -187,10 +187,11 @@ def val_at(run_dir: Path, step: int | None = None) -> dict[str, float]:
 
 
 def val_curve(run_dir: Path) -> dict[str, dict[str, float]]:
-    """{step: {set: loss}} of every validation pass of a run (steps as strings: the JSON keys)."""
+    """{step: {set: loss, …, "tokens": tokens trained so far}} of every validation pass of a run (steps as strings:
+    the JSON keys)."""
     out: dict[str, dict[str, float]] = {}
     for r in metrics(run_dir)[1]:
-        out.setdefault(str(r["step"]), {})[r["set"]] = r["loss"]
+        out.setdefault(str(r["step"]), {"tokens": r["tokens"]})[r["set"]] = r["loss"]
     return out
 
 

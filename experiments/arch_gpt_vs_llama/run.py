@@ -159,12 +159,11 @@ def markdown(results: dict) -> str:
                   for name, g in gaps.items()]
         if "llama/seed0" in runs and "gpt/seed0" in runs:
             llama, gpt = runs["llama/seed0"]["val_curve"], runs["gpt/seed0"]["val_curve"]
-            per_step = results["settings"]["batch_tokens"]
             lines += ["", "| step (tokens) | " + " | ".join(f"LLaMA {s} | GPT {s}" for s in sets) + " |",
                       "|---|" + "---|" * (2 * len(sets))]
             for step in sorted((int(k) for k in llama if k in gpt and int(k) > 0)):
                 cells = " | ".join(f"{llama[str(step)][s]:.3f} | {gpt[str(step)][s]:.3f}" for s in sets)
-                lines.append(f"| {step} ({step * per_step:,}) | {cells} |")
+                lines.append(f"| {step} ({llama[str(step)]['tokens']:,}) | {cells} |")
     lines += ["", C.cost_table({name: r["training"] for name, r in runs.items()})]
     return "\n".join(lines)
 

@@ -175,11 +175,10 @@ def deltas(before: dict, after: dict) -> dict:
 
 def step_table(r: dict) -> str:
     """The in-domain continuation's validation losses step by step (step 0 = the weak base)."""
-    per_step = r["settings"]["batch_tokens"]
     lines = ["| continuation step (tokens) | " + " | ".join(SETS[s].split(" (")[0] for s in SETS) + " |",
              "|---|" + "---|" * len(SETS)]
     for step, losses in sorted(r["val_curves"]["in-domain"].items(), key=lambda kv: int(kv[0])):
-        tokens = f" ({int(step) * per_step:,})" if int(step) else ""
+        tokens = f" ({losses['tokens']:,})" if int(step) else ""
         lines.append(f"| {step}{tokens} | " + " | ".join(f"{losses[s]:.3f}" for s in SETS) + " |")
     return "\n".join(lines)
 
