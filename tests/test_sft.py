@@ -10,8 +10,8 @@ import torch
 
 from skyloom.sft.data import Sample, encode_conversations, read_conversations, record_to_messages
 from skyloom.sft.packing import SFTBatchSource, block_causal_mask, build_window, make_batch
-from skyloom.sft.templates import Message, TemplateEncoder, get_template
-from skyloom.train.batch import IGNORE_INDEX
+from skyloom.tokenizer.chat import Message, TemplateEncoder, get_template
+from skyloom.data.batch import IGNORE_INDEX
 from tests.test_sft_support import tiny_base  # noqa: F401
 from tests.train_helpers import single_thread  # noqa: F401
 

@@ -32,7 +32,7 @@ import torch
 
 from skyloom.config import ConfigError
 from skyloom.data.shards import TokenSource
-from skyloom.train.batch import Batch
+from skyloom.data.batch import Batch
 
 STATE_VERSION = 1
 

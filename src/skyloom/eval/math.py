@@ -148,7 +148,7 @@ def grade(solution: str, gold: Decimal) -> Grade:
 # ---- evaluation ---------------------------------------------------------------------------------------------
 
 class _LMTokens:
-    """What `skyloom.sft.templates.TemplateEncoder` needs, read off a `LanguageModel` (either backend)."""
+    """What `skyloom.tokenizer.chat.TemplateEncoder` needs, read off a `LanguageModel` (either backend)."""
 
     def __init__(self, lm: LanguageModel):
         self.lm = lm
@@ -215,7 +215,7 @@ def evaluate_math(lm: LanguageModel, path: Path, task: str = "math", template: s
                   group_by: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Zero-shot accuracy on a math JSONL in a chat template; (results JSON, per-problem records).
     `group_by` names a record field (e.g. "steps") to report accuracy per value of it as subjects."""
-    from skyloom.sft.templates import Message, TemplateEncoder, get_template
+    from skyloom.tokenizer.chat import Message, TemplateEncoder, get_template
 
     name = resolve_template(lm, template)
     chat = get_template(name)

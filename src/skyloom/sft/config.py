@@ -42,7 +42,7 @@ class SFTDataConfig:
     def validate(self) -> None:
         if not self.sources:
             raise ConfigError("sources", "at least one SFT data file is required")
-        from skyloom.sft.templates import TEMPLATES
+        from skyloom.tokenizer.chat import TEMPLATES
 
         if self.template not in TEMPLATES:
             raise ConfigError("template", f"unknown chat template {self.template!r}; known: {', '.join(TEMPLATES)}")

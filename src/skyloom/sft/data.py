@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from skyloom.sft.templates import Message, TemplateEncoder
+from skyloom.tokenizer.chat import Message, TemplateEncoder
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Literal, Sequence
 import torch
 
 from skyloom.sft.data import Sample
-from skyloom.train.batch import IGNORE_INDEX, Batch
+from skyloom.data.batch import IGNORE_INDEX, Batch
 
 Layout = Literal["packed", "padded"]
 OPEN_WINDOWS = 64

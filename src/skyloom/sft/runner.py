@@ -23,7 +23,7 @@ import torch
 from skyloom.sft.config import SFTConfig
 from skyloom.sft.data import Sample, encode_conversations, read_conversations
 from skyloom.sft.packing import SFTBatchSource, make_batch, layout_windows
-from skyloom.sft.templates import Message, TemplateEncoder, get_template
+from skyloom.tokenizer.chat import Message, TemplateEncoder, get_template
 from skyloom.train.callbacks import Callback
 
 Conversations = Sequence[Sequence[Message]]

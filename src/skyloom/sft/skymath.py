@@ -157,7 +157,7 @@ def usable_template(lm, name: str) -> str:
     """`name` when the model's tokenizer has the template's tokens, else `plain` (a base model before its first
     fine-tune has no [USER]/[BOT]/[SEP] yet)."""
     from skyloom.eval.math import _LMTokens
-    from skyloom.sft.templates import get_template
+    from skyloom.tokenizer.chat import get_template
 
     tokens = _LMTokens(lm)
     return name if all(tokens.token_to_id(t) is not None for t in get_template(name).added_tokens) else "plain"
@@ -169,7 +169,7 @@ def sample_solutions(lm, questions, cfg: SampleConfig, template: str, round_no: 
     """K samples per question in one batched `generate` call; graded."""
     from skyloom.eval.lm import Sampling
     from skyloom.eval.math import _LMTokens, grade
-    from skyloom.sft.templates import Message, TemplateEncoder, get_template
+    from skyloom.tokenizer.chat import Message, TemplateEncoder, get_template
 
     chat = get_template(usable_template(lm, template))
     enc = TemplateEncoder(chat, _LMTokens(lm))

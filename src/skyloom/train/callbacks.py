@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from skyloom.train.batch import Batch
+    from skyloom.data.batch import Batch
     from skyloom.train.trainer import Trainer
 
 

@@ -40,7 +40,7 @@ from skyloom.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_state_into,
 from skyloom.model.manifest import NO_VERIFY_HINT, CheckpointError, check as check_manifest, ensure_intact
 from skyloom.model.transformer import Transformer
 from skyloom.train import checkpointing as ckpt
-from skyloom.train.batch import IGNORE_INDEX, Batch
+from skyloom.data.batch import IGNORE_INDEX, Batch
 from skyloom.train.callbacks import Callback
 from skyloom.train.config import RunConfig
 from skyloom.train.distributed import DistEnv, all_gather_object, all_reduce_sum, barrier, init_distributed

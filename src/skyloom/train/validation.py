@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from skyloom.train.batch import IGNORE_INDEX
+from skyloom.data.batch import IGNORE_INDEX
 
 
 def expand_paths(patterns: Sequence[str] | str) -> list[Path]:
