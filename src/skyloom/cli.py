@@ -1,7 +1,8 @@
 """The `skyloom` command: one entry point, a sub-command per stage of the recipe.
 
-Each stage's module exposes `register(subparsers)`; heavy imports happen inside the handlers so that
-`skyloom --help` stays fast.
+Each stage's module exposes `register(subparsers)`; its flags come from the command's config dataclass
+(`skyloom.commandline`), and heavy imports (torch, numpy, tokenizers) happen inside the handlers, so that
+`skyloom --help` imports no torch and stays fast.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import importlib
 import sys
 
 from skyloom import __version__
+from skyloom.commandline import HelpFormatter, add_command, add_group, print_config, split_flag_overrides
+
+__all__ = ["HelpFormatter", "add_command", "add_group", "build_parser", "main", "parse_args"]
 
 # Modules that add sub-commands (each defines `register(subparsers)`), in --help order.
 COMMAND_MODULES = [
@@ -26,10 +30,6 @@ COMMAND_MODULES = [
     "skyloom.demo.commands",
     "skyloom.report.commands",
 ]
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep hand-written line breaks in descriptions and show defaults."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,13 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Like `parser.parse_args`, except that `KEY=VALUE` overrides may also follow the options
-    (`skyloom train cfg.yaml --out runs/x train.lr=1e-3`): argparse gives a `nargs="*"` positional only the
-    words before the first option, so any later ones are appended, in order, to the command's `overrides`."""
+    (`skyloom train cfg.yaml --out runs/x train.lr=1e-3`) and may be written `--KEY=VALUE`
+    (`--train.lr=1e-3`): argparse gives a `nargs="*"` positional only the words before the first option, so any
+    later ones are appended, in order, to the command's `overrides`."""
     args, extras = parser.parse_known_args(argv)
     if extras and isinstance(getattr(args, "overrides", None), list):
-        late = [word for word in extras if "=" in word and not word.startswith("-")]
+        late, extras = split_flag_overrides(extras)
         args.overrides.extend(late)
-        extras = [word for word in extras if word not in late]
     if extras:
         target = getattr(args, "group_parser", None) if getattr(args, "handler", None) is None else None
         (target or parser).error(f"unrecognized arguments: {' '.join(extras)}")
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from skyloom.config import ConfigError
 
     try:
+        if getattr(args, "print_config", False):
+            return print_config(args)
         return int(handler(args) or 0)
     except ConfigError as err:
         print(f"skyloom: error: {err}", file=sys.stderr)
@@ -83,24 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("skyloom: interrupted", file=sys.stderr)
         return 130
-
-
-def add_group(sub, name: str, help: str, description: str | None = None):
-    """A command that has sub-commands (`skyloom model info`, …); returns its subparsers.
-
-    Several modules may add to one group (e.g. `data pack` and `data run`): the first call creates it.
-    """
-    if name in sub.choices:
-        return sub.choices[name].group_subparsers
-    group = sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
-    group.set_defaults(group_parser=group)
-    group.group_subparsers = group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
-    return group.group_subparsers
-
-
-def add_command(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """A leaf command; set `handler` with `parser.set_defaults(handler=fn)`."""
-    return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from skyloom.cli import add_command, add_group
+from skyloom.commandline import add_command, add_group
 from skyloom.tokenizer.corpus import DEFAULT_MAX_DOC_CHARS
 
 DESCRIPTION = """\

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from skyloom.cli import add_command, add_group
+from skyloom.commandline import add_command, add_group
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skyloom.cli import add_command
+from skyloom.commandline import add_command
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

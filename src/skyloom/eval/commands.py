@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from skyloom.cli import add_command, add_group
+from skyloom.commandline import add_command, add_group
 
 MODEL_HELP = ("a skyloom checkpoint directory (model.json + model.safetensors + tokenizer files) or a "
               "Hugging Face model directory (config.json + safetensors + tokenizer)")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from skyloom.cli import add_command, add_group
+from skyloom.commandline import add_command, add_group
 from skyloom.config import ConfigError, apply_overrides, build, read_yaml
 from skyloom.model.config import ModelConfig
 from skyloom.model.presets import PRESETS

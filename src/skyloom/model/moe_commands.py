@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from skyloom.cli import add_command
+from skyloom.commandline import add_command
 from skyloom.config import ConfigError, apply_overrides
 
 _DESCRIPTION = """\

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from skyloom.cli import add_command
+from skyloom.commandline import add_command
 from skyloom.config import ConfigError
 
 

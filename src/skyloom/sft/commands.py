@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from skyloom.cli import add_command
+from skyloom.commandline import add_command
 
 
 def _run_dir(args, cfg, config_path: Path, default_root: str) -> Path:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from skyloom.cli import add_command, add_group
+from skyloom.commandline import add_command, add_group
 
 TRAIN_DESCRIPTION = """\
 Train a bilingual byte-fallback BPE tokenizer the Skywork way (report §3.3, Table 2):

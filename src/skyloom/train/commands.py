@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from skyloom.cli import add_command
+from skyloom.commandline import add_command
 from skyloom.config import ConfigError, apply_overrides, build, read_yaml
 
 
