@@ -27,6 +27,7 @@ import _common as C  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ARCHS = {"llama": "tiny", "gpt": "tiny-gpt"}
 COLORS = {"llama": "tab:blue", "gpt": "tab:red"}
+TAIL = 20  # the final training loss is the mean over this many last steps
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,7 +110,7 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[int, Path]], invoca
     from skyloom.model.accounting import count_params
     from skyloom.model.config import ModelConfig
 
-    results: dict = {"settings": {k: v for k, v in vars(args).items()}, "runs": {},
+    results: dict = {"settings": {k: v for k, v in vars(args).items()}, "train_loss_tail_steps": TAIL, "runs": {},
                      "invocation_wall_s": round(invocation_wall, 1)}  # this call only: finished runs are reused
     for arch, by_seed in runs.items():
         params = count_params(build(ModelConfig, {"preset": ARCHS[arch]})).total
@@ -119,7 +120,7 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[int, Path]], invoca
             results["runs"][f"{arch}/seed{seed}"] = {
                 "arch": arch, "preset": ARCHS[arch], "seed": seed, "params": params,
                 "tokens": train[-1]["tokens"],
-                "train_loss_last20": sum(r["loss"] for r in train[-20:]) / len(train[-20:]),
+                "train_loss_last20": sum(r["loss"] for r in train[-TAIL:]) / len(train[-TAIL:]),
                 "val_final": {r["set"]: r["loss"] for r in val if r["step"] == last},
                 "cpu_tokens_per_sec_median": sorted(r["tokens_per_sec"] for r in train)[len(train) // 2],
                 "val_curve": C.val_curve(run_dir),
@@ -143,7 +144,7 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[int, Path]], invoca
 def markdown(results: dict) -> str:
     runs = results["runs"]
     sets = sorted(next(iter(runs.values()))["val_final"])
-    head = "| run | params | tokens | train loss (mean of last 20 steps) | " + \
+    head = f"| run | params | tokens | train loss (mean of last {results['train_loss_tail_steps']} steps) | " + \
         " | ".join(f"val {s}" for s in sets) + " | tokens/s |"
     lines = [head, "|" + "---|" * (5 + len(sets))]
     for name, r in runs.items():

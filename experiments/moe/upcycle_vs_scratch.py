@@ -166,7 +166,8 @@ def main() -> None:
         cells = [f"{r['val_start'].get(k, float('nan')):.3f} → {r['val_end'][k]:.3f}" for k in r["val_end"]]
         sims = r["expert_similarity_L1"]
         sim = f"{sims[0][1]:.3f} (step {sims[0][0]}) → {sims[-1][1]:.3f} (step {sims[-1][0]})" if sims else "—"
-        moe = [f"{r['drop_rate_last10']:.3f}", f"{r['aux_coef_end']:.4f}"] if r["aux_coef_end"] is not None else ["—"] * 2
+        moe = ([f"{r['drop_rate_last10']:.3f}", f"{r['aux_coef_end']:.4f}"] if r["aux_coef_end"] is not None
+               else ["—"] * 2)
         lines.append(f"| {name} | {' | '.join(cells)} | {r['train_loss_last10']:.3f} | {' | '.join(moe)} | {sim} |")
     (RESULTS / "upcycle.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
