@@ -102,9 +102,9 @@ def file_pieces(path: Path, shard_bytes: int) -> list[Piece]:
         cuts = _line_aligned_cuts(path, size, shard_bytes)
         return [Piece(str(path), start, end, end - start) for start, end in zip(cuts, cuts[1:])]
     if fmt == "parquet":
-        from skyloom.tokenizer.corpus import _pyarrow_parquet
+        from skyloom.tokenizer.corpus import pyarrow_parquet
 
-        meta = _pyarrow_parquet().ParquetFile(path).metadata
+        meta = pyarrow_parquet().ParquetFile(path).metadata
         pieces, first, acc = [], 0, 0
         for g in range(meta.num_row_groups):
             acc += meta.row_group(g).total_byte_size

@@ -4,19 +4,19 @@ A JSONL record gives its text through `field` (default `text`); records with `qu
 instead (GSM8K and its kind) become question + " " + answer — the concatenation the report's Table 8
 scores and the authors' own `pt_train.jsonl` uses. Errors name the file and line.
 
-`read_lines` and `read_text_file` are the byte-level half of reading (gzip looked through; a damaged `.gz` or
-invalid UTF-8 is `tokenizer.corpus.InputError` naming FILE:LINE, as in every other reader), shared with the
-training validation sets (`skyloom.train.validation`), which give records their own meaning.
+The byte-level half of reading (gzip looked through; a damaged `.gz`, bad JSON or invalid UTF-8 is
+`tokenizer.corpus.InputError` naming FILE:LINE) is `skyloom.tokenizer.corpus`, the one document reader.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Iterator
+
+from skyloom.tokenizer.corpus import iter_records, read_text_file
 
 QA_JOINER = " "
 
@@ -62,56 +62,10 @@ def record_text(record: Any, field: str | None, where: str, joiner: str = QA_JOI
     return value
 
 
-def read_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line) of a file, decompressed when its name ends in `.gz`. A damaged `.gz` (cut short,
-    not gzip, corrupt) raises `InputError` naming the file and the line where reading stopped, after the lines
-    before it (tokenizer/corpus.py's rule and message)."""
-    from skyloom.tokenizer.corpus import _GZIP_ERRORS, _gzip_error, is_gzip
-
-    with (gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")) as f:
-        number = 0
-        while True:
-            number += 1
-            try:
-                raw = f.readline()
-            except _GZIP_ERRORS as err:
-                raise _gzip_error(path, number, err) from None
-            if not raw:
-                return
-            yield number, raw
-
-
-def read_text_file(path: str | Path, errors: str = "strict") -> str:
-    """A whole file as text with universal newlines, like `open(path, encoding="utf-8").read()` (gzip looked
-    through, see `read_lines`); with errors="strict" invalid UTF-8 is an `InputError` naming the file and line."""
-    from skyloom.tokenizer.corpus import InputError
-
-    data = b"".join(raw for _, raw in read_lines(path))
-    try:
-        text = data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as err:
-        raise InputError(path, data[:err.start].count(b"\n") + 1, "not valid UTF-8") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def parse_json_line(raw: bytes, path: str | Path, number: int) -> Any:
-    """One JSON line's record; bad JSON or UTF-8 → `InputError` naming file:line."""
-    from skyloom.tokenizer.corpus import InputError
-
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise InputError(path, number, "not valid UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise InputError(path, number, f"invalid JSON ({err.msg})") from None
-
-
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed record) for every non-blank line; bad JSON, bad UTF-8 or a damaged .gz names
-    file:line."""
-    for number, raw in read_lines(path):
-        if raw.strip():
-            yield number, parse_json_line(raw, path, number)
+    file:line (`tokenizer.corpus.iter_records`)."""
+    return iter_records(path)
 
 
 def read_texts(path: str | Path, field: str | None = None, limit: int | None = None,

@@ -144,11 +144,11 @@ def load_training_questions(path: str | Path, limit: int | None) -> list[dict[st
 
 
 def load_lm(checkpoint: Path, max_new_tokens: int):
-    import skyloom
     from skyloom.eval.backends import SkyloomLM
+    from skyloom.model.checkpoint import load_model
     from skyloom.tokenizer.loading import TextTokenizer
 
-    model = skyloom.load_model(checkpoint)
+    model = load_model(checkpoint)
     return SkyloomLM(model, TextTokenizer.from_dir(checkpoint), name=str(checkpoint), progress=sys.stderr.isatty(),
                      batch_tokens=16384, max_batch_size=64)
 

@@ -17,7 +17,7 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator, Optional, Sequence
+from typing import IO, Any, Callable, Iterator, Optional, Sequence
 
 LINE_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -111,17 +111,57 @@ def record_text(record: object, fields: Sequence[str], path: str | Path, line: i
     return "\n".join(parts)
 
 
-def parse_line(raw: bytes, fields: Sequence[str], path: str | Path, line: int) -> str | None:
-    """One JSON line → its text; None for a blank line."""
-    if not raw.strip():
-        return None
+def parse_record(raw: bytes, path: str | Path, line: int) -> Any:
+    """One JSON line's record, whatever it holds; bad JSON or UTF-8 → `InputError` naming file:line."""
     try:
-        record = json.loads(raw)
+        return json.loads(raw)
     except UnicodeDecodeError:
         raise InputError(path, line, "not valid UTF-8") from None
     except json.JSONDecodeError as err:
         raise InputError(path, line, f"not valid JSON ({err.msg} at column {err.colno})") from None
-    return record_text(record, fields, path, line)
+
+
+def parse_line(raw: bytes, fields: Sequence[str], path: str | Path, line: int) -> str | None:
+    """One JSON line → its text; None for a blank line."""
+    if not raw.strip():
+        return None
+    return record_text(parse_record(raw, path, line), fields, path, line)
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of a file, decompressed when its name ends in `.gz`. A damaged `.gz` (cut short,
+    not gzip, corrupt) raises `InputError` naming the file and the line where reading stopped, after the lines
+    before it. For readers that give records their own meaning (evaluation sets, validation sets)."""
+    with (gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")) as f:
+        number = 0
+        while True:
+            number += 1
+            try:
+                raw = f.readline()
+            except _GZIP_ERRORS as err:
+                raise _gzip_error(path, number, err) from None
+            if not raw:
+                return
+            yield number, raw
+
+
+def read_text_file(path: str | Path, errors: str = "strict") -> str:
+    """A whole file as text with universal newlines, like `open(path, encoding="utf-8").read()` (gzip looked
+    through, see `read_lines`); with errors="strict" invalid UTF-8 is an `InputError` naming the file and line."""
+    data = b"".join(raw for _, raw in read_lines(path))
+    try:
+        text = data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as err:
+        raise InputError(path, data[:err.start].count(b"\n") + 1, "not valid UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) for every non-blank line of a JSON-lines file (gzip looked through); bad
+    JSON, bad UTF-8 or a damaged .gz names file:line."""
+    for number, raw in read_lines(path):
+        if raw.strip():
+            yield number, parse_record(raw, path, number)
 
 
 def line_number_at(path: str | Path, offset: int) -> int:
@@ -382,12 +422,13 @@ def _iter_csv(path: Path, fields, on_error: OnError, guard: SizeGuard) -> Iterat
 
 def parquet_row_groups(path: str | Path) -> list[int]:
     """Rows per row group (the unit a Parquet file is split by)."""
-    pq = _pyarrow_parquet()
+    pq = pyarrow_parquet()
     meta = pq.ParquetFile(path).metadata
     return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
-def _pyarrow_parquet():
+def pyarrow_parquet():
+    """`pyarrow.parquet`, or an ImportError saying how to install it."""
     try:
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - depends on the environment
@@ -397,7 +438,7 @@ def _pyarrow_parquet():
 
 def _iter_parquet(path: Path, fields, start: int, end: int | None, on_error: OnError,
                   guard: SizeGuard) -> Iterator[Document]:
-    pq = _pyarrow_parquet()
+    pq = pyarrow_parquet()
     pf = pq.ParquetFile(path)
     names = set(pf.schema_arrow.names)
     columns = [f for f in fields if f in names]

@@ -60,18 +60,14 @@ def iter_documents(path: Path, text_key: str | Sequence[str] = "text") -> Iterab
     from the first of the `text_key` field names (a name or a list of names) that the record has; any other file
     → its whole text. Malformed input raises `InputError` naming FILE:LINE (the rules of tokenizer/corpus.py):
     bad JSON or UTF-8, a record whose text is null or not a string, a damaged `.gz`. Empty text is left out."""
-    from skyloom.eval.textdata import parse_json_line, read_lines, read_text_file
-    from skyloom.tokenizer.corpus import InputError, record_text
+    from skyloom.tokenizer.corpus import InputError, iter_records, read_text_file, record_text
 
     keys = [text_key] if isinstance(text_key, str) else list(text_key)
     name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
     if not name.endswith((".jsonl", ".json")):
         yield read_text_file(path, errors="replace")
         return
-    for lineno, raw in read_lines(path):
-        if not raw.strip():
-            continue
-        record = parse_json_line(raw, path, lineno)
+    for lineno, record in iter_records(path):
         key = next((k for k in keys if isinstance(record, dict) and k in record), None)
         if key is None:
             raise InputError(path, lineno, f"none of the fields {keys} (set text_key)")
