@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from skyloom.eval.backends import SkyloomLM, load_lm
-from skyloom.eval.kv_cache import KVCache, cached_forward, left_padded_positions
 from skyloom.eval.lm import Sampling, cut_at_stop, length_batches
 from skyloom.eval.perplexity import WindowConvention, domain_result, score_documents
 from skyloom.eval.textdata import read_documents
@@ -101,24 +100,6 @@ def test_loglikelihood_matches_score_and_shares_identical_inputs(sky):
         assert ll == pytest.approx(float(sky.score([ctx + option])[0][-len(option):].sum()), abs=1e-5)
     greedy = [g for _, g in results]
     assert sum(greedy) <= 1
-
-
-def test_kv_cache_forward_equals_the_full_forward():
-    model = tiny_model(seed=3, n_kv_heads=2)
-    ids = torch.randint(4, 2048, (3, 40))
-    valid = torch.ones_like(ids, dtype=torch.bool)
-    valid[0, :7] = False  # left padding on two rows
-    valid[2, :19] = False
-    cache = KVCache(model, 3, 8, ids.device, torch.float32)  # small capacity: exercises growth
-    with torch.no_grad():
-        prefill = cached_forward(model, ids[:, :30], left_padded_positions(valid[:, :30]), valid[:, :30], cache)
-        steps = [cached_forward(model, ids[:, t:t + 1], left_padded_positions(valid)[:, t:t + 1], valid[:, t:t + 1],
-                                cache) for t in range(30, 40)]
-        for row in range(3):
-            real = ids[row][valid[row]]
-            full = model(real[None])[0]
-            got = torch.cat([prefill[row], *[s[row] for s in steps]])[valid[row]]
-            torch.testing.assert_close(got, full, atol=1e-4, rtol=1e-4)
 
 
 def test_greedy_generation_is_identical_across_backends_and_cache(sky, hf):

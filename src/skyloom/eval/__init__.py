@@ -2,7 +2,6 @@
 
     lm.py               LanguageModel: score tokens, score continuations, generate (batched, deterministic)
     backends.py         SkyloomLM, HuggingFaceLM, load_lm(path) picking one
-    kv_cache.py         incremental decoding for skyloom's Transformer
     textdata.py         evaluation inputs (JSONL/JSON/text files, token-shard directories)
     perplexity.py       Table 6: per-domain loss / perplexity / bits per byte, window conventions
     leakage.py          Table 8: L_train, L_test, L_ref, Δ1, Δ2, bootstrap intervals, verdict

@@ -1,7 +1,7 @@
 """The two `LanguageModel` backends and `load_lm`, which picks one for a model directory.
 
 * `SkyloomLM` — skyloom's own `Transformer` (a skyloom checkpoint, or a Llama directory imported on the
-  fly) with a `TextTokenizer`; generation through a key/value cache (`kv_cache.py`).
+  fly) with a `TextTokenizer`; generation through the model's own key/value cache (model/kv_cache.py).
 * `HuggingFaceLM` — any causal LM `transformers` can load from a local directory (the optional `hf`
   extra), never downloading and never running repository code.
 
@@ -19,14 +19,8 @@ from typing import Any, Sequence
 
 import torch
 
-from skyloom.eval.kv_cache import (
-    KVCache,
-    cached_forward,
-    left_padded_positions,
-    padded_causal_mask,
-    supports_kv_cache,
-)
 from skyloom.eval.lm import LanguageModel
+from skyloom.model.kv_cache import KVCache, left_padded_positions, padded_causal_mask
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BACKENDS = ("auto", "skyloom", "hf")
@@ -65,7 +59,7 @@ class SkyloomLM(LanguageModel):
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.max_length = min(max_length or model.config.max_seq_len, model.config.max_seq_len)
-        self.kv_cache = kv_cache and supports_kv_cache(model)
+        self.kv_cache = kv_cache and hasattr(model, "build_kv_cache")
         vocab = getattr(tokenizer, "vocab_size", None)
         if vocab is not None and vocab > model.config.vocab_size:
             raise ValueError(f"{name}: tokenizer has {vocab} entries but the model only {model.config.vocab_size}")
@@ -106,13 +100,11 @@ class SkyloomLM(LanguageModel):
         return self.model(ids)
 
     def _start(self, ids: torch.Tensor, valid: torch.Tensor):
-        positions = left_padded_positions(valid)
         if not self.kv_cache:
-            logits = self.model(ids, position_ids=positions, attn_mask=padded_causal_mask(valid))
+            logits = self.model(ids, position_ids=left_padded_positions(valid), attn_mask=padded_causal_mask(valid))
             return logits[:, -1], (ids, valid)
-        cache = KVCache(self.model, ids.shape[0], ids.shape[1] + 64, self.device, self.dtype)
-        logits = cached_forward(self.model, ids, positions, valid, cache)
-        cache.next_position = valid.long().sum(-1)
+        cache = self.model.build_kv_cache(ids.shape[0], ids.shape[1] + 64, self.device, self.dtype)
+        logits = self.model(ids, cache=cache, valid=valid)
         return logits[:, -1], cache
 
     def _step(self, state, next_ids: torch.Tensor):
@@ -123,10 +115,7 @@ class SkyloomLM(LanguageModel):
             logits = self.model(ids, position_ids=left_padded_positions(valid), attn_mask=padded_causal_mask(valid))
             return logits[:, -1], (ids, valid)
         cache: KVCache = state
-        ones = torch.ones((next_ids.shape[0], 1), dtype=torch.bool, device=next_ids.device)
-        logits = cached_forward(self.model, next_ids[:, None], cache.next_position[:, None], ones, cache)
-        cache.next_position = cache.next_position + 1
-        return logits[:, -1], cache
+        return self.model(next_ids[:, None], cache=cache)[:, -1], cache
 
 
 def require_transformers(purpose: str):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from skyloom.model.arch import arch_spec
 from skyloom.model.config import ModelConfig
 
 
@@ -33,13 +34,13 @@ class ParamCounts:
 
 def _ffn_params(cfg: ModelConfig) -> int:
     hidden = cfg.hidden_ffn_dim
-    n_in = 1 if cfg.arch == "gpt" else 2  # GELU: W1; SwiGLU: W1 (gate) and W3 (up)
+    n_in = arch_spec(cfg).ffn_in_matrices  # GELU: W1; SwiGLU: W1 (gate) and W3 (up)
     bias = (n_in * hidden + cfg.dim) if cfg.bias else 0
     return (n_in + 1) * cfg.dim * hidden + bias
 
 
 def _norm_params(cfg: ModelConfig) -> int:
-    return cfg.dim * (2 if (cfg.arch == "gpt" and cfg.bias) else 1)
+    return cfg.dim * (2 if (arch_spec(cfg).norm_bias and cfg.bias) else 1)
 
 
 def _moe_params(cfg: ModelConfig, experts: int) -> int:
@@ -68,7 +69,7 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     embedding = cfg.vocab_size * cfg.dim
     if not cfg.tie_embeddings:
         embedding += cfg.vocab_size * cfg.dim
-    if cfg.arch == "gpt":
+    if arch_spec(cfg).learned_positions:
         embedding += cfg.max_seq_len * cfg.dim
     body = sum(layer_params(cfg, i) for i in range(cfg.n_layers)) + _norm_params(cfg)
     active = sum(layer_params(cfg, i, active=True) for i in range(cfg.n_layers)) + _norm_params(cfg)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from skyloom.config import ConfigError
+from skyloom.model.arch import ArchName, arch_spec
 from skyloom.model.moe_config import MoEConfig
 
 
@@ -14,12 +15,13 @@ class ModelConfig:
     """Decoder-only transformer shape.
 
     `arch="llama"` is the Skywork/LLaMA block (RoPE, RMSNorm, SwiGLU, no biases); `arch="gpt"` is the
-    GPT baseline of the report's Table 9 (learned absolute positions, LayerNorm, GELU MLP, dropout).
+    GPT baseline of the report's Table 9 (learned absolute positions, LayerNorm, GELU MLP, dropout);
+    model/arch.py registers each (what the rest of skyloom reads instead of comparing names).
     Start from a named preset with `preset: NAME` and override any field next to it.
     """
 
     preset: str | None = None
-    arch: Literal["llama", "gpt"] = "llama"
+    arch: ArchName = "llama"
     vocab_size: int = 32000
     dim: int = 4096
     n_layers: int = 32
@@ -71,11 +73,7 @@ class ModelConfig:
         """The FFN width actually built."""
         if self.ffn_dim is not None:
             return self.ffn_dim
-        if self.arch == "gpt":
-            return 4 * self.dim
-        raw = int(8 * self.dim / 3)
-        m = self.ffn_multiple_of
-        return m * ((raw + m - 1) // m)
+        return arch_spec(self).default_ffn_dim(self)
 
     def validate(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "ffn_multiple_of"):
@@ -90,10 +88,7 @@ class ModelConfig:
                 raise ConfigError(
                     "n_kv_heads", f"must divide n_heads={self.n_heads}, got {self.n_kv_heads}"
                 )
-        if self.arch == "llama" and self.head_dim % 2:
-            raise ConfigError("dim", f"RoPE needs an even head dimension, got {self.head_dim}")
-        if self.arch == "gpt" and self.n_kv_heads not in (None, self.n_heads):
-            raise ConfigError("n_kv_heads", "the GPT baseline uses multi-head attention only")
+        arch_spec(self).validate(self)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.rope_theta <= 0:
@@ -103,7 +98,7 @@ class ModelConfig:
         if self.init_std <= 0:
             raise ConfigError("init_std", f"must be positive, got {self.init_std}")
         if self.moe is not None:
-            if self.arch != "llama" or self.bias:
+            if not arch_spec(self).supports_moe(self):
                 raise ConfigError("moe", "MoE layers have SwiGLU experts without biases: they need arch=llama, bias=false")
             if self.moe.every_n_layers > self.n_layers:
                 raise ConfigError("moe.every_n_layers",

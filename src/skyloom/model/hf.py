@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from skyloom.config import build
+from skyloom.model.arch import arch_spec
 from skyloom.model.config import ModelConfig
 from skyloom.model.transformer import Transformer
 
@@ -100,7 +101,7 @@ def export_hf(model: Transformer, out_dir: str | Path, source_dir: str | Path | 
         from skyloom.model.hf_mixtral import export_mixtral
 
         return export_mixtral(model, out_dir, source_dir)
-    if cfg.arch != "llama" or cfg.bias:
+    if not arch_spec(cfg).exports_hf(cfg):
         raise ValueError(
             f"only the LLaMA architecture without biases exports to LlamaForCausalLM (got arch={cfg.arch!r}, "
             f"bias={cfg.bias})"

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from skyloom.config import build
+from skyloom.model.arch import arch_spec
 from skyloom.model.config import ModelConfig
 from skyloom.model.transformer import Transformer
 
@@ -45,7 +46,7 @@ def check_mixtral_compatible(model: Transformer) -> list[str]:
     moe = cfg.moe
     if moe is None:
         raise ValueError("not an MoE model (export dense models as LlamaForCausalLM)")
-    if cfg.arch != "llama" or cfg.bias:
+    if not arch_spec(cfg).supports_moe(cfg):
         raise ValueError(f"Mixtral needs arch=llama without biases (got arch={cfg.arch!r}, bias={cfg.bias})")
     if moe.every_n_layers != 1:
         raise ValueError(f"Mixtral has experts in every layer; moe.every_n_layers={moe.every_n_layers} cannot be "

@@ -15,6 +15,9 @@ Initialisation (`init_weights`): every linear and embedding weight ~ N(0, init_s
 projections that write into the residual stream (attention `wo`, FFN `w2`) use
 init_std / sqrt(2·n_layers) (GPT-2 / Megatron), so the residual variance does not grow with depth;
 norm weights 1, biases 0.
+
+Each architecture is one entry of model/arch.py (norm, FFN, positions, block); decoding goes through this same
+forward with a key/value cache (`build_kv_cache`, `forward(..., cache=)`; model/kv_cache.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skyloom.model.arch import arch_spec
 from skyloom.model.config import ModelConfig
+from skyloom.model.kv_cache import KVCache, LayerKV
 from skyloom.model.moe import MoE, moe_layers
 
 
@@ -61,12 +66,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    """Causal self-attention through scaled_dot_product_attention (FlashAttention kernels on GPU)."""
+    """Causal self-attention through scaled_dot_product_attention (FlashAttention kernels on GPU).
+
+    With `kv` (a layer's slot of a `KVCache`), this call's keys/values are appended to the cache and the queries
+    attend over everything cached so far, under the cache's mask.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.use_rope = cfg.arch == "llama"
+        self.use_rope = arch_spec(cfg).rotary
         self.rope_theta = cfg.rope_theta
         self.dropout = cfg.dropout
         self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.bias)
@@ -79,6 +88,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         attn_mask: torch.Tensor | None,
+        kv: LayerKV | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -86,6 +96,8 @@ class Attention(nn.Module):
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv is not None:
+            k, v = kv.update(k, v)
         out = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
@@ -122,22 +134,18 @@ class GeluMLP(nn.Module):
 
 
 def build_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.arch == "gpt":
-        return nn.LayerNorm(cfg.dim, eps=cfg.norm_eps, bias=cfg.bias)
-    return RMSNorm(cfg.dim, eps=cfg.norm_eps)
+    return arch_spec(cfg).norm(cfg)
 
 
 def build_ffn(cfg: ModelConfig, layer_index: int) -> nn.Module:
     """The feed-forward sub-layer of block `layer_index`."""
     if cfg.is_moe_layer(layer_index):
         return MoE(cfg.dim, cfg.expert_ffn_dim, cfg.moe)
-    if cfg.arch == "gpt":
-        return GeluMLP(cfg.dim, cfg.hidden_ffn_dim, bias=cfg.bias)
-    return SwiGLU(cfg.dim, cfg.hidden_ffn_dim, bias=cfg.bias)
+    return arch_spec(cfg).ffn(cfg, cfg.hidden_ffn_dim)
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + Attn(Norm(x)), then x + FFN(Norm(x))."""
+    """Pre-norm residual block: x + Attn(Norm(x)), then x + FFN(Norm(x)); `kv` goes to the attention."""
 
     def __init__(self, cfg: ModelConfig, layer_index: int):
         super().__init__()
@@ -147,8 +155,8 @@ class Block(nn.Module):
         self.ffn = build_ffn(cfg, layer_index)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, attn_mask):
-        x = x + self.resid_dropout(self.attn(self.attn_norm(x), rope, attn_mask))
+    def forward(self, x, rope, attn_mask, kv: LayerKV | None = None):
+        x = x + self.resid_dropout(self.attn(self.attn_norm(x), rope, attn_mask, kv))
         return x + self.resid_dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -159,9 +167,10 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.dim) if cfg.arch == "gpt" else None
+        spec = arch_spec(cfg)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.dim) if spec.learned_positions else None
         self.emb_dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(spec.block(cfg, i) for i in range(cfg.n_layers))
         self.norm = build_norm(cfg)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -191,19 +200,39 @@ class Transformer(nn.Module):
         """(block index, MoE layer) for every MoE block; empty for a dense model."""
         return list(moe_layers(self))
 
+    def build_kv_cache(self, batch: int, capacity: int, device: torch.device | None = None,
+                       dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache for `batch` rows (grows past `capacity` as needed), on the weights' device and dtype."""
+        weight = self.tok_emb.weight
+        cfg = self.config
+        return KVCache(cfg.n_layers, batch, cfg.kv_heads, cfg.head_dim, capacity,
+                       device=device or weight.device, dtype=dtype or weight.dtype)
+
     def forward(
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for every position.
 
         position_ids: [B, T] (default 0..T-1), e.g. restarting at each packed sample.
         attn_mask: optional boolean [B, 1, T, T] (True = may attend) replacing the plain causal mask,
         e.g. block-diagonal causal masks for packed samples or padding; the caller keeps it causal.
+        cache: a `build_kv_cache` cache: `input_ids` continue what it holds, positions and mask come from it;
+        valid: [B, T] bool, False for left-padding pads (with a cache only; default all real).
         """
         b, t = input_ids.shape
+        if cache is not None:
+            if attn_mask is not None or position_ids is not None:
+                raise ValueError("with a KV cache, positions and the attention mask come from the cache")
+            if valid is None:
+                valid = torch.ones((b, t), dtype=torch.bool, device=input_ids.device)
+            position_ids, attn_mask = cache.begin(valid)
+        elif valid is not None:
+            raise ValueError("valid= marks padding inside a KV cache; without one pass attn_mask")
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device).unsqueeze(0)
         x = self.tok_emb(input_ids)
@@ -218,6 +247,11 @@ class Transformer(nn.Module):
             cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
             rope = (cos.unsqueeze(1), sin.unsqueeze(1))  # [B or 1, 1, T, d]
         x = self.emb_dropout(x)
-        for layer in self.layers:
-            x = layer(x, rope, attn_mask)
+        if cache is None:
+            for layer in self.layers:
+                x = layer(x, rope, attn_mask)
+        else:
+            for index, layer in enumerate(self.layers):
+                x = layer(x, rope, attn_mask, cache.layer(index))
+            cache.commit(valid)
         return self.output(self.norm(x))

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from skyloom.config import build, to_dict
+from skyloom.model.arch import arch_spec
 from skyloom.model.config import ModelConfig
 from skyloom.model.moe import MoE
 from skyloom.model.moe_config import MoEConfig
@@ -31,7 +32,7 @@ def upcycled_config(dense: ModelConfig, moe: MoEConfig | dict[str, Any]) -> Mode
     """The dense shape with `moe` added; the experts keep the dense FFN width (refuses other widths)."""
     if dense.moe is not None:
         raise ValueError("the checkpoint is already a mixture of experts")
-    if dense.arch != "llama" or dense.bias:
+    if not arch_spec(dense).supports_moe(dense):
         raise ValueError(f"only the SwiGLU (arch=llama, no bias) model can be upcycled, got arch={dense.arch!r}")
     moe_cfg = moe if isinstance(moe, MoEConfig) else build(MoEConfig, moe, prefix="moe")
     if moe_cfg.expert_ffn_dim not in (None, dense.hidden_ffn_dim):
