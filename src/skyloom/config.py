@@ -270,6 +270,30 @@ def load(cls: type[T], path: str | Path | None = None, overrides: typing.Iterabl
     return build(cls, apply_overrides(data, overrides))
 
 
+def config_file(file_or_run_dir: str | Path, saved_name: str = "config.yaml") -> Path:
+    """The YAML a command reads: the file itself, or the config a run directory saved (RUN_DIR/`saved_name`)."""
+    path = Path(file_or_run_dir)
+    if path.is_dir():
+        if not (path / saved_name).is_file():
+            raise ConfigError("", f"{path}: a directory without {saved_name} is not a run directory")
+        path = path / saved_name
+    return path
+
+
+def load_config(cls: type[T], file_or_run_dir: str | Path | None, overrides: typing.Iterable[str] = (), *,
+                saved_name: str = "config.yaml",
+                prepare: typing.Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                builder: typing.Callable[[dict[str, Any]], T] | None = None) -> T:
+    """The one path from YAML to a command's typed config: read the file (or RUN_DIR/`saved_name`), apply the
+    dotted overrides, let `prepare` adjust the mapping (e.g. expand $VARS), then `build` (or `builder`) it, so
+    every command refuses unknown keys, wrong types and impossible values the same way."""
+    data = read_yaml(config_file(file_or_run_dir, saved_name)) if file_or_run_dir is not None else {}
+    data = apply_overrides(data, list(overrides))
+    if prepare is not None:
+        data = prepare(data)
+    return builder(data) if builder is not None else build(cls, data)
+
+
 def save(obj: Any, path: str | Path) -> None:
     """Write the effective config as YAML (saved with every run, so it can be re-run as is)."""
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -3,59 +3,42 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from skyloom.commandline import add_command
+from skyloom.commandline import add_command, add_print_config
+from skyloom.config import load_config, to_dict
 
 
-def _run_dir(args, cfg, config_path: Path, default_root: str) -> Path:
-    if args.out:
-        return Path(args.out)
-    if cfg.out_dir:
-        return Path(cfg.out_dir)
-    return Path(default_root) / config_path.stem
+def load_sft(spec: str, overrides: list[str]):
+    """An SFT YAML, or a run directory (its saved sft.yaml), plus dotted overrides → SFTConfig."""
+    from skyloom.sft.config import build_sft_config
+
+    return load_config(None, spec, overrides, saved_name="sft.yaml", builder=build_sft_config)
 
 
-def _prepare_dir(run_dir: Path, args, files: tuple[str, ...], is_main: bool = True) -> bool:
-    """Whether the run may start in RUN_DIR (called with its lock held); --overwrite empties it, lock file kept."""
-    from skyloom.train.run_lock import clear_run_dir
-
-    started = any((run_dir / f).exists() for f in files)
-    if started and not args.resume:
-        if not args.overwrite:
-            print(f"skyloom: error: {run_dir} already holds a run; continue it with --resume, choose another --out, "
-                  "or pass --overwrite to start over", file=sys.stderr)
-            return False
-        if is_main:
-            clear_run_dir(run_dir)
-    return True
+def resolved_sft_mapping(cfg) -> dict:
+    """The resolved SFT config to save in RUN_DIR/sft.yaml: every default written out, and with the step count
+    still to come from data.epochs when it did (the loader's placeholder max_steps is not a setting)."""
+    plain = to_dict(cfg)
+    if plain.pop("steps_from_epochs", False):
+        plain["train"]["max_steps"] = None
+        plain["train"]["max_tokens"] = None
+    return plain
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from skyloom.config import apply_overrides, read_yaml, save
-    from skyloom.sft.config import build_sft_config
+    from skyloom.rundir import open_run_dir, resolve_run_dir
     from skyloom.train.distributed import shutdown
-    from skyloom.train.run_lock import hold_run_dir
     from skyloom.train.trainer import TrainingAborted
 
-    config_path = Path(args.config)
-    if config_path.is_dir():
-        config_path = config_path / "sft.yaml"
-    raw = apply_overrides(read_yaml(config_path), args.overrides)
-    cfg = build_sft_config(raw)
-    run_dir = _run_dir(args, cfg, config_path, "runs/sft")
+    cfg = load_sft(args.config, args.overrides)
+    run_dir = resolve_run_dir(args.out, args.config, cfg.out_dir, "runs/sft")
     is_main = int(os.environ.get("RANK", "0")) == 0
-    with hold_run_dir(run_dir) if is_main else contextlib.nullcontext():  # before anything in RUN_DIR is touched
-        if not _prepare_dir(run_dir, args, ("metrics.jsonl", "checkpoints", "init"), is_main):
-            return 2
-        run_dir.mkdir(parents=True, exist_ok=True)
-        import yaml
-
-        (run_dir / "sft.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    with open_run_dir(run_dir, markers=("metrics.jsonl", "checkpoints", "init"), resume=args.resume,
+                      overwrite=args.overwrite, is_main=is_main, save=("sft.yaml", resolved_sft_mapping(cfg))):
         from skyloom.sft.runner import run_sft
 
         try:
@@ -69,10 +52,33 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0 if summary["status"] == "finished" else 130
 
 
-def cmd_skymath(args: argparse.Namespace) -> int:
-    from skyloom.sft.skymath import run_skymath_command
+def load_skymath(spec: str, overrides: list[str]):
+    """A SkyMath YAML, or a run directory (its saved skymath.yaml), plus dotted overrides → SkyMathConfig."""
+    from skyloom.sft.skymath import SkyMathConfig
 
-    return run_skymath_command(args)
+    return load_config(SkyMathConfig, spec, overrides, saved_name="skymath.yaml")
+
+
+def cmd_skymath(args: argparse.Namespace) -> int:
+    from skyloom.rundir import open_run_dir, resolve_run_dir
+    from skyloom.sft.skymath import run_skymath
+
+    cfg = load_skymath(args.config, args.overrides)
+    run_dir = resolve_run_dir(args.out, args.config, cfg.out_dir, "runs/skymath")
+    # locked before anything in RUN_DIR is touched (its round_*/sft runs are inside it); the resolved config saved
+    with open_run_dir(run_dir, markers=("rounds.jsonl", "round_*"), resume=args.resume, overwrite=args.overwrite,
+                      save=("skymath.yaml", cfg)):
+        try:
+            rounds = run_skymath(cfg, run_dir)
+        except KeyboardInterrupt as err:
+            print(f"skyloom: {err or 'interrupted'}", file=sys.stderr)
+            return 130
+        except (ValueError, FileNotFoundError) as err:
+            print(f"skyloom: error: {err}", file=sys.stderr)
+            return 2
+    for r in rounds:
+        print(json.dumps({"round": r["round"], "eval": {k: v["acc"] for k, v in r["eval"].items()}}))
+    return 0
 
 
 def register(sub) -> None:
@@ -94,6 +100,7 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: out_dir, else runs/sft/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    add_print_config(p, lambda args: resolved_sft_mapping(load_sft(args.config, args.overrides)))
     p.set_defaults(handler=cmd_sft)
 
     q = add_command(
@@ -114,4 +121,5 @@ def register(sub) -> None:
     q.add_argument("--out", metavar="RUN_DIR", help="run directory (default: out_dir, else runs/skymath/<name>)")
     q.add_argument("--resume", action="store_true", help="continue the interrupted round")
     q.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    add_print_config(q, lambda args: load_skymath(args.config, args.overrides))
     q.set_defaults(handler=cmd_skymath)

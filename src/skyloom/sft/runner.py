@@ -87,7 +87,9 @@ def sft_model_config(cfg: SFTConfig, model_cfg, base: str | Path, log: Callable[
     seq_len = cfg.data.seq_len or model_cfg.max_seq_len
     if seq_len <= model_cfg.max_seq_len:
         return seq_len, model_cfg
-    if model_cfg.arch == "gpt":
+    from skyloom.model.arch import arch_spec
+
+    if arch_spec(model_cfg).learned_positions:
         raise ConfigError("data.seq_len", f"{seq_len} exceeds the base model's model.max_seq_len="
                                           f"{model_cfg.max_seq_len} ({base}); a GPT model's learned positions end "
                                           "there: lower data.seq_len")
@@ -145,7 +147,7 @@ def load_samples(cfg: SFTConfig, encoder: TemplateEncoder, seq_len: int,
 def masked_loss(model: torch.nn.Module, samples: Sequence[Sample], seq_len: int, pad_id: int,
                 batch_size: int = 8, layout: str = "packed", device: torch.device | None = None) -> tuple[float, int]:
     """Mean answer-token cross-entropy over `samples` (the SFT validation loss) and the number of targets."""
-    import torch.nn.functional as F
+    from skyloom.model.loss import token_loss
 
     device = device or next(model.parameters()).device
     lengths = [len(s) for s in samples]
@@ -157,8 +159,7 @@ def masked_loss(model: torch.nn.Module, samples: Sequence[Sample], seq_len: int,
         batch = make_batch([[samples[i] for i in w] for w in windows[k:k + batch_size]], seq_len, pad_id,
                            layout).to(device)
         logits = model(batch.input_ids, position_ids=batch.position_ids, attn_mask=batch.attn_mask)
-        total += float(F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=-100,
-                                       reduction="sum"))
+        total += float(token_loss(logits, batch.labels))
         n += batch.n_targets
     model.train(was_training)
     return total / max(n, 1), n
@@ -234,6 +235,8 @@ def build_trainer(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
                                                          seed=cfg.data.seed),
                         train=train_cfg, validation=ValidationConfig(sets={}), checkpoint=cfg.checkpoint,
                         out_dir=str(run_dir))
+    for section in (run_cfg.model, run_cfg.train, run_cfg):  # built, not build()-loaded: check what build() would
+        section.validate()
     val_cb = SFTValidation(val_samples, seq_len, pad_id, cfg.validation.every, steps)
     trainer = Trainer(run_cfg, run_dir, resume=resume, batch_source=source, callbacks=[val_cb, *callbacks], log=log)
     trainer.log(trainer.plan_text())
@@ -259,7 +262,9 @@ def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
     if status == "finished" and trainer.env.is_main:
         final = find_checkpoint(run_dir)
         summary["checkpoint"] = str(final)
-        if cfg.export_hf and model_cfg.arch == "llama" and model_cfg.moe is None:
+        from skyloom.model.arch import arch_spec
+
+        if cfg.export_hf and arch_spec(model_cfg).hf_architecture and model_cfg.moe is None:
             from skyloom.model.checkpoint import load_model
             from skyloom.model.hf import export_hf
 

@@ -15,7 +15,6 @@ checkpoints, so `--resume` continues a killed run where it stopped. Round 0 in t
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -24,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
-from skyloom.config import ConfigError, apply_overrides, build, read_yaml
+from skyloom.config import ConfigError
 
 KINDS = ("reference", "own", "compare")
 
@@ -246,11 +245,6 @@ def evaluate_round(checkpoint: Path, cfg: SkyMathConfig, template: str) -> dict[
 
 # ---- the run ----------------------------------------------------------------------------------------------
 
-def load_skymath_config(path: str | Path, overrides=()) -> tuple[SkyMathConfig, dict]:
-    raw = apply_overrides(read_yaml(path), list(overrides))
-    return build(SkyMathConfig, raw), raw
-
-
 def round_sft_config(cfg: SkyMathConfig, base: Path, data_dir: Path, first: bool):
     """The round's `skyloom sft` config. After round 1 the base is a fine-tuned checkpoint whose own tokenizer
     already holds the template's tokens, so `tokenizer:` is used for round 1 only (rows are never re-grown)."""
@@ -349,36 +343,3 @@ def run_skymath(cfg: SkyMathConfig, run_dir: str | Path, log: Callable[[str], No
         out.append(record(r, current, {"kind": "sft", "data": stats, "sft_steps": summary["steps"],
                                        "sft_tokens": summary["tokens"]}))
     return out
-
-
-def run_skymath_command(args: argparse.Namespace) -> int:
-    import yaml
-
-    from skyloom.train.run_lock import clear_run_dir, hold_run_dir
-
-    config_path = Path(args.config)
-    if config_path.is_dir():
-        config_path = config_path / "skymath.yaml"
-    cfg, raw = load_skymath_config(config_path, args.overrides)
-    run_dir = Path(args.out or cfg.out_dir or Path("runs/skymath") / config_path.stem)
-    with hold_run_dir(run_dir):  # before anything in RUN_DIR is touched; its round_*/sft runs are inside it
-        if (run_dir / "rounds.jsonl").is_file() or any(run_dir.glob("round_*")):
-            if not args.resume:
-                if not args.overwrite:
-                    print(f"skyloom: error: {run_dir} already holds a run; continue it with --resume or pass "
-                          "--overwrite", file=sys.stderr)
-                    return 2
-                clear_run_dir(run_dir)
-        (run_dir / "skymath.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True),
-                                              encoding="utf-8")
-        try:
-            rounds = run_skymath(cfg, run_dir)
-        except KeyboardInterrupt as err:
-            print(f"skyloom: {err or 'interrupted'}", file=sys.stderr)
-            return 130
-        except (ValueError, FileNotFoundError) as err:
-            print(f"skyloom: error: {err}", file=sys.stderr)
-            return 2
-    for r in rounds:
-        print(json.dumps({"round": r["round"], "eval": {k: v["acc"] for k, v in r["eval"].items()}}))
-    return 0

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
-from skyloom.commandline import add_command
-from skyloom.config import ConfigError, apply_overrides, build, read_yaml
+from skyloom.commandline import add_command, add_print_config
+from skyloom.config import config_file, load_config
 
 
 # What the config, the data or the disk can make impossible: `skyloom: error: …`, exit 2, for the run and for
@@ -25,69 +24,46 @@ def load_run_config(spec: str, overrides: list[str]):
     """A YAML recipe, or a run directory (its saved config.yaml), plus dotted overrides."""
     from skyloom.train.config import RunConfig
 
-    path = Path(spec)
-    if path.is_dir():
-        if not (path / "config.yaml").is_file():
-            raise ConfigError("", f"{path}: a directory without config.yaml is not a run directory")
-        path = path / "config.yaml"
-    return build(RunConfig, apply_overrides(read_yaml(path), overrides)), path
-
-
-def resolve_run_dir(args: argparse.Namespace, cfg, config_path: Path) -> Path:
-    if args.out:
-        return Path(args.out)
-    if Path(args.config).is_dir():
-        return Path(args.config)
-    if cfg.out_dir:
-        return Path(cfg.out_dir)
-    return Path("runs") / config_path.stem
+    return load_config(RunConfig, spec, overrides), config_file(spec)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    cfg, config_path = load_run_config(args.config, args.overrides)
-    run_dir = resolve_run_dir(args, cfg, config_path)
+    from skyloom.rundir import clear_outputs, open_run_dir, resolve_run_dir
+
+    cfg, _ = load_run_config(args.config, args.overrides)
+    run_dir = resolve_run_dir(args.out, args.config, cfg.out_dir, "runs")
     is_main = int(os.environ.get("RANK", "0")) == 0
     if args.plan_only:
         try:
             return _plan_only(cfg, run_dir)
         except RUN_ERRORS as err:
             return _fail(err)
-    from skyloom.train.run_lock import hold_run_dir
-
-    lock = hold_run_dir(run_dir) if is_main else None  # before anything in RUN_DIR is touched
-    started = (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
-    if started and not args.resume:
-        if not args.overwrite:
-            print(f"skyloom: error: {run_dir} already holds a run; continue it with --resume, choose another --out, "
-                  "or pass --overwrite to delete its metrics and checkpoints", file=sys.stderr)
-            if lock is not None:
-                lock.release()
-            return 2
-        if is_main:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-
     from skyloom.train.distributed import shutdown
     from skyloom.train.trainer import Trainer, TrainingAborted
 
-    try:
-        trainer = Trainer(cfg, run_dir, resume=args.resume, verify=not args.no_verify)
-        rows = trainer.loader.plan() if hasattr(trainer.loader, "plan") else None
-        trainer.log(trainer.plan_text(rows))
-        if rows is not None:
-            trainer.loader.check_plan(rows)
-        status = trainer.fit()
-        if is_main:
-            _print_summary(trainer)
-        return 0 if status == "finished" else 128 + int(trainer.stop_signal or 15)
-    except (TrainingAborted, *RUN_ERRORS) as err:
-        return _fail(err)
-    finally:
-        shutdown()
-        if lock is not None:
-            lock.release()
+    # the lock is taken before anything in RUN_DIR is touched; the trainer saves the resolved config.yaml
+    with open_run_dir(run_dir, markers=("metrics.jsonl", "checkpoints"), resume=args.resume,
+                      overwrite=args.overwrite, is_main=is_main, clear=clear_outputs(("checkpoints", "metrics.jsonl")),
+                      overwrite_hint="delete its metrics and checkpoints"):
+        try:
+            from skyloom.train.prepare import prepare_run_data
+
+            prepare_run_data(cfg)  # tokenizer training and packing: before the Trainer, which only builds
+            trainer = Trainer(cfg, run_dir, resume=args.resume, verify=not args.no_verify)
+            rows = trainer.loader.plan() if hasattr(trainer.loader, "plan") else None
+            trainer.log(trainer.plan_text(rows))
+            if rows is not None:
+                trainer.loader.check_plan(rows)
+            status = trainer.fit()
+            if is_main:
+                _print_summary(trainer)
+            return 0 if status == "finished" else 128 + int(trainer.stop_signal or 15)
+        except (TrainingAborted, *RUN_ERRORS) as err:
+            return _fail(err)
+        finally:
+            shutdown()
 
 
 def _plan_only(cfg, run_dir: Path) -> int:
@@ -154,4 +130,5 @@ def register(sub) -> None:
                         "(faster; --resume still checks sizes; an FSDP checkpoint's pickled dcp/.metadata is then "
                         "opened unverified)")
     p.add_argument("--plan-only", action="store_true", help="print the run plan (and check it) without training")
+    add_print_config(p, lambda args: load_run_config(args.config, args.overrides)[0])
     p.set_defaults(handler=cmd_train)
