@@ -123,9 +123,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
             if cli["required"]:
                 kwargs["required"] = True
         target.add_argument(*flags, **kwargs)
+    return add_print_config(parser, resolve or (lambda args: config_from_args(cls, args)))
+
+
+def add_print_config(parser: argparse.ArgumentParser,
+                     resolve: Callable[[argparse.Namespace], Any]) -> argparse.ArgumentParser:
+    """`--print-config`: print `resolve(args)` (the command's resolved config) as YAML and exit 0."""
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML and exit (nothing is run)")
-    parser.set_defaults(config_class=cls, config_resolver=resolve or (lambda args: config_from_args(cls, args)))
+    parser.set_defaults(config_resolver=resolve)
     return parser
 
 
@@ -158,5 +164,5 @@ def split_flag_overrides(words: list[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
-__all__ = ["ConfigError", "HelpFormatter", "add_command", "add_config_arguments", "add_group", "config_from_args",
-           "field_help", "option", "print_config", "split_flag_overrides"]
+__all__ = ["ConfigError", "HelpFormatter", "add_command", "add_config_arguments", "add_group", "add_print_config",
+           "config_from_args", "field_help", "option", "print_config", "split_flag_overrides"]
