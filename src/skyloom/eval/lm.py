@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from skyloom.model.loss import token_loss
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
@@ -86,22 +87,6 @@ class Sampling:
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def token_nll(logits: torch.Tensor, targets: torch.Tensor, max_elements: int = 1 << 26) -> torch.Tensor:
-    """Cross-entropy [B, T] of logits [B, T, V] against targets (-100 = skip, gives 0), in float32.
-
-    One fused call per group of rows (per-row calls cost more than the arithmetic on CPU); groups keep the
-    float32 copy of half-precision logits under `max_elements`.
-    """
-    b, t, v = logits.shape
-    rows = max(1, max_elements // max(t * v, 1))
-    parts = []
-    for start in range(0, b, rows):
-        chunk = logits[start: start + rows]
-        parts.append(F.cross_entropy(chunk.float().reshape(-1, v), targets[start: start + rows].reshape(-1),
-                                     reduction="none", ignore_index=-100).view(chunk.shape[0], t))
-    return torch.cat(parts)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -208,7 +193,7 @@ class LanguageModel(ABC):
             for row, i in enumerate(batch):
                 targets[row, max(inputs[i], 0):] = -100  # padding: not scored
             ids, targets = ids.to(self.device), targets.to(self.device)
-            nll = token_nll(self._logits(ids[:, :-1]), targets).cpu()
+            nll = token_loss(self._logits(ids[:, :-1]), targets, reduction="none").cpu()
             for row, i in enumerate(batch):
                 if inputs[i] >= 1:
                     out[i] = (-nll[row, : inputs[i]]).double().numpy()

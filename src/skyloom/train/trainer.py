@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from skyloom.config import save as save_config, to_dict
 from skyloom.data.mixture import MixtureLoader, MixtureSourceSpec, WeightSchedule, format_plan
 from skyloom.data.shards import TokenSource
+from skyloom.model import loss as lm_loss
 from skyloom.model.accounting import count_params, flops_per_token, peak_flops_for_device
 from skyloom.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_state_into, read_weights, write_model_json
 from skyloom.model.manifest import NO_VERIFY_HINT, CheckpointError, check as check_manifest, ensure_intact
@@ -573,8 +574,7 @@ class Trainer:
             with self._sync_context(last), torch.autocast(self.device.type, dtype=self.autocast_dtype,
                                                           enabled=self.autocast_dtype is not None):
                 logits = self.model(batch.input_ids, position_ids=batch.position_ids, attn_mask=batch.attn_mask)
-                token_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch.labels.reshape(-1),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
+                token_loss = lm_loss.token_loss(logits, batch.labels)  # float32 sum over labels ≠ -100
                 # gradient of sum/n_global; ×world because DDP/FSDP average gradients over ranks
                 loss = token_loss * (world / max(n_global, 1))
                 for cb in self.callbacks:

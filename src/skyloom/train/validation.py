@@ -25,9 +25,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from skyloom.data.batch import IGNORE_INDEX
+from skyloom.model.loss import token_loss
 
 
 def expand_paths(patterns: Sequence[str] | str) -> list[Path]:
@@ -168,8 +168,7 @@ def _loss_sums(model, windows, batch_size, device, autocast_dtype) -> tuple[floa
             inputs, targets = chunk[:, :-1], chunk[:, 1:]
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = model(inputs)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = token_loss(logits, targets)
             total += loss.double()
             count += int((targets != IGNORE_INDEX).sum())
     finally:
