@@ -43,15 +43,17 @@ def add_command(sub, name: str, help: str, description: str | None = None) -> ar
 
 def option(default: Any = dataclasses.MISSING, *, help: str, flags: tuple[str, ...] | None = None,
            positional: bool = False, nargs: str | None = None, metavar: str | None = None,
-           choices: tuple[Any, ...] | None = None, append: bool = False, group: str | None = None,
-           required: bool = False) -> Any:
+           choices: tuple[Any, ...] | None = None, append: bool = False, extend: bool = False,
+           group: str | None = None, required: bool = False) -> Any:
     """A config field that is also a command-line argument; `help` is the field's documentation.
 
     The flag is `--field-name` unless `flags` says otherwise (e.g. `("--out", "-o")`); `positional=True` makes
-    it a positional argument; `append=True` a repeatable flag collecting a list; a bool field is a switch.
+    it a positional argument; `append=True` a repeatable flag collecting a list (`extend=True`: each use takes
+    `nargs` words); a bool field is a switch.
     """
     cli = {"help": help, "flags": flags, "positional": positional, "nargs": nargs, "metavar": metavar,
-           "choices": choices, "append": append, "group": group, "required": required}
+           "choices": choices, "append": append, "extend": extend, "group": group,
+           "required": required}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={CLI_KEY: cli})
     return dataclasses.field(default=default, metadata={CLI_KEY: cli})
@@ -99,7 +101,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
         if cli["positional"]:
             if cli["nargs"]:
                 kwargs["nargs"] = cli["nargs"]
-                if cli["nargs"] in ("?", "*"):
+                if cli["nargs"] == "?":  # (a `*` list is left to argparse: a fresh list every parse)
                     kwargs["default"] = default
             if tp is not str and _scalar_type(tp) is not str:
                 kwargs["type"] = _scalar_type(tp)
@@ -113,7 +115,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
             kwargs["default"] = default
             if cli["append"]:
                 kwargs["action"] = "append"
-            elif cli["nargs"]:
+            elif cli["extend"]:
+                kwargs["action"] = "extend"
+            if cli["nargs"]:
                 kwargs["nargs"] = cli["nargs"]
             scalar = _scalar_type(tp)
             if scalar is not str:

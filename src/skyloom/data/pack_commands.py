@@ -5,9 +5,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 
-from skyloom.commandline import add_command, add_group
+from skyloom.commandline import add_command, add_config_arguments, add_group, option
 from skyloom.tokenizer.corpus import DEFAULT_MAX_DOC_CHARS
+
+
+@dataclass
+class PackConfig:
+    """`skyloom data pack`'s arguments."""
+
+    sources: list[str] = option(positional=True, nargs="+", metavar="SOURCE",
+                                help="NAME=PATH or PATH (file, directory, glob)")
+    tokenizer: str = option(flags=("--tokenizer", "-t"), required=True,
+                            help="tokenizer directory (tokenizer.json + tokenizer_config.json naming eos_token)")
+    out: str = option(flags=("--out", "-o"), required=True, help="output directory; one sub-directory per source")
+    fields: list[str] | None = option(None, flags=("--field",), append=True, metavar="NAME",
+                                      help="record field holding the text; repeat to join several with a newline "
+                                           "(default: text)")
+    workers: int = option(0, help="processes (0: one per CPU)")
+    shard_bytes: int = option(64 << 20, help="input bytes per task / shard")
+    skip_malformed: bool = option(False, help="skip malformed records (listed with file:line) instead of stopping")
+    max_doc_chars: int = option(DEFAULT_MAX_DOC_CHARS, metavar="N",
+                                help="longest document: longer records are skipped and counted, longer text files "
+                                     "split (default: %(default)s)")
+    overwrite: bool = option(False, help="delete a source's existing shards when the plan changed, instead of "
+                                         "refusing")
+    quiet: bool = option(False, flags=("--quiet", "-q"), help="no progress bar")
 
 DESCRIPTION = """\
 Tokenize documents (a text field of JSONL / Parquet / CSV records, or whole .txt files; .gz read through),
@@ -36,22 +60,7 @@ def register(sub) -> None:
     group = add_group(sub, "data", "data pipeline: clean, filter, pack")
     p = add_command(group, "pack", "tokenize documents into token shards (per source, parallel, resumable)",
                     DESCRIPTION)
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="NAME=PATH or PATH (file, directory, glob)")
-    p.add_argument("--tokenizer", "-t", required=True, help="tokenizer directory (tokenizer.json + "
-                                                            "tokenizer_config.json naming eos_token)")
-    p.add_argument("--out", "-o", required=True, help="output directory; one sub-directory per source")
-    p.add_argument("--field", action="append", dest="fields", metavar="NAME",
-                   help="record field holding the text; repeat to join several with a newline (default: text)")
-    p.add_argument("--workers", type=int, default=0, help="processes (0: one per CPU)")
-    p.add_argument("--shard-bytes", type=int, default=64 << 20, help="input bytes per task / shard")
-    p.add_argument("--skip-malformed", action="store_true",
-                   help="skip malformed records (listed with file:line) instead of stopping")
-    p.add_argument("--max-doc-chars", type=int, default=DEFAULT_MAX_DOC_CHARS, metavar="N",
-                   help="longest document: longer records are skipped and counted, longer text files split "
-                        "(default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete a source's existing shards when the plan changed, instead of refusing")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_config_arguments(p, PackConfig)
     p.set_defaults(handler=_pack)
 
 

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
-from skyloom.commandline import add_command
+from skyloom.commandline import add_command, add_config_arguments, option
+
+
+@dataclass
+class DemoCommandConfig:
+    """`skyloom demo`'s arguments (the recipe itself is recipes/demo/*.yaml plus the overrides)."""
+
+    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
+                                  help="recipe overrides: SESSION.key=value for one session "
+                                       "(e.g. stage2.train.max_steps=40)")
+    out: str = option("runs/demo", help="workspace directory (re-running continues it)")
+    data: str | None = option(None, metavar="DIR", help="build the corpus from your files instead of the starter corpus")
+    tiny: bool = option(False, help="the smallest setting (recipes/demo/tiny.yaml)")
+    recipe: str | None = option(None, metavar="FILE", help="another demo recipe (default recipes/demo/recipe.yaml)")
+    until: str | None = option(None, metavar="PHASE", help="stop after this phase (e.g. pack)")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -52,11 +67,5 @@ def register(sub) -> None:
             "  skyloom demo --data my_texts/         # on your own .jsonl/.json/.txt files (one domain per file)"
         ),
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="recipe overrides: SESSION.key=value for one session (e.g. stage2.train.max_steps=40)")
-    p.add_argument("--out", default="runs/demo", help="workspace directory (re-running continues it)")
-    p.add_argument("--data", metavar="DIR", help="build the corpus from your files instead of the starter corpus")
-    p.add_argument("--tiny", action="store_true", help="the smallest setting (recipes/demo/tiny.yaml)")
-    p.add_argument("--recipe", metavar="FILE", help="another demo recipe (default recipes/demo/recipe.yaml)")
-    p.add_argument("--until", metavar="PHASE", help="stop after this phase (e.g. pack)")
+    add_config_arguments(p, DemoCommandConfig)
     p.set_defaults(handler=cmd_demo)

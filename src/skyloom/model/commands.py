@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from skyloom.commandline import add_command, add_group
+from skyloom.commandline import add_command, add_config_arguments, add_group, option
 from skyloom.config import ConfigError, apply_overrides, build, read_yaml
 from skyloom.model.config import ModelConfig
 from skyloom.model.presets import PRESETS
@@ -204,11 +205,57 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_spec(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="PRESET_OR_CONFIG",
-                   help=f"a preset ({', '.join(PRESETS)}), a YAML config, or a checkpoint directory")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="model field overrides, e.g. n_layers=4 (or model.n_layers=4)")
+_MODEL_SPEC_HELP = f"a preset ({', '.join(PRESETS)}), a YAML config, or a checkpoint directory"
+
+
+@dataclass
+class ModelInfoConfig:
+    """`skyloom model info`'s arguments; --print-config shows the resolved model config."""
+
+    model: str = option(positional=True, metavar="PRESET_OR_CONFIG", help=_MODEL_SPEC_HELP)
+    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
+                                  help="model field overrides, e.g. n_layers=4 (or model.n_layers=4)")
+    seq_len: int | None = option(None, help="sequence length for the attention FLOPs (default: the model's)")
+    tokens_per_sec: float | None = option(None, help="measured training throughput, all GPUs together")
+    peak_tflops: float | None = option(None, help="hardware peak per GPU in TFLOP/s (A100/A800 bf16: 312)")
+    gpus: int = option(1, help="number of GPUs the throughput was measured on")
+    json: bool = option(False, help="print one JSON object instead of tables")
+
+
+@dataclass
+class ModelInitConfig:
+    """`skyloom model init`'s arguments; --print-config shows the resolved model config."""
+
+    model: str = option(positional=True, metavar="PRESET_OR_CONFIG", help=_MODEL_SPEC_HELP)
+    out_dir: str = option(positional=True, metavar="OUT_DIR", help="directory to write")
+    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
+                                  help="model field overrides, e.g. n_layers=2")
+    seed: int = option(0, help="random seed for the initialisation")
+    force: bool = option(False, help="allow models above 2B parameters")
+
+
+@dataclass
+class ExportHFConfig:
+    """`skyloom export hf`'s arguments."""
+
+    checkpoint: str = option(positional=True, metavar="CHECKPOINT", help="skyloom checkpoint directory")
+    out_dir: str = option(positional=True, metavar="OUT_DIR",
+                          help="directory to write (config.json + model.safetensors)")
+    verify: bool = option(False, help="load the result in transformers and compare logits (needs skyloom[hf])")
+    no_verify: bool = option(False, help="skip checking CHECKPOINT against its manifest.json (sizes + sha256) "
+                                         "before exporting (--verify, by contrast, checks the exported result)")
+
+
+@dataclass
+class ImportHFConfig:
+    """`skyloom import hf`'s arguments."""
+
+    hf_dir: str = option(positional=True, metavar="HF_DIR", help="directory with config.json and *.safetensors")
+    out_dir: str = option(positional=True, metavar="OUT_DIR", help="skyloom checkpoint directory to write")
+
+
+def _resolved_model(args: argparse.Namespace) -> ModelConfig:
+    return resolve_model_config(args.model, args.overrides)
 
 
 def register(sub) -> None:
@@ -222,37 +269,20 @@ def register(sub) -> None:
             "example: skyloom model info skywork-13b --tokens-per-sec 1873 --peak-tflops 312"
         ),
     )
-    _add_model_spec(info)
-    info.add_argument("--seq-len", type=int, help="sequence length for the attention FLOPs (default: the model's)")
-    info.add_argument("--tokens-per-sec", type=float, help="measured training throughput, all GPUs together")
-    info.add_argument("--peak-tflops", type=float, help="hardware peak per GPU in TFLOP/s (A100/A800 bf16: 312)")
-    info.add_argument("--gpus", type=int, default=1, help="number of GPUs the throughput was measured on")
-    info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    add_config_arguments(info, ModelInfoConfig, resolve=_resolved_model)
     info.set_defaults(handler=cmd_info)
 
     init = add_command(model, "init", "write a freshly initialised checkpoint (safetensors + model.json)")
-    init.add_argument("model", metavar="PRESET_OR_CONFIG",
-                      help=f"a preset ({', '.join(PRESETS)}), a YAML config, or a checkpoint directory")
-    init.add_argument("out_dir", metavar="OUT_DIR", help="directory to write")
-    init.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model field overrides, e.g. n_layers=2")
-    init.add_argument("--seed", type=int, default=0, help="random seed for the initialisation")
-    init.add_argument("--force", action="store_true", help="allow models above 2B parameters")
+    add_config_arguments(init, ModelInitConfig, resolve=_resolved_model)
     init.set_defaults(handler=cmd_init)
 
     export = add_group(sub, "export", "export checkpoints to other formats")
-    hf = add_command(export, "hf", "export a checkpoint as a Hugging Face directory (LlamaForCausalLM; MixtralForCausalLM for an MoE model)")
-    hf.add_argument("checkpoint", metavar="CHECKPOINT", help="skyloom checkpoint directory")
-    hf.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (config.json + model.safetensors)")
-    hf.add_argument("--verify", action="store_true",
-                    help="load the result in transformers and compare logits (needs skyloom[hf])")
-    hf.add_argument("--no-verify", action="store_true",
-                    help="skip checking CHECKPOINT against its manifest.json (sizes + sha256) before exporting "
-                         "(--verify, by contrast, checks the exported result)")
+    hf = add_command(export, "hf", "export a checkpoint as a Hugging Face directory "
+                                   "(LlamaForCausalLM; MixtralForCausalLM for an MoE model)")
+    add_config_arguments(hf, ExportHFConfig)
     hf.set_defaults(handler=cmd_export_hf)
 
     imp = add_group(sub, "import", "import checkpoints from other formats")
     ihf = add_command(imp, "hf", "import a Hugging Face Llama directory (safetensors) as a skyloom checkpoint")
-    ihf.add_argument("hf_dir", metavar="HF_DIR", help="directory with config.json and *.safetensors")
-    ihf.add_argument("out_dir", metavar="OUT_DIR", help="skyloom checkpoint directory to write")
+    add_config_arguments(ihf, ImportHFConfig)
     ihf.set_defaults(handler=cmd_import_hf)
-

@@ -3,10 +3,36 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
-from skyloom.commandline import add_command
+from skyloom.commandline import add_command, add_config_arguments, option
 from skyloom.config import ConfigError, apply_overrides
+
+
+@dataclass
+class UpcycleConfig:
+    """`skyloom upcycle`'s arguments."""
+
+    dense: str | None = option(None, positional=True, nargs="?", metavar="DENSE_CKPT",
+                               help="dense skyloom checkpoint or Hugging Face Llama directory "
+                                    "(or a preset/config with --advise)")
+    set: list[str] = option([], extend=True, nargs="+", metavar="KEY=VALUE",
+                            help="model.moe fields, e.g. --set gate_norm=true adaptive=true")
+    out: str | None = option(None, metavar="MOE_CKPT", help="checkpoint directory to write")
+    experts: int = option(16, help="experts per MoE layer (n)")
+    top_k: int = option(2, help="experts per token (k)")
+    gate_std: float = option(0.02, help="std of the gate's initial weights "
+                                        "(0 = zeros: every token then ties on the same experts)")
+    seed: int = option(0, help="seed for the gate's initial weights")
+    no_verify: bool = option(False, help="skip checking DENSE_CKPT against its manifest.json (sizes + sha256) "
+                                         "before upcycling")
+    advise: bool = option(False, help="print the §3.3 upcycle-or-from-scratch advice instead")
+    dense_cost: float | None = option(None, help="--advise: what the dense checkpoint cost (any unit)")
+    moe_budget: float | None = option(None, help="--advise: what the MoE training may cost (same unit)")
+    dense_tokens: float | None = option(None, help="--advise: tokens the dense checkpoint was trained on")
+    moe_tokens: float | None = option(None, help="--advise: tokens the MoE will be trained on")
+    seq_len: int | None = option(None, help="--advise: sequence length for the attention FLOPs")
 
 _DESCRIPTION = """\
 Upcycle a dense checkpoint into a mixture of experts (Skywork-MoE §3): every expert of an MoE block is a copy
@@ -86,22 +112,5 @@ def cmd_upcycle(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = add_command(sub, "upcycle", "turn a dense checkpoint into a mixture-of-experts checkpoint (or --advise)",
                     description=_DESCRIPTION)
-    p.add_argument("dense", nargs="?", metavar="DENSE_CKPT",
-                   help="dense skyloom checkpoint or Hugging Face Llama directory (or a preset/config with --advise)")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="model.moe fields, e.g. --set gate_norm=true adaptive=true")
-    p.add_argument("--out", metavar="MOE_CKPT", help="checkpoint directory to write")
-    p.add_argument("--experts", type=int, default=16, help="experts per MoE layer (n)")
-    p.add_argument("--top-k", type=int, default=2, help="experts per token (k)")
-    p.add_argument("--gate-std", type=float, default=0.02,
-                   help="std of the gate's initial weights (0 = zeros: every token then ties on the same experts)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the gate's initial weights")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip checking DENSE_CKPT against its manifest.json (sizes + sha256) before upcycling")
-    p.add_argument("--advise", action="store_true", help="print the §3.3 upcycle-or-from-scratch advice instead")
-    p.add_argument("--dense-cost", type=float, help="--advise: what the dense checkpoint cost (any unit)")
-    p.add_argument("--moe-budget", type=float, help="--advise: what the MoE training may cost (same unit)")
-    p.add_argument("--dense-tokens", type=float, help="--advise: tokens the dense checkpoint was trained on")
-    p.add_argument("--moe-tokens", type=float, help="--advise: tokens the MoE will be trained on")
-    p.add_argument("--seq-len", type=int, help="--advise: sequence length for the attention FLOPs")
+    add_config_arguments(p, UpcycleConfig)
     p.set_defaults(handler=cmd_upcycle)

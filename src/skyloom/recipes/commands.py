@@ -5,26 +5,55 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from dataclasses import dataclass
 import sys
 from pathlib import Path
 
-from skyloom.commandline import add_command
+from skyloom.commandline import add_command, add_config_arguments, option
 from skyloom.config import ConfigError
+
+
+@dataclass
+class PlanCommandConfig:
+    """`skyloom plan`'s arguments; the recipe itself is RECIPE/recipe.yaml plus the overrides."""
+
+    recipe: str = option(positional=True, metavar="RECIPE", help="recipe directory (or its recipe.yaml)")
+    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
+                                  help="SESSION.key=value changes one session's config; other keys change recipe.yaml")
+    root: str = option(".", help="workspace root the sessions' relative paths start from")
+    gpus: int | None = option(None, help="number of GPUs (default: the recipe's hardware.gpus)")
+    gpu: str | None = option(None, help="GPU model for the peak FLOP/s, e.g. A800, H100-SXM, H200")
+    peak_tflops: float | None = option(None, help="peak bf16 TFLOP/s per GPU (overrides --gpu's)")
+    mfu: float | None = option(None, help="model FLOPs utilisation to assume, e.g. 0.45")
+    pp: int | None = option(None, help="pipeline-parallel degree of the layout (data parallel = gpus / pp)")
+    dense_gpu_hours: float | None = option(
+        None, metavar="H", help="for a recipe with MoE sessions: GPU-hours the dense checkpoint cost, if it was trained "
+                                "outside this recipe (default: the recipe's own dense sessions); feeds the Skywork-MoE "
+                                "§3.3 upcycle-or-from-scratch advice")
+    json: str | None = option(None, metavar="FILE", help="also write the plan as JSON")
+
+
+def _load(args: argparse.Namespace):
+    """(the recipe with the hardware flags applied, the hardware to plan for)."""
+    from skyloom.recipes.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    hw = recipe.config.hardware
+    changes = {k: v for k, v in (("gpus", args.gpus), ("gpu", args.gpu), ("mfu", args.mfu),
+                                 ("peak_tflops", args.peak_tflops), ("pipeline_parallel", args.pp))
+               if v is not None}
+    if "gpu" in changes and args.peak_tflops is None:
+        changes["peak_tflops"] = None  # a named GPU brings its own peak
+    hw = dataclasses.replace(hw, **changes)
+    recipe.config = dataclasses.replace(recipe.config, hardware=hw)
+    return recipe, hw
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from skyloom.recipes.plan import format_plan, plan_recipe
-    from skyloom.recipes.recipe import load_recipe
 
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
-        hw = recipe.config.hardware
-        changes = {k: v for k, v in (("gpus", args.gpus), ("gpu", args.gpu), ("mfu", args.mfu),
-                                     ("peak_tflops", args.peak_tflops), ("pipeline_parallel", args.pp))
-                   if v is not None}
-        if "gpu" in changes and args.peak_tflops is None:
-            changes["peak_tflops"] = None  # a named GPU brings its own peak
-        hw = dataclasses.replace(hw, **changes)
+        recipe, hw = _load(args)
         plan = plan_recipe(recipe, args.root, hw, dense_gpu_hours=args.dense_gpu_hours)
     except (ConfigError, ValueError, KeyError) as err:
         print(f"skyloom: error: {err}", file=sys.stderr)
@@ -55,18 +84,5 @@ def register(sub) -> None:
             "  skyloom plan recipes/demo --root runs/demo            # the demo's real shard sizes"
         ),
     )
-    p.add_argument("recipe", metavar="RECIPE", help="recipe directory (or its recipe.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="SESSION.key=value changes one session's config; other keys change recipe.yaml")
-    p.add_argument("--root", default=".", help="workspace root the sessions' relative paths start from")
-    p.add_argument("--gpus", type=int, help="number of GPUs (default: the recipe's hardware.gpus)")
-    p.add_argument("--gpu", help="GPU model for the peak FLOP/s, e.g. A800, H100-SXM, H200")
-    p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s per GPU (overrides --gpu's)")
-    p.add_argument("--mfu", type=float, help="model FLOPs utilisation to assume, e.g. 0.45")
-    p.add_argument("--pp", type=int, help="pipeline-parallel degree of the layout (data parallel = gpus / pp)")
-    p.add_argument("--dense-gpu-hours", type=float, metavar="H",
-                   help="for a recipe with MoE sessions: GPU-hours the dense checkpoint cost, if it was trained "
-                        "outside this recipe (default: the recipe's own dense sessions); feeds the Skywork-MoE §3.3 "
-                        "upcycle-or-from-scratch advice")
-    p.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
+    add_config_arguments(p, PlanCommandConfig, resolve=lambda args: _load(args)[0].config)
     p.set_defaults(handler=cmd_plan)

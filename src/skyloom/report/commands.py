@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
-from skyloom.commandline import add_command
+from skyloom.commandline import add_command, add_config_arguments, option
+
+
+@dataclass
+class ReportCommandConfig:
+    """`skyloom report`'s arguments."""
+
+    run_dir: str = option(help="a run directory or a demo workspace", positional=True, metavar="RUN_DIR")
+    out: str | None = option(None, help="HTML file to write (default RUN_DIR/report.html)", metavar="FILE")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -34,6 +43,5 @@ def register(sub) -> None:
             "  skyloom report runs/tiny --out /tmp/tiny.html"
         ),
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a demo workspace")
-    p.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN_DIR/report.html)")
+    add_config_arguments(p, ReportCommandConfig)
     p.set_defaults(handler=cmd_report)
