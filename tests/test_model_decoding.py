@@ -169,6 +169,19 @@ def test_the_cache_rejects_a_mask_or_positions_and_valid_needs_a_cache():
         model(ids, valid=torch.ones_like(ids, dtype=torch.bool))
 
 
+def test_decoding_past_learned_positions_is_refused_naming_the_length():
+    learned = [name for name, spec in ARCHS.items() if spec.learned_positions]
+    for arch in learned:
+        model = build_model(tiny_config(arch, max_seq_len=8))
+        cache = model.build_kv_cache(1, 8)
+        with torch.no_grad():
+            model(torch.tensor([[1, 2, 3, 4, 5, 6, 7]]), cache=cache)
+            model(torch.tensor([[8]]), cache=cache)  # position 7: the last one
+            with pytest.raises(ValueError, match="sequence of 9 tokens exceeds .* max_seq_len=8"):
+                model(torch.tensor([[9]]), cache=cache)
+    assert learned
+
+
 @pytest.mark.parametrize("arch, moe", VARIANTS, ids=[f"{a}{'-moe' if m else ''}" for a, m in VARIANTS])
 def test_parameter_count_from_the_spec_equals_the_built_model(arch, moe):
     for tie, bias in ((False, False), (True, False), (False, not moe)):

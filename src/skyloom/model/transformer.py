@@ -238,9 +238,10 @@ class Transformer(nn.Module):
         x = self.tok_emb(input_ids)
         rope = None
         if self.pos_emb is not None:
-            if t > self.config.max_seq_len or int(position_ids.max()) >= self.config.max_seq_len:
+            length = max(t, int(position_ids.max()) + 1)  # with a cache: the positions decoded so far
+            if length > self.config.max_seq_len:
                 raise ValueError(
-                    f"sequence of {t} tokens exceeds the GPT model's max_seq_len={self.config.max_seq_len}"
+                    f"sequence of {length} tokens exceeds the GPT model's max_seq_len={self.config.max_seq_len}"
                 )
             x = x + self.pos_emb(position_ids)
         else:
