@@ -99,7 +99,8 @@ class ModelConfig:
             raise ConfigError("init_std", f"must be positive, got {self.init_std}")
         if self.moe is not None:
             if not arch_spec(self).supports_moe(self):
-                raise ConfigError("moe", "MoE layers have SwiGLU experts without biases: they need arch=llama, bias=false")
+                raise ConfigError("moe", "MoE layers have SwiGLU experts without biases: "
+                                         "they need arch=llama, bias=false")
             if self.moe.every_n_layers > self.n_layers:
                 raise ConfigError("moe.every_n_layers",
                                   f"{self.moe.every_n_layers} > n_layers={self.n_layers} leaves no MoE layer")
