@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -246,6 +246,31 @@ class TaskResult:
     error: str | None = None
 
 
+def encode_documents(texts: Iterable[str], tokenizer, batch_docs: int = 256) -> Iterator[np.ndarray]:
+    """Each text's token ids followed by EOS, as uint32 — what a shard holds per document — encoded `batch_docs`
+    texts at a time (the one place documents become shard contents: `skyloom data pack` and a recipe's raw
+    sources alike)."""
+    eos = tokenizer.eos_id
+    if eos is None:
+        raise ValueError(f"tokenizer {tokenizer.source} has no eos_token; cannot pack documents")
+    batch: list[str] = []
+
+    def flush() -> Iterator[np.ndarray]:
+        for ids in tokenizer.encode_batch(batch):
+            arr = np.empty(len(ids) + 1, dtype=np.uint32)
+            arr[:-1] = ids
+            arr[-1] = eos
+            yield arr
+        batch.clear()
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) >= batch_docs:
+            yield from flush()
+    if batch:
+        yield from flush()
+
+
 def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool,
              max_doc_chars: int = DEFAULT_MAX_DOC_CHARS, batch_docs: int = 256) -> TaskResult:
     """Tokenize one task's documents (+EOS) and write its shard; a task that fails leaves no temporary file."""
@@ -254,34 +279,19 @@ def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool,
     result = TaskResult(task.source, task.name, bytes=task.bytes)
     on_error = (lambda err: result.malformed.append(str(err))) if skip_malformed else None
     guard = SizeGuard(max_doc_chars, skipped=result.over_long, split=result.split)
-    dtype = np.uint32
 
-    def documents() -> Iterator[np.ndarray]:
-        batch: list[str] = []
-
-        def flush():
-            for ids in tok.encode_batch(batch):
-                arr = np.empty(len(ids) + 1, dtype=dtype)
-                arr[:-1] = ids
-                arr[-1] = eos
-                yield arr
-            batch.clear()
-
+    def texts() -> Iterator[str]:
         for piece in task.pieces:
             for doc in iter_documents(piece.path, fields, piece.start, piece.end, on_error=on_error, guard=guard):
                 if not doc.text:
                     result.empty += 1
                     continue
                 result.characters += len(doc.text)
-                batch.append(doc.text)
-                if len(batch) >= batch_docs:
-                    yield from flush()
-        if batch:
-            yield from flush()
+                yield doc.text
 
     directory = Path(out) / task.source
     try:
-        meta = write_shard(directory, task.name, documents(), vocab_size=tok.vocab_size,
+        meta = write_shard(directory, task.name, encode_documents(texts(), tok, batch_docs), vocab_size=tok.vocab_size,
                            source=task.source, tokenizer=tok.tokenizer_id, eos_id=eos)
     except Exception as err:
         # A failed task leaves no temporary file; an interrupted one (Ctrl-C, kill) may, and the next run

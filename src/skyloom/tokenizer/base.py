@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from skyloom.tokenizer.text import HAN_RUN, PRETOKENIZE_PATTERN, is_han
@@ -107,3 +108,41 @@ def _skeleton(vocab: dict[str, int], merges: list[list[str]]) -> dict:
                   "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
                   "vocab": vocab, "merges": merges},
     }
+
+
+# --- the small byte-level BPE a recipe trains on the fly (train/prepare.py) ---------------------------------
+
+BYTE_LEVEL_EOS = "<|endoftext|>"
+BYTE_LEVEL_SPECIALS = [BYTE_LEVEL_EOS, "<|pad|>", "<|unk|>"]
+
+
+def train_byte_level_bpe(texts: Iterable[str], out_dir: str | Path, vocab_size: int,
+                         trained_on: Iterable[str] = ()) -> Path:
+    """A GPT-2-style byte-level BPE tokenizer directory (tokenizer.json + tokenizer_config.json) of `vocab_size`
+    entries: digits split one by one, specials EOS `<|endoftext|>`, `<|pad|>`, `<|unk|>` first. Unlike
+    `train_base` (the Table-2 base of `skyloom tokenizer train`) it needs no Chinese extension: small recipes
+    name a few raw files and want a working tokenizer in seconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=BYTE_LEVEL_SPECIALS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "tokenizer.json.tmp"
+    tok.save(str(tmp))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": BYTE_LEVEL_EOS, "pad_token": "<|pad|>",
+        "unk_token": "<|unk|>", "model_max_length": 1 << 20,
+        "trained_on": [str(f) for f in trained_on][:50],
+    }, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out_dir / "tokenizer.json")
+    return out_dir

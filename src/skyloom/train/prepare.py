@@ -9,18 +9,13 @@ and packed there. Both steps are skipped when their outputs already exist.
 
 from __future__ import annotations
 
-import json
+import itertools
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
-
-import numpy as np
 
 from skyloom.config import ConfigError
 from skyloom.train.config import DataConfig
 from skyloom.train.validation import expand_paths, expand_placeholders, iter_documents
-
-EOS_TOKEN = "<|endoftext|>"
-SPECIAL_TOKENS = [EOS_TOKEN, "<|pad|>", "<|unk|>"]
 
 
 def _resolve_files(primary: Sequence[str], fallback: Sequence[str], what: str,
@@ -72,58 +67,29 @@ def _texts(files: Iterable[Path], text_key: str, max_chars: int | None = None) -
 
 def train_bpe(files: Sequence[Path], out_dir: Path, vocab_size: int, text_key: str = "text",
               max_chars: int = 20_000_000) -> Path:
-    """A byte-level BPE tokenizer directory (tokenizer.json + tokenizer_config.json) trained on `files`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer directory trained on the first `max_chars` characters of `files`
+    (`tokenizer.base.train_byte_level_bpe`)."""
+    from skyloom.tokenizer.base import train_byte_level_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2,
-    )
-    tok.train_from_iterator(_texts(files, text_key, max_chars), trainer=trainer)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "tokenizer.json.tmp"
-    tok.save(str(tmp))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS_TOKEN, "pad_token": "<|pad|>",
-        "unk_token": "<|unk|>", "model_max_length": 1 << 20,
-        "trained_on": [str(f) for f in files][:50],
-    }, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / "tokenizer.json")
-    return out_dir
+    return train_byte_level_bpe(_texts(files, text_key, max_chars), out_dir, vocab_size, trained_on=files)
 
 
 def pack_files(files: Sequence[Path], out_dir: Path, tokenizer, source: str, text_key: str = "text",
                docs_per_shard: int = 20_000) -> dict:
-    """Tokenize documents (+EOS) and write token shards + index.json into `out_dir`."""
+    """Tokenize documents (+EOS, `data.pack.encode_documents`) and write token shards of `docs_per_shard`
+    documents each + index.json into `out_dir`."""
+    from skyloom.data.pack import encode_documents
     from skyloom.data.shards import finalize_index, write_shard
 
-    eos = tokenizer.eos_id
-    if eos is None:
+    if tokenizer.eos_id is None:
         raise ValueError(f"tokenizer {tokenizer.source} has no eos_token; cannot pack documents")
-    batch: list[str] = []
-    shard = 0
-
-    def flush() -> None:
-        nonlocal shard
-        docs = [np.asarray(ids + [eos], dtype=np.int64) for ids in tokenizer.encode_batch(batch)]
-        write_shard(out_dir, f"{shard:05d}", docs, vocab_size=tokenizer.vocab_size, source=source,
-                    tokenizer=tokenizer.tokenizer_id, eos_id=eos)
-        shard += 1
-        batch.clear()
-
-    for path in files:
-        for doc in iter_documents(path, text_key):
-            batch.append(doc)
-            if len(batch) >= docs_per_shard:
-                flush()
-    if batch:
-        flush()
+    docs = (doc for path in files for doc in iter_documents(path, text_key))
+    for shard in itertools.count():
+        chunk = list(itertools.islice(docs, docs_per_shard))
+        if not chunk:
+            break
+        write_shard(out_dir, f"{shard:05d}", encode_documents(chunk, tokenizer), vocab_size=tokenizer.vocab_size,
+                    source=source, tokenizer=tokenizer.tokenizer_id, eos_id=tokenizer.eos_id)
     return finalize_index(out_dir)
 
 
