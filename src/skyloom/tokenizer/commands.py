@@ -6,9 +6,12 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from skyloom.commandline import add_command, add_group
+from skyloom.commandline import add_command, add_config_arguments, add_group, option
+from skyloom.tokenizer.corpus import DEFAULT_MAX_DOC_CHARS
 
 TRAIN_DESCRIPTION = """\
 Train a bilingual byte-fallback BPE tokenizer the Skywork way (report §3.3, Table 2):
@@ -59,87 +62,118 @@ examples:
 """
 
 
+_MAX_DOC_CHARS_HELP = ("longest document: longer records are skipped and counted, longer text files split, "
+                       "so one gigantic line cannot exhaust memory (default: %(default)s)")
+
+
+@dataclass(kw_only=True)
+class VocabOptions:
+    """Options shared by `tokenizer train` and `tokenizer extend` (their defaults are TrainSettings'; a test
+    keeps the two equal)."""
+
+    out: str = option(flags=("--out", "-o"), required=True, help="output tokenizer directory")
+    fields: list[str] | None = option(None, flags=("--field",), append=True, metavar="NAME",
+                                      help="JSON/Parquet/CSV field holding text; repeat to join several "
+                                           "(default: text)")
+    total: int = option(65536, help="exact final vocabulary size")
+    chinese_chars: int = option(8000, help="Chinese characters/symbols to add")
+    chinese_words: int | None = option(None, help="Chinese words to add (default: what --total leaves; if given, "
+                                                  "must add up)")
+    reserved: int = option(17, help="new reserved ids: missing specials + spares")
+    freq_lists: list[str] = option([], flags=("--freq-list",), append=True, metavar="FILE",
+                                   help="extra 'entry count' lines (jieba dict format) added to the corpus counts")
+    freq_list_weight: float = option(1.0, help="multiplier for --freq-list counts")
+    fill: Literal["jieba", "none"] = option("jieba", choices=("jieba", "none"),
+                                            help="what supplies entries the corpus lacks")
+    min_word_count: int = option(2, help="corpus words seen fewer times are not candidates")
+    word_rank: Literal["count", "savings"] = option(
+        "count", choices=("count", "savings"),
+        help="order of word candidates: by count, or by count x (characters - 1), the tokens saved")
+    no_hmm: bool = option(False, help="jieba without its HMM for unseen words")
+    workers: int = option(0, help="processes for jieba segmentation (0: one per CPU)")
+    max_bytes: int | None = option(None, help="read at most about this much text")
+    max_doc_chars: int = option(DEFAULT_MAX_DOC_CHARS, metavar="N", help=_MAX_DOC_CHARS_HELP)
+    bos_token: str = option("<s>", help="BOS token (the base's own is kept)")
+    eos_token: str = option("</s>", help="EOS token (the base's own is kept)")
+    unk_token: str = option("<unk>", help="UNK token (the base's own is kept)")
+    pad_token: str = option("<pad>", help="PAD token (the base's own is kept)")
+    quiet: bool = option(False, flags=("--quiet", "-q"), help="no progress output")
+
+
+_INPUTS_HELP = "text files: .jsonl/.json lines, .parquet, .csv, .txt (optionally .gz), dirs or globs"
+
+
+@dataclass(kw_only=True)
+class TokenizerTrainConfig(VocabOptions):
+    """`skyloom tokenizer train`'s arguments."""
+
+    inputs: list[str] = option(positional=True, nargs="+", metavar="INPUT", help=_INPUTS_HELP)
+    base_size: int = option(32000, help="base BPE entries incl. 256 byte tokens (ignored with --extend: the base's "
+                                        "size)")
+    extend: str | None = option(None, metavar="BASE", help="extend this tokenizer.json / SentencePiece .model / "
+                                                           "directory instead of training a base (= tokenizer extend)")
+    character_coverage: float = option(0.9995, help="share of non-Chinese character occurrences the base alphabet "
+                                                    "covers (rest: bytes)")
+    min_frequency: int = option(2, help="minimum pair count for a base BPE merge")
+    max_token_length: int = option(16, help="longest base BPE token (characters)")
+
+
+@dataclass(kw_only=True)
+class TokenizerExtendConfig(VocabOptions):
+    """`skyloom tokenizer extend`'s arguments."""
+
+    extend: str = option(positional=True, metavar="BASE", help="the tokenizer to extend: a tokenizer.json, a "
+                                                                "SentencePiece model or a directory holding one")
+    inputs: list[str] = option(positional=True, nargs="+", metavar="INPUT", help=_INPUTS_HELP)
+
+
+@dataclass
+class TokenizerStatsConfig:
+    """`skyloom tokenizer stats`'s arguments."""
+
+    tokenizer: str = option(positional=True, metavar="TOKENIZER",
+                            help="a tokenizer directory, a tokenizer.json or a SentencePiece .model")
+    files: list[str] = option(positional=True, nargs="+", metavar="FILE", help="text files to measure on")
+    vs: str | None = option(None, metavar="OTHER", help="a second tokenizer to compare side by side")
+    fields: list[str] | None = option(None, flags=("--field",), append=True, metavar="NAME",
+                                      help="text field (default: text)")
+    threads: int | None = option(None, help="encoder threads (RAYON_NUM_THREADS; 1 gives a per-core figure); "
+                                            "default: all cores")
+    max_docs: int | None = option(None, help="use at most this many documents per file")
+    max_doc_chars: int = option(DEFAULT_MAX_DOC_CHARS, metavar="N", help=_MAX_DOC_CHARS_HELP)
+    json: bool = option(False, help="print JSON instead of a table")
+
+
+@dataclass
+class TokenizerConvertConfig:
+    """`skyloom tokenizer convert`'s arguments."""
+
+    source: str = option(positional=True, metavar="MODEL", help="a SentencePiece .model (or tokenizer.json)")
+    out: str = option(positional=True, metavar="OUT", help="tokenizer directory to write")
+
+
 def register(sub) -> None:
     group = add_group(sub, "tokenizer", "train, extend, measure and convert tokenizers")
 
     p = add_command(group, "train", "train a bilingual BPE tokenizer with a Chinese vocabulary extension",
                     TRAIN_DESCRIPTION)
-    _train_arguments(p, extend_command=False)
+    add_config_arguments(p, TokenizerTrainConfig)
+    p.set_defaults(handler=_train)
     p = add_command(group, "extend", "extend an existing tokenizer (tokenizer.json / SentencePiece .model) with "
                                      "Chinese characters, words and reserved ids, every existing id kept",
                     EXTEND_DESCRIPTION)
-    _train_arguments(p, extend_command=True)
+    add_config_arguments(p, TokenizerExtendConfig)
+    p.set_defaults(handler=_train)
 
     p = add_command(group, "stats", "compression and speed of a tokenizer on text files", STATS_DESCRIPTION)
-    p.add_argument("tokenizer", metavar="TOKENIZER")
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--vs", metavar="OTHER", help="a second tokenizer to compare side by side")
-    p.add_argument("--field", action="append", dest="fields", metavar="NAME", help="text field (default: text)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="encoder threads (RAYON_NUM_THREADS; 1 gives a per-core figure); default: all cores")
-    p.add_argument("--max-docs", type=int, default=None, help="use at most this many documents per file")
-    _max_doc_chars_argument(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_config_arguments(p, TokenizerStatsConfig)
     p.set_defaults(handler=_stats)
 
     p = add_command(group, "convert", "write a SentencePiece .model (or tokenizer.json) as a tokenizer directory",
                     "Convert a SentencePiece .model into a tokenizer directory (tokenizer.json with every id kept,\n"
                     "tokenizer_config.json, special_tokens_map.json) that skyloom and transformers load.")
-    p.add_argument("source", metavar="MODEL")
-    p.add_argument("out", metavar="OUT")
+    add_config_arguments(p, TokenizerConvertConfig)
     p.set_defaults(handler=_convert)
-
-
-def _train_arguments(p, extend_command: bool) -> None:
-    """Options shared by `tokenizer train` and `tokenizer extend` (the latter takes BASE first)."""
-    if extend_command:
-        p.add_argument("extend", metavar="BASE", help="the tokenizer to extend: a tokenizer.json, a SentencePiece "
-                                                         "model or a directory holding one")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="text files: .jsonl/.json lines, .parquet, .csv, .txt (optionally .gz), dirs or globs")
-    p.add_argument("--out", "-o", required=True, help="output tokenizer directory")
-    p.add_argument("--field", action="append", dest="fields", metavar="NAME",
-                   help="JSON/Parquet/CSV field holding text; repeat to join several (default: text)")
-    p.add_argument("--total", type=int, default=65536, help="exact final vocabulary size")
-    if not extend_command:
-        p.add_argument("--base-size", type=int, default=32000, help="base BPE entries incl. 256 byte tokens "
-                                                                     "(ignored with --extend: the base's size)")
-    p.add_argument("--chinese-chars", type=int, default=8000, help="Chinese characters/symbols to add")
-    p.add_argument("--chinese-words", type=int, default=None,
-                   help="Chinese words to add (default: what --total leaves; if given, must add up)")
-    p.add_argument("--reserved", type=int, default=17, help="new reserved ids: missing specials + spares")
-    if not extend_command:
-        p.add_argument("--extend", metavar="BASE", help="extend this tokenizer.json / SentencePiece .model / "
-                                                        "directory instead of training a base (= tokenizer extend)")
-    p.add_argument("--freq-list", action="append", default=[], dest="freq_lists", metavar="FILE",
-                   help="extra 'entry count' lines (jieba dict format) added to the corpus counts")
-    p.add_argument("--freq-list-weight", type=float, default=1.0, help="multiplier for --freq-list counts")
-    p.add_argument("--fill", choices=["jieba", "none"], default="jieba",
-                   help="what supplies entries the corpus lacks")
-    p.add_argument("--min-word-count", type=int, default=2, help="corpus words seen fewer times are not candidates")
-    p.add_argument("--word-rank", choices=["count", "savings"], default="count",
-                   help="order of word candidates: by count, or by count x (characters - 1), the tokens saved")
-    if not extend_command:  # options of the base BPE trainer
-        p.add_argument("--character-coverage", type=float, default=0.9995,
-                       help="share of non-Chinese character occurrences the base alphabet covers (rest: bytes)")
-        p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a base BPE merge")
-        p.add_argument("--max-token-length", type=int, default=16, help="longest base BPE token (characters)")
-    p.add_argument("--no-hmm", action="store_true", help="jieba without its HMM for unseen words")
-    p.add_argument("--workers", type=int, default=0, help="processes for jieba segmentation (0: one per CPU)")
-    p.add_argument("--max-bytes", type=int, default=None, help="read at most about this much text")
-    _max_doc_chars_argument(p)
-    for key, default in (("bos", "<s>"), ("eos", "</s>"), ("unk", "<unk>"), ("pad", "<pad>")):
-        p.add_argument(f"--{key}-token", default=default, help=f"{key.upper()} token (the base's own is kept)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    p.set_defaults(handler=_train)
-
-
-def _max_doc_chars_argument(p) -> None:
-    from skyloom.tokenizer.corpus import DEFAULT_MAX_DOC_CHARS
-
-    p.add_argument("--max-doc-chars", type=int, default=DEFAULT_MAX_DOC_CHARS, metavar="N",
-                   help="longest document: longer records are skipped and counted, longer text files split, "
-                        "so one gigantic line cannot exhaust memory (default: %(default)s)")
 
 
 def _fail(err: Exception) -> int:
