@@ -143,7 +143,7 @@ def test_a_re_signed_unreadable_checkpoint_makes_resume_fall_back_to_the_older_o
 
     resumed = Trainer(cfg, tmp_path / "run", resume=True)
     assert resumed.step == 8
-    [(path, reason)] = resumed._broken
+    [(path, reason)] = resumed.checkpointer.broken
     assert path == newest and "cannot be read" in reason and "model.safetensors" in reason
     resumed.fit()
     assert_same_weights(straight / "checkpoints" / "step_00000012", newest)
@@ -307,7 +307,7 @@ def test_disk_full_on_a_small_tmpfs_aborts_cleanly_keeping_earlier_checkpoints(c
 def test_disk_full_simulated_aborts_cleanly_keeping_earlier_checkpoints(corpus, tmp_path, capsys, monkeypatch):
     import errno
 
-    from skyloom.train import trainer as trainer_module
+    from skyloom.train import checkpointer as trainer_module
 
     real_save = trainer_module.save_file
 
@@ -438,9 +438,9 @@ def test_dcp_metadata_is_never_unpickled_before_the_manifest_verifies_it(corpus,
     (path / "dcp").mkdir()
     (path / "dcp" / ".metadata").write_bytes(pickle.dumps(Payload()))  # not in the manifest, or not matching it
     with pytest.raises(CheckpointError, match=r"dcp/.metadata is a pickle"):
-        trainer._load_sharded(path, optimizer=False)
+        trainer.checkpointer.load_sharded(path, optimizer=False)
     assert not marker.exists()
     (path / "manifest.json").unlink()  # no manifest at all: nothing vouches for the pickle either
     with pytest.raises(CheckpointError, match="no manifest.json"):
-        trainer._load_sharded(path, optimizer=False)
+        trainer.checkpointer.load_sharded(path, optimizer=False)
     assert not marker.exists()

@@ -1,9 +1,12 @@
-"""Extension points of the training step, in the order they run.
+"""Extension points of the training loop, in the order they run, and the state a callback carries across resumes.
 
-A callback overrides any of these; the trainer calls every callback in list order. They are how features that
-are not part of plain pretraining plug in without touching the loop — e.g. a MoE run adds its routers'
-auxiliary loss (`extra_loss`), adapts the aux-loss coefficients before the optimizer step (`pre_optim_step`)
-and logs router statistics (`post_step`).
+A callback overrides any of these; the trainer calls every callback in list order: the defaults for the run's
+config first (speed/MFU/memory, the non-finite policy, validation, MoE — `standard_callbacks.default_callbacks`),
+then those of the `callbacks:` section, then any passed to `Trainer`. Per step:
+`pre_step` → forward/backward (`extra_loss` per micro-batch) → `post_backward` → clip → `pre_optim_step` (finite
+steps) → `post_step` (add metrics) → the metrics line is written → `on_step_end` (may stop the run) → checkpoint.
+`on_validation` receives every validation result; `state_dict`/`load_state_dict` (JSON-able) are saved in each
+checkpoint's trainer_state.json and restored on `--resume`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,13 @@ if TYPE_CHECKING:
 
 
 class Callback:
+    state_key: str | None = None  # the key of its state in checkpoints (set to its name under `callbacks:`)
+
     def on_train_start(self, trainer: "Trainer") -> None:
         """After set-up and resume, before the first step of this process."""
+
+    def pre_step(self, trainer: "Trainer") -> None:
+        """Before the step's batches are taken from the loader."""
 
     def extra_loss(self, trainer: "Trainer", batch: "Batch") -> torch.Tensor | None:
         """A scalar added to the micro-batch's loss after its forward pass (the trainer divides it by the number
@@ -35,8 +43,24 @@ class Callback:
     def post_step(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         """After the update (or the skip); add keys to `metrics` to have them logged with the step."""
 
+    def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
+        """The step's metrics line is written; raise `TrainingAborted` to stop the run (no checkpoint follows)."""
+
+    def on_validation(self, trainer: "Trainer", results: dict[str, dict[str, Any]]) -> None:
+        """A validation finished: {set name: {"loss", "ppl", "eval_tokens", …}} at `trainer.step`."""
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        """The last step is done (not after an interruption); before the final checkpoint."""
+
     def on_checkpoint(self, trainer: "Trainer", path) -> None:
         """A checkpoint directory was completed (rank 0 only)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must survive a resume (JSON-able); empty: nothing is saved."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned, from the checkpoint a resume starts at."""
 
 
 class InjectNonFinite(Callback):

@@ -218,6 +218,9 @@ class RunConfig:
     train: TrainConfig
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # name → constructor arguments: a registered name (train/callback_registry.py) or a class of your own,
+    # 'package.module:Class' (importable from the working directory) or 'path/to/file.py:Class'
+    callbacks: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     out_dir: str | None = None  # default: runs/<config file name>
 
     @property
@@ -233,3 +236,7 @@ class RunConfig:
         if self.train.global_batch_tokens % self.seq_len:
             raise ConfigError("train.global_batch_tokens",
                               f"{self.train.global_batch_tokens} is not a multiple of seq_len={self.seq_len}")
+        from skyloom.train.callback_registry import check_callback_args
+
+        for name, args in self.callbacks.items():
+            check_callback_args(name, args)

@@ -116,3 +116,14 @@ def prepare_data(data: DataConfig, log: Callable[[str], None] = print) -> None:
         log(f"packing source '{name}' from {len(files)} file(s) → {src.path}")
         index = pack_files(files, Path(src.path), tokenizer, name, src.text_key)
         log(f"  {index['tokens']:,} tokens in {index['documents']:,} documents")
+
+
+def prepare_run_data(cfg, log: Callable[[str], None] = print) -> None:
+    """The command layer's step before a `Trainer` is built: rank 0 creates what `cfg.data` lacks (tokenizer,
+    shards), every rank waits for it. Under torchrun this joins the process group first (idempotent)."""
+    from skyloom.train.distributed import barrier, init_distributed
+
+    env = init_distributed(cfg.train.device)
+    if env.is_main:
+        prepare_data(cfg.data, log)
+    barrier()
