@@ -151,6 +151,7 @@ def train(cfg_dict: dict[str, Any], run_dir: Path, label: str) -> Path:
     """Train (or resume, or skip when finished) one run; returns its directory."""
     from skyloom.config import apply_overrides, build
     from skyloom.train.config import RunConfig
+    from skyloom.train.prepare import prepare_run_data
     from skyloom.train.trainer import Trainer
 
     cfg_dict = apply_overrides(copy.deepcopy(cfg_dict), OVERRIDES)
@@ -166,6 +167,7 @@ def train(cfg_dict: dict[str, Any], run_dir: Path, label: str) -> Path:
     t0 = time.time()
     print(f"[{label}] training → {run_dir}", flush=True)
     with TrainingSession(run_dir):
+        prepare_run_data(cfg)  # a raw source's shards (e.g. leakage's GSM8K records) are packed here
         status = Trainer(cfg, run_dir, resume=True).fit()
     if status != "finished":
         raise SystemExit(f"[{label}] {run_dir}: {status}; run the same command again to resume")

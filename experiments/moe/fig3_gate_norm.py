@@ -30,6 +30,7 @@ import torch
 
 from skyloom.config import apply_overrides, build, read_yaml
 from skyloom.train.config import RunConfig
+from skyloom.train.prepare import prepare_run_data
 from skyloom.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,8 +179,9 @@ def main() -> None:
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             with C.TrainingSession(run_dir):
-                status = Trainer(run_config(name, args.steps, args.experts, args.seed, args.batch_tokens, args.set),
-                                 run_dir).fit()
+                cfg = run_config(name, args.steps, args.experts, args.seed, args.batch_tokens, args.set)
+                prepare_run_data(cfg)  # the recipe's raw sources packed (once)
+                status = Trainer(cfg, run_dir).fit()
             if status != "finished":
                 raise SystemExit(f"{name}: {status}; no results written for it")
             C.save_json(marker, settings)

@@ -28,6 +28,7 @@ from skyloom.config import apply_overrides, build, read_yaml
 from skyloom.model.checkpoint import load_model, save_model
 from skyloom.model.upcycle import training_cost_flops, upcycle, upcycle_advice
 from skyloom.train.config import RunConfig
+from skyloom.train.prepare import prepare_run_data
 from skyloom.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +65,7 @@ def train(recipe: str, overrides: list[str], run_dir: Path, steps: int, reuse: b
         shutil.rmtree(run_dir)
     cfg = build(RunConfig, apply_overrides(read_yaml(REPO / "recipes" / recipe), overrides))
     with C.TrainingSession(run_dir):  # the real training cost, kept in the run for later re-summaries
+        prepare_run_data(cfg)  # the recipe's raw sources packed (once)
         status = Trainer(cfg, run_dir).fit()
     if status != "finished":
         raise SystemExit(f"{run_dir}: interrupted")

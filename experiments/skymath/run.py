@@ -96,6 +96,7 @@ def make_data(work: Path, a) -> None:
 def pretrain(work: Path, a) -> Path:
     from skyloom.config import build
     from skyloom.train.config import RunConfig
+    from skyloom.train.prepare import prepare_run_data
     from skyloom.train.trainer import Trainer, find_checkpoint
 
     run = work / "pretrain"
@@ -114,6 +115,7 @@ def pretrain(work: Path, a) -> Path:
                   "min_lr": 3e-4, "warmup_steps": 20, "device": "cpu", "log_every": 25},
         "checkpoint": {"every": 50, "keep_last": 1},
     })
+    prepare_run_data(cfg)  # the on-the-fly tokenizer and the pretraining shards
     Trainer(cfg, run, resume=True).fit()
     return find_checkpoint(run)
 

@@ -227,6 +227,7 @@ class Demo:
                 and not self._subset_files(path.name))
 
     def train(self, name: str) -> dict[str, Any]:
+        from skyloom.train.prepare import prepare_run_data
         from skyloom.train.trainer import Trainer
 
         cfg = self.session_config(name)
@@ -234,7 +235,12 @@ class Demo:
         resume = (run_dir / "checkpoints").is_dir()
         if not resume:  # stopped before its first checkpoint: nothing to keep
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        trainer = Trainer(cfg, run_dir, resume=resume, log=lambda text: self.log("    " + text.replace("\n", "\n    ")))
+
+        def log(text: str) -> None:
+            self.log("    " + text.replace("\n", "\n    "))
+
+        prepare_run_data(cfg, log)  # nothing to do when the demo packed the shards itself; else as `skyloom train`
+        trainer = Trainer(cfg, run_dir, resume=resume, log=log)
         rows = trainer.loader.plan() if hasattr(trainer.loader, "plan") else None
         trainer.log(trainer.plan_text(rows))
         if rows is not None:
