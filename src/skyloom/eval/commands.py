@@ -8,12 +8,154 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
-from skyloom.commandline import add_command, add_group
+from skyloom.commandline import add_command, add_config_arguments, add_group, option
 
 MODEL_HELP = ("a skyloom checkpoint directory (model.json + model.safetensors + tokenizer files) or a "
               "Hugging Face model directory (config.json + safetensors + tokenizer)")
+
+
+_LOADING = "model loading"
+_WINDOW = "window convention (see docs/evaluation.md)"
+
+
+@dataclass(kw_only=True)
+class LoadingOptions:
+    """How the evaluated model is loaded and batched (every eval command)."""
+
+    backend: Literal["auto", "skyloom", "hf"] = option(
+        "auto", choices=("auto", "skyloom", "hf"), group=_LOADING,
+        help="auto: skyloom for a skyloom checkpoint, transformers (skyloom[hf]) for a Hugging Face directory; "
+             "a Llama directory runs in either")
+    tokenizer: str | None = option(None, metavar="DIR", group=_LOADING,
+                                   help="tokenizer directory (default: the model directory)")
+    device: str = option("auto", group=_LOADING, help="auto (cuda if available), cpu, cuda, cuda:1 …")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+        "auto", choices=("auto", "float32", "bfloat16", "float16"), group=_LOADING,
+        help="auto: bfloat16 on a GPU that supports it, float32 on CPU")
+    batch_tokens: int = option(8192, group=_LOADING, help="padded tokens per forward pass (batch rows × longest row)")
+    max_batch_size: int = option(64, group=_LOADING, help="rows per forward pass at most")
+    no_progress: bool = option(False, group=_LOADING, help="no progress bars")
+    no_verify: bool = option(False, group=_LOADING,
+                             help="skip checking a training checkpoint against its manifest.json (sizes + sha256) "
+                                  "before loading it (faster; a corrupt file then gives other numbers instead of an "
+                                  "error)")
+    allow_pickle: bool = option(False, group=_LOADING,
+                                help="UNSAFE: let the transformers backend load pickled weights (pytorch_model.bin) "
+                                     "when a directory has no safetensors; unpickling an untrusted file can run code")
+
+
+@dataclass(kw_only=True)
+class WindowOptions:
+    """How documents are cut into scored windows (ppl, leakage, correlate)."""
+
+    window: Literal["report", "rolling", "packed"] = option(
+        "report", choices=("report", "rolling", "packed"), group=_WINDOW,
+        help="report: the authors' eval_loss.py (first max_tokens//3 characters, one window of at most max_tokens "
+             "tokens, first token not predicted); rolling: whole documents in windows, lm-evaluation-harness style; "
+             "packed: documents joined with EOS, cut like training batches")
+    max_tokens: int | None = option(None, group=_WINDOW,
+                                    help="window size in tokens (default: 4096, capped at the model's maximum length)")
+    stride: int | None = option(None, group=_WINDOW,
+                                help="rolling: tokens newly predicted per window (default: max-tokens, disjoint "
+                                     "windows)")
+    prefix: Literal["auto", "bos", "eos", "none"] = option(
+        "auto", choices=("auto", "bos", "eos", "none"), group=_WINDOW,
+        help="rolling: token placed before each document so its first token is predicted (auto: BOS, else EOS)")
+    token_budget: int | None = option(None, group=_WINDOW,
+                                      help="packed: score only the first ceil(N / max-tokens) windows (a validation "
+                                           "set's max_tokens in a training config)")
+
+
+_TASK_HELP = ("mmlu:DIR, ceval[:DIR], cmmlu[:DIR], gsm8k[:DIR] (repeatable); without a path the copy in "
+              "$SKYLOOM_SHARED_DATA (default ../shared/data) is used")
+
+
+@dataclass(kw_only=True)
+class BenchOptions:
+    """Which benchmark questions are asked, and how (bench, correlate)."""
+
+    task: list[str] | None = option(None, append=True, metavar="NAME[:PATH]", help=_TASK_HELP)
+    shots: int | None = option(None, help="few-shot exemplars (default: 5 for MMLU/C-Eval/CMMLU from each subject's "
+                                          "dev file, 8 for GSM8K)")
+    limit: int | None = option(None, help="score only the first N questions of each subject")
+    format: Literal["letter", "text"] = option(
+        "letter", choices=("letter", "text"),
+        help="multiple choice: score the answer letters after listed options (the report's setting) or the option "
+             "texts as cloze continuations")
+    split: str | None = option(None, help="split folder to score (default: test, or val when test has no answers, "
+                                          "as C-Eval)")
+
+
+_MODELS_HELP = MODEL_HELP + "; repeat for one table row per model"
+
+
+@dataclass(kw_only=True)
+class EvalPplConfig(WindowOptions, LoadingOptions):
+    """`skyloom eval ppl`'s arguments."""
+
+    model: list[str] = option(append=True, required=True, metavar="DIR", help=_MODELS_HELP)
+    data: list[str] | None = option(None, append=True, metavar="NAME=PATH",
+                                    help="an evaluation set (repeatable; default: Table 6's "
+                                         "Tech/Movie/Gov./Game/Finance/General)")
+    field: str | None = option(None, help="JSON field holding the text (default: text, or question+answer)")
+    limit: int | None = option(None, help="only the first N documents of each set")
+    output: str | None = option(None, metavar="FILE", help="write the results as JSON")
+
+
+@dataclass(kw_only=True)
+class EvalLeakageConfig(WindowOptions, LoadingOptions):
+    """`skyloom eval leakage`'s arguments."""
+
+    model: list[str] = option(append=True, required=True, metavar="DIR", help=_MODELS_HELP)
+    train: str | None = option(None, help="train split (default: $SKYLOOM_SHARED_DATA/gsm8k/train.jsonl)")
+    test: str | None = option(None, help="test split (default: $SKYLOOM_SHARED_DATA/gsm8k/test.jsonl)")
+    ref: str | None = option(None, help="reference set (default: "
+                                        "$SKYLOOM_SHARED_DATA/skywork/mock_gsm8k_test_public.jsonl)")
+    field: str | None = option(None, help="JSON field holding the sample text (default: text, or "
+                                          "question + ' ' + answer)")
+    limit: int | None = option(None, help="only the first N samples of each set")
+    n_boot: int = option(1000, help="bootstrap replicates")
+    confidence: float = option(0.95, help="interval coverage")
+    seed: int = option(0, help="bootstrap seed")
+    output: str | None = option(None, metavar="FILE", help="write the results as JSON")
+
+
+@dataclass(kw_only=True)
+class EvalBenchConfig(BenchOptions, LoadingOptions):
+    """`skyloom eval bench`'s arguments."""
+
+    model: str = option(required=True, metavar="DIR", help=MODEL_HELP)
+    task: list[str] = option(append=True, required=True, metavar="NAME[:PATH]", help=_TASK_HELP)
+    subjects: str | None = option(None, help="comma-separated subjects to score (default: all)")
+    max_new_tokens: int = option(256, help="GSM8K: generation budget")
+    temperature: float = option(0.0, help="GSM8K: 0 = greedy (the report's setting)")
+    top_p: float = option(1.0, help="GSM8K sampling: nucleus mass")
+    top_k: int = option(0, help="GSM8K sampling: keep the k best tokens (0: all)")
+    seed: int = option(0, help="GSM8K sampling seed")
+    log_samples: str | None = option(None, metavar="DIR", help="write every prompt and prediction to "
+                                                               "DIR/<task>.jsonl")
+    overall_only: bool = option(False, help="print no per-subject table")
+    output: str | None = option(None, metavar="FILE", help="write the results as JSON")
+
+
+@dataclass(kw_only=True)
+class EvalCorrelateConfig(WindowOptions, LoadingOptions, BenchOptions):
+    """`skyloom eval correlate`'s arguments."""
+
+    run_dir: str = option(positional=True, metavar="RUN_DIR", help="a training run directory")
+    metric: Literal["acc", "acc_norm", "acc_micro"] = option("acc", choices=("acc", "acc_norm", "acc_micro"),
+                                                             help="which overall score to correlate")
+    data: list[str] | None = option(None, append=True, metavar="NAME=PATH",
+                                    help="compute validation losses with `eval ppl` on these sets instead of reading "
+                                         "metrics.jsonl")
+    field: str | None = option(None, help="JSON field holding the text (with --data)")
+    limit_docs: int | None = option(None, help="only the first N documents of each --data set")
+    recompute: bool = option(False, help="ignore recorded scores and losses")
+    plot: str | None = option(None, metavar="PNG", help="plot file (default: RUN_DIR/eval/correlation.png)")
+    output: str | None = option(None, metavar="FILE", help="JSON file (default: RUN_DIR/eval/correlation.json)")
 
 
 def _friendly(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -28,54 +170,6 @@ def _friendly(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpars
             return 2
 
     return run
-
-
-def _add_model_options(p: argparse.ArgumentParser, multiple: bool = False) -> None:
-    if multiple:
-        p.add_argument("--model", action="append", required=True, metavar="DIR",
-                       help=MODEL_HELP + "; repeat for one table row per model")
-    else:
-        p.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
-    _add_loading_options(p)
-
-
-def _add_loading_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model loading")
-    g.add_argument("--backend", choices=("auto", "skyloom", "hf"), default="auto",
-                   help="auto: skyloom for a skyloom checkpoint, transformers (skyloom[hf]) for a Hugging Face "
-                        "directory; a Llama directory runs in either")
-    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model directory)")
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 …")
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="auto: bfloat16 on a GPU that supports it, float32 on CPU")
-    g.add_argument("--batch-tokens", type=int, default=8192,
-                   help="padded tokens per forward pass (batch rows × longest row)")
-    g.add_argument("--max-batch-size", type=int, default=64, help="rows per forward pass at most")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument("--no-verify", action="store_true",
-                   help="skip checking a training checkpoint against its manifest.json (sizes + sha256) before "
-                        "loading it (faster; a corrupt file then gives other numbers instead of an error)")
-    g.add_argument("--allow-pickle", action="store_true",
-                   help="UNSAFE: let the transformers backend load pickled weights (pytorch_model.bin) when a "
-                        "directory has no safetensors; unpickling an untrusted file can run code")
-
-
-def _add_window_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("window convention (see docs/evaluation.md)")
-    g.add_argument("--window", choices=("report", "rolling", "packed"), default="report",
-                   help="report: the authors' eval_loss.py (first max_tokens//3 characters, one window of at most "
-                        "max_tokens tokens, first token not predicted); rolling: whole documents in windows, "
-                        "lm-evaluation-harness style; packed: documents joined with EOS, cut like training batches")
-    g.add_argument("--max-tokens", type=int, default=None,
-                   help="window size in tokens (default: 4096, capped at the model's maximum length)")
-    g.add_argument("--stride", type=int, default=None,
-                   help="rolling: tokens newly predicted per window (default: max-tokens, disjoint windows)")
-    g.add_argument("--prefix", choices=("auto", "bos", "eos", "none"), default="auto",
-                   help="rolling: token placed before each document so its first token is predicted "
-                        "(auto: BOS, else EOS)")
-    g.add_argument("--token-budget", type=int, default=None,
-                   help="packed: score only the first ceil(N / max-tokens) windows (a validation set's max_tokens "
-                        "in a training config)")
 
 
 def _load(args: argparse.Namespace, path: str):
@@ -274,20 +368,6 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_bench_options(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--task", action="append", required=required, metavar="NAME[:PATH]",
-                   help="mmlu:DIR, ceval[:DIR], cmmlu[:DIR], gsm8k[:DIR] (repeatable); without a path the copy in "
-                        "$SKYLOOM_SHARED_DATA (default ../shared/data) is used")
-    p.add_argument("--shots", type=int, default=None, help="few-shot exemplars (default: 5 for MMLU/C-Eval/CMMLU "
-                                                           "from each subject's dev file, 8 for GSM8K)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N questions of each subject")
-    p.add_argument("--format", choices=("letter", "text"), default="letter",
-                   help="multiple choice: score the answer letters after listed options (the report's setting) or "
-                        "the option texts as cloze continuations")
-    p.add_argument("--split", default=None, help="split folder to score (default: test, or val when test has no "
-                                                 "answers, as C-Eval)")
-
-
 def register(sub) -> None:
     group = add_group(sub, "eval", "evaluate a model: domain perplexity, leakage, few-shot benchmarks, correlation")
 
@@ -302,13 +382,7 @@ def register(sub) -> None:
             "         skyloom eval ppl --model ckpt --data wiki=../shared/data/wikitext2/test.jsonl --window rolling"
         ),
     )
-    _add_model_options(ppl, multiple=True)
-    ppl.add_argument("--data", action="append", metavar="NAME=PATH",
-                     help="an evaluation set (repeatable; default: Table 6's Tech/Movie/Gov./Game/Finance/General)")
-    ppl.add_argument("--field", default=None, help="JSON field holding the text (default: text, or question+answer)")
-    ppl.add_argument("--limit", type=int, default=None, help="only the first N documents of each set")
-    ppl.add_argument("--output", metavar="FILE", help="write the results as JSON")
-    _add_window_options(ppl)
+    add_config_arguments(ppl, EvalPplConfig)
     ppl.set_defaults(handler=_friendly(cmd_ppl))
 
     leak = add_command(
@@ -322,18 +396,7 @@ def register(sub) -> None:
             "example: skyloom eval leakage --model ckpt --output leakage.json"
         ),
     )
-    _add_model_options(leak, multiple=True)
-    leak.add_argument("--train", help="train split (default: $SKYLOOM_SHARED_DATA/gsm8k/train.jsonl)")
-    leak.add_argument("--test", help="test split (default: $SKYLOOM_SHARED_DATA/gsm8k/test.jsonl)")
-    leak.add_argument("--ref", help="reference set (default: $SKYLOOM_SHARED_DATA/skywork/mock_gsm8k_test_public.jsonl)")
-    leak.add_argument("--field", default=None, help="JSON field holding the sample text (default: text, or "
-                                                    "question + ' ' + answer)")
-    leak.add_argument("--limit", type=int, default=None, help="only the first N samples of each set")
-    leak.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
-    leak.add_argument("--confidence", type=float, default=0.95, help="interval coverage")
-    leak.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    leak.add_argument("--output", metavar="FILE", help="write the results as JSON")
-    _add_window_options(leak)
+    add_config_arguments(leak, EvalLeakageConfig)
     leak.set_defaults(handler=_friendly(cmd_leakage))
 
     bench = add_command(
@@ -347,17 +410,7 @@ def register(sub) -> None:
             "         skyloom eval bench --model hf_dir --task mmlu:data/mmlu --shots 5"
         ),
     )
-    _add_model_options(bench)
-    _add_bench_options(bench, required=True)
-    bench.add_argument("--subjects", default=None, help="comma-separated subjects to score (default: all)")
-    bench.add_argument("--max-new-tokens", type=int, default=256, help="GSM8K: generation budget")
-    bench.add_argument("--temperature", type=float, default=0.0, help="GSM8K: 0 = greedy (the report's setting)")
-    bench.add_argument("--top-p", type=float, default=1.0, help="GSM8K sampling: nucleus mass")
-    bench.add_argument("--top-k", type=int, default=0, help="GSM8K sampling: keep the k best tokens (0: all)")
-    bench.add_argument("--seed", type=int, default=0, help="GSM8K sampling seed")
-    bench.add_argument("--log-samples", metavar="DIR", help="write every prompt and prediction to DIR/<task>.jsonl")
-    bench.add_argument("--overall-only", action="store_true", help="print no per-subject table")
-    bench.add_argument("--output", metavar="FILE", help="write the results as JSON")
+    add_config_arguments(bench, EvalBenchConfig)
     bench.set_defaults(handler=_friendly(cmd_bench))
 
     corr = add_command(
@@ -370,17 +423,5 @@ def register(sub) -> None:
             "example: skyloom eval correlate runs/demo --task ceval --limit 20"
         ),
     )
-    corr.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory")
-    _add_bench_options(corr, required=False)
-    corr.add_argument("--metric", choices=("acc", "acc_norm", "acc_micro"), default="acc",
-                      help="which overall score to correlate")
-    corr.add_argument("--data", action="append", metavar="NAME=PATH",
-                      help="compute validation losses with `eval ppl` on these sets instead of reading metrics.jsonl")
-    corr.add_argument("--field", default=None, help="JSON field holding the text (with --data)")
-    corr.add_argument("--limit-docs", type=int, default=None, help="only the first N documents of each --data set")
-    corr.add_argument("--recompute", action="store_true", help="ignore recorded scores and losses")
-    corr.add_argument("--plot", metavar="PNG", help="plot file (default: RUN_DIR/eval/correlation.png)")
-    corr.add_argument("--output", metavar="FILE", help="JSON file (default: RUN_DIR/eval/correlation.json)")
-    _add_loading_options(corr)
-    _add_window_options(corr)
+    add_config_arguments(corr, EvalCorrelateConfig)
     corr.set_defaults(handler=_friendly(cmd_correlate))
