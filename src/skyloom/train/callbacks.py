@@ -3,8 +3,9 @@
 A callback overrides any of these; the trainer calls every callback in list order: the defaults for the run's
 config first (speed/MFU/memory, the non-finite policy, validation, MoE — `standard_callbacks.default_callbacks`),
 then those of the `callbacks:` section, then any passed to `Trainer`. Per step:
-`pre_step` → forward/backward (`extra_loss` per micro-batch) → `post_backward` → clip → `pre_optim_step` (finite
-steps) → `post_step` (add metrics) → the metrics line is written → `on_step_end` (may stop the run) → checkpoint.
+`pre_step` → forward/backward (`extra_loss` per micro-batch) → `post_backward` → clip → `pre_optim_step`
+(finite steps) → `post_step` (add metrics) → the metrics line is written → `on_step_end` (may stop the run)
+→ checkpoint.
 `on_validation` receives every validation result; `state_dict`/`load_state_dict` (JSON-able) are saved in each
 checkpoint's trainer_state.json and restored on `--resume`.
 """

@@ -1,6 +1,6 @@
 """MoE training hooks: the aux losses enter the loss, the adaptive coefficients move, the routers are monitored.
 
-The trainer adds `MoECallback` by itself when `model.moe` is set. Per optimizer step:
+`standard_callbacks.default_callbacks` adds `MoECallback` when `model.moe` is set. Per optimizer step:
 
 * after every micro-batch's forward (`extra_loss`): returns Σ_l α_l·L_aux^(l) (added to that micro-batch's loss)
   and adds each layer's router statistics (sums) to the step's tally;
