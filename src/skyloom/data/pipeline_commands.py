@@ -4,29 +4,78 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
-from skyloom.commandline import add_command, add_group
+from skyloom.commandline import add_command, add_config_arguments, add_group, option
+from skyloom.config import load_config
+
+
+@dataclass
+class DataRunCommand:
+    """`skyloom data run`'s arguments; the pipeline itself is PIPELINE.yaml (--print-config shows it resolved)."""
+
+    pipeline: str = option(positional=True, metavar="PIPELINE.yaml", help="pipeline description")
+    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
+                                  help="overrides, e.g. executor.tasks=4")
+    keep_rejects: bool = option(False, help="write every dropped document with its reason to OUTPUT/rejects/<step>/")
+    restart: bool = option(False, help="discard a previous run in output_dir and start over")
+    output_dir: str | None = option(None, help="override output_dir")
+    tasks: int | None = option(None, help="override executor.tasks")
+    workers: int | None = option(None, help="override executor.workers (local: parallel processes)")
+    json: bool = option(False, help="print stats.json instead of the funnel table")
+
+
+@dataclass
+class TrainQualityCommand:
+    """`skyloom data train-quality`'s arguments; the recipe is RECIPE.yaml (--print-config shows it resolved)."""
+
+    recipe: str = option(positional=True, metavar="RECIPE.yaml",
+                         help="training recipe (output, positives, negatives, …)")
+    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
+                                  help="overrides, e.g. epochs=4")
+    output: str | None = option(None, help="override the model path")
+
+
+def load_run(args: argparse.Namespace):
+    """PIPELINE.yaml + overrides + the flags that override keys → the resolved PipelineConfig."""
+    from skyloom.data.pipeline.config import PipelineConfig, load_pipeline_config
+
+    def flags(data: dict) -> dict:
+        if args.keep_rejects:
+            data["keep_rejects"] = True
+        if args.output_dir:
+            data["output_dir"] = args.output_dir
+        ex = dict(data.get("executor") or {})
+        if args.tasks:
+            ex["tasks"] = args.tasks
+        if args.workers:
+            ex["workers"] = args.workers
+        if ex:
+            data["executor"] = ex
+        return data
+
+    return load_config(PipelineConfig, args.pipeline, args.overrides, prepare=flags, builder=load_pipeline_config)
+
+
+def load_quality(args: argparse.Namespace):
+    """RECIPE.yaml + overrides (+ --output) → the resolved QualityTrainConfig."""
+    from skyloom.data.pipeline.config import expand_env
+    from skyloom.data.pipeline.quality import QualityTrainConfig
+
+    def prepare(data: dict) -> dict:
+        data = expand_env(data)
+        if args.output:
+            data["output"] = args.output
+        return data
+
+    return load_config(QualityTrainConfig, args.recipe, args.overrides, prepare=prepare)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from skyloom.config import apply_overrides, read_yaml
-    from skyloom.data.pipeline.config import load_pipeline_config
     from skyloom.data.pipeline.report import format_markdown
     from skyloom.data.pipeline.runner import run_pipeline
 
-    data = apply_overrides(read_yaml(args.pipeline), args.overrides)
-    if args.keep_rejects:
-        data["keep_rejects"] = True
-    if args.output_dir:
-        data["output_dir"] = args.output_dir
-    ex = dict(data.get("executor") or {})
-    if args.tasks:
-        ex["tasks"] = args.tasks
-    if args.workers:
-        ex["workers"] = args.workers
-    if ex:
-        data["executor"] = ex
-    cfg = load_pipeline_config(data)
+    cfg = load_run(args)
     report = run_pipeline(cfg, restart=args.restart)
     if report is None:
         print(f"submitted Slurm jobs; the report will be written to {cfg.output_dir}/stats.json and funnel.md")
@@ -38,14 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train_quality(args: argparse.Namespace) -> int:
-    from skyloom.config import apply_overrides, build, read_yaml
-    from skyloom.data.pipeline.config import expand_env
-    from skyloom.data.pipeline.quality import QualityTrainConfig, train_quality
+    from skyloom.data.pipeline.quality import train_quality
 
-    data = expand_env(apply_overrides(read_yaml(args.recipe), args.overrides))
-    if args.output:
-        data["output"] = args.output
-    cfg = build(QualityTrainConfig, data)
+    cfg = load_quality(args)
     model = train_quality(cfg)
     r = model.report
     print(f"wrote {cfg.output}: {r['train_chunks']:,} training chunks, held-out accuracy "
@@ -70,15 +114,7 @@ def register(sub) -> None:
             "example: skyloom data run recipes/data/example.yaml --workers 2"
         ),
     )
-    run.add_argument("pipeline", metavar="PIPELINE.yaml", help="pipeline description")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. executor.tasks=4")
-    run.add_argument("--keep-rejects", action="store_true",
-                     help="write every dropped document with its reason to OUTPUT/rejects/<step>/")
-    run.add_argument("--restart", action="store_true", help="discard a previous run in output_dir and start over")
-    run.add_argument("--output-dir", help="override output_dir")
-    run.add_argument("--tasks", type=int, help="override executor.tasks")
-    run.add_argument("--workers", type=int, help="override executor.workers (local: parallel processes)")
-    run.add_argument("--json", action="store_true", help="print stats.json instead of the funnel table")
+    add_config_arguments(run, DataRunCommand, resolve=load_run)
     run.set_defaults(handler=cmd_run)
 
     tq = add_command(
@@ -91,7 +127,5 @@ def register(sub) -> None:
             "example: skyloom data train-quality recipes/data/quality.yaml"
         ),
     )
-    tq.add_argument("recipe", metavar="RECIPE.yaml", help="training recipe (output, positives, negatives, …)")
-    tq.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. epochs=4")
-    tq.add_argument("--output", help="override the model path")
+    add_config_arguments(tq, TrainQualityCommand, resolve=load_quality)
     tq.set_defaults(handler=cmd_train_quality)
