@@ -149,3 +149,21 @@ def test_callback_state_survives_resume(train_corpus, tmp_path, monkeypatch):
     assert again.fit() == "finished"
     counts = [r["count"] for r in _lines(out) if r["kind"] == "train"]
     assert counts == [1, 2, 3, 4, 5]  # the resumed session counted on from the checkpoint, not from 0
+
+
+def test_a_run_saved_before_the_callbacks_section_resumes_without_a_config_change(tmp_path):
+    import yaml
+
+    from skyloom.config import save
+    from skyloom.train.checkpointer import config_changes
+
+    fake = {name: tmp_path / name for name in ("tokenizer", "en", "zh", "val_en")}
+    cfg = build_run_config(tiny_run_config(fake))
+    save(cfg, tmp_path / "config.yaml")
+    old = yaml.safe_load((tmp_path / "config.yaml").read_text(encoding="utf-8"))
+    del old["callbacks"]  # what config.yaml looked like before `callbacks:` existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False), encoding="utf-8")
+    assert config_changes(tmp_path / "config.yaml", cfg) == {}
+    with_cb = build_run_config(tiny_run_config(fake, callbacks={"inject_non_finite": {"steps": [2]}}))
+    assert config_changes(tmp_path / "config.yaml", with_cb) == {
+        "callbacks.inject_non_finite.steps": {"old": None, "new": [2]}}

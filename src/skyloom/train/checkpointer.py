@@ -125,7 +125,9 @@ def config_changes(saved: Path, cfg: RunConfig) -> dict[str, dict[str, Any]]:
         return {"config.yaml": {"old": f"unreadable ({err})", "new": "rewritten"}}
     new = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     a, b = _flatten(old), _flatten(new)
-    return {k: {"old": a.get(k), "new": b.get(k)} for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    added_empty = {k for k in b.keys() - a.keys() if b[k] in ({}, [])}  # a section newer than the saved config
+    return {k: {"old": a.get(k), "new": b.get(k)} for k in sorted((a.keys() | b.keys()) - added_empty)
+            if a.get(k) != b.get(k)}
 
 
 def _broadcast_path(path) -> str | None:
