@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 from skyloom.eval.gsm8k import ANSWER_IS, MARKER, extract_answer, normalize_number
 from skyloom.eval.lm import LanguageModel, Sampling
+from skyloom.tokenizer.corpus import iter_records
 
 ANNOTATION = re.compile(r"<<([^<>]*)>>")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -190,21 +191,14 @@ def read_math_problems(path: Path, limit: int | None = None) -> list[dict[str, A
     if not path.is_file():
         raise FileNotFoundError(f"math set: no {path}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON: {err}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("question"), str):
-                raise ValueError(f"{where}: expected an object with a 'question' string")
-            out.append({"question": record["question"], "gold": gold_value(record, where), "where": where,
-                        "meta": {k: v for k, v in record.items() if k not in ("question", "answer")}})
-            if limit and len(out) >= limit:
-                break
+    for number, record in iter_records(path):  # bad JSON / UTF-8, a damaged .gz: InputError naming FILE:LINE
+        where = f"{path}:{number}"
+        if not isinstance(record, dict) or not isinstance(record.get("question"), str):
+            raise ValueError(f"{where}: expected an object with a 'question' string")
+        out.append({"question": record["question"], "gold": gold_value(record, where), "where": where,
+                    "meta": {k: v for k, v in record.items() if k not in ("question", "answer")}})
+        if limit and len(out) >= limit:
+            break
     if not out:
         raise ValueError(f"{path}: no problems")
     return out

@@ -9,12 +9,12 @@ Accepted JSONL records (the format is detected per record; errors name file and 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from skyloom.tokenizer.chat import Message, TemplateEncoder
+from skyloom.tokenizer.corpus import iter_records
 
 
 @dataclass
@@ -64,17 +64,10 @@ def read_conversations(path: str | Path, limit: int | None = None) -> list[list[
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such SFT data file")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: invalid JSON: {err}") from None
-            out.append(record_to_messages(record, f"{path}:{number}"))
-            if limit is not None and len(out) >= limit:
-                break
+    for number, record in iter_records(path):  # bad JSON / UTF-8, a damaged .gz: InputError naming FILE:LINE
+        out.append(record_to_messages(record, f"{path}:{number}"))
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
         raise ValueError(f"{path}: no records")
     return out
