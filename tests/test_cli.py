@@ -57,3 +57,115 @@ def test_readme_test_command_is_what_ci_runs():
     lines = [line.strip() for line in ci.splitlines()]
     assert any(line.startswith(setup) for line in lines) and tests in lines
     assert f"SKYLOOM_SHARED_DATA=/nonexistent {tests} -p no:cacheprovider" in lines
+
+
+def test_the_command_line_starts_without_torch():
+    """`skyloom --help` builds every command's parser; none may import torch (3-8 s) to do it."""
+    code = ("import sys, skyloom.cli as cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "cli.build_parser()\n"
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# a minimal command line for each command; --print-config must print its resolved config and run nothing
+PRINT_CONFIG_ARGS = {
+    ("model", "info"): ["tiny", "n_layers=3"],
+    ("model", "init"): ["tiny", "OUT"],
+    ("upcycle",): ["CKPT", "--out", "OUT"],
+    ("train",): [str(REPO / "recipes" / "tiny.yaml")],
+    ("eval", "ppl"): ["--model", "M"],
+    ("eval", "leakage"): ["--model", "M"],
+    ("eval", "bench"): ["--model", "M", "--task", "ceval"],
+    ("eval", "correlate"): ["RUN"],
+    ("data", "run"): [str(REPO / "recipes" / "data" / "example.yaml")],
+    ("data", "train-quality"): [str(REPO / "recipes" / "data" / "quality.yaml")],
+    ("data", "pack"): ["SRC", "-t", "TOK", "-o", "OUT"],
+    ("tokenizer", "train"): ["IN", "--out", "OUT"],
+    ("tokenizer", "extend"): ["BASE", "IN", "--out", "OUT"],
+    ("tokenizer", "stats"): ["TOK", "FILE"],
+    ("tokenizer", "convert"): ["MODEL", "OUT"],
+    ("export", "hf"): ["CKPT", "OUT"],
+    ("import", "hf"): ["HF", "OUT"],
+    ("sft",): [str(REPO / "recipes" / "sft" / "gsm8k-alpaca.yaml")],
+    ("skymath",): [str(REPO / "recipes" / "sft" / "skymath-gsm8k.yaml")],
+    ("plan",): [str(REPO / "recipes" / "skywork-13b")],
+    ("demo",): ["--tiny"],
+    ("report",): ["RUN"],
+}
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                    yield from _leaf_parsers(sub, (*prefix, name))
+                else:
+                    yield (*prefix, name), sub
+
+
+def test_every_command_prints_its_resolved_config(capsys, tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)  # nothing may be written: the working directory must stay empty
+    leaves = dict(_leaf_parsers(build_parser()))
+    assert set(leaves) == set(PRINT_CONFIG_ARGS), "a new command needs a line in PRINT_CONFIG_ARGS"
+    for path, args in PRINT_CONFIG_ARGS.items():
+        assert main([*path, *args, "--print-config"]) == 0, path
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert isinstance(printed, dict) and printed, path
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_print_config_shows_defaults_and_overrides(capsys):
+    import yaml
+
+    assert main(["model", "info", "tiny", "n_layers=3", "--print-config"]) == 0
+    model = yaml.safe_load(capsys.readouterr().out)
+    assert model["n_layers"] == 3 and model["dim"] == 128  # the preset's values, resolved
+    assert main(["data", "pack", "SRC", "-t", "TOK", "-o", "OUT", "--field", "a", "--field", "b", "--print-config"]) == 0
+    pack = yaml.safe_load(capsys.readouterr().out)
+    assert pack["fields"] == ["a", "b"] and pack["shard_bytes"] == 64 << 20 and pack["tokenizer"] == "TOK"
+
+
+def test_overrides_may_be_written_as_options(capsys):
+    """`--train.lr=1e-3` is the override `train.lr=1e-3`, before or after other options and plain overrides."""
+    import yaml
+
+    tiny = str(REPO / "recipes" / "tiny.yaml")
+    assert main(["train", tiny, "--train.lr=1e-3", "model.n_layers=2", "--out", "x", "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["train"]["lr"] == 1e-3 and cfg["model"]["n_layers"] == 2
+    assert main(["model", "info", "tiny", "--n_layers=3", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["n_layers"] == 3
+    with pytest.raises(SystemExit):  # a command without overrides still refuses an unknown option
+        main(["report", "RUN", "--n_layers=3"])
+
+
+def test_a_flag_help_text_is_its_config_field_doc(capsys):
+    from skyloom.commandline import field_help
+    from skyloom.data.pack_commands import PackConfig
+
+    doc = field_help(PackConfig, "shard_bytes")
+    with pytest.raises(SystemExit):
+        main(["data", "pack", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"--shard-bytes SHARD_BYTES {doc} (default: {64 << 20})" in help_text
+
+
+def test_tokenizer_command_defaults_are_the_trainer_defaults():
+    """The CLI's tokenizer defaults are written once more than TrainSettings'; this keeps the two equal."""
+    import dataclasses
+
+    from skyloom.tokenizer.commands import TokenizerExtendConfig, TokenizerTrainConfig
+    from skyloom.tokenizer.train import TrainSettings
+
+    trainer = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+               for f in dataclasses.fields(TrainSettings) if f.name not in ("inputs", "out", "fields")}
+    for cls in (TokenizerTrainConfig, TokenizerExtendConfig):  # (--field's None is the handler's ["text"])
+        for f in dataclasses.fields(cls):
+            if f.name in trainer and f.name != "extend" or f.name == "extend" and cls is TokenizerTrainConfig:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                assert default == trainer[f.name], (cls.__name__, f.name)
