@@ -169,3 +169,24 @@ def test_tokenizer_command_defaults_are_the_trainer_defaults():
             if f.name in trainer and f.name != "extend" or f.name == "extend" and cls is TokenizerTrainConfig:
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 assert default == trainer[f.name], (cls.__name__, f.name)
+
+
+def test_sft_saves_its_resolved_config_and_resumes_from_it(tmp_path, capsys):
+    """RUN_DIR/sft.yaml is the config as resolved (every default written), not the raw input; loading it again
+    gives the same config (so `skyloom sft RUN_DIR --resume` runs what ran)."""
+    import yaml
+
+    from skyloom.sft.commands import load_sft
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"instruction": "1+1?", "output": "2"}\n', encoding="utf-8")
+    given = {"base": str(tmp_path / "no-such-base"), "data": {"sources": {"qa": {"path": str(data)}}},
+             "train": {"global_batch_tokens": 64, "micro_batch_size": 1, "device": "cpu"}}
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(given), encoding="utf-8")
+    assert main(["sft", str(tmp_path / "sft.yaml"), "--out", str(tmp_path / "run"), "train.lr=1e-4"]) == 2
+    assert "no-such-base" in capsys.readouterr().err
+    saved = yaml.safe_load((tmp_path / "run" / "sft.yaml").read_text(encoding="utf-8"))
+    assert saved["train"]["lr"] == 1e-4 and saved["data"]["epochs"] == 3.0  # the override and the default
+    assert saved["validation"] == {"every": 50} and saved["data"]["layout"] == "packed"
+    assert saved["train"]["max_steps"] is None  # steps still come from data.epochs
+    assert load_sft(str(tmp_path / "run"), []) == load_sft(str(tmp_path / "sft.yaml"), ["train.lr=1e-4"])
