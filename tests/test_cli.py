@@ -125,7 +125,8 @@ def test_print_config_shows_defaults_and_overrides(capsys):
     assert main(["model", "info", "tiny", "n_layers=3", "--print-config"]) == 0
     model = yaml.safe_load(capsys.readouterr().out)
     assert model["n_layers"] == 3 and model["dim"] == 128  # the preset's values, resolved
-    assert main(["data", "pack", "SRC", "-t", "TOK", "-o", "OUT", "--field", "a", "--field", "b", "--print-config"]) == 0
+    pack_args = ["SRC", "-t", "TOK", "-o", "OUT", "--field", "a", "--field", "b", "--print-config"]
+    assert main(["data", "pack", *pack_args]) == 0
     pack = yaml.safe_load(capsys.readouterr().out)
     assert pack["fields"] == ["a", "b"] and pack["shard_bytes"] == 64 << 20 and pack["tokenizer"] == "TOK"
 

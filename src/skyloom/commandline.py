@@ -91,7 +91,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
             continue
         target = parser
         if cli["group"]:
-            target = groups.get(cli["group"]) or groups.setdefault(cli["group"], parser.add_argument_group(cli["group"]))
+            if cli["group"] not in groups:
+                groups[cli["group"]] = parser.add_argument_group(cli["group"])
+            target = groups[cli["group"]]
         tp = hints[f.name]
         kwargs: dict[str, Any] = {"help": cli["help"]}
         default = f.default if f.default is not dataclasses.MISSING else (

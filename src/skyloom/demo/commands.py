@@ -17,7 +17,8 @@ class DemoCommandConfig:
                                   help="recipe overrides: SESSION.key=value for one session "
                                        "(e.g. stage2.train.max_steps=40)")
     out: str = option("runs/demo", help="workspace directory (re-running continues it)")
-    data: str | None = option(None, metavar="DIR", help="build the corpus from your files instead of the starter corpus")
+    data: str | None = option(None, metavar="DIR",
+                              help="build the corpus from your files instead of the starter corpus")
     tiny: bool = option(False, help="the smallest setting (recipes/demo/tiny.yaml)")
     recipe: str | None = option(None, metavar="FILE", help="another demo recipe (default recipes/demo/recipe.yaml)")
     until: str | None = option(None, metavar="PHASE", help="stop after this phase (e.g. pack)")

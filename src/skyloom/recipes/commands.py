@@ -27,9 +27,9 @@ class PlanCommandConfig:
     mfu: float | None = option(None, help="model FLOPs utilisation to assume, e.g. 0.45")
     pp: int | None = option(None, help="pipeline-parallel degree of the layout (data parallel = gpus / pp)")
     dense_gpu_hours: float | None = option(
-        None, metavar="H", help="for a recipe with MoE sessions: GPU-hours the dense checkpoint cost, if it was trained "
-                                "outside this recipe (default: the recipe's own dense sessions); feeds the Skywork-MoE "
-                                "§3.3 upcycle-or-from-scratch advice")
+        None, metavar="H", help="for a recipe with MoE sessions: GPU-hours the dense checkpoint cost, if it was "
+                                "trained outside this recipe (default: the recipe's own dense sessions); feeds the "
+                                "Skywork-MoE §3.3 upcycle-or-from-scratch advice")
     json: str | None = option(None, metavar="FILE", help="also write the plan as JSON")
 
 

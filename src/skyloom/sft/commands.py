@@ -6,10 +6,37 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 
-from skyloom.commandline import add_command, add_print_config
+from skyloom.commandline import add_command, add_config_arguments, option
 from skyloom.config import load_config, to_dict
+
+
+@dataclass
+class SFTCommand:
+    """`skyloom sft`'s arguments; the run itself is the YAML's SFTConfig (--print-config shows it resolved)."""
+
+    config: str = option(positional=True, metavar="CONFIG", help="SFT YAML (or a run directory to reuse its sft.yaml)")
+    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
+                                  help="dotted overrides, e.g. data.layout=padded")
+    out: str | None = option(None, metavar="RUN_DIR", help="run directory (default: out_dir, else "
+                                                           "runs/sft/<config name>)")
+    resume: bool = option(False, help="continue from the newest intact checkpoint")
+    overwrite: bool = option(False, help="delete an existing run directory first")
+
+
+@dataclass
+class SkyMathCommand:
+    """`skyloom skymath`'s arguments; the run itself is the YAML's SkyMathConfig."""
+
+    config: str = option(positional=True, metavar="CONFIG",
+                         help="SkyMath YAML (or a run directory to reuse its skymath.yaml)")
+    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
+                                  help="dotted overrides, e.g. mix.compare=0")
+    out: str | None = option(None, metavar="RUN_DIR", help="run directory (default: out_dir, else "
+                                                           "runs/skymath/<name>)")
+    resume: bool = option(False, help="continue the interrupted round")
+    overwrite: bool = option(False, help="delete an existing run directory first")
 
 
 def load_sft(spec: str, overrides: list[str]):
@@ -95,12 +122,8 @@ def register(sub) -> None:
             "         skyloom sft runs/sft/gsm8k-alpaca --resume"
         ),
     )
-    p.add_argument("config", metavar="CONFIG", help="SFT YAML (or a run directory to reuse its sft.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. data.layout=padded")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: out_dir, else runs/sft/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
-    add_print_config(p, lambda args: resolved_sft_mapping(load_sft(args.config, args.overrides)))
+    add_config_arguments(p, SFTCommand,
+                         resolve=lambda args: resolved_sft_mapping(load_sft(args.config, args.overrides)))
     p.set_defaults(handler=cmd_sft)
 
     q = add_command(
@@ -116,10 +139,5 @@ def register(sub) -> None:
             "example: skyloom skymath recipes/sft/skymath-gsm8k.yaml rounds=2 mix.compare=0   # RFT ablation"
         ),
     )
-    q.add_argument("config", metavar="CONFIG", help="SkyMath YAML (or a run directory to reuse its skymath.yaml)")
-    q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. mix.compare=0")
-    q.add_argument("--out", metavar="RUN_DIR", help="run directory (default: out_dir, else runs/skymath/<name>)")
-    q.add_argument("--resume", action="store_true", help="continue the interrupted round")
-    q.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
-    add_print_config(q, lambda args: load_skymath(args.config, args.overrides))
+    add_config_arguments(q, SkyMathCommand, resolve=lambda args: load_skymath(args.config, args.overrides))
     q.set_defaults(handler=cmd_skymath)

@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from skyloom.commandline import add_command, add_print_config
+from skyloom.commandline import add_command, add_config_arguments, option
 from skyloom.config import config_file, load_config
+
+
+@dataclass
+class TrainCommand:
+    """`skyloom train`'s arguments; the run itself is the YAML's RunConfig (--print-config shows it resolved)."""
+
+    config: str = option(positional=True, metavar="CONFIG",
+                         help="YAML recipe (or a run directory to reuse its config.yaml)")
+    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
+                                  help="dotted overrides, e.g. train.lr=3e-4 (or --train.lr=3e-4)")
+    out: str | None = option(None, metavar="RUN_DIR",
+                             help="run directory (default: out_dir from the config, else runs/<config name>)")
+    resume: bool = option(False, help="continue from the newest intact checkpoint in RUN_DIR (broken ones are "
+                                      "reported and skipped)")
+    overwrite: bool = option(False, help="delete an existing run's metrics and checkpoints first")
+    no_verify: bool = option(False, help="do not check checkpoints (--resume, train.init_from) against their "
+                                         "manifest's sha256 (faster; --resume still checks sizes; an FSDP checkpoint's "
+                                         "pickled dcp/.metadata is then opened unverified)")
+    plan_only: bool = option(False, help="print the run plan (and check it) without training")
 
 
 # What the config, the data or the disk can make impossible: `skyloom: error: …`, exit 2, for the run and for
@@ -118,17 +138,5 @@ def register(sub) -> None:
             "  skyloom train recipes/tiny.yaml --plan-only"
         ),
     )
-    p.add_argument("config", metavar="CONFIG", help="YAML recipe (or a run directory to reuse its config.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: out_dir from the config, else "
-                                                    "runs/<config name>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest intact checkpoint in RUN_DIR (broken ones are reported and skipped)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run's metrics and checkpoints first")
-    p.add_argument("--no-verify", action="store_true",
-                   help="do not check checkpoints (--resume, train.init_from) against their manifest's sha256 "
-                        "(faster; --resume still checks sizes; an FSDP checkpoint's pickled dcp/.metadata is then "
-                        "opened unverified)")
-    p.add_argument("--plan-only", action="store_true", help="print the run plan (and check it) without training")
-    add_print_config(p, lambda args: load_run_config(args.config, args.overrides)[0])
+    add_config_arguments(p, TrainCommand, resolve=lambda args: load_run_config(args.config, args.overrides)[0])
     p.set_defaults(handler=cmd_train)
