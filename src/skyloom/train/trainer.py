@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from skyloom.data.batch import IGNORE_INDEX
 from skyloom.data.mixture import MixtureLoader, MixtureSourceSpec, WeightSchedule, format_plan
 from skyloom.data.shards import TokenSource
 from skyloom.model import loss as lm_loss
@@ -35,7 +33,7 @@ from skyloom.model.accounting import count_params, flops_per_token
 from skyloom.model.transformer import Transformer
 from skyloom.train.callback_registry import build_callbacks
 from skyloom.train.callbacks import Callback
-from skyloom.train.checkpointer import (  # noqa: F401  (find_checkpoint, config_changes: re-exported)
+from skyloom.train.checkpointer import (  # noqa: F401  (some re-exported)
     CallbackStates, Checkpointer, TrainerState, TrainingAborted, config_changes, find_checkpoint,
 )
 from skyloom.train.config import RunConfig
