@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -80,5 +81,13 @@ def all_gather_object(obj) -> list:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group together. A gloo rank torn down while a peer still talks to it can abort at exit
+    ("terminate called without an active exception"); a rank whose peer is gone gives up waiting after a minute."""
+    if not dist.is_initialized():
+        return
+    if dist.get_world_size() > 1 and dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        except RuntimeError:  # a peer failed or already left: tear down anyway
+            pass
+    dist.destroy_process_group()
