@@ -178,7 +178,7 @@ class SFTValidation(Callback):
 
         loss, n = masked_loss(trainer.raw_model, self.samples, self.seq_len, self.pad_id, device=trainer.device)
         self.last = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "eval_tokens": n}
-        trainer.logger.val(trainer.step, trainer.tokens, {"sft_val": self.last})
+        trainer.record_validation({"sft_val": self.last})  # logged, and seen by every callback's on_validation
 
     def on_train_start(self, trainer) -> None:
         if trainer.step == 0 and self.samples:
