@@ -249,10 +249,17 @@ def test_leakage_experiment_runs_end_to_end(small_data, tmp_path, monkeypatch):
     assert len(seen) == len(other) == 8 and not set(seen) & set(other)  # disjoint GSM8K train records
     md = (tmp_path / "results" / "results.md").read_text(encoding="utf-8")
     assert "| contaminated |" in md and "| clean |" in md
+    first_cost = result["training"]
+    for arm, cost in first_cost.items():  # what training really took, with the machine's load
+        (session,) = cost["sessions"]
+        assert session["steps"] == [0, 3] and session["completed"] and cost["train_wall_s"] == session["wall_s"] > 0
+        assert len(session["load_avg_start"]) == 3 and cost["load_avg_1min"] == [session["load_avg_start"][0]]
     # idempotent: a second call finds both runs finished and only re-scores them
     manifest = tmp_path / "runs" / "clean" / "checkpoints" / "step_00000003" / "manifest.json"
     mtime = manifest.stat().st_mtime_ns
     assert leakage.main(argv) == 0
     assert manifest.stat().st_mtime_ns == mtime  # not trained again
+    again = json.loads((tmp_path / "results" / "results.json").read_text(encoding="utf-8"))
+    assert again["training"] == first_cost and again["invocation_wall_s"] > 0  # the original cost, not the re-run's
     lines = (tmp_path / "runs" / "clean" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert sum(json.loads(x)["kind"] == "train" for x in lines) == 3
