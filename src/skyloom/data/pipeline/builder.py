@@ -28,26 +28,70 @@ from skyloom.data.pipeline.config import PipelineConfig
 
 
 @dataclass
+class GlobalContext:
+    """Where a global step's stages keep their files, and what it closes."""
+
+    work_dir: str  # <output_dir>/work/<stage>.<label>: signatures and intermediate results
+    output_dir: str  # the run's output_dir (e.g. for reports/)
+    stage: str  # the per-document stage this step ends
+    label: str
+    tasks: int  # tasks of the per-document stages
+
+
+@dataclass
+class GlobalStages:
+    """What a global step adds to the plan.
+
+    ``signature`` ends the per-document stage (it sees every document of every task, after the hand-over writer
+    saved them); ``stages`` — (name suffix, pipeline, tasks) — run next, in order; ``filter`` is the first step of
+    the next per-document stage, which reads the hand-over files back (and is accounted for under the step's label).
+    """
+
+    signature: PipelineStep
+    stages: list[tuple[str, list[PipelineStep], int]]
+    filter: PipelineStep
+
+
+@dataclass
 class StepType:
+    """A step a recipe can name in ``type:``; ``kind`` "doc" builds one filter with ``make(config)``, "global"
+    builds its stages with ``stages(config, GlobalContext)``."""
+
     config: type
     kind: str  # "doc" (per-document filter) or "global"
-    make: Callable[[Any], SkyFilter] | None = None
-    default_reason: str = "filtered"
+    make: Callable[[Any], PipelineStep] | None = None
+    default_reason: str | None = "filtered"  # None: the step's own `default_reason`
     help: str = ""
+    stages: Callable[[Any, GlobalContext], GlobalStages] | None = None
+
+
+_REGISTERED: dict[str, StepType] = {}
+
+
+def register_step(name: str, step_type: StepType) -> StepType:
+    """Make ``type: <name>`` available to recipes (a plug-in module calls this when imported)."""
+    if step_type.kind not in ("doc", "global"):
+        raise ValueError(f"step {name!r}: kind must be 'doc' or 'global', got {step_type.kind!r}")
+    if (step_type.make if step_type.kind == "doc" else step_type.stages) is None:
+        raise ValueError(f"step {name!r}: a {step_type.kind} step needs "
+                         f"{'make' if step_type.kind == 'doc' else 'stages'}")
+    _REGISTERED[name] = step_type
+    return step_type
 
 
 def step_types() -> dict[str, StepType]:
     from skyloom.data.pipeline.code import CodeConfig, CodeFilter
     from skyloom.data.pipeline.decontam import DecontamConfig, Decontaminate
-    from skyloom.data.pipeline.dedup import ExactDedupStepConfig, MinhashStepConfig
+    from skyloom.data.pipeline.dedup import ExactDedupStepConfig, MinhashStepConfig, exact_dedup_stages, minhash_stages
     from skyloom.data.pipeline.extract import ExtractConfig, HtmlExtractor
     from skyloom.data.pipeline.heuristics import HeuristicFilter, HeuristicsConfig
     from skyloom.data.pipeline.langid import LangIdConfig, LanguageFilter
+    from skyloom.data.pipeline.plugin import PythonStepConfig, make_python_step
     from skyloom.data.pipeline.quality import QualityClassifier, QualityConfig
-    from skyloom.data.pipeline.semantic import SemanticConfig
+    from skyloom.data.pipeline.semantic import SemanticConfig, semantic_stages
     from skyloom.data.pipeline.stem import StemConfig, StemSplit
 
-    return {
+    builtin = {
         "extract": StepType(ExtractConfig, "doc", HtmlExtractor, "no_main_text", "HTML → main text, title, URL, date"),
         "langid": StepType(LangIdConfig, "doc", LanguageFilter, "language", "language + score; keep en/zh"),
         "heuristics": StepType(HeuristicsConfig, "doc", HeuristicFilter, "heuristics", "Gopher/C4 rules per language"),
@@ -55,11 +99,16 @@ def step_types() -> dict[str, StepType]:
         "code_filter": StepType(CodeConfig, "doc", CodeFilter, "code", "RedPajama-style code rules"),
         "decontaminate": StepType(DecontamConfig, "doc", Decontaminate, "contaminated", "benchmark n-gram overlap"),
         "stem_split": StepType(StemConfig, "doc", StemSplit, "stem", "route to SkyPile-STEM / -Main"),
-        "exact_dedup": StepType(ExactDedupStepConfig, "global", None, "exact_duplicate", "normalised-hash dedup"),
-        "minhash_dedup": StepType(MinhashStepConfig, "global", None, "near_duplicate", "MinHash-LSH near-dedup"),
+        "python": StepType(PythonStepConfig, "doc", make_python_step, None,
+                           "your own datatrove PipelineStep / BaseFilter: class: 'pkg.mod:Class', args: {...}"),
+        "exact_dedup": StepType(ExactDedupStepConfig, "global", None, "exact_duplicate", "normalised-hash dedup",
+                                stages=exact_dedup_stages),
+        "minhash_dedup": StepType(MinhashStepConfig, "global", None, "near_duplicate", "MinHash-LSH near-dedup",
+                                  stages=minhash_stages),
         "semantic_filter": StepType(SemanticConfig, "global", None, "semantic_recurrent",
-                                    "drop blocks recurring far beyond the corpus norm"),
+                                    "drop blocks recurring far beyond the corpus norm", stages=semantic_stages),
     }
+    return {**builtin, **_REGISTERED}
 
 
 @dataclass
@@ -85,8 +134,10 @@ def parse_steps(raw_steps: list[dict[str, Any]]) -> list[StepSpec]:
             raise ConfigError(f"steps[{i}].type", f"unknown step {kind!r}{hint}; steps: {', '.join(types)}")
         label = raw.pop("name", None)
         if label is None:
-            seen[kind] = seen.get(kind, 0) + 1
-            label = kind if seen[kind] == 1 else f"{kind}_{seen[kind]}"
+            naming = getattr(types[kind].config, "default_label", None)  # e.g. a plug-in: its class name
+            base = (naming(raw) if naming else None) or kind
+            seen[base] = seen.get(base, 0) + 1
+            label = base if seen[base] == 1 else f"{base}_{seen[base]}"
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(label)):
             raise ConfigError(f"steps[{i}].name", f"{label!r}: use letters, digits, '_', '-', '.'")
         sources = tuple(raw.pop("sources", ()) or ())
@@ -126,14 +177,10 @@ class _NonEmpty(SkyFilter):
 
 
 def build_plan(cfg: PipelineConfig) -> Plan:
-    from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
-    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
     from datatrove.pipeline.readers import JsonlReader
 
-    from skyloom.data.pipeline.dedup import UnitMinhashSignature, exact_dedup_config
     from skyloom.data.pipeline.readers import SourceReader
     from skyloom.data.pipeline.report import ReportStep
-    from skyloom.data.pipeline.semantic import SemanticCluster, SemanticEmbed, SemanticFilter
     from skyloom.data.pipeline.writers import HandoverWriter, SubsetWriter
 
     out = os.path.abspath(cfg.output_dir)
@@ -181,39 +228,24 @@ def build_plan(cfg: PipelineConfig) -> Plan:
         st = types[spec.type]
         if st.kind == "doc":
             step = st.make(spec.config)
-            step.scope_sources, step.scope_skip_sources = spec.sources, spec.skip_sources
-            current.append(wrap(step, spec.label, st.default_reason, stage_name))
+            if spec.sources or spec.skip_sources:
+                if not isinstance(step, SkyFilter):
+                    raise ConfigError(f"steps.{spec.label}.sources", "only filters take sources / skip_sources")
+                step.scope_sources, step.scope_skip_sources = spec.sources, spec.skip_sources
+            reason = st.default_reason or getattr(step, "default_reason", None) or spec.label
+            current.append(wrap(step, spec.label, reason, stage_name))
             continue
         if spec.sources or spec.skip_sources:
             raise ConfigError(f"steps.{spec.label}", "global steps (dedup, semantic) apply to all sources")
         handover = close_stage(spec.label)
-        base = os.path.join(out, "work", f"{stage_name}.{spec.label}")
-        if spec.type == "exact_dedup":
-            ecfg = exact_dedup_config()
-            current.append(ExactDedupSignature(os.path.join(base, "sigs"), ecfg, finder_workers=1))
-            stages.append(Stage(stage_name, current, tasks))
-            stages.append(Stage(f"{stage_name}.{spec.label}.find", [
-                ExactFindDedups(os.path.join(base, "sigs"), os.path.join(base, "dups"), ecfg)], 1))
-            next_filter: PipelineStep = ExactDedupFilter(os.path.join(base, "dups"), ecfg)
-        elif spec.type == "minhash_dedup":
-            mcfg = spec.config.to_datatrove()
-            current.append(UnitMinhashSignature(os.path.join(base, "sigs"), mcfg))
-            stages.append(Stage(stage_name, current, tasks))
-            stages.append(Stage(f"{stage_name}.{spec.label}.buckets", [
-                MinhashDedupBuckets(os.path.join(base, "sigs"), os.path.join(base, "buckets"), config=mcfg)],
-                mcfg.num_buckets))
-            stages.append(Stage(f"{stage_name}.{spec.label}.cluster", [
-                MinhashDedupCluster(os.path.join(base, "buckets"), os.path.join(base, "remove"), config=mcfg,
-                                    save_cluster_size=True)], 1))
-            next_filter = MinhashDedupFilter(os.path.join(base, "remove"), load_cluster_sizes=True)
-        else:  # semantic_filter
-            scfg = spec.config
-            current.append(SemanticEmbed(os.path.join(base, "embeddings"), scfg))
-            stages.append(Stage(stage_name, current, tasks))
-            stages.append(Stage(f"{stage_name}.{spec.label}.cluster", [
-                SemanticCluster(os.path.join(base, "embeddings"), os.path.join(base, "decisions"),
-                                os.path.join(out, "reports"), scfg)], 1))
-            next_filter = SemanticFilter(os.path.join(base, "decisions"), scfg)
+        ctx = GlobalContext(os.path.join(out, "work", f"{stage_name}.{spec.label}"), out, stage_name, spec.label,
+                            tasks)
+        made = st.stages(spec.config, ctx)
+        current.append(made.signature)
+        stages.append(Stage(stage_name, current, tasks))
+        stages += [Stage(f"{stage_name}.{spec.label}.{suffix}", pipeline, n_tasks)
+                   for suffix, pipeline, n_tasks in made.stages]
+        next_filter = made.filter
         n += 1
         stage_name = f"{n:02d}_documents"
         current = [reader_of(handover), wrap(next_filter, spec.label, st.default_reason, stage_name)]

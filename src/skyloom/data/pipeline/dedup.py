@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from datatrove.data import Document
@@ -20,6 +22,9 @@ from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 from datatrove.utils.hashing import create_hash_func
+
+if TYPE_CHECKING:
+    from skyloom.data.pipeline.builder import GlobalContext, GlobalStages
 
 from skyloom.data.pipeline.text import ngram_keys, normalize, unit_hashes, units
 
@@ -99,3 +104,31 @@ class UnitMinhashSignature(MinhashDedupSignature):
     def get_shingles(self, text: str) -> np.ndarray:
         return shingles(text, self.config.n_grams, self._hash_func)
 
+
+
+def exact_dedup_stages(cfg: ExactDedupStepConfig, ctx: GlobalContext) -> GlobalStages:
+    """``exact_dedup``: signatures → one task finds the duplicates → the next stage drops them."""
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
+
+    from skyloom.data.pipeline.builder import GlobalStages
+
+    ecfg = exact_dedup_config()
+    sigs, dups = os.path.join(ctx.work_dir, "sigs"), os.path.join(ctx.work_dir, "dups")
+    return GlobalStages(ExactDedupSignature(sigs, ecfg, finder_workers=1),
+                        [("find", [ExactFindDedups(sigs, dups, ecfg)], 1)],
+                        ExactDedupFilter(dups, ecfg))
+
+
+def minhash_stages(cfg: MinhashStepConfig, ctx: GlobalContext) -> GlobalStages:
+    """``minhash_dedup``: signatures → LSH buckets (one task per band) → clusters (one task) → filter."""
+    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
+
+    from skyloom.data.pipeline.builder import GlobalStages
+
+    mcfg = cfg.to_datatrove()
+    sigs, buckets, remove = (os.path.join(ctx.work_dir, d) for d in ("sigs", "buckets", "remove"))
+    return GlobalStages(
+        UnitMinhashSignature(sigs, mcfg),
+        [("buckets", [MinhashDedupBuckets(sigs, buckets, config=mcfg)], mcfg.num_buckets),
+         ("cluster", [MinhashDedupCluster(buckets, remove, config=mcfg, save_cluster_size=True)], 1)],
+        MinhashDedupFilter(remove, load_cluster_sizes=True))

@@ -224,7 +224,10 @@ def make_executors(cfg: PipelineConfig, plan: Plan) -> list[Any]:
 
 def run_pipeline(cfg: PipelineConfig, restart: bool = False, quiet: bool = False) -> dict[str, Any] | None:
     """Run (or resume) the whole pipeline; returns the report (local) or None (Slurm: jobs submitted)."""
+    from skyloom.data.pipeline.builder import parse_steps
+
     _check_inputs(cfg)
+    parse_steps(cfg.steps)  # a bad step (or plug-in class) is refused before output_dir is touched
     _prepare_output(cfg, restart)
     _ensure_quality_models(cfg)
     plan = build_plan(cfg)

@@ -31,7 +31,7 @@ import json
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
@@ -40,6 +40,9 @@ from datatrove.utils.logging import logger
 
 from skyloom.data.pipeline.base import SkyFilter, atomic_write_json
 from skyloom.data.pipeline.text import unit_hashes, units
+
+if TYPE_CHECKING:
+    from skyloom.data.pipeline.builder import GlobalContext, GlobalStages
 
 
 @dataclass
@@ -357,3 +360,14 @@ class SemanticFilter(SkyFilter):
             return False, "semantic_recurrent"
         doc.text = "\n".join(kept)
         return True
+
+
+def semantic_stages(cfg: SemanticConfig, ctx: GlobalContext) -> GlobalStages:
+    """``semantic_filter``: block embeddings → one task clusters them (and writes the report) → filter."""
+    from skyloom.data.pipeline.builder import GlobalStages
+
+    embeddings, decisions = os.path.join(ctx.work_dir, "embeddings"), os.path.join(ctx.work_dir, "decisions")
+    return GlobalStages(
+        SemanticEmbed(embeddings, cfg),
+        [("cluster", [SemanticCluster(embeddings, decisions, os.path.join(ctx.output_dir, "reports"), cfg)], 1)],
+        SemanticFilter(decisions, cfg))
