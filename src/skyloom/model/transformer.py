@@ -91,9 +91,10 @@ class Attention(nn.Module):
         kv: LayerKV | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # head counts from the projections' outputs: under tensor parallelism each rank holds only its heads
+        q = self.wq(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, t, -1, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv is not None:
@@ -103,7 +104,7 @@ class Attention(nn.Module):
             attn_mask=attn_mask,
             is_causal=attn_mask is None,
             dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads,
+            enable_gqa=k.shape[1] != q.shape[1],
         )
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
