@@ -14,7 +14,8 @@ the same as Hugging Face's LlamaForCausalLM, so weights convert without permutin
 Initialisation (`init_weights`): every linear and embedding weight ~ N(0, init_std=0.02); the two
 projections that write into the residual stream (attention `wo`, FFN `w2`) use
 init_std / sqrt(2·n_layers) (GPT-2 / Megatron), so the residual variance does not grow with depth;
-norm weights 1, biases 0.
+norm weights 1, biases 0. Each tensor has its own generator, seeded from the global RNG and its name, so one seed
+gives the same full weights whatever the parallel layout (a sharded parameter draws its full tensor, keeps its part).
 
 Each architecture is one entry of model/arch.py (norm, FFN, positions, block); decoding goes through this same
 forward with a key/value cache (`build_kv_cache`, `forward(..., cache=)`; model/kv_cache.py).
@@ -22,6 +23,7 @@ forward with a key/value cache (`build_kv_cache`, `forward(..., cache=)`; model/
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -32,6 +34,27 @@ from skyloom.model.arch import arch_spec
 from skyloom.model.config import ModelConfig
 from skyloom.model.kv_cache import KVCache, LayerKV
 from skyloom.model.moe import MoE, moe_layers
+
+
+def name_seed(base: int, name: str) -> int:
+    """A 63-bit seed for the tensor called `name` (stable across processes and Python versions)."""
+    digest = hashlib.sha256(f"{base}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@torch.no_grad()
+def init_normal_(param: torch.Tensor, base: int, name: str, std: float) -> None:
+    """Fill `param` with N(0, std) drawn as the full tensor from `name`'s generator; a DTensor keeps its shard."""
+    local = param.to_local() if hasattr(param, "to_local") else param
+    full = torch.empty(param.shape, dtype=param.dtype, device=local.device)
+    full.normal_(0.0, std, generator=torch.Generator(device=local.device).manual_seed(name_seed(base, name)))
+    if local is param:
+        param.copy_(full)
+        return
+    from torch.distributed.tensor import distribute_tensor
+
+    mine = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)  # no communication
+    local.copy_(mine.to_local())
 
 
 class RMSNorm(nn.Module):
@@ -181,21 +204,31 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Documented init (module docstring); call after `to_empty()` when built on `meta`."""
+        """Documented init (module docstring); call after `to_empty()` when built on `meta`.
+
+        Every tensor is drawn from its own generator, seeded from (one draw of the global RNG, its parameter
+        name), as a full tensor of which a sharded parameter (a DTensor: FSDP, TP, EP) keeps only its local part:
+        so `torch.manual_seed(s)` gives the same full weights on every layout, even a pipeline stage holding a
+        few of the layers (its names must be the full model's). Peak extra memory: the largest tensor.
+        """
+        base = int(torch.randint(0, 2**62, (1,)).item())
         std = self.config.init_std
         resid_std = std / math.sqrt(2 * self.config.n_layers)
-        for name, module in self.named_modules():
+        for module_name, module in self.named_modules():
+            prefix = f"{module_name}." if module_name else ""
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                is_resid_out = name.endswith(("attn.wo", "ffn.w2"))
-                nn.init.normal_(module.weight, mean=0.0, std=resid_std if is_resid_out else std)
+                is_resid_out = module_name.endswith(("attn.wo", "ffn.w2"))
+                init_normal_(module.weight, base, prefix + "weight", resid_std if is_resid_out else std)
                 if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                    module.bias.zero_()
             elif isinstance(module, (RMSNorm, nn.LayerNorm)):
-                nn.init.ones_(module.weight)
+                module.weight.fill_(1.0)
                 if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, MoE):
-                module.reset_parameters(std, resid_std)
+                    module.bias.zero_()
+            elif isinstance(module, MoE):  # its gate is an nn.Linear (above); the experts' matrices and buffer:
+                for key in ("w1", "w3", "w2"):
+                    init_normal_(getattr(module, key), base, prefix + key, resid_std if key == "w2" else std)
+                module.aux_coef.fill_(float(module.cfg.aux_coef))
 
     def moe_layers(self) -> list[tuple[int, MoE]]:
         """(block index, MoE layer) for every MoE block; empty for a dense model."""
