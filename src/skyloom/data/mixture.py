@@ -5,9 +5,10 @@ How a run's data is fixed (identical for every data-parallel layout):
 * **Windows.** Each source's token stream (documents back to back, each ending with EOS) is cut into
   non-overlapping windows of `seq_len + 1` tokens: window j = tokens [j·(L+1), (j+1)·(L+1)). Inputs are the
   first L tokens, labels the last L. Fewer than L+1 tail tokens are never used.
-* **Order inside a source.** Epoch e visits the windows in the order of a permutation drawn from
-  `numpy.random.default_rng([seed, crc32(name), e])`; the k-th window drawn from a source is
-  epoch k // n_windows, position k % n_windows of that permutation.
+* **Order inside a source.** Epoch e visits the windows in the order of a seeded bijection of the window indices,
+  `IndexPermutation(n_windows, (seed, crc32(name), e))` (data/permutation.py: a Feistel network with cycle
+  walking, computed per index, never stored — a rank's memory does not grow with the corpus); the k-th window
+  drawn from a source is epoch k // n_windows, position k % n_windows of that permutation.
 * **Mixture.** Step s draws `global_windows` windows. Each source's weight at s is its schedule evaluated at
   the fraction of training s / (total_steps − 1) (piecewise-linear between points, constant beyond),
   normalised over sources. Counts per step follow the weights exactly over time (largest-remainder rounding
@@ -31,10 +32,11 @@ import numpy as np
 import torch
 
 from skyloom.config import ConfigError
-from skyloom.data.shards import TokenSource
 from skyloom.data.batch import Batch
+from skyloom.data.permutation import IndexPermutation
+from skyloom.data.shards import TokenSource
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the per-source order is the computed IndexPermutation (1: a stored numpy shuffle)
 
 
 class PlanError(ConfigError):
@@ -84,7 +86,7 @@ class MixtureSourceSpec:
 
 
 class _WindowedSource:
-    """One source cut into windows of L+1 tokens, visited in a seeded permutation per epoch."""
+    """One source cut into windows of L+1 tokens, visited in a computed (not stored) permutation per epoch."""
 
     def __init__(self, spec: MixtureSourceSpec, window: int, seed: int):
         self.spec = spec
@@ -94,24 +96,33 @@ class _WindowedSource:
         self._key = zlib.crc32(spec.name.encode("utf-8"))
         self._seed = seed
         self._perm_epoch = -1
-        self._perm: np.ndarray | None = None
+        self._perm: IndexPermutation | None = None  # the latest epoch's: a few round keys, O(1) in n_windows
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            rng = np.random.default_rng([self._seed, self._key, epoch])
-            dtype = np.uint32 if self.n_windows < 2**32 else np.uint64
-            self._perm = rng.permutation(self.n_windows).astype(dtype, copy=False)
+    def _permutation(self, epoch: int) -> IndexPermutation:
+        if self._perm is None or self._perm_epoch != epoch:
+            self._perm = IndexPermutation(self.n_windows, (self._seed, self._key, epoch))
             self._perm_epoch = epoch
         return self._perm
 
+    def window_indices(self, ks: np.ndarray) -> np.ndarray:
+        """Which windows the draws `ks` (each counted from 0 over the whole run) read, vectorised per epoch."""
+        ks = np.asarray(ks, dtype=np.int64)
+        epochs, pos = np.divmod(ks, self.n_windows)
+        out = np.empty(len(ks), dtype=np.int64)
+        for epoch in np.unique(epochs):  # a step's draws from a source span at most a few epochs
+            sel = epochs == epoch
+            out[sel] = self._permutation(int(epoch)).take(pos[sel]).astype(np.int64)
+        return out
+
     def window_index(self, k: int) -> int:
         """Which window the k-th draw (counting from 0 over the whole run) reads."""
-        epoch, pos = divmod(k, self.n_windows)
-        return int(self._permutation(epoch)[pos])
+        return int(self.window_indices(np.array([k]))[0])
+
+    def read_window(self, j: int) -> np.ndarray:
+        return self.spec.source.read(j * self.window, self.window)
 
     def read(self, k: int) -> np.ndarray:
-        j = self.window_index(k)
-        return self.spec.source.read(j * self.window, self.window)
+        return self.read_window(self.window_index(k))
 
 
 class MixtureLoader:
@@ -202,8 +213,11 @@ class MixtureLoader:
         per_rank = self.global_windows // self.world_size
         lo = self.rank * per_rank
         out = np.empty((per_rank, self.seq_len + 1), dtype=np.int64)
-        for row, (i, kk) in enumerate(zip(src[lo: lo + per_rank], k[lo: lo + per_rank])):
-            out[row] = self.sources[i].read(int(kk))
+        src, k = src[lo: lo + per_rank], k[lo: lo + per_rank]
+        for i, source in enumerate(self.sources):
+            rows = np.flatnonzero(src == i)
+            for row, j in zip(rows, source.window_indices(k[rows])):
+                out[row] = source.read_window(int(j))
         self.drawn += counts
         self.ideal = ideal
         self.step += 1
@@ -240,8 +254,14 @@ class MixtureLoader:
     def load_state_dict(self, state: dict[str, Any], *, sources_only: bool = False) -> None:
         """Restore the exact position (resume), or with `sources_only` only the per-source draw counts of
         same-named sources (a chained session that should not re-read what the previous one read)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}")
+        version = state.get("version")
+        if version == 1:  # its draw counts index the old stored shuffle: continuing them in the new order would
+            # repeat windows already read and skip others
+            raise ValueError("the checkpoint's data position (loader state version 1) was written before the loader's "
+                             "order became a computed permutation and cannot be continued; start a chained session "
+                             "(train.init_from) with data.init_loader_from_checkpoint: false")
+        if version != STATE_VERSION:
+            raise ValueError(f"loader state version {version!r} is not {STATE_VERSION}")
         saved = state["sources"]
         if sources_only:
             for i, s in enumerate(self.sources):
