@@ -171,6 +171,7 @@ class Trainer:
         self.n_params = count_params(cfg.model).total
         self.flops_per_token = flops_per_token(cfg.model, self.seq_len)
         self.model = self._wrap(self.raw_model)
+        self._materialize(self.raw_model)
         if lr_scale_fn is None and cfg.model.moe is not None:
             from skyloom.train.moe import lr_scale_fn_for
 
@@ -215,12 +216,24 @@ class Trainer:
             (self.logger.console if self.logger is not None else self._print)(text)
 
     def _build_model(self) -> Transformer:
-        model = Transformer(self.cfg.model)
+        """The model on `meta`: no storage until the layout is applied (`_materialize`), so a rank never holds
+        more than its shards — a 13B model is not built 8 times over on an 8-GPU node."""
+        with torch.device("meta"):
+            model = Transformer(self.cfg.model)
         if self.cfg.train.activation_checkpointing:
             enable_activation_checkpointing(model)
-        if not self.fsdp:
-            model.to(self.device)
         return model
+
+    def _materialize(self, model: torch.nn.Module) -> None:
+        """Storage for this rank's part of a meta-built model (after FSDP/TP/EP sharding, before DDP), then the
+        documented init from the run's seed — a function of (seed, parameter name), so every layout starts from
+        the same full weights. A model already materialised is left alone."""
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+        if not any(t.device.type == "meta" for t in local):
+            return
+        model.to_empty(device=self.device)
+        torch.manual_seed(self.cfg.train.seed)
+        model.init_weights()
 
     def _wrap(self, model: Transformer) -> torch.nn.Module:
         if self.cfg.train.compile:
@@ -235,12 +248,11 @@ class Trainer:
             for block in model.layers:
                 fully_shard(block, mp_policy=mp)
             fully_shard(model, mp_policy=mp)
-            if self.device.type == "cuda":
-                model.to(self.device)
-            return model
+            return model  # on meta: `_materialize` gives each rank its shards on its device
         if self.env.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            self._materialize(model)  # DDP broadcasts rank 0's weights when built: they must exist
             return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return model
 
