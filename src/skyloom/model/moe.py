@@ -14,9 +14,20 @@ contributes nothing, so a token that loses all its slots passes through the bloc
 `dropless` removes the cap (Mixtral-style); in eval mode the cap applies only with `drop_in_eval`.
 
 Dispatch is a sort, not a loop over tokens: slots are ordered by (expert, priority), each kept slot gets a row
-in an expert-grouped buffer (groups padded to `align` rows), the experts run on contiguous row ranges, and a
-weighted `index_add_` scatters the results back to their tokens. The experts run as one `torch._grouped_mm`
-per matrix on CUDA sm90+ in bf16, and as a loop over the *experts* (never the tokens) everywhere else.
+in an expert-grouped buffer, the experts run on their rows, and a weighted `index_add_` scatters the results back
+to their tokens. Two layouts, neither of which reads a count back to the host during a training step:
+
+* "padded" (everywhere but Hopper): a [n_experts, C, dim] buffer, C = the capacity (static: known from T), and one
+  batched matmul per matrix. Dropless / eval mode has no capacity: C = the largest expert's count, the one host
+  read-back left (once per layer, only there).
+* "grouped_mm" (CUDA sm90+ in bf16): contiguous groups padded to 16 rows, one `torch._grouped_mm` per matrix,
+  group offsets kept on the device.
+
+Expert parallelism (`ep_group`, set by `skyloom.train.parallel.expert.apply_expert_parallel`): the layer holds
+n_experts/ep experts; the padded buffer is exchanged with one equal-split all-to-all each way (each rank sends
+every owner its C rows per expert of that owner), so shapes stay static and no split sizes go through the host.
+Routing, capacity, drops, aux losses and statistics stay per rank and micro-batch — the same numbers as without
+EP (and as one process whose micro-batch is this rank's).
 
 After every forward the layer keeps `last_aux_loss` (the unweighted load-balancing loss, with gradient) and
 `last_stats` (detached sums for diagnostics, see `router_stats`); `aux_coef` is a persistent buffer, so the
@@ -160,6 +171,40 @@ def expert_similarity(layer: "MoE") -> float | None:
     return float(off) / (n * (n - 1))
 
 
+def _shard(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a parameter: the local experts of an expert-parallel DTensor, else the tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _swiglu_bmm(rows: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """w2[e] · (SiLU(w1[e] x) ⊙ w3[e] x) for every expert e at once: rows [E, C, dim], weights [E, out, in]."""
+    h = F.silu(torch.bmm(rows, w1.transpose(1, 2))) * torch.bmm(rows, w3.transpose(1, 2))
+    return torch.bmm(h, w2.transpose(1, 2))
+
+
+class _AllToAll(torch.autograd.Function):
+    """Equal-split all-to-all: row block q of every rank's [group, …] input goes to rank q. Its own inverse, so the
+    backward sends the gradients back the same way."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        out = torch.empty_like(x)
+        dist.all_to_all_single(out, x.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _AllToAll.apply(grad.contiguous(), ctx.group), None
+
+
+def exchange(x: torch.Tensor, group) -> torch.Tensor:
+    """All-to-all of `x` ([group size, …]: block q for rank q) over `group`, with autograd."""
+    return _AllToAll.apply(x, group)
+
+
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
@@ -186,7 +231,9 @@ class MoE(nn.Module):
         self.w3 = nn.Parameter(torch.empty(cfg.n_experts, hidden, dim))
         self.w2 = nn.Parameter(torch.empty(cfg.n_experts, dim, hidden))
         self.register_buffer("aux_coef", torch.tensor(float(cfg.aux_coef)))
-        self.expert_impl = "auto"  # "auto" | "loop" | "grouped_mm" (tests and benchmarks pick one)
+        self.expert_impl = "auto"  # "auto" | "padded" (alias "loop") | "grouped_mm" (tests and benchmarks pick one)
+        self.ep_group = None  # expert parallelism: the process group the experts are sharded over
+        self.ep_size = 1
         self.last_aux_loss: torch.Tensor | None = None
         self.last_stats: dict[str, torch.Tensor] | None = None
         if self.w1.device.type != "meta":
@@ -239,16 +286,21 @@ class MoE(nn.Module):
 
         # 4. Dispatch, experts, combine.
         compute_dtype = _compute_dtype(x, self.w1)
-        use_grouped = self.expert_impl == "grouped_mm" or (
-            self.expert_impl == "auto" and grouped_mm_supported(x.device, compute_dtype))
-        align = GROUPED_MM_ALIGN if use_grouped else 1
-        max_kept = n_tokens * self.top_k if capacity is None else min(n_tokens * self.top_k,
-                                                                      capacity * self.n_experts)
-        n_rows = max_kept + self.n_experts * (align - 1) + 1  # + one spare row that absorbs dropped slots
-        padded = (kept_per_expert + align - 1) // align * align
-        group_start = torch.cumsum(padded, 0) - padded
-        slot_row = torch.where(keep, group_start[top_i] + rank, n_rows - 1).reshape(-1)
+        use_grouped = self.ep_group is None and (self.expert_impl == "grouped_mm" or (
+            self.expert_impl == "auto" and grouped_mm_supported(x.device, compute_dtype)))
         slot_token = torch.arange(n_tokens, device=x.device).repeat_interleave(self.top_k)
+        if use_grouped:
+            align = GROUPED_MM_ALIGN
+            max_kept = n_tokens * self.top_k if capacity is None else min(n_tokens * self.top_k,
+                                                                          capacity * self.n_experts)
+            n_rows = max_kept + self.n_experts * (align - 1) + 1  # + one spare row that absorbs dropped slots
+            padded = (kept_per_expert + align - 1) // align * align
+            group_start = torch.cumsum(padded, 0) - padded
+            slot_row = torch.where(keep, group_start[top_i] + rank, n_rows - 1).reshape(-1)
+        else:
+            per_expert = self._rows_per_expert(capacity, n_tokens, tokens_per_expert)
+            n_rows = self.n_experts * per_expert + 1  # [experts, C] rows + the spare row
+            slot_row = torch.where(keep, top_i * per_expert + rank, n_rows - 1).reshape(-1)
         row_token = torch.full((n_rows,), n_tokens, device=x.device, dtype=torch.long)
         row_token[slot_row] = torch.where(keep.reshape(-1), slot_token, n_tokens)
         row_weight = weights.new_zeros(n_rows)
@@ -259,28 +311,39 @@ class MoE(nn.Module):
         if use_grouped:
             out_rows = self._experts_grouped(rows, padded, n_rows)
         else:
-            out_rows = self._experts_loop(rows, padded, n_rows)
+            out = self._experts_padded(rows[:-1].view(self.n_experts, per_expert, self.dim))
+            out_rows = torch.cat([out.reshape(-1, self.dim), out.new_zeros(1, self.dim)])
         out_rows = out_rows * row_weight.to(out_rows.dtype)[:, None]
         y = out_rows.new_zeros(n_tokens + 1, self.dim).index_add_(0, row_token, out_rows)
         return y[:n_tokens].reshape(shape)
 
-    def _experts_loop(self, rows: torch.Tensor, padded: torch.Tensor, n_rows: int) -> torch.Tensor:
-        """One SwiGLU per expert over its contiguous rows; rows past the last group stay zero."""
-        outs, start = [], 0
-        # unbind once: its backward stacks the experts' gradients, where indexing w[e] per expert would add n
-        # full-size zero-padded gradients
-        w1, w3, w2 = self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0)
-        for e, count in enumerate(padded.tolist()):
-            if count == 0:
-                continue
-            xe = rows[start:start + count]
-            h = F.silu(F.linear(xe, w1[e])) * F.linear(xe, w3[e])
-            outs.append(F.linear(h, w2[e]))
-            start += count
-        tail = rows.new_zeros(n_rows - start, self.dim)
-        if outs:
-            tail = tail.to(outs[0].dtype)
-        return torch.cat(outs + [tail]) if outs else tail
+    def _rows_per_expert(self, capacity: int | None, n_tokens: int, tokens_per_expert: torch.Tensor) -> int:
+        """C of the padded layout: the capacity (static), or without one the largest count — over the EP group,
+        whose ranks must agree on the shapes they exchange (the only host read-back, dropless/eval only)."""
+        if capacity is not None:
+            return max(min(capacity, n_tokens), 1)  # an expert takes a token at most once
+        largest = tokens_per_expert.max().reshape(1)
+        if self.ep_group is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=self.ep_group)
+        return max(int(largest.item()), 1)
+
+    def _experts_padded(self, rows: torch.Tensor) -> torch.Tensor:
+        """SwiGLU of every expert on its [C, dim] rows as batched matmuls; [n_experts, C, dim] in and out.
+
+        With expert parallelism the rows of the experts another rank owns go there and come back (all-to-all).
+        """
+        w1, w3, w2 = (_shard(w) for w in (self.w1, self.w3, self.w2))
+        if self.ep_group is None:
+            return _swiglu_bmm(rows, w1, w3, w2)
+        ep, n_local, per_expert = self.ep_size, self.n_experts // self.ep_size, rows.shape[1]
+        # rows of the experts of owner q are contiguous ([q·n_local, (q+1)·n_local)): send block q to rank q
+        received = exchange(rows.reshape(ep, n_local * per_expert * self.dim), self.ep_group)
+        mine = received.view(ep, n_local, per_expert, self.dim).transpose(0, 1).reshape(n_local, -1, self.dim)
+        out = _swiglu_bmm(mine, w1, w3, w2)
+        back = out.reshape(n_local, ep, per_expert, -1).transpose(0, 1).reshape(ep, -1)
+        return exchange(back, self.ep_group).view(self.n_experts, per_expert, -1)
 
     def _experts_grouped(self, rows: torch.Tensor, padded: torch.Tensor, n_rows: int) -> torch.Tensor:
         """Three torch._grouped_mm calls; the last group also takes the tail rows (zeros), so offs[-1] = rows."""
