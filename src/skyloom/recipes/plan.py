@@ -131,7 +131,7 @@ def plan_session(recipe: Recipe, name: str, root: Path, hardware: HardwareConfig
         "schedule": {"kind": t.schedule, "lr": t.lr, "min_lr": t.min_lr, "warmup_steps": t.warmup_steps},
         "init_from": t.init_from, "continues_loader": cfg.data.init_loader_from_checkpoint,
         "layout": {"gpus": hardware.gpus, "data_parallel": dp, "pipeline_parallel": hardware.pipeline_parallel,
-                   "accumulation": accumulation, "parallel": t.parallel, "zero1": t.zero1},
+                   "accumulation": accumulation, "parallel": vars(t.parallel).copy(), "zero1": t.zero1},
         "sources": sources,
         "over_cap": [r["source"] for r in sources if r["epochs_total"] > r["max_epochs"] + 1e-9],
         "gpu_hours": gpu_seconds / 3600, "days": gpu_seconds / hardware.gpus / 86400,

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from skyloom.config import ConfigError
 from skyloom.model.config import ModelConfig
+from skyloom.train.parallel.config import ParallelConfig
 
 # A weight is a constant or a piecewise-linear schedule [[fraction_of_training, weight], ...].
 Weight = float | list[list[float]]
@@ -119,8 +120,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    parallel: Literal["ddp", "fsdp"] = "ddp"  # ddp = DDP + ZeRO-1 when zero1 is true
-    zero1: bool = True
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # also 'ddp' / 'fsdp' (train/parallel/config.py)
     activation_checkpointing: bool = False
     compile: bool = False
     seed: int = 0
@@ -130,6 +130,30 @@ class TrainConfig:
     log_every: int = 1  # metrics.jsonl gets every step; the console a line every `log_every` (non-TTY)
     tensorboard: bool = False
     peak_tflops: float | None = None  # per device, for MFU when the device's peak is unknown (e.g. CPU)
+
+    @classmethod
+    def expand_config(cls, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+        """Old spellings: `parallel: ddp | fsdp` and a top-level `zero1` become the `parallel` section."""
+        if "parallel" in data:
+            try:
+                data["parallel"] = ParallelConfig.from_value(data["parallel"])
+            except ConfigError as err:
+                raise ConfigError(f"{prefix}.parallel" if prefix else "parallel", str(err)) from None
+        if "zero1" in data:
+            zero1 = data.pop("zero1")
+            section = data.get("parallel")
+            section = dict(section) if isinstance(section, dict) else {}
+            if "zero1" in section and section["zero1"] != zero1:
+                key = f"{prefix}.zero1" if prefix else "zero1"
+                raise ConfigError(key, f"{zero1!r} contradicts parallel.zero1={section['zero1']!r}; give only one")
+            section["zero1"] = zero1
+            data["parallel"] = section
+        return data
+
+    @property
+    def zero1(self) -> bool:
+        """The old key, read from the parallel section."""
+        return self.parallel.zero1
 
     def validate(self) -> None:
         """Each rule names the one key it is about (no shared messages: the key is what the user edits)."""
@@ -233,6 +257,7 @@ class RunConfig:
         if self.seq_len > self.model.max_seq_len:
             raise ConfigError("data.seq_len", f"{self.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; "
                                               "raise model.max_seq_len or lower data.seq_len")
+        self.train.parallel.check_model(self.model)
         if self.train.global_batch_tokens % self.seq_len:
             raise ConfigError("train.global_batch_tokens",
                               f"{self.train.global_batch_tokens} is not a multiple of seq_len={self.seq_len}")

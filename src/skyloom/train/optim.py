@@ -13,7 +13,7 @@ later MoE setup uses to give experts or routers their own learning rates (`lr_sc
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -54,9 +54,11 @@ def build_optimizer(
     cfg: TrainConfig,
     *,
     zero1: bool = False,
+    zero1_group=None,
     lr_scale_fn: Callable[[str, nn.Parameter], float] | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW(β=cfg.betas, eps=cfg.eps), wrapped in ZeroRedundancyOptimizer (ZeRO-1) when `zero1`."""
+    """AdamW(β=cfg.betas, eps=cfg.eps), wrapped in ZeroRedundancyOptimizer (ZeRO-1) when `zero1` — sharded over
+    `zero1_group` (the data-parallel ranks of a pipeline/tensor-parallel layout; None = every rank)."""
     groups = [{k: v for k, v in g.items() if k != "names"}
               for g in param_groups(model, cfg.weight_decay, lr_scale_fn)]
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
@@ -68,7 +70,7 @@ def build_optimizer(
     if zero1:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
-        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **kwargs)
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, process_group=zero1_group, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
 
 

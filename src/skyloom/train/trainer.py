@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -34,12 +35,19 @@ from skyloom.model.transformer import Transformer
 from skyloom.train.callback_registry import build_callbacks
 from skyloom.train.callbacks import Callback
 from skyloom.train.checkpointer import (  # noqa: F401  (some re-exported)
-    CallbackStates, Checkpointer, TrainerState, TrainingAborted, config_changes, find_checkpoint,
+    CallbackStates,
+    Checkpointer,
+    TrainerState,
+    TrainingAborted,
+    config_changes,
+    find_checkpoint,
 )
 from skyloom.train.config import RunConfig
 from skyloom.train.distributed import DistEnv, all_reduce_sum, init_distributed
 from skyloom.train.metrics import MetricsLogger
 from skyloom.train.optim import build_optimizer, lr_at, set_lr
+from skyloom.train.parallel.apply import enable_activation_checkpointing, parallelize  # noqa: F401  (re-exported)
+from skyloom.train.parallel.mesh import build_mesh, data_parallel_rank, sub_mesh
 from skyloom.train.standard_callbacks import default_callbacks
 
 
@@ -54,19 +62,6 @@ def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | No
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
-
-
-def enable_activation_checkpointing(model: Transformer) -> None:
-    """Recompute each block's activations in backward (saves memory, costs ~1/3 more compute)."""
-    from torch.utils.checkpoint import checkpoint
-
-    for block in model.layers:
-        inner = block.forward
-
-        def forward(*args, _inner=inner):
-            return checkpoint(_inner, *args, use_reentrant=False)
-
-        block.forward = forward
 
 
 def plan_text(cfg: RunConfig, loader, run_dir: Path, layout: str, world_size: int, rows=None) -> str:
@@ -148,7 +143,12 @@ class Trainer:
         self.logger: MetricsLogger | None = None
         self.autocast_dtype = autocast_dtype_for(cfg.train.precision, self.device)
         self.precision_name = "bf16" if self.autocast_dtype is not None else "fp32"
-        self.fsdp = cfg.train.parallel == "fsdp" and self.env.distributed
+        self.parallel = cfg.train.parallel.resolved(self.env.world_size)  # refused here when it does not fit
+        self.mesh = build_mesh(self.parallel, self.env.world_size, self.device.type)
+        self.dp_rank, self.dp_size = data_parallel_rank(self.parallel, self.env.rank)
+        self.fsdp = self.parallel.dp_shard > 1
+        # ranks holding each data-parallel slot's loss: its tensor-parallel ranks (pipelines: the last stage's)
+        self.loss_copies = self.parallel.tp
         self.total_steps = total_steps_for(cfg)
         self.seq_len = cfg.seq_len
         self.global_windows = cfg.train.global_batch_tokens // self.seq_len
@@ -161,7 +161,7 @@ class Trainer:
 
         self.tokenizer = load_tokenizer(cfg)
         self.loader = batch_source if batch_source is not None else \
-            build_mixture_loader(cfg, self.tokenizer, self.env.rank, self.env.world_size)
+            build_mixture_loader(cfg, self.tokenizer, self.dp_rank, self.dp_size)
         self.callbacks: list[Callback] = [*default_callbacks(cfg, self.tokenizer), *build_callbacks(cfg.callbacks),
                                           *callbacks]
 
@@ -176,8 +176,11 @@ class Trainer:
             from skyloom.train.moe import lr_scale_fn_for
 
             lr_scale_fn = lr_scale_fn_for(cfg.model.moe)
-        use_zero = self.env.distributed and not self.fsdp and cfg.train.zero1
-        self.optimizer = build_optimizer(self.raw_model, cfg.train, zero1=use_zero, lr_scale_fn=lr_scale_fn)
+        p = self.parallel
+        zero1_group = sub_mesh(self.mesh, "dp_replicate").get_group() \
+            if p.zero1 and p.dp_replicate > 1 and p.dp_shard == 1 else None
+        self.optimizer = build_optimizer(self.raw_model, cfg.train, zero1=zero1_group is not None,
+                                         zero1_group=zero1_group, lr_scale_fn=lr_scale_fn)
 
         self.checkpointer = Checkpointer(
             cfg, self.run_dir, self.env, model=self.model, raw_model=self.raw_model, optimizer=self.optimizer,
@@ -220,8 +223,6 @@ class Trainer:
         more than its shards — a 13B model is not built 8 times over on an 8-GPU node."""
         with torch.device("meta"):
             model = Transformer(self.cfg.model)
-        if self.cfg.train.activation_checkpointing:
-            enable_activation_checkpointing(model)
         return model
 
     def _materialize(self, model: torch.nn.Module) -> None:
@@ -235,32 +236,20 @@ class Trainer:
         torch.manual_seed(self.cfg.train.seed)
         model.init_weights()
 
-    def _wrap(self, model: Transformer) -> torch.nn.Module:
-        if self.cfg.train.compile:
-            for block in model.layers:
-                block.compile()
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The layout applied to the model (or one pipeline stage): train/parallel/apply.py."""
+        mixed_precision = self.autocast_dtype
         if self.fsdp:
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-                if self.autocast_dtype is not None else MixedPrecisionPolicy()
-            self.autocast_dtype = None  # the policy casts; no autocast on top
-            for block in model.layers:
-                fully_shard(block, mp_policy=mp)
-            fully_shard(model, mp_policy=mp)
-            return model  # on meta: `_materialize` gives each rank its shards on its device
-        if self.env.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self._materialize(model)  # DDP broadcasts rank 0's weights when built: they must exist
-            return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        return model
+            self.autocast_dtype = None  # FSDP2's MixedPrecisionPolicy casts; no autocast on top
+        return parallelize(model, self.parallel, self.mesh, device=self.device, mixed_precision=mixed_precision,
+                           compile=self.cfg.train.compile,
+                           activation_checkpointing=self.cfg.train.activation_checkpointing,
+                           materialize=self._materialize)
 
     def plan_text(self, rows=None) -> str:
-        layout = ("FSDP2" if self.fsdp else ("DDP + ZeRO-1" if self.env.distributed and self.cfg.train.zero1
-                                            else ("DDP" if self.env.distributed else "single process")))
+        layout = self.parallel.describe()
         return plan_text(self.cfg, self.loader, self.run_dir, f"{self.device} × {self.env.world_size} rank(s), "
-                         f"{layout}, {self.precision_name}", self.env.world_size, rows)
+                         f"{layout}, {self.precision_name}", self.dp_size, rows)
 
     # ---- hooks, validation, checkpoints ----
 
@@ -305,7 +294,7 @@ class Trainer:
 
     def _forward_backward(self, batches: list, n_global: int) -> torch.Tensor:
         """Every micro-batch's forward and backward; returns the sum of token losses (this rank, float64)."""
-        world = self.env.world_size
+        dp = self.dp_size
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
@@ -313,8 +302,8 @@ class Trainer:
                                                           enabled=self.autocast_dtype is not None):
                 logits = self.model(batch.input_ids, position_ids=batch.position_ids, attn_mask=batch.attn_mask)
                 token_loss = lm_loss.token_loss(logits, batch.labels)  # float32 sum over labels ≠ -100
-                # gradient of sum/n_global; ×world because DDP/FSDP average gradients over ranks
-                loss = token_loss * (world / max(n_global, 1))
+                # gradient of sum/n_global; ×dp because DDP/FSDP average gradients over the data-parallel ranks
+                loss = token_loss * (dp / max(n_global, 1))
                 for cb in self.callbacks:
                     extra = cb.extra_loss(self, batch)
                     if extra is not None:
@@ -332,13 +321,16 @@ class Trainer:
         self._call("pre_step")
         batches = [b.to(self.device) for b in self.loader.next_batches()]
         n_local = sum(b.n_targets for b in batches)
-        n_global = int(all_reduce_sum(torch.tensor([n_local], dtype=torch.float64, device=self.device)).item())
+        # every rank of one data-parallel slot (its pipeline stages, tensor-parallel ranks) holds the same batch
+        copies = self.env.world_size // self.dp_size
+        n_global = int(all_reduce_sum(torch.tensor([n_local], dtype=torch.float64, device=self.device)).item()) \
+            // copies
         loss_sum = self._forward_backward(batches, n_global)
         self._call("post_backward")
         grad_value = self._clip_gradients()
         stop = 1.0 if self.stop_signal is not None else 0.0
         totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(stop, dtype=torch.float64, device=self.device)]))
-        loss_value = float(totals[0]) / max(n_global, 1)
+        loss_value = float(totals[0]) / self.loss_copies / max(n_global, 1)
         self.stop_requested = float(totals[1]) > 0
         lr = lr_at(self.step, self.cfg.train, self.total_steps)
         finite = math.isfinite(loss_value) and math.isfinite(grad_value)
@@ -364,7 +356,7 @@ class Trainer:
         if self.fsdp:
             self.model.set_requires_gradient_sync(sync)
             return contextlib.nullcontext()
-        if self.env.distributed and not sync:
+        if not sync and hasattr(self.model, "no_sync"):  # DDP
             return self.model.no_sync()
         return contextlib.nullcontext()
 

@@ -1,0 +1,93 @@
+"""`parallelize`: apply the layout to a model (or one pipeline stage) in torchtitan's order.
+
+1. tensor + sequence parallelism (DTensor plans, train/parallel/tensor.py) — before anything wraps the modules;
+2. expert parallelism (train/parallel/expert.py);
+3. activation checkpointing per block (recompute in backward);
+4. torch.compile per block;
+5. data parallelism: FSDP2 `fully_shard` per block and on the root (HSDP when dp_replicate > 1 too), else DDP over
+   the dp_replicate ranks (ZeRO-1 is the optimizer's part, train/optim.py).
+Pipeline stages are cut before this (train/parallel/pipeline.py); each stage module goes through here on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+from skyloom.train.parallel.config import ParallelConfig
+from skyloom.train.parallel.mesh import sub_mesh
+
+
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a model or a pipeline stage (`layers` is a ModuleList or a ModuleDict)."""
+    layers = model.layers
+    return list(layers.values()) if isinstance(layers, nn.ModuleDict) else list(layers)
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in backward (saves memory, costs ~1/3 more compute)."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in blocks_of(model):
+        inner = block.forward
+
+        def forward(*args, _inner=inner):
+            return checkpoint(_inner, *args, use_reentrant=False)
+
+        block.forward = forward
+
+
+def parallelize(
+    model: nn.Module,
+    pcfg: ParallelConfig,
+    mesh: DeviceMesh | None,
+    *,
+    device: torch.device,
+    mixed_precision: torch.dtype | None = None,
+    compile: bool = False,
+    activation_checkpointing: bool = False,
+    materialize: Callable[[nn.Module], None] | None = None,
+) -> nn.Module:
+    """The model as the step runs it (the same object, or a DDP wrapper); `pcfg` must be resolved.
+
+    With FSDP2 (`dp_shard > 1`) `mixed_precision` becomes its MixedPrecisionPolicy (bf16 parameters, fp32
+    gradient reduction) and the caller must not autocast on top; otherwise the caller autocasts.
+    A model built on `meta` is given storage by `materialize` once it is sharded (FSDP/TP/EP) and before DDP, which
+    broadcasts rank 0's weights when it is built.
+    """
+    if pcfg.tp > 1:  # ---- TP/SP: H16-TP, train/parallel/tensor.py ----
+        from skyloom.train.parallel.tensor import apply_tensor_parallel
+
+        apply_tensor_parallel(model, sub_mesh(mesh, "tp"), pcfg.sequence_parallel)
+    if pcfg.ep > 1:  # ---- EP: H16-EP, train/parallel/expert.py ----
+        from skyloom.train.parallel.expert import apply_expert_parallel, expert_mesh
+
+        apply_expert_parallel(model, expert_mesh(mesh, pcfg))
+    if activation_checkpointing:
+        enable_activation_checkpointing(model)
+    if compile:
+        for block in blocks_of(model):
+            block.compile()
+    if pcfg.dp_shard > 1:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32) \
+            if mixed_precision is not None else MixedPrecisionPolicy()
+        dp_mesh = sub_mesh(mesh, "dp_replicate", "dp_shard")
+        for block in blocks_of(model):
+            fully_shard(block, mesh=dp_mesh, mp_policy=mp)
+        fully_shard(model, mesh=dp_mesh, mp_policy=mp)
+    if materialize is not None:
+        materialize(model)
+    if pcfg.dp_shard > 1:
+        return model
+    if pcfg.dp_replicate > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dp_mesh = sub_mesh(mesh, "dp_replicate")
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                   process_group=dp_mesh.get_group())
+    return model
