@@ -1,4 +1,5 @@
-"""Few-shot benchmarks by name: `mmlu`, `ceval`, `cmmlu` (multiple choice) and `gsm8k` (generation).
+"""Benchmarks by name — any task in the registry (`skyloom.eval.tasks`): `mmlu`, `ceval`, `cmmlu` (multiple
+choice), `gsm8k` (generation), `gsm8k-chat`, `math-zh` (zero-shot in a chat template), and any registered one.
 
 `--task NAME[:PATH]` — PATH is the benchmark's directory; without it the copy in the shared data folder
 (`$SKYLOOM_SHARED_DATA`, default `../shared/data`) is used where one exists (C-Eval, CMMLU, GSM8K; MMLU
@@ -13,18 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from skyloom.eval.lm import LanguageModel, Sampling
+from skyloom.eval.tasks import Task, TaskOptions, get_task
 from skyloom.eval.textdata import shared_data_dir
-
-TASKS = {
-    # name: (kind, default folder under the shared data, default shots)
-    "mmlu": ("multiple_choice", None, 5),
-    "ceval": ("multiple_choice", "ceval", 5),
-    "cmmlu": ("multiple_choice", "cmmlu", 5),
-    "gsm8k": ("generation", "gsm8k", 8),
-    # zero-shot math in a chat template (skyloom/eval/math.py): GSM8K test, or any math JSONL given as PATH
-    "gsm8k-chat": ("math", "gsm8k/test.jsonl", 0),
-    "math-zh": ("math", None, 0),
-}
 
 
 @dataclass(frozen=True)
@@ -33,26 +24,24 @@ class TaskSpec:
     path: Path
 
     @property
+    def task(self) -> Task:
+        return get_task(self.name)
+
+    @property
     def kind(self) -> str:
-        return TASKS[self.name][0]
+        return self.task.kind
 
 
 def parse_task(spec: str) -> TaskSpec:
-    """`NAME` or `NAME:PATH` → TaskSpec; unknown names and missing paths are named in the error."""
+    """`NAME` or `NAME:PATH` → TaskSpec for any registered task; unknown names and missing paths are named."""
     name, _, path = spec.partition(":")
     name = name.strip().lower()
-    if name not in TASKS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(TASKS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"unknown task {name!r}{hint}; known: {', '.join(TASKS)}")
+    task = get_task(name)
     if path:
         return TaskSpec(name, Path(path))
-    default = TASKS[name][1]
-    if default is None:
+    if task.default_path is None:
         raise ValueError(f"task {name!r} needs a path: --task {name}:DIR (a folder with dev/ and test/ CSVs)")
-    return TaskSpec(name, shared_data_dir() / default)
+    return TaskSpec(name, shared_data_dir() / task.default_path)
 
 
 def run_task(lm: LanguageModel, spec: TaskSpec, shots: int | None = None, limit: int | None = None,
@@ -60,25 +49,17 @@ def run_task(lm: LanguageModel, spec: TaskSpec, shots: int | None = None, limit:
              max_new_tokens: int = 256, sampling: Sampling | None = None
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run one benchmark; (results JSON, per-item records)."""
-    k = TASKS[spec.name][2] if shots is None else shots
+    task = spec.task
+    k = task.default_shots if shots is None else shots
     if k < 0:
         raise ValueError(f"shots must be ≥ 0, got {k}")
-    if spec.kind == "math":
-        from skyloom.eval.math import evaluate_math
-
-        result, records = evaluate_math(lm, spec.path, task=spec.name, limit=limit, max_new_tokens=max_new_tokens,
-                                        sampling=sampling)
+    options = TaskOptions(shots=k if task.takes_shots else 0, limit=limit, fmt=fmt, split=split, subjects=subjects,
+                          max_new_tokens=max_new_tokens, sampling=sampling)
+    result, records = task.evaluate(lm, spec.path, options)
+    if not task.takes_shots:
         result["shots_requested"] = k
         result["warnings"] = [f"{spec.name}: zero-shot in a chat template; --shots {k} is ignored"] if k else []
-        return result, records
-    if spec.kind == "generation":
-        from skyloom.eval.gsm8k import evaluate_gsm8k
-
-        return evaluate_gsm8k(lm, spec.path, shots=k, limit=limit, max_new_tokens=max_new_tokens, sampling=sampling)
-    from skyloom.eval.multiple_choice import evaluate_multiple_choice
-
-    return evaluate_multiple_choice(lm, spec.name, spec.path, shots=k, fmt=fmt, split=split, limit=limit,
-                                    subjects=subjects)
+    return result, records
 
 
 def write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:

@@ -21,10 +21,12 @@ import hashlib
 import json
 import re
 from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from skyloom.eval.lm import LanguageModel, Sampling
+from skyloom.eval.tasks import Task, TaskOptions
 from skyloom.eval.textdata import iter_jsonl
 
 CALC_ANNOTATION = re.compile(r"<<[^<>]*>>")
@@ -105,39 +107,74 @@ def evaluate_gsm8k(lm: LanguageModel, path: Path, shots: int = 8, limit: int | N
                    max_new_tokens: int = 256, sampling: Sampling | None = None
                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score GSM8K; returns (results JSON, per-problem records with prompt, completion and extraction)."""
-    test_file, train_file = resolve_files(path)
-    problems = read_problems(test_file)
-    if limit:
-        problems = problems[:limit]
-    exemplars = read_problems(train_file)[:shots] if shots > 0 else []
-    prompts = [build_prompt(p["question"], exemplars) for p in problems]
-    prompt_ids = lm.encode_batch(prompts)
-    completions = lm.generate(prompt_ids, max_new_tokens=max_new_tokens, stop=STOP, sampling=sampling,
-                              desc=f"gsm8k ({len(problems)} problems)")
-    records, correct, invalid = [], 0, 0
-    digest = hashlib.sha256()
-    for i, (p, prompt, completion) in enumerate(zip(problems, prompts, completions)):
-        gold = gold_answer(p["answer"], p["where"])
-        predicted = extract_answer(completion)
-        ok = predicted is not None and predicted == gold
-        correct += ok
-        invalid += predicted is None
-        records.append({"id": f"gsm8k/{i}", "where": p["where"], "context": prompt, "completion": completion,
-                        "gold": format(gold, "f"), "prediction": None if predicted is None else format(predicted, "f"),
-                        "correct": ok})
-        digest.update(json.dumps({"id": f"gsm8k/{i}", "context": prompt}, ensure_ascii=False,
-                                 sort_keys=True).encode("utf-8") + b"\n")
-    n = len(records)
-    truncated = sum(len(ids) > lm.max_length - max_new_tokens for ids in prompt_ids)
-    warnings = [f"gsm8k: {train_file} has {len(exemplars)} problem(s), fewer than the {shots} exemplars asked for; "
-                f"scored {len(exemplars)}-shot"] if len(exemplars) < shots else []
-    result = {
-        "task": "gsm8k", "kind": "generation", "path": str(test_file), "shots": len(exemplars),
-        "shots_requested": shots, "warnings": warnings, "limit": limit,
-        "overall": {"acc": correct / n if n else float("nan"), "n": n, "invalid": invalid},
-        "subjects": {"gsm8k": {"n": n, "acc": correct / n if n else float("nan"), "shots": len(exemplars)}},
-        "generation": {"max_new_tokens": max_new_tokens, "stop": list(STOP),
-                       "sampling": vars(sampling) if sampling else "greedy"},
-        "prompt_sha256": digest.hexdigest(), "truncated_prompts": truncated,
-    }
-    return result, records
+    options = TaskOptions(shots=shots, limit=limit, max_new_tokens=max_new_tokens, sampling=sampling)
+    return Gsm8kTask().evaluate(lm, path, options)
+
+
+@dataclass
+class _Problems:
+    test_file: Path
+    train_file: Path
+    problems: list[dict[str, Any]]
+    exemplars: list[dict[str, Any]]
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    max_length: int = 0  # the model's context, recorded with the prompts
+
+
+class Gsm8kTask(Task):
+    """GSM8K, K-shot by greedy generation; the number after `#### ` (or the last number) is the answer."""
+
+    name = "gsm8k"
+    kind = "generation"
+    default_path = "gsm8k"
+    default_shots = 8
+
+    def load(self, path: Path, options: TaskOptions) -> _Problems:
+        test_file, train_file = resolve_files(path)
+        problems = read_problems(test_file)
+        if options.limit:
+            problems = problems[:options.limit]
+        exemplars = read_problems(train_file)[:options.shots] if options.shots > 0 else []
+        return _Problems(test_file, train_file, problems, exemplars)
+
+    def requests(self, lm: LanguageModel, data: _Problems, options: TaskOptions) -> list[str]:
+        prompts = [build_prompt(p["question"], data.exemplars) for p in data.problems]
+        data.prompt_ids, data.max_length = lm.encode_batch(prompts), lm.max_length
+        return prompts
+
+    def score(self, lm: LanguageModel, data: _Problems, requests: list[str], options: TaskOptions
+              ) -> list[dict[str, Any]]:
+        completions = lm.generate(data.prompt_ids, max_new_tokens=options.max_new_tokens, stop=STOP,
+                                  sampling=options.sampling, desc=f"gsm8k ({len(data.problems)} problems)")
+        records = []
+        for i, (p, prompt, completion) in enumerate(zip(data.problems, requests, completions)):
+            gold = gold_answer(p["answer"], p["where"])
+            predicted = extract_answer(completion)
+            records.append({"id": f"gsm8k/{i}", "where": p["where"], "context": prompt, "completion": completion,
+                            "gold": format(gold, "f"),
+                            "prediction": None if predicted is None else format(predicted, "f"),
+                            "correct": predicted is not None and predicted == gold})
+        return records
+
+    def aggregate(self, data: _Problems, records: list[dict[str, Any]], options: TaskOptions) -> dict[str, Any]:
+        shots, exemplars, max_new_tokens, sampling = options.shots, data.exemplars, options.max_new_tokens, \
+            options.sampling
+        correct = sum(r["correct"] for r in records)
+        invalid = sum(r["prediction"] is None for r in records)
+        digest = hashlib.sha256()
+        for r in records:
+            digest.update(json.dumps({"id": r["id"], "context": r["context"]}, ensure_ascii=False,
+                                     sort_keys=True).encode("utf-8") + b"\n")
+        n = len(records)
+        truncated = sum(len(ids) > data.max_length - max_new_tokens for ids in data.prompt_ids)
+        warnings = [f"gsm8k: {data.train_file} has {len(exemplars)} problem(s), fewer than the {shots} exemplars "
+                    f"asked for; scored {len(exemplars)}-shot"] if len(exemplars) < shots else []
+        return {
+            "task": "gsm8k", "kind": "generation", "path": str(data.test_file), "shots": len(exemplars),
+            "shots_requested": shots, "warnings": warnings, "limit": options.limit,
+            "overall": {"acc": correct / n if n else float("nan"), "n": n, "invalid": invalid},
+            "subjects": {"gsm8k": {"n": n, "acc": correct / n if n else float("nan"), "shots": len(exemplars)}},
+            "generation": {"max_new_tokens": max_new_tokens, "stop": list(STOP),
+                           "sampling": vars(sampling) if sampling else "greedy"},
+            "prompt_sha256": digest.hexdigest(), "truncated_prompts": truncated,
+        }

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 from skyloom.eval.gsm8k import ANSWER_IS, MARKER, extract_answer, normalize_number
 from skyloom.eval.lm import LanguageModel, Sampling
+from skyloom.eval.tasks import Task, TaskOptions
 from skyloom.tokenizer.corpus import iter_records
 
 ANNOTATION = re.compile(r"<<([^<>]*)>>")
@@ -209,38 +210,75 @@ def evaluate_math(lm: LanguageModel, path: Path, task: str = "math", template: s
                   group_by: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Zero-shot accuracy on a math JSONL in a chat template; (results JSON, per-problem records).
     `group_by` names a record field (e.g. "steps") to report accuracy per value of it as subjects."""
-    from skyloom.tokenizer.chat import Message, TemplateEncoder, get_template
+    options = TaskOptions(limit=limit, max_new_tokens=max_new_tokens, sampling=sampling)
+    return MathTask(task, None, template=template, group_by=group_by).evaluate(lm, path, options)
 
-    name = resolve_template(lm, template)
-    chat = get_template(name)
-    encoder = TemplateEncoder(chat, _LMTokens(lm))
-    problems = read_math_problems(path, limit)
-    prompts = [encoder.encode([Message("user", p["question"])], add_generation_prompt=True)[0] for p in problems]
-    stop = tuple(chat.stop_tokens) + ("<|endoftext|>", "</s>")
-    completions = lm.generate(prompts, max_new_tokens=max_new_tokens, stop=stop, sampling=sampling,
-                              desc=f"{task} ({len(problems)} problems)")
-    records, digest = [], hashlib.sha256()
-    subjects: dict[str, list[bool]] = {}
-    for i, (p, ids, completion) in enumerate(zip(problems, prompts, completions)):
-        g = grade(completion, p["gold"])
-        key = str(p["meta"].get(group_by, "?")) if group_by else task
-        subjects.setdefault(key, []).append(g.correct)
-        records.append({"id": f"{task}/{i}", "where": p["where"], "question": p["question"], "completion": completion,
-                        "gold": format(p["gold"], "f"),
-                        "prediction": None if g.predicted is None else format(g.predicted, "f"),
-                        "correct": g.correct, "annotations_ok": g.annotations_ok, **p["meta"]})
-        digest.update(json.dumps({"id": f"{task}/{i}", "prompt": ids}).encode() + b"\n")
-    n = len(records)
-    correct = sum(r["correct"] for r in records)
-    result = {
-        "task": task, "kind": "generation", "path": str(path), "shots": 0, "template": name, "limit": limit,
-        "overall": {"acc": correct / n if n else float("nan"), "n": n,
-                    "invalid": sum(r["prediction"] is None for r in records),
-                    "annotations_ok": sum(r["annotations_ok"] for r in records) / n if n else float("nan")},
-        "subjects": {k: {"n": len(v), "acc": sum(v) / len(v), "acc_norm": sum(v) / len(v)}
-                     for k, v in sorted(subjects.items())},
-        "generation": {"max_new_tokens": max_new_tokens, "stop": list(stop),
-                       "sampling": vars(sampling) if sampling else "greedy"},
-        "prompt_sha256": digest.hexdigest(),
-    }
-    return result, records
+
+@dataclass
+class _MathSet:
+    path: Path
+    problems: list[dict[str, Any]]
+    template: str = ""  # resolved when the prompts are built
+    stop: tuple[str, ...] = ()
+    prompts: list[list[int]] = field(default_factory=list)  # token ids, as sent
+
+
+class MathTask(Task):
+    """Zero-shot math in the model's chat template, graded by final answer (and its `<<…>>` annotations)."""
+
+    kind = "generation"
+    takes_shots = False
+
+    def __init__(self, name: str, default_path: str | None, template: str = "auto", group_by: str | None = None):
+        self.name, self.default_path, self.template, self.group_by = name, default_path, template, group_by
+
+    def load(self, path: Path, options: TaskOptions) -> _MathSet:
+        return _MathSet(path, read_math_problems(path, options.limit))
+
+    def requests(self, lm: LanguageModel, data: _MathSet, options: TaskOptions) -> list[list[int]]:
+        from skyloom.tokenizer.chat import Message, TemplateEncoder, get_template
+
+        data.template = resolve_template(lm, self.template)
+        chat = get_template(data.template)
+        encoder = TemplateEncoder(chat, _LMTokens(lm))
+        data.stop = tuple(chat.stop_tokens) + ("<|endoftext|>", "</s>")
+        data.prompts = [encoder.encode([Message("user", p["question"])], add_generation_prompt=True)[0]
+                        for p in data.problems]
+        return data.prompts
+
+    def score(self, lm: LanguageModel, data: _MathSet, requests: list[list[int]], options: TaskOptions
+              ) -> list[dict[str, Any]]:
+        task = self.name
+        completions = lm.generate(requests, max_new_tokens=options.max_new_tokens, stop=data.stop,
+                                  sampling=options.sampling, desc=f"{task} ({len(data.problems)} problems)")
+        records = []
+        for i, (p, completion) in enumerate(zip(data.problems, completions)):
+            g = grade(completion, p["gold"])
+            records.append({"id": f"{task}/{i}", "where": p["where"], "question": p["question"],
+                            "completion": completion, "gold": format(p["gold"], "f"),
+                            "prediction": None if g.predicted is None else format(g.predicted, "f"),
+                            "correct": g.correct, "annotations_ok": g.annotations_ok, **p["meta"]})
+        return records
+
+    def aggregate(self, data: _MathSet, records: list[dict[str, Any]], options: TaskOptions) -> dict[str, Any]:
+        subjects: dict[str, list[bool]] = {}
+        for p, r in zip(data.problems, records):
+            key = str(p["meta"].get(self.group_by, "?")) if self.group_by else self.name
+            subjects.setdefault(key, []).append(r["correct"])
+        digest = hashlib.sha256()
+        for i, ids in enumerate(data.prompts):
+            digest.update(json.dumps({"id": f"{self.name}/{i}", "prompt": ids}).encode() + b"\n")
+        n = len(records)
+        correct = sum(r["correct"] for r in records)
+        return {
+            "task": self.name, "kind": "generation", "path": str(data.path), "shots": 0, "template": data.template,
+            "limit": options.limit,
+            "overall": {"acc": correct / n if n else float("nan"), "n": n,
+                        "invalid": sum(r["prediction"] is None for r in records),
+                        "annotations_ok": sum(r["annotations_ok"] for r in records) / n if n else float("nan")},
+            "subjects": {k: {"n": len(v), "acc": sum(v) / len(v), "acc_norm": sum(v) / len(v)}
+                         for k, v in sorted(subjects.items())},
+            "generation": {"max_new_tokens": options.max_new_tokens, "stop": list(data.stop),
+                           "sampling": vars(options.sampling) if options.sampling else "greedy"},
+            "prompt_sha256": digest.hexdigest(),
+        }

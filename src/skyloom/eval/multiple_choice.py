@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from skyloom.eval.lm import LanguageModel
+from skyloom.eval.tasks import Task, TaskOptions
 
 LETTERS = ("A", "B", "C", "D")
 FORMATS = ("letter", "text")
@@ -251,60 +252,106 @@ def evaluate_multiple_choice(lm: LanguageModel, task: str, root: Path, shots: in
                              split: str | None = None, limit: int | None = None,
                              subjects: Sequence[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score one benchmark; returns (results JSON, per-question records with prompts and predictions)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
-    template = TEMPLATES[task]
-    questions, exemplars, split = load_benchmark(root, split, shots, limit, subjects)
-    records: list[dict[str, Any]] = []
-    requests: list[tuple[list[int], list[int]]] = []
-    flat = [q for qs in questions.values() for q in qs]
-    if not flat:
-        raise ValueError(f"{root / split}: no questions to score")
-    contexts = [build_prompt(q, exemplars[q.subject], template, fmt) for q in flat]
-    context_ids = lm.encode_batch([c for c, _ in contexts])
-    whole_ids = lm.encode_batch([context + c for context, conts in contexts for c in conts])
-    truncated = 0
-    for k, (q, (context, continuations), ids) in enumerate(zip(flat, contexts, context_ids)):
-        conts = [split_pair(ids, whole_ids[4 * k + j], lambda c=c: lm.encode(c)) for j, c in enumerate(continuations)]
-        truncated += int(len(ids) + max(len(c) for c in conts) - 1 > lm.max_length)
-        requests += [(ids, c) for c in conts]
-        records.append({"id": f"{q.subject}/{q.index}", "subject": q.subject, "where": q.where,
-                        "context": context, "continuations": continuations, "answer": q.answer})
-    scores = lm.loglikelihood(requests, desc=f"{task} ({len(flat)} questions)")
-    per_subject: dict[str, dict[str, Any]] = {}
-    for k, r in enumerate(records):
-        lls = np.array([s[0] for s in scores[4 * k: 4 * k + 4]])
-        lengths = np.array([max(len(c), 1) for c in r["continuations"]], dtype=np.float64)
-        gold = LETTERS.index(r["answer"])
-        r["loglikelihoods"] = lls.tolist()
-        r["prediction"] = LETTERS[int(np.argmax(lls))]
-        r["prediction_norm"] = LETTERS[int(np.argmax(lls / lengths))]
-        r["correct"] = int(np.argmax(lls)) == gold
-        r["correct_norm"] = int(np.argmax(lls / lengths)) == gold
-        s = per_subject.setdefault(r["subject"], {"n": 0, "correct": 0, "correct_norm": 0})
-        s["n"] += 1
-        s["correct"] += r["correct"]
-        s["correct_norm"] += r["correct_norm"]
-    subjects_out = {}
-    for subject, s in per_subject.items():
-        subject_records = [r for r in records if r["subject"] == subject]
-        subjects_out[subject] = {"n": s["n"], "acc": s["correct"] / s["n"], "acc_norm": s["correct_norm"] / s["n"],
-                                 "shots": len(exemplars[subject]), "prompt_sha256": requests_sha256(subject_records)}
-    short = {name: s["shots"] for name, s in subjects_out.items() if s["shots"] < shots}
-    warnings = [f"{task}: {len(short)} of {len(subjects_out)} subject(s) have fewer than {shots} dev exemplars and "
-                f"were scored with fewer: " + ", ".join(f"{name} ({k})" for name, k in short.items())] if short else []
-    n = len(records)
-    overall = {
-        "acc": float(np.mean([s["acc"] for s in subjects_out.values()])) if subjects_out else float("nan"),
-        "acc_norm": float(np.mean([s["acc_norm"] for s in subjects_out.values()])) if subjects_out else float("nan"),
-        "acc_micro": sum(r["correct"] for r in records) / n if n else float("nan"),
-        "acc_norm_micro": sum(r["correct_norm"] for r in records) / n if n else float("nan"),
-        "n": n, "subjects": len(subjects_out),
-    }
-    result = {
-        "task": task, "kind": "multiple_choice", "path": str(root), "split": split,
-        "shots": min(s["shots"] for s in subjects_out.values()), "shots_requested": shots, "format": fmt,
-        "limit": limit, "overall": overall, "subjects": subjects_out, "prompt_sha256": requests_sha256(records),
-        "truncated_prompts": truncated, "chance": 0.25, "warnings": warnings,
-    }
-    return result, records
+    from skyloom.eval.tasks import TaskOptions
+
+    options = TaskOptions(shots=shots, fmt=fmt, split=split, limit=limit, subjects=subjects)
+    return MultipleChoiceTask(task, None).evaluate(lm, root, options)
+
+
+@dataclass
+class _Benchmark:
+    root: Path
+    split: str
+    questions: list[Question]  # every subject's, in order
+    exemplars: dict[str, list[Question]]
+    template: Template
+    truncated: int = 0  # prompts (with an option) longer than the model's context, set when requests are built
+
+
+class MultipleChoiceTask(Task):
+    """MMLU-format benchmarks (MMLU, C-Eval, CMMLU): the option with the highest log-likelihood is the answer."""
+
+    kind = "multiple_choice"
+    default_shots = 5
+
+    def __init__(self, name: str, default_path: str | None):
+        self.name, self.default_path = name, default_path
+
+    def load(self, path: Path, options: TaskOptions) -> _Benchmark:
+        if options.fmt not in FORMATS:
+            raise ValueError(f"unknown format {options.fmt!r}; choose {', '.join(FORMATS)}")
+        template = TEMPLATES[self.name]
+        questions, exemplars, split = load_benchmark(path, options.split, options.shots, options.limit,
+                                                     options.subjects)
+        flat = [q for qs in questions.values() for q in qs]
+        if not flat:
+            raise ValueError(f"{path / split}: no questions to score")
+        return _Benchmark(path, split, flat, exemplars, template)
+
+    def requests(self, lm: LanguageModel, data: _Benchmark, options: TaskOptions
+                 ) -> tuple[list[dict[str, Any]], list[tuple[list[int], list[int]]], int]:
+        """(a record per question, (context ids, continuation ids) per option, prompts longer than the model)."""
+        contexts = [build_prompt(q, data.exemplars[q.subject], data.template, options.fmt) for q in data.questions]
+        context_ids = lm.encode_batch([c for c, _ in contexts])
+        whole_ids = lm.encode_batch([context + c for context, conts in contexts for c in conts])
+        records: list[dict[str, Any]] = []
+        requests: list[tuple[list[int], list[int]]] = []
+        truncated = 0
+        for k, (q, (context, continuations), ids) in enumerate(zip(data.questions, contexts, context_ids)):
+            conts = [split_pair(ids, whole_ids[4 * k + j], lambda c=c: lm.encode(c))
+                     for j, c in enumerate(continuations)]
+            truncated += int(len(ids) + max(len(c) for c in conts) - 1 > lm.max_length)
+            requests += [(ids, c) for c in conts]
+            records.append({"id": f"{q.subject}/{q.index}", "subject": q.subject, "where": q.where,
+                            "context": context, "continuations": continuations, "answer": q.answer})
+        return records, requests, truncated
+
+    def score(self, lm: LanguageModel, data: _Benchmark, requests: Any, options: TaskOptions
+              ) -> list[dict[str, Any]]:
+        records, pairs, data.truncated = requests
+        scores = lm.loglikelihood(pairs, desc=f"{self.name} ({len(records)} questions)")
+        for k, r in enumerate(records):
+            lls = np.array([s[0] for s in scores[4 * k: 4 * k + 4]])
+            lengths = np.array([max(len(c), 1) for c in r["continuations"]], dtype=np.float64)
+            gold = LETTERS.index(r["answer"])
+            r["loglikelihoods"] = lls.tolist()
+            r["prediction"] = LETTERS[int(np.argmax(lls))]
+            r["prediction_norm"] = LETTERS[int(np.argmax(lls / lengths))]
+            r["correct"] = int(np.argmax(lls)) == gold
+            r["correct_norm"] = int(np.argmax(lls / lengths)) == gold
+        return records
+
+    def aggregate(self, data: _Benchmark, records: list[dict[str, Any]], options: TaskOptions) -> dict[str, Any]:
+        task, shots, exemplars = self.name, options.shots, data.exemplars
+        per_subject: dict[str, dict[str, Any]] = {}
+        for r in records:
+            s = per_subject.setdefault(r["subject"], {"n": 0, "correct": 0, "correct_norm": 0})
+            s["n"] += 1
+            s["correct"] += r["correct"]
+            s["correct_norm"] += r["correct_norm"]
+        subjects_out = {}
+        for subject, s in per_subject.items():
+            subject_records = [r for r in records if r["subject"] == subject]
+            subjects_out[subject] = {"n": s["n"], "acc": s["correct"] / s["n"],
+                                     "acc_norm": s["correct_norm"] / s["n"], "shots": len(exemplars[subject]),
+                                     "prompt_sha256": requests_sha256(subject_records)}
+        short = {name: s["shots"] for name, s in subjects_out.items() if s["shots"] < shots}
+        warnings = [f"{task}: {len(short)} of {len(subjects_out)} subject(s) have fewer than {shots} dev exemplars "
+                    f"and were scored with fewer: " + ", ".join(f"{name} ({k})" for name, k in short.items())
+                    ] if short else []
+        n = len(records)
+        overall = {
+            "acc": float(np.mean([s["acc"] for s in subjects_out.values()])) if subjects_out else float("nan"),
+            "acc_norm": float(np.mean([s["acc_norm"] for s in subjects_out.values()])) if subjects_out
+            else float("nan"),
+            "acc_micro": sum(r["correct"] for r in records) / n if n else float("nan"),
+            "acc_norm_micro": sum(r["correct_norm"] for r in records) / n if n else float("nan"),
+            "n": n, "subjects": len(subjects_out),
+        }
+        return {
+            "task": task, "kind": "multiple_choice", "path": str(data.root), "split": data.split,
+            "shots": min(s["shots"] for s in subjects_out.values()), "shots_requested": shots, "format": options.fmt,
+            "limit": options.limit, "overall": overall, "subjects": subjects_out,
+            "prompt_sha256": requests_sha256(records), "truncated_prompts": data.truncated,
+            "chance": 0.25, "warnings": warnings,
+        }

@@ -21,6 +21,7 @@ _REGISTRY: dict[str, str | type] = {
     "inject_non_finite": "skyloom.train.callbacks:InjectNonFinite",
     "speed_monitor": "skyloom.train.standard_callbacks:SpeedMonitor",
     "non_finite_guard": "skyloom.train.standard_callbacks:NonFiniteGuard",
+    "evaluator": "skyloom.eval.evaluator:Evaluator",  # registered eval tasks every N steps / at validation
 }
 
 
