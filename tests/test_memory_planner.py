@@ -1,0 +1,78 @@
+"""The memory planner is a model of memory (skyloom.model.memory), checked against the report's measured column:
+Skywork-13B report Table 10 (A800 80 GB, global batch 4,096, micro-batch 1, seq 4,096, bf16, Megatron-LM)."""
+
+import pytest
+
+from skyloom.config import build
+from skyloom.model.config import ModelConfig
+from skyloom.model.memory import GB, Layout, format_memory, gpu_capacity_bytes, plan_memory, stage_layers
+
+# (model, DP, TP, PP, the report's memory in GB or None for OOM)
+TABLE_10 = [
+    ("llama2-13b", 512, 1, 1, None), ("llama2-13b", 256, 1, 2, 70.7), ("llama2-13b", 256, 2, 1, 65.5),
+    ("llama2-13b", 128, 2, 2, 39.4), ("llama2-13b", 128, 1, 4, 53.4), ("llama2-13b", 128, 4, 1, 35.4),
+    ("skywork-13b", 512, 1, 1, None), ("skywork-13b", 256, 1, 2, 77.1), ("skywork-13b", 256, 2, 1, 67.9),
+    ("skywork-13b", 128, 2, 2, 42.5), ("skywork-13b", 128, 1, 4, 58.7), ("skywork-13b", 128, 4, 1, 36.6),
+]
+
+
+def preset(name: str, **changes) -> ModelConfig:
+    return build(ModelConfig, {"preset": name, **changes}, prefix="model")
+
+
+@pytest.mark.parametrize("name,dp,tp,pp,reported", TABLE_10, ids=lambda v: str(v))
+def test_table10_memory_within_15_percent_and_oom_where_the_report_has_it(name, dp, tp, pp, reported):
+    plan = plan_memory(preset(name), Layout(dp_replicate=dp, tp=tp, pp=pp, sequence_parallel=True),
+                       gpu_bytes=gpu_capacity_bytes(80))
+    assert plan.layout.gpus == 512
+    if reported is None:
+        assert plan.fits is False
+    else:
+        assert plan.fits is True
+        assert abs(plan.peak.total / GB / reported - 1) <= 0.15, (plan.peak.total / GB, reported)
+
+
+def test_each_parallelism_shrinks_its_own_term():
+    cfg = preset("skywork-13b")
+    base = plan_memory(cfg, Layout(dp_replicate=64, zero1=False)).peak
+    zero1 = plan_memory(cfg, Layout(dp_replicate=64, zero1=True)).peak
+    assert zero1.optimizer == pytest.approx(base.optimizer / 64) and zero1.weights == base.weights
+    fsdp = plan_memory(cfg, Layout(dp_replicate=1, dp_shard=8)).peak
+    assert fsdp.weights == pytest.approx(base.weights / 8) and fsdp.gradients == pytest.approx(base.gradients / 8)
+    assert fsdp.fsdp_buffers > 0
+    sp = plan_memory(cfg, Layout(dp_replicate=8, tp=8, sequence_parallel=True)).peak
+    no_sp = plan_memory(cfg, Layout(dp_replicate=8, tp=8, sequence_parallel=False)).peak
+    assert sp.activations == pytest.approx(base.activations / 8) and no_sp.activations > sp.activations
+    ckpt = plan_memory(cfg, Layout(dp_replicate=64, activation_checkpointing=True)).peak
+    assert ckpt.activations < base.activations / 5
+    eager = plan_memory(cfg, Layout(dp_replicate=64, flash_attention=False)).peak
+    assert eager.activations > 3 * base.activations  # the 5as²b term dominates at seq 4,096
+
+
+def test_1f1b_first_stage_holds_pp_micro_batches_and_interleaving_costs_more():
+    cfg = preset("llama2-13b")
+    plan = plan_memory(cfg, Layout(dp_replicate=64, pp=4))
+    assert [r.micro_batches for r in plan.ranks] == [4, 3, 2, 1]
+    assert plan.peak.rank == 0
+    inter = plan_memory(cfg, Layout(dp_replicate=64, pp=4, pp_schedule="Interleaved1F1B", pp_stages_per_rank=2))
+    assert inter.ranks[0].micro_batches == pytest.approx(4 * (1 + 3 / 8))
+    assert inter.peak.activations > plan.peak.activations
+
+
+def test_stage_layers_follow_pp_split_and_interleave_virtual_stages():
+    assert [len(r) for r in stage_layers(52, Layout(pp=2, pp_split=(25, 27)))] == [25, 27]
+    assert [len(r) for r in stage_layers(10, Layout(pp=4))] == [2, 3, 3, 2]  # the extra layers go to the middle
+    assert stage_layers(8, Layout(pp=2, pp_stages_per_rank=2)) == [[0, 1, 4, 5], [2, 3, 6, 7]]
+
+
+def test_expert_parallel_holds_a_share_of_the_experts():
+    cfg = preset("skywork-moe")
+    one = plan_memory(cfg, Layout(dp_replicate=8, tp=1, ep=1, seq_len=8192)).peak
+    four = plan_memory(cfg, Layout(dp_replicate=8, tp=1, ep=4, seq_len=8192)).peak
+    assert four.params < one.params / 3
+
+
+def test_format_names_every_term_and_the_verdict():
+    text = format_memory(plan_memory(preset("skywork-13b"), Layout(dp_replicate=512), gpu_capacity_bytes(80)))
+    for word in ("weights", "gradients", "optimizer", "activations", "CUDA context + NCCL", "verdict: OOM"):
+        assert word in text
