@@ -1,10 +1,11 @@
 """Tensor (+ sequence) parallelism follows the single-process model step for step (torchrun, gloo, 2 and 4 ranks).
 
-The module-level test runs this file under torchrun: every rank builds the same full model (same seed) as the
-reference and a copy sharded by `apply_tensor_parallel` (and FSDP2 over the data-parallel ranks for the 2-D case),
-then both take 6 AdamW steps with the gradient norm clipped below its value: loss, clipped total norm and the final
-weights (gathered) must agree within 1e-5 (fp32). The trainer-level runs (`skyloom train` with train.parallel.tp)
-compare metrics.jsonl with the single-process run.
+The module-level test runs this file under torchrun: every rank builds the full model as the reference and, as the
+trainer does, the same model on meta sharded by `apply_tensor_parallel` (and FSDP2 over the data-parallel ranks for
+the 2-D case), materialised and initialised from the same seed (identical full weights); then both take 6 AdamW
+steps with the gradient norm clipped below its value: loss and clipped total norm agree within 1e-5 (fp32), the
+final weights (gathered) within 1e-4. The trainer-level runs (`skyloom train` with train.parallel.tp) compare
+metrics.jsonl with the single-process run.
 """
 
 from __future__ import annotations
@@ -57,8 +58,6 @@ def _batch(torch, cfg, packed: bool):
 
 
 def _run_case(case: dict, rank: int, world: int) -> dict:
-    import copy
-
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -72,20 +71,29 @@ def _run_case(case: dict, rank: int, world: int) -> dict:
     dp, tp = case["dp"], world // case["dp"]
     mesh = init_device_mesh("cpu", (dp, tp), mesh_dim_names=("dp_shard", "tp")) if dp > 1 else \
         init_device_mesh("cpu", (tp,), mesh_dim_names=("tp",))
-    torch.manual_seed(0)
     ref = Transformer(cfg)
-    par = apply_tensor_parallel(copy.deepcopy(ref), mesh["tp"], sequence_parallel=case["sp"])
+    torch.manual_seed(0)
+    ref.init_weights()
+    with torch.device("meta"):  # as the trainer builds it: on meta, sharded, then only the shards materialised
+        par = Transformer(cfg)
+    apply_tensor_parallel(par, mesh["tp"], sequence_parallel=case["sp"])
     if dp > 1:
         for block in par.layers:
             fully_shard(block, mesh=mesh["dp_shard"])
         fully_shard(par, mesh=mesh["dp_shard"])
+    par.to_empty(device="cpu")
+    torch.manual_seed(0)
+    par.init_weights()
+    ref_state = dict(ref.named_parameters())
+    out = {"init_diff": max(float((p.full_tensor() - ref_state[name]).abs().max())
+                            for name, p in par.named_parameters())}
     inputs, labels, pos, mask = _batch(torch, cfg, case.get("packed", False))
     n_targets = int((labels != -100).sum())
     dp_rank = mesh["dp_shard"].get_local_rank() if dp > 1 else 0
     rows = slice(dp_rank * len(inputs) // dp, (dp_rank + 1) * len(inputs) // dp)
     opt_ref = torch.optim.AdamW(ref.parameters(), lr=3e-3, weight_decay=0.1)
     opt_par = torch.optim.AdamW(par.parameters(), lr=3e-3, weight_decay=0.1)
-    out = {"loss_ref": [], "loss_par": [], "norm_ref": [], "norm_par": []}
+    out.update(loss_ref=[], loss_par=[], norm_ref=[], norm_par=[])
     for _ in range(STEPS):
         loss = token_loss(ref(inputs, position_ids=pos, attn_mask=mask), labels) / n_targets
         loss.backward()
@@ -107,7 +115,6 @@ def _run_case(case: dict, rank: int, world: int) -> dict:
             torch.distributed.all_reduce(total, group=mesh["dp_shard"].get_group())
         out["loss_par"].append(float(total) / n_targets)
         out["norm_par"].append(float(norm))
-    ref_state = dict(ref.named_parameters())
     out["all_dtensor"] = all(isinstance(p, DTensor) for p in par.parameters())
     out["weight_diff"] = max(float((p.full_tensor() - ref_state[name]).abs().max())
                              for name, p in par.named_parameters())
@@ -149,6 +156,7 @@ def _assert_matches(name: str, r: dict) -> None:
     assert r["loss_ref"][-1] < r["loss_ref"][0] - 0.1, name  # it trained
     assert r["weight_diff"] < 1e-4, (name, r["weight_diff"])  # AdamW magnifies ~1e-7 gradient noise on tiny grads
     assert r["all_dtensor"] and r["names"], name
+    assert r["init_diff"] == 0, (name, "the same seed must give the same full weights on every layout")
 
 
 @pytest.mark.parametrize("nproc", [2, 4])
