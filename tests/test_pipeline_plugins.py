@@ -258,3 +258,16 @@ def test_every_builtin_step_type_is_complete():
 
     for name, st in step_types().items():
         assert (st.make if st.kind == "doc" else st.stages) is not None, name
+
+
+def test_a_plugin_module_in_the_working_directory_is_found(tmp_path, monkeypatch):
+    """`module:Class` without a path: the working directory (where the recipe is run) is searched too."""
+    from skyloom.config import ConfigError
+    from skyloom.plugins import load_class
+
+    (tmp_path / "my_cwd_steps.py").write_text(USER_STEPS)
+    monkeypatch.chdir(tmp_path)
+    cls = load_class("my_cwd_steps:DropShouting", "steps[0].class", PipelineStep)
+    assert cls.__name__ == "DropShouting"
+    with pytest.raises(ConfigError, match="steps\\[0\\].class.*not a subclass"):
+        load_class("my_cwd_steps:NotAStep", "steps[0].class", PipelineStep)

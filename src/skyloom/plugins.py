@@ -1,4 +1,5 @@
-"""User code named in a config: ``"package.module:Name"`` or ``"path/to/file.py:Name"`` → the object.
+"""User code named in a config: ``"package.module:Name"`` (importable, or a module in the working directory) or
+``"path/to/file.py:Name"`` → the object.
 
 One loader for every place a YAML file may name the user's own class (pipeline steps, training callbacks,
 eval tasks), so each reports a bad name the same way: a ``ConfigError`` naming the config key, never a traceback.
@@ -46,12 +47,19 @@ def load_object(target: str, key: str) -> Any:
     if where.endswith(".py"):
         module = _module_from_file(Path(where).expanduser().resolve(), key)
     else:
+        cwd = str(Path.cwd())
+        added = cwd not in sys.path
+        if added:  # a user's module next to the recipe, e.g. `my_filters:DropShouting` → ./my_filters.py
+            sys.path.insert(0, cwd)
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as err:
             raise ConfigError(key, f"cannot import module {where!r} ({err}); is it on PYTHONPATH?") from None
         except Exception as err:
             raise ConfigError(key, f"importing {where!r} failed: {type(err).__name__}: {err}") from None
+        finally:
+            if added:
+                sys.path.remove(cwd)
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
