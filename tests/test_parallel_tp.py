@@ -32,7 +32,8 @@ def _cases(world: int) -> list[dict]:
     base = dict(TINY)
     if world == 4:  # dp_shard 2 × tp 2
         return [dict(name="fsdp2xtp2_sp", model=base, dp=2, sp=True),
-                dict(name="fsdp2xtp2", model=base, dp=2, sp=False)]
+                dict(name="fsdp2xtp2", model=base, dp=2, sp=False),
+                dict(name="ddp2xtp2_sp", model=base, dp=2, sp=True, replicate=True)]
     return [dict(name="tp2_sp", model=base, dp=1, sp=True),
             dict(name="tp2", model=base, dp=1, sp=False),
             dict(name="tp2_sp_packed", model=base, dp=1, sp=True, packed=True),
@@ -59,6 +60,7 @@ def _batch(torch, cfg, packed: bool):
 
 def _run_case(case: dict, rank: int, world: int) -> dict:
     import torch
+    from torch.distributed._composable.replicate_with_fsdp import replicate
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
@@ -77,10 +79,11 @@ def _run_case(case: dict, rank: int, world: int) -> dict:
     with torch.device("meta"):  # as the trainer builds it: on meta, sharded, then only the shards materialised
         par = Transformer(cfg)
     apply_tensor_parallel(par, mesh["tp"], sequence_parallel=case["sp"])
-    if dp > 1:
+    if dp > 1:  # FSDP2, or its replicate-only form (DDP's semantics; DDP itself cannot take DTensors)
+        wrap = replicate if case.get("replicate") else fully_shard
         for block in par.layers:
-            fully_shard(block, mesh=mesh["dp_shard"])
-        fully_shard(par, mesh=mesh["dp_shard"])
+            wrap(block, mesh=mesh["dp_shard"])
+        wrap(par, mesh=mesh["dp_shard"])
     par.to_empty(device="cpu")
     torch.manual_seed(0)
     par.init_weights()
