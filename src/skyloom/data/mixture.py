@@ -25,8 +25,9 @@ How a run's data is fixed (identical for every data-parallel layout):
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

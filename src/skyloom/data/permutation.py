@@ -16,7 +16,7 @@ Memory is O(1) in n; evaluation is vectorised over a batch of positions (uint64 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
