@@ -76,3 +76,24 @@ def test_format_names_every_term_and_the_verdict():
     text = format_memory(plan_memory(preset("skywork-13b"), Layout(dp_replicate=512), gpu_capacity_bytes(80)))
     for word in ("weights", "gradients", "optimizer", "activations", "CUDA context + NCCL", "verdict: OOM"):
         assert word in text
+
+
+def test_skywork_recipe_layout_fits_and_the_reports_layout_needs_megatrons_bytes(capsys):
+    """recipes/skywork-13b runs a layout the planner says fits on 80 GB; the report's DP256+PP2+ZeRO-1 fits only
+    with Megatron-LM's 6 + 12/DP bytes per parameter, not with skyloom's fp32 weights (torch-amp)."""
+    from pathlib import Path
+
+    from skyloom.cli import main
+    from skyloom.recipes.plan import plan_recipe
+    from skyloom.recipes.recipe import load_recipe
+
+    recipe_dir = Path(__file__).resolve().parents[1] / "recipes" / "skywork-13b"
+    for session in plan_recipe(load_recipe(recipe_dir))["sessions"]:
+        assert session["memory"]["fits"] is True and session["layout"]["pipeline_parallel"] == 2
+    ddp = ["stage1-a.train.parallel.dp_shard=1"]
+    ours = plan_recipe(load_recipe(recipe_dir, ddp))["sessions"][0]["memory"]
+    megatron = plan_recipe(load_recipe(recipe_dir, ddp), memory_profile="megatron-bf16")["sessions"][0]["memory"]
+    assert ours["fits"] is False and megatron["fits"] is True and megatron["layout"] == "DP256+PP2+ZeRO-1"
+    assert main(["plan", str(recipe_dir), *ddp]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: OOM" in out and "WARNING   the layout needs" in out

@@ -20,7 +20,7 @@ activations what autograd keeps for the backward pass, per layer and micro-batch
                          [b, s, a·d] copy of it)                                    = 10sbh + 4sbkd
               FFN        2sbh norm input + 2sbh first-matrix input + SwiGLU 8sbf (gate pre-activation, SiLU output,
                          up projection, their product = second-matrix input); GELU 4sbf
-              MoE FFN    the dense FFN's terms for top_k experts per token, + the router's fp32 logits 4·s·b·n_experts
+              MoE FFN    the dense FFN's terms for top_k experts per token + the router's fp32 logits 4sb·n_experts
             This is Korthikanti et al. (2022, "Reducing activation recomputation", Eq. 1-2: 34sbh + 5as²b) redone for
             a LLaMA block: no dropout masks, SwiGLU instead of a 4h GELU MLP. The 5as²b term (scores, softmax,
             dropout mask) is absent with FlashAttention, which recomputes them in the backward pass: the report
@@ -30,7 +30,7 @@ activations what autograd keeps for the backward pass, per layer and micro-batch
             without it those 8sbh stay whole on every TP rank. Full activation checkpointing keeps only each layer's
             input (2sbh) plus one layer's full set while it is recomputed.
 in flight   1F1B (Narayanan et al. 2021): stage i holds min(pp − i, micro-batches) micro-batches (the first
-            stage holds pp). Interleaved 1F1B with v stages per rank: Megatron-LM's penalty factor 1 + (pp − 1)/(pp·v).
+            stage holds pp). Interleaved 1F1B with v stages per rank: Megatron-LM's factor 1 + (pp − 1)/(pp·v).
 logits      last stage: the final norm's input and output (4sbh, /tp with SP) and the loss over a vocabulary of V
             (vocabulary-parallel with TP): bf16 logits 2sbV, fp32 log-softmax kept for backward 4sbV, its fp32
             gradient 4sbV  = 10sbV / tp.

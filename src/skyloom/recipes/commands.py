@@ -25,7 +25,12 @@ class PlanCommandConfig:
     gpu: str | None = option(None, help="GPU model for the peak FLOP/s, e.g. A800, H100-SXM, H200")
     peak_tflops: float | None = option(None, help="peak bf16 TFLOP/s per GPU (overrides --gpu's)")
     mfu: float | None = option(None, help="model FLOPs utilisation to assume, e.g. 0.45")
-    pp: int | None = option(None, help="pipeline-parallel degree of the layout (data parallel = gpus / pp)")
+    pp: int | None = option(None, help="pipeline-parallel degree of the layout (replaces the sessions' "
+                                       "train.parallel.pp; data parallel = gpus / (pp × tp))")
+    gpu_mem: float = option(80.0, metavar="GB", help="memory per GPU for the OOM verdict (an '80 GB' card = 80 GiB)")
+    memory_profile: str | None = option(
+        None, help="bytes per parameter the memory plan assumes: torch-amp (skyloom's bf16, the default), fp32, "
+                   "megatron-bf16 (the report's Megatron-LM: Table 10), zero-bf16")
     dense_gpu_hours: float | None = option(
         None, metavar="H", help="for a recipe with MoE sessions: GPU-hours the dense checkpoint cost, if it was "
                                 "trained outside this recipe (default: the recipe's own dense sessions); feeds the "
@@ -54,7 +59,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     try:
         recipe, hw = _load(args)
-        plan = plan_recipe(recipe, args.root, hw, dense_gpu_hours=args.dense_gpu_hours)
+        plan = plan_recipe(recipe, args.root, hw, dense_gpu_hours=args.dense_gpu_hours, gpu_mem_gb=args.gpu_mem,
+                           memory_profile=args.memory_profile)
     except (ConfigError, ValueError, KeyError) as err:
         print(f"skyloom: error: {err}", file=sys.stderr)
         return 2
@@ -75,12 +81,14 @@ def register(sub) -> None:
         description=(
             "Plan every session of a recipe directory (recipe.yaml + one train config per session): model size,\n"
             "tokens, steps, batch arithmetic, parallel layout, per-source mixture with shares and epochs (summed over\n"
-            "sessions that continue the data loader), and GPU-hours/days at the given hardware and MFU.\n"
+            "sessions that continue the data loader), GPU-hours/days at the given hardware and MFU, and memory per GPU\n"
+            "(parameters, gradients, optimizer, activations, buffers; skyloom.model.memory) with an OOM verdict.\n"
             "Source sizes come from token shards under --root when they exist, else from the recipe's declared_tokens.\n\n"
             "examples:\n"
             "  skyloom plan recipes/skywork-13b\n"
             "  skyloom plan recipes/skywork-13b --gpus 1024 --gpu H100-SXM --mfu 0.45\n"
             "  skyloom plan recipes/skywork-13b stage2.train.max_tokens=2.6e11 hardware.mfu=0.5\n"
+            "  skyloom plan recipes/skywork-13b --memory-profile megatron-bf16   # the report's Table 10 set-up\n"
             "  skyloom plan recipes/demo --root runs/demo            # the demo's real shard sizes"
         ),
     )

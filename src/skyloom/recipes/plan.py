@@ -74,9 +74,38 @@ def _vectorised_draws(loader, start: np.ndarray) -> np.ndarray:
     return start + counts
 
 
+def session_parallel(train, hardware: HardwareConfig):
+    """The session's `train.parallel` resolved for the recipe's GPUs; a `hardware.pipeline_parallel` above 1 (what
+    `--pp` sets) replaces its `pp`. Refused, naming train.parallel, when the degrees do not fill the GPUs."""
+    from dataclasses import replace
+
+    pcfg = train.parallel
+    if hardware.pipeline_parallel > 1 and hardware.pipeline_parallel != pcfg.pp:
+        pcfg = replace(pcfg, pp=hardware.pipeline_parallel, pp_split=None)
+    return pcfg.resolved(hardware.gpus)
+
+
+def session_memory(cfg, pcfg, windows: int, hardware: HardwareConfig, gpu_mem_gb: float,
+                   memory_profile: str | None) -> dict[str, Any]:
+    """skyloom.model.memory's per-GPU plan for the session's layout (JSON-ready), with its text.
+
+    The profile defaults to what skyloom's own trainer holds (`torch-amp`: fp32 weights under bf16 autocast;
+    `fp32` without bf16); `megatron-bf16` is the report's Megatron-LM set-up (Table 10)."""
+    from skyloom.model.memory import format_memory, gpu_capacity_bytes, layout_from_parallel, plan_memory
+
+    profile = memory_profile or ("fp32" if cfg.train.precision == "fp32" else "torch-amp")
+    layout = layout_from_parallel(pcfg, hardware.gpus, micro_batch_size=cfg.train.micro_batch_size,
+                                  seq_len=cfg.seq_len, global_batch=windows, precision=profile,
+                                  activation_checkpointing=cfg.train.activation_checkpointing)
+    plan = plan_memory(cfg.model, layout, gpu_capacity_bytes(gpu_mem_gb))
+    return dict(plan.as_dict(), text=format_memory(plan))
+
+
 def plan_session(recipe: Recipe, name: str, root: Path, hardware: HardwareConfig,
-                 carried: dict[str, tuple[int, int]]) -> dict[str, Any]:
-    """One session's plan; `carried` maps source name → (tokens available, windows drawn so far)."""
+                 carried: dict[str, tuple[int, int]], gpu_mem_gb: float = 80.0,
+                 memory_profile: str | None = None) -> dict[str, Any]:
+    """One session's plan; `carried` maps source name → (tokens available, windows drawn so far); `gpu_mem_gb`
+    and `memory_profile` feed the per-GPU memory plan (skyloom.model.memory)."""
     from skyloom.data.mixture import MixtureLoader
     from skyloom.model.accounting import count_params, flops_per_token
     from skyloom.train.trainer import total_steps_for
@@ -118,8 +147,10 @@ def plan_session(recipe: Recipe, name: str, root: Path, hardware: HardwareConfig
         carried[s.name] = (len(s.spec.source), int(drawn[i]))
     counts = count_params(cfg.model)
     fpt = flops_per_token(cfg.model, seq)
-    dp = hardware.gpus // hardware.pipeline_parallel
+    pcfg = session_parallel(t, hardware)
+    dp = pcfg.dp
     accumulation = windows / (dp * t.micro_batch_size)
+    memory = session_memory(cfg, pcfg, windows, hardware, gpu_mem_gb, memory_profile)
     gpu_seconds = total_tokens * fpt / (hardware.peak_flops * hardware.mfu)
     return {
         "session": name, "stage": recipe.ref(name).stage,
@@ -130,8 +161,10 @@ def plan_session(recipe: Recipe, name: str, root: Path, hardware: HardwareConfig
         "micro_batch_size": t.micro_batch_size, "steps": steps, "tokens": total_tokens,
         "schedule": {"kind": t.schedule, "lr": t.lr, "min_lr": t.min_lr, "warmup_steps": t.warmup_steps},
         "init_from": t.init_from, "continues_loader": cfg.data.init_loader_from_checkpoint,
-        "layout": {"gpus": hardware.gpus, "data_parallel": dp, "pipeline_parallel": hardware.pipeline_parallel,
-                   "accumulation": accumulation, "parallel": vars(t.parallel).copy(), "zero1": t.zero1},
+        "layout": {"gpus": hardware.gpus, "data_parallel": dp, "pipeline_parallel": pcfg.pp,
+                   "tensor_parallel": pcfg.tp, "expert_parallel": pcfg.ep, "accumulation": accumulation,
+                   "parallel": vars(pcfg).copy(), "describe": pcfg.describe(), "zero1": pcfg.zero1},
+        "memory": memory,
         "sources": sources,
         "over_cap": [r["source"] for r in sources if r["epochs_total"] > r["max_epochs"] + 1e-9],
         "gpu_hours": gpu_seconds / 3600, "days": gpu_seconds / hardware.gpus / 86400,
@@ -159,13 +192,15 @@ def add_upcycle_advice(sessions: list[dict[str, Any]], dense_gpu_hours: float | 
 
 
 def plan_recipe(recipe: Recipe, root: str | Path = ".", hardware: HardwareConfig | None = None,
-                dense_gpu_hours: float | None = None) -> dict[str, Any]:
+                dense_gpu_hours: float | None = None, gpu_mem_gb: float = 80.0,
+                memory_profile: str | None = None) -> dict[str, Any]:
     """The whole recipe's plan (JSON-ready): sessions in order, stage sums, totals, and for a recipe with MoE
     sessions the §3.3 upcycling advice (`dense_gpu_hours`: the dense checkpoint's cost if trained elsewhere)."""
     hw = hardware or recipe.config.hardware
     hw.validate()
     carried: dict[str, tuple[int, int]] = {}
-    sessions = [plan_session(recipe, ref.name, Path(root), hw, carried) for ref in recipe.sessions]
+    sessions = [plan_session(recipe, ref.name, Path(root), hw, carried, gpu_mem_gb, memory_profile)
+                for ref in recipe.sessions]
     add_upcycle_advice(sessions, dense_gpu_hours)
     stages: dict[str, dict[str, Any]] = {}
     for s in sessions:
@@ -212,8 +247,7 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"{m['dim']}, {m['flops_per_token'] / 1e9:,.2f} GFLOP/token",
             f"tokens    {_tok(s['tokens'])} ({s['tokens']:,}) = {s['steps']:,} steps × {s['global_batch_tokens']:,} "
             f"tokens ({s['global_batch_windows']:,} × seq {s['seq_len']:,})",
-            f"layout    {lay['gpus']} GPU(s) = DP {lay['data_parallel']} × PP {lay['pipeline_parallel']}"
-            f"{', ZeRO-1' if lay['zero1'] else ''}; micro-batch {s['micro_batch_size']} → "
+            f"layout    {lay['gpus']} GPU(s) = {lay['describe']}; micro-batch {s['micro_batch_size']} → "
             f"{lay['accumulation']:g} accumulation step(s) per rank",
             f"lr        {lr}, warmup {sch['warmup_steps']}"
             + (f"; starts from {s['init_from']}" if s["init_from"] else "")
@@ -232,6 +266,10 @@ def format_plan(plan: dict[str, Any]) -> str:
                                           for i, (x, w) in enumerate(zip(row, widths))))
         lines.append(f"compute   {_hours(s['gpu_hours'])} = {s['days']:,.2f} days on {lay['gpus']} GPU(s) "
                      f"({s['tokens_per_gpu_second']:,.0f} tokens/s/GPU)")
+        lines.append(s["memory"]["text"])
+        if s["memory"]["fits"] is False:
+            lines.append(f"WARNING   the layout needs {s['memory']['peak_gb']:.1f} GB per GPU: out of memory on "
+                         f"{s['memory']['gpu_gb']:.1f} GB")
         if s["over_cap"]:
             lines.append(f"WARNING   over the epoch cap: {', '.join(s['over_cap'])}")
         if "upcycle_advice" in s:
