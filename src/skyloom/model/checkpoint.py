@@ -5,6 +5,9 @@ Training checkpoints are the same directory with more files beside (optimizer, l
 so `load_model` opens both. A Hugging Face Llama directory (config.json + *.safetensors) loads too.
 Weights are never unpickled. A directory with a manifest.json (a training checkpoint) is verified against it
 first (`model/manifest.py`); `verify=False` skips that.
+A sharded training checkpoint (FSDP/TP/PP: `model.json` + `dcp/`, no `model.safetensors`) is consolidated by
+streaming: the model is allocated once and filled tensor by tensor from DCP's files, so the only memory beyond the
+model is one tensor (its saved shards) — DCP's `.metadata`, a pickle, is opened only once the manifest verified it.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from safetensors.torch import load_file, save_file
 
 from skyloom.config import build, to_dict
 from skyloom.model.config import ModelConfig
-from skyloom.model.manifest import CheckpointError, ensure_intact
+from skyloom.model.manifest import NO_VERIFY_HINT, CheckpointError, check, ensure_intact
 from skyloom.model.transformer import Transformer
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
+DCP_DIR = "dcp"  # a sharded checkpoint's torch.distributed.checkpoint files
 FORMAT = "skyloom-model"
 
 
@@ -81,9 +85,54 @@ def read_weights(file: Path, device: str | torch.device = "cpu") -> dict[str, to
         raise CheckpointError(f"{file}: cannot read it as safetensors ({err})") from None
 
 
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """A training checkpoint of a sharded layout: model.json + dcp/ and no consolidated model.safetensors."""
+    p = Path(path)
+    return (p / CONFIG_FILE).is_file() and (p / DCP_DIR / ".metadata").is_file() and not (p / WEIGHTS_FILE).is_file()
+
+
 def is_skyloom_checkpoint(path: str | Path) -> bool:
     p = Path(path)
-    return (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+    return (p / CONFIG_FILE).is_file() and ((p / WEIGHTS_FILE).is_file() or is_sharded_checkpoint(p))
+
+
+def _cached_reader(dcp_dir: Path):
+    """A DCP FileSystemReader that unpickles `.metadata` once, not once per tensor."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    class CachedReader(FileSystemReader):
+        _metadata = None
+
+        def read_metadata(self):
+            if self._metadata is None:
+                self._metadata = super().read_metadata()
+            return self._metadata
+
+    return CachedReader(str(dcp_dir))
+
+
+@torch.no_grad()
+def stream_sharded_weights(model: Transformer, dcp_dir: Path, prefix: str = "model.") -> None:
+    """Fill `model` from a DCP checkpoint one tensor at a time (DCP reassembles each from its saved shards).
+
+    The caller has verified the directory: `.metadata` is a pickle. Names are checked like `load_state_into`.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    reader = _cached_reader(dcp_dir)
+    try:
+        saved = {k[len(prefix):] for k in reader.read_metadata().state_dict_metadata if k.startswith(prefix)}
+    except Exception as err:  # a corrupt pickle may raise anything
+        raise CheckpointError(f"{dcp_dir}: cannot read the DCP metadata ({type(err).__name__}: {err})") from None
+    targets = model.state_dict()
+    allowed_missing = {"output.weight"} if model.config.tie_embeddings else set()
+    missing, unexpected = set(targets) - saved - allowed_missing, saved - set(targets)
+    if missing or unexpected:
+        raise ValueError(f"{dcp_dir}: weights do not match the config: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    for name, target in targets.items():
+        if name in saved:
+            dcp.load({prefix + name: target}, storage_reader=reader, no_dist=True)
 
 
 def load_model(
@@ -100,14 +149,24 @@ def load_model(
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such checkpoint: {p}")
-    ensure_intact(p, verify)
+    sharded = is_sharded_checkpoint(p)
+    if sharded and verify:
+        reason = check(p, checksums=True, require=True, complete_under=DCP_DIR)
+        if reason is not None:
+            raise CheckpointError(f"{p}: {reason}; its {DCP_DIR}/.metadata is a pickle, opened only when the manifest "
+                                  f"verifies it ({NO_VERIFY_HINT})")
+    else:
+        ensure_intact(p, verify)
     if is_skyloom_checkpoint(p):
         cfg = read_model_config(p)
         with torch.device("meta"):
             model = Transformer(cfg)
         model.to_empty(device=device)
-        state = read_weights(p / WEIGHTS_FILE, device)
-        load_state_into(model, state, str(p / WEIGHTS_FILE))
+        if sharded:
+            stream_sharded_weights(model, p / DCP_DIR)
+        else:
+            state = read_weights(p / WEIGHTS_FILE, device)
+            load_state_into(model, state, str(p / WEIGHTS_FILE))
         if cfg.tie_embeddings:
             model.output.weight = model.tok_emb.weight
     elif (p / "config.json").is_file():

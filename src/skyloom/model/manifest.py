@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -31,21 +32,29 @@ class CheckpointError(ConfigError):
         super().__init__("", message)
 
 
-def file_entries(directory: Path) -> dict[str, dict[str, Any]]:
-    """{relative path: {"bytes", "sha256"}} of every file under `directory` except the manifest itself."""
+def file_entries(directory: Path, known: dict[str, dict[str, Any]] | None = None,
+                 only: Callable[[str], bool] | None = None) -> dict[str, dict[str, Any]]:
+    """{relative path: {"bytes", "sha256"}} of every file under `directory` except the manifest itself.
+
+    `known`: entries another process already computed (a sharded checkpoint: each rank hashes the files it wrote),
+    taken as they are; `only`: hash just the files whose relative path it accepts.
+    """
+    known = known or {}
     entries = {}
     for p in sorted(directory.rglob("*")):
         rel = p.relative_to(directory).as_posix()
-        if p.is_file() and rel != MANIFEST:
-            entries[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        if not p.is_file() or rel == MANIFEST or (only is not None and not only(rel)):
+            continue
+        entries[rel] = known[rel] if rel in known else {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     return entries
 
 
-def write_manifest(directory: Path, fields: dict[str, Any]) -> Path:
-    """Checksum every file and write manifest.json last (flushed to disk), so its presence means 'complete'."""
+def write_manifest(directory: Path, fields: dict[str, Any], known: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Checksum every file (but those in `known`) and write manifest.json last (flushed to disk), so its presence
+    means 'complete'."""
     path = directory / MANIFEST
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"format": FORMAT, "version": 1, **fields, "files": file_entries(directory)}, f, indent=1)
+        json.dump({"format": FORMAT, "version": 1, **fields, "files": file_entries(directory, known)}, f, indent=1)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

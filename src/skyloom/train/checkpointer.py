@@ -1,6 +1,7 @@
 """Save, resume and init-from over a run's stateful parts — the one owner of checkpoints during training.
 
-Parts: the model and optimizer (safetensors, or `torch.distributed.checkpoint` under FSDP), and the JSON parts —
+Parts: the model and optimizer (safetensors; under a sharded layout `torch.distributed.checkpoint`, each rank
+writing and hashing its own shards, nothing gathered on one rank — and resumable onto any layout), and the JSON parts —
 trainer state (step, tokens, fault counters), the loader's position and the callbacks' state — which go into
 trainer_state.json. The layout, manifests and pruning rule are `skyloom.train.checkpointing`'s.
 
@@ -16,18 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from skyloom.config import save as save_config, to_dict
+from skyloom.config import save as save_config
+from skyloom.config import to_dict
 from skyloom.data.mixture import MixtureLoader
 from skyloom.model.checkpoint import WEIGHTS_FILE, load_state_into, read_weights, write_model_json
-from skyloom.model.manifest import NO_VERIFY_HINT, CheckpointError, check as check_manifest, ensure_intact
+from skyloom.model.manifest import NO_VERIFY_HINT, CheckpointError, ensure_intact
+from skyloom.model.manifest import check as check_manifest
 from skyloom.train import checkpointing as ckpt
 from skyloom.train.distributed import DistEnv, all_gather_object, all_reduce_sum, barrier, broadcast_object
 from skyloom.train.metrics import truncate_after
@@ -218,18 +222,10 @@ class Checkpointer:
                 self._write_failed(None, err)
         tmp = Path(_broadcast_path(tmp))
         rngs = all_gather_object({k: v.tolist() for k, v in ckpt.rng_state().items()})
+        known = None
         if self.fsdp:
-            import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.api import CheckpointException
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
-
-            msd, osd = get_state_dict(self.model, self.optimizer)
-            try:
-                dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
-            except (CheckpointException, OSError) as err:  # raised on every rank (a BaseException, not an Exception)
-                self._write_failed(tmp if self.env.is_main else None, err)
-            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            opt_state = None
+            full, opt_state = None, None
+            known = self._save_sharded(tmp)
         else:
             full = {k: v.detach().contiguous().cpu() for k, v in self.raw_model.state_dict().items()}
             if hasattr(self.optimizer, "consolidate_state_dict"):
@@ -239,11 +235,11 @@ class Checkpointer:
                 opt_state = self.optimizer.state_dict()
         path = None
         if self.env.is_main:
-            if self.cfg.model.tie_embeddings:
+            if full is not None and self.cfg.model.tie_embeddings:
                 full.pop("output.weight", None)
             try:
                 self._write_files(tmp, full, opt_state, rngs)
-                path = ckpt.commit(tmp, step, self.state.tokens)
+                path = ckpt.commit(tmp, step, self.state.tokens, known=known)
             except (OSError, SafetensorError) as err:
                 self._write_failed(tmp, err)
             self.last_checkpoint = path
@@ -253,8 +249,28 @@ class Checkpointer:
         barrier()
         return path
 
-    def _write_files(self, tmp: Path, full: dict, opt_state: dict | None, rngs: list) -> None:
-        save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    def _save_sharded(self, tmp: Path) -> dict[str, dict[str, Any]]:
+        """Every rank writes its own shards of the model and optimizer (DCP) and hashes the files it wrote; rank 0
+        gets all the entries for the manifest. Nothing is gathered: memory and time per rank ∝ its shards."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        try:
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / ckpt.DCP_DIR))
+            mine = ckpt.shard_entries(tmp, self.env.rank)
+        except (CheckpointException, OSError) as err:  # raised on every rank (a BaseException, not an Exception)
+            self._write_failed(tmp if self.env.is_main else None, err)
+        known: dict[str, dict[str, Any]] = {}
+        for entries in all_gather_object(mine):
+            known.update(entries)
+        return known
+
+    def _write_files(self, tmp: Path, full: dict | None, opt_state: dict | None, rngs: list) -> None:
+        if full is not None:
+            save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / WEIGHTS_FILE),
+                      metadata={"format": "pt"})
         write_model_json(self.cfg.model, tmp, {"step": self.state.step, "tokens": self.state.tokens,
                                                "run": str(self.run_dir)})
         if self.tokenizer is not None:
@@ -292,7 +308,7 @@ class Checkpointer:
     # ---- loading ----
 
     def load_weights(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
-        if self.fsdp and (path / "dcp").is_dir():
+        if (path / ckpt.DCP_DIR).is_dir():  # a sharded checkpoint: DCP reshards it onto this layout, any layout
             self.load_sharded(path, optimizer=False)
             return
         if state is None:
@@ -319,24 +335,38 @@ class Checkpointer:
 
     def load_sharded(self, path: Path, optimizer: bool) -> None:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_state_dict,
+            set_model_state_dict,
+            set_state_dict,
+        )
 
         self._require_verified(path)
-        msd, osd = get_state_dict(self.model, self.optimizer)
-        state = {"model": msd, "optim": osd} if optimizer else {"model": msd}
-        dcp.load(state, checkpoint_id=str(path / "dcp"))
+        if optimizer:
+            self._require_dcp_optimizer(path)
+            msd, osd = get_state_dict(self.model, self.optimizer)
+            state = {"model": msd, "optim": osd}
+        else:
+            state = {"model": get_model_state_dict(self.model)}
+        dcp.load(state, checkpoint_id=str(path / ckpt.DCP_DIR), no_dist=not self.env.distributed)
         if optimizer:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         else:
             set_model_state_dict(self.model, state["model"])
 
+    def _require_dcp_optimizer(self, path: Path) -> None:
+        if hasattr(self.optimizer, "consolidate_state_dict"):
+            raise ValueError(f"{path}: a sharded checkpoint's optimizer state cannot be loaded into ZeRO-1; resume it "
+                             "with train.zero1: false (or a sharded layout)")
+
     def load_optimizer(self, path: Path, state: dict | None = None) -> None:
-        if self.fsdp:
-            if not (path / "dcp").is_dir():
-                raise ValueError(f"{path}: not an FSDP checkpoint; its optimizer state cannot be sharded in — "
-                                 "use train.init_from without init_optimizer for a fresh optimizer")
+        if (path / ckpt.DCP_DIR).is_dir():
             self.load_sharded(path, optimizer=True)
             return
+        if self.fsdp:
+            raise ValueError(f"{path}: not an FSDP checkpoint; its optimizer state cannot be sharded in — "
+                             "use train.init_from without init_optimizer for a fresh optimizer")
         if not (path / "optimizer.safetensors").is_file():
             raise ValueError(f"{path}: no optimizer.safetensors (an FSDP checkpoint? resume it with parallel=fsdp)")
         self.optimizer.load_state_dict(state if state is not None else ckpt.optimizer_state_from_files(path))
@@ -346,7 +376,7 @@ class Checkpointer:
         verifies but cannot be read (e.g. re-signed garbage) leaves the model untouched for the next older one."""
         state = ckpt.read_trainer_state(path)
         out: dict[str, Any] = {"state": state, "rng": read_weights(path / "rng.safetensors")}
-        if not (self.fsdp and (path / "dcp").is_dir()):
+        if not (path / ckpt.DCP_DIR).is_dir():
             out["weights"] = read_weights(path / WEIGHTS_FILE)
         if not self.fsdp and (path / "optimizer.safetensors").is_file():
             out["optimizer"] = ckpt.optimizer_state_from_files(path)
@@ -382,8 +412,11 @@ class Checkpointer:
         if state.get("total_steps") not in (None, self.total_steps):
             raise ValueError(f"{path}: the run was planned for {state['total_steps']} steps, now {self.total_steps}; "
                              "the schedule would change — start a chained session (train.init_from) instead")
-        self.load_weights(path, loaded.get("weights"))
-        self.load_optimizer(path, loaded.get("optimizer"))
+        if (path / ckpt.DCP_DIR).is_dir():  # weights and optimizer in one read of the shards
+            self.load_sharded(path, optimizer=True)
+        else:
+            self.load_weights(path, loaded.get("weights"))
+            self.load_optimizer(path, loaded.get("optimizer"))
         self.loader.load_state_dict(state["loader"])
         self.state.load_state_dict(state)
         self.callbacks.load_state_dict(state.get("callbacks") or {})

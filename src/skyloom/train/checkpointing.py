@@ -2,11 +2,14 @@
 
     RUN_DIR/checkpoints/step_00001000/
       model.safetensors, model.json     the weights (`skyloom.load_model(dir)` opens the directory as is)
+                                        (sharded runs: model.json only, the weights are in dcp/)
       tokenizer.json, …                 the run's tokenizer files, when it has one
       optimizer.safetensors + .json     AdamW state (tensors) and param groups / scalar state (JSON)
       rng.safetensors                   torch RNG state of every rank
       trainer_state.json                step, tokens, data-loader position, fault counters, session info
-      dcp/                              FSDP runs: sharded model + optimizer via torch.distributed.checkpoint
+      dcp/                              sharded runs (FSDP, TP, PP, EP): model + optimizer via
+                                        torch.distributed.checkpoint, each rank writing (and hashing) its
+                                        own shards — never gathered on one rank; `load_model` streams it
       manifest.json                     every file's size and sha256 — written last
 
 A checkpoint is written into `.tmp-step_…` and renamed when complete, so a crash never leaves a directory
@@ -113,6 +116,11 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 # ---- writing ----
 
+def shard_entries(tmp: Path, rank: int) -> dict[str, dict[str, Any]]:
+    """Manifest entries of the DCP files rank `rank` wrote (DCP names them `__{rank}_…`): each rank hashes its own."""
+    return manifest.file_entries(tmp, only=lambda rel: rel.startswith(f"{DCP_DIR}/__{rank}_"))
+
+
 def begin(root: Path, step: int) -> Path:
     """A fresh temporary directory for checkpoint `step` (a leftover from a crash is removed)."""
     tmp = root / f".tmp-{step_dir_name(step)}"
@@ -122,9 +130,10 @@ def begin(root: Path, step: int) -> Path:
     return tmp
 
 
-def commit(tmp: Path, step: int, tokens: int, extra: dict | None = None) -> Path:
-    """Checksum every file, write the manifest last, then rename the directory into place."""
-    manifest.write_manifest(tmp, {"step": step, "tokens": tokens, **(extra or {})})
+def commit(tmp: Path, step: int, tokens: int, extra: dict | None = None, known: dict | None = None) -> Path:
+    """Checksum every file (`known`: entries the ranks computed for the shards they wrote), write the manifest
+    last, then rename the directory into place."""
+    manifest.write_manifest(tmp, {"step": step, "tokens": tokens, **(extra or {})}, known)
     final = tmp.parent / step_dir_name(step)
     if final.exists():  # e.g. a broken copy of the same step from before a crash
         old = tmp.parent / f".old-{step_dir_name(step)}"
