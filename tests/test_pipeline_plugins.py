@@ -12,7 +12,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from skyloom.cli import main
 from skyloom.data.pipeline.base import REASON_KEY
-from skyloom.data.pipeline.builder import GlobalContext, GlobalStages, StepType, _REGISTERED, register_step
+from skyloom.data.pipeline.builder import _REGISTERED, GlobalContext, GlobalStages, StepType, register_step
 from tests.test_pipeline_support import read_outputs, write_jsonl, write_yaml
 
 USER_STEPS = '''

@@ -9,9 +9,10 @@ has none and needs a path).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from skyloom.eval.lm import LanguageModel, Sampling
 from skyloom.eval.tasks import Task, TaskOptions, get_task

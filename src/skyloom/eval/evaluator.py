@@ -14,7 +14,8 @@ Every rank runs the tasks (a sharded model needs all of them for its forward pas
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from skyloom.train.callbacks import Callback
 
@@ -43,7 +44,7 @@ class Evaluator(Callback):
         self.last: dict[str, float] = {}
         self.last_step: int | None = None  # a step is scored once, even when it is also a validation step
 
-    def evaluate(self, trainer: "Trainer") -> dict[str, float]:
+    def evaluate(self, trainer: Trainer) -> dict[str, float]:
         """Score every task on the model as it is now; {task: score}, also logged as `bench` lines."""
         if self.last_step == trainer.step:
             return self.last
@@ -76,10 +77,10 @@ class Evaluator(Callback):
         self.last, self.last_step = scores, trainer.step
         return scores
 
-    def post_step(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
+    def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self.every and trainer.step % self.every == 0:
             metrics.update({f"eval/{k}": v for k, v in self.evaluate(trainer).items()})
 
-    def on_validation(self, trainer: "Trainer", results: dict[str, dict[str, Any]]) -> None:
+    def on_validation(self, trainer: Trainer, results: dict[str, dict[str, Any]]) -> None:
         if self.at_validation:
             self.evaluate(trainer)

@@ -20,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from decimal import Decimal, InvalidOperation
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from skyloom.eval.lm import LanguageModel, Sampling
 from skyloom.eval.tasks import Task, TaskOptions

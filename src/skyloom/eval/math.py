@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from skyloom.eval.gsm8k import ANSWER_IS, MARKER, extract_answer, normalize_number
 from skyloom.eval.lm import LanguageModel, Sampling

@@ -14,9 +14,10 @@ training loop's `Evaluator` callback run any of them by name. A new task is one 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from skyloom.eval.lm import LanguageModel, Sampling

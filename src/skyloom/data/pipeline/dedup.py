@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from datatrove.data import Document
-from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 from datatrove.utils.hashing import create_hash_func
 

@@ -179,7 +179,7 @@ class _ChildrenDieWithParent:
         manager.start(die_with_run, (os.getpid(),))
         return manager
 
-    def get_context(self, method: str | None = None) -> "_ChildrenDieWithParent":
+    def get_context(self, method: str | None = None) -> _ChildrenDieWithParent:
         return _ChildrenDieWithParent(self._module, self._module.get_context(method))
 
     def Pool(self, processes: int | None = None, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
