@@ -97,3 +97,18 @@ def test_skywork_recipe_layout_fits_and_the_reports_layout_needs_megatrons_bytes
     assert main(["plan", str(recipe_dir), *ddp]) == 0
     out = capsys.readouterr().out
     assert "verdict: OOM" in out and "WARNING   the layout needs" in out
+
+
+def test_model_info_prints_the_memory_plan_and_refuses_impossible_layouts(capsys):
+    import json
+
+    from skyloom.cli import main
+
+    assert main(["model", "info", "llama2-13b", "--dp", "512", "--gpu-mem", "80"]) == 0
+    assert "verdict: OOM" in capsys.readouterr().out
+    assert main(["model", "info", "skywork-13b", "--dp", "128", "--tp", "4", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["memory_plan"]
+    assert plan["layout"] == "DP128+TP4+ZeRO-1" and plan["fits"] is True
+    assert abs(plan["peak_gb"] / 36.6 - 1) <= 0.15
+    assert main(["model", "info", "skywork-13b", "--tp", "5"]) == 2
+    assert "36 heads" in capsys.readouterr().err

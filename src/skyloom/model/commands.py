@@ -46,6 +46,28 @@ def resolve_model_config(spec: str, overrides: list[str] = ()) -> ModelConfig:
     return build(ModelConfig, apply_overrides(data, relative), prefix="model")
 
 
+def memory_plan(cfg: ModelConfig, args: argparse.Namespace):
+    """`model info`'s per-GPU memory plan (skyloom.model.memory) for the layout its flags describe."""
+    from skyloom.model.memory import STATE_BYTES, Layout, gpu_capacity_bytes, plan_memory
+
+    if args.memory_profile not in STATE_BYTES:
+        raise ConfigError("--memory-profile", f"one of {', '.join(STATE_BYTES)}, got {args.memory_profile!r}")
+    for name in ("dp", "dp_shard", "pp", "tp", "ep", "micro_batch", "global_batch"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}", f"must be ≥ 1, got {getattr(args, name)}")
+    if cfg.n_heads % args.tp or cfg.kv_heads % args.tp:
+        raise ConfigError("--tp", f"{cfg.n_heads} heads ({cfg.kv_heads} key/value) not divisible by tp={args.tp}")
+    if args.ep > 1 and (cfg.moe is None or cfg.moe.n_experts % args.ep):
+        raise ConfigError("--ep", f"needs an MoE model whose experts divide by ep={args.ep}")
+    if args.pp > cfg.n_layers:
+        raise ConfigError("--pp", f"{args.pp} stages need at least as many layers, the model has {cfg.n_layers}")
+    layout = Layout(dp_replicate=args.dp, dp_shard=args.dp_shard, pp=args.pp, tp=args.tp, ep=args.ep,
+                    zero1=not args.no_zero1, micro_batch_size=args.micro_batch, global_batch=args.global_batch,
+                    seq_len=args.seq_len or cfg.max_seq_len, activation_checkpointing=args.activation_checkpointing,
+                    precision=args.memory_profile)
+    return plan_memory(cfg, layout, gpu_capacity_bytes(args.gpu_mem))
+
+
 def model_report(cfg: ModelConfig, seq_len: int | None, tokens_per_sec: float | None,
                  peak_tflops: float | None, gpus: int) -> dict[str, Any]:
     from skyloom.model.accounting import count_params, flops_per_token, mfu, training_memory_bytes
@@ -115,9 +137,13 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from skyloom.model.memory import format_memory
+
     cfg = resolve_model_config(args.model, args.overrides)
     report = model_report(cfg, args.seq_len, args.tokens_per_sec, args.peak_tflops, args.gpus)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    plan = memory_plan(cfg, args)
+    report["memory_plan"] = plan.as_dict()
+    print(json.dumps(report, indent=2) if args.json else format_report(report) + "\n\n" + format_memory(plan))
     return 0
 
 
@@ -220,6 +246,19 @@ class ModelInfoConfig:
     peak_tflops: float | None = option(None, help="hardware peak per GPU in TFLOP/s (A100/A800 bf16: 312)")
     gpus: int = option(1, help="number of GPUs the throughput was measured on")
     json: bool = option(False, help="print one JSON object instead of tables")
+    dp: int = option(1, help="memory plan: data-parallel (DDP) replicas")
+    dp_shard: int = option(1, help="memory plan: FSDP degree (weights, gradients, optimizer sharded)")
+    pp: int = option(1, help="memory plan: pipeline stages (1F1B)")
+    tp: int = option(1, help="memory plan: tensor-parallel degree (with sequence parallelism)")
+    ep: int = option(1, help="memory plan: expert-parallel degree (MoE)")
+    no_zero1: bool = option(False, help="memory plan: do not shard the optimizer state over the DDP replicas")
+    micro_batch: int = option(1, help="memory plan: sequences per micro-batch")
+    global_batch: int = option(4096, help="memory plan: sequences per optimizer step (sets PP's micro-batches)")
+    activation_checkpointing: bool = option(False, help="memory plan: recompute each layer in the backward pass")
+    memory_profile: str = option("megatron-bf16", help="memory plan: bytes per parameter: megatron-bf16 (the "
+                                                       "report's Table 10), torch-amp (skyloom's bf16), fp32, "
+                                                       "zero-bf16")
+    gpu_mem: float = option(80.0, metavar="GB", help="memory plan: GPU memory for the OOM verdict ('80 GB' = 80 GiB)")
 
 
 @dataclass
@@ -265,8 +304,12 @@ def register(sub) -> None:
         description=(
             "Print the architecture (like the report's Table 3), exact parameter counts, training FLOPs per\n"
             "token (6·N + 12·L·H·S), the memory needed for weights, gradients and AdamW state, and — given a\n"
-            "throughput — the MFU it means. Nothing is allocated: 13B presets are counted from the config.\n\n"
-            "example: skyloom model info skywork-13b --tokens-per-sec 1873 --peak-tflops 312"
+            "throughput — the MFU it means. Nothing is allocated: 13B presets are counted from the config.\n"
+            "Then the memory per GPU of a layout (--dp/--dp-shard/--pp/--tp/--ep, micro-batch, sequence length):\n"
+            "weights, gradients, optimizer, activations, buffers, and an OOM verdict for --gpu-mem.\n\n"
+            "examples:\n"
+            "  skyloom model info skywork-13b --tokens-per-sec 1873 --peak-tflops 312\n"
+            "  skyloom model info skywork-13b --dp 256 --pp 2 --gpu-mem 80     # Table 10's DP256+PP2+ZeRO-1"
         ),
     )
     add_config_arguments(info, ModelInfoConfig, resolve=_resolved_model)
