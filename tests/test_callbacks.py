@@ -100,8 +100,8 @@ def test_a_callback_given_as_a_file_path(train_corpus, tmp_path):
 
 @pytest.mark.parametrize("name, args, message", [
     ("nope", {}, "unknown callback 'nope'"),
-    ("no_such_module_xyz:Recorder", {}, "cannot import 'no_such_module_xyz'"),
-    ("mycb_bad:Missing", {}, "has no class 'Missing'"),
+    ("no_such_module_xyz:Recorder", {}, "cannot import module 'no_such_module_xyz'"),
+    ("mycb_bad:Missing", {}, "has no 'Missing'"),
     ("mycb_bad:Recorder", {"unknown_arg": 1}, "do not fit Recorder"),
     ("inject_non_finite", {"step": [3]}, "do not fit InjectNonFinite"),
 ])

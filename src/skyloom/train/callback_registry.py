@@ -8,11 +8,7 @@ working directory — or `path/to/file.py:Class`. Bad names and arguments are `C
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import sys
-from pathlib import Path
 from typing import Any
 
 from skyloom.config import ConfigError
@@ -34,26 +30,6 @@ def registered_callbacks() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _import_module(module: str, key: str):
-    if module.endswith(".py"):
-        path = Path(module).expanduser()
-        if not path.is_file():
-            raise ConfigError(key, f"no such file {path}")
-        spec = importlib.util.spec_from_file_location(f"skyloom_user_callback_{path.stem}", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    cwd = str(Path.cwd())
-    added = cwd not in sys.path
-    if added:  # a user's module next to the run's recipe, e.g. `mycb:Recorder` → ./mycb.py
-        sys.path.insert(0, cwd)
-    try:
-        return importlib.import_module(module)
-    finally:
-        if added:
-            sys.path.remove(cwd)
-
-
 def resolve_callback(name: str, key: str | None = None) -> type:
     """The class `name` stands for; `ConfigError(key)` when it is unknown or cannot be imported."""
     key = key or f"callbacks.{name}"
@@ -63,21 +39,10 @@ def resolve_callback(name: str, key: str | None = None) -> type:
     if ":" not in target:
         raise ConfigError(key, f"unknown callback {name!r}: registered are {', '.join(registered_callbacks())}; "
                                "a class of your own is 'package.module:Class' or 'path/to/file.py:Class'")
-    module, _, attr = target.rpartition(":")
-    try:
-        mod = _import_module(module, key)
-    except ConfigError:
-        raise
-    except Exception as err:  # the user's module may fail in any way; say which and why, not a traceback
-        raise ConfigError(key, f"cannot import {module!r}: {type(err).__name__}: {err}") from None
-    cls = getattr(mod, attr, None)
-    if not isinstance(cls, type):
-        raise ConfigError(key, f"{module!r} has no class {attr!r}")
+    from skyloom.plugins import load_class
     from skyloom.train.callbacks import Callback
 
-    if not issubclass(cls, Callback):
-        raise ConfigError(key, f"{target} is not a skyloom.train.callbacks.Callback subclass")
-    return cls
+    return load_class(target, key, Callback)
 
 
 def check_callback_args(name: str, args: dict[str, Any] | None, key: str | None = None) -> type:
