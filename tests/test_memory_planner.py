@@ -112,3 +112,36 @@ def test_model_info_prints_the_memory_plan_and_refuses_impossible_layouts(capsys
     assert abs(plan["peak_gb"] / 36.6 - 1) <= 0.15
     assert main(["model", "info", "skywork-13b", "--tp", "5"]) == 2
     assert "36 heads" in capsys.readouterr().err
+
+
+def test_train_warns_before_a_layout_the_planner_says_will_not_fit(monkeypatch, capsys):
+    """`skyloom train` on CUDA compares the planner with the device's memory; on CPU it says nothing."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    from skyloom.config import load_config
+    from skyloom.model.memory import GIB
+    from skyloom.train.commands import _warn_if_it_will_not_fit, memory_warning
+    from skyloom.train.config import RunConfig
+
+    stage = Path(__file__).resolve().parents[1] / "recipes" / "skywork-13b" / "stage1a.yaml"
+    fits = load_config(RunConfig, str(stage), [])
+    assert memory_warning(fits, 512, 80 * GIB) is None
+    ddp = load_config(RunConfig, str(stage), ["train.parallel.dp_shard=1"])  # DP256+PP2+ZeRO-1, fp32 weights
+    warning = memory_warning(ddp, 512, 80 * GIB)
+    assert warning.startswith("skyloom: warning: the memory planner expects") and "verdict: OOM" in warning
+    assert memory_warning(ddp, 3, 80 * GIB) is None  # a world the layout cannot fill: the trainer's error, not ours
+
+    monkeypatch.setenv("WORLD_SIZE", "512")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _warn_if_it_will_not_fit(ddp)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=80 * GIB))
+    _warn_if_it_will_not_fit(ddp)
+    assert "skyloom: warning: the memory planner expects" in capsys.readouterr().err
+    _warn_if_it_will_not_fit(fits)
+    assert capsys.readouterr().err == ""

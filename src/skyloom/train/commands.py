@@ -40,6 +40,41 @@ def _fail(err: BaseException) -> int:
     return 2
 
 
+def memory_warning(cfg, world_size: int, gpu_bytes: float) -> str | None:
+    """The planner's (skyloom.model.memory) warning when the run's layout needs more than `gpu_bytes` per GPU, else
+    None. A layout the world cannot take is left for the trainer to refuse with its own error."""
+    from skyloom.model.memory import GB, format_memory, layout_from_parallel, plan_memory
+
+    try:
+        layout = layout_from_parallel(
+            cfg.train.parallel, world_size, micro_batch_size=cfg.train.micro_batch_size, seq_len=cfg.seq_len,
+            global_batch=max(1, cfg.train.global_batch_tokens // cfg.seq_len), precision="torch-amp",
+            activation_checkpointing=cfg.train.activation_checkpointing)
+    except ValueError:
+        return None
+    plan = plan_memory(cfg.model, layout, gpu_bytes)
+    if plan.fits:
+        return None
+    return (f"skyloom: warning: the memory planner expects {plan.peak.total / GB:.1f} GB per GPU for this layout, "
+            f"more than the device's {gpu_bytes / GB:.1f} GB; it will likely run out of memory (shard more: "
+            f"train.parallel dp_shard / pp / tp, or train.activation_checkpointing: true)\n{format_memory(plan)}")
+
+
+def _warn_if_it_will_not_fit(cfg) -> None:
+    """On CUDA only, before training starts: compare the planner's figure with this GPU's memory (stderr)."""
+    import os
+
+    import torch
+
+    if cfg.train.device == "cpu" or not torch.cuda.is_available():
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    total = torch.cuda.get_device_properties(local_rank % torch.cuda.device_count()).total_memory
+    warning = memory_warning(cfg, int(os.environ.get("WORLD_SIZE", "1")), float(total))
+    if warning:
+        print(warning, file=sys.stderr)
+
+
 def load_run_config(spec: str, overrides: list[str]):
     """A YAML recipe, or a run directory (its saved config.yaml), plus dotted overrides."""
     from skyloom.train.config import RunConfig
@@ -68,6 +103,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       overwrite=args.overwrite, is_main=is_main, clear=clear_outputs(("checkpoints", "metrics.jsonl")),
                       overwrite_hint="delete its metrics and checkpoints"):
         try:
+            if is_main:
+                _warn_if_it_will_not_fit(cfg)
             from skyloom.train.prepare import prepare_run_data
 
             prepare_run_data(cfg)  # tokenizer training and packing: before the Trainer, which only builds
