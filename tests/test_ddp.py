@@ -34,13 +34,21 @@ def single_run(train_corpus, tmp_path_factory):
     return config, root / "single"
 
 
+def _weights(path):
+    """A checkpoint's weights; a sharded (FSDP) one has no model.safetensors and is consolidated by load_model."""
+    if (path / "model.safetensors").is_file():
+        return load_file(str(path / "model.safetensors"))
+    import skyloom
+
+    return skyloom.load_model(path).state_dict()
+
+
 def _compare(a, b):
     la, lb = [r["loss"] for r in read_metrics(a)], [r["loss"] for r in read_metrics(b)]
     assert len(la) == len(lb) == STEPS
     assert max(abs(x - y) for x, y in zip(la, lb)) < TOL, (la, lb)
     assert la[-1] < la[0] - 0.3  # it trained
-    wa = load_file(str(a / "checkpoints" / f"step_{STEPS:08d}" / "model.safetensors"))
-    wb = load_file(str(b / "checkpoints" / f"step_{STEPS:08d}" / "model.safetensors"))
+    wa, wb = (_weights(d / "checkpoints" / f"step_{STEPS:08d}") for d in (a, b))
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < TOL
     va, vb = read_metrics(a, "val"), read_metrics(b, "val")
     assert [r["step"] for r in va] == [r["step"] for r in vb]
@@ -71,7 +79,8 @@ def test_fsdp2_two_processes_match_one(single_run, tmp_path):
     assert "FSDP2" in out.stdout
     _compare(single, tmp_path / "fsdp")
     assert (tmp_path / "fsdp/checkpoints/step_00000006/dcp/.metadata").is_file()
-    # the gathered full weights open like any checkpoint
+    # never gathered: the shards stream into load_model
+    assert not (tmp_path / "fsdp/checkpoints/step_00000012/model.safetensors").exists()
     import skyloom
 
     model = skyloom.load_model(tmp_path / "fsdp/checkpoints/step_00000012")
