@@ -24,18 +24,23 @@ from skyloom.model.transformer import Transformer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
-_LAYER_MAP = {
+# skyloom parameter names → Hugging Face Llama names (Mixtral shares the attention and top-level ones)
+ATTN_MAP = {
     "attn_norm.weight": "input_layernorm.weight",
     "attn.wq.weight": "self_attn.q_proj.weight",
     "attn.wk.weight": "self_attn.k_proj.weight",
     "attn.wv.weight": "self_attn.v_proj.weight",
     "attn.wo.weight": "self_attn.o_proj.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+_LAYER_MAP = {
+    **ATTN_MAP,
     "ffn.w1.weight": "mlp.gate_proj.weight",
     "ffn.w3.weight": "mlp.up_proj.weight",
     "ffn.w2.weight": "mlp.down_proj.weight",
 }
-_TOP_MAP = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+TOP_MAP = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+           "output.weight": "lm_head.weight"}
 
 
 def require_transformers(purpose: str) -> Any:
@@ -50,14 +55,14 @@ def require_transformers(purpose: str) -> Any:
 
 
 def to_hf_name(name: str) -> str:
-    if name in _TOP_MAP:
-        return _TOP_MAP[name]
+    if name in TOP_MAP:
+        return TOP_MAP[name]
     _, index, rest = name.split(".", 2)  # layers.{i}.{rest}
     return f"model.layers.{index}.{_LAYER_MAP[rest]}"
 
 
 def from_hf_name(name: str) -> str:
-    for ours, theirs in _TOP_MAP.items():
+    for ours, theirs in TOP_MAP.items():
         if name == theirs:
             return ours
     reverse = {v: k for k, v in _LAYER_MAP.items()}

@@ -26,18 +26,9 @@ from safetensors.torch import save_file
 from skyloom.config import build
 from skyloom.model.arch import arch_spec
 from skyloom.model.config import ModelConfig
+from skyloom.model.hf import ATTN_MAP, TOP_MAP
 from skyloom.model.transformer import Transformer
 
-_ATTN_MAP = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn.wq.weight": "self_attn.q_proj.weight",
-    "attn.wk.weight": "self_attn.k_proj.weight",
-    "attn.wv.weight": "self_attn.v_proj.weight",
-    "attn.wo.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-}
-_TOP_MAP = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-            "output.weight": "lm_head.weight"}
 
 
 def check_mixtral_compatible(model: Transformer) -> list[str]:
@@ -99,14 +90,14 @@ def export_mixtral(model: Transformer, out_dir: str | Path, source_dir: str | Pa
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         t = tensor.detach().contiguous().cpu()
-        if name in _TOP_MAP:
+        if name in TOP_MAP:
             if not (cfg.tie_embeddings and name == "output.weight"):
-                state[_TOP_MAP[name]] = t
+                state[TOP_MAP[name]] = t
             continue
         _, index, rest = name.split(".", 2)
         prefix = f"model.layers.{index}"
-        if rest in _ATTN_MAP:
-            state[f"{prefix}.{_ATTN_MAP[rest]}"] = t
+        if rest in ATTN_MAP:
+            state[f"{prefix}.{ATTN_MAP[rest]}"] = t
         elif rest == "ffn.gate.weight":
             state[f"{prefix}.block_sparse_moe.gate.weight"] = t
         elif rest in ("ffn.w1", "ffn.w2", "ffn.w3"):
@@ -152,8 +143,8 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 def mixtral_state_to_skyloom(state: dict[str, torch.Tensor], cfg: ModelConfig, source: str) -> dict[str, torch.Tensor]:
     """Rename (and stack) Mixtral weights, original or fused layout, into skyloom's names."""
-    reverse_top = {v: k for k, v in _TOP_MAP.items()}
-    reverse_attn = {v: k for k, v in _ATTN_MAP.items()}
+    reverse_top = {v: k for k, v in TOP_MAP.items()}
+    reverse_attn = {v: k for k, v in ATTN_MAP.items()}
     n = cfg.moe.n_experts
     out: dict[str, torch.Tensor] = {}
     experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
