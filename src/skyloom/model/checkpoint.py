@@ -12,7 +12,9 @@ model is one tensor (its saved shards) — DCP's `.metadata`, a pickle, is opene
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,14 @@ def is_skyloom_checkpoint(path: str | Path) -> bool:
     return (p / CONFIG_FILE).is_file() and ((p / WEIGHTS_FILE).is_file() or is_sharded_checkpoint(p))
 
 
+@contextlib.contextmanager
+def single_process_dcp():
+    """DCP warns on every single-process load (no_dist) that it assumes one process: that is the intent here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
+        yield
+
+
 def _cached_reader(dcp_dir: Path):
     """A DCP FileSystemReader that unpickles `.metadata` once, not once per tensor."""
     from torch.distributed.checkpoint import FileSystemReader
@@ -130,9 +140,10 @@ def stream_sharded_weights(model: Transformer, dcp_dir: Path, prefix: str = "mod
     if missing or unexpected:
         raise ValueError(f"{dcp_dir}: weights do not match the config: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
-    for name, target in targets.items():
-        if name in saved:
-            dcp.load({prefix + name: target}, storage_reader=reader, no_dist=True)
+    with single_process_dcp():
+        for name, target in targets.items():
+            if name in saved:
+                dcp.load({prefix + name: target}, storage_reader=reader, no_dist=True)
 
 
 def load_model(

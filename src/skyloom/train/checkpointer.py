@@ -29,7 +29,13 @@ from safetensors.torch import save_file
 from skyloom.config import save as save_config
 from skyloom.config import to_dict
 from skyloom.data.mixture import MixtureLoader
-from skyloom.model.checkpoint import WEIGHTS_FILE, load_state_into, read_weights, write_model_json
+from skyloom.model.checkpoint import (
+    WEIGHTS_FILE,
+    load_state_into,
+    read_weights,
+    single_process_dcp,
+    write_model_json,
+)
 from skyloom.model.manifest import NO_VERIFY_HINT, CheckpointError, ensure_intact
 from skyloom.model.manifest import check as check_manifest
 from skyloom.train import checkpointing as ckpt
@@ -349,7 +355,8 @@ class Checkpointer:
             state = {"model": msd, "optim": osd}
         else:
             state = {"model": get_model_state_dict(self.model)}
-        dcp.load(state, checkpoint_id=str(path / ckpt.DCP_DIR), no_dist=not self.env.distributed)
+        with contextlib.nullcontext() if self.env.distributed else single_process_dcp():
+            dcp.load(state, checkpoint_id=str(path / ckpt.DCP_DIR), no_dist=not self.env.distributed)
         if optimizer:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         else:
