@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 import skyloom
+from skyloom.cli import main
 from skyloom.data.shards import finalize_index, write_shard
 from skyloom.model.manifest import CheckpointError
 from tests.train_helpers import REPO, TINY_MODEL, build_run_config, cli_env, read_metrics, write_config
@@ -172,6 +173,10 @@ def test_an_fsdp_checkpoint_is_written_per_rank_and_streams_into_load_model(fsdp
     assert "dcp/.metadata" in files and "model.json" in files
     model = skyloom.load_model(path)  # verified, then consolidated tensor by tensor
     assert model(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 1024)
+    hf = run_dir.parent / "hf"
+    assert main(["export", "hf", str(path), str(hf)]) == 0  # export goes through the same streaming load
+    exported = load_file(str(hf / "model.safetensors"))
+    assert torch.equal(exported["model.norm.weight"], model.norm.weight)
     # the weights are the trained ones: the same as a 1-process resume of step 6 reads back
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
@@ -187,7 +192,7 @@ def test_an_fsdp_checkpoint_is_written_per_rank_and_streams_into_load_model(fsdp
         assert torch.equal(loaded[key], value), key
 
 
-def test_a_tampered_sharded_checkpoint_is_refused_before_its_pickle_is_opened(fsdp2_straight, tmp_path):
+def test_a_tampered_sharded_checkpoint_is_refused_before_its_pickle_is_opened(fsdp2_straight, tmp_path, capsys):
     _, run_dir = fsdp2_straight
     path = tmp_path / "step"
     shutil.copytree(run_dir / "checkpoints" / "step_00000003", path)
@@ -197,6 +202,8 @@ def test_a_tampered_sharded_checkpoint_is_refused_before_its_pickle_is_opened(fs
     shard.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"dcp/__1_.*sha256"):
         skyloom.load_model(path)
+    assert main(["export", "hf", str(path), str(tmp_path / "hf")]) == 2
+    assert "dcp/__1_" in capsys.readouterr().err and not (tmp_path / "hf").exists()
     skyloom.load_model(path, verify=False)  # --no-verify: the user vouches for it
 
 
