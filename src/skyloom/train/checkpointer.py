@@ -163,7 +163,10 @@ class Checkpointer:
         self.root = self.run_dir / "checkpoints"
         self.model, self.raw_model, self.optimizer, self.loader = model, raw_model, optimizer, loader
         self.state, self.callbacks, self.total_steps = state, callbacks, total_steps
-        self.fsdp, self.tokenizer, self.verify, self.log = fsdp, tokenizer, verify, log
+        # `fsdp`: a sharded layout, checkpointed through DCP by every rank for its own part — FSDP, TP and EP are
+        # recognised by their DTensor parameters; pipeline stages (plain tensors, other layers per rank) pass True
+        sharded = fsdp or any(hasattr(p, "device_mesh") for p in raw_model.parameters())
+        self.fsdp, self.tokenizer, self.verify, self.log = sharded, tokenizer, verify, log
         self.device = env.device
         self.logger: MetricsLogger | None = None  # the run's event log, once the trainer opened it
         self.last_checkpoint: Path | None = None
