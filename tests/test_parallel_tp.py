@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from skyloom.config import ConfigError
 from skyloom.model.config import ModelConfig
 from skyloom.train.parallel.tensor import check_tensor_parallel
+from tests.train_helpers import train_corpus  # noqa: F401  (fixture)
 
 STEPS = 6
 TOL = 1e-5
@@ -170,6 +172,50 @@ def test_tensor_parallel_matches_single_process(nproc, tmp_path):
         _assert_matches(name, r)
     if nproc == 2:
         assert results["tp2_sp_tied"]["tied"]
+
+
+@pytest.fixture(scope="module")
+def single_run(train_corpus, tmp_path_factory):
+    from tests.train_helpers import run, skyloom_cmd, tiny_run_config, write_config
+
+    root = tmp_path_factory.mktemp("tp_single")
+    cfg = tiny_run_config(train_corpus, train={"max_steps": STEPS}, checkpoint={"every": 3})
+    config = write_config(cfg, root / "run.yaml")
+    run(skyloom_cmd("train", str(config), "--out", str(root / "single")))
+    return config, root / "single"
+
+
+def _losses(run_dir: Path) -> list[float]:
+    from tests.train_helpers import read_metrics
+
+    return [r["loss"] for r in read_metrics(run_dir)]
+
+
+@pytest.mark.parametrize("nproc,layout", [
+    (2, ["tp=2"]),
+    (2, ["tp=2", "sequence_parallel=false"]),
+    (4, ["tp=2", "dp_shard=2", "dp_replicate=1"]),
+    (4, ["tp=2"]),
+], ids=["tp2_sp", "tp2", "fsdp2xtp2_sp", "dp2xtp2_sp"])
+def test_trainer_tensor_parallel_matches_single_process(single_run, tmp_path, nproc, layout):
+    """`skyloom train` with train.parallel.tp (dp_replicate × tp goes through FSDP2's replicate: DDP cannot take
+    DTensors): the same loss per step as one process; a TP checkpoint resumes on one process."""
+    from tests.train_helpers import run, skyloom_cmd, torchrun_cmd
+
+    config, single = single_run
+    overrides = [f"train.parallel.{kv}" for kv in layout]
+    out = run(torchrun_cmd(nproc, "train", str(config), *overrides, "--out", str(tmp_path / "tp")), timeout=300)
+    assert "TP 2" in out.stdout
+    expected, got = _losses(single), _losses(tmp_path / "tp")
+    assert len(got) == len(expected) == STEPS
+    assert max(abs(a - b) for a, b in zip(expected, got)) < TOL, (expected, got)
+    step3 = tmp_path / "tp" / "checkpoints" / "step_00000003"
+    assert (step3 / "dcp" / ".metadata").is_file()  # DTensor shards saved through DCP, nothing gathered
+    if layout == ["tp=2"] and nproc == 2:  # the TP checkpoint resumes on one process (DCP reshards it)
+        shutil.rmtree(tmp_path / "tp" / "checkpoints" / "step_00000006")
+        run(skyloom_cmd("train", str(config), "--out", str(tmp_path / "tp"), "--resume"))
+        got = _losses(tmp_path / "tp")
+        assert len(got) == STEPS and max(abs(a - b) for a, b in zip(expected, got)) < TOL, (expected, got)
 
 
 def test_check_tensor_parallel_refuses_what_does_not_split():

@@ -37,7 +37,7 @@ After every forward the layer keeps `last_aux_loss` (the unweighted load-balanci
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def expert_similarity(layer: "MoE") -> float | None:
+def expert_similarity(layer: MoE) -> float | None:
     """Average pairwise cosine similarity of the experts' flattened weights [w1, w3, w2] (report Fig. 1 right).
 
     1 for freshly upcycled (identical) experts, ~0 for independently initialised ones. Built from per-matrix Gram
@@ -200,6 +200,26 @@ class _AllToAll(torch.autograd.Function):
         return _AllToAll.apply(grad.contiguous(), ctx.group), None
 
 
+class _ExpertGrad(torch.autograd.Function):
+    """Identity forward; backward: the experts' gradient summed over `replicas` and divided by `divisor` (the
+    loss scale the trainer applies for DDP, which skips the experts). Lives in the graph, not in a parameter
+    hook, so it survives `to_empty` / `.to()` re-creating the parameters."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, divisor: float, replicas) -> torch.Tensor:
+        ctx.divisor, ctx.replicas = divisor, replicas
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.replicas is not None:
+            import torch.distributed as dist
+
+            grad = grad.clone()
+            dist.all_reduce(grad, group=ctx.replicas)
+        return grad / ctx.divisor, None, None
+
+
 def exchange(x: torch.Tensor, group) -> torch.Tensor:
     """All-to-all of `x` ([group size, …]: block q for rank q) over `group`, with autograd."""
     return _AllToAll.apply(x, group)
@@ -234,6 +254,8 @@ class MoE(nn.Module):
         self.expert_impl = "auto"  # "auto" | "padded" (alias "loop") | "grouped_mm" (tests and benchmarks pick one)
         self.ep_group = None  # expert parallelism: the process group the experts are sharded over
         self.ep_size = 1
+        self.ep_replicas = None  # the process group of the ranks holding the same experts (None: no copies)
+        self.ep_grad_divisor = 1.0  # the experts' gradients are divided by it (see skyloom.train.parallel.expert)
         self.last_aux_loss: torch.Tensor | None = None
         self.last_stats: dict[str, torch.Tensor] | None = None
         if self.w1.device.type != "meta":
@@ -337,6 +359,7 @@ class MoE(nn.Module):
         w1, w3, w2 = (_shard(w) for w in (self.w1, self.w3, self.w2))
         if self.ep_group is None:
             return _swiglu_bmm(rows, w1, w3, w2)
+        w1, w3, w2 = (_ExpertGrad.apply(w, self.ep_grad_divisor, self.ep_replicas) for w in (w1, w3, w2))
         ep, n_local, per_expert = self.ep_size, self.n_experts // self.ep_size, rows.shape[1]
         # rows of the experts of owner q are contiguous ([q·n_local, (q+1)·n_local)): send block q to rank q
         received = exchange(rows.reshape(ep, n_local * per_expert * self.dim), self.ep_group)

@@ -66,7 +66,11 @@ def build_optimizer(
     # parameters (FSDP2) take the foreach path instead.
     plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda")
                 for g in groups for p in g["params"])
-    kwargs["fused" if plain else "foreach"] = True
+    sharded = [type(p) is not torch.nn.Parameter for g in groups for p in g["params"]]
+    if any(sharded) and not all(sharded):  # expert parallelism: DTensor experts beside plain weights
+        kwargs["foreach"] = False  # the foreach kernels refuse a mix of DTensor and torch.Tensor
+    else:
+        kwargs["fused" if plain else "foreach"] = True
     if zero1:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 

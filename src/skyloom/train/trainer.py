@@ -178,14 +178,15 @@ class Trainer:
             lr_scale_fn = lr_scale_fn_for(cfg.model.moe)
         p = self.parallel
         zero1_group = sub_mesh(self.mesh, "dp_replicate").get_group() \
-            if p.zero1 and p.dp_replicate > 1 and p.dp_shard == 1 else None
+            if p.zero1 and p.dp_replicate > 1 and p.dp_shard == 1 and p.tp == 1 else None  # ZeRO-1: no DTensors
         self.optimizer = build_optimizer(self.raw_model, cfg.train, zero1=zero1_group is not None,
                                          zero1_group=zero1_group, lr_scale_fn=lr_scale_fn)
 
         self.checkpointer = Checkpointer(
             cfg, self.run_dir, self.env, model=self.model, raw_model=self.raw_model, optimizer=self.optimizer,
             loader=self.loader, state=self.state, callbacks=CallbackStates(self.callbacks),
-            total_steps=self.total_steps, fsdp=self.fsdp, tokenizer=self.tokenizer, verify=verify, log=self.log)
+            total_steps=self.total_steps, fsdp=self.fsdp or self.parallel.tp > 1,  # TP: DTensors, saved via DCP
+            tokenizer=self.tokenizer, verify=verify, log=self.log)
         start = self.checkpointer.start(resume)
         self.logger = MetricsLogger(self.run_dir, self.total_steps, enabled=self.env.is_main,
                                     tensorboard=cfg.train.tensorboard, log_every=cfg.train.log_every,

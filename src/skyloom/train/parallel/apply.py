@@ -63,9 +63,11 @@ def parallelize(
 
         apply_tensor_parallel(model, sub_mesh(mesh, "tp"), pcfg.sequence_parallel)
     if pcfg.ep > 1:  # ---- EP: H16-EP, train/parallel/expert.py ----
-        from skyloom.train.parallel.expert import apply_expert_parallel, expert_mesh
+        from skyloom.train.parallel.expert import apply_expert_parallel, check_expert_layout, expert_mesh
 
-        apply_expert_parallel(model, expert_mesh(mesh, pcfg))
+        check_expert_layout(pcfg)
+        ep_mesh = expert_mesh(pcfg, device.type)
+        apply_expert_parallel(model, ep_mesh["ep"], ep_mesh["ep_replicate"])
     if activation_checkpointing:
         enable_activation_checkpointing(model)
     if compile:
@@ -80,9 +82,16 @@ def parallelize(
         for block in blocks_of(model):
             fully_shard(block, mesh=dp_mesh, mp_policy=mp)
         fully_shard(model, mesh=dp_mesh, mp_policy=mp)
+    elif pcfg.dp_replicate > 1 and pcfg.tp > 1:  # DDP cannot take DTensor parameters: FSDP2's replicate-only form
+        from torch.distributed._composable.replicate_with_fsdp import replicate
+
+        dp_mesh = sub_mesh(mesh, "dp_replicate")
+        for block in blocks_of(model):
+            replicate(block, mesh=dp_mesh)
+        replicate(model, mesh=dp_mesh)
     if materialize is not None:
         materialize(model)
-    if pcfg.dp_shard > 1:
+    if pcfg.dp_shard > 1 or pcfg.tp > 1:
         return model
     if pcfg.dp_replicate > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -92,6 +92,9 @@ class ParallelConfig:
                 raise ConfigError(f"{key}.tp", f"{model.n_heads} heads not divisible by tp={self.tp}")
             if model.kv_heads % self.tp:
                 raise ConfigError(f"{key}.tp", f"{model.kv_heads} key/value heads not divisible by tp={self.tp}")
+            from skyloom.train.parallel.tensor import check_tensor_parallel  # FFN width, vocabulary, MoE, dropout
+
+            check_tensor_parallel(model, self.tp, f"{key}.tp", sequence_parallel=self.sequence_parallel)
         if self.ep > 1:
             if model.moe is None:
                 raise ConfigError(f"{key}.ep", "expert parallelism needs an MoE model (model.moe)")
@@ -123,7 +126,7 @@ class ParallelConfig:
         """'DDP + ZeRO-1 (2) × PP 2 (1F1B, 2 stages)'-style summary of a resolved layout."""
         parts = []
         if self.dp_replicate > 1:
-            zero = " + ZeRO-1" if self.zero1 and self.dp_shard == 1 else ""
+            zero = " + ZeRO-1" if self.zero1 and self.dp_shard == 1 and self.tp == 1 else ""
             parts.append(f"DDP{zero} ({self.dp_replicate})")
         if self.dp_shard > 1:
             parts.append(f"FSDP2 ({self.dp_shard})")

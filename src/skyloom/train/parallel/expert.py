@@ -16,7 +16,7 @@ would change it again; per rank and micro-batch is also Megatron-LM's definition
 
 Gradients: the trainer scales each rank's loss by the number of ranks DDP averages over (`grad_divisor`), and DDP
 skips the experts (they differ between ranks), so an expert's gradient arrives as grad_divisor × the sum over its
-ep group's tokens; a hook divides it by grad_divisor and sums it over the expert replicas.
+ep group's tokens; the MoE layer's backward divides it by grad_divisor and sums it over the expert replicas.
 Expert weights are DTensors sharded (Shard(0)) over the ep mesh: the documented init gives the same full
 weights as one process, `torch.distributed.checkpoint` saves each rank's experts, `full_tensor()` gathers them.
 
@@ -98,25 +98,12 @@ def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh | None, replicat
             local = weight.detach()[index * n_local:(index + 1) * n_local].clone()
             sharded = nn.Parameter(DTensor.from_local(local, ep_mesh, [Shard(0)], run_check=False,
                                                       shape=weight.shape, stride=weight.stride()))
-            sharded.register_hook(_expert_grad_hook(divisor, replica_group))
             setattr(layer, key, sharded)
         layer.ep_group, layer.ep_size = ep_mesh.get_group(), ep
+        layer.ep_replicas, layer.ep_grad_divisor = replica_group, float(divisor)
     from torch.nn.parallel import DistributedDataParallel
 
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, expert_parameter_names(model))
-
-
-def _expert_grad_hook(divisor: int, replica_group):
-    """grad → Σ over the expert replicas / divisor (the loss was scaled by `divisor` for DDP, which skips us)."""
-
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        if replica_group is None:
-            return grad / divisor
-        local = grad.to_local().clone()
-        dist.all_reduce(local, group=replica_group)
-        return DTensor.from_local(local / divisor, grad.device_mesh, grad.placements, run_check=False)
-
-    return hook
 
 
 def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
@@ -141,8 +128,8 @@ def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
             dist.all_reduce(ep_sq, group=group)
         total_sq = total_sq + ep_sq.cpu()
     norm = total_sq.sqrt()
-    if max_norm < float("inf") and float(norm) > max_norm:
-        scale = max_norm / (float(norm) + 1e-6)
+    scale = max_norm / (float(norm) + 1e-6)  # as torch's clip_grad_norm_: only ever scaled down
+    if scale < 1.0:
         for p in plain + sharded:
             p.grad.mul_(scale)
     return norm.float()
