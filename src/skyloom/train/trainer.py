@@ -170,22 +170,27 @@ class Trainer:
         self.raw_model = self._build_model()
         self.n_params = count_params(cfg.model).total
         self.flops_per_token = flops_per_token(cfg.model, self.seq_len)
-        self.model = self._wrap(self.raw_model)
-        self._materialize(self.raw_model)
+        self.pipeline = None
+        if self.parallel.pp > 1:
+            self._build_pipeline()
+        else:
+            self.model = self._wrap(self.raw_model)
+            self._materialize(self.raw_model)
         if lr_scale_fn is None and cfg.model.moe is not None:
             from skyloom.train.moe import lr_scale_fn_for
 
             lr_scale_fn = lr_scale_fn_for(cfg.model.moe)
         p = self.parallel
         zero1_group = sub_mesh(self.mesh, "dp_replicate").get_group() \
-            if p.zero1 and p.dp_replicate > 1 and p.dp_shard == 1 and p.tp == 1 else None  # ZeRO-1: no DTensors
+            if p.zero1_applies else None
         self.optimizer = build_optimizer(self.raw_model, cfg.train, zero1=zero1_group is not None,
                                          zero1_group=zero1_group, lr_scale_fn=lr_scale_fn)
 
         self.checkpointer = Checkpointer(
             cfg, self.run_dir, self.env, model=self.model, raw_model=self.raw_model, optimizer=self.optimizer,
             loader=self.loader, state=self.state, callbacks=CallbackStates(self.callbacks),
-            total_steps=self.total_steps, fsdp=self.fsdp or self.parallel.tp > 1,  # TP: DTensors, saved via DCP
+            total_steps=self.total_steps,  # sharded (DCP) checkpoints:
+            fsdp=self.fsdp or self.pipeline is not None or self.parallel.ep > 1 or self.parallel.tp > 1,
             tokenizer=self.tokenizer, verify=verify, log=self.log)
         start = self.checkpointer.start(resume)
         self.logger = MetricsLogger(self.run_dir, self.total_steps, enabled=self.env.is_main,
@@ -237,15 +242,48 @@ class Trainer:
         torch.manual_seed(self.cfg.train.seed)
         model.init_weights()
 
-    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The layout applied to the model (or one pipeline stage): train/parallel/apply.py."""
+    def _build_pipeline(self) -> None:
+        """Pipeline stages (train/parallel/pipeline.py): `raw_model` and `model` become this rank's part (its stages'
+        modules under their full-model names); the schedule runs the stages."""
+        from skyloom.train.parallel.pipeline import build_pipeline
+
+        n_microbatches = self.global_windows // (self.dp_size * self.cfg.train.micro_batch_size)
+        self._pp_losses: list[torch.Tensor] = []
+        self._pp_scale = 0.0
+        self.pipeline = build_pipeline(self.raw_model, self.parallel, self.mesh, self.env.rank, self.device,
+                                       n_microbatches=n_microbatches, loss_fn=self._pipeline_loss,
+                                       wrap=lambda stage: self._wrap(stage, ddp=False))
+        self.raw_model = self.model = self.pipeline.rank_model
+
+    def _pipeline_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The last stage's loss of one micro-batch: sum of token losses × dp / global targets (as without PP)."""
+        token_loss = lm_loss.token_loss(logits, labels)
+        self._pp_losses.append(token_loss.detach())
+        return token_loss * self._pp_scale
+
+    def _pipeline_forward_backward(self, batches: list, n_global: int) -> torch.Tensor:
+        if any(b.position_ids is not None or b.attn_mask is not None for b in batches):
+            raise ValueError("pipeline parallelism runs plain windows only (no per-sample positions or attention "
+                             "masks); train this data with train.parallel.pp: 1")
+        self._pp_scale = self.dp_size / max(n_global, 1)
+        self._pp_losses = []
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            self.pipeline.step(torch.cat([b.input_ids for b in batches]), torch.cat([b.labels for b in batches]))
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        # only on the rank holding the last stage; the first step's shape inference may call the loss on garbage
+        for token_loss in self._pp_losses[-len(batches):]:
+            loss_sum += token_loss.double()
+        return loss_sum
+
+    def _wrap(self, model: torch.nn.Module, ddp: bool = True) -> torch.nn.Module:
+        """The layout applied to the model (or one pipeline stage, `ddp=False`): train/parallel/apply.py."""
         mixed_precision = self.autocast_dtype
         if self.fsdp:
             self.autocast_dtype = None  # FSDP2's MixedPrecisionPolicy casts; no autocast on top
         return parallelize(model, self.parallel, self.mesh, device=self.device, mixed_precision=mixed_precision,
                            compile=self.cfg.train.compile,
                            activation_checkpointing=self.cfg.train.activation_checkpointing,
-                           materialize=self._materialize)
+                           materialize=self._materialize, ddp=ddp)
 
     def plan_text(self, rows=None) -> str:
         layout = self.parallel.describe()
@@ -295,6 +333,8 @@ class Trainer:
 
     def _forward_backward(self, batches: list, n_global: int) -> torch.Tensor:
         """Every micro-batch's forward and backward; returns the sum of token losses (this rank, float64)."""
+        if self.pipeline is not None:
+            return self._pipeline_forward_backward(batches, n_global)
         dp = self.dp_size
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(batches):
@@ -315,8 +355,16 @@ class Trainer:
 
     def _clip_gradients(self) -> float:
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if self.pipeline is None and self.parallel.ep > 1:  # experts sharded beside plain weights
+            from skyloom.train.parallel.expert import clip_grad_norm_ as clip_with_experts
+
+            return float(clip_with_experts(self.model.parameters(), max_norm))
+        if self.pipeline is None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+            return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        from skyloom.train.parallel.pipeline import clip_grad_norm_over_stages
+
+        return clip_grad_norm_over_stages(self.model.parameters(), max_norm, sub_mesh(self.mesh, "pp").get_group())
 
     def train_step(self) -> dict[str, Any]:
         self._call("pre_step")

@@ -50,13 +50,15 @@ def parallelize(
     compile: bool = False,
     activation_checkpointing: bool = False,
     materialize: Callable[[nn.Module], None] | None = None,
+    ddp: bool = True,
 ) -> nn.Module:
     """The model as the step runs it (the same object, or a DDP wrapper); `pcfg` must be resolved.
 
     With FSDP2 (`dp_shard > 1`) `mixed_precision` becomes its MixedPrecisionPolicy (bf16 parameters, fp32
     gradient reduction) and the caller must not autocast on top; otherwise the caller autocasts.
     A model built on `meta` is given storage by `materialize` once it is sharded (FSDP/TP/EP) and before DDP, which
-    broadcasts rank 0's weights when it is built.
+    broadcasts rank 0's weights when it is built. `ddp=False` leaves the gradient all-reduce over dp_replicate to
+    the caller (pipeline stages: DDP's reducer does not follow a schedule's micro-batches, pipeline.py).
     """
     if pcfg.tp > 1:  # ---- TP/SP: H16-TP, train/parallel/tensor.py ----
         from skyloom.train.parallel.tensor import apply_tensor_parallel
@@ -93,7 +95,7 @@ def parallelize(
         materialize(model)
     if pcfg.dp_shard > 1 or pcfg.tp > 1:
         return model
-    if pcfg.dp_replicate > 1:
+    if pcfg.dp_replicate > 1 and ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         dp_mesh = sub_mesh(mesh, "dp_replicate")

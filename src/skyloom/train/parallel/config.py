@@ -29,7 +29,7 @@ class ParallelConfig:
     pp: int = 1  # pipeline stages over ranks (torch.distributed.pipelining)
     tp: int = 1  # tensor parallel degree (DTensor column/row-parallel attention and FFN)
     ep: int = 1  # expert parallel degree (MoE experts sharded, tokens exchanged by all-to-all)
-    zero1: bool = True  # shard the AdamW state over the DDP ranks (ZeroRedundancyOptimizer)
+    zero1: bool = True  # shard the AdamW state over the DDP ranks (ZeroRedundancyOptimizer); pure DDP layouts only
     sequence_parallel: bool = True  # with tp > 1: norms and dropout on sequence shards
     pp_schedule: Literal["1F1B", "Interleaved1F1B"] = "1F1B"
     pp_stages_per_rank: int = 1  # 2+ for Interleaved1F1B (virtual stages per rank)
@@ -118,6 +118,13 @@ class ParallelConfig:
         return out
 
     @property
+    def zero1_applies(self) -> bool:
+        """ZeRO-1 shards the optimizer over the DDP ranks of a plain data-parallel layout. Not under FSDP (already
+        sharded), and not with pipeline stages or DTensor parameters (TP/EP), whose checkpoints are sharded (DCP):
+        ZeroRedundancyOptimizer has no sharded state dict — shard the optimizer with dp_shard instead."""
+        return self.zero1 and self.dp_replicate > 1 and self.dp_shard == 1 and self.pp == self.tp == self.ep == 1
+
+    @property
     def dp(self) -> int:
         """Data-parallel degree (ranks that see different data) of a resolved layout."""
         return self.dp_replicate * self.dp_shard
@@ -126,7 +133,7 @@ class ParallelConfig:
         """'DDP + ZeRO-1 (2) × PP 2 (1F1B, 2 stages)'-style summary of a resolved layout."""
         parts = []
         if self.dp_replicate > 1:
-            zero = " + ZeRO-1" if self.zero1 and self.dp_shard == 1 and self.tp == 1 else ""
+            zero = " + ZeRO-1" if self.zero1_applies else ""
             parts.append(f"DDP{zero} ({self.dp_replicate})")
         if self.dp_shard > 1:
             parts.append(f"FSDP2 ({self.dp_shard})")
