@@ -144,7 +144,7 @@ def test_trainer_ep2_matches_one_process(train_corpus, tmp_path):
     """`skyloom train` with train.parallel {dp_replicate: 2, ep: 2}: the same losses and router numbers as one
     process (whose two micro-batches are the two ranks' micro-batches), and the run resumes."""
     cfg = tiny_run_config(train_corpus, model={**TINY_MODEL, "moe": dict(MOE)}, train={"max_steps": 6},
-                          checkpoint={"every": 3})
+                          checkpoint={"every": 3}, validation={"every": 3})
     config = write_config(cfg, tmp_path / "moe.yaml")
     run(skyloom_cmd("train", str(config), "--out", str(tmp_path / "single")))
     layout = ["train.parallel.ep=2", "train.parallel.zero1=false"]
@@ -161,6 +161,10 @@ def test_trainer_ep2_matches_one_process(train_corpus, tmp_path):
         assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-5 * max(1.0, x["grad_norm"])
         for key in ("moe/L0/drop_rate", "moe/L1/aux_coef", "moe/L1/max1_max2", "moe/L0/load", "moe/aux_loss"):
             assert _close(x[key], y[key], 1e-5), key
+    # validation (eval mode: dropless, C = the largest count over the ep group) on every rank in step
+    va, vb = read_metrics(tmp_path / "single", "val"), read_metrics(tmp_path / "ep", "val")
+    assert [r["step"] for r in va] == [r["step"] for r in vb] == [3, 6]
+    assert all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(va, vb)), (va, vb)
 
 
 def test_layouts_ep_does_not_support_are_refused_with_the_key():
