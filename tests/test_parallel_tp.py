@@ -179,16 +179,17 @@ def single_run(train_corpus, tmp_path_factory):
     from tests.train_helpers import run, skyloom_cmd, tiny_run_config, write_config
 
     root = tmp_path_factory.mktemp("tp_single")
-    cfg = tiny_run_config(train_corpus, train={"max_steps": STEPS}, checkpoint={"every": 3})
+    cfg = tiny_run_config(train_corpus, train={"max_steps": STEPS}, checkpoint={"every": 3},
+                          validation={"every": 3})
     config = write_config(cfg, root / "run.yaml")
     run(skyloom_cmd("train", str(config), "--out", str(root / "single")))
     return config, root / "single"
 
 
-def _losses(run_dir: Path) -> list[float]:
+def _losses(run_dir: Path, kind: str = "train") -> list[float]:
     from tests.train_helpers import read_metrics
 
-    return [r["loss"] for r in read_metrics(run_dir)]
+    return [r["loss"] for r in read_metrics(run_dir, kind)]
 
 
 @pytest.mark.parametrize("nproc,layout", [
@@ -209,6 +210,10 @@ def test_trainer_tensor_parallel_matches_single_process(single_run, tmp_path, np
     expected, got = _losses(single), _losses(tmp_path / "tp")
     assert len(got) == len(expected) == STEPS
     assert max(abs(a - b) for a, b in zip(expected, got)) < TOL, (expected, got)
+    # validation: every rank of a TP group must see the same windows (they are split over data-parallel ranks only)
+    val_expected, val_got = _losses(single, "val"), _losses(tmp_path / "tp", "val")
+    assert len(val_got) == len(val_expected) == 2, (val_expected, val_got)
+    assert max(abs(a - b) for a, b in zip(val_expected, val_got)) < TOL, (val_expected, val_got)
     step3 = tmp_path / "tp" / "checkpoints" / "step_00000003"
     assert (step3 / "dcp" / ".metadata").is_file()  # DTensor shards saved through DCP, nothing gathered
     if layout == ["tp=2"] and nproc == 2:  # the TP checkpoint resumes on one process (DCP reshards it)

@@ -92,9 +92,13 @@ class Validation(Callback):
         self.monitor, self.every, self.at_start = monitor, every, at_start
 
     def evaluate(self, trainer: Trainer) -> dict[str, dict]:
+        # windows are split over the ranks only under plain DDP: a sharded forward (FSDP, TP, EP) is collective, so
+        # every rank evaluates every window in step (the ranks of one TP group must see the same tokens)
+        p = getattr(trainer, "parallel", None)
+        split = not trainer.fsdp and (p is None or (p.tp == 1 and p.ep == 1))
         results = self.monitor.evaluate(trainer.raw_model if not trainer.fsdp else trainer.model, trainer.device,
                                         trainer.autocast_dtype, trainer.env.rank, trainer.env.world_size,
-                                        split=not trainer.fsdp)
+                                        split=split)
         trainer.record_validation(results)
         return results
 
