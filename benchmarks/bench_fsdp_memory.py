@@ -4,6 +4,9 @@ Issue 16's acceptance: with the model built on `meta` and each rank materialisin
 peak RSS is at most 0.6× that of the one-process run (before: every rank built the full fp32 model first, 0.72×
 on a 271M shape). Both runs are the real `Trainer` (loader, loss, backward, clip, AdamW) on a random-token shard,
 fp32 on CPU; peak RSS is each process's `getrusage(RUSAGE_SELF).ru_maxrss`, read after its steps. Needs ~7 GB free.
+glibc keeps freed blocks below its (dynamic, up to 32 MB) mmap threshold in the heap, so FSDP's transient
+all-gather / reduce-scatter buffers inflate RSS beyond the live memory; `MALLOC_MMAP_THRESHOLD_=65536` (set for both
+runs) returns them to the OS and shows the live peak. Results: benchmarks/results/fsdp_memory.txt.
 
     .venv/bin/python benchmarks/bench_fsdp_memory.py                     # dim 1024, 24 layers, vocab 32,000
     .venv/bin/python benchmarks/bench_fsdp_memory.py --dim 256 --layers 4 --vocab 4096   # a quick check
@@ -104,8 +107,10 @@ def main() -> None:
                 [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *script]
             results[name] = launch(cmd)
     one = results["one process"][0]
+    malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     print(f"model: dim {args.dim}, {args.layers} layers, vocab {args.vocab:,}, seq {args.seq}: "
-          f"{one['params']:,} parameters; {args.steps} steps, fp32, CPU")
+          f"{one['params']:,} parameters; {args.steps} steps, fp32, CPU; glibc "
+          + (f"MALLOC_MMAP_THRESHOLD_={malloc}" if malloc else "default malloc (dynamic mmap threshold)"))
     for name, rows in results.items():
         for r in rows:
             print(f"  {name:16s} rank {r['rank']}: peak RSS {r['peak_gb']:.2f} GB "
