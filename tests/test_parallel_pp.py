@@ -13,7 +13,13 @@ import shutil
 import pytest
 
 from tests.train_helpers import (  # noqa: F401
-    read_metrics, run, skyloom_cmd, tiny_run_config, torchrun_cmd, train_corpus, write_config,
+    read_metrics,
+    run,
+    skyloom_cmd,
+    tiny_run_config,
+    torchrun_cmd,
+    train_corpus,
+    write_config,
 )
 
 STEPS = 6
@@ -54,3 +60,27 @@ def test_pipeline_matches_one_process(single_run, tmp_path, nproc, layout, shown
               timeout=300)
     assert shown in out.stdout
     _assert_same(single, tmp_path / "pp")
+
+
+def test_pipeline_checkpoint_resumes_exactly(single_run, tmp_path):
+    """A PP2 run's step-3 checkpoint (each stage writes its own shards, DCP) resumes on PP2 and on one process
+    with the uninterrupted losses; the checkpoint opens as a full model."""
+    config, single = single_run
+    out_dir = tmp_path / "pp"
+    run(torchrun_cmd(2, "train", str(config), "train.parallel.pp=2", "--out", str(out_dir)), timeout=300)
+    _assert_same(single, out_dir)
+    assert (out_dir / "checkpoints/step_00000003/dcp/.metadata").is_file()
+    import skyloom
+
+    model = skyloom.load_model(out_dir / "checkpoints/step_00000006")
+    assert sum(p.numel() for p in model.parameters()) == 344_640
+
+    for nproc in (2, 1):  # the same layout, then another one (one process)
+        shutil.rmtree(out_dir / "checkpoints/step_00000006")
+        metrics = out_dir / "metrics.jsonl"
+        metrics.write_text("".join(line for line in metrics.read_text().splitlines(keepends=True)
+                                   if '"step": 4' not in line and '"step": 5' not in line and '"step": 6' not in line))
+        cmd = torchrun_cmd(2, "train", str(config), "train.parallel.pp=2", "--out", str(out_dir), "--resume") \
+            if nproc == 2 else skyloom_cmd("train", str(config), "--out", str(out_dir), "--resume")
+        run(cmd, timeout=300)
+        _assert_same(single, out_dir)

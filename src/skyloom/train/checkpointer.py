@@ -48,6 +48,14 @@ if TYPE_CHECKING:
     from skyloom.train.metrics import MetricsLogger
 
 
+def _optimizer_by_name():
+    """DCP state-dict options: the optimizer state keyed by parameter name, its hyper-parameters too
+    (`param_groups.<name>.lr`), so ranks holding different parameters (pipeline stages) save and load their own."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=True)
+
+
 class TrainingAborted(RuntimeError):
     """The run cannot go on (e.g. too many consecutive non-finite steps); the message says why."""
 
@@ -265,7 +273,7 @@ class Checkpointer:
         from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        msd, osd = get_state_dict(self.model, self.optimizer)
+        msd, osd = get_state_dict(self.model, self.optimizer, options=_optimizer_by_name())
         try:
             dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / ckpt.DCP_DIR))
             mine = ckpt.shard_entries(tmp, self.env.rank)
@@ -354,14 +362,15 @@ class Checkpointer:
         self._require_verified(path)
         if optimizer:
             self._require_dcp_optimizer(path)
-            msd, osd = get_state_dict(self.model, self.optimizer)
+            msd, osd = get_state_dict(self.model, self.optimizer, options=_optimizer_by_name())
             state = {"model": msd, "optim": osd}
         else:
             state = {"model": get_model_state_dict(self.model)}
         with contextlib.nullcontext() if self.env.distributed else single_process_dcp():
             dcp.load(state, checkpoint_id=str(path / ckpt.DCP_DIR), no_dist=not self.env.distributed)
         if optimizer:
-            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                           options=_optimizer_by_name())
         else:
             set_model_state_dict(self.model, state["model"])
 
