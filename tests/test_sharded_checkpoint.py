@@ -6,7 +6,7 @@
   nothing is gathered on one rank while training (the runs fail if a full state dict is asked for).
 - `skyloom.load_model` consolidates such a checkpoint by streaming it tensor by tensor.
 - kill -9 of a 2-rank FSDP run, then resume on 2 ranks and on 1: the continuation matches uninterrupted runs;
-  FSDP 4 → 2 resumes too.
+  FSDP 4 → 2 and FSDP 2 → PP 2 resume too.
 Everything runs on a synthetic corpus and a ~200k-parameter model; each torchrun start costs a few seconds.
 """
 
@@ -252,3 +252,17 @@ def test_fsdp_4_ranks_resume_on_2(corpus, scripts, fsdp2_straight, tmp_path):
     run(torchrun(2, scripts["train"], str(config), "train.parallel=fsdp", "--out", str(four), "--resume"))
     assert [r["step"] for r in read_metrics(four)] == list(range(1, 7))
     assert max(abs(x - y) for x, y in zip(losses(four), losses(straight))) < 1e-5
+
+
+def test_an_fsdp_checkpoint_resumes_on_a_pipeline(corpus, scripts, fsdp2_straight, tmp_path):
+    """FSDP 2 → PP 2 (1F1B, one layer per stage): DCP reshards the FSDP shards onto the stages' own layers."""
+    config, straight = fsdp2_straight
+    moved = tmp_path / "moved"
+    shutil.copytree(straight, moved)
+    shutil.rmtree(moved / "checkpoints" / "step_00000006")
+    (moved / ".lock").unlink(missing_ok=True)
+    run(torchrun(2, scripts["train"], str(config), "train.parallel.pp=2", "--out", str(moved), "--resume"))
+    assert [r["step"] for r in read_metrics(moved)] == list(range(1, 7))
+    assert max(abs(x - y) for x, y in zip(losses(moved), losses(straight))) < 1e-5
+    resume = [r for r in read_metrics(moved, "event") if r["event"] == "resume"]
+    assert resume[0]["step"] == 3
