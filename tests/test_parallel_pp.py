@@ -2,8 +2,8 @@
 
 A 4-layer tiny model, 6 steps, 8 windows per step in micro-batches of 2: the one-process run accumulates 4
 micro-batches; PP2 runs them as the schedule's 4 micro-batches (1F1B, Interleaved1F1B with 2 stages per rank, an
-unequal 1 + 3 split); PP2 × DP2 gives each data-parallel pair 2. The loss is the same sum of token losses over the
-same global target count, so the trajectories agree to float summation order (tolerance 1e-5, fp32).
+unequal 1 + 3 split); PP2 × DP2 and PP2 × FSDP2 give each data-parallel rank 2. The loss is the same sum of token
+losses over the same global target count, so the trajectories agree to float summation order (tolerance 1e-5, fp32).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def _assert_same(a, b):
      "PP 2 (Interleaved1F1B, 4 stages)"),
     (2, ["train.parallel.pp=2", "train.parallel.pp_split=[1,3]"], "PP 2 (1F1B, 2 stages)"),
     (4, ["train.parallel.pp=2", "train.parallel.dp_replicate=2"], "DDP (2) × PP 2"),
-], ids=["pp2-1f1b", "pp2-interleaved", "pp2-unequal", "pp2xdp2"])
+    (4, ["train.parallel.pp=2", "train.parallel.dp_shard=2", "train.parallel.dp_replicate=1"], "FSDP2 (2) × PP 2"),
+], ids=["pp2-1f1b", "pp2-interleaved", "pp2-unequal", "pp2xdp2", "pp2xfsdp2"])
 def test_pipeline_matches_one_process(single_run, tmp_path, nproc, layout, shown):
     config, single = single_run
     out = run(torchrun_cmd(nproc, "train", str(config), *layout, "checkpoint.every=0", "--out", str(tmp_path / "pp")),

@@ -92,6 +92,13 @@ class Validation(Callback):
         self.monitor, self.every, self.at_start = monitor, every, at_start
 
     def evaluate(self, trainer: Trainer) -> dict[str, dict]:
+        if getattr(trainer, "pipeline", None) is not None:  # pipeline stages: not built yet — said once, skipped
+            if not getattr(self, "_skip_noted", False):
+                self._skip_noted = True
+                trainer.log("validation is skipped under pipeline parallelism (train.parallel.pp > 1): not built yet")
+                if trainer.logger is not None:
+                    trainer.logger.event(trainer.step, "validation_skipped", reason="pipeline parallelism")
+            return {}
         # windows are split over the ranks only under plain DDP: a sharded forward (FSDP, TP, EP) is collective, so
         # every rank evaluates every window in step (the ranks of one TP group must see the same tokens)
         p = getattr(trainer, "parallel", None)
