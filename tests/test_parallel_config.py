@@ -76,3 +76,13 @@ def test_rank_coordinates_are_row_major_pp_dp_tp():
     assert coordinates(layout, 5) == {"pp": 1, "dp_replicate": 0, "dp_shard": 0, "tp": 1}
     # the loader slices the batch by the data-parallel index: both stages and both TP ranks of a slot agree
     assert [data_parallel_rank(layout, r) for r in range(8)] == [(0, 2), (0, 2), (1, 2), (1, 2)] * 2
+
+
+def test_pipeline_refuses_moe_and_cuts_layers_evenly_with_spares_in_the_middle():
+    from skyloom.train.parallel.pipeline import split_layers
+
+    with pytest.raises(ConfigError) as err:
+        _run({"pp": 2}, arch="llama", moe={"n_experts": 4, "top_k": 2})
+    assert err.value.key == "train.parallel.pp" and "MoE" in str(err.value)
+    assert [len(r) for r in split_layers(10, 4)] == [2, 3, 3, 2]  # first/last carry the embedding and the loss
+    assert [list(r) for r in split_layers(4, 2, [1, 3])] == [[0], [1, 2, 3]]
