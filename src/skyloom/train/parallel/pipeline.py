@@ -59,10 +59,11 @@ class StageModule(nn.Module):
             self.output = model.output
 
     init_weights = Transformer.init_weights  # the documented init, by parameter name: the same as the full model's
+    sequence_shards = 1  # sequence parallelism (tensor.py) sets tp: a later stage receives T/tp positions per rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Token ids [B, T] → hidden states (first stage); hidden → hidden; hidden → logits (last stage)."""
-        t = x.shape[1]
+        t = x.shape[1] if self.first else x.shape[1] * self.sequence_shards
         positions = torch.arange(t, device=x.device).unsqueeze(0)
         if self.first:
             h = self.tok_emb(x)

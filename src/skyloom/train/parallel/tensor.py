@@ -95,6 +95,8 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
         check_tensor_parallel(cfg, tp_mesh.size())
     sp = sequence_parallel
     stream = Shard(1) if sp else Replicate()  # the residual stream between sub-layers
+    if sp and hasattr(model, "sequence_shards"):  # a pipeline stage: its hidden-state input holds T/tp positions
+        model.sequence_shards = tp_mesh.size()
 
     top: dict = {}
     if getattr(model, "tok_emb", None) is not None:
