@@ -148,7 +148,7 @@ def _torchrun(nproc: int, out: Path) -> dict:
     from tests.train_helpers import run
 
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-         str(Path(__file__).resolve()), str(out)], timeout=300)
+         "-m", "tests.test_parallel_tp", str(out)], timeout=300)
     return json.loads(out.read_text(encoding="utf-8"))
 
 
