@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path("../shared/data")  # relative to the repository root, like the recipes
+# the real data: relative to the repository root like the recipes, or SKYLOOM_SHARED_DATA (as for the tests and eval)
+SHARED = Path(os.environ.get("SKYLOOM_SHARED_DATA") or "../shared/data")
 DEFAULT_DATA = "runs/experiments/data"
 TINY_DATA = "runs/tiny-data"
 OVERRIDES: list[str] = []  # `--set key=value` of the experiment scripts: applied to every run they train
