@@ -44,7 +44,9 @@ def edit(text: str, kind: str, other: str, rng: random.Random) -> str:
         if _is_cjk(text):
             chars = list(text)
             for i in rng.sample(range(len(chars)), max(1, int(rate * len(chars)))):
-                chars[i] = rng.choice("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动")
+                chars[i] = rng.choice(
+                    "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动"
+                )
             return "".join(chars)
         words = text.split(" ")
         for i in rng.sample(range(len(words)), max(1, int(rate * len(words)))):
@@ -66,7 +68,10 @@ def base_documents(shared: Path) -> list[tuple[str, str]]:
         raw = (shared / "wikitext2" / f"{split}.txt").read_text(encoding="utf-8")
         docs += [("wikitext", detokenize_wikitext(a)) for a in re.split(r"\n(?= = [^=].* = \n)", raw) if a.strip()]
     for split in ("dev", "trial"):
-        docs += [("cmrc", d["context_text"]) for d in json.loads((shared / "cmrc2018" / f"cmrc2018_{split}.json").read_text())]
+        docs += [
+            ("cmrc", d["context_text"])
+            for d in json.loads((shared / "cmrc2018" / f"cmrc2018_{split}.json").read_text())
+        ]
     for f in sorted((shared / "skywork").glob("zh_*.jsonl")):
         docs += [("zh_web", json.loads(line)["text"]) for line in open(f, encoding="utf-8")]
     with open(shared / "gsm8k" / "train.jsonl", encoding="utf-8") as f:
@@ -93,8 +98,12 @@ def main() -> None:
     ap.add_argument("--copies", type=float, default=0.25, help="share of base documents that get a copy")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary run directory")
-    ap.add_argument("--lsh", nargs="+", default=["14x8", "20x5"],
-                    help="MinHash band×rows settings to compare (14x8 is datatrove's/FineWeb's default)")
+    ap.add_argument(
+        "--lsh",
+        nargs="+",
+        default=["14x8", "20x5"],
+        help="MinHash band×rows settings to compare (14x8 is datatrove's/FineWeb's default)",
+    )
     args = ap.parse_args()
 
     from loguru import logger
@@ -114,8 +123,10 @@ def main() -> None:
         records.append({"id": cid, "text": edit(base[i][1], kind, other, rng), "src": base[i][0]})
         family[cid], kind_of[cid] = i, kind
     rng.shuffle(records)
-    print(f"{len(base):,} distinct base documents + {len(picked):,} edited copies = {len(records):,} documents; "
-          f"MinHash on 5-gram shingles of words (English) / characters (Chinese)\n")
+    print(
+        f"{len(base):,} distinct base documents + {len(picked):,} edited copies = {len(records):,} documents; "
+        f"MinHash on 5-gram shingles of words (English) / characters (Chinese)\n"
+    )
     for lsh in args.lsh:
         bands, rows = (int(x) for x in lsh.split("x"))
         kept, seconds = run_once(records, bands, rows, args.keep)
@@ -132,11 +143,15 @@ def run_once(records, bands: int, rows: int, keep: bool) -> tuple[set[str], floa
         with open(tmp / "in" / "docs.jsonl", "w", encoding="utf-8") as f:
             for r in records:
                 f.write(json.dumps({"id": r["id"], "text": r["text"], "src": r["src"]}, ensure_ascii=False) + "\n")
-        cfg = load_pipeline_config({
-            "output_dir": str(tmp / "out"), "executor": {"tasks": 1, "workers": 1},
-            "inputs": [{"path": str(tmp / "in"), "format": "jsonl", "source": "bench"}],
-            "steps": [{"type": "minhash_dedup", "num_buckets": bands, "hashes_per_bucket": rows}]})
-        t0, c0 = time.perf_counter(), time.process_time()
+        cfg = load_pipeline_config(
+            {
+                "output_dir": str(tmp / "out"),
+                "executor": {"tasks": 1, "workers": 1},
+                "inputs": [{"path": str(tmp / "in"), "format": "jsonl", "source": "bench"}],
+                "steps": [{"type": "minhash_dedup", "num_buckets": bands, "hashes_per_bucket": rows}],
+            }
+        )
+        _t0, c0 = time.perf_counter(), time.process_time()
         devnull = open(os.devnull, "w")
         stdout, stderr, sys.stdout, sys.stderr = sys.stdout, sys.stderr, devnull, devnull  # datatrove's logs
         try:
@@ -179,17 +194,22 @@ def report(kept, seconds, records, family, kind_of, base, bands, rows) -> None:
     recall = tp / max(1, expected)
     threshold = (1 / bands) ** (1 / rows)
     print(f"## {bands} bands × {rows} rows (50 % detection at Jaccard ≈ {threshold:.2f})")
-    print(f"precision {precision:.4f}  recall {recall:.4f}  (true drops {tp:,}, false drops {fp:,}, "
-          f"expected drops {expected:,})")
+    print(
+        f"precision {precision:.4f}  recall {recall:.4f}  (true drops {tp:,}, false drops {fp:,}, "
+        f"expected drops {expected:,})"
+    )
     print("recall per edit: " + ", ".join(f"{k} {caught_by_kind[k] / per_kind[k]:.3f}" for k in EDITS))
-    print(f"speed: {len(records) / seconds:,.0f} documents/s on one core "
-          f"({seconds:.1f} CPU s for all four stages, {sum(len(r['text']) for r in records) / seconds / 1e6:.2f} "
-          f"M chars/s)")
+    print(
+        f"speed: {len(records) / seconds:,.0f} documents/s on one core "
+        f"({seconds:.1f} CPU s for all four stages, {sum(len(r['text']) for r in records) / seconds / 1e6:.2f} "
+        f"M chars/s)"
+    )
     if fp_examples:
         print("dropped non-injected documents (source near-duplicates or false positives), e.g.:")
         for e in fp_examples:
             print("   ", e)
     print()
+
 
 if __name__ == "__main__":
     main()

@@ -50,8 +50,9 @@ def main() -> None:
         "skyloom (lxml + readability scoring + pruning)": lambda raw: extract_html(raw).text,
         "resiliparse 2 main_content (tuned options)": lambda raw: extract_html(raw, backend="resiliparse").text,
         "resiliparse 2 main_content (defaults)": _resiliparse_default,
-        "trafilatura 2 favor_precision": lambda raw: trafilatura.extract(raw.decode("utf-8", "replace"),
-                                                                         favor_precision=True) or "",
+        "trafilatura 2 favor_precision": lambda raw: (
+            trafilatura.extract(raw.decode("utf-8", "replace"), favor_precision=True) or ""
+        ),
         "trafilatura 2 default": lambda raw: trafilatura.extract(raw.decode("utf-8", "replace")) or "",
     }
     # Interleaved timing (page by page, every extractor in turn) so that load changes on a shared machine
@@ -71,16 +72,20 @@ def main() -> None:
         p, r, f = (sum(s[i] for s in scores) / len(scores) for i in range(3))
         results[n] = (p, r, f, len(pages) / sum(best[n]))
     print(f"{len(pages)} pages from {data}, one core\n")
-    print(f"| extractor | precision | recall | F1 | pages/s |\n|---|---:|---:|---:|---:|")
+    print("| extractor | precision | recall | F1 | pages/s |\n|---|---:|---:|---:|---:|")
     for name, (p, r, f, speed) in results.items():
         print(f"| {name} | {p:.3f} | {r:.3f} | {f:.3f} | {speed:.0f} |")
     ours = results["skyloom (lxml + readability scoring + pruning)"]
     tp = results["trafilatura 2 favor_precision"]
     rd = results["resiliparse 2 main_content (defaults)"]
-    print(f"\nskyloom vs trafilatura favor_precision: F1 {ours[2] - tp[2]:+.3f}, precision {ours[0] - tp[0]:+.3f}, "
-          f"speed ×{ours[3] / tp[3]:.1f}")
-    print(f"skyloom vs resiliparse defaults:        F1 {ours[2] - rd[2]:+.3f}, precision {ours[0] - rd[0]:+.3f}, "
-          f"speed ×{ours[3] / rd[3]:.2f}")
+    print(
+        f"\nskyloom vs trafilatura favor_precision: F1 {ours[2] - tp[2]:+.3f}, precision {ours[0] - tp[0]:+.3f}, "
+        f"speed ×{ours[3] / tp[3]:.1f}"
+    )
+    print(
+        f"skyloom vs resiliparse defaults:        F1 {ours[2] - rd[2]:+.3f}, precision {ours[0] - rd[0]:+.3f}, "
+        f"speed ×{ours[3] / rd[3]:.2f}"
+    )
 
 
 def _resiliparse_default(raw: bytes) -> str:

@@ -40,12 +40,26 @@ def make_source(directory: Path, vocab: int, n_tokens: int) -> Path:
 
 def run_config(args, data: Path, parallel: str) -> dict:
     return {
-        "model": {"arch": "llama", "vocab_size": args.vocab, "dim": args.dim, "n_layers": args.layers,
-                  "n_heads": args.dim // 64, "max_seq_len": args.seq},
+        "model": {
+            "arch": "llama",
+            "vocab_size": args.vocab,
+            "dim": args.dim,
+            "n_layers": args.layers,
+            "n_heads": args.dim // 64,
+            "max_seq_len": args.seq,
+        },
         "data": {"seq_len": args.seq, "seed": 0, "sources": {"random": {"path": str(data)}}},
-        "train": {"global_batch_tokens": 2 * args.micro * args.seq, "micro_batch_size": args.micro,
-                  "max_steps": args.steps, "lr": 1e-4, "warmup_steps": 1, "log_every": 1000, "device": "cpu",
-                  "precision": "fp32", "parallel": parallel},
+        "train": {
+            "global_batch_tokens": 2 * args.micro * args.seq,
+            "micro_batch_size": args.micro,
+            "max_steps": args.steps,
+            "lr": 1e-4,
+            "warmup_steps": 1,
+            "log_every": 1000,
+            "device": "cpu",
+            "precision": "fp32",
+            "parallel": parallel,
+        },
         "validation": {"every": 0, "at_start": False, "sets": {}},
         "checkpoint": {"every": 0, "save_final": False},
     }
@@ -63,9 +77,20 @@ def worker(config: Path, out: Path) -> None:
     after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     losses = [trainer.train_step()["loss"] for _ in range(cfg.train.max_steps)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(MARK + json.dumps({"rank": trainer.env.rank, "world": trainer.env.world_size, "peak_gb": peak / 2**20,
-                             "after_build_gb": after_build / 2**20, "params": trainer.n_params,
-                             "losses": losses}), flush=True)
+    print(
+        MARK
+        + json.dumps(
+            {
+                "rank": trainer.env.rank,
+                "world": trainer.env.world_size,
+                "peak_gb": peak / 2**20,
+                "after_build_gb": after_build / 2**20,
+                "params": trainer.n_params,
+                "losses": losses,
+            }
+        ),
+        flush=True,
+    )
     shutdown()
 
 
@@ -76,7 +101,7 @@ def launch(cmd: list[str]) -> list[dict]:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    rows = [json.loads(line[len(MARK):]) for line in proc.stdout.splitlines() if line.startswith(MARK)]
+    rows = [json.loads(line[len(MARK) :]) for line in proc.stdout.splitlines() if line.startswith(MARK)]
     return sorted(rows, key=lambda r: r["rank"])
 
 
@@ -103,21 +128,37 @@ def main() -> None:
             config = root / f"{parallel}.yaml"
             config.write_text(yaml.safe_dump(run_config(args, data, parallel)), encoding="utf-8")
             script = [str(Path(__file__).resolve()), "--worker", str(config), str(root / f"run_{parallel}")]
-            cmd = [sys.executable, *script] if nproc == 1 else \
-                [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *script]
+            cmd = (
+                [sys.executable, *script]
+                if nproc == 1
+                else [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc_per_node={nproc}",
+                    *script,
+                ]
+            )
             results[name] = launch(cmd)
     one = results["one process"][0]
     malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    print(f"model: dim {args.dim}, {args.layers} layers, vocab {args.vocab:,}, seq {args.seq}: "
-          f"{one['params']:,} parameters; {args.steps} steps, fp32, CPU; glibc "
-          + (f"MALLOC_MMAP_THRESHOLD_={malloc}" if malloc else "default malloc (dynamic mmap threshold)"))
+    print(
+        f"model: dim {args.dim}, {args.layers} layers, vocab {args.vocab:,}, seq {args.seq}: "
+        f"{one['params']:,} parameters; {args.steps} steps, fp32, CPU; glibc "
+        + (f"MALLOC_MMAP_THRESHOLD_={malloc}" if malloc else "default malloc (dynamic mmap threshold)")
+    )
     for name, rows in results.items():
         for r in rows:
-            print(f"  {name:16s} rank {r['rank']}: peak RSS {r['peak_gb']:.2f} GB "
-                  f"(after building: {r['after_build_gb']:.2f} GB)  losses {[round(x, 4) for x in r['losses']]}")
+            print(
+                f"  {name:16s} rank {r['rank']}: peak RSS {r['peak_gb']:.2f} GB "
+                f"(after building: {r['after_build_gb']:.2f} GB)  losses {[round(x, 4) for x in r['losses']]}"
+            )
     largest = max(r["peak_gb"] for r in results["FSDP2 × 2 ranks"])
-    print(f"largest FSDP rank / one process = {largest:.2f} / {one['peak_gb']:.2f} = {largest / one['peak_gb']:.2f}× "
-          f"(target ≤ 0.60×)")
+    print(
+        f"largest FSDP rank / one process = {largest:.2f} / {one['peak_gb']:.2f} = {largest / one['peak_gb']:.2f}× "
+        f"(target ≤ 0.60×)"
+    )
 
 
 if __name__ == "__main__":

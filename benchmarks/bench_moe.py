@@ -50,6 +50,7 @@ def step_fn(layer: torch.nn.Module, x: torch.Tensor, autocast: bool):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             y = layer(x)
         y.float().square().mean().backward()
+
     return run
 
 
@@ -65,8 +66,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     autocast = device.type == "cuda"
-    print(f"device {device}{' (bf16 autocast)' if autocast else ', fp32'}, {args.threads} threads, "
-          f"{args.tokens} tokens per forward+backward; medians of {args.rounds} interleaved rounds × {args.iters} calls")
+    print(
+        f"device {device}{' (bf16 autocast)' if autocast else ', fp32'}, {args.threads} threads, "
+        f"{args.tokens} tokens per forward+backward; medians of {args.rounds} interleaved rounds × {args.iters} calls"
+    )
     for name in args.shapes:
         dim, hidden, n, k = SHAPES[name]
         torch.manual_seed(0)
@@ -95,8 +98,10 @@ def main() -> None:
         med = {c: (statistics.median(w for w, _ in t), statistics.median(p for _, p in t)) for c, t in times.items()}
         base = next(iter(med.values()))
         for case, (wall, cpu) in med.items():
-            print(f"| {case} | {args.tokens / wall:,.0f} | {args.tokens / cpu:,.0f} | {base[0] / wall:.2f} | "
-                  f"{base[1] / cpu:.2f} |")
+            print(
+                f"| {case} | {args.tokens / wall:,.0f} | {args.tokens / cpu:,.0f} | {base[0] / wall:.2f} | "
+                f"{base[1] / cpu:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def peer(tok, files: list[Path], batch: int = 256) -> tuple[int, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="*", type=Path, help="JSON-lines files with a 'text' field")
-    ap.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory (default: Mistral-7B's, converted)")
+    ap.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer directory (default: Mistral-7B's, converted)"
+    )
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--shard-bytes", type=int, default=1 << 20)
@@ -100,22 +102,27 @@ def main() -> int:
                 out = work / f"out{w}"
                 shutil.rmtree(out, ignore_errors=True)
                 w0, c0 = time.perf_counter(), _cpu()
-                summary = pack([f"all={p}" for p in files], tok_dir, out, workers=w, shard_bytes=args.shard_bytes,
-                               progress=False)
+                summary = pack(
+                    [f"all={p}" for p in files], tok_dir, out, workers=w, shard_bytes=args.shard_bytes, progress=False
+                )
                 times[f"pack x{w}"].append((time.perf_counter() - w0, _cpu() - c0))
                 counts[f"pack x{w}"] = (summary.sources["all"]["documents"], summary.sources["all"]["tokens"])
             print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr)
         assert len(set(counts.values())) == 1, counts  # every packer wrote exactly what the peer counted
         docs, tokens = counts["peer"]
-        print(f"input: {len(files)} files, {size / 1e6:.1f} MB, {chars:,} characters, {docs:,} documents, "
-              f"{tokens:,} tokens (EOS included); tokenizer {tok_dir} ({tok.vocab_size:,}); "
-              f"{os.cpu_count()} CPUs visible; median of {args.rounds}")
+        print(
+            f"input: {len(files)} files, {size / 1e6:.1f} MB, {chars:,} characters, {docs:,} documents, "
+            f"{tokens:,} tokens (EOS included); tokenizer {tok_dir} ({tok.vocab_size:,}); "
+            f"{os.cpu_count()} CPUs visible; median of {args.rounds}"
+        )
         peer_wall = statistics.median(t[0] for t in times["peer"])
         peer_cpu = statistics.median(t[1] for t in times["peer"])
         for name, ts in times.items():
             wall, cpu = statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
-            print(f"  {name:<10} {tokens / wall / 1e6:6.2f} M tokens/s wall ({chars / wall / 1e6:5.2f} M chars/s), "
-                  f"{tokens / cpu / 1e6:6.2f} M tokens/CPU-s;  wall ×{peer_wall / wall:.2f}, CPU ×{peer_cpu / cpu:.2f} vs peer")
+            print(
+                f"  {name:<10} {tokens / wall / 1e6:6.2f} M tokens/s wall ({chars / wall / 1e6:5.2f} M chars/s), "
+                f"{tokens / cpu / 1e6:6.2f} M tokens/CPU-s;  wall ×{peer_wall / wall:.2f}, CPU ×{peer_cpu / cpu:.2f} vs peer"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -83,20 +83,28 @@ def main() -> None:
     docs_in = sum(r["docs_in"] for r in read)
     chars_in = sum(r["chars_in"] for r in read)
     docs_out = steps[-1]["docs_out"]
-    print(f"recipe {args.recipe}: {docs_in:,} documents read ({chars_in / 1e6:.1f} M chars, raw HTML included), "
-          f"{docs_out:,} kept; one core, {args.tasks} task(s)")
-    print(f"CPU {cpu:.1f} s → {docs_in / cpu:,.0f} documents/s per core, {chars_in / cpu / 1e6:.2f} M chars/s per core "
-          f"(wall {seconds:.1f} s: {docs_in / seconds:,.0f} documents/s; the two differ when the machine is shared)")
+    print(
+        f"recipe {args.recipe}: {docs_in:,} documents read ({chars_in / 1e6:.1f} M chars, raw HTML included), "
+        f"{docs_out:,} kept; one core, {args.tasks} task(s)"
+    )
+    print(
+        f"CPU {cpu:.1f} s → {docs_in / cpu:,.0f} documents/s per core, {chars_in / cpu / 1e6:.2f} M chars/s per core "
+        f"(wall {seconds:.1f} s: {docs_in / seconds:,.0f} documents/s; the two differ when the machine is shared)"
+    )
     print("\n| stage | seconds |\n|---|---:|")
     for name, s in _stage_seconds(tmp / "out" / "logs").items():
         print(f"| {name} | {s:.1f} |")
-    print("\nsteps' own wall time (a step that consumes the stream — signatures, embeddings, dedup filter — includes "
-          "the steps before it; setup such as index building is not counted)")
+    print(
+        "\nsteps' own wall time (a step that consumes the stream — signatures, embeddings, dedup filter — includes "
+        "the steps before it; setup such as index building is not counted)"
+    )
     print("\n| stage | step | seconds | documents |\n|---|---|---:|---:|")
     for stage, step, sec, n in _step_seconds(tmp / "out" / "logs"):
         print(f"| {stage} | {step} | {sec:.1f} | {n:,} |")
-    print(f"\nbooks balanced: {report['checks']['rows_balanced']}, chained: {report['checks']['rows_chained']}; "
-          f"outputs: {json.dumps({k: v['docs'] for k, v in report['outputs'].items() if isinstance(v, dict)})}")
+    print(
+        f"\nbooks balanced: {report['checks']['rows_balanced']}, chained: {report['checks']['rows_chained']}; "
+        f"outputs: {json.dumps({k: v['docs'] for k, v in report['outputs'].items() if isinstance(v, dict)})}"
+    )
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     else:

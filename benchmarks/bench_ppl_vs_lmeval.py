@@ -46,20 +46,29 @@ def build_tokenizer(out: Path, data: Path, vocab: int) -> Path:
     """A byte-level BPE trained on GSM8K and the Chinese general-news set (offline, deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    texts = [json.loads(line)["question"] + " " + json.loads(line)["answer"]
-             for line in open(data / "gsm8k" / "train.jsonl", encoding="utf-8")]
+    texts = [
+        json.loads(line)["question"] + " " + json.loads(line)["answer"]
+        for line in open(data / "gsm8k" / "train.jsonl", encoding="utf-8")
+    ]
     texts += [json.loads(line)["text"] for line in open(data / "skywork" / "zh_general.jsonl", encoding="utf-8")]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=list(specials.values()),
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab,
+            special_tokens=list(specials.values()),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
-                                                           **specials}), encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **specials}), encoding="utf-8"
+    )
     return out
 
 
@@ -84,15 +93,19 @@ def run_skyloom(lm, texts: list[str], seq_len: int):
     from skyloom.eval.perplexity import WindowConvention, score_documents
     from skyloom.eval.textdata import Documents
 
-    scores = score_documents(lm, Documents(Path("bench"), texts=texts), WindowConvention("rolling", seq_len, None, "bos"))
+    scores = score_documents(
+        lm, Documents(Path("bench"), texts=texts), WindowConvention("rolling", seq_len, None, "bos")
+    )
     return [-float(x) for x in scores.nll], int(scores.tokens.sum())
 
 
 def run_lmeval(hflm, texts: list[str]):
     from lm_eval.api.instance import Instance
 
-    requests = [Instance(request_type="loglikelihood_rolling", doc={"text": t}, arguments=(t,), idx=i)
-                for i, t in enumerate(texts)]
+    requests = [
+        Instance(request_type="loglikelihood_rolling", doc={"text": t}, arguments=(t,), idx=i)
+        for i, t in enumerate(texts)
+    ]
     return [float(x) for x in hflm.loglikelihood_rolling(requests, disable_tqdm=True)]
 
 
@@ -135,10 +148,23 @@ def main() -> int:
         work = Path(tmp)
         tok_dir = Path(args.tokenizer) if args.tokenizer else build_tokenizer(work / "tokenizer", data, args.vocab)
         ckpt, hf_dir = build_model(work, tok_dir, args.preset, args.seq_len, args.seed)
-        ours = load_lm(ckpt, device=args.device, dtype=args.dtype, batch_tokens=args.batch_size * args.seq_len,
-                       max_batch_size=args.batch_size, progress=False)
-        theirs = HFLM(pretrained=str(hf_dir), backend="causal", device=args.device, dtype=args.dtype,
-                      batch_size=args.batch_size, max_length=args.seq_len, trust_remote_code=False)
+        ours = load_lm(
+            ckpt,
+            device=args.device,
+            dtype=args.dtype,
+            batch_tokens=args.batch_size * args.seq_len,
+            max_batch_size=args.batch_size,
+            progress=False,
+        )
+        theirs = HFLM(
+            pretrained=str(hf_dir),
+            backend="causal",
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            max_length=args.seq_len,
+            trust_remote_code=False,
+        )
         sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
         # warm-up (allocator, kernels) on a few documents, untimed
         run_skyloom(ours, texts[:2], args.seq_len)
@@ -153,16 +179,24 @@ def main() -> int:
     diffs = [abs(a - b) for a, b in zip(ll_ours, ll_theirs)]
     rel = max(d / abs(b) for d, b in zip(diffs, ll_theirs))
     expected_tokens = sum(len(ours.encode(t)) for t in texts)
-    print(f"model: preset {args.preset} (random init), vocab {ours.model.config.vocab_size:,}, L = {args.seq_len}, device {args.device}, dtype {args.dtype}, "
-          f"batch {args.batch_size} windows, torch threads {torch.get_num_threads()}")
-    print(f"data: {len(texts)} documents ({args.docs} per domain × 6 Chinese domain sets), {n_tokens:,} predicted "
-          f"tokens, {n_bytes:,} bytes")
-    print(f"\nagreement: max |Δ log-likelihood| per document {max(diffs):.2e} nats (max relative {rel:.2e}); "
-          f"token counts {n_tokens:,} vs {expected_tokens:,} (every token predicted)")
+    print(
+        f"model: preset {args.preset} (random init), vocab {ours.model.config.vocab_size:,}, L = {args.seq_len}, device {args.device}, dtype {args.dtype}, "
+        f"batch {args.batch_size} windows, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"data: {len(texts)} documents ({args.docs} per domain × 6 Chinese domain sets), {n_tokens:,} predicted "
+        f"tokens, {n_bytes:,} bytes"
+    )
+    print(
+        f"\nagreement: max |Δ log-likelihood| per document {max(diffs):.2e} nats (max relative {rel:.2e}); "
+        f"token counts {n_tokens:,} vs {expected_tokens:,} (every token predicted)"
+    )
     for name, ll in (("skyloom", ll_ours), ("lm-eval", ll_theirs)):
         nll = -sum(ll)
-        print(f"  {name:8s} loss {nll / n_tokens:.6f} nats/token   ppl {math.exp(nll / n_tokens):.3f}   "
-              f"bits/byte {nll / (math.log(2) * n_bytes):.6f}")
+        print(
+            f"  {name:8s} loss {nll / n_tokens:.6f} nats/token   ppl {math.exp(nll / n_tokens):.3f}   "
+            f"bits/byte {nll / (math.log(2) * n_bytes):.6f}"
+        )
     print("\n| system | wall s (median of rounds) | tokens/s (wall) | CPU s | tokens/CPU-s |")
     print("|---|---|---|---|---|")
     rates = {}
@@ -171,8 +205,10 @@ def main() -> int:
         cpu = statistics.median(c for _, c in rows)
         rates[name] = (n_tokens / wall, n_tokens / cpu)
         print(f"| {name} | {wall:.2f} | {n_tokens / wall:,.0f} | {cpu:.2f} | {n_tokens / cpu:,.0f} |")
-    print(f"\nratio skyloom / lm-eval: {rates['skyloom'][0] / rates['lm-eval'][0]:.2f}× tokens/s (wall), "
-          f"{rates['skyloom'][1] / rates['lm-eval'][1]:.2f}× per CPU-second")
+    print(
+        f"\nratio skyloom / lm-eval: {rates['skyloom'][0] / rates['lm-eval'][0]:.2f}× tokens/s (wall), "
+        f"{rates['skyloom'][1] / rates['lm-eval'][1]:.2f}× per CPU-second"
+    )
     ok = rel < (1e-4 if args.dtype == "float32" else 2e-2) and n_tokens == expected_tokens
     print("results agree" if ok else "RESULTS DISAGREE")
     return 0 if ok else 1

@@ -43,8 +43,17 @@ def make_base(root: Path, shared: Path, vocab: int, dim: int, layers: int, seq_l
     train_bpe([root / "corpus.txt"], base, vocab_size=vocab)
     tok = TextTokenizer.from_dir(base)
     torch.manual_seed(0)
-    cfg = build(ModelConfig, dict(arch="llama", vocab_size=tok.vocab_size, dim=dim, n_layers=layers,
-                                  n_heads=max(1, dim // 64), max_seq_len=seq_len))
+    cfg = build(
+        ModelConfig,
+        dict(
+            arch="llama",
+            vocab_size=tok.vocab_size,
+            dim=dim,
+            n_layers=layers,
+            n_heads=max(1, dim // 64),
+            max_seq_len=seq_len,
+        ),
+    )
     save_model(Transformer(cfg), base)
     return base
 
@@ -76,15 +85,30 @@ def main() -> None:
         base = make_base(root, shared, args.vocab, args.dim, args.layers, args.seq_len)
         trainers = {}
         for layout in ("packed", "padded"):
-            cfg = build_sft_config({
-                "base": str(base), "export_hf": False,
-                "data": {"layout": layout, "seq_len": args.seq_len, "sources": {
-                    "gsm8k": {"path": str(shared / "gsm8k" / "train.jsonl"), "limit": args.gsm8k},
-                    "alpaca": {"path": str(shared / "skywork" / "alpaca_data_zh_51k_sample_1k.jsonl"),
-                               "limit": args.alpaca}}, "epochs": 1},
-                "train": {"global_batch_tokens": args.windows * args.seq_len, "micro_batch_size": args.micro,
-                          "device": args.device, "lr": 1e-4},
-            })
+            cfg = build_sft_config(
+                {
+                    "base": str(base),
+                    "export_hf": False,
+                    "data": {
+                        "layout": layout,
+                        "seq_len": args.seq_len,
+                        "sources": {
+                            "gsm8k": {"path": str(shared / "gsm8k" / "train.jsonl"), "limit": args.gsm8k},
+                            "alpaca": {
+                                "path": str(shared / "skywork" / "alpaca_data_zh_51k_sample_1k.jsonl"),
+                                "limit": args.alpaca,
+                            },
+                        },
+                        "epochs": 1,
+                    },
+                    "train": {
+                        "global_batch_tokens": args.windows * args.seq_len,
+                        "micro_batch_size": args.micro,
+                        "device": args.device,
+                        "lr": 1e-4,
+                    },
+                }
+            )
             trainer, source, _, _ = build_trainer(cfg, root / layout, log=lambda s: None)
             trainers[layout] = (trainer, source)
         times = {k: {"wall": [], "cpu": [], "targets": [], "real": []} for k in trainers}
@@ -102,30 +126,46 @@ def main() -> None:
                     t["wall"].append(wall), t["cpu"].append(cpu), t["real"].append(real)
                     t["targets"].append(m["tokens"] - (t.get("last_tokens") or m["tokens"] - real))
                 times[layout]["last_tokens"] = m["tokens"]
-        print(f"model dim {args.dim} × {args.layers} layers, vocab {args.vocab}, seq_len {args.seq_len}, "
-              f"{args.windows} windows/step, device {args.device}, {args.threads} thread(s); "
-              f"data: {args.gsm8k} GSM8K + {args.alpaca} Alpaca-zh, skywork template\n")
+        print(
+            f"model dim {args.dim} × {args.layers} layers, vocab {args.vocab}, seq_len {args.seq_len}, "
+            f"{args.windows} windows/step, device {args.device}, {args.threads} thread(s); "
+            f"data: {args.gsm8k} GSM8K + {args.alpaca} Alpaca-zh, skywork template\n"
+        )
         rows = {}
-        for layout, (trainer, source) in trainers.items():
+        for layout, (_trainer, source) in trainers.items():
             st = source.stats()
             t = times[layout]
             wall, cpu = statistics.median(t["wall"]), statistics.median(t["cpu"])
             tgt_per_step = st["target_tokens"] / st["windows"] * args.windows
             real_per_step = st["real_tokens"] / st["windows"] * args.windows
             steps_epoch = st["windows"] / args.windows
-            rows[layout] = dict(share=st["non_pad_share"], windows=st["windows"], spw=st["samples_per_window"],
-                                tgt_s=tgt_per_step / wall, real_s=real_per_step / wall, tgt_cpu=tgt_per_step / cpu,
-                                step=wall, epoch=steps_epoch * wall, epoch_cpu=steps_epoch * cpu)
-        print("| layout | non-pad share | samples/window | windows/epoch | step (s, median) | answer tok/s | "
-              "real tok/s | answer tok/CPU-s | epoch time (s) |")
+            rows[layout] = dict(
+                share=st["non_pad_share"],
+                windows=st["windows"],
+                spw=st["samples_per_window"],
+                tgt_s=tgt_per_step / wall,
+                real_s=real_per_step / wall,
+                tgt_cpu=tgt_per_step / cpu,
+                step=wall,
+                epoch=steps_epoch * wall,
+                epoch_cpu=steps_epoch * cpu,
+            )
+        print(
+            "| layout | non-pad share | samples/window | windows/epoch | step (s, median) | answer tok/s | "
+            "real tok/s | answer tok/CPU-s | epoch time (s) |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for layout, r in rows.items():
-            print(f"| {layout} | {r['share']:.1%} | {r['spw']:.2f} | {r['windows']:,} | {r['step']:.3f} | "
-                  f"{r['tgt_s']:,.0f} | {r['real_s']:,.0f} | {r['tgt_cpu']:,.0f} | {r['epoch']:,.0f} |")
+            print(
+                f"| {layout} | {r['share']:.1%} | {r['spw']:.2f} | {r['windows']:,} | {r['step']:.3f} | "
+                f"{r['tgt_s']:,.0f} | {r['real_s']:,.0f} | {r['tgt_cpu']:,.0f} | {r['epoch']:,.0f} |"
+            )
         p, q = rows["packed"], rows["padded"]
-        print(f"\npacked / padded: answer tokens/s × {p['tgt_s'] / q['tgt_s']:.2f} (wall), "
-              f"× {p['tgt_cpu'] / q['tgt_cpu']:.2f} (CPU time); epoch time × {p['epoch'] / q['epoch']:.2f}; "
-              f"step time × {p['step'] / q['step']:.2f} (the block-diagonal mask's cost)")
+        print(
+            f"\npacked / padded: answer tokens/s × {p['tgt_s'] / q['tgt_s']:.2f} (wall), "
+            f"× {p['tgt_cpu'] / q['tgt_cpu']:.2f} (CPU time); epoch time × {p['epoch'] / q['epoch']:.2f}; "
+            f"step time × {p['step'] / q['step']:.2f} (the block-diagonal mask's cost)"
+        )
 
 
 if __name__ == "__main__":

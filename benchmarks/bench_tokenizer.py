@@ -90,8 +90,10 @@ def build_corpus(work: Path) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for text in zh + en:
             f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-    print(f"training text: {len(zh):,} Chinese documents ({sum(map(len, zh)):,} chars), "
-          f"{len(en):,} English documents ({sum(map(len, en)):,} chars)")
+    print(
+        f"training text: {len(zh):,} Chinese documents ({sum(map(len, zh)):,} chars), "
+        f"{len(en):,} English documents ({sum(map(len, en)):,} chars)"
+    )
     return path
 
 
@@ -102,8 +104,16 @@ def train_skyloom(corpus: Path, out: Path, total: int, extend: Path | None, work
         print(f"reusing {out}")
         return float("nan")
     started = time.time()
-    train_tokenizer(TrainSettings(inputs=[str(corpus)], out=str(out), total=total, workers=workers,
-                                  extend=str(extend) if extend else None, progress=True))
+    train_tokenizer(
+        TrainSettings(
+            inputs=[str(corpus)],
+            out=str(out),
+            total=total,
+            workers=workers,
+            extend=str(extend) if extend else None,
+            progress=True,
+        )
+    )
     return time.time() - started
 
 
@@ -119,14 +129,21 @@ def train_plain(corpus: Path, out: Path, total: int) -> float:
         return float("nan")
     started = time.time()
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=total, min_frequency=2, special_tokens=SPECIALS, show_progress=True,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=total,
+        min_frequency=2,
+        special_tokens=SPECIALS,
+        show_progress=True,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
 
     def batches():
         batch = []
@@ -142,8 +159,12 @@ def train_plain(corpus: Path, out: Path, total: int) -> float:
     size = tok.get_vocab_size(with_added_tokens=True)
     if size != total:
         raise SystemExit(f"plain BPE reached only {size:,} of {total:,} entries on this text")
-    write_tokenizer_dir(out, json.loads(tok.to_str()), {"unk_token": "<unk>", "bos_token": "<s>",
-                                                        "eos_token": "</s>", "pad_token": "<pad>"}, SPECIALS[4:])
+    write_tokenizer_dir(
+        out,
+        json.loads(tok.to_str()),
+        {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"},
+        SPECIALS[4:],
+    )
     return time.time() - started
 
 
@@ -158,13 +179,23 @@ def compression(tokenizers: dict, texts: dict[str, list[str]]) -> dict:
         en = per["wikitext2_test"]
         out[name] = {
             "vocab_size": tok.vocab_size,
-            "files": {label: {"chars_per_token": round(s.chars_per_token, 4), "bytes_per_token": round(s.bytes_per_token, 4),
-                              "tokens": s.tokens, "byte_fallback_share": round(s.byte_fallback_share, 5),
-                              "roundtrip_failures": s.roundtrip_failures} for label, s in per.items()},
-            "zh_chars_per_token": round(zh_chars / zh_tokens, 4), "zh_tokens": zh_tokens,
+            "files": {
+                label: {
+                    "chars_per_token": round(s.chars_per_token, 4),
+                    "bytes_per_token": round(s.bytes_per_token, 4),
+                    "tokens": s.tokens,
+                    "byte_fallback_share": round(s.byte_fallback_share, 5),
+                    "roundtrip_failures": s.roundtrip_failures,
+                }
+                for label, s in per.items()
+            },
+            "zh_chars_per_token": round(zh_chars / zh_tokens, 4),
+            "zh_tokens": zh_tokens,
             "zh_bytes_per_token": round(sum(s.bytes for s in zh) / zh_tokens, 4),
-            "en_bytes_per_token": round(en.bytes_per_token, 4), "en_chars_per_token": round(en.chars_per_token, 4),
-            "en_tokens_per_word": round(en.tokens_per_word or 0.0, 4), "en_tokens": en.tokens,
+            "en_bytes_per_token": round(en.bytes_per_token, 4),
+            "en_chars_per_token": round(en.chars_per_token, 4),
+            "en_tokens_per_word": round(en.tokens_per_word or 0.0, 4),
+            "en_tokens": en.tokens,
             "roundtrip_failures": sum(s.roundtrip_failures for s in per.values()),
         }
     return out
@@ -180,11 +211,11 @@ def throughput(tokenizers: dict, texts: list[str], rounds: int, batch_size: int 
 
     def run_tokenizers(tok):
         for i in range(0, len(texts), batch_size):
-            tok.encode_batch(texts[i: i + batch_size])
+            tok.encode_batch(texts[i : i + batch_size])
 
     def run_sp(_):
         for i in range(0, len(texts), batch_size):
-            sp.encode(texts[i: i + batch_size], num_threads=1)
+            sp.encode(texts[i : i + batch_size], num_threads=1)
 
     runners = {name: (run_tokenizers, tok) for name, tok in tokenizers.items()}
     runners["mistral (sentencepiece)"] = (run_sp, None)
@@ -200,8 +231,14 @@ def throughput(tokenizers: dict, texts: list[str], rounds: int, batch_size: int 
             wall[name].append(time.perf_counter() - w)
             cpu[name].append(time.process_time() - c)
         print(f"  throughput round {r + 1}/{rounds} done", file=sys.stderr)
-    return {name: {"chars": chars, "wall_chars_per_s": round(chars / statistics.median(wall[name])),
-                   "cpu_chars_per_s": round(chars / statistics.median(cpu[name]))} for name in runners}
+    return {
+        name: {
+            "chars": chars,
+            "wall_chars_per_s": round(chars / statistics.median(wall[name])),
+            "cpu_chars_per_s": round(chars / statistics.median(cpu[name])),
+        }
+        for name in runners
+    }
 
 
 def main() -> int:
@@ -227,8 +264,10 @@ def main() -> int:
         "plain-bpe": train_plain(corpus, work / "plain-bpe", args.total),
         "mistral+zh": train_skyloom(corpus, work / "mistral-zh", args.total, MISTRAL, args.workers),
     }
-    tokenizers = {name: TextTokenizer.from_dir(work / d) for name, d in
-                  (("skyloom", "skyloom"), ("plain-bpe", "plain-bpe"), ("mistral+zh", "mistral-zh"))}
+    tokenizers = {
+        name: TextTokenizer.from_dir(work / d)
+        for name, d in (("skyloom", "skyloom"), ("plain-bpe", "plain-bpe"), ("mistral+zh", "mistral-zh"))
+    }
     tokenizers["mistral"] = load_tokenizer(MISTRAL)
     for name, tok in tokenizers.items():
         assert name == "mistral" or tok.vocab_size == args.total, (name, tok.vocab_size)
@@ -251,37 +290,67 @@ def main() -> int:
     print("timing encode throughput (1 thread) ...", file=sys.stderr)
     speed = throughput(tokenizers, sample, args.rounds)
 
-    print(f"\nvocabulary {args.total:,}; training seconds: " +
-          ", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if v == v))
-    header = f"{'tokenizer':<14} {'vocab':>7} {'zh chars/tok':>12} {'zh bytes/tok':>12} {'en bytes/tok':>12} " \
-             f"{'en chars/tok':>12} {'en tok/word':>11} {'rt-fail':>7}"
+    print(
+        f"\nvocabulary {args.total:,}; training seconds: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if v == v)
+    )
+    header = (
+        f"{'tokenizer':<14} {'vocab':>7} {'zh chars/tok':>12} {'zh bytes/tok':>12} {'en bytes/tok':>12} "
+        f"{'en chars/tok':>12} {'en tok/word':>11} {'rt-fail':>7}"
+    )
     print(header)
     for name, c in comp.items():
-        print(f"{name:<14} {c['vocab_size']:>7,} {c['zh_chars_per_token']:>12.3f} {c['zh_bytes_per_token']:>12.3f} "
-              f"{c['en_bytes_per_token']:>12.3f} {c['en_chars_per_token']:>12.3f} {c['en_tokens_per_word']:>11.3f} "
-              f"{c['roundtrip_failures']:>7}")
+        print(
+            f"{name:<14} {c['vocab_size']:>7,} {c['zh_chars_per_token']:>12.3f} {c['zh_bytes_per_token']:>12.3f} "
+            f"{c['en_bytes_per_token']:>12.3f} {c['en_chars_per_token']:>12.3f} {c['en_tokens_per_word']:>11.3f} "
+            f"{c['roundtrip_failures']:>7}"
+        )
     print("\nChinese characters/token per domain set:")
     labels = list(texts)
-    print(f"{'tokenizer':<14} " + " ".join(f"{l.replace('zh_', ''):>10}" for l in labels if l.startswith("zh_")))
+    print(
+        f"{'tokenizer':<14} "
+        + " ".join(f"{label.replace('zh_', ''):>10}" for label in labels if label.startswith("zh_"))
+    )
     for name, c in comp.items():
-        print(f"{name:<14} " + " ".join(f"{c['files'][l]['chars_per_token']:>10.3f}" for l in labels if l.startswith("zh_")))
+        print(
+            f"{name:<14} "
+            + " ".join(f"{c['files'][label]['chars_per_token']:>10.3f}" for label in labels if label.startswith("zh_"))
+        )
     s, p = comp["skyloom"], comp["plain-bpe"]
     ratio_zh = s["zh_chars_per_token"] / p["zh_chars_per_token"]
     worse_en = p["en_bytes_per_token"] / s["en_bytes_per_token"] - 1
-    print(f"\nskyloom vs plain-bpe: Chinese chars/token ×{ratio_zh:.3f} "
-          f"({'≥' if s['zh_chars_per_token'] >= 1.3 else '<'} 1.3 target: {s['zh_chars_per_token']:.3f}); "
-          f"English bytes/token {100 * (s['en_bytes_per_token'] / p['en_bytes_per_token'] - 1):+.1f}%, "
-          f"{100 * (1 - s['en_tokens'] / p['en_tokens']):.1f}% fewer tokens (target: no more than 5% worse)")
-    print(f"\nencode throughput, 1 thread, {sum(map(len, sample)):,} chars (half Chinese, half English), "
-          f"median of {args.rounds}:")
+    print(
+        f"\nskyloom vs plain-bpe: Chinese chars/token ×{ratio_zh:.3f} "
+        f"({'≥' if s['zh_chars_per_token'] >= 1.3 else '<'} 1.3 target: {s['zh_chars_per_token']:.3f}); "
+        f"English bytes/token {100 * (s['en_bytes_per_token'] / p['en_bytes_per_token'] - 1):+.1f}%, "
+        f"{100 * (1 - s['en_tokens'] / p['en_tokens']):.1f}% fewer tokens (target: no more than 5% worse)"
+    )
+    print(
+        f"\nencode throughput, 1 thread, {sum(map(len, sample)):,} chars (half Chinese, half English), "
+        f"median of {args.rounds}:"
+    )
     base = speed["mistral (sentencepiece)"]["cpu_chars_per_s"]
     for name, t in speed.items():
-        print(f"  {name:<24} {t['cpu_chars_per_s'] / 1e6:6.2f} M chars/s CPU  {t['wall_chars_per_s'] / 1e6:6.2f} M chars/s wall"
-              f"  ×{t['cpu_chars_per_s'] / base:.2f} vs sentencepiece")
+        print(
+            f"  {name:<24} {t['cpu_chars_per_s'] / 1e6:6.2f} M chars/s CPU  {t['wall_chars_per_s'] / 1e6:6.2f} M chars/s wall"
+            f"  ×{t['cpu_chars_per_s'] / base:.2f} vs sentencepiece"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"total": args.total, "train_seconds": seconds, "compression": comp,
-                                         "throughput": speed, "ratio_zh_chars_per_token": ratio_zh,
-                                         "en_bytes_per_token_worse": worse_en}, indent=1, default=str) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "total": args.total,
+                    "train_seconds": seconds,
+                    "compression": comp,
+                    "throughput": speed,
+                    "ratio_zh_chars_per_token": ratio_zh,
+                    "en_bytes_per_token_worse": worse_en,
+                },
+                indent=1,
+                default=str,
+            )
+            + "\n"
+        )
     return 0
 
 

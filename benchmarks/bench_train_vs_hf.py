@@ -40,13 +40,22 @@ def skyloom_trainer(preset: str, data_dir: Path, run_dir: Path, args):
     from skyloom.train.config import RunConfig
     from skyloom.train.trainer import Trainer
 
-    cfg = build(RunConfig, {
-        "model": {"preset": preset, "max_seq_len": args.seq_len},
-        "data": {"seq_len": args.seq_len, "sources": {"random": {"path": str(data_dir)}}, "max_epochs": 1000},
-        "train": {"global_batch_tokens": args.global_batch_tokens, "micro_batch_size": args.micro_batch,
-                  "max_steps": 10_000, "precision": args.precision, "device": args.device, "log_every": 10**9},
-        "checkpoint": {"every": 0, "save_final": False},
-    })
+    cfg = build(
+        RunConfig,
+        {
+            "model": {"preset": preset, "max_seq_len": args.seq_len},
+            "data": {"seq_len": args.seq_len, "sources": {"random": {"path": str(data_dir)}}, "max_epochs": 1000},
+            "train": {
+                "global_batch_tokens": args.global_batch_tokens,
+                "micro_batch_size": args.micro_batch,
+                "max_steps": 10_000,
+                "precision": args.precision,
+                "device": args.device,
+                "log_every": 10**9,
+            },
+            "checkpoint": {"every": 0, "save_final": False},
+        },
+    )
     return Trainer(cfg, run_dir, log=lambda *_: None)
 
 
@@ -60,8 +69,13 @@ class HFStep:
         from skyloom.train.optim import param_groups
 
         cfg = trainer.cfg.model
-        hf_cfg = transformers.LlamaConfig(**{k: v for k, v in hf_config(cfg).items()
-                                            if k not in ("architectures", "model_type", "torch_dtype", "dtype")})
+        hf_cfg = transformers.LlamaConfig(
+            **{
+                k: v
+                for k, v in hf_config(cfg).items()
+                if k not in ("architectures", "model_type", "torch_dtype", "dtype")
+            }
+        )
         hf_cfg._attn_implementation = "sdpa"
         torch.manual_seed(0)
         self.model = transformers.LlamaForCausalLM(hf_cfg).to(trainer.device).train()
@@ -78,8 +92,10 @@ class HFStep:
         for b in batches:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                 logits = self.model(input_ids=b.input_ids, use_cache=False).logits
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), b.labels.reshape(-1),
-                                       reduction="sum") / n
+                loss = (
+                    F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), b.labels.reshape(-1), reduction="sum")
+                    / n
+                )
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -149,21 +165,28 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     import transformers
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
-          f"seq {args.seq_len}, {args.global_batch_tokens} tokens/step in micro-batches of {args.micro_batch}, "
-          f"precision {args.precision}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
+        f"seq {args.seq_len}, {args.global_batch_tokens} tokens/step in micro-batches of {args.micro_batch}, "
+        f"precision {args.precision}"
+    )
     print("tok/s = wall-clock training throughput; tok/CPU-s = tokens per second of process CPU time (robust to a")
     print("machine shared with other work; with N threads it is about tok/s ÷ N when the cores are free)")
-    print(f"{'preset':<8} {'params':>12} {'skyloom tok/s':>14} {'HF tok/s':>10} {'ratio':>7} "
-          f"{'skyloom tok/CPU-s':>18} {'HF tok/CPU-s':>13} {'ratio':>7}  extra")
+    print(
+        f"{'preset':<8} {'params':>12} {'skyloom tok/s':>14} {'HF tok/s':>10} {'ratio':>7} "
+        f"{'skyloom tok/CPU-s':>18} {'HF tok/CPU-s':>13} {'ratio':>7}  extra"
+    )
     for preset in args.presets:
         r = bench(preset, args)
         extra = f"first loss {r['skyloom_first_loss']:.3f} / {r['transformers_first_loss']:.3f}"
         if "skyloom_mfu" in r:
             extra += f", MFU {r['skyloom_mfu']:.1%} / {r['transformers_mfu']:.1%}"
-        print(f"{preset:<8} {r['params']:>12,} {r['skyloom']:>14,.0f} {r['transformers']:>10,.0f} "
-              f"{r['ratio']:>7.3f} {r['skyloom_per_cpu_s']:>18,.0f} {r['transformers_per_cpu_s']:>13,.0f} "
-              f"{r['cpu_ratio']:>7.3f}  {extra}", flush=True)
+        print(
+            f"{preset:<8} {r['params']:>12,} {r['skyloom']:>14,.0f} {r['transformers']:>10,.0f} "
+            f"{r['ratio']:>7.3f} {r['skyloom_per_cpu_s']:>18,.0f} {r['transformers_per_cpu_s']:>13,.0f} "
+            f"{r['cpu_ratio']:>7.3f}  {extra}",
+            flush=True,
+        )
     return 0
 
 

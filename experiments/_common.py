@@ -17,8 +17,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # the real data: relative to the repository root like the recipes, or SKYLOOM_SHARED_DATA (as for the tests and eval)
@@ -34,8 +35,13 @@ def add_common_options(parser, out: str, out_help: str, results: Path, results_h
     parser.add_argument("--data-dir", default=DEFAULT_DATA, help="shared tokenizer + token shards directory")
     parser.add_argument("--results", default=str(results), help=results_help)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (use 1 when other jobs run)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="dotted config overrides applied to every run (e.g. model.n_layers=2); for quick checks")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted config overrides applied to every run (e.g. model.n_layers=2); for quick checks",
+    )
 
 
 def start(args, *shared: str) -> None:
@@ -46,8 +52,11 @@ def start(args, *shared: str) -> None:
         sys.path.insert(0, str(REPO / "src"))
     missing = [str(SHARED / r) for r in shared if not (SHARED / r).exists()]
     if missing:
-        raise SystemExit("this experiment needs the shared real data beside the repository; missing: "
-                         + ", ".join(missing) + " (see ../shared/data/README.md)")
+        raise SystemExit(
+            "this experiment needs the shared real data beside the repository; missing: "
+            + ", ".join(missing)
+            + " (see ../shared/data/README.md)"
+        )
     OVERRIDES[:] = args.set
     import torch
 
@@ -62,7 +71,7 @@ def base_config(data_dir: str = DEFAULT_DATA, drop_sources: Iterable[str] = ()) 
 
     def move(value: Any) -> Any:
         if isinstance(value, str) and value.startswith(TINY_DATA):
-            return data_dir.rstrip("/") + value[len(TINY_DATA):]
+            return data_dir.rstrip("/") + value[len(TINY_DATA) :]
         if isinstance(value, dict):
             return {k: move(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -105,7 +114,7 @@ class TrainingSession:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
 
-    def __enter__(self) -> "TrainingSession":
+    def __enter__(self) -> TrainingSession:
         self.step0, self.t0, self.load0 = trained_steps(self.run_dir), time.time(), os.getloadavg()
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return self
@@ -116,10 +125,15 @@ class TrainingSession:
             return
         import torch
 
-        session = {"started": self.started, "steps": [self.step0, step1], "wall_s": round(time.time() - self.t0, 1),
-                   "load_avg_start": [round(x, 2) for x in self.load0],
-                   "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-                   "torch_threads": torch.get_num_threads(), "completed": exc_type is None}
+        session = {
+            "started": self.started,
+            "steps": [self.step0, step1],
+            "wall_s": round(time.time() - self.t0, 1),
+            "load_avg_start": [round(x, 2) for x in self.load0],
+            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+            "torch_threads": torch.get_num_threads(),
+            "completed": exc_type is None,
+        }
         path = self.run_dir / TIMING_FILE
         sessions = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
         save_json(path, sessions + [session])
@@ -132,8 +146,11 @@ def training_cost(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {"train_wall_s": None, "note": "not recorded (trained before timing was recorded)"}
     sessions = json.loads(path.read_text(encoding="utf-8"))
-    return {"train_wall_s": round(sum(s["wall_s"] for s in sessions), 1),
-            "load_avg_1min": [s["load_avg_start"][0] for s in sessions], "sessions": sessions}
+    return {
+        "train_wall_s": round(sum(s["wall_s"] for s in sessions), 1),
+        "load_avg_1min": [s["load_avg_start"][0] for s in sessions],
+        "sessions": sessions,
+    }
 
 
 def cost_table(costs: dict[str, dict[str, Any]]) -> str:

@@ -31,7 +31,8 @@ FULL_DATA = SHARED_DATA != FIXTURE_DATA
 os.environ["SKYLOOM_SHARED_DATA"] = str(SHARED_DATA)
 
 full_data_only = pytest.mark.skipif(
-    not FULL_DATA, reason="holds only on the complete data sets; tests/data has slices (set SKYLOOM_SHARED_DATA)")
+    not FULL_DATA, reason="holds only on the complete data sets; tests/data has slices (set SKYLOOM_SHARED_DATA)"
+)
 
 
 @pytest.fixture(scope="session")

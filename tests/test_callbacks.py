@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from tests.train_helpers import (  # noqa: F401  (train_corpus: a fixture)
-    build_run_config, read_metrics, tiny_run_config, train_corpus, write_config,
+    build_run_config,
+    read_metrics,
+    tiny_run_config,
+    train_corpus,
+    write_config,
 )
 
 RECORDER = '''
@@ -71,8 +75,12 @@ def test_a_user_callback_from_yaml_receives_train_and_validation_metrics(train_c
     monkeypatch.chdir(tmp_path)
     module = _user_module(tmp_path, "mycb_yaml")
     out = tmp_path / "seen.jsonl"
-    cfg = tiny_run_config(train_corpus, train={"max_steps": 4}, validation={"every": 2},
-                          callbacks={f"{module}:Recorder": {"out": str(out), "tag": "mine"}})
+    cfg = tiny_run_config(
+        train_corpus,
+        train={"max_steps": 4},
+        validation={"every": 2},
+        callbacks={f"{module}:Recorder": {"out": str(out), "tag": "mine"}},
+    )
     config = write_config(cfg, tmp_path / "run.yaml")
     assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 0
     seen = _lines(out)
@@ -92,21 +100,28 @@ def test_a_callback_given_as_a_file_path(train_corpus, tmp_path):
 
     module = _user_module(tmp_path, "mycb_path")
     out = tmp_path / "seen.jsonl"
-    cfg = build_run_config(tiny_run_config(train_corpus, train={"max_steps": 2},
-                                           callbacks={f"{tmp_path / module}.py:Recorder": {"out": str(out)}}))
+    cfg = build_run_config(
+        tiny_run_config(
+            train_corpus, train={"max_steps": 2}, callbacks={f"{tmp_path / module}.py:Recorder": {"out": str(out)}}
+        )
+    )
     Trainer(cfg, tmp_path / "run").fit()
     assert [r["step"] for r in _lines(out) if r["kind"] == "train"] == [1, 2]
 
 
-@pytest.mark.parametrize("name, args, message", [
-    ("nope", {}, "unknown callback 'nope'"),
-    ("no_such_module_xyz:Recorder", {}, "cannot import module 'no_such_module_xyz'"),
-    ("mycb_bad:Missing", {}, "has no 'Missing'"),
-    ("mycb_bad:Recorder", {"unknown_arg": 1}, "do not fit Recorder"),
-    ("inject_non_finite", {"step": [3]}, "do not fit InjectNonFinite"),
-])
-def test_a_bad_callback_is_a_config_error_naming_its_key(train_corpus, tmp_path, monkeypatch, capsys,
-                                                          name, args, message):
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("nope", {}, "unknown callback 'nope'"),
+        ("no_such_module_xyz:Recorder", {}, "cannot import module 'no_such_module_xyz'"),
+        ("mycb_bad:Missing", {}, "has no 'Missing'"),
+        ("mycb_bad:Recorder", {"unknown_arg": 1}, "do not fit Recorder"),
+        ("inject_non_finite", {"step": [3]}, "do not fit InjectNonFinite"),
+    ],
+)
+def test_a_bad_callback_is_a_config_error_naming_its_key(
+    train_corpus, tmp_path, monkeypatch, capsys, name, args, message
+):
     from skyloom.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -123,8 +138,9 @@ def test_a_bad_callback_is_a_config_error_naming_its_key(train_corpus, tmp_path,
 def test_a_registered_callback_is_switched_on_by_name(train_corpus, tmp_path):
     from skyloom.train.trainer import Trainer
 
-    cfg = build_run_config(tiny_run_config(train_corpus, train={"max_steps": 4},
-                                           callbacks={"inject_non_finite": {"steps": [2]}}))
+    cfg = build_run_config(
+        tiny_run_config(train_corpus, train={"max_steps": 4}, callbacks={"inject_non_finite": {"steps": [2]}})
+    )
     Trainer(cfg, tmp_path / "run").fit()
     assert [r["skipped"] for r in read_metrics(tmp_path / "run")] == [False, True, False, False]
 
@@ -136,15 +152,26 @@ def test_callback_state_survives_resume(train_corpus, tmp_path, monkeypatch):
     module = _user_module(tmp_path, "mycb_resume")
     out = tmp_path / "seen.jsonl"
     spec = {f"{module}:Recorder": {"out": str(out)}}
-    cfg = build_run_config(tiny_run_config(train_corpus, train={"max_steps": 5}, checkpoint={"every": 0},
-                                           callbacks={**spec, f"{module}:StopAfter": {"step": 3}}))
+    cfg = build_run_config(
+        tiny_run_config(
+            train_corpus,
+            train={"max_steps": 5},
+            checkpoint={"every": 0},
+            callbacks={**spec, f"{module}:StopAfter": {"step": 3}},
+        )
+    )
     first = Trainer(cfg, tmp_path / "run")
     assert first.fit() == "interrupted" and first.step == 3
     state = json.loads((tmp_path / "run/checkpoints/step_00000003/trainer_state.json").read_text())
     assert state["callbacks"] == {f"{module}:Recorder": {"count": 3}}
 
-    again = Trainer(build_run_config(tiny_run_config(train_corpus, train={"max_steps": 5}, checkpoint={"every": 0},
-                                                     callbacks=spec)), tmp_path / "run", resume=True)
+    again = Trainer(
+        build_run_config(
+            tiny_run_config(train_corpus, train={"max_steps": 5}, checkpoint={"every": 0}, callbacks=spec)
+        ),
+        tmp_path / "run",
+        resume=True,
+    )
     assert again.step == 3
     assert again.fit() == "finished"
     counts = [r["count"] for r in _lines(out) if r["kind"] == "train"]
@@ -166,4 +193,5 @@ def test_a_run_saved_before_the_callbacks_section_resumes_without_a_config_chang
     assert config_changes(tmp_path / "config.yaml", cfg) == {}
     with_cb = build_run_config(tiny_run_config(fake, callbacks={"inject_non_finite": {"steps": [2]}}))
     assert config_changes(tmp_path / "config.yaml", with_cb) == {
-        "callbacks.inject_non_finite.steps": {"old": None, "new": [2]}}
+        "callbacks.inject_non_finite.steps": {"old": None, "new": [2]}
+    }

@@ -14,7 +14,15 @@ from safetensors.torch import load_file
 from skyloom.train import checkpointing as ckpt
 from skyloom.train.trainer import Trainer
 from tests.train_helpers import (  # noqa: F401
-    REPO, build_run_config, cli_env, read_metrics, run, single_thread, skyloom_cmd, tiny_run_config, train_corpus,
+    REPO,
+    build_run_config,
+    cli_env,
+    read_metrics,
+    run,
+    single_thread,
+    skyloom_cmd,
+    tiny_run_config,
+    train_corpus,
     write_config,
 )
 
@@ -38,8 +46,13 @@ def test_kill_9_and_resume_gives_identical_losses_and_weights(train_corpus, tmp_
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(skyloom_cmd("train", str(config), "--out", str(straight)))
 
-    proc = subprocess.Popen(skyloom_cmd("train", str(config), "--out", str(killed)), cwd=REPO, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        skyloom_cmd("train", str(config), "--out", str(killed)),
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step_00000015").is_dir():
         assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
@@ -63,11 +76,16 @@ def test_kill_9_and_resume_gives_identical_losses_and_weights(train_corpus, tmp_
     resume = [r for r in read_metrics(killed, "event") if r["event"] == "resume"]
     assert len(resume) == 1 and resume[0]["step"] >= 15
 
-
     # SIGTERM (what Slurm and torchrun send): the current step finishes, a checkpoint is written, exit 143
     termed = tmp_path / "termed"
-    proc = subprocess.Popen(skyloom_cmd("train", str(config), "--out", str(termed)), cwd=REPO, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        skyloom_cmd("train", str(config), "--out", str(termed)),
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     while not (termed / "checkpoints" / "step_00000010").is_dir():
         assert proc.poll() is None and time.time() < deadline + 120
         time.sleep(0.01)
@@ -133,9 +151,14 @@ def test_retention_keeps_last_k_and_every_mth(tmp_path):
 
 def test_optimizer_state_round_trips_without_pickle(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
-    opt = torch.optim.AdamW([{"params": [model[0].weight], "weight_decay": 0.1, "lr_scale": 1.0},
-                             {"params": [model[0].bias, *model[1].parameters()], "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [
+            {"params": [model[0].weight], "weight_decay": 0.1, "lr_scale": 1.0},
+            {"params": [model[0].bias, *model[1].parameters()], "weight_decay": 0.0},
+        ],
+        lr=1e-3,
+        betas=(0.9, 0.95),
+    )
     model(torch.randn(5, 4)).sum().backward()
     opt.step()
     ckpt.optimizer_state_to_files(opt.state_dict(), tmp_path)

@@ -56,8 +56,15 @@ def run_config(corpus: Path, **sections) -> dict:
     cfg = {
         "model": dict(TINY_MODEL),
         "data": {"seq_len": 64, "seed": 0, "sources": {"random": {"path": str(corpus)}}},
-        "train": {"global_batch_tokens": 512, "micro_batch_size": 4, "max_steps": 12, "lr": 3e-3, "min_lr": 3e-4,
-                  "warmup_steps": 2, "log_every": 1000},
+        "train": {
+            "global_batch_tokens": 512,
+            "micro_batch_size": 4,
+            "max_steps": 12,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 2,
+            "log_every": 1000,
+        },
         "validation": {"every": 0, "at_start": False, "sets": {}},
         "checkpoint": {"every": 4, "keep_last": 3},
     }
@@ -87,7 +94,7 @@ def flip_one_bit(file: Path, tensor: str = "norm.weight") -> None:
     """Flip the lowest bit of `tensor`'s first byte (same size, one ulp off: only a checksum notices)."""
     data = bytearray(file.read_bytes())
     header_len = int.from_bytes(data[:8], "little")
-    start = json.loads(data[8:8 + header_len])[tensor]["data_offsets"][0]
+    start = json.loads(data[8 : 8 + header_len])[tensor]["data_offsets"][0]
     data[8 + header_len + start] ^= 0x01
     file.write_bytes(bytes(data))
 
@@ -108,6 +115,7 @@ class StopAt(Callback):
 
 
 # ---- pruning ----
+
 
 def test_a_corrupt_newer_checkpoint_never_makes_pruning_delete_the_new_one(corpus, straight, tmp_path):
     cfg = run_config(corpus)
@@ -131,6 +139,7 @@ def test_a_corrupt_newer_checkpoint_never_makes_pruning_delete_the_new_one(corpu
 
 
 # ---- resume fallbacks ----
+
 
 def test_a_re_signed_unreadable_checkpoint_makes_resume_fall_back_to_the_older_one(corpus, straight, tmp_path):
     cfg = build_run_config(run_config(corpus))
@@ -177,8 +186,10 @@ def test_a_changed_setting_on_resume_is_recorded(corpus, tmp_path, capsys):
 
 # ---- the run-directory lock ----
 
-HOLD_LOCK = ("import sys, time; from skyloom.train.run_lock import RunLock; "
-             "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)")
+HOLD_LOCK = (
+    "import sys, time; from skyloom.train.run_lock import RunLock; "
+    "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)"
+)
 
 
 def test_a_second_run_on_a_locked_directory_is_refused_and_a_stale_lock_taken_over(corpus, tmp_path, capsys):
@@ -186,8 +197,9 @@ def test_a_second_run_on_a_locked_directory_is_refused_and_a_stale_lock_taken_ov
     run_dir = tmp_path / "run"
     assert main(["train", str(config), "--out", str(run_dir)]) == 0
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], cwd=REPO, env=cli_env(),
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run_dir)], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         capsys.readouterr()
@@ -205,31 +217,47 @@ def test_a_second_run_on_a_locked_directory_is_refused_and_a_stale_lock_taken_ov
     assert (run_dir / ".lock").read_text() == ""  # released cleanly: the next run takes it without a note
 
 
-HOLD_LOCKS = ("import sys, time; from skyloom.train.run_lock import RunLock; "
-              "locks = [RunLock(d) for d in sys.argv[1:]]; [lock.acquire() for lock in locks]; "
-              "print('locked', flush=True); time.sleep(120)")
+HOLD_LOCKS = (
+    "import sys, time; from skyloom.train.run_lock import RunLock; "
+    "locks = [RunLock(d) for d in sys.argv[1:]]; [lock.acquire() for lock in locks]; "
+    "print('locked', flush=True); time.sleep(120)"
+)
 
 
 def test_sft_skymath_and_demo_take_the_run_directory_lock_too(tmp_path, capsys):
     from tests.test_input_errors import tiny_sft_base, tiny_sft_config
 
     config = tiny_sft_config(tiny_sft_base(tmp_path / "base"), tmp_path, seq_len=32)
-    skymath = write_config({"base": str(tmp_path / "base"), "train_data": str(tmp_path / "qa.jsonl"),
-                            "sft": {"train": {"max_steps": 1, "device": "cpu"}}}, tmp_path / "skymath.yaml")
+    skymath = write_config(
+        {
+            "base": str(tmp_path / "base"),
+            "train_data": str(tmp_path / "qa.jsonl"),
+            "sft": {"train": {"max_steps": 1, "device": "cpu"}},
+        },
+        tmp_path / "skymath.yaml",
+    )
     sft_dir, skymath_dir, demo_dir = tmp_path / "sft", tmp_path / "skymath", tmp_path / "demo"
     for run_dir, earlier in ((sft_dir, "metrics.jsonl"), (skymath_dir, "rounds.jsonl"), (demo_dir, "demo.json")):
         run_dir.mkdir()
         (run_dir / earlier).write_text("{}\n")  # an earlier run's file: nothing may touch it
     before = {p: p.read_bytes() for p in tmp_path.glob("*/*") if p.name != ".lock" and p.is_file()}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCKS, str(sft_dir), str(skymath_dir), str(demo_dir)],
-                              cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCKS, str(sft_dir), str(skymath_dir), str(demo_dir)],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         capsys.readouterr()
-        for argv in (["sft", config, "--out", sft_dir], ["sft", config, "--out", sft_dir, "--overwrite"],
-                     ["sft", config, "--out", sft_dir, "--resume"], ["skymath", skymath, "--out", skymath_dir,
-                                                                     "--overwrite"],
-                     ["demo", "--tiny", "--out", demo_dir, "--until", "corpus"]):
+        for argv in (
+            ["sft", config, "--out", sft_dir],
+            ["sft", config, "--out", sft_dir, "--overwrite"],
+            ["sft", config, "--out", sft_dir, "--resume"],
+            ["skymath", skymath, "--out", skymath_dir, "--overwrite"],
+            ["demo", "--tiny", "--out", demo_dir, "--until", "corpus"],
+        ):
             assert main([str(a) for a in argv]) == 2, argv
             err = capsys.readouterr().err
             assert f"pid {holder.pid} on host {socket.gethostname()}" in err and "skyloom: error:" in err, (argv, err)
@@ -249,8 +277,13 @@ def test_kill_9_during_a_checkpoint_write_then_resume_gives_the_same_weights(cor
     run_dir = tmp_path / "run"
     root = run_dir / "checkpoints"
     target = random.randint(2, 8)  # any step: the result must not depend on where the kill lands
-    proc = subprocess.Popen(skyloom_cmd("train", str(config), "--out", str(run_dir)), cwd=REPO, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        skyloom_cmd("train", str(config), "--out", str(run_dir)),
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while True:  # kill -9 the moment a checkpoint of step >= target is being written (its .tmp- dir exists)
         assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
@@ -275,6 +308,7 @@ def test_kill_9_during_a_checkpoint_write_then_resume_gives_the_same_weights(cor
 
 # ---- disk full ----
 
+
 def _assert_clean_abort(run_dir: Path, capsys, step: int) -> None:
     err = capsys.readouterr().err
     assert f"skyloom: error: cannot write the checkpoint of step {step}" in err and "Traceback" not in err, err
@@ -290,11 +324,14 @@ def test_disk_full_on_a_small_tmpfs_aborts_cleanly_keeping_earlier_checkpoints(c
     mount_point = tmp_path / "small"
     mount_point.mkdir()
     # ~2.9 MB per checkpoint (weights, AdamW state): the third does not fit
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); the simulated "
-                    "ENOSPC test covers the same path")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); the simulated "
+            "ENOSPC test covers the same path"
+        )
     try:
         cfg = run_config(corpus, checkpoint={"every": 1, "keep_last": 100})
         config = write_config(cfg, tmp_path / "run.yaml")
@@ -323,6 +360,7 @@ def test_disk_full_simulated_aborts_cleanly_keeping_earlier_checkpoints(corpus, 
 
 
 # ---- every loader verifies ----
+
 
 @pytest.fixture(scope="module")
 def flipped(tmp_path_factory) -> tuple[Path, Path]:
@@ -410,10 +448,10 @@ def test_a_directory_without_a_manifest_loads_as_is(flipped, tmp_path):
 
 
 def test_unreadable_weights_are_named_not_a_raw_safetensors_error(tmp_path):
-    from skyloom.model.checkpoint import save_model
-    from skyloom.model.transformer import Transformer
     from skyloom.config import build
+    from skyloom.model.checkpoint import save_model
     from skyloom.model.config import ModelConfig
+    from skyloom.model.transformer import Transformer
 
     out = save_model(Transformer(build(ModelConfig, TINY_MODEL, prefix="model")), tmp_path / "m")
     (out / "model.safetensors").write_bytes(b"not safetensors at all")

@@ -61,10 +61,12 @@ def test_readme_test_command_is_what_ci_runs():
 
 def test_the_command_line_starts_without_torch():
     """`skyloom --help` builds every command's parser; none may import torch (3-8 s) to do it."""
-    code = ("import sys, skyloom.cli as cli\n"
-            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "cli.build_parser()\n"
-            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys, skyloom.cli as cli\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "cli.build_parser()\n"
+        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -163,8 +165,11 @@ def test_tokenizer_command_defaults_are_the_trainer_defaults():
     from skyloom.tokenizer.commands import TokenizerExtendConfig, TokenizerTrainConfig
     from skyloom.tokenizer.train import TrainSettings
 
-    trainer = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-               for f in dataclasses.fields(TrainSettings) if f.name not in ("inputs", "out", "fields")}
+    trainer = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(TrainSettings)
+        if f.name not in ("inputs", "out", "fields")
+    }
     for cls in (TokenizerTrainConfig, TokenizerExtendConfig):  # (--field's None is the handler's ["text"])
         for f in dataclasses.fields(cls):
             if f.name in trainer and f.name != "extend" or f.name == "extend" and cls is TokenizerTrainConfig:
@@ -181,8 +186,11 @@ def test_sft_saves_its_resolved_config_and_resumes_from_it(tmp_path, capsys):
 
     data = tmp_path / "qa.jsonl"
     data.write_text('{"instruction": "1+1?", "output": "2"}\n', encoding="utf-8")
-    given = {"base": str(tmp_path / "no-such-base"), "data": {"sources": {"qa": {"path": str(data)}}},
-             "train": {"global_batch_tokens": 64, "micro_batch_size": 1, "device": "cpu"}}
+    given = {
+        "base": str(tmp_path / "no-such-base"),
+        "data": {"sources": {"qa": {"path": str(data)}}},
+        "train": {"global_batch_tokens": 64, "micro_batch_size": 1, "device": "cpu"},
+    }
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump(given), encoding="utf-8")
     assert main(["sft", str(tmp_path / "sft.yaml"), "--out", str(tmp_path / "run"), "train.lr=1e-4"]) == 2
     assert "no-such-base" in capsys.readouterr().err

@@ -33,8 +33,12 @@ def tok_dir(tmp_path_factory) -> Path:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([r["text"] for r in GOOD], trainer)
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "unk_token": "<unk>"}))
@@ -66,6 +70,7 @@ def _pack(tok_dir: Path, out: Path, *args: str) -> list[str]:
 
 # --- {"text": null} ----------------------------------------------------------------------------------------
 
+
 def test_null_or_non_string_text_is_malformed_not_an_empty_document(tok_dir, tmp_path, capsys):
     path = tmp_path / "docs.jsonl"
     records = [{"text": "fine"}, {"text": None}, {"text": 5}, {"text": ""}, {"title": None, "text": "b"}]
@@ -75,8 +80,10 @@ def test_null_or_non_string_text_is_malformed_not_an_empty_document(tok_dir, tmp
     errors: list[InputError] = []
     docs = list(iter_documents(path, on_error=errors.append))
     assert [(d.text, d.line) for d in docs] == [("fine", 1), ("", 4), ("b", 5)]
-    assert [(e.line, e.detail) for e in errors] == [(2, "field 'text' is null, expected a string"),
-                                                    (3, "field 'text' is int, expected a string")]
+    assert [(e.line, e.detail) for e in errors] == [
+        (2, "field 'text' is null, expected a string"),
+        (3, "field 'text' is int, expected a string"),
+    ]
     # several fields: a null one is absent; only a record with no text in any of them is malformed
     both = list(iter_documents(path, fields=("title", "text"), on_error=lambda e: None))
     assert [d.text for d in both] == ["fine", "", "b"]
@@ -90,6 +97,7 @@ def test_null_or_non_string_text_is_malformed_not_an_empty_document(tok_dir, tmp
 
 
 # --- broken gzip ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["truncated", "not_gzip", "corrupt"])
 def test_a_broken_gzip_is_a_malformed_input_named_by_file(kind, tok_dir, tmp_path, capsys):
@@ -114,8 +122,27 @@ def test_a_broken_gzip_is_a_malformed_input_named_by_file(kind, tok_dir, tmp_pat
     assert main(["tokenizer", "stats", str(tok_dir), str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"skyloom: error: {bad}:") and "gzip" in err
-    assert main(["tokenizer", "train", str(bad), "--out", str(tmp_path / "o"), "-q", "--total", "300",
-                 "--base-size", "260", "--chinese-chars", "23", "--workers", "1"]) == 2
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                str(bad),
+                "--out",
+                str(tmp_path / "o"),
+                "-q",
+                "--total",
+                "300",
+                "--base-size",
+                "260",
+                "--chinese-chars",
+                "23",
+                "--workers",
+                "1",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith(f"skyloom: error: {bad}:") and "gzip" in err
 
@@ -139,11 +166,26 @@ def test_no_temporary_shard_is_left_when_a_task_fails(tok_dir, tmp_path, capsys)
 
 # --- --base-size -----------------------------------------------------------------------------------------------
 
+
 def test_base_size_below_the_alphabet_names_the_option_and_the_minimum(tmp_path, capsys):
     path = tmp_path / "latin.txt"
     path.write_text("".join(chr(c) for c in range(ord("!"), ord("~"))) * 20, encoding="utf-8")  # 93 characters
-    args = ["tokenizer", "train", str(path), "--out", str(tmp_path / "o"), "-q", "--chinese-chars", "23",
-            "--reserved", "17", "--workers", "1", "--fill", "jieba"]
+    args = [
+        "tokenizer",
+        "train",
+        str(path),
+        "--out",
+        str(tmp_path / "o"),
+        "-q",
+        "--chinese-chars",
+        "23",
+        "--reserved",
+        "17",
+        "--workers",
+        "1",
+        "--fill",
+        "jieba",
+    ]
     assert main([*args, "--base-size", "300", "--total", "340"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("skyloom: error:") and "--base-size" in err and "at least 349" in err
@@ -151,6 +193,7 @@ def test_base_size_below_the_alphabet_names_the_option_and_the_minimum(tmp_path,
 
 
 # --- the per-document size guard ------------------------------------------------------------------------------
+
 
 def test_over_long_records_are_skipped_and_counted_and_text_files_split(tmp_path):
     path = tmp_path / "docs.jsonl"
@@ -205,8 +248,7 @@ def test_the_guard_is_an_option_of_pack_and_stats_and_is_reported(tok_dir, tmp_p
     assert "--max-doc-chars" in capsys.readouterr().err
 
 
-def test_resuming_a_pack_planned_before_the_guard_finishes_it_without_the_guard_and_says_so(tok_dir, tmp_path,
-                                                                                           capsys):
+def test_resuming_a_pack_planned_before_the_guard_finishes_it_without_the_guard_and_says_so(tok_dir, tmp_path, capsys):
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     first.write_bytes(_jsonl(GOOD[:20]))
     second.write_bytes(_jsonl([{"text": "short one"}, {"text": "much longer text " * 10}]))
@@ -235,6 +277,7 @@ def test_resuming_a_pack_planned_before_the_guard_finishes_it_without_the_guard_
 
 
 # --- kill -9 of `skyloom data run` ---------------------------------------------------------------------------
+
 
 def _children(pid: int) -> set[int]:
     out = set()
@@ -267,21 +310,36 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie is dead, only not yet reaped by its new parent
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not Path("/proc/self/stat").exists(),
-                    reason="needs Linux /proc and prctl(PR_SET_PDEATHSIG)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not Path("/proc/self/stat").exists(),
+    reason="needs Linux /proc and prctl(PR_SET_PDEATHSIG)",
+)
 def test_kill_9_of_data_run_leaves_no_child_process(tmp_path):
     words = "the of and to in is was for on that with as by at from his an were are which this be has".split()
     with open(tmp_path / "in.jsonl", "w", encoding="utf-8") as f:
         for i in range(20_000):
-            f.write(json.dumps({"id": str(i), "text": " ".join(words[(i * 7 + j) % len(words)] for j in range(200))})
-                    + "\n")
-    (tmp_path / "p.yaml").write_text(json.dumps({
-        "output_dir": str(tmp_path / "out"), "executor": {"tasks": 2, "workers": 2},
-        "inputs": [{"path": str(tmp_path / "in.jsonl"), "format": "jsonl", "source": "s", "shard": "records"}],
-        "steps": [{"type": "exact_dedup"}]}))
+            f.write(
+                json.dumps({"id": str(i), "text": " ".join(words[(i * 7 + j) % len(words)] for j in range(200))}) + "\n"
+            )
+    (tmp_path / "p.yaml").write_text(
+        json.dumps(
+            {
+                "output_dir": str(tmp_path / "out"),
+                "executor": {"tasks": 2, "workers": 2},
+                "inputs": [{"path": str(tmp_path / "in.jsonl"), "format": "jsonl", "source": "s", "shard": "records"}],
+                "steps": [{"type": "exact_dedup"}],
+            }
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "skyloom", "data", "run", str(tmp_path / "p.yaml")], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skyloom", "data", "run", str(tmp_path / "p.yaml")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     task_logs = [tmp_path / "out" / "logs" / "01_documents" / "logs" / f"task_{r:05d}.log" for r in range(2)]
     seen: set[int] = set()
     try:
@@ -310,6 +368,7 @@ def test_kill_9_of_data_run_leaves_no_child_process(tmp_path):
 
 # --- the pipeline's reader (`skyloom data run`) -------------------------------------------------------------
 
+
 def test_pipeline_reader_counts_a_broken_gzip_and_null_text_as_malformed_with_their_lines(tmp_path):
     from skyloom.data.pipeline.readers import InputConfig, SourceReader
 
@@ -334,8 +393,21 @@ def test_no_temporary_file_is_left_when_a_parallel_pack_stops(tok_dir, tmp_path,
     good = tmp_path / "good.jsonl"
     good.write_bytes(_jsonl(GOOD * 20))
     out = tmp_path / "tokens"
-    args = ["data", "pack", "-t", str(tok_dir), "-o", str(out), "--workers", "2", "-q", "--shard-bytes", "4000",
-            f"s={bad}", f"s={good}"]
+    args = [
+        "data",
+        "pack",
+        "-t",
+        str(tok_dir),
+        "-o",
+        str(out),
+        "--workers",
+        "2",
+        "-q",
+        "--shard-bytes",
+        "4000",
+        f"s={bad}",
+        f"s={good}",
+    ]
     assert main(args) == 2
     assert f"{bad}:" in capsys.readouterr().err
     assert not list(out.rglob("*.tmp"))
@@ -343,8 +415,11 @@ def test_no_temporary_file_is_left_when_a_parallel_pack_stops(tok_dir, tmp_path,
 
 # --- training validation sets (`validation.sets.*` text files) ------------------------------------------------
 
-@pytest.mark.parametrize("record, detail", [({"text": None}, "field 'text' is null"),
-                                            ({"text": 5}, "field 'text' is int, expected a string")])
+
+@pytest.mark.parametrize(
+    "record, detail",
+    [({"text": None}, "field 'text' is null"), ({"text": 5}, "field 'text' is int, expected a string")],
+)
 def test_validation_text_null_or_not_a_string_is_malformed(record, detail, tok_dir, tmp_path):
     from skyloom.tokenizer.loading import TextTokenizer
     from skyloom.train.validation import load_stream

@@ -17,7 +17,13 @@ import torch
 from safetensors.torch import load_file
 
 from tests.train_helpers import (  # noqa: F401
-    read_metrics, run, skyloom_cmd, tiny_run_config, torchrun_cmd, train_corpus, write_config,
+    read_metrics,
+    run,
+    skyloom_cmd,
+    tiny_run_config,
+    torchrun_cmd,
+    train_corpus,
+    write_config,
 )
 
 STEPS = 12
@@ -27,8 +33,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def single_run(train_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp_single")
-    cfg = tiny_run_config(train_corpus, train={"max_steps": STEPS}, checkpoint={"every": 6},
-                          validation={"every": 6})
+    cfg = tiny_run_config(train_corpus, train={"max_steps": STEPS}, checkpoint={"every": 6}, validation={"every": 6})
     config = write_config(cfg, root / "run.yaml")
     run(skyloom_cmd("train", str(config), "--out", str(root / "single")))
     return config, root / "single"
@@ -63,8 +68,9 @@ def test_ddp_zero1_two_processes_match_one(single_run, tmp_path):
     state = json.loads((tmp_path / "ddp/checkpoints/step_00000006/trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["parallel"] == "ddp"
     # the ZeRO-1 shards were consolidated into one optimizer state for the checkpoint
-    assert len(json.loads((tmp_path / "ddp/checkpoints/step_00000006/optimizer.json").read_text())["state"]) == \
-        len(list(load_file(str(tmp_path / "ddp/checkpoints/step_00000006/model.safetensors"))))
+    assert len(json.loads((tmp_path / "ddp/checkpoints/step_00000006/optimizer.json").read_text())["state"]) == len(
+        list(load_file(str(tmp_path / "ddp/checkpoints/step_00000006/model.safetensors")))
+    )
 
     # resume the 2-rank run's step-6 checkpoint on a single process: the same batches follow
     shutil.rmtree(tmp_path / "ddp" / "checkpoints" / f"step_{STEPS:08d}")
@@ -74,8 +80,9 @@ def test_ddp_zero1_two_processes_match_one(single_run, tmp_path):
 
 def test_fsdp2_two_processes_match_one(single_run, tmp_path):
     config, single = single_run
-    out = run(torchrun_cmd(2, "train", str(config), "train.parallel=fsdp", "--out", str(tmp_path / "fsdp")),
-              timeout=240)
+    out = run(
+        torchrun_cmd(2, "train", str(config), "train.parallel=fsdp", "--out", str(tmp_path / "fsdp")), timeout=240
+    )
     assert "FSDP2" in out.stdout
     _compare(single, tmp_path / "fsdp")
     assert (tmp_path / "fsdp/checkpoints/step_00000006/dcp/.metadata").is_file()

@@ -61,8 +61,9 @@ def test_pipeline_outputs_never_hold_held_out_text(demo):
     main, stem = _texts(d.out / "pipeline" / "main"), _texts(d.out / "pipeline" / "stem")
     assert main and stem
     assert not (main | stem) & _texts(d.out / "corpus" / "heldout")
-    assert not (main | stem) & _texts(d.out / "corpus" / "leakage") - {r["text"] for r in _jsonl(
-        d.out / "corpus" / "leakage" / "train.jsonl")}
+    assert not (main | stem) & _texts(d.out / "corpus" / "leakage") - {
+        r["text"] for r in _jsonl(d.out / "corpus" / "leakage" / "train.jsonl")
+    }
     # the generated word problems end up in SkyPile-STEM, the news in SkyPile-Main
     assert sum("####" in t for t in stem) > 0.9 * len(stem)
     news = {r["text"] for r in _jsonl(d.out / "corpus" / "raw" / "zh_news.jsonl")}
@@ -96,10 +97,14 @@ def test_sessions_chain_and_stage2_follows_the_stem_curriculum(demo):
     windows = 1024 // 128
     # session B continues A's data position: its draws of `main` come after A's
     assert b["loader"]["sources"]["main"]["drawn"] == a["loader"]["sources"]["main"]["drawn"] + 6 * windows
-    assert s2["loader"]["sources"]["stem"]["drawn"] + s2["loader"]["sources"]["main"]["drawn"] == \
-        b["loader"]["sources"]["main"]["drawn"] + 12 * windows
-    train = {n: [r for r in _jsonl(runs / n / "metrics.jsonl") if r["kind"] == "train"] for n in
-             ("stage1-a", "stage1-b", "stage2")}
+    assert (
+        s2["loader"]["sources"]["stem"]["drawn"] + s2["loader"]["sources"]["main"]["drawn"]
+        == b["loader"]["sources"]["main"]["drawn"] + 12 * windows
+    )
+    train = {
+        n: [r for r in _jsonl(runs / n / "metrics.jsonl") if r["kind"] == "train"]
+        for n in ("stage1-a", "stage1-b", "stage2")
+    }
     assert train["stage1-a"][0]["lr"] < train["stage1-a"][2]["lr"]  # warmup, then cosine
     assert train["stage1-a"][-1]["lr"] == pytest.approx(3e-4)
     assert all(r["lr"] == pytest.approx(3e-4) for r in train["stage1-b"])
@@ -126,10 +131,12 @@ def test_rerun_skips_finished_phases_and_redoes_removed_ones(demo):
 def test_user_files_become_domains_and_workspaces_do_not_mix(tmp_path):
     data = tmp_path / "mine"
     data.mkdir()
-    (data / "notes.jsonl").write_text("".join(json.dumps({"text": f"Note {i}: " + "words and more words " * 30}) + "\n"
-                                              for i in range(20)))
-    (data / "math problems.txt").write_text("\n\n".join(f"Question {i}: what is {i} + {i}? " * 20 + f"Answer: {2 * i}"
-                                                         for i in range(10)))
+    (data / "notes.jsonl").write_text(
+        "".join(json.dumps({"text": f"Note {i}: " + "words and more words " * 30}) + "\n" for i in range(20))
+    )
+    (data / "math problems.txt").write_text(
+        "\n\n".join(f"Question {i}: what is {i} + {i}? " * 20 + f"Answer: {2 * i}" for i in range(10))
+    )
     out = tmp_path / "ws"
     Demo(out, tiny=True, data=data, log=lambda s: None).run(until="corpus")
     manifest = json.loads((out / "corpus" / "manifest.json").read_text())
@@ -158,8 +165,9 @@ def _shared_layout(shared_data: Path, root: Path) -> Path:
         shutil.copytree(shared_data / name, root / name)
     chid = root / "fewclue_zh" / "chid" / "unlabeled.json"
     chid.parent.mkdir(parents=True)
-    chid.write_text("".join(json.dumps({"content": t}, ensure_ascii=False) + "\n" for t in news(80_000)),
-                    encoding="utf-8")
+    chid.write_text(
+        "".join(json.dumps({"content": t}, ensure_ascii=False) + "\n" for t in news(80_000)), encoding="utf-8"
+    )
     return root
 
 

@@ -32,8 +32,9 @@ def _count(folder) -> int:
 
 def _csv_rows(folder) -> int:
     """Data rows of every CSV in the folder, counted by the csv module itself (header excluded)."""
-    return sum(len(list(csv.reader(p.read_text(encoding="utf-8").splitlines(keepends=True)))) - 1
-               for p in folder.glob("*.csv"))
+    return sum(
+        len(list(csv.reader(p.read_text(encoding="utf-8").splitlines(keepends=True)))) - 1 for p in folder.glob("*.csv")
+    )
 
 
 @full_data_only
@@ -64,8 +65,16 @@ def _write_mmlu(root, subject="high_school_math", n_dev=5, n_test=4, answer=None
         with open(root / split / f"{subject}_{split}.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             for i in range(n):
-                w.writerow([f"What is {i} + {i}?\nShow your work, please", str(2 * i), str(2 * i + 1), f"{i},000",
-                            "none of the above", answer or "ABCD"[i % 4]])
+                w.writerow(
+                    [
+                        f"What is {i} + {i}?\nShow your work, please",
+                        str(2 * i),
+                        str(2 * i + 1),
+                        f"{i},000",
+                        "none of the above",
+                        answer or "ABCD"[i % 4],
+                    ]
+                )
     return root
 
 
@@ -87,14 +96,17 @@ def test_chinese_prompts_follow_the_authors_templates():
     dev = read_questions(SHARED_DATA / "cmmlu" / "dev" / "agronomy.csv", "agronomy")
     test = read_questions(SHARED_DATA / "cmmlu" / "test" / "agronomy.csv", "agronomy")
     context, conts = build_prompt(test[0], dev[:1], TEMPLATES["cmmlu"], "letter")
-    assert context.startswith("以下是关于农学的单项选择题，请直接给出正确答案的选项。\n\n题目：肉牛屠宰后，胴体的哪个部位肉质较好\n"
-                              "A. 胸\nB. 腹\nC. 大腿\nD. 小腿\n答案：C\n\n题目：")
+    assert context.startswith(
+        "以下是关于农学的单项选择题，请直接给出正确答案的选项。\n\n题目：肉牛屠宰后，胴体的哪个部位肉质较好\n"
+        "A. 胸\nB. 腹\nC. 大腿\nD. 小腿\n答案：C\n\n题目："
+    )
     assert context.endswith("\n答案：") and conts == ["A", "B", "C", "D"]
     cloze, options = build_prompt(test[0], dev[:1], TEMPLATES["cmmlu"], "text")
     assert "\nA. " not in cloze and "答案：大腿\n\n" in cloze and options == list(test[0].options)
     ceval = read_questions(SHARED_DATA / "ceval" / "val" / "logic_val.csv", "logic")[0]
     assert build_prompt(ceval, [], TEMPLATES["ceval"], "letter")[0].startswith(
-        "以下是中国关于逻辑学考试的单项选择题，请选出其中的正确答案。\n\n")
+        "以下是中国关于逻辑学考试的单项选择题，请选出其中的正确答案。\n\n"
+    )
 
 
 def _rigged_benchmark(root, prefer="C", n=12):
@@ -108,7 +120,7 @@ def _rigged_benchmark(root, prefer="C", n=12):
             for i, q in enumerate(src):
                 right = q.options["ABCD".index(q.answer)]
                 others = [o for j, o in enumerate(q.options) if "ABCD"[j] != q.answer]
-                options = others[:"ABCD".index(prefer)] + [right] + others["ABCD".index(prefer):]
+                options = others[: "ABCD".index(prefer)] + [right] + others["ABCD".index(prefer) :]
                 w.writerow([i, q.question, *options, prefer])
     return root
 
@@ -118,8 +130,9 @@ def test_scoring_picks_the_option_a_rigged_model_prefers(tmp_path):
     # rig: teach a tiny model that "答案：" is followed by "C" (on other questions than the scored ones)
     dev = read_questions(SHARED_DATA / "ceval" / "dev" / "high_school_biology_dev.csv", "high_school_biology")
     texts = [build_prompt(q, [], TEMPLATES["ceval"], "letter")[0] + "C\n\n" for q in dev * 4]
-    rigged = SkyloomLM(train_tiny(tiny_model(seed=4, dim=64, ffn_dim=176), texts, steps=25, keep="tail"),
-                       tokenizer(), progress=False)
+    rigged = SkyloomLM(
+        train_tiny(tiny_model(seed=4, dim=64, ffn_dim=176), texts, steps=25, keep="tail"), tokenizer(), progress=False
+    )
     result, records = evaluate_multiple_choice(rigged, "ceval", root, shots=0)
     assert result["overall"]["acc"] == 1.0 and result["overall"]["n"] == 12
     assert all(r["prediction"] == "C" and r["correct"] for r in records)
@@ -131,8 +144,9 @@ def test_scoring_picks_the_option_a_rigged_model_prefers(tmp_path):
 
 def test_acc_norm_divides_by_continuation_length(tmp_path):
     lm = load_lm(tiny_checkpoint(), progress=False)
-    result, records = evaluate_multiple_choice(lm, "cmmlu", SHARED_DATA / "cmmlu", shots=1, fmt="text", limit=3,
-                                               subjects=["agronomy", "arts"])
+    result, records = evaluate_multiple_choice(
+        lm, "cmmlu", SHARED_DATA / "cmmlu", shots=1, fmt="text", limit=3, subjects=["agronomy", "arts"]
+    )
     for r in records:
         normed = [ll / len(c) for ll, c in zip(r["loglikelihoods"], r["continuations"])]
         assert r["prediction_norm"] == "ABCD"[normed.index(max(normed))]
@@ -142,17 +156,23 @@ def test_acc_norm_divides_by_continuation_length(tmp_path):
     assert result["overall"]["acc"] == pytest.approx((subjects["agronomy"]["acc"] + subjects["arts"]["acc"]) / 2)
 
 
-@pytest.mark.parametrize("completion,expected", [
-    (" Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n#### 72", "72"),
-    (" She eats 3 and bakes 4, so 16 - 3 - 4 = 9 eggs remain. 9 * $2 = $18.\n#### 18", "18"),
-    (" The total is 1,234 + 16 = $1,250.00\n#### $1,250", "1250"),
-    (" 5 friends each pay $3.50, so the answer is 17.5.", "17.5"),
-    (" They need 120 - 36 = 84 more pages, half of 84 is 42 pages.", "42"),
-    (" The temperature dropped to -4 degrees.", "-4"),
-    (" 因此答案是 56。", "56"),
-    (" He earned $10. Then he spent half.", "10"),
-    (" I don't know.", None),
-])
+@pytest.mark.parametrize(
+    "completion,expected",
+    [
+        (
+            " Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n#### 72",
+            "72",
+        ),
+        (" She eats 3 and bakes 4, so 16 - 3 - 4 = 9 eggs remain. 9 * $2 = $18.\n#### 18", "18"),
+        (" The total is 1,234 + 16 = $1,250.00\n#### $1,250", "1250"),
+        (" 5 friends each pay $3.50, so the answer is 17.5.", "17.5"),
+        (" They need 120 - 36 = 84 more pages, half of 84 is 42 pages.", "42"),
+        (" The temperature dropped to -4 degrees.", "-4"),
+        (" 因此答案是 56。", "56"),
+        (" He earned $10. Then he spent half.", "10"),
+        (" I don't know.", None),
+    ],
+)
 def test_gsm8k_answer_extraction_on_model_style_outputs(completion, expected):
     got = extract_answer(completion)
     assert (None if got is None else got) == (None if expected is None else Decimal(expected))
@@ -194,9 +214,30 @@ def test_bad_answer_letter_is_named_by_file_and_line(tmp_path):
 
 def test_bench_command_on_the_real_benchmarks(tmp_path, capsys):
     out, samples = tmp_path / "bench.json", tmp_path / "samples"
-    args = ["eval", "bench", "--model", str(tiny_checkpoint()), "--task", "ceval", "--task", "cmmlu", "--task", "gsm8k",
-            "--limit", "1", "--shots", "1", "--max-new-tokens", "16", "--no-progress", "--overall-only",
-            "--log-samples", str(samples), "--output", str(out)]
+    args = [
+        "eval",
+        "bench",
+        "--model",
+        str(tiny_checkpoint()),
+        "--task",
+        "ceval",
+        "--task",
+        "cmmlu",
+        "--task",
+        "gsm8k",
+        "--limit",
+        "1",
+        "--shots",
+        "1",
+        "--max-new-tokens",
+        "16",
+        "--no-progress",
+        "--overall-only",
+        "--log-samples",
+        str(samples),
+        "--output",
+        str(out),
+    ]
     assert main(args) == 0
     first = json.loads(out.read_text())
     assert set(first["tasks"]) == {"ceval", "cmmlu", "gsm8k"}

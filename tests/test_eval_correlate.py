@@ -35,9 +35,13 @@ def run_dir():
     run = workdir("correlate-run")
     train_texts = _rig_texts("high_school_biology") * 4
     val_file = run / "val_rig.jsonl"
-    val_file.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
-                                for t in _rig_texts("middle_school_biology") + _rig_texts("college_chemistry")),
-                        encoding="utf-8")
+    val_file.write_text(
+        "".join(
+            json.dumps({"text": t}, ensure_ascii=False) + "\n"
+            for t in _rig_texts("middle_school_biology") + _rig_texts("college_chemistry")
+        ),
+        encoding="utf-8",
+    )
     model = tiny_model(seed=5, dim=64, ffn_dim=176)
     lines = []
     done = 0
@@ -49,8 +53,17 @@ def run_dir():
         lm = SkyloomLM(model, tokenizer(), progress=False)
         val = domain_result(score_documents(lm, read_documents(val_file), WindowConvention("packed", SEQ)))
         lines.append({"kind": "train", "step": step, "tokens": step * 1024, "loss": 1.0, "lr": 1e-2})
-        lines.append({"kind": "val", "step": step, "tokens": step * 1024, "set": "rig", "loss": val["loss"],
-                      "ppl": val["ppl"], "eval_tokens": val["tokens"]})
+        lines.append(
+            {
+                "kind": "val",
+                "step": step,
+                "tokens": step * 1024,
+                "set": "rig",
+                "loss": val["loss"],
+                "ppl": val["ppl"],
+                "eval_tokens": val["tokens"],
+            }
+        )
         assert ckpt.is_dir()
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"kind": "tr', encoding="utf-8")
     _rigged_benchmark(run.parent / "rigged-bench")
@@ -95,8 +108,10 @@ def test_recorded_scores_are_reused_and_losses_can_be_recomputed(run_dir, monkey
     monkeypatch.setattr(bench_module, "run_task", refuse)
     out = run_dir / "eval" / "recomputed.json"
     val_file = run_dir / "val_rig.jsonl"
-    assert main(args + ["--data", f"rig={val_file}", "--window", "packed", "--max-tokens", str(SEQ),
-                        "--output", str(out)]) == 0
+    assert (
+        main(args + ["--data", f"rig={val_file}", "--window", "packed", "--max-tokens", str(SEQ), "--output", str(out)])
+        == 0
+    )
     recomputed = json.loads(out.read_text())
     recorded, _ = correlate_module.read_metrics(run_dir)
     for step in STEPS:  # `eval ppl` on the same file reproduces the losses the run recorded

@@ -51,7 +51,7 @@ def _training_texts() -> list[str]:
     return texts
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer_dir() -> Path:
     """A byte-level BPE (2,048 entries) trained on GSM8K, Skywork Chinese domain text and C-Eval/CMMLU."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -59,8 +59,12 @@ def tokenizer_dir() -> Path:
     tok = Tokenizer(models.BPE(unk_token=SPECIALS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=list(SPECIALS.values()),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=list(SPECIALS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_training_texts(), trainer)
     out = _ROOT / "tokenizer"
     out.mkdir()
@@ -88,13 +92,13 @@ def save_checkpoint(model: Transformer, out: Path) -> Path:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_checkpoint(seed: int = 0) -> Path:
     """A randomly initialised tiny checkpoint directory with its tokenizer files."""
     return save_checkpoint(tiny_model(seed), _ROOT / f"tiny-{seed}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_hf_dir(seed: int = 0) -> Path:
     """The same weights exported as a Hugging Face LlamaForCausalLM directory (tokenizer included)."""
     from skyloom.model.checkpoint import load_model
@@ -104,8 +108,16 @@ def tiny_hf_dir(seed: int = 0) -> Path:
     return export_hf(load_model(ckpt), _ROOT / f"tiny-{seed}-hf", source_dir=ckpt)
 
 
-def train_tiny(model: Transformer, texts: list[str], steps: int, lr: float = 1e-2, batch: int = 8,
-               seq_len: int = 128, seed: int = 0, keep: str = "head") -> Transformer:
+def train_tiny(
+    model: Transformer,
+    texts: list[str],
+    steps: int,
+    lr: float = 1e-2,
+    batch: int = 8,
+    seq_len: int = 128,
+    seed: int = 0,
+    keep: str = "head",
+) -> Transformer:
     """A minimal next-token training loop (AdamW, CPU): enough to make a tiny model learn or memorise text.
 
     Each text is cut to `seq_len` tokens, its first (`keep="head"`) or last (`keep="tail"`) ones.
@@ -116,7 +128,7 @@ def train_tiny(model: Transformer, texts: list[str], steps: int, lr: float = 1e-
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     model.train()
     pad = tok.pad_id
-    for step in range(steps):
+    for _step in range(steps):
         pick = torch.randint(0, len(docs), (batch,), generator=generator).tolist()
         width = max(len(docs[i]) for i in pick)
         ids = torch.full((batch, width), pad, dtype=torch.long)
@@ -124,8 +136,9 @@ def train_tiny(model: Transformer, texts: list[str], steps: int, lr: float = 1e-
             ids[row, : len(docs[i])] = torch.as_tensor(docs[i])
         logits = model(ids[:, :-1])
         targets = ids[:, 1:].masked_fill(ids[:, 1:] == pad, -100)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                 ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -26,12 +26,24 @@ from tests.train_helpers import TINY_MODEL, build_run_config
 OTHER_TOKENIZER = "0123456789abcdef"
 
 
-def _shards(directory: Path, docs: list[list[int]], vocab_size: int = VOCAB, tokenizer_id: str | None = None,
-            eos_id: int | None = 2) -> Path:
+def _shards(
+    directory: Path,
+    docs: list[list[int]],
+    vocab_size: int = VOCAB,
+    tokenizer_id: str | None = None,
+    eos_id: int | None = 2,
+) -> Path:
     """A token-shard directory; by default packed with the test tokenizer (its fingerprint recorded)."""
     fingerprint = tokenizer().tokenizer_id if tokenizer_id is None else tokenizer_id
-    write_shard(directory, "000", [np.asarray(d) for d in docs], vocab_size=vocab_size, source=directory.name,
-                tokenizer=fingerprint, eos_id=eos_id)
+    write_shard(
+        directory,
+        "000",
+        [np.asarray(d) for d in docs],
+        vocab_size=vocab_size,
+        source=directory.name,
+        tokenizer=fingerprint,
+        eos_id=eos_id,
+    )
     finalize_index(directory)
     return directory
 
@@ -45,8 +57,22 @@ def _poke(directory: Path, position: int, token: int) -> None:
 
 
 def _ppl(capsys, data: str, *extra: str, model: Path | None = None) -> tuple[int, str]:
-    rc = main(["eval", "ppl", "--model", str(model or tiny_checkpoint()), "--data", data, "--max-tokens", "64",
-               "--no-progress", "--device", "cpu", *extra])
+    rc = main(
+        [
+            "eval",
+            "ppl",
+            "--model",
+            str(model or tiny_checkpoint()),
+            "--data",
+            data,
+            "--max-tokens",
+            "64",
+            "--no-progress",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
     return rc, capsys.readouterr().err
 
 
@@ -87,8 +113,11 @@ def test_validation_sets_refuse_shards_of_another_tokenizer(tmp_path):
 
     d = _shards(tmp_path / "val", [list(range(3, 40)) + [2]] * 4, vocab_size=64, tokenizer_id=OTHER_TOKENIZER)
     run_tokenizer = SimpleNamespace(tokenizer_id="fedcba9876543210", vocab_size=64, source=tmp_path / "tok")
-    with pytest.raises(ShardMismatch, match=rf"validation.sets.held_out: {d} was packed with tokenizer "
-                                            rf"{OTHER_TOKENIZER}.*fedcba9876543210"):
+    with pytest.raises(
+        ShardMismatch,
+        match=rf"validation.sets.held_out: {d} was packed with tokenizer "
+        rf"{OTHER_TOKENIZER}.*fedcba9876543210",
+    ):
         ValidationMonitor({"held_out": _validation_set(d)}, 8, run_tokenizer, vocab_size=64)
 
 
@@ -109,10 +138,13 @@ def test_training_sources_refuse_ids_beyond_the_vocabulary_by_shard_file(tmp_pat
 
     vocab = TINY_MODEL["vocab_size"]
     d = _shards(tmp_path / "src", [list(range(3, 200)) + [2]] * 4, vocab_size=vocab, tokenizer_id="")
-    cfg = build_run_config({
-        "model": dict(TINY_MODEL), "data": {"seq_len": 16, "sources": {"s": {"path": str(d)}}},
-        "train": {"global_batch_tokens": 64, "micro_batch_size": 4, "max_steps": 2},
-    })
+    cfg = build_run_config(
+        {
+            "model": dict(TINY_MODEL),
+            "data": {"seq_len": 16, "sources": {"s": {"path": str(d)}}},
+            "train": {"global_batch_tokens": 64, "micro_batch_size": 4, "max_steps": 2},
+        }
+    )
     build_mixture_loader(cfg).next_windows()  # intact: fine
     _poke(d, 0, vocab + 3)
     for i in range(1, 4 * 198, 17):
@@ -180,8 +212,22 @@ def test_leakage_gives_no_verdict_from_an_empty_set(tmp_path, capsys):
         files[name] = tmp_path / f"{name}.jsonl"
         text = "" if name == "test" else "Tom has 3 apples and buys 4 more. #### 7"
         files[name].write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
-    rc = main(["eval", "leakage", "--model", str(tiny_checkpoint()), "--no-progress", "--device", "cpu",
-               "--max-tokens", "64", "--n-boot", "10", *(f"--{k}={v}" for k, v in files.items())])
+    rc = main(
+        [
+            "eval",
+            "leakage",
+            "--model",
+            str(tiny_checkpoint()),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--max-tokens",
+            "64",
+            "--n-boot",
+            "10",
+            *(f"--{k}={v}" for k, v in files.items()),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 2 and "set 'test'" in captured.err and "no scorable tokens" in captured.err
     assert "no sign" not in captured.out and "likely" not in captured.out
@@ -202,8 +248,10 @@ def test_correlate_refuses_nan_validation_losses(tmp_path):
     from skyloom.eval.correlate import collect
 
     (tmp_path / "checkpoints" / "step_00000010").mkdir(parents=True)
-    lines = [{"kind": "val", "step": 10, "set": "wiki", "loss": float("nan")},
-             {"kind": "bench", "step": 10, "task": "ceval", "score": 0.3}]
+    lines = [
+        {"kind": "val", "step": 10, "set": "wiki", "loss": float("nan")},
+        {"kind": "bench", "step": 10, "task": "ceval", "score": 0.3},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
     with pytest.raises(ValueError, match="validation loss of set 'wiki' is not finite at step.s. 10"):
         collect(tmp_path, [], {}, None, None, {}, None, progress=False)
@@ -215,7 +263,7 @@ def test_correlate_refuses_nan_validation_losses(tmp_path):
 def _write_mc(root: Path, dev_rows: dict[str, int]) -> Path:
     """An MMLU-format benchmark: per subject 2 test questions and `dev_rows[subject]` dev exemplars."""
     row = "What is 1 + {i}?,{a},{b},{c},{d},A\n"
-    for split, count in (("test", None), ("dev", None)):
+    for split, _count in (("test", None), ("dev", None)):
         (root / split).mkdir(parents=True, exist_ok=True)
         for subject, n_dev in dev_rows.items():
             n = 2 if split == "test" else n_dev
@@ -227,8 +275,23 @@ def _write_mc(root: Path, dev_rows: dict[str, int]) -> Path:
 def test_bench_records_the_shots_actually_used(tmp_path, capsys):
     root = _write_mc(tmp_path / "mmlu", {"algebra": 5, "anatomy": 2, "astronomy": 0})
     out = tmp_path / "bench.json"
-    rc = main(["eval", "bench", "--model", str(tiny_checkpoint()), "--task", f"mmlu:{root}", "--shots", "5",
-               "--no-progress", "--device", "cpu", "--output", str(out)])
+    rc = main(
+        [
+            "eval",
+            "bench",
+            "--model",
+            str(tiny_checkpoint()),
+            "--task",
+            f"mmlu:{root}",
+            "--shots",
+            "5",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0
     r = json.loads(out.read_text())["tasks"]["mmlu"]

@@ -24,7 +24,7 @@ def sets():
     train = read_texts(SHARED_DATA / "gsm8k" / "train.jsonl", limit=400)
     return {
         "seen": train[:N],  # what the contaminated model is trained on, and the "train split" we score
-        "elsewhere": train[300:300 + N],  # in-domain text the control is trained on instead
+        "elsewhere": train[300 : 300 + N],  # in-domain text the control is trained on instead
         "test": read_texts(SHARED_DATA / "gsm8k" / "test.jsonl", limit=N),
         "ref": read_texts(SHARED_DATA / "skywork" / "mock_gsm8k_test_public.jsonl", limit=N),
     }
@@ -32,8 +32,14 @@ def sets():
 
 def _run(model, sets) -> dict:
     lm = SkyloomLM(model, tokenizer(), progress=False)
-    return leakage(lm, Documents("train", texts=sets["seen"]), Documents("test", texts=sets["test"]),
-                   Documents("ref", texts=sets["ref"]), n_boot=400, seed=0)
+    return leakage(
+        lm,
+        Documents("train", texts=sets["seen"]),
+        Documents("test", texts=sets["test"]),
+        Documents("ref", texts=sets["ref"]),
+        n_boot=400,
+        seed=0,
+    )
 
 
 def test_samples_are_question_plus_answer_as_the_authors_wrote_them():
@@ -65,10 +71,19 @@ def test_training_on_the_train_split_shows_in_delta2_and_a_control_does_not(sets
 def test_verdicts_reproduce_the_reports_reading_of_table8():
     # (Δ1, Δ2) from Table 8; the report names the Δ2 outliers and one Δ1 anomaly (Aquila2-34B)
     table8 = {
-        "ChatGLM3-6B": (0.0, 0.21), "MOSS-7B": (0.02, -0.01), "InternLM-7B": (-0.06, 0.09), "Qwen-7B": (-0.03, 0.43),
-        "Baichuan2-7B": (0.05, -0.01), "LLaMA-13B": (0.05, -0.01), "LLaMA2-13B": (0.03, -0.01),
-        "Xverse-13B": (0.03, -0.01), "Baichuan-13B": (0.04, -0.01), "Baichuan2-13B": (-0.03, 0.37),
-        "Qwen-14B": (-0.11, 0.61), "InternLM-20B": (0.01, 0.11), "Aquila2-34B": (-0.51, 0.39),
+        "ChatGLM3-6B": (0.0, 0.21),
+        "MOSS-7B": (0.02, -0.01),
+        "InternLM-7B": (-0.06, 0.09),
+        "Qwen-7B": (-0.03, 0.43),
+        "Baichuan2-7B": (0.05, -0.01),
+        "LLaMA-13B": (0.05, -0.01),
+        "LLaMA2-13B": (0.03, -0.01),
+        "Xverse-13B": (0.03, -0.01),
+        "Baichuan-13B": (0.04, -0.01),
+        "Baichuan2-13B": (-0.03, 0.37),
+        "Qwen-14B": (-0.11, 0.61),
+        "InternLM-20B": (0.01, 0.11),
+        "Aquila2-34B": (-0.51, 0.39),
         "Skywork-13B": (0.01, 0.04),
     }
     flagged_seen = {m for m, (d1, d2) in table8.items() if VERDICT_SEEN in verdict(d1, d2, (d1, d1), (d2, d2))}
@@ -93,8 +108,24 @@ def test_bootstrap_is_seeded_and_token_weighted():
 def test_leakage_command_writes_the_table8_keys(tmp_path, capsys):
     ckpt = save_checkpoint(tiny_model(seed=2), workdir("leakage-cli"))
     out = tmp_path / "leak.json"
-    assert main(["eval", "leakage", "--model", str(ckpt), "--limit", "30", "--n-boot", "100", "--no-progress",
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "leakage",
+                "--model",
+                str(ckpt),
+                "--limit",
+                "30",
+                "--n-boot",
+                "100",
+                "--no-progress",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result) >= {"L_train", "L_test", "L_ref", "delta1", "delta2", "verdict"}
     assert result["samples"] == {"train": 30, "test": 30, "ref": 30}

@@ -86,7 +86,9 @@ def test_length_batches_respect_the_token_budget():
 
 
 def test_loglikelihood_matches_score_and_shares_identical_inputs(sky):
-    ctx = sky.encode("以下是中国关于计算机网络考试的单项选择题，请选出其中的正确答案。\n\n滑动窗口的作用是____。\n答案：")
+    ctx = sky.encode(
+        "以下是中国关于计算机网络考试的单项选择题，请选出其中的正确答案。\n\n滑动窗口的作用是____。\n答案："
+    )
     options = [sky.encode(x) for x in ("A", "B", "C", "D")]
     calls = []
     original = sky._logits
@@ -97,14 +99,17 @@ def test_loglikelihood_matches_score_and_shares_identical_inputs(sky):
         sky._logits = original
     assert len(calls) == 1 and calls[0][0] == 1  # four single-token answers, one forward pass of one row
     for (ll, _), option in zip(results, options):
-        assert ll == pytest.approx(float(sky.score([ctx + option])[0][-len(option):].sum()), abs=1e-5)
+        assert ll == pytest.approx(float(sky.score([ctx + option])[0][-len(option) :].sum()), abs=1e-5)
     greedy = [g for _, g in results]
     assert sum(greedy) <= 1
 
 
 def test_greedy_generation_is_identical_across_backends_and_cache(sky, hf):
-    prompts = [sky.encode("Question: Natalia sold 48 clips in April.\nAnswer:"), sky.encode("答案："),
-               sky.encode("The room is 12 feet long")]
+    prompts = [
+        sky.encode("Question: Natalia sold 48 clips in April.\nAnswer:"),
+        sky.encode("答案："),
+        sky.encode("The room is 12 feet long"),
+    ]
     cached = sky.generate(prompts, max_new_tokens=24)
     uncached = SkyloomLM(sky.model, sky.tokenizer, kv_cache=False, progress=False).generate(prompts, max_new_tokens=24)
     single = [sky.generate([p], max_new_tokens=24)[0] for p in prompts]

@@ -67,9 +67,18 @@ def test_report_convention_cuts_characters_then_tokens():
     assert report_windows([7], 64) == []
 
 
-@pytest.mark.parametrize("n,max_tokens,stride,prefix", [(1, 8, None, 0), (8, 8, None, 0), (9, 8, None, 0),
-                                                        (50, 8, None, 0), (50, 8, 3, 0), (50, 8, 8, None),
-                                                        (17, 4, 1, 0)])
+@pytest.mark.parametrize(
+    "n,max_tokens,stride,prefix",
+    [
+        (1, 8, None, 0),
+        (8, 8, None, 0),
+        (9, 8, None, 0),
+        (50, 8, None, 0),
+        (50, 8, 3, 0),
+        (50, 8, 8, None),
+        (17, 4, 1, 0),
+    ],
+)
 def test_rolling_windows_predict_every_token_once(n, max_tokens, stride, prefix):
     ids = list(range(100, 100 + n))
     windows = rolling_windows(ids, max_tokens, stride, prefix)
@@ -77,7 +86,7 @@ def test_rolling_windows_predict_every_token_once(n, max_tokens, stride, prefix)
     predicted = []
     for w in windows:
         assert len(w.ids) - 1 <= max_tokens  # the model input fits
-        begin = next(i for i in range(len(s)) if tuple(s[i:i + len(w.ids)]) == w.ids)
+        begin = next(i for i in range(len(s)) if tuple(s[i : i + len(w.ids)]) == w.ids)
         predicted += list(range(begin + len(w.ids) - w.n_predict, begin + len(w.ids)))
     assert predicted == list(range(1, len(s)))  # each token after the first, once, in order
     if stride is None and len(windows) > 1:  # disjoint windows: one token of context at each boundary,
@@ -102,10 +111,10 @@ def test_rolling_loss_equals_a_direct_sum_and_bits_per_byte(lm):
             while start < len(s):
                 end = min(start + (128 if start == 1 else 50), len(s))
                 begin = max(0, end - 1 - 128)
-                logits = lm.model(torch.tensor([s[begin:end - 1]]))[0]
-                targets = torch.tensor(s[begin + 1:end])
+                logits = lm.model(torch.tensor([s[begin : end - 1]]))[0]
+                targets = torch.tensor(s[begin + 1 : end])
                 nll = F.cross_entropy(logits, targets, reduction="none")
-                total += float(nll[-(end - start):].sum())
+                total += float(nll[-(end - start) :].sum())
                 count += end - start
                 start = end
     r = domain_result(scores)
@@ -137,8 +146,15 @@ def test_token_shard_directory_scores_like_its_text(lm, tmp_path):
     tok = tokenizer()
     texts = read_texts(SHARED_DATA / "skywork" / "zh_tech.jsonl", limit=3)
     docs = [tok.encode(t) + [tok.eos_id] for t in texts]
-    write_shard(tmp_path / "tech", "0", docs, vocab_size=tok.vocab_size, source="tech", tokenizer=tok.tokenizer_id,
-                eos_id=tok.eos_id)
+    write_shard(
+        tmp_path / "tech",
+        "0",
+        docs,
+        vocab_size=tok.vocab_size,
+        source="tech",
+        tokenizer=tok.tokenizer_id,
+        eos_id=tok.eos_id,
+    )
     finalize_index(tmp_path / "tech")
     conv = WindowConvention("packed", 200)
     from_shards = domain_result(score_documents(lm, read_documents(tmp_path / "tech"), conv))
@@ -149,8 +165,10 @@ def test_token_shard_directory_scores_like_its_text(lm, tmp_path):
 
 def test_eval_ppl_command_on_the_authors_domain_sets(tmp_path, capsys):
     out = tmp_path / "ppl.json"
-    assert main(["eval", "ppl", "--model", str(tiny_checkpoint()), "--limit", "2", "--no-progress",
-                 "--output", str(out)]) == 0
+    assert (
+        main(["eval", "ppl", "--model", str(tiny_checkpoint()), "--limit", "2", "--no-progress", "--output", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert list(result["domains"]) == [name for name, _ in TABLE6_DOMAINS]

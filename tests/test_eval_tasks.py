@@ -23,7 +23,7 @@ class TinyChoice(Task):
 
     def load(self, path: Path, options: TaskOptions) -> list[dict[str, Any]]:
         items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        return items[:options.limit] if options.limit else items
+        return items[: options.limit] if options.limit else items
 
     def requests(self, lm, data, options):
         contexts = lm.encode_batch([item["context"] for item in data])
@@ -33,7 +33,7 @@ class TinyChoice(Task):
         flat = lm.loglikelihood([pair for pairs in requests for pair in pairs])
         records, k = [], 0
         for i, item in enumerate(data):
-            lls = [ll for ll, _ in flat[k: k + len(item["options"])]]
+            lls = [ll for ll, _ in flat[k : k + len(item["options"])]]
             k += len(item["options"])
             best = max(range(len(lls)), key=lls.__getitem__)
             records.append({"id": f"tiny/{i}", "prediction": best, "correct": best == item["answer"]})
@@ -42,8 +42,14 @@ class TinyChoice(Task):
     def aggregate(self, data, records, options):
         n = len(records)
         acc = sum(r["correct"] for r in records) / n
-        return {"task": self.name, "kind": self.kind, "shots": 0, "overall": {"acc": acc, "n": n},
-                "subjects": {self.name: {"n": n, "acc": acc, "acc_norm": acc}}, "prompt_sha256": "0" * 64}
+        return {
+            "task": self.name,
+            "kind": self.kind,
+            "shots": 0,
+            "overall": {"acc": acc, "n": n},
+            "subjects": {self.name: {"n": n, "acc": acc, "acc_norm": acc}},
+            "prompt_sha256": "0" * 64,
+        }
 
 
 ITEMS = [
@@ -99,8 +105,22 @@ def test_eval_bench_runs_a_registered_task_by_name(tiny_task, tmp_path, capsys):
     from tests.test_eval_fixtures import tiny_checkpoint
 
     out = tmp_path / "bench.json"
-    assert main(["eval", "bench", "--model", str(tiny_checkpoint()), "--task", f"tiny-choice:{tiny_task}",
-                 "--no-progress", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "bench",
+                "--model",
+                str(tiny_checkpoint()),
+                "--task",
+                f"tiny-choice:{tiny_task}",
+                "--no-progress",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "| tiny-choice | 0 | 4 |" in capsys.readouterr().out
     result = json.loads(out.read_text())["tasks"]["tiny-choice"]
     assert result["overall"]["n"] == 4 and 0 <= result["overall"]["acc"] <= 1
@@ -114,9 +134,12 @@ def test_evaluator_callback_logs_task_scores_during_training(train_corpus, tiny_
     from skyloom.cli import main
     from skyloom.eval.correlate import read_metrics
 
-    cfg = tiny_run_config(train_corpus, train={"max_steps": 4}, validation={"every": 3},
-                          callbacks={"evaluator": {"tasks": [f"tiny-choice:{tiny_task}"], "every": 2,
-                                                   "at_validation": True}})
+    cfg = tiny_run_config(
+        train_corpus,
+        train={"max_steps": 4},
+        validation={"every": 3},
+        callbacks={"evaluator": {"tasks": [f"tiny-choice:{tiny_task}"], "every": 2, "at_validation": True}},
+    )
     run = tmp_path / "run"
     assert main(["train", str(write_config(cfg, tmp_path / "run.yaml")), "--out", str(run)]) == 0
     lines = _metrics(run)
@@ -131,11 +154,14 @@ def test_evaluator_callback_logs_task_scores_during_training(train_corpus, tiny_
     assert read_metrics(run)[1] == {"tiny-choice": {x["step"]: x["score"] for x in bench}}
 
 
-@pytest.mark.parametrize("args, message", [
-    ({"tasks": ["no-such-task"], "every": 2}, "unknown task 'no-such-task'"),
-    ({"tasks": ["ceval"]}, "never runs"),
-    ({"tasks": ["ceval"], "every": 2, "metrics": "acc"}, "metrics"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"tasks": ["no-such-task"], "every": 2}, "unknown task 'no-such-task'"),
+        ({"tasks": ["ceval"]}, "never runs"),
+        ({"tasks": ["ceval"], "every": 2, "metrics": "acc"}, "metrics"),
+    ],
+)
 def test_bad_evaluator_settings_are_refused_naming_the_callback(train_corpus, tmp_path, capsys, args, message):
     from skyloom.cli import main
 

@@ -32,8 +32,12 @@ def _load(name: str):
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_script_help_names_the_claim(name):
-    out = subprocess.run([sys.executable, str(REPO / "experiments" / name / "run.py"), "--help"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / name / "run.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert SCRIPTS[name] in out.stdout and "--out" in out.stdout and "--set" in out.stdout
 
@@ -76,12 +80,22 @@ DOC_PASSAGES = {  # docs that quote experiment outcomes: (doc, the passage's fir
 }
 
 _SUP = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
-NUMBER = re.compile(r"(?<![\w.,/\-−+])(?P<sign>[-+−])?(?P<body>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
-                    r"(?:(?P<exp>e[-+]?\d+)|\s*[·×]\s*10(?P<sup>[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+))?%?"
-                    r"(?![\w]|\.\d|-[^\W\d])")
-NOT_NUMBERS = [re.compile(p) for p in (
-    r"```.*?```", r"`[^`\n]*`", r"<!--.*?-->", r"\]\([^)]*\)", r"\d{4}-\d{2}-\d{2}",
-    r"(?:§|\b(?:Table|Tables|Figure|Figures|Fig\.|Eq\.|Eqs\.|Appendix|Section)\s*)\d+(?:\.\d+)*(?:\s*[–-]\s*\d+)?")]
+NUMBER = re.compile(
+    r"(?<![\w.,/\-−+])(?P<sign>[-+−])?(?P<body>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+    r"(?:(?P<exp>e[-+]?\d+)|\s*[·×]\s*10(?P<sup>[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+))?%?"
+    r"(?![\w]|\.\d|-[^\W\d])"
+)
+NOT_NUMBERS = [
+    re.compile(p)
+    for p in (
+        r"```.*?```",
+        r"`[^`\n]*`",
+        r"<!--.*?-->",
+        r"\]\([^)]*\)",
+        r"\d{4}-\d{2}-\d{2}",
+        r"(?:§|\b(?:Table|Tables|Figure|Figures|Fig\.|Eq\.|Eqs\.|Appendix|Section)\s*)\d+(?:\.\d+)*(?:\s*[–-]\s*\d+)?",
+    )
+]
 MARK = re.compile(r"<!-- not measured: (.*?)-->")
 
 
@@ -117,9 +131,14 @@ def _value(written: str) -> tuple[float, float]:
     m = NUMBER.fullmatch(written)
     body = m.group("body").replace(",", "")
     decimals = len(body.split(".")[1]) if "." in body else 0
-    scale = 10.0 ** int(m.group("exp")[1:]) if m.group("exp") else \
-        10.0 ** int(m.group("sup").translate(_SUP)) if m.group("sup") else 1.0
-    return float(body) * scale, 0.5 * 10.0 ** -decimals * scale
+    scale = (
+        10.0 ** int(m.group("exp")[1:])
+        if m.group("exp")
+        else 10.0 ** int(m.group("sup").translate(_SUP))
+        if m.group("sup")
+        else 1.0
+    )
+    return float(body) * scale, 0.5 * 10.0**-decimals * scale
 
 
 def result_numbers(obj, out: list[float] | None = None) -> list[float]:
@@ -178,8 +197,9 @@ def test_docs_quote_experiment_numbers_from_the_committed_results(doc, start):
 
 def test_number_check_catches_a_changed_digit_and_a_stale_mark():
     results = [{"rows": {"a": {"L_test": 4.70112, "delta2": -0.0787, "acc": 0.319}}, "tokens": 29312}]
-    good = ("L_test 4.701, Δ2 = −0.08 [x], accuracy 31.9%, 29,312 tokens, a 4-way task on 2 cores "
-            "<!-- not measured: 2 -->")
+    good = (
+        "L_test 4.701, Δ2 = −0.08 [x], accuracy 31.9%, 29,312 tokens, a 4-way task on 2 cores <!-- not measured: 2 -->"
+    )
     assert unsourced(good, results) == []
     assert unsourced(good.replace("4.701", "4.711"), results) == ["line 1: 4.711"]
     assert unsourced(good.replace("31.9%", "32.9%"), results) == ["line 1: 32.9%"]
@@ -189,8 +209,12 @@ def test_number_check_catches_a_changed_digit_and_a_stale_mark():
 
 
 def test_bad_option_is_refused_with_a_message():
-    out = subprocess.run([sys.executable, str(REPO / "experiments" / "leakage" / "run.py"), "--arms", "dirty"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "leakage" / "run.py"), "--arms", "dirty"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "invalid choice: 'dirty'" in out.stderr
 
 
@@ -204,16 +228,19 @@ def small_data(shared_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("experiment-data")
     raw = root / "raw"
     raw.mkdir()
-    (raw / "en.txt").write_text((shared_data / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:60_000],
-                                encoding="utf-8")
+    (raw / "en.txt").write_text(
+        (shared_data / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8"
+    )
     cmrc = json.loads((shared_data / "cmrc2018" / "cmrc2018_dev.json").read_text(encoding="utf-8"))
     zh = [record["context_text"] for record in cmrc][:150]  # a list of SQuAD-like records, one passage each
-    (raw / "zh.jsonl").write_text("\n".join(json.dumps({"text": x}, ensure_ascii=False) for x in zh) + "\n",
-                                  encoding="utf-8")
+    (raw / "zh.jsonl").write_text(
+        "\n".join(json.dumps({"text": x}, ensure_ascii=False) for x in zh) + "\n", encoding="utf-8"
+    )
     stem = (shared_data / "skywork" / "pt_train.jsonl").read_text(encoding="utf-8").splitlines()[:150]
     (raw / "stem.jsonl").write_text("\n".join(stem) + "\n", encoding="utf-8")
-    (raw / "val_en.txt").write_text((shared_data / "wikitext2" / "test.txt").read_text(encoding="utf-8")[:20_000],
-                                    encoding="utf-8")
+    (raw / "val_en.txt").write_text(
+        (shared_data / "wikitext2" / "test.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8"
+    )
     zh_val = (shared_data / "skywork" / "zh_general.jsonl").read_text(encoding="utf-8").splitlines()[:20]
     (raw / "val_zh.jsonl").write_text("\n".join(zh_val) + "\n", encoding="utf-8")
     files = [raw / "en.txt", raw / "zh.jsonl", raw / "stem.jsonl"]
@@ -228,13 +255,36 @@ def test_leakage_experiment_runs_end_to_end(small_data, tmp_path, monkeypatch):
     """Two toy models (contaminated / clean) trained, scored by `eval leakage`, tables written; re-running resumes."""
     monkeypatch.chdir(REPO)
     leakage = _load("leakage")
-    argv = ["--steps", "3", "--seen", "8", "--limit", "8", "--batch-tokens", "512", "--threads", "1",
-            "--data-dir", str(small_data), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
-            "--set", "model.vocab_size=1024", "model.n_layers=1", "model.dim=32", "model.ffn_dim=64",
-            "model.n_heads=2", "model.max_seq_len=64", "data.seq_len=64",
-            "validation.sets.wikitext_test.max_tokens=256", "validation.sets.zh_general.max_tokens=256",
-            f"validation.sets.wikitext_test.path={small_data / 'raw' / 'val_en.txt'}",
-            f"validation.sets.zh_general.path={small_data / 'raw' / 'val_zh.jsonl'}"]
+    argv = [
+        "--steps",
+        "3",
+        "--seen",
+        "8",
+        "--limit",
+        "8",
+        "--batch-tokens",
+        "512",
+        "--threads",
+        "1",
+        "--data-dir",
+        str(small_data),
+        "--out",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+        "--set",
+        "model.vocab_size=1024",
+        "model.n_layers=1",
+        "model.dim=32",
+        "model.ffn_dim=64",
+        "model.n_heads=2",
+        "model.max_seq_len=64",
+        "data.seq_len=64",
+        "validation.sets.wikitext_test.max_tokens=256",
+        "validation.sets.zh_general.max_tokens=256",
+        f"validation.sets.wikitext_test.path={small_data / 'raw' / 'val_en.txt'}",
+        f"validation.sets.zh_general.path={small_data / 'raw' / 'val_zh.jsonl'}",
+    ]
     assert leakage.main(argv) == 0
     result = json.loads((tmp_path / "results" / "results.json").read_text(encoding="utf-8"))
     assert set(result["rows"]) == {"contaminated", "clean"}
@@ -250,7 +300,7 @@ def test_leakage_experiment_runs_end_to_end(small_data, tmp_path, monkeypatch):
     md = (tmp_path / "results" / "results.md").read_text(encoding="utf-8")
     assert "| contaminated |" in md and "| clean |" in md
     first_cost = result["training"]
-    for arm, cost in first_cost.items():  # what training really took, with the machine's load
+    for cost in first_cost.values():  # what training really took, with the machine's load
         (session,) = cost["sessions"]
         assert session["steps"] == [0, 3] and session["completed"] and cost["train_wall_s"] == session["wall_s"] > 0
         assert len(session["load_avg_start"]) == 3 and cost["load_avg_1min"] == [session["load_avg_start"][0]]

@@ -27,8 +27,9 @@ def _module():
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RANK", None)
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT
+    )
 
 
 def test_help_says_what_is_not_measured(capsys):
@@ -45,8 +46,19 @@ def test_dry_run_exercises_the_shared_logic(tmp_path):
     from skyloom.model.config import ModelConfig
 
     out_json = tmp_path / "out.json"
-    done = _run("--dry-run", "--seq-len", "512", "--micro-batch", "2", "--model", "n_layers=6", "--gpu-mem", "80",
-                "--json", str(out_json))
+    done = _run(
+        "--dry-run",
+        "--seq-len",
+        "512",
+        "--micro-batch",
+        "2",
+        "--model",
+        "n_layers=6",
+        "--gpu-mem",
+        "80",
+        "--json",
+        str(out_json),
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(out_json.read_text())
     cfg = build(ModelConfig, {**_module().SHAPE_1B, "n_layers": 6}, "model")
@@ -87,8 +99,20 @@ def test_without_a_gpu_the_real_check_refuses_with_the_way_out():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU-only: bf16, flash attention, compile, CUDA memory")
 def test_gpu_check_on_a_gpu(tmp_path):
     out_json = tmp_path / "out.json"
-    done = _run("--model", "n_layers=2", "--seq-len", "512", "--micro-batch", "1", "--steps", "2", "--warmup", "1",
-                "--json", str(out_json))
+    done = _run(
+        "--model",
+        "n_layers=2",
+        "--seq-len",
+        "512",
+        "--micro-batch",
+        "1",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        str(out_json),
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(out_json.read_text())
     assert out["flash_kernels"] and out["tokens_per_second"] > 0 and out["peak_memory_gb"] > 0

@@ -92,8 +92,16 @@ def test_checkpoint_with_wrong_weights_names_the_file(tmp_path):
 def test_rope_theta_is_read_where_newer_transformers_write_it():
     from skyloom.model.hf import config_from_hf
 
-    hf = {"model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
-          "num_hidden_layers": 2, "num_attention_heads": 4}
+    hf = {
+        "model_type": "llama",
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
     assert config_from_hf(hf, "cfg").rope_theta == 10000.0
     assert config_from_hf(hf | {"rope_theta": 5e5}, "cfg").rope_theta == 5e5
-    assert config_from_hf(hf | {"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, "cfg").rope_theta == 5e5
+    assert (
+        config_from_hf(hf | {"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, "cfg").rope_theta == 5e5
+    )

@@ -44,11 +44,16 @@ def shards(tmp_path_factory) -> Path:
 
 
 def run_tree(shards: Path) -> dict:
-    return {"model": dict(MODEL),
-            "data": {"seq_len": 32, "sources": {"a": {"path": str(shards / "a")},
-                                                "b": {"path": str(shards / "b"), "weight": 0.5}}},
-            "train": {"global_batch_tokens": 128, "micro_batch_size": 2, "max_steps": 4},
-            "validation": {"every": 0, "at_start": False}, "checkpoint": {"every": 0}}
+    return {
+        "model": dict(MODEL),
+        "data": {
+            "seq_len": 32,
+            "sources": {"a": {"path": str(shards / "a")}, "b": {"path": str(shards / "b"), "weight": 0.5}},
+        },
+        "train": {"global_batch_tokens": 128, "micro_batch_size": 2, "max_steps": 4},
+        "validation": {"every": 0, "at_start": False},
+        "checkpoint": {"every": 0},
+    }
 
 
 @pytest.fixture
@@ -65,6 +70,7 @@ def build_run(shards: Path, overrides: list[str]):
 
 
 # ---- item 9: duplicate YAML keys; item 11: non-UTF-8 configs ----
+
 
 def test_duplicate_yaml_key_names_file_and_line(tmp_path, capsys):
     path = tmp_path / "dup.yaml"
@@ -96,38 +102,45 @@ def test_non_utf8_config_names_file_and_line(tmp_path, capsys):
 
 # ---- item 10: validators name the real key; NaN/inf refused in every number field ----
 
-@pytest.mark.parametrize("override, key", [
-    ("train.lr=-1", "train.lr"),
-    ("train.lr=0", "train.lr"),
-    ("train.min_lr=-1", "train.min_lr"),
-    ("train.grad_clip=-1", "train.grad_clip"),
-    ("train.weight_decay=-0.1", "train.weight_decay"),
-    ("train.eps=0", "train.eps"),
-    ("train.micro_batch_size=0", "train.micro_batch_size"),
-    ("train.global_batch_tokens=0", "train.global_batch_tokens"),
-    ("train.peak_tflops=0", "train.peak_tflops"),
-    ("validation.batch_size=0", "validation.batch_size"),
-    ("validation.every=-1", "validation.every"),
-    ("checkpoint.every=-1", "checkpoint.every"),
-    ("checkpoint.keep_last=0", "checkpoint.keep_last"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lr=-1", "train.lr"),
+        ("train.lr=0", "train.lr"),
+        ("train.min_lr=-1", "train.min_lr"),
+        ("train.grad_clip=-1", "train.grad_clip"),
+        ("train.weight_decay=-0.1", "train.weight_decay"),
+        ("train.eps=0", "train.eps"),
+        ("train.micro_batch_size=0", "train.micro_batch_size"),
+        ("train.global_batch_tokens=0", "train.global_batch_tokens"),
+        ("train.peak_tflops=0", "train.peak_tflops"),
+        ("validation.batch_size=0", "validation.batch_size"),
+        ("validation.every=-1", "validation.every"),
+        ("checkpoint.every=-1", "checkpoint.every"),
+        ("checkpoint.keep_last=0", "checkpoint.keep_last"),
+    ],
+)
 def test_validation_error_names_the_real_key(shards, override, key):
     with pytest.raises(ConfigError) as err:
         build_run(shards, [override])
     assert err.value.key == key
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.lr=.nan", "train.lr"),
-    ("train.lr=.inf", "train.lr"),
-    ("train.lr=1e400", "train.lr"),  # read as the string "1e400", converted to inf
-    ("train.min_lr=-.inf", "train.min_lr"),
-    ("train.grad_clip=.nan", "train.grad_clip"),
-    ("model.rope_theta=.nan", "model.rope_theta"),
-    ("data.max_epochs=.inf", "data.max_epochs"),
-    ("data.sources.a.weight=.inf", "data.sources.a.weight"),
-    ("data.sources.a.weight=[[0, 1], [1, .nan]]", "data.sources.a.weight[1][1]"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lr=.nan", "train.lr"),
+        ("train.lr=.inf", "train.lr"),
+        ("train.lr=1e400", "train.lr"),  # read as the string "1e400", converted to inf
+        ("train.min_lr=-.inf", "train.min_lr"),
+        ("train.grad_clip=.nan", "train.grad_clip"),
+        ("model.rope_theta=.nan", "model.rope_theta"),
+        ("data.max_epochs=.inf", "data.max_epochs"),
+        ("data.sources.a.weight=.inf", "data.sources.a.weight"),
+        ("data.sources.a.weight=[[0, 1], [1, .nan]]", "data.sources.a.weight[1][1]"),
+    ],
+)
 def test_non_finite_numbers_are_refused(shards, override, key):
     with pytest.raises(ConfigError, match="finite") as err:
         build_run(shards, [override])
@@ -138,18 +151,25 @@ def test_sft_validators_name_their_keys():
     from skyloom.sft.config import build_sft_config
 
     tree = {"base": "runs/x", "data": {"sources": {"s": {"path": "s.jsonl"}}}, "train": {"max_steps": 2}}
-    for override, key in (("data.seq_len=0", "data.seq_len"), ("data.val_max_samples=0", "data.val_max_samples"),
-                          ("data.sources.s.limit=0", "data.sources.s.limit"), ("train.lr=.nan", "train.lr")):
+    for override, key in (
+        ("data.seq_len=0", "data.seq_len"),
+        ("data.val_max_samples=0", "data.val_max_samples"),
+        ("data.sources.s.limit=0", "data.sources.s.limit"),
+        ("train.lr=.nan", "train.lr"),
+    ):
         with pytest.raises(ConfigError) as err:
             build_sft_config(apply_overrides(tree, [override]))
         assert err.value.key == key, override
 
 
-@pytest.mark.parametrize("cls, field, value", [
-    ("skyloom.data.pipeline.dedup.MinhashStepConfig", "hashes_per_bucket", 0),
-    ("skyloom.sft.skymath.SampleConfig", "temperature", -1.0),
-    ("skyloom.sft.skymath.SampleConfig", "max_new_tokens", 0),
-])
+@pytest.mark.parametrize(
+    "cls, field, value",
+    [
+        ("skyloom.data.pipeline.dedup.MinhashStepConfig", "hashes_per_bucket", 0),
+        ("skyloom.sft.skymath.SampleConfig", "temperature", -1.0),
+        ("skyloom.sft.skymath.SampleConfig", "max_new_tokens", 0),
+    ],
+)
 def test_sibling_validators_name_their_keys(cls, field, value):
     import importlib
 
@@ -170,6 +190,7 @@ def test_pipeline_env_variable_error_names_the_key(monkeypatch):
 
 # ---- item 9: data.seq_len above model.max_seq_len ----
 
+
 @pytest.mark.parametrize("arch", ["llama", "gpt"])
 def test_seq_len_above_max_seq_len_is_refused(shards, arch):
     with pytest.raises(ConfigError, match=r"model\.max_seq_len=32") as err:
@@ -179,11 +200,15 @@ def test_seq_len_above_max_seq_len_is_refused(shards, arch):
 
 # ---- item 11: --plan-only and the run share one error path; extreme weights ----
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.micro_batch_size=3"], "does not split into 1 ranks"),
-    (["data.sources.a.weight=0", "data.sources.b.weight=0"], "all mixture weights"),
-    (["data.sources.a.path=SMALL"], "fewer than one window"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.micro_batch_size=3"], "does not split into 1 ranks"),
+        (["data.sources.a.weight=0", "data.sources.b.weight=0"], "all mixture weights"),
+        (["data.sources.a.path=SMALL"], "fewer than one window"),
+    ],
+)
 @pytest.mark.parametrize("plan_only", [True, False])
 def test_impossible_plans_are_clean_errors(config, shards, tmp_path, capsys, overrides, message, plan_only):
     overrides = [o.replace("SMALL", str(shards / "small")) for o in overrides]
@@ -210,17 +235,21 @@ def test_mixture_weights_near_the_float_maximum_do_not_overflow(shards):
 
 # ---- item 11: overrides after options, for every command that takes them ----
 
-@pytest.mark.parametrize("argv", [
-    ["train", "cfg.yaml", "a.b=1", "--out", "runs/x", "train.lr=1e-3"],
-    ["sft", "sft.yaml", "a.b=1", "--out", "runs/x", "train.lr=1e-3"],
-    ["skymath", "sm.yaml", "a.b=1", "--resume", "train.lr=1e-3"],
-    ["data", "run", "p.yaml", "a.b=1", "--workers", "2", "train.lr=1e-3"],
-    ["data", "train-quality", "q.yaml", "a.b=1", "--output", "m", "train.lr=1e-3"],
-    ["demo", "a.b=1", "--tiny", "--out", "runs/x", "train.lr=1e-3"],
-    ["plan", "recipes/demo", "a.b=1", "--root", "runs/x", "train.lr=1e-3"],
-    ["model", "info", "tiny", "a.b=1", "--json", "train.lr=1e-3"],
-    ["model", "init", "tiny", "out", "a.b=1", "--seed", "1", "train.lr=1e-3"],
-])
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "cfg.yaml", "a.b=1", "--out", "runs/x", "train.lr=1e-3"],
+        ["sft", "sft.yaml", "a.b=1", "--out", "runs/x", "train.lr=1e-3"],
+        ["skymath", "sm.yaml", "a.b=1", "--resume", "train.lr=1e-3"],
+        ["data", "run", "p.yaml", "a.b=1", "--workers", "2", "train.lr=1e-3"],
+        ["data", "train-quality", "q.yaml", "a.b=1", "--output", "m", "train.lr=1e-3"],
+        ["demo", "a.b=1", "--tiny", "--out", "runs/x", "train.lr=1e-3"],
+        ["plan", "recipes/demo", "a.b=1", "--root", "runs/x", "train.lr=1e-3"],
+        ["model", "info", "tiny", "a.b=1", "--json", "train.lr=1e-3"],
+        ["model", "init", "tiny", "out", "a.b=1", "--seed", "1", "train.lr=1e-3"],
+    ],
+)
 def test_overrides_may_follow_the_options(argv):
     assert skyloom_cli.parse_args(build_parser(), argv).overrides == ["a.b=1", "train.lr=1e-3"]
 
@@ -238,13 +267,17 @@ def test_train_override_after_out_is_applied(config, tmp_path, capsys):
 
 # ---- item 11: export hf / import hf (and upcycle) on missing paths ----
 
-@pytest.mark.parametrize("argv, message", [
-    (["export", "hf", "MISSING", "OUT"], "CHECKPOINT MISSING: no such directory"),
-    (["import", "hf", "MISSING", "OUT"], "HF_DIR MISSING: no such directory"),
-    (["upcycle", "MISSING", "--out", "OUT"], "no such checkpoint: MISSING"),
-    (["export", "hf", "EMPTY", "OUT"], "neither a skyloom checkpoint"),
-    (["import", "hf", "EMPTY", "OUT"], "no config.json"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["export", "hf", "MISSING", "OUT"], "CHECKPOINT MISSING: no such directory"),
+        (["import", "hf", "MISSING", "OUT"], "HF_DIR MISSING: no such directory"),
+        (["upcycle", "MISSING", "--out", "OUT"], "no such checkpoint: MISSING"),
+        (["export", "hf", "EMPTY", "OUT"], "neither a skyloom checkpoint"),
+        (["import", "hf", "EMPTY", "OUT"], "no config.json"),
+    ],
+)
 def test_export_import_on_missing_paths(tmp_path, capsys, argv, message):
     (tmp_path / "empty").mkdir()
     names = {"MISSING": str(tmp_path / "missing"), "EMPTY": str(tmp_path / "empty"), "OUT": str(tmp_path / "out")}
@@ -254,6 +287,7 @@ def test_export_import_on_missing_paths(tmp_path, capsys, argv, message):
 
 
 # ---- item 6: a `raw:` typo is refused, never replaced by the fallback or dropped ----
+
 
 @pytest.fixture
 def raw_dir(tmp_path) -> Path:
@@ -265,8 +299,12 @@ def raw_dir(tmp_path) -> Path:
 
 
 def with_raw(raw: list[str], fallback: list[str], tmp_path: Path) -> list[str]:
-    return [f"data.sources.a.path={tmp_path / 'to_pack'}", f"data.sources.a.raw={json.dumps(raw)}",
-            f"data.sources.a.raw_fallback={json.dumps(fallback)}", f"data.tokenizer={tmp_path / 'tok'}"]
+    return [
+        f"data.sources.a.path={tmp_path / 'to_pack'}",
+        f"data.sources.a.raw={json.dumps(raw)}",
+        f"data.sources.a.raw_fallback={json.dumps(fallback)}",
+        f"data.tokenizer={tmp_path / 'tok'}",
+    ]
 
 
 def test_raw_typo_with_a_fallback_is_refused(config, raw_dir, tmp_path, capsys):
@@ -283,8 +321,11 @@ def test_missing_file_in_a_raw_list_is_refused(config, raw_dir, tmp_path, capsys
 
 
 def test_missing_tokenizer_file_is_refused_before_training(config, raw_dir, tmp_path, capsys):
-    overrides = [f"data.tokenizer={tmp_path / 'tok'}", "data.train_tokenizer.vocab_size=300",
-                 f"data.train_tokenizer.files={json.dumps([str(raw_dir / 'en.txt'), str(raw_dir / 'typo.txt')])}"]
+    overrides = [
+        f"data.tokenizer={tmp_path / 'tok'}",
+        "data.train_tokenizer.vocab_size=300",
+        f"data.train_tokenizer.files={json.dumps([str(raw_dir / 'en.txt'), str(raw_dir / 'typo.txt')])}",
+    ]
     rc, _, err = cli(capsys, "train", config, *overrides, "--plan-only", "--out", tmp_path / "run")
     assert rc == 2 and "'data.train_tokenizer.files'" in err and "typo.txt" in err
     assert not (tmp_path / "tok").exists()
@@ -294,14 +335,14 @@ def test_fallback_stands_in_only_for_absent_data_and_says_so(raw_dir, tmp_path):
     from skyloom.train.prepare import _resolve_files
 
     notes: list[str] = []
-    files = _resolve_files([str(tmp_path / "no_data_here" / "en.txt")], [str(raw_dir / "fallback.txt")],
-                           "data.sources.a.raw", notes.append)
+    files = _resolve_files(
+        [str(tmp_path / "no_data_here" / "en.txt")], [str(raw_dir / "fallback.txt")], "data.sources.a.raw", notes.append
+    )
     assert files == [raw_dir / "fallback.txt"]
     assert len(notes) == 1 and "no_data_here" in notes[0] and "fallback" in notes[0]
 
 
-def test_validation_set_path_typo_is_refused_and_its_fallback_stands_in_only_for_absent_data(raw_dir, tmp_path,
-                                                                                            capsys):
+def test_validation_set_path_typo_is_refused_and_its_fallback_stands_in_only_for_absent_data(raw_dir, tmp_path, capsys):
     from skyloom.tokenizer.loading import TextTokenizer
     from skyloom.train.config import ValidationSetConfig
     from skyloom.train.validation import ValidationMonitor
@@ -324,9 +365,13 @@ def test_validation_set_path_typo_is_refused_and_its_fallback_stands_in_only_for
 def test_recipe_rebases_every_file_list(tmp_path):
     from skyloom.recipes.recipe import rebase_paths
 
-    tree = {"data": {"train_tokenizer": {"files": ["raw/a.txt"], "fallback": ["${stdlib}/*.py"]},
-                     "sources": {"s": {"path": "tok/s", "raw": ["raw/a.txt"], "raw_fallback": ["raw/b.txt"]}}},
-            "validation": {"sets": {"v": {"path": "v.txt", "fallback": ["raw/c.txt"]}}}}
+    tree = {
+        "data": {
+            "train_tokenizer": {"files": ["raw/a.txt"], "fallback": ["${stdlib}/*.py"]},
+            "sources": {"s": {"path": "tok/s", "raw": ["raw/a.txt"], "raw_fallback": ["raw/b.txt"]}},
+        },
+        "validation": {"sets": {"v": {"path": "v.txt", "fallback": ["raw/c.txt"]}}},
+    }
     out = rebase_paths(tree, tmp_path)
     assert out["data"]["train_tokenizer"] == {"files": [str(tmp_path / "raw/a.txt")], "fallback": ["${stdlib}/*.py"]}
     assert out["data"]["sources"]["s"]["raw_fallback"] == [str(tmp_path / "raw/b.txt")]
@@ -335,11 +380,13 @@ def test_recipe_rebases_every_file_list(tmp_path):
 
 # ---- item 6 in the demo: a mistyped source is refused, not trained without ----
 
+
 def test_demo_refuses_a_mistyped_source_path(tmp_path):
     from skyloom.demo.run import Demo
 
-    demo = Demo(tmp_path / "ws", tiny=True, overrides=["stage2.data.sources.stem.path=data/tokens/stme"],
-                log=lambda _: None)
+    demo = Demo(
+        tmp_path / "ws", tiny=True, overrides=["stage2.data.sources.stem.path=data/tokens/stme"], log=lambda _: None
+    )
     (tmp_path / "ws" / "corpus").mkdir(parents=True)
     (tmp_path / "ws" / "corpus" / "manifest.json").write_text(json.dumps({"domains": []}), encoding="utf-8")
     (tmp_path / "ws" / "data" / "tokens" / "main").mkdir(parents=True)
@@ -378,9 +425,15 @@ def tiny_sft_base(root: Path, arch: str = "llama", max_seq_len: int = 32) -> Pat
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(SFT_TEXT, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        SFT_TEXT,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     torch.manual_seed(0)
     cfg = build(ModelConfig, dict(MODEL, arch=arch, vocab_size=tok.get_vocab_size(), max_seq_len=max_seq_len))
     save_model(Transformer(cfg), root)
@@ -392,12 +445,28 @@ def tiny_sft_base(root: Path, arch: str = "llama", max_seq_len: int = 32) -> Pat
 def tiny_sft_config(base: Path, root: Path, seq_len: int, **train) -> Path:
     """An `skyloom sft` YAML of 2 steps on a few question/answer records (written beside it)."""
     data = root / "qa.jsonl"
-    data.write_text("".join(json.dumps({"instruction": t.split(" Answer:")[0], "output": t.split("Answer: ")[1]}) + "\n"
-                            for t in SFT_TEXT[:20]), encoding="utf-8")
-    cfg = {"base": str(base), "data": {"sources": {"qa": {"path": str(data)}}, "seq_len": seq_len},
-           "train": {"max_steps": 2, "global_batch_tokens": 2 * seq_len, "micro_batch_size": 2, "lr": 1e-3,
-                     "warmup_steps": 0, "device": "cpu", **train},
-           "validation": {"every": 0}, "export_hf": False}
+    data.write_text(
+        "".join(
+            json.dumps({"instruction": t.split(" Answer:")[0], "output": t.split("Answer: ")[1]}) + "\n"
+            for t in SFT_TEXT[:20]
+        ),
+        encoding="utf-8",
+    )
+    cfg = {
+        "base": str(base),
+        "data": {"sources": {"qa": {"path": str(data)}}, "seq_len": seq_len},
+        "train": {
+            "max_steps": 2,
+            "global_batch_tokens": 2 * seq_len,
+            "micro_batch_size": 2,
+            "lr": 1e-3,
+            "warmup_steps": 0,
+            "device": "cpu",
+            **train,
+        },
+        "validation": {"every": 0},
+        "export_hf": False,
+    }
     path = root / "sft.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path

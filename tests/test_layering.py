@@ -66,8 +66,9 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             else:
                 target = node.module or ""
             if target == "skyloom":  # `from skyloom import config` imports a submodule, `__version__` the facade
-                found += [(node.lineno, f"skyloom.{a.name}" if a.name in _submodules() else "skyloom")
-                          for a in node.names]
+                found += [
+                    (node.lineno, f"skyloom.{a.name}" if a.name in _submodules() else "skyloom") for a in node.names
+                ]
             else:
                 found.append((node.lineno, target))
     return [(line, name) for line, name in found if name == "skyloom" or name.startswith("skyloom.")]
@@ -132,16 +133,20 @@ def test_every_part_has_a_layer():
 def test_the_import_graph_between_parts_has_no_cycle():
     edges = _edges()
     cycles = _cycles(edges)
-    detail = [f"{' ↔ '.join(c)}: " + "; ".join(w for (a, b), why in edges.items() if a in c and b in c for w in why[:2])
-              for c in cycles]
+    detail = [
+        f"{' ↔ '.join(c)}: " + "; ".join(w for (a, b), why in edges.items() if a in c and b in c for w in why[:2])
+        for c in cycles
+    ]
     assert not cycles, "import cycles between parts:\n" + "\n".join(detail)
 
 
 def test_imports_only_go_down_the_layers():
-    violations = [f"{a} (layer {RANK.get(a)}) imports {b} (layer {RANK.get(b)}): {why[0]}"
-                  + (f" (+{len(why) - 1} more)" if len(why) > 1 else "")
-                  for (a, b), why in sorted(_edges().items())
-                  if a in RANK and b in RANK and RANK[b] >= RANK[a]]
+    violations = [
+        f"{a} (layer {RANK.get(a)}) imports {b} (layer {RANK.get(b)}): {why[0]}"
+        + (f" (+{len(why) - 1} more)" if len(why) > 1 else "")
+        for (a, b), why in sorted(_edges().items())
+        if a in RANK and b in RANK and RANK[b] >= RANK[a]
+    ]
     assert not violations, "imports against the layering:\n" + "\n".join(violations)
 
 
@@ -163,10 +168,12 @@ def test_the_layering_check_sees_a_function_level_import(tmp_path, monkeypatch):
 
 def test_the_command_line_starts_without_torch():
     """`skyloom --help` builds every command's parser; none of that may import torch (seconds of start-up)."""
-    code = ("import sys\nimport skyloom.cli\n"
-            "try:\n    skyloom.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'numpy', 'transformers', 'tokenizers') if m in sys.modules]\n"
-            "print('HEAVY', heavy)\n")
+    code = (
+        "import sys\nimport skyloom.cli\n"
+        "try:\n    skyloom.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'numpy', 'transformers', 'tokenizers') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     heavy = out.stdout.rsplit("HEAVY", 1)[1].strip()

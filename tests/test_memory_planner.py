@@ -9,10 +9,18 @@ from skyloom.model.memory import GB, Layout, format_memory, gpu_capacity_bytes, 
 
 # (model, DP, TP, PP, the report's memory in GB or None for OOM)
 TABLE_10 = [
-    ("llama2-13b", 512, 1, 1, None), ("llama2-13b", 256, 1, 2, 70.7), ("llama2-13b", 256, 2, 1, 65.5),
-    ("llama2-13b", 128, 2, 2, 39.4), ("llama2-13b", 128, 1, 4, 53.4), ("llama2-13b", 128, 4, 1, 35.4),
-    ("skywork-13b", 512, 1, 1, None), ("skywork-13b", 256, 1, 2, 77.1), ("skywork-13b", 256, 2, 1, 67.9),
-    ("skywork-13b", 128, 2, 2, 42.5), ("skywork-13b", 128, 1, 4, 58.7), ("skywork-13b", 128, 4, 1, 36.6),
+    ("llama2-13b", 512, 1, 1, None),
+    ("llama2-13b", 256, 1, 2, 70.7),
+    ("llama2-13b", 256, 2, 1, 65.5),
+    ("llama2-13b", 128, 2, 2, 39.4),
+    ("llama2-13b", 128, 1, 4, 53.4),
+    ("llama2-13b", 128, 4, 1, 35.4),
+    ("skywork-13b", 512, 1, 1, None),
+    ("skywork-13b", 256, 1, 2, 77.1),
+    ("skywork-13b", 256, 2, 1, 67.9),
+    ("skywork-13b", 128, 2, 2, 42.5),
+    ("skywork-13b", 128, 1, 4, 58.7),
+    ("skywork-13b", 128, 4, 1, 36.6),
 ]
 
 
@@ -22,8 +30,9 @@ def preset(name: str, **changes) -> ModelConfig:
 
 @pytest.mark.parametrize("name,dp,tp,pp,reported", TABLE_10, ids=lambda v: str(v))
 def test_table10_memory_within_15_percent_and_oom_where_the_report_has_it(name, dp, tp, pp, reported):
-    plan = plan_memory(preset(name), Layout(dp_replicate=dp, tp=tp, pp=pp, sequence_parallel=True),
-                       gpu_bytes=gpu_capacity_bytes(80))
+    plan = plan_memory(
+        preset(name), Layout(dp_replicate=dp, tp=tp, pp=pp, sequence_parallel=True), gpu_bytes=gpu_capacity_bytes(80)
+    )
     assert plan.layout.gpus == 512
     if reported is None:
         assert plan.fits is False

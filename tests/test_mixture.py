@@ -24,15 +24,26 @@ def _source(tmp_path, name: str, n_tokens: int, offset: int) -> TokenSource:
 
 @pytest.fixture
 def sources(tmp_path):
-    return {"a": _source(tmp_path, "a", 9 * 300, 0), "b": _source(tmp_path, "b", 9 * 200 + 5, 1000),
-            "c": _source(tmp_path, "c", 9 * 100, 3000)}
+    return {
+        "a": _source(tmp_path, "a", 9 * 300, 0),
+        "b": _source(tmp_path, "b", 9 * 200 + 5, 1000),
+        "c": _source(tmp_path, "c", 9 * 100, 3000),
+    }
 
 
 def _loader(sources, weights=None, *, world=1, rank=0, micro=2, global_windows=8, total=20, seed=0, caps=5.0):
     weights = weights or {"a": 0.5, "b": [[0, 0.1], [1, 0.4]], "c": 0.2}
     specs = [MixtureSourceSpec(n, s, WeightSchedule(weights[n]), caps) for n, s in sources.items() if n in weights]
-    return MixtureLoader(specs, seq_len=SEQ, global_windows=global_windows, micro_batch_size=micro,
-                         total_steps=total, seed=seed, rank=rank, world_size=world)
+    return MixtureLoader(
+        specs,
+        seq_len=SEQ,
+        global_windows=global_windows,
+        micro_batch_size=micro,
+        total_steps=total,
+        seed=seed,
+        rank=rank,
+        world_size=world,
+    )
 
 
 def test_schedule_interpolation():

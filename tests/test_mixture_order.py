@@ -62,8 +62,16 @@ class _FakeSource:
 
 def _loader(n_windows: int, *, rank=0, world=1, global_windows=8, seed=0) -> MixtureLoader:
     spec = MixtureSourceSpec("web", _FakeSource(n_windows), WeightSchedule(1.0), 1e9)
-    return MixtureLoader([spec], seq_len=SEQ, global_windows=global_windows, micro_batch_size=2, total_steps=10,
-                         seed=seed, rank=rank, world_size=world)
+    return MixtureLoader(
+        [spec],
+        seq_len=SEQ,
+        global_windows=global_windows,
+        micro_batch_size=2,
+        total_steps=10,
+        seed=seed,
+        rank=rank,
+        world_size=world,
+    )
 
 
 @pytest.mark.parametrize("n_windows", [10**7, 10**12])

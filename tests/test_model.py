@@ -40,7 +40,9 @@ def test_rope_is_a_rotation_of_pairs_by_position_angle():
             a = p * theta ** (-2 * i / d)
             x1, x2 = x[0, 0, p, i], x[0, 0, p, i + d // 2]
             assert out[0, 0, p, i].item() == pytest.approx((x1 * math.cos(a) - x2 * math.sin(a)).item(), abs=1e-5)
-            assert out[0, 0, p, i + d // 2].item() == pytest.approx((x2 * math.cos(a) + x1 * math.sin(a)).item(), abs=1e-5)
+            assert out[0, 0, p, i + d // 2].item() == pytest.approx(
+                (x2 * math.cos(a) + x1 * math.sin(a)).item(), abs=1e-5
+            )
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -99,7 +101,9 @@ def test_explicit_causal_mask_equals_default_and_position_ids_default():
     ids = torch.randint(0, 101, (2, 9))
     mask = torch.ones(9, 9, dtype=torch.bool).tril()[None, None].expand(2, 1, 9, 9)
     with torch.no_grad():
-        torch.testing.assert_close(model(ids), model(ids, position_ids=torch.arange(9)[None].expand(2, 9), attn_mask=mask))
+        torch.testing.assert_close(
+            model(ids), model(ids, position_ids=torch.arange(9)[None].expand(2, 9), attn_mask=mask)
+        )
 
 
 def test_logits_shape_and_tied_embeddings_share_storage():

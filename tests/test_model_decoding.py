@@ -25,8 +25,15 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "skyloom"
 
 def tiny_config(arch: str, moe: bool = False, **overrides) -> ModelConfig:
     """A 2-layer model of a registered architecture, with grouped-query attention where it allows it."""
-    data = {"arch": arch, "vocab_size": 97, "dim": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 64,
-            "n_kv_heads": 2 if arch_spec(arch).grouped_query else None}
+    data = {
+        "arch": arch,
+        "vocab_size": 97,
+        "dim": 32,
+        "n_layers": 2,
+        "n_heads": 4,
+        "max_seq_len": 64,
+        "n_kv_heads": 2 if arch_spec(arch).grouped_query else None,
+    }
     if moe:
         data["moe"] = {"n_experts": 4, "top_k": 2}
     data.update(overrides)
@@ -38,14 +45,17 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
     return Transformer(cfg).double().eval()
 
 
-def assert_cached_decoding_matches(model: Transformer, ids: torch.Tensor, valid: torch.Tensor, prefill: int,
-                                   atol: float = 1e-5) -> None:
+def assert_cached_decoding_matches(
+    model: Transformer, ids: torch.Tensor, valid: torch.Tensor, prefill: int, atol: float = 1e-5
+) -> None:
     """Prefill `prefill` positions, then one position per call; every real token's logits must equal the full
     forward over that row's real tokens alone (AssertionError otherwise)."""
     cache = model.build_kv_cache(ids.shape[0], 4)  # small capacity: exercises growth
     with torch.no_grad():
         chunks = [model(ids[:, :prefill], cache=cache, valid=valid[:, :prefill])]
-        chunks += [model(ids[:, t:t + 1], cache=cache, valid=valid[:, t:t + 1]) for t in range(prefill, ids.shape[1])]
+        chunks += [
+            model(ids[:, t : t + 1], cache=cache, valid=valid[:, t : t + 1]) for t in range(prefill, ids.shape[1])
+        ]
         got = torch.cat(chunks, dim=1)
         for row in range(ids.shape[0]):
             full = model(ids[row][valid[row]][None])[0]
@@ -77,11 +87,10 @@ def greedy_without_cache(model: Transformer, prompt: list[int], steps: int) -> l
     with torch.no_grad():
         for _ in range(steps):
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
-VARIANTS = [(arch, False) for arch in ARCHS] + [
-    (arch, True) for arch in ARCHS if ARCHS[arch].moe_experts]
+VARIANTS = [(arch, False) for arch in ARCHS] + [(arch, True) for arch in ARCHS if ARCHS[arch].moe_experts]
 
 
 @pytest.mark.parametrize("arch, moe", VARIANTS, ids=[f"{a}{'-moe' if m else ''}" for a, m in VARIANTS])
@@ -113,7 +122,7 @@ def test_kv_cache_forward_equals_the_full_forward():
     cache = model.build_kv_cache(3, 8)  # small capacity: exercises growth
     with torch.no_grad():
         prefill = model(ids[:, :30], cache=cache, valid=valid[:, :30])
-        steps = [model(ids[:, t:t + 1], cache=cache, valid=valid[:, t:t + 1]) for t in range(30, 40)]
+        steps = [model(ids[:, t : t + 1], cache=cache, valid=valid[:, t : t + 1]) for t in range(30, 40)]
         for row in range(3):
             real = ids[row][valid[row]]
             full = model(real[None])[0]
@@ -192,6 +201,11 @@ def test_parameter_count_from_the_spec_equals_the_built_model(arch, moe):
 def test_no_architecture_is_compared_by_name_outside_the_registry():
     """`arch ==`/`!=` anywhere in src/ would bypass the registry (a new architecture would silently miss it)."""
     pattern = re.compile(r"\barch\s*[!=]=|[!=]=\s*\w*\.?arch\b")
-    offenders = [f"{path.relative_to(SRC)}:{n}" for path in SRC.rglob("*.py") if path.name != "arch.py"
-                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    offenders = [
+        f"{path.relative_to(SRC)}:{n}"
+        for path in SRC.rglob("*.py")
+        if path.name != "arch.py"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert offenders == []

@@ -41,8 +41,11 @@ def reference_moe(layer: MoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     logits = flat @ layer.gate.weight.T + (layer.gate.bias if layer.gate.bias is not None else 0)
     if cfg.gate_norm:
         z = logits
-        logits = cfg.gate_norm_lambda * (z - z.mean(-1, keepdim=True)) / torch.sqrt(
-            z.var(-1, unbiased=False, keepdim=True) + cfg.gate_norm_eps)
+        logits = (
+            cfg.gate_norm_lambda
+            * (z - z.mean(-1, keepdim=True))
+            / torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + cfg.gate_norm_eps)
+        )
     g = torch.softmax(logits, dim=-1)
     top_p, top_i = g.topk(layer.top_k, dim=-1)
     capacity = layer.capacity(flat.shape[0])
@@ -67,6 +70,7 @@ def reference_moe(layer: MoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 # ---- gate and routing on hand-made inputs ----
+
 
 def test_capacity_formula():
     assert expert_capacity(10, 4, 2, 1.0) == 5  # ceil(2·10/4)
@@ -127,8 +131,9 @@ def test_top2_drop_counts():
 @pytest.mark.parametrize("gate_norm", [False, True])
 def test_layer_matches_token_by_token_oracle_with_drops(policy, gate_norm):
     torch.manual_seed(0)
-    layer = MoE(16, 24, moe_cfg(n_experts=4, top_k=2, capacity_factor=0.6, drop_policy=policy,
-                                gate_norm=gate_norm)).double()
+    layer = MoE(
+        16, 24, moe_cfg(n_experts=4, top_k=2, capacity_factor=0.6, drop_policy=policy, gate_norm=gate_norm)
+    ).double()
     with torch.no_grad():
         layer.gate.weight.mul_(40)  # a confident gate, so some experts overflow
         layer.gate.bias.normal_()
@@ -213,6 +218,7 @@ def test_grouped_layout_equals_expert_loop():
 
 # ---- losses and the adaptive coefficient ----
 
+
 def test_aux_loss_eq4_against_the_formula():
     g = torch.softmax(torch.randn(50, 6, generator=torch.Generator().manual_seed(0)), -1)
     n, T = 6, 50
@@ -244,7 +250,7 @@ def test_adaptive_coefficient_eq7_to_9():
     alpha = 0.01
     for _ in range(100):
         alpha = update_coefficient(alpha, 0.0, xi, amax, beta)
-    assert alpha == pytest.approx(0.01 * 0.99 ** 100)
+    assert alpha == pytest.approx(0.01 * 0.99**100)
     # a steady drop rate d drives α to f(d)
     for _ in range(3000):
         alpha = update_coefficient(alpha, 0.03, xi, amax, beta)
@@ -258,10 +264,13 @@ def test_weighted_aux_loss_sums_layers_with_their_coefficients():
     model.layers[1].ffn.aux_coef.fill_(0.003)
     model(torch.randint(0, cfg.vocab_size, (2, 16)))
     l0, l1 = model.layers[0].ffn.last_aux_loss, model.layers[1].ffn.last_aux_loss
-    assert float(weighted_aux_loss(model).detach()) == pytest.approx(0.01 * float(l0.detach()) + 0.003 * float(l1.detach()), rel=1e-6)
+    assert float(weighted_aux_loss(model).detach()) == pytest.approx(
+        0.01 * float(l0.detach()) + 0.003 * float(l1.detach()), rel=1e-6
+    )
 
 
 # ---- diagnostics ----
+
 
 def test_router_statistics():
     probs = torch.tensor([[0.6, 0.2, 0.1, 0.1], [0.4, 0.4, 0.1, 0.1]])
@@ -292,6 +301,7 @@ def test_expert_similarity():
 
 
 # ---- model integration, accounting, configs, checkpoints ----
+
 
 def test_every_n_layers_and_param_counts():
     cfg = build(ModelConfig, {"preset": "tiny-moe", "moe": {"every_n_layers": 2}})

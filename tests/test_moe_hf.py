@@ -17,8 +17,12 @@ from skyloom.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")
 
-MIXTRAL_LIKE = {"preset": "tiny-moe", "n_layers": 2, "n_kv_heads": 2,
-                "moe": {"gate_norm": False, "gate_bias": False, "dropless": True}}
+MIXTRAL_LIKE = {
+    "preset": "tiny-moe",
+    "n_layers": 2,
+    "n_kv_heads": 2,
+    "moe": {"gate_norm": False, "gate_bias": False, "dropless": True},
+}
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,31 @@ from skyloom.model.checkpoint import save_model
 from skyloom.model.upcycle import upcycle
 from skyloom.train.trainer import Trainer
 from tests.train_helpers import (  # noqa: F401
-    TINY_MODEL, build_run_config, read_metrics, run, single_thread, skyloom_cmd, tiny_run_config, torchrun_cmd,
-    train_corpus, write_config,
+    TINY_MODEL,
+    build_run_config,
+    read_metrics,
+    run,
+    single_thread,
+    skyloom_cmd,
+    tiny_run_config,
+    torchrun_cmd,
+    train_corpus,
+    write_config,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-MOE = {"n_experts": 4, "top_k": 2, "capacity_factor": 1.0, "gate_norm": True, "adaptive": True,
-       "aux_coef": 0.01, "xi": 0.2, "alpha_max": 0.01, "beta": 0.9}
+MOE = {
+    "n_experts": 4,
+    "top_k": 2,
+    "capacity_factor": 1.0,
+    "gate_norm": True,
+    "adaptive": True,
+    "aux_coef": 0.01,
+    "xi": 0.2,
+    "alpha_max": 0.01,
+    "beta": 0.9,
+}
 
 
 def moe_run_config(corpus, **sections):
@@ -100,19 +117,22 @@ def test_aux_loss_enters_the_objective(train_corpus, tmp_path):
     base = {**MOE, "adaptive": False, "gate_norm": False}
     runs = {}
     for name, coef in (("off", 0.0), ("strong", 10.0)):
-        cfg = tiny_run_config(train_corpus, model={**TINY_MODEL, "moe": {**base, "aux_coef": coef}},
-                              train={"max_steps": 10, "lr": 1e-2})
+        cfg = tiny_run_config(
+            train_corpus, model={**TINY_MODEL, "moe": {**base, "aux_coef": coef}}, train={"max_steps": 10, "lr": 1e-2}
+        )
         Trainer(build_run_config(cfg), tmp_path / name).fit()
         runs[name] = read_metrics(tmp_path / name)[-1]
     assert runs["strong"]["moe/L0/aux_coef"] == 10.0
     assert runs["strong"]["moe/aux_loss"] == pytest.approx(
-        10.0 * (runs["strong"]["moe/L0/aux_loss"] + runs["strong"]["moe/L1/aux_loss"]), rel=1e-5)
+        10.0 * (runs["strong"]["moe/L0/aux_loss"] + runs["strong"]["moe/L1/aux_loss"]), rel=1e-5
+    )
     assert runs["strong"]["moe/L0/aux_loss"] < runs["off"]["moe/L0/aux_loss"]
 
 
 def test_expert_lr_scale_param_groups(train_corpus, tmp_path):
-    cfg = tiny_run_config(train_corpus, model={**TINY_MODEL, "moe": {**MOE, "expert_lr_scale": "k/n"}},
-                          train={"max_steps": 1})
+    cfg = tiny_run_config(
+        train_corpus, model={**TINY_MODEL, "moe": {**MOE, "expert_lr_scale": "k/n"}}, train={"max_steps": 1}
+    )
     trainer = Trainer(build_run_config(cfg), tmp_path / "run")
     scales = {}
     names = {id(p): n for n, p in trainer.raw_model.named_parameters()}
@@ -128,17 +148,18 @@ def test_expert_lr_scale_param_groups(train_corpus, tmp_path):
 
 
 def test_upcycled_checkpoint_starts_where_the_dense_model_ended(train_corpus, tmp_path):
-    dense_cfg = tiny_run_config(train_corpus, train={"max_steps": 8},
-                                validation={"every": 0, "at_start": False})
+    dense_cfg = tiny_run_config(train_corpus, train={"max_steps": 8}, validation={"every": 0, "at_start": False})
     dense = Trainer(build_run_config(dense_cfg), tmp_path / "dense")
     dense.fit()
     dense_val = read_metrics(tmp_path / "dense", "val")[-1]["loss"]
     moe_model = upcycle(dense.raw_model, {"n_experts": 4, "top_k": 2, "dropless": True, "gate_norm": True})
     save_model(moe_model, tmp_path / "moe_init")
-    cfg = tiny_run_config(train_corpus, model={**TINY_MODEL, "moe": {"n_experts": 4, "top_k": 2, "dropless": True,
-                                                                     "gate_norm": True}},
-                          train={"max_steps": 4, "init_from": str(tmp_path / "moe_init")},
-                          validation={"every": 0, "at_start": True})
+    cfg = tiny_run_config(
+        train_corpus,
+        model={**TINY_MODEL, "moe": {"n_experts": 4, "top_k": 2, "dropless": True, "gate_norm": True}},
+        train={"max_steps": 4, "init_from": str(tmp_path / "moe_init")},
+        validation={"every": 0, "at_start": True},
+    )
     Trainer(build_run_config(cfg), tmp_path / "moe").fit()
     val = read_metrics(tmp_path / "moe", "val")
     assert val[0]["step"] == 0 and val[0]["loss"] == pytest.approx(dense_val, abs=1e-5)
@@ -169,16 +190,20 @@ def test_ddp_two_processes_match_one(train_corpus, tmp_path):
 def test_fsdp2_with_activation_checkpointing_matches_and_resumes(train_corpus, tmp_path):
     """FSDP2 shards the stacked expert weights over ranks; the coefficients (buffers) go through the sharded
     (DCP) checkpoint and come back on resume."""
-    cfg = moe_run_config(train_corpus, train={"max_steps": 4, "activation_checkpointing": True},
-                         checkpoint={"every": 2})
+    cfg = moe_run_config(
+        train_corpus, train={"max_steps": 4, "activation_checkpointing": True}, checkpoint={"every": 2}
+    )
     config = write_config(cfg, tmp_path / "moe.yaml")
     run(skyloom_cmd("train", str(config), "--out", str(tmp_path / "single")))
-    out = run(torchrun_cmd(2, "train", str(config), "train.parallel=fsdp", "--out", str(tmp_path / "fsdp")),
-              timeout=240)
+    out = run(
+        torchrun_cmd(2, "train", str(config), "train.parallel=fsdp", "--out", str(tmp_path / "fsdp")), timeout=240
+    )
     assert "FSDP2" in out.stdout
     shutil.rmtree(tmp_path / "fsdp" / "checkpoints" / "step_00000004")
-    run(torchrun_cmd(2, "train", str(config), "train.parallel=fsdp", "--out", str(tmp_path / "fsdp"), "--resume"),
-        timeout=240)
+    run(
+        torchrun_cmd(2, "train", str(config), "train.parallel=fsdp", "--out", str(tmp_path / "fsdp"), "--resume"),
+        timeout=240,
+    )
     a, b = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "fsdp")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for x, y in zip(a, b):

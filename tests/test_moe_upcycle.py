@@ -20,11 +20,14 @@ def dense() -> Transformer:
     return Transformer(build(ModelConfig, {"preset": "tiny", "n_layers": 3})).eval()
 
 
-@pytest.mark.parametrize("moe", [
-    {"n_experts": 8, "top_k": 2, "dropless": True},
-    {"n_experts": 6, "top_k": 2, "capacity_factor": 3.0, "gate_norm": True},  # C ≥ T: nothing can drop
-    {"n_experts": 4, "top_k": 1, "dropless": True, "every_n_layers": 2},
-])
+@pytest.mark.parametrize(
+    "moe",
+    [
+        {"n_experts": 8, "top_k": 2, "dropless": True},
+        {"n_experts": 6, "top_k": 2, "capacity_factor": 3.0, "gate_norm": True},  # C ≥ T: nothing can drop
+        {"n_experts": 4, "top_k": 1, "dropless": True, "every_n_layers": 2},
+    ],
+)
 def test_upcycled_equals_dense_at_init(dense, moe):
     model = upcycle(dense, moe, gate_std=0.02).eval()
     ids = torch.randint(0, dense.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(1))
@@ -67,8 +70,21 @@ def test_upcycle_refusals(dense):
 
 def test_upcycle_command(dense, tmp_path, capsys):
     save_model(dense, tmp_path / "dense")
-    rc = main(["upcycle", str(tmp_path / "dense"), "--experts", "4", "--top-k", "2", "--out", str(tmp_path / "moe"),
-               "--set", "dropless=true", "aux_loss=switch"])
+    rc = main(
+        [
+            "upcycle",
+            str(tmp_path / "dense"),
+            "--experts",
+            "4",
+            "--top-k",
+            "2",
+            "--out",
+            str(tmp_path / "moe"),
+            "--set",
+            "dropless=true",
+            "aux_loss=switch",
+        ]
+    )
     assert rc == 0
     assert "3 MoE layers × 4 experts" in capsys.readouterr().out
     moe = load_model(tmp_path / "moe")

@@ -78,15 +78,42 @@ def corpus(tmp_path_factory) -> dict:
     wiki_path = root / "wiki.txt.gz"
     with gzip.open(wiki_path, "wt", encoding="utf-8") as f:
         f.write(wiki)
-    return {"zh": zh, "zh_path": zh_path, "gsm": [r["question"] + "\n" + r["answer"] for r in gsm],
-            "gsm_path": en_path, "wiki": wiki, "wiki_path": wiki_path}
+    return {
+        "zh": zh,
+        "zh_path": zh_path,
+        "gsm": [r["question"] + "\n" + r["answer"] for r in gsm],
+        "gsm_path": en_path,
+        "wiki": wiki,
+        "wiki_path": wiki_path,
+    }
 
 
 def test_pack_round_trip_and_exact_counts(tok_dir, tok, corpus, tmp_path, capsys):
     out = tmp_path / "tokens"
-    code = main(["data", "pack", "-t", str(tok_dir), "-o", str(out), f"zh={corpus['zh_path']}",
-                 f"en={corpus['gsm_path']}", f"en={corpus['wiki_path']}", "--field", "question", "--field",
-                 "answer", "--field", "text", "--workers", "1", "--shard-bytes", "25000", "-q"])
+    code = main(
+        [
+            "data",
+            "pack",
+            "-t",
+            str(tok_dir),
+            "-o",
+            str(out),
+            f"zh={corpus['zh_path']}",
+            f"en={corpus['gsm_path']}",
+            f"en={corpus['wiki_path']}",
+            "--field",
+            "question",
+            "--field",
+            "answer",
+            "--field",
+            "text",
+            "--workers",
+            "1",
+            "--shard-bytes",
+            "25000",
+            "-q",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     expected = {"zh": corpus["zh"], "en": corpus["gsm"] + [corpus["wiki"]]}
@@ -106,10 +133,12 @@ def test_pack_round_trip_and_exact_counts(tok_dir, tok, corpus, tmp_path, capsys
 
 
 def test_parallel_workers_write_the_same_shards(tok_dir, corpus, tmp_path):
-    serial = pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "serial", workers=1, shard_bytes=15_000,
-                  progress=False)
-    parallel = pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "parallel", workers=2, shard_bytes=15_000,
-                    progress=False)
+    serial = pack(
+        [f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "serial", workers=1, shard_bytes=15_000, progress=False
+    )
+    parallel = pack(
+        [f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "parallel", workers=2, shard_bytes=15_000, progress=False
+    )
     assert serial.tasks_run == parallel.tasks_run >= 5
     assert all(s["documents"] > 0 for s in TokenSource(tmp_path / "parallel" / "zh").index["shards"])
     assert _shas(tmp_path / "serial" / "zh") == _shas(tmp_path / "parallel" / "zh")
@@ -154,15 +183,31 @@ def _tasks_reading(src: Path, path: Path, shard_bytes: int) -> tuple[int, int]:
 def test_malformed_input_is_named_and_only_changed_files_are_packed_again(tok_dir, tok, corpus, tmp_path, capsys):
     gsm = _records(corpus["gsm_path"], 200)
     src = tmp_path / "src"
-    a = _write_jsonl(src / "a.jsonl", gsm[:60])
+    _write_jsonl(src / "a.jsonl", gsm[:60])
     b = _write_jsonl(src / "b.jsonl", gsm[60:130])
     c = _write_jsonl(src / "c.jsonl", gsm[130:])
     good_b = b.read_text(encoding="utf-8")
     lines = good_b.splitlines(keepends=True)
     lines[57] = '{"question": "cut off\n'  # line 58, in b's second byte range
     b.write_text("".join(lines), encoding="utf-8")
-    args = ["data", "pack", "-t", str(tok_dir), "-o", str(tmp_path / "tokens"), f"math={src}", "--field", "question",
-            "--field", "answer", "--workers", "1", "--shard-bytes", "10000", "-q"]
+    args = [
+        "data",
+        "pack",
+        "-t",
+        str(tok_dir),
+        "-o",
+        str(tmp_path / "tokens"),
+        f"math={src}",
+        "--field",
+        "question",
+        "--field",
+        "answer",
+        "--workers",
+        "1",
+        "--shard-bytes",
+        "10000",
+        "-q",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"{b}:58: not valid JSON" in err and "shards finished so far are kept" in err
@@ -172,8 +217,9 @@ def test_malformed_input_is_named_and_only_changed_files_are_packed_again(tok_di
     assert finished >= 2 and n_tasks >= 6  # the shards before the bad record survive the failure
 
     b.write_text(good_b, encoding="utf-8")  # fix b: finished shards that do not read b are kept
-    fixed = pack([f"math={src}"], tok_dir, tmp_path / "tokens", fields=["question", "answer"], shard_bytes=10_000,
-                 progress=False)
+    fixed = pack(
+        [f"math={src}"], tok_dir, tmp_path / "tokens", fields=["question", "answer"], shard_bytes=10_000, progress=False
+    )
     finished_reading_b = finished - fixed.tasks_skipped
     assert fixed.tasks_redone == finished_reading_b and 0 < finished_reading_b < reading_b
     assert fixed.tasks_skipped + fixed.tasks_run == n_tasks and fixed.tasks_skipped >= 1
@@ -183,8 +229,15 @@ def test_malformed_input_is_named_and_only_changed_files_are_packed_again(tok_di
     c_count = len(gsm) - 130
     c.write_text(c.read_text(encoding="utf-8") + "not json at all\n" + json.dumps(gsm[0]) + "\n", encoding="utf-8")
     n_tasks, reading_c = _tasks_reading(src, c, 10_000)
-    skipped = pack([f"math={src}"], tok_dir, tmp_path / "tokens", fields=["question", "answer"], shard_bytes=10_000,
-                   skip_malformed=True, progress=False)
+    skipped = pack(
+        [f"math={src}"],
+        tok_dir,
+        tmp_path / "tokens",
+        fields=["question", "answer"],
+        shard_bytes=10_000,
+        skip_malformed=True,
+        progress=False,
+    )
     assert (skipped.tasks_run, skipped.tasks_skipped) == (reading_c, n_tasks - reading_c)  # only shards reading c
     assert skipped.tasks_redone >= 1
     assert len(skipped.malformed) == 1 and skipped.malformed[0].startswith(f"{c}:{c_count + 1}: not valid JSON")
@@ -192,8 +245,14 @@ def test_malformed_input_is_named_and_only_changed_files_are_packed_again(tok_di
     assert _docs(source, tok) == texts + [texts[0]]  # the malformed record skipped, the good one after it kept
     assert source.index["documents"] == len(texts) + 1
     with pytest.raises(PackError, match=rf"c.jsonl:{c_count + 1}: not valid JSON"):  # without --skip-malformed
-        pack([f"math={src}"], tok_dir, tmp_path / "again", fields=["question", "answer"], shard_bytes=10_000,
-             progress=False)
+        pack(
+            [f"math={src}"],
+            tok_dir,
+            tmp_path / "again",
+            fields=["question", "answer"],
+            shard_bytes=10_000,
+            progress=False,
+        )
 
 
 def test_changed_settings_are_refused_unless_overwrite(tok_dir, corpus, tmp_path):
@@ -201,10 +260,10 @@ def test_changed_settings_are_refused_unless_overwrite(tok_dir, corpus, tmp_path
     with pytest.raises(ValueError, match="different shard_bytes"):
         pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "t", shard_bytes=30_000, progress=False)
     with pytest.raises(ValueError, match="different fields"):
-        pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "t", fields=["body"], shard_bytes=100_000,
-             progress=False)
-    redone = pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "t", shard_bytes=30_000, overwrite=True,
-                  progress=False)
+        pack([f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "t", fields=["body"], shard_bytes=100_000, progress=False)
+    redone = pack(
+        [f"zh={corpus['zh_path']}"], tok_dir, tmp_path / "t", shard_bytes=30_000, overwrite=True, progress=False
+    )
     assert redone.tasks_skipped == 0 and redone.sources["zh"]["tokens"] == first.sources["zh"]["tokens"]
     assert len(redone.sources["zh"]) and redone.sources["zh"]["shards"] > first.sources["zh"]["shards"]
     assert len(list((tmp_path / "t" / "zh").glob("shard_*.json"))) == redone.sources["zh"]["shards"]

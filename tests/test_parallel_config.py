@@ -17,8 +17,14 @@ def _train(**parallel) -> TrainConfig:
 
 
 def _run(parallel, **model) -> RunConfig:
-    return build(RunConfig, {"model": {**TINY_MODEL, **model}, "data": {"sources": {"a": {"path": "x"}}},
-                             "train": {"max_steps": 1, "global_batch_tokens": 512, "parallel": parallel}})
+    return build(
+        RunConfig,
+        {
+            "model": {**TINY_MODEL, **model},
+            "data": {"sources": {"a": {"path": "x"}}},
+            "train": {"max_steps": 1, "global_batch_tokens": 512, "parallel": parallel},
+        },
+    )
 
 
 def test_old_spellings_map_to_degrees():
@@ -32,29 +38,35 @@ def test_old_spellings_map_to_degrees():
     assert ddp.resolved(4).describe() == "DDP (4)" and _train().parallel.resolved(2).describe() == "DDP + ZeRO-1 (2)"
 
 
-@pytest.mark.parametrize("bad, key, words", [
-    ({"parallel": "ddpp"}, "train.parallel", "one of ['ddp', 'fsdp']"),
-    ({"parallel": {"pp": 0}}, "train.parallel.pp", "positive degree"),
-    ({"parallel": {"dp_shard": -1}}, "train.parallel.dp_shard", "cannot both be -1"),
-    ({"parallel": {"pp": 2, "pp_split": [1]}}, "train.parallel.pp_split", "2 entries"),
-    ({"parallel": {"pp": 2, "pp_schedule": "Interleaved1F1B"}}, "train.parallel.pp_stages_per_rank", "2 or more"),
-    ({"parallel": {"pp": 2, "pp_stages_per_rank": 2}}, "train.parallel.pp_stages_per_rank", "Interleaved1F1B"),
-    ({"parallel": {"zero1": True}, "zero1": False}, "train.zero1", "contradicts"),
-])
+@pytest.mark.parametrize(
+    "bad, key, words",
+    [
+        ({"parallel": "ddpp"}, "train.parallel", "one of ['ddp', 'fsdp']"),
+        ({"parallel": {"pp": 0}}, "train.parallel.pp", "positive degree"),
+        ({"parallel": {"dp_shard": -1}}, "train.parallel.dp_shard", "cannot both be -1"),
+        ({"parallel": {"pp": 2, "pp_split": [1]}}, "train.parallel.pp_split", "2 entries"),
+        ({"parallel": {"pp": 2, "pp_schedule": "Interleaved1F1B"}}, "train.parallel.pp_stages_per_rank", "2 or more"),
+        ({"parallel": {"pp": 2, "pp_stages_per_rank": 2}}, "train.parallel.pp_stages_per_rank", "Interleaved1F1B"),
+        ({"parallel": {"zero1": True}, "zero1": False}, "train.zero1", "contradicts"),
+    ],
+)
 def test_bad_sections_name_the_key(bad, key, words):
     with pytest.raises(ConfigError) as err:
         _train(**bad)
     assert err.value.key == key and words in str(err.value)
 
 
-@pytest.mark.parametrize("parallel, model, key, words", [
-    ({"pp": 2, "pp_split": [1, 2]}, {}, "train.parallel.pp_split", "sums to 3 layers, the model has n_layers=2"),
-    ({"pp": 2, "pp_schedule": "Interleaved1F1B", "pp_stages_per_rank": 2}, {}, "train.parallel.pp", "4 pipeline"),
-    ({"tp": 3}, {}, "train.parallel.tp", "4 heads not divisible by tp=3"),
-    ({"tp": 4}, {"n_kv_heads": 2}, "train.parallel.tp", "2 key/value heads not divisible by tp=4"),
-    ({"ep": 2}, {}, "train.parallel.ep", "needs an MoE model"),
-    ({"pp": 2}, {"tie_embeddings": True}, "train.parallel.pp", "tie_embeddings"),
-])
+@pytest.mark.parametrize(
+    "parallel, model, key, words",
+    [
+        ({"pp": 2, "pp_split": [1, 2]}, {}, "train.parallel.pp_split", "sums to 3 layers, the model has n_layers=2"),
+        ({"pp": 2, "pp_schedule": "Interleaved1F1B", "pp_stages_per_rank": 2}, {}, "train.parallel.pp", "4 pipeline"),
+        ({"tp": 3}, {}, "train.parallel.tp", "4 heads not divisible by tp=3"),
+        ({"tp": 4}, {"n_kv_heads": 2}, "train.parallel.tp", "2 key/value heads not divisible by tp=4"),
+        ({"ep": 2}, {}, "train.parallel.ep", "needs an MoE model"),
+        ({"pp": 2}, {"tie_embeddings": True}, "train.parallel.pp", "tie_embeddings"),
+    ],
+)
 def test_layouts_the_model_cannot_take_are_refused(parallel, model, key, words):
     with pytest.raises(ConfigError) as err:
         _run(parallel, **model)

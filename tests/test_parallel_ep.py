@@ -67,14 +67,20 @@ def _train(out: Path, policy: str, aux: str, ranks: int) -> None:
         model = DDP(model)
     opt = torch.optim.AdamW(inner.parameters(), lr=3e-3, foreach=False)  # mixed DTensor / plain
     callback = MoECallback(cfg.moe)
-    trainer = SimpleNamespace(model=model, env=SimpleNamespace(world_size=world), device=torch.device("cpu"),
-                              step=0, total_steps=STEPS, cfg=SimpleNamespace(train=SimpleNamespace(log_every=1)))
+    trainer = SimpleNamespace(
+        model=model,
+        env=SimpleNamespace(world_size=world),
+        device=torch.device("cpu"),
+        step=0,
+        total_steps=STEPS,
+        cfg=SimpleNamespace(train=SimpleNamespace(log_every=1)),
+    )
     data = torch.Generator().manual_seed(1)
     per_rank, rows = PER_RANK, PER_RANK * ranks  # the global batch of a `ranks`-process run
     records = []
     for step in range(STEPS):
         tokens = torch.randint(0, cfg.vocab_size, (rows, SEQ + 1), generator=data)
-        mine = tokens[rank * per_rank:(rank + 1) * per_rank] if world > 1 else tokens
+        mine = tokens[rank * per_rank : (rank + 1) * per_rank] if world > 1 else tokens
         batches = list(mine.split(per_rank))  # EP: one micro-batch per rank; reference: `ranks` of them
         n_global = rows * SEQ
         loss_sum = 0.0
@@ -96,8 +102,11 @@ def _train(out: Path, policy: str, aux: str, ranks: int) -> None:
         if world > 1:
             dist.all_reduce(total)
         records.append({"loss": float(total) / n_global, "grad_norm": grad_norm, **metrics})
-    weights = {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().tolist()
-               for name, p in inner.named_parameters() if name.endswith(("ffn.w1", "ffn.gate.weight", "wq.weight"))}
+    weights = {
+        name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().tolist()
+        for name, p in inner.named_parameters()
+        if name.endswith(("ffn.w1", "ffn.gate.weight", "wq.weight"))
+    }
     (out / f"rank{rank}.json").write_text(json.dumps({"steps": records, "weights": weights}))
     if world > 1:
         dist.destroy_process_group()
@@ -107,8 +116,11 @@ def _launch(out: Path, nproc: int, policy: str, aux: str, ranks: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     script = [str(Path(__file__)), str(out), policy, aux, str(ranks)]
-    cmd = [sys.executable, *script] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *script]
+    cmd = (
+        [sys.executable, *script]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *script]
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads((out / "rank0.json").read_text())
@@ -143,8 +155,13 @@ def test_ep2_matches_one_process(tmp_path, policy, aux, ranks):
 def test_trainer_ep2_matches_one_process(train_corpus, tmp_path):
     """`skyloom train` with train.parallel {dp_replicate: 2, ep: 2}: the same losses and router numbers as one
     process (whose two micro-batches are the two ranks' micro-batches), and the run resumes."""
-    cfg = tiny_run_config(train_corpus, model={**TINY_MODEL, "moe": dict(MOE)}, train={"max_steps": 6},
-                          checkpoint={"every": 3}, validation={"every": 3})
+    cfg = tiny_run_config(
+        train_corpus,
+        model={**TINY_MODEL, "moe": dict(MOE)},
+        train={"max_steps": 6},
+        checkpoint={"every": 3},
+        validation={"every": 3},
+    )
     config = write_config(cfg, tmp_path / "moe.yaml")
     run(skyloom_cmd("train", str(config), "--out", str(tmp_path / "single")))
     layout = ["train.parallel.ep=2", "train.parallel.zero1=false"]

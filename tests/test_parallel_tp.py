@@ -30,18 +30,29 @@ TINY = dict(arch="llama", vocab_size=256, dim=32, n_layers=2, n_heads=4, n_kv_he
 
 # ---- the worker (run by torchrun) ----
 
+
 def _cases(world: int) -> list[dict]:
     base = dict(TINY)
     if world == 4:  # dp_shard 2 × tp 2
-        return [dict(name="fsdp2xtp2_sp", model=base, dp=2, sp=True),
-                dict(name="fsdp2xtp2", model=base, dp=2, sp=False),
-                dict(name="ddp2xtp2_sp", model=base, dp=2, sp=True, replicate=True)]
-    return [dict(name="tp2_sp", model=base, dp=1, sp=True),
-            dict(name="tp2", model=base, dp=1, sp=False),
-            dict(name="tp2_sp_packed", model=base, dp=1, sp=True, packed=True),
-            dict(name="tp2_sp_tied", model={**base, "tie_embeddings": True}, dp=1, sp=True),
-            dict(name="tp2_sp_gpt", model=dict(arch="gpt", vocab_size=256, dim=32, n_layers=2, n_heads=4,
-                                                ffn_dim=64, max_seq_len=32, bias=True), dp=1, sp=True)]
+        return [
+            dict(name="fsdp2xtp2_sp", model=base, dp=2, sp=True),
+            dict(name="fsdp2xtp2", model=base, dp=2, sp=False),
+            dict(name="ddp2xtp2_sp", model=base, dp=2, sp=True, replicate=True),
+        ]
+    return [
+        dict(name="tp2_sp", model=base, dp=1, sp=True),
+        dict(name="tp2", model=base, dp=1, sp=False),
+        dict(name="tp2_sp_packed", model=base, dp=1, sp=True, packed=True),
+        dict(name="tp2_sp_tied", model={**base, "tie_embeddings": True}, dp=1, sp=True),
+        dict(
+            name="tp2_sp_gpt",
+            model=dict(
+                arch="gpt", vocab_size=256, dim=32, n_layers=2, n_heads=4, ffn_dim=64, max_seq_len=32, bias=True
+            ),
+            dp=1,
+            sp=True,
+        ),
+    ]
 
 
 def _batch(torch, cfg, packed: bool):
@@ -73,8 +84,11 @@ def _run_case(case: dict, rank: int, world: int) -> dict:
 
     cfg = ModelConfig(**case["model"])
     dp, tp = case["dp"], world // case["dp"]
-    mesh = init_device_mesh("cpu", (dp, tp), mesh_dim_names=("dp_shard", "tp")) if dp > 1 else \
-        init_device_mesh("cpu", (tp,), mesh_dim_names=("tp",))
+    mesh = (
+        init_device_mesh("cpu", (dp, tp), mesh_dim_names=("dp_shard", "tp"))
+        if dp > 1
+        else init_device_mesh("cpu", (tp,), mesh_dim_names=("tp",))
+    )
     ref = Transformer(cfg)
     torch.manual_seed(0)
     ref.init_weights()
@@ -90,8 +104,9 @@ def _run_case(case: dict, rank: int, world: int) -> dict:
     torch.manual_seed(0)
     par.init_weights()
     ref_state = dict(ref.named_parameters())
-    out = {"init_diff": max(float((p.full_tensor() - ref_state[name]).abs().max())
-                            for name, p in par.named_parameters())}
+    out = {
+        "init_diff": max(float((p.full_tensor() - ref_state[name]).abs().max()) for name, p in par.named_parameters())
+    }
     inputs, labels, pos, mask = _batch(torch, cfg, case.get("packed", False))
     n_targets = int((labels != -100).sum())
     dp_rank = mesh["dp_shard"].get_local_rank() if dp > 1 else 0
@@ -108,8 +123,14 @@ def _run_case(case: dict, rank: int, world: int) -> dict:
         out["loss_ref"].append(float(loss))
         out["norm_ref"].append(float(norm))
 
-        local = token_loss(par(inputs[rows], position_ids=None if pos is None else pos[rows],
-                               attn_mask=None if mask is None else mask[rows]), labels[rows])
+        local = token_loss(
+            par(
+                inputs[rows],
+                position_ids=None if pos is None else pos[rows],
+                attn_mask=None if mask is None else mask[rows],
+            ),
+            labels[rows],
+        )
         (local * dp / n_targets).backward()  # FSDP averages gradients over the dp ranks
         norm = torch.nn.utils.clip_grad_norm_(par.parameters(), 0.5)
         norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
@@ -121,8 +142,9 @@ def _run_case(case: dict, rank: int, world: int) -> dict:
         out["loss_par"].append(float(total) / n_targets)
         out["norm_par"].append(float(norm))
     out["all_dtensor"] = all(isinstance(p, DTensor) for p in par.parameters())
-    out["weight_diff"] = max(float((p.full_tensor() - ref_state[name]).abs().max())
-                             for name, p in par.named_parameters())
+    out["weight_diff"] = max(
+        float((p.full_tensor() - ref_state[name]).abs().max()) for name, p in par.named_parameters()
+    )
     out["tied"] = par.output.weight is par.tok_emb.weight
     out["names"] = sorted(n for n, _ in par.named_parameters()) == sorted(ref_state)
     return out
@@ -144,11 +166,23 @@ def _worker(out_path: str) -> None:
 
 # ---- the tests ----
 
+
 def _torchrun(nproc: int, out: Path) -> dict:
     from tests.train_helpers import run
 
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-         "-m", "tests.test_parallel_tp", str(out)], timeout=300)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "tests.test_parallel_tp",
+            str(out),
+        ],
+        timeout=300,
+    )
     return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -179,8 +213,7 @@ def single_run(train_corpus, tmp_path_factory):
     from tests.train_helpers import run, skyloom_cmd, tiny_run_config, write_config
 
     root = tmp_path_factory.mktemp("tp_single")
-    cfg = tiny_run_config(train_corpus, train={"max_steps": STEPS}, checkpoint={"every": 3},
-                          validation={"every": 3})
+    cfg = tiny_run_config(train_corpus, train={"max_steps": STEPS}, checkpoint={"every": 3}, validation={"every": 3})
     config = write_config(cfg, root / "run.yaml")
     run(skyloom_cmd("train", str(config), "--out", str(root / "single")))
     return config, root / "single"
@@ -192,13 +225,17 @@ def _losses(run_dir: Path, kind: str = "train") -> list[float]:
     return [r["loss"] for r in read_metrics(run_dir, kind)]
 
 
-@pytest.mark.parametrize("nproc,layout", [
-    (2, ["tp=2"]),
-    (2, ["tp=2", "sequence_parallel=false"]),
-    (4, ["tp=2", "dp_shard=2", "dp_replicate=1"]),
-    (4, ["tp=2"]),
-    (4, ["tp=2", "pp=2"]),
-], ids=["tp2_sp", "tp2", "fsdp2xtp2_sp", "dp2xtp2_sp", "pp2xtp2_sp"])
+@pytest.mark.parametrize(
+    "nproc,layout",
+    [
+        (2, ["tp=2"]),
+        (2, ["tp=2", "sequence_parallel=false"]),
+        (4, ["tp=2", "dp_shard=2", "dp_replicate=1"]),
+        (4, ["tp=2"]),
+        (4, ["tp=2", "pp=2"]),
+    ],
+    ids=["tp2_sp", "tp2", "fsdp2xtp2_sp", "dp2xtp2_sp", "pp2xtp2_sp"],
+)
 def test_trainer_tensor_parallel_matches_single_process(single_run, tmp_path, nproc, layout):
     """`skyloom train` with train.parallel.tp (dp_replicate × tp goes through FSDP2's replicate: DDP cannot take
     DTensors): the same loss per step as one process; a TP checkpoint resumes on one process."""
@@ -233,8 +270,9 @@ def test_check_tensor_parallel_refuses_what_does_not_split():
         check_tensor_parallel(ModelConfig(**{**TINY, "n_kv_heads": None, "ffn_dim": 66}), 4)
     with pytest.raises(ConfigError, match="sequence positions"):
         check_tensor_parallel(ModelConfig(**{**TINY, "n_kv_heads": None}), 4, seq_len=18)
-    check_tensor_parallel(ModelConfig(**{**TINY, "n_kv_heads": None, "ffn_dim": 64}), 4, seq_len=18,
-                          sequence_parallel=False)
+    check_tensor_parallel(
+        ModelConfig(**{**TINY, "n_kv_heads": None, "ffn_dim": 64}), 4, seq_len=18, sequence_parallel=False
+    )
     with pytest.raises(ConfigError, match="dropout"):
         check_tensor_parallel(ModelConfig(**{**TINY, "dropout": 0.1}), 2)
 

@@ -63,14 +63,23 @@ def test_navigation_and_boilerplate_are_dropped():
     assert "Lobster facts" not in ex.text  # the title lives in metadata, not as a dangling line
 
 
-@pytest.mark.parametrize("raw", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(200)),
-                                 '{"text": "a JSON record, not a page"}', "just a plain sentence without markup"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(200)),
+        '{"text": "a JSON record, not a page"}',
+        "just a plain sentence without markup",
+    ],
+)
 def test_not_html_is_reported(raw):
     with pytest.raises(NotHTML):
         extract_html(raw)
     step = HtmlExtractor(ExtractConfig())
-    doc = Document(text=raw.decode("latin-1") if isinstance(raw, bytes) else raw, id="x",
-                   metadata={"content_type": "html", "file": "f.html", "line": 1})
+    doc = Document(
+        text=raw.decode("latin-1") if isinstance(raw, bytes) else raw,
+        id="x",
+        metadata={"content_type": "html", "file": "f.html", "line": 1},
+    )
     assert list(step.run([doc])) == []
     assert doc.metadata["filter_reason"] == "malformed:not_html"
 
@@ -88,9 +97,11 @@ def test_extractor_keeps_metadata_and_passes_plain_text(pages):
 
 def _warc_record(uri: str, date: str, content_type: str, body: bytes) -> bytes:
     http = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-    head = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:{abs(hash(uri)):032x}>\r\n"
-            f"WARC-Target-URI: {uri}\r\nWARC-Date: {date}\r\nContent-Type: application/http; msgtype=response\r\n"
-            f"Content-Length: {len(http)}\r\n\r\n").encode()
+    head = (
+        f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:{abs(hash(uri)):032x}>\r\n"
+        f"WARC-Target-URI: {uri}\r\nWARC-Date: {date}\r\nContent-Type: application/http; msgtype=response\r\n"
+        f"Content-Length: {len(http)}\r\n\r\n"
+    ).encode()
     return head + http + b"\r\n\r\n"
 
 
@@ -103,14 +114,19 @@ def test_warc_responses_are_read_and_extracted(pages, tmp_path):
     from skyloom.config import build
     from skyloom.data.pipeline.readers import InputConfig, SourceReader
 
-    (sha1, raw1, gold1), (sha2, raw2, _) = pages[0], pages[1]
-    data = (_warc_record("https://news.example/a", "2021-03-04T05:06:07Z", "text/html; charset=utf-8", raw1)
-            + _warc_record("https://news.example/logo.png", "2021-03-04T05:06:08Z", "image/png", b"\x89PNG" + bytes(64))
-            + _warc_record("https://news.example/b", "2021-03-04T05:06:09Z", "text/html", raw2))
+    (_sha1, raw1, gold1), (_sha2, raw2, _) = pages[0], pages[1]
+    data = (
+        _warc_record("https://news.example/a", "2021-03-04T05:06:07Z", "text/html; charset=utf-8", raw1)
+        + _warc_record("https://news.example/logo.png", "2021-03-04T05:06:08Z", "image/png", b"\x89PNG" + bytes(64))
+        + _warc_record("https://news.example/b", "2021-03-04T05:06:09Z", "text/html", raw2)
+    )
     (tmp_path / "crawl.warc").write_bytes(data)
     (tmp_path / "cut.warc").write_bytes(data[: len(data) - 500])  # the last record is cut short
-    reader = SourceReader(build(InputConfig, {"path": str(tmp_path), "format": "warc", "source": "cc"}),
-                          str(tmp_path / "funnel"), str(tmp_path / "malformed"))
+    reader = SourceReader(
+        build(InputConfig, {"path": str(tmp_path), "format": "warc", "source": "cc"}),
+        str(tmp_path / "funnel"),
+        str(tmp_path / "malformed"),
+    )
     docs = list(reader.run(None, 0, 1))
     urls = [d.metadata["url"] for d in docs]
     assert sorted(urls) == ["https://news.example/a"] * 2 + ["https://news.example/b"]  # b only from crawl.warc

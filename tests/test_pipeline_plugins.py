@@ -71,8 +71,10 @@ def _corpus(tmp_path):
 
 
 def _inputs(tmp_path):
-    return [{"name": "a", "path": str(tmp_path / "in" / "a.jsonl"), "shard": "records"},
-            {"name": "b", "path": str(tmp_path / "in" / "b.jsonl"), "shard": "records"}]
+    return [
+        {"name": "a", "path": str(tmp_path / "in" / "a.jsonl"), "shard": "records"},
+        {"name": "b", "path": str(tmp_path / "in" / "b.jsonl"), "shard": "records"},
+    ]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -82,11 +84,23 @@ def test_user_filter_from_a_py_file_drops_with_reasons_and_balances_the_funnel(t
     plugin = tmp_path / "user_steps.py"
     plugin.write_text(USER_STEPS)
     out = tmp_path / "out"
-    cfg = write_yaml(tmp_path / "p.yaml", {
-        "output_dir": str(out), "executor": {"tasks": 2, "workers": workers}, "inputs": _inputs(tmp_path),
-        "steps": [{"type": "python", "class": f"{plugin}:DropShouting", "args": {"banned": "forbidden"},
-                   "name": "no_shouting"},
-                  {"type": "python", "class": f"{plugin}:TagAndDropSpam"}]})
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "output_dir": str(out),
+            "executor": {"tasks": 2, "workers": workers},
+            "inputs": _inputs(tmp_path),
+            "steps": [
+                {
+                    "type": "python",
+                    "class": f"{plugin}:DropShouting",
+                    "args": {"banned": "forbidden"},
+                    "name": "no_shouting",
+                },
+                {"type": "python", "class": f"{plugin}:TagAndDropSpam"},
+            ],
+        },
+    )
     assert main(["data", "run", str(cfg)]) == 0
     kept = read_outputs(out, "main")
     assert {d["id"] for d in kept} == {r["id"] for i, r in enumerate(records) if i % 6 not in (1, 2, 3)}
@@ -102,9 +116,9 @@ def test_user_filter_from_a_py_file_drops_with_reasons_and_balances_the_funnel(t
     assert {k: v["docs"] for k, v in shout["dropped"].items()} == {"shouting": 4, "DropShouting": 4}
     assert shout["by_source"]["a"]["docs_in"] + shout["by_source"]["b"]["docs_in"] == 24
     spam = rows["TagAndDropSpam"]
-    assert (spam["docs_in"], spam["docs_out"]) == (16, 12) and spam["dropped"] == {"TagAndDropSpam":
-                                                                                   {"docs": 4, "chars": spam["chars_in"]
-                                                                                    - spam["chars_out"]}}
+    assert (spam["docs_in"], spam["docs_out"]) == (16, 12) and spam["dropped"] == {
+        "TagAndDropSpam": {"docs": 4, "chars": spam["chars_in"] - spam["chars_out"]}
+    }
     funnel = (out / "funnel.md").read_text()
     assert "| no_shouting | 24 | 16 | 8 |" in funnel and "shouting 4" in funnel
     assert "| TagAndDropSpam | 16 | 12 | 4 |" in funnel
@@ -115,33 +129,44 @@ def test_user_filter_takes_sources(tmp_path):
     plugin = tmp_path / "user_steps.py"
     plugin.write_text(USER_STEPS)
     out = tmp_path / "out"
-    cfg = write_yaml(tmp_path / "p.yaml", {
-        "output_dir": str(out), "inputs": _inputs(tmp_path),
-        "steps": [{"type": "python", "class": f"{plugin}:DropShouting", "args": {"banned": "forbidden"},
-                   "sources": ["a"]}]})
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "output_dir": str(out),
+            "inputs": _inputs(tmp_path),
+            "steps": [
+                {"type": "python", "class": f"{plugin}:DropShouting", "args": {"banned": "forbidden"}, "sources": ["a"]}
+            ],
+        },
+    )
     assert main(["data", "run", str(cfg)]) == 0
     row = {r["step"]: r for r in json.loads((out / "stats.json").read_text())["steps"]}["DropShouting"]
     # source b holds the documents naming the banned word: untouched, since the step is scoped to source a
     assert row["by_source"]["a"]["docs_dropped"] == 4 and row["by_source"]["b"]["docs_dropped"] == 0
 
 
-@pytest.mark.parametrize("step, key, message", [
-    ({"class": "no_such_module_xyz:Thing"}, "steps[0].class", "cannot import module"),
-    ({"class": "{plugin}:Missing"}, "steps[0].class", "has no 'Missing'"),
-    ({"class": "{plugin}:NotAStep"}, "steps[0].class", "not a subclass of datatrove.pipeline.base.PipelineStep"),
-    ({"class": "{plugin}"}, "steps[0].class", "expected 'package.module:Name'"),
-    ({"class": "{plugin}:DropShouting", "args": {"bannned": "x"}}, "steps[0].args", "bannned"),
-    ({"args": {}}, "steps[0].class", "is required"),
-    ({"class": "{plugin}:TagAndDropSpam", "sources": ["a"]}, "sources", "only filters take sources"),
-])
+@pytest.mark.parametrize(
+    "step, key, message",
+    [
+        ({"class": "no_such_module_xyz:Thing"}, "steps[0].class", "cannot import module"),
+        ({"class": "{plugin}:Missing"}, "steps[0].class", "has no 'Missing'"),
+        ({"class": "{plugin}:NotAStep"}, "steps[0].class", "not a subclass of datatrove.pipeline.base.PipelineStep"),
+        ({"class": "{plugin}"}, "steps[0].class", "expected 'package.module:Name'"),
+        ({"class": "{plugin}:DropShouting", "args": {"bannned": "x"}}, "steps[0].args", "bannned"),
+        ({"args": {}}, "steps[0].class", "is required"),
+        ({"class": "{plugin}:TagAndDropSpam", "sources": ["a"]}, "sources", "only filters take sources"),
+    ],
+)
 def test_bad_plugin_steps_are_refused_naming_the_key(tmp_path, capsys, step, key, message):
     _corpus(tmp_path)
     plugin = tmp_path / "user_steps.py"
     plugin.write_text(USER_STEPS)
     step = {k: v.format(plugin=plugin) if isinstance(v, str) else v for k, v in step.items()}
     out = tmp_path / "out"
-    cfg = write_yaml(tmp_path / "p.yaml", {"output_dir": str(out), "inputs": _inputs(tmp_path),
-                                           "steps": [{"type": "python", **step}]})
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {"output_dir": str(out), "inputs": _inputs(tmp_path), "steps": [{"type": "python", **step}]},
+    )
     assert main(["data", "run", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("skyloom: error: ") and key in err and message in err, err
@@ -217,8 +242,17 @@ def _case_dedup_stages(cfg, ctx: GlobalContext) -> GlobalStages:
 def case_dedup():
     from dataclasses import make_dataclass
 
-    register_step("case_dedup", StepType(make_dataclass("CaseDedupConfig", []), "global", None, "case_duplicate",
-                                         "drop copies that differ only in case", stages=_case_dedup_stages))
+    register_step(
+        "case_dedup",
+        StepType(
+            make_dataclass("CaseDedupConfig", []),
+            "global",
+            None,
+            "case_duplicate",
+            "drop copies that differ only in case",
+            stages=_case_dedup_stages,
+        ),
+    )
     yield
     _REGISTERED.pop("case_dedup", None)
 
@@ -228,10 +262,16 @@ def test_a_registered_global_step_is_picked_up(tmp_path, case_dedup):
     records += [{"id": "loud", "text": "TEXT 3 ABOUT THINGS."}]
     write_jsonl(tmp_path / "in" / "docs.jsonl", records)
     out = tmp_path / "out"
-    cfg = write_yaml(tmp_path / "p.yaml", {
-        "output_dir": str(out), "executor": {"tasks": 2}, "keep_rejects": True,
-        "inputs": [{"path": str(tmp_path / "in" / "docs.jsonl"), "shard": "records", "source": "s"}],
-        "steps": [{"type": "case_dedup"}]})
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "output_dir": str(out),
+            "executor": {"tasks": 2},
+            "keep_rejects": True,
+            "inputs": [{"path": str(tmp_path / "in" / "docs.jsonl"), "shard": "records", "source": "s"}],
+            "steps": [{"type": "case_dedup"}],
+        },
+    )
     assert main(["data", "run", str(cfg)]) == 0
     kept = [d["text"].lower() for d in read_outputs(out, "main")]
     assert sorted(kept) == sorted(f"text {i} about things." for i in range(5))
@@ -240,8 +280,12 @@ def test_a_registered_global_step_is_picked_up(tmp_path, case_dedup):
     assert row["docs_in"] == 11 and row["docs_dropped"] == 6 and set(row["dropped"]) == {"case_duplicate"}
     assert stats["checks"]["rows_balanced"] and stats["checks"]["rows_chained"]
     plan = json.loads((out / "plan.json").read_text())
-    assert [s["name"] for s in plan["stages"]] == ["01_documents", "01_documents.case_dedup.find", "02_documents",
-                                                   "99_report"]
+    assert [s["name"] for s in plan["stages"]] == [
+        "01_documents",
+        "01_documents.case_dedup.find",
+        "02_documents",
+        "99_report",
+    ]
     rejected = [json.loads(line) for f in (out / "rejects").rglob("*.jsonl.gz") for line in gzip.open(f, "rt")]
     assert len(rejected) == 6 and {r["metadata"]["drop_reason"] for r in rejected} == {"case_duplicate"}
 

@@ -15,8 +15,17 @@ from pathlib import Path
 import pytest
 
 from skyloom.cli import main
-from tests.test_pipeline_support import (REPO, cmrc_passages, extraction_pages, gsm8k, jsonl_texts, read_outputs,
-                                         train_small_quality_model, wikitext_articles, write_jsonl, write_yaml)
+from tests.test_pipeline_support import (
+    REPO,
+    extraction_pages,
+    gsm8k,
+    jsonl_texts,
+    read_outputs,
+    train_small_quality_model,
+    wikitext_articles,
+    write_jsonl,
+    write_yaml,
+)
 
 
 def _edit_en(text: str, k: int) -> str:
@@ -39,19 +48,26 @@ def _edit_zh(text: str, k: int) -> str:
 def test_injected_duplicates_are_caught_and_distinct_documents_survive(shared_data, tmp_path):
     wiki = [a[:4000] for a in wikitext_articles(shared_data, 16)]
     news = jsonl_texts(shared_data / "skywork" / "zh_government.jsonl", "text", 16)
-    originals = [{"id": f"en{i}", "text": t} for i, t in enumerate(wiki)] + \
-                [{"id": f"zh{i}", "text": t} for i, t in enumerate(news)]
-    near = [{"id": f"near_en{i}", "text": _edit_en(wiki[i], 6)} for i in range(0, 16, 2)] + \
-           [{"id": f"near_zh{i}", "text": _edit_zh(news[i], 6)} for i in range(0, 16, 2)]
+    originals = [{"id": f"en{i}", "text": t} for i, t in enumerate(wiki)] + [
+        {"id": f"zh{i}", "text": t} for i, t in enumerate(news)
+    ]
+    near = [{"id": f"near_en{i}", "text": _edit_en(wiki[i], 6)} for i in range(0, 16, 2)] + [
+        {"id": f"near_zh{i}", "text": _edit_zh(news[i], 6)} for i in range(0, 16, 2)
+    ]
     exact = [{"id": f"exact{i}", "text": "  " + wiki[i].upper().replace(" ", "   ") + "\n"} for i in (1, 3, 5)]
     records = originals + near + exact
     order = sorted(range(len(records)), key=lambda i: (i * 7919) % len(records))  # interleave, spread over tasks
     write_jsonl(tmp_path / "in" / "docs.jsonl", [records[i] for i in order])
     out = tmp_path / "out"
-    cfg = write_yaml(tmp_path / "p.yaml", {
-        "output_dir": str(out), "executor": {"tasks": 2, "workers": 1},
-        "inputs": [{"path": str(tmp_path / "in"), "format": "jsonl", "source": "mix", "shard": "records"}],
-        "steps": [{"type": "langid"}, {"type": "exact_dedup"}, {"type": "minhash_dedup"}]})
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "output_dir": str(out),
+            "executor": {"tasks": 2, "workers": 1},
+            "inputs": [{"path": str(tmp_path / "in"), "format": "jsonl", "source": "mix", "shard": "records"}],
+            "steps": [{"type": "langid"}, {"type": "exact_dedup"}, {"type": "minhash_dedup"}],
+        },
+    )
     assert main(["data", "run", str(cfg), "--keep-rejects"]) == 0
     kept = {d["id"] for d in read_outputs(out, "main")}
     # every family (an original and its copies) keeps exactly one member: copies caught, distinct docs kept
@@ -60,8 +76,9 @@ def test_injected_duplicates_are_caught_and_distinct_documents_survive(shared_da
         families[r["id"].removeprefix("near_")].add(r["id"])
     for r in exact:
         families["en" + r["id"].removeprefix("exact")].add(r["id"])
-    assert all(len(members & kept) == 1 for members in families.values()), \
-        {k: members & kept for k, members in families.items() if len(members & kept) != 1}
+    assert all(len(members & kept) == 1 for members in families.values()), {
+        k: members & kept for k, members in families.items() if len(members & kept) != 1
+    }
     assert len(kept) == len(originals)
     stats = json.loads((out / "stats.json").read_text())
     rows = {r["step"]: r for r in stats["steps"]}
@@ -103,38 +120,70 @@ def _bad_inputs(shared_data, root: Path) -> dict:
     wiki = wikitext_articles(shared_data, 3)
     recs = [{"question": i["question"], "answer": i["answer"]} for i in items]
     write_jsonl(root / "math" / "gsm8k.jsonl", recs)
-    write_jsonl(root / "wiki" / "leaky.jsonl", [{"text": wiki[0][:3000] + "\n\nQuiz: " + test_q + "\n\n" + wiki[0][3000:5000],
-                                                "id": "leaky"},
-                                               {"text": wiki[1], "id": "wiki1"}, {"text": wiki[2], "id": "wiki2"}])
+    write_jsonl(
+        root / "wiki" / "leaky.jsonl",
+        [
+            {"text": wiki[0][:3000] + "\n\nQuiz: " + test_q + "\n\n" + wiki[0][3000:5000], "id": "leaky"},
+            {"text": wiki[1], "id": "wiki1"},
+            {"text": wiki[2], "id": "wiki2"},
+        ],
+    )
     return {"news": root / "zh" / "news.jsonl"}
 
 
 def test_full_run_funnel_malformed_rejects_outputs(shared_data, tmp_path, quality_model):
-    where = _bad_inputs(shared_data, tmp_path / "in")
+    _bad_inputs(shared_data, tmp_path / "in")
     out = tmp_path / "out"
-    cfg = write_yaml(tmp_path / "pipeline.yaml", {
-        "output_dir": str(out), "executor": {"tasks": 2, "workers": 1},
-        "inputs": [
-            {"name": "web_en", "path": str(tmp_path / "in" / "html"), "format": "html"},
-            {"name": "web_zh", "path": str(tmp_path / "in" / "zh"), "format": "jsonl", "max_chars": 50_000,
-             "shard": "records"},
-            {"name": "gsm8k", "path": str(tmp_path / "in" / "math"), "format": "jsonl",
-             "text_keys": ["question", "answer"], "shard": "records"},
-            {"name": "wiki", "path": str(tmp_path / "in" / "wiki"), "format": "jsonl"},
-        ],
-        "steps": [
-            {"type": "extract", "min_chars": 100},
-            {"type": "langid"},
-            {"type": "heuristics", "skip_sources": ["gsm8k"]},
-            {"type": "exact_dedup"},
-            {"type": "minhash_dedup"},
-            {"type": "semantic_filter"},
-            {"type": "quality", "model": str(quality_model), "keep_buckets": ["head", "middle", "tail"],
-             "sources": ["web_en", "web_zh"]},
-            {"type": "decontaminate", "benchmarks": [
-                {"name": "gsm8k_test", "path": str(shared_data / "gsm8k" / "test.jsonl"), "fields": ["question"]}]},
-            {"type": "stem_split"},
-        ]})
+    cfg = write_yaml(
+        tmp_path / "pipeline.yaml",
+        {
+            "output_dir": str(out),
+            "executor": {"tasks": 2, "workers": 1},
+            "inputs": [
+                {"name": "web_en", "path": str(tmp_path / "in" / "html"), "format": "html"},
+                {
+                    "name": "web_zh",
+                    "path": str(tmp_path / "in" / "zh"),
+                    "format": "jsonl",
+                    "max_chars": 50_000,
+                    "shard": "records",
+                },
+                {
+                    "name": "gsm8k",
+                    "path": str(tmp_path / "in" / "math"),
+                    "format": "jsonl",
+                    "text_keys": ["question", "answer"],
+                    "shard": "records",
+                },
+                {"name": "wiki", "path": str(tmp_path / "in" / "wiki"), "format": "jsonl"},
+            ],
+            "steps": [
+                {"type": "extract", "min_chars": 100},
+                {"type": "langid"},
+                {"type": "heuristics", "skip_sources": ["gsm8k"]},
+                {"type": "exact_dedup"},
+                {"type": "minhash_dedup"},
+                {"type": "semantic_filter"},
+                {
+                    "type": "quality",
+                    "model": str(quality_model),
+                    "keep_buckets": ["head", "middle", "tail"],
+                    "sources": ["web_en", "web_zh"],
+                },
+                {
+                    "type": "decontaminate",
+                    "benchmarks": [
+                        {
+                            "name": "gsm8k_test",
+                            "path": str(shared_data / "gsm8k" / "test.jsonl"),
+                            "fields": ["question"],
+                        }
+                    ],
+                },
+                {"type": "stem_split"},
+            ],
+        },
+    )
     assert main(["data", "run", str(cfg), "--keep-rejects"]) == 0
     stats = json.loads((out / "stats.json").read_text())
     # the books balance: per row in = out + dropped, and each row's input is the previous row's output
@@ -147,9 +196,14 @@ def test_full_run_funnel_malformed_rejects_outputs(shared_data, tmp_path, qualit
     rows = {r["step"]: r for r in stats["steps"]}
     # malformed input: counted with file and line, nothing crashed
     mal = {(Path(m["file"]).name, m["line"], m["reason"]) for m in stats["malformed"]["records"]}
-    assert {("news.jsonl", 4, "bad_json"), ("news.jsonl", 7, "invalid_utf8"), ("news.jsonl", 9, "empty"),
-            ("news.jsonl", 11, "gigantic"), ("news.jsonl", 12, "missing_text"),
-            ("news.jsonl", 13, "not_an_object")} <= mal
+    assert {
+        ("news.jsonl", 4, "bad_json"),
+        ("news.jsonl", 7, "invalid_utf8"),
+        ("news.jsonl", 9, "empty"),
+        ("news.jsonl", 11, "gigantic"),
+        ("news.jsonl", 12, "missing_text"),
+        ("news.jsonl", 13, "not_an_object"),
+    } <= mal
     assert ("zz_not_a_page.html", 1, "malformed:not_html") in mal
     assert any(name == "zz_broken.html.gz" and reason == "unreadable_file" for name, _, reason in mal)
     assert rows["read:web_zh"]["docs_out"] == 12 and rows["read:web_zh"]["docs_dropped"] == 6
@@ -167,8 +221,9 @@ def test_full_run_funnel_malformed_rejects_outputs(shared_data, tmp_path, qualit
     assert {d["metadata"]["source"] for d in main_docs} >= {"web_en", "web_zh", "wiki"}
     assert len(main_docs) + len(stem_docs) == stats["steps"][-1]["docs_out"]
     web = [d for d in main_docs if d["metadata"]["source"] == "web_en"]
-    assert web and all(d["metadata"].get("title") and d["metadata"]["quality_bucket"] in ("head", "middle", "tail")
-                       for d in web)
+    assert web and all(
+        d["metadata"].get("title") and d["metadata"]["quality_bucket"] in ("head", "middle", "tail") for d in web
+    )
     for d in main_docs + stem_docs:
         md = d["metadata"]
         assert d["text"] and md["language"] in ("en", "zh") and md["subset"] in ("main", "stem")
@@ -181,8 +236,12 @@ def test_full_run_funnel_malformed_rejects_outputs(shared_data, tmp_path, qualit
     for r in rejects:
         k = (r["metadata"]["drop_step"], r["metadata"]["drop_reason"])
         on_disk[k] = on_disk.get(k, 0) + 1
-    counted = {(row["step"], reason): d["docs"] for row in stats["steps"] if not row["step"].startswith("read:")
-               for reason, d in row["dropped"].items()}
+    counted = {
+        (row["step"], reason): d["docs"]
+        for row in stats["steps"]
+        if not row["step"].startswith("read:")
+        for reason, d in row["dropped"].items()
+    }
     assert on_disk == counted
     # malformed records of the readers are listed one by one, as many as the read rows count
     read_drops = sum(row["docs_dropped"] for row in stats["steps"] if row["step"].startswith("read:"))
@@ -199,18 +258,39 @@ def test_resume_after_kill(shared_data, tmp_path):
     """Kill the run after its first task finished; the rerun skips that task and completes the rest."""
     out = tmp_path / "out"
     # 7,500 distinct records (GSM8K train's first 500, 15 numbered variants each): tasks long enough to kill between
-    records = [{"question": f"{r['question']} (variant {k})", "answer": r["answer"]}
-               for k in range(15) for r in gsm8k(shared_data, "train", 500)]
+    records = [
+        {"question": f"{r['question']} (variant {k})", "answer": r["answer"]}
+        for k in range(15)
+        for r in gsm8k(shared_data, "train", 500)
+    ]
     variants = write_jsonl(tmp_path / "in" / "gsm8k.jsonl", records)
-    cfg = write_yaml(tmp_path / "p.yaml", {
-        "output_dir": str(out), "executor": {"tasks": 3, "workers": 1},
-        "inputs": [{"name": "gsm8k", "path": str(variants), "format": "jsonl",
-                    "text_keys": ["question", "answer"], "shard": "records"}],
-        "steps": [{"type": "langid"}, {"type": "exact_dedup"}, {"type": "stem_split"}]})
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "output_dir": str(out),
+            "executor": {"tasks": 3, "workers": 1},
+            "inputs": [
+                {
+                    "name": "gsm8k",
+                    "path": str(variants),
+                    "format": "jsonl",
+                    "text_keys": ["question", "answer"],
+                    "shard": "records",
+                }
+            ],
+            "steps": [{"type": "langid"}, {"type": "exact_dedup"}, {"type": "stem_split"}],
+        },
+    )
     done = out / "logs" / "01_documents" / "completions"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "skyloom", "data", "run", str(cfg)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skyloom", "data", "run", str(cfg)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (done.is_dir() and any(done.iterdir())):
@@ -223,8 +303,11 @@ def test_resume_after_kill(shared_data, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     finished = sorted(p.name for p in done.iterdir())
     assert finished and len(finished) < 3, finished
-    marks = {p.name: p.stat().st_mtime_ns for p in (out / "stats" / "funnel" / "01_documents").glob("*.json")
-             if p.name[:5] in finished}
+    marks = {
+        p.name: p.stat().st_mtime_ns
+        for p in (out / "stats" / "funnel" / "01_documents").glob("*.json")
+        if p.name[:5] in finished
+    }
     logs = {r: (out / "logs" / "01_documents" / "logs" / f"task_{r}.log").stat().st_mtime_ns for r in finished}
     assert main(["data", "run", str(cfg)]) == 0
     assert sorted(p.name for p in done.iterdir()) == ["00000", "00001", "00002"]
@@ -238,8 +321,9 @@ def test_resume_after_kill(shared_data, tmp_path):
     total = len(read_outputs(out, "main")) + len(read_outputs(out, "stem"))
     assert total == stats["steps"][-1]["docs_out"] > 7000
     # a different configuration is refused in the same output_dir
-    from skyloom.config import ConfigError
     import yaml
+
+    from skyloom.config import ConfigError
 
     data = yaml.safe_load(cfg.read_text())
     data["steps"] = data["steps"][:1]
@@ -261,9 +345,12 @@ def test_slurm_plan_chains_datatrove_executors(shared_data, tmp_path):
     from skyloom.data.pipeline.config import load_pipeline_config
     from skyloom.data.pipeline.runner import make_executors
 
-    data = {"output_dir": str(tmp_path / "o"), "executor": {"type": "slurm", "partition": "cpu", "tasks": 8},
-            "inputs": [{"path": str(shared_data / "gsm8k" / "train.jsonl"), "text_keys": ["question", "answer"]}],
-            "steps": [{"type": "langid"}, {"type": "minhash_dedup", "num_buckets": 4}, {"type": "stem_split"}]}
+    data = {
+        "output_dir": str(tmp_path / "o"),
+        "executor": {"type": "slurm", "partition": "cpu", "tasks": 8},
+        "inputs": [{"path": str(shared_data / "gsm8k" / "train.jsonl"), "text_keys": ["question", "answer"]}],
+        "steps": [{"type": "langid"}, {"type": "minhash_dedup", "num_buckets": 4}, {"type": "stem_split"}],
+    }
     cfg = load_pipeline_config(data)
     executors = make_executors(cfg, build_plan(cfg))
     assert all(isinstance(e, SlurmPipelineExecutor) for e in executors)
@@ -283,8 +370,13 @@ def test_report_checks_catch_unbalanced_books(tmp_path):
     from skyloom.data.pipeline.report import collect
 
     def cell(i, o, drops):
-        return {"docs_in": i, "chars_in": 10 * i, "docs_out": o, "chars_out": 10 * o,
-                "dropped": {r: {"docs": n, "chars": 10 * n} for r, n in drops.items()}}
+        return {
+            "docs_in": i,
+            "chars_in": 10 * i,
+            "docs_out": o,
+            "chars_out": 10 * o,
+            "dropped": {r: {"docs": n, "chars": 10 * n} for r, n in drops.items()},
+        }
 
     def write(label, cells):
         d = tmp_path / "stats" / "funnel" / "01"

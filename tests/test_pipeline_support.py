@@ -51,7 +51,7 @@ def gsm8k(shared: Path, split: str, n: int, start: int = 0) -> list[dict]:
 def extraction_pages(shared: Path, n: int, offset: int = 0) -> list[tuple[str, bytes, str]]:
     """(sha, raw html bytes, gold text) for pages offset … offset + n - 1 by file name (SHA-256s: random sites)."""
     gt = json.loads((shared / "extraction" / "ground-truth.json").read_text(encoding="utf-8"))
-    files = sorted((shared / "extraction" / "html").glob("*.html.gz"))[offset:offset + n]
+    files = sorted((shared / "extraction" / "html").glob("*.html.gz"))[offset : offset + n]
     out = []
     for p in files:
         sha = p.name.split(".")[0]
@@ -97,18 +97,35 @@ def train_small_quality_model(shared: Path, out: Path):
     (work / "cmrc_trial.json").write_text(json.dumps(cmrc, ensure_ascii=False), encoding="utf-8")
     write_jsonl(work / "reviews.jsonl", [{"text": t} for t in reviews(200)])
     # short chunks and a quarter held out: enough held-out English web chunks (≥ 10) for an "en" cutoff
-    cfg = build(QualityTrainConfig, {
-        "output": str(out), "bits": 18, "max_docs_per_input": 400, "epochs": 5, "chunk_chars": 800,
-        "max_chunks_per_doc": 8, "heldout_fraction": 0.25,
-        "positives": [
-            {"path": str(wiki), "format": "text", "doc_separator": "^ = [^=].* = $", "preprocess": "wikitext",
-             "source": "wikitext"},
-            {"path": str(work / "cmrc_trial.json"), "format": "json", "text_key": "context_text", "source": "cmrc"},
-        ],
-        "negatives": [
-            {"path": str(shared / "extraction" / "html"), "glob": "[01]*.html.gz", "format": "html",
-             "source": "web"},
-            {"path": str(work / "reviews.jsonl"), "format": "jsonl", "text_key": "text", "source": "reviews"},
-        ],
-    })
+    cfg = build(
+        QualityTrainConfig,
+        {
+            "output": str(out),
+            "bits": 18,
+            "max_docs_per_input": 400,
+            "epochs": 5,
+            "chunk_chars": 800,
+            "max_chunks_per_doc": 8,
+            "heldout_fraction": 0.25,
+            "positives": [
+                {
+                    "path": str(wiki),
+                    "format": "text",
+                    "doc_separator": "^ = [^=].* = $",
+                    "preprocess": "wikitext",
+                    "source": "wikitext",
+                },
+                {"path": str(work / "cmrc_trial.json"), "format": "json", "text_key": "context_text", "source": "cmrc"},
+            ],
+            "negatives": [
+                {
+                    "path": str(shared / "extraction" / "html"),
+                    "glob": "[01]*.html.gz",
+                    "format": "html",
+                    "source": "web",
+                },
+                {"path": str(work / "reviews.jsonl"), "format": "jsonl", "text_key": "text", "source": "reviews"},
+            ],
+        },
+    )
     return train_quality(cfg, progress=False)

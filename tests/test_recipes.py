@@ -13,8 +13,7 @@ from skyloom.recipes.plan import _vectorised_draws, plan_recipe
 from skyloom.recipes.recipe import load_recipe
 from tests.conftest import REPO
 
-RECIPES = [REPO / "recipes" / "skywork-13b", REPO / "recipes" / "demo",
-           REPO / "recipes" / "demo" / "tiny.yaml"]
+RECIPES = [REPO / "recipes" / "skywork-13b", REPO / "recipes" / "demo", REPO / "recipes" / "demo" / "tiny.yaml"]
 BATCH = 16 * 1024 * 1024  # 16M tokens = 4,096 × 4,096
 
 
@@ -86,9 +85,14 @@ def test_linear_ramp_from_10_to_40_averages_25_and_the_recipe_20():
     recipe = load_recipe(REPO / "recipes" / "demo")
     stem = next(r for r in plan_recipe(recipe)["sessions"][2]["sources"] if r["source"] == "stem")
     assert stem["share"] == pytest.approx(0.20, abs=0.01)  # 80 steps: the discrete average
-    straight = load_recipe(REPO / "recipes" / "demo", [
-        "stage2.data.sources.main.weight=[[0, 0.9], [1, 0.6]]", "stage2.data.sources.stem.weight=[[0, 0.1], [1, 0.4]]",
-        "stage2.train.max_steps=1001"])
+    straight = load_recipe(
+        REPO / "recipes" / "demo",
+        [
+            "stage2.data.sources.main.weight=[[0, 0.9], [1, 0.6]]",
+            "stage2.data.sources.stem.weight=[[0, 0.1], [1, 0.4]]",
+            "stage2.train.max_steps=1001",
+        ],
+    )
     stem = next(r for r in plan_recipe(straight)["sessions"][2]["sources"] if r["source"] == "stem")
     assert stem["share"] == pytest.approx(0.25, abs=1e-3)
 
@@ -98,9 +102,11 @@ def test_vectorised_plan_matches_the_loaders_counts():
     from skyloom.data.mixture import MixtureLoader, MixtureSourceSpec, WeightSchedule
     from skyloom.recipes.plan import DeclaredSource
 
-    specs = [MixtureSourceSpec("main", DeclaredSource("m", 10**7), WeightSchedule([[0, 0.9], [0.33, 0.9], [1, 0.6]]), 5),
-             MixtureSourceSpec("stem", DeclaredSource("s", 10**6), WeightSchedule([[0, 0.1], [0.33, 0.1], [1, 0.4]]), 5),
-             MixtureSourceSpec("code", DeclaredSource("c", 10**6), WeightSchedule(0.07), 5)]
+    specs = [
+        MixtureSourceSpec("main", DeclaredSource("m", 10**7), WeightSchedule([[0, 0.9], [0.33, 0.9], [1, 0.6]]), 5),
+        MixtureSourceSpec("stem", DeclaredSource("s", 10**6), WeightSchedule([[0, 0.1], [0.33, 0.1], [1, 0.4]]), 5),
+        MixtureSourceSpec("code", DeclaredSource("c", 10**6), WeightSchedule(0.07), 5),
+    ]
     loader = MixtureLoader(specs, seq_len=128, global_windows=37, micro_batch_size=37, total_steps=997)
     exact = np.array([r["windows_drawn"] for r in loader.plan()])
     fast = _vectorised_draws(loader, np.zeros(3, dtype=np.int64))
@@ -128,8 +134,9 @@ def test_bad_recipes_are_refused_with_the_file_named(tmp_path):
     (tmp_path / "recipe.yaml").write_text("name: x\nsessions: [{name: a, config: missing.yaml}]\n")
     with pytest.raises(ConfigError, match="missing.yaml"):
         load_recipe(tmp_path)
-    (tmp_path / "a.yaml").write_text("model: {preset: tiny}\ndata: {sources: {m: {path: m}}}\n"
-                                     "train: {max_steps: 5, lrr: 1}\n")
+    (tmp_path / "a.yaml").write_text(
+        "model: {preset: tiny}\ndata: {sources: {m: {path: m}}}\ntrain: {max_steps: 5, lrr: 1}\n"
+    )
     (tmp_path / "recipe.yaml").write_text("name: x\nsessions: [{name: a, config: a.yaml}]\n")
     with pytest.raises(ConfigError, match=r"a\.yaml.*lrr"):
         load_recipe(tmp_path).session_config("a")

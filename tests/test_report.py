@@ -17,19 +17,38 @@ from skyloom.report.runs import load_run
 
 def _session(directory, steps, tokens_per_step, init_from=None, lr=1e-3, weights=None, extra=()):
     directory.mkdir(parents=True)
-    cfg = {"train": {"schedule": "constant", "lr": lr, "init_from": init_from},
-           "data": {"sources": {k: {"path": k} for k in (weights or {"main": 1})}}}
+    cfg = {
+        "train": {"schedule": "constant", "lr": lr, "init_from": init_from},
+        "data": {"sources": {k: {"path": k} for k in (weights or {"main": 1})}},
+    }
     (directory / "config.yaml").write_text(yaml.safe_dump(cfg))
     lines = [{"kind": "val", "step": 0, "tokens": 0, "set": "en", "loss": 5.0, "ppl": 148.4}]
     for s in range(1, steps + 1):
-        rec = {"kind": "train", "step": s, "tokens": s * tokens_per_step, "loss": 6.0 - 0.1 * s, "lr": lr,
-               "grad_norm": 1.0, "tokens_per_sec": 1000.0 + s, "mfu": None, "time": 100.0 + s}
+        rec = {
+            "kind": "train",
+            "step": s,
+            "tokens": s * tokens_per_step,
+            "loss": 6.0 - 0.1 * s,
+            "lr": lr,
+            "grad_norm": 1.0,
+            "tokens_per_sec": 1000.0 + s,
+            "mfu": None,
+            "time": 100.0 + s,
+        }
         for k, w in (weights or {}).items():
             rec[f"weight/{k}"] = w(s / steps)
         lines.append(rec)
     for name, loss in (("en", 4.5), ("zh", 5.5)):
-        lines.append({"kind": "val", "step": steps, "tokens": steps * tokens_per_step, "set": name, "loss": loss,
-                      "ppl": 2.718 ** loss})
+        lines.append(
+            {
+                "kind": "val",
+                "step": steps,
+                "tokens": steps * tokens_per_step,
+                "set": name,
+                "loss": loss,
+                "ppl": 2.718**loss,
+            }
+        )
     lines += list(extra)
     text = "\n".join(json.dumps(r) for r in lines) + "\n{not json\n"
     (directory / "metrics.jsonl").write_text(text)
@@ -39,19 +58,45 @@ def _session(directory, steps, tokens_per_step, init_from=None, lr=1e-3, weights
 def workspace(tmp_path):
     root = tmp_path / "ws"
     _session(root / "runs" / "a", 6, 100)
-    _session(root / "runs" / "b", 4, 100, init_from=str(root / "runs" / "a"),
-             weights={"main": lambda f: 0.9 - 0.3 * f, "stem": lambda f: 0.1 + 0.3 * f},
-             extra=[{"kind": "eval", "round": r, "task": "gsm8k", "accuracy": 0.1 * r, "time": 1.0} for r in (1, 2, 3)]
-             + [{"kind": "note", "text": "no numbers here"}])
+    _session(
+        root / "runs" / "b",
+        4,
+        100,
+        init_from=str(root / "runs" / "a"),
+        weights={"main": lambda f: 0.9 - 0.3 * f, "stem": lambda f: 0.1 + 0.3 * f},
+        extra=[{"kind": "eval", "round": r, "task": "gsm8k", "accuracy": 0.1 * r, "time": 1.0} for r in (1, 2, 3)]
+        + [{"kind": "note", "text": "no numbers here"}],
+    )
     (root / "demo.json").write_text(json.dumps({"sessions": ["a", "b"]}))
     (root / "eval").mkdir()
     dom = {"loss": 2.0, "ppl": 7.389, "bpb": 1.0, "tokens": 10, "documents": 2, "bytes": 20, "nll": 20.0}
-    (root / "eval" / "ppl.json").write_text(json.dumps({"domains": ["news"], "models": {
-        "stage-1": {"domains": {"news": dom}, "average": {"loss": 2.0, "ppl": 7.389, "bpb": 1.0}}}}))
+    (root / "eval" / "ppl.json").write_text(
+        json.dumps(
+            {
+                "domains": ["news"],
+                "models": {"stage-1": {"domains": {"news": dom}, "average": {"loss": 2.0, "ppl": 7.389, "bpb": 1.0}}},
+            }
+        )
+    )
     ci = {"delta1": [-0.2, 0.1], "delta2": [0.3, 0.5]}
-    (root / "eval" / "leakage.json").write_text(json.dumps({"models": {"stage-2": {
-        "L_train": 1.0, "L_test": 1.4, "L_ref": 1.45, "delta1": -0.05, "delta2": 0.4, "ci": ci,
-        "verdict": "train split likely seen"}}, "note": "synthetic"}))
+    (root / "eval" / "leakage.json").write_text(
+        json.dumps(
+            {
+                "models": {
+                    "stage-2": {
+                        "L_train": 1.0,
+                        "L_test": 1.4,
+                        "L_ref": 1.45,
+                        "delta1": -0.05,
+                        "delta2": 0.4,
+                        "ci": ci,
+                        "verdict": "train split likely seen",
+                    }
+                },
+                "note": "synthetic",
+            }
+        )
+    )
     return root
 
 

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
+from skyloom.data.batch import IGNORE_INDEX
 from skyloom.sft.data import Sample, encode_conversations, read_conversations, record_to_messages
 from skyloom.sft.packing import SFTBatchSource, block_causal_mask, build_window, make_batch
 from skyloom.tokenizer.chat import Message, TemplateEncoder, get_template
-from skyloom.data.batch import IGNORE_INDEX
 from tests.test_sft_support import tiny_base  # noqa: F401
 from tests.train_helpers import single_thread  # noqa: F401
 
@@ -69,10 +69,18 @@ def test_prompt_masking_boundary_is_exact(sft_tok, gsm_records):
 
 def test_messages_multi_turn_and_formats(sft_tok, tmp_path):
     enc = TemplateEncoder(get_template("skywork"), sft_tok)
-    msgs = record_to_messages({"messages": [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"},
-        {"role": "assistant", "content": "2"}, {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "4"}]}, "x")
+    msgs = record_to_messages(
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "1+1?"},
+                {"role": "assistant", "content": "2"},
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"},
+            ]
+        },
+        "x",
+    )
     ids, trainable = enc.encode(msgs)
     answers = [sft_tok.decode([i for i, t in zip(ids, trainable) if t])]
     assert answers == ["2[SEP]4[SEP]"]
@@ -90,8 +98,10 @@ def test_messages_multi_turn_and_formats(sft_tok, tmp_path):
 
 def _samples(sft_tok, gsm_records, n=24, seq_len=256):
     enc = TemplateEncoder(get_template("skywork"), sft_tok)
-    convs = [[Message("user", r["question"]), Message("assistant", r["answer"][: 60 + 13 * i % 200])]
-             for i, r in enumerate(gsm_records[:n])]
+    convs = [
+        [Message("user", r["question"]), Message("assistant", r["answer"][: 60 + 13 * i % 200])]
+        for i, r in enumerate(gsm_records[:n])
+    ]
     samples, _ = encode_conversations(enc, convs, seq_len + 1)
     return samples
 
@@ -161,15 +171,24 @@ def test_sft_run_exports_hf_with_chat_template(tiny_base, shared_data, tmp_path)
     from skyloom.sft.config import build_sft_config
     from skyloom.sft.runner import run_sft
 
-    cfg = build_sft_config({
-        "base": str(tiny_base),
-        "data": {"sources": {"gsm8k": {"path": str(shared_data / "gsm8k" / "train.jsonl"), "limit": 60},
-                             "alpaca": {"path": str(shared_data / "skywork" / "alpaca_data_zh_51k_sample_1k.jsonl"),
-                                        "limit": 30, "weight": 0.5}},
-                 "val_fraction": 0.1},
-        "train": {"max_steps": 6, "global_batch_tokens": 1024, "micro_batch_size": 2, "lr": 2e-3, "device": "cpu"},
-        "validation": {"every": 3},
-    })
+    cfg = build_sft_config(
+        {
+            "base": str(tiny_base),
+            "data": {
+                "sources": {
+                    "gsm8k": {"path": str(shared_data / "gsm8k" / "train.jsonl"), "limit": 60},
+                    "alpaca": {
+                        "path": str(shared_data / "skywork" / "alpaca_data_zh_51k_sample_1k.jsonl"),
+                        "limit": 30,
+                        "weight": 0.5,
+                    },
+                },
+                "val_fraction": 0.1,
+            },
+            "train": {"max_steps": 6, "global_batch_tokens": 1024, "micro_batch_size": 2, "lr": 2e-3, "device": "cpu"},
+            "validation": {"every": 3},
+        }
+    )
     summary = run_sft(cfg, tmp_path / "run")
     assert summary["status"] == "finished" and summary["steps"] == 6
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -184,8 +203,10 @@ def test_sft_run_exports_hf_with_chat_template(tiny_base, shared_data, tmp_path)
     from skyloom.tokenizer.loading import TextTokenizer
 
     ours = TemplateEncoder(get_template("skywork"), TextTokenizer.from_dir(tmp_path / "run" / "tokenizer"))
-    msgs = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"},
-            {"role": "assistant", "content": "3+4 = <<3+4=7>>7. So, the answer is 7."}]
+    msgs = [
+        {"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"},
+        {"role": "assistant", "content": "3+4 = <<3+4=7>>7. So, the answer is 7."},
+    ]
     want, _ = ours.encode([Message(**m) for m in msgs])
     got = tok.apply_chat_template(msgs, tokenize=True)
     got = got["input_ids"] if isinstance(got, dict) or hasattr(got, "keys") else got

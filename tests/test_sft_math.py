@@ -13,7 +13,7 @@ from skyloom.eval.math import annotations, check_annotation, evaluate_expression
 from tests.conftest import full_data_only
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _grade_gsm8k_train(path: Path) -> tuple[int, int, list]:
     """(solutions, annotations, failures) over every record of GSM8K train's reference solutions."""
     n_solutions = n_annotations = 0
@@ -71,10 +71,18 @@ def test_zero_shot_chat_eval_through_bench(tmp_path):
     from skyloom.eval.bench import parse_task, run_task
     from skyloom.eval.lm import LanguageModel
 
-    answers = {"3 加 4 等于几？": "3+4=<<3+4=7>>7。答案是 7。[SEP]", "2 乘 5 等于几？": "2*5=<<2*5=11>>11。答案是 11[SEP]"}
+    answers = {
+        "3 加 4 等于几？": "3+4=<<3+4=7>>7。答案是 7。[SEP]",
+        "2 乘 5 等于几？": "2*5=<<2*5=11>>11。答案是 11[SEP]",
+    }
     data = tmp_path / "zh.jsonl"
-    data.write_text("\n".join(json.dumps({"question": q, "answer": f"答案是 {v}", "steps": s}, ensure_ascii=False)
-                              for q, v, s in (("3 加 4 等于几？", 7, 1), ("2 乘 5 等于几？", 10, 2))), encoding="utf-8")
+    data.write_text(
+        "\n".join(
+            json.dumps({"question": q, "answer": f"答案是 {v}", "steps": s}, ensure_ascii=False)
+            for q, v, s in (("3 加 4 等于几？", 7, 1), ("2 乘 5 等于几？", 10, 2))
+        ),
+        encoding="utf-8",
+    )
     vocab = {"[USER]": 1000, "[SEP]": 1001, "[BOT]": 1002}
 
     class Fake(LanguageModel):

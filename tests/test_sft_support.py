@@ -32,7 +32,7 @@ def make_tiny_base(shared_data: Path, root: Path, vocab_size: int = 1024) -> Pat
     corpus = root / "corpus.txt"
     lines = []
     with open(shared_data / "gsm8k" / "train.jsonl", encoding="utf-8") as f:
-        for i, line in zip(range(500), f):
+        for _i, line in zip(range(500), f):
             r = json.loads(line)
             lines.append(r["question"] + "\n" + r["answer"])
     with open(shared_data / "skywork" / "alpaca_data_zh_51k_sample_1k.jsonl", encoding="utf-8") as f:

@@ -33,7 +33,7 @@ from tests.train_helpers import REPO, TINY_MODEL, build_run_config, cli_env, rea
 
 # Runs `skyloom train` (argv[1:]) after making every way of gathering a full state dict on one rank fail,
 # so a checkpoint that gathers cannot pass unnoticed.
-NO_GATHER = '''
+NO_GATHER = """
 import sys
 import torch.distributed.checkpoint.state_dict as sd
 from torch.distributed.optim import ZeroRedundancyOptimizer
@@ -54,10 +54,10 @@ def no_consolidate(self, to=0):
 ZeroRedundancyOptimizer.consolidate_state_dict = no_consolidate
 from skyloom.cli import main
 sys.exit(main(["train", *sys.argv[1:]]))
-'''
+"""
 
 # Builds a Trainer (no step) and writes the gathered full initial weights to argv[2] (rank 0).
-GATHER_INIT = '''
+GATHER_INIT = """
 import sys
 import torch
 from safetensors.torch import save_file
@@ -73,7 +73,7 @@ assert not any(t.device.type == "meta" for t in local)
 full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 if trainer.env.is_main:
     save_file({k: v.contiguous() for k, v in full.items()}, sys.argv[2])
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +90,31 @@ def run_config(corpus: Path, steps: int = 6, every: int = 3) -> dict:
     return {
         "model": dict(TINY_MODEL),
         "data": {"seq_len": 64, "seed": 0, "sources": {"random": {"path": str(corpus)}}},
-        "train": {"global_batch_tokens": 1024, "micro_batch_size": 4, "max_steps": steps, "lr": 3e-3,
-                  "min_lr": 3e-4, "warmup_steps": 2, "log_every": 1000, "seed": 7},
+        "train": {
+            "global_batch_tokens": 1024,
+            "micro_batch_size": 4,
+            "max_steps": steps,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 2,
+            "log_every": 1000,
+            "seed": 7,
+        },
         "validation": {"every": 0, "at_start": False, "sets": {}},
         "checkpoint": {"every": every, "keep_last": 10},
     }
 
 
 def torchrun(nproc: int, script: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            str(script), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(script),
+        *args,
+    ]
 
 
 def single(script: Path, *args: str) -> list[str]:
@@ -133,13 +148,17 @@ def losses(run_dir: Path) -> list[float]:
 
 # ---- 1. meta-device construction: the same full weights on every layout ----
 
+
 def test_the_same_seed_gives_the_same_full_weights_on_every_layout(corpus, scripts, tmp_path):
     config = write_config(run_config(corpus), tmp_path / "run.yaml")
     from skyloom.train.trainer import Trainer
 
     reference = Trainer(build_run_config(run_config(corpus)), tmp_path / "one").raw_model.state_dict()
-    layouts = {"ddp2": (2, "train.parallel=ddp"), "fsdp2": (2, "train.parallel=fsdp"),
-               "fsdp4": (4, "train.parallel=fsdp")}
+    layouts = {
+        "ddp2": (2, "train.parallel=ddp"),
+        "fsdp2": (2, "train.parallel=fsdp"),
+        "fsdp4": (4, "train.parallel=fsdp"),
+    }
     for name, (nproc, layout) in layouts.items():
         out = tmp_path / f"{name}.safetensors"
         run(torchrun(nproc, scripts["init"], str(config), str(out), layout))
@@ -148,12 +167,15 @@ def test_the_same_seed_gives_the_same_full_weights_on_every_layout(corpus, scrip
         for key, value in reference.items():
             assert torch.equal(full[key], value), f"{name}: {key} differs from the 1-process init"
     # and another seed gives other weights
-    other = Trainer(build_run_config({**run_config(corpus), "train": {**run_config(corpus)["train"], "seed": 8}}),
-                    tmp_path / "other").raw_model.state_dict()
+    other = Trainer(
+        build_run_config({**run_config(corpus), "train": {**run_config(corpus)["train"], "seed": 8}}),
+        tmp_path / "other",
+    ).raw_model.state_dict()
     assert not torch.equal(other["layers.0.attn.wq.weight"], reference["layers.0.attn.wq.weight"])
 
 
 # ---- 2. sharded checkpoints ----
+
 
 @pytest.fixture(scope="module")
 def fsdp2_straight(corpus, scripts, tmp_path_factory) -> tuple[Path, Path]:
@@ -210,10 +232,10 @@ def test_a_tampered_sharded_checkpoint_is_refused_before_its_pickle_is_opened(fs
 def test_kill_9_of_a_2_rank_fsdp_run_resumes_on_2_ranks_and_on_1(corpus, scripts, fsdp2_straight, tmp_path):
     config, straight = fsdp2_straight
     killed = tmp_path / "killed"
-    cmd = torchrun(2, scripts["train"], str(config), "train.parallel=fsdp", "--out", str(killed),
-                   "train.max_steps=6")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    cmd = torchrun(2, scripts["train"], str(config), "train.parallel=fsdp", "--out", str(killed), "train.max_steps=6")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=cli_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "step_00000003").is_dir():
         assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-3000:]}"

@@ -20,23 +20,34 @@ from tests.test_sft_support import tiny_base  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 
-REF = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
-       "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
+REF = (
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+    "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"
+)
 
 
 def test_alignment_finds_the_first_wrong_step():
     # arithmetic slip in step 2
-    c = compare("She sold 48/2 = <<48/2=24>>24 in May.\nIn total 48+24 = <<48+24=82>>82.\nSo, the answer is 82.", REF,
-                Decimal(72))
+    c = compare(
+        "She sold 48/2 = <<48/2=24>>24 in May.\nIn total 48+24 = <<48+24=82>>82.\nSo, the answer is 82.",
+        REF,
+        Decimal(72),
+    )
     assert (c.wrong_step, c.kind) == (2, "arithmetic") and "48+24 is 72, not 82" in c.reason
-    assert c.corrected.splitlines() == ["She sold 48/2 = <<48/2=24>>24 in May.",
-                                        "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May."]
+    assert c.corrected.splitlines() == [
+        "She sold 48/2 = <<48/2=24>>24 in May.",
+        "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.",
+    ]
     # wrong operation in step 1 (correct arithmetic, a value the reference never computes)
-    c = compare("May: 48*2 = <<48*2=96>>96.\nTotal: 48+96 = <<48+96=144>>144.\nSo, the answer is 144.", REF, Decimal(72))
+    c = compare(
+        "May: 48*2 = <<48*2=96>>96.\nTotal: 48+96 = <<48+96=144>>144.\nSo, the answer is 144.", REF, Decimal(72)
+    )
     assert (c.wrong_step, c.kind) == (1, "diverges") and "96" in c.reason and "48/2=24" in c.reason
     assert c.corrected == "\n".join(REF.splitlines()[:2])  # nothing of the model's kept; the reference's steps
     # a right first step then a wrong one, with a text-only step in between that is not blamed
-    c = compare("May: 48/2 = <<48/2=24>>24.\nNow add them up.\nTotal: 24+24 = <<24+24=48>>48.\n#### 48", REF, Decimal(72))
+    c = compare(
+        "May: 48/2 = <<48/2=24>>24.\nNow add them up.\nTotal: 24+24 = <<24+24=48>>48.\n#### 48", REF, Decimal(72)
+    )
     assert (c.wrong_step, c.kind) == (3, "diverges")
     # all steps right, wrong final answer
     c = compare("May: 48/2 = <<48/2=24>>24.\nTotal: 48+24 = <<48+24=72>>72.\nSo, the answer is 70.", REF, Decimal(72))
@@ -73,24 +84,38 @@ def test_round_data_kinds_and_switches():
         {"q": 0, "text": good, "correct": True, "annotations_ok": True, "accepted": True},
         {"q": 0, "text": good.replace("48.", "48 clips."), "correct": True, "annotations_ok": True, "accepted": True},
         {"q": 0, "text": REF, "correct": True, "annotations_ok": True, "accepted": True},  # = the reference
-        {"q": 0, "text": "48/2 = <<48/2=25>>25.\n#### 73", "correct": False, "annotations_ok": False, "accepted": False},
-        {"q": 0, "text": "<<48+24=72>>72 wrongly annotated. #### 72", "correct": True, "annotations_ok": True,
-         "accepted": True},
+        {
+            "q": 0,
+            "text": "48/2 = <<48/2=25>>25.\n#### 73",
+            "correct": False,
+            "annotations_ok": False,
+            "accepted": False,
+        },
+        {
+            "q": 0,
+            "text": "<<48+24=72>>72 wrongly annotated. #### 72",
+            "correct": True,
+            "annotations_ok": True,
+            "accepted": True,
+        },
     ]
     data, stats = build_round_data(q, samples, MixConfig(), "skymath")
     assert len(data["reference"]) == 1 and data["reference"][0]["answer"].endswith("So, the answer is 72.")
     assert len(data["own"]) == 2  # duplicate equation sequence and the reference's own sequence dropped
     assert len(data["compare"]) == 1 and data["compare"][0]["wrong_step"] == 1
     assert "Reference solution:" in data["compare"][0]["question"] and stats["accepted"] == 4
-    from skyloom.sft.skymath import round_sft_config, SkyMathConfig
     from skyloom.config import build
+    from skyloom.sft.skymath import SkyMathConfig
 
-    cfg = build(SkyMathConfig, {"base": "b", "train_data": "t", "mix": {"compare": 0, "own": 0},
-                                "sft": {"train": {"max_steps": 2}}})
+    cfg = build(
+        SkyMathConfig,
+        {"base": "b", "train_data": "t", "mix": {"compare": 0, "own": 0}, "sft": {"train": {"max_steps": 2}}},
+    )
     assert cfg.mix.compare == 0
     with pytest.raises(Exception, match="at least one kind"):
-        build(SkyMathConfig, {"base": "b", "train_data": "t", "mix": {"compare": 0, "own": 0, "reference": 0},
-                              "sft": {}})
+        build(
+            SkyMathConfig, {"base": "b", "train_data": "t", "mix": {"compare": 0, "own": 0, "reference": 0}, "sft": {}}
+        )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
@@ -106,12 +131,17 @@ def test_skymath_round_end_to_end_and_resume_after_kill(tiny_base, shared_data, 
     with open(shared_data / "gsm8k" / "test.jsonl", encoding="utf-8") as f:
         test_file.write_text("".join(line for _, line in zip(range(4), f)), encoding="utf-8")
     config = {
-        "base": str(tiny_base), "train_data": str(shared_data / "gsm8k" / "train.jsonl"), "train_limit": 8,
-        "rounds": 1, "sample": {"k": 2, "max_new_tokens": 24, "temperature": 1.0},
+        "base": str(tiny_base),
+        "train_data": str(shared_data / "gsm8k" / "train.jsonl"),
+        "train_limit": 8,
+        "rounds": 1,
+        "sample": {"k": 2, "max_new_tokens": 24, "temperature": 1.0},
         "eval": {"sets": {"gsm8k": {"path": str(test_file)}}, "max_new_tokens": 16},
-        "sft": {"data": {"seq_len": 256}, "train": {"max_steps": 20, "global_batch_tokens": 512,
-                                                   "micro_batch_size": 2, "device": "cpu", "lr": 1e-3},
-                "checkpoint": {"every": 2, "keep_last": 2}},
+        "sft": {
+            "data": {"seq_len": 256},
+            "train": {"max_steps": 20, "global_batch_tokens": 512, "micro_batch_size": 2, "device": "cpu", "lr": 1e-3},
+            "checkpoint": {"every": 2, "keep_last": 2},
+        },
     }
     cfg_file = tmp_path / "skymath.yaml"
     cfg_file.write_text(yaml.safe_dump(config), encoding="utf-8")

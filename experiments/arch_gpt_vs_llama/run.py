@@ -33,15 +33,26 @@ TAIL = 20  # the final training loss is the mean over this many last steps
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200, help="optimizer steps per run (default 200)")
-    p.add_argument("--batch-tokens", type=int, default=2048,
-                   help="tokens per optimizer step (default 2048 = 8 windows of 256)")
+    p.add_argument(
+        "--batch-tokens", type=int, default=2048, help="tokens per optimizer step (default 2048 = 8 windows of 256)"
+    )
     p.add_argument("--lr", type=float, default=3e-3, help="peak LR, cosine to LR/10 (default 3e-3, as tiny.yaml)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="init seeds; each arch is trained per seed")
-    p.add_argument("--archs", nargs="+", choices=list(ARCHS), default=list(ARCHS),
-                   help="architectures to train (default both; e.g. one per process to run them side by side)")
+    p.add_argument(
+        "--archs",
+        nargs="+",
+        choices=list(ARCHS),
+        default=list(ARCHS),
+        help="architectures to train (default both; e.g. one per process to run them side by side)",
+    )
     p.add_argument("--val-every", type=int, default=25, help="validation interval in steps (default 25)")
-    C.add_common_options(p, "runs/experiments/arch", "where the runs go (resumable)",
-                         HERE / "results", "where results.{json,md} and the PNG go")
+    C.add_common_options(
+        p,
+        "runs/experiments/arch",
+        "where the runs go (resumable)",
+        HERE / "results",
+        "where results.{json,md} and the PNG go",
+    )
     return p.parse_args(argv)
 
 
@@ -49,9 +60,15 @@ def run_config(args: argparse.Namespace, arch: str, seed: int) -> dict:
     cfg = C.base_config(args.data_dir)
     cfg["model"] = {"preset": ARCHS[arch]}
     for key, value in {
-        "train.max_steps": args.steps, "train.global_batch_tokens": args.batch_tokens, "train.lr": args.lr,
-        "train.min_lr": args.lr / 10, "train.seed": seed, "train.log_every": 25,
-        "validation.every": args.val_every, "checkpoint.every": 100, "checkpoint.keep_last": 1,
+        "train.max_steps": args.steps,
+        "train.global_batch_tokens": args.batch_tokens,
+        "train.lr": args.lr,
+        "train.min_lr": args.lr / 10,
+        "train.seed": seed,
+        "train.log_every": 25,
+        "validation.every": args.val_every,
+        "checkpoint.every": 100,
+        "checkpoint.keep_last": 1,
     }.items():
         C.set_key(cfg, key, value)
     return cfg
@@ -81,13 +98,26 @@ def plot(runs: dict[str, dict[int, Path]], out: Path) -> None:
             tokens = [r["tokens"] / 1e6 for r in train]
             label = f"{arch} (seed {seed})" if i or len(by_seed) > 1 else arch
             axes[0].plot(tokens, [r["loss"] for r in train], color=COLORS[arch], alpha=0.15, lw=0.8)
-            axes[0].plot(tokens, smooth([r["loss"] for r in train]), color=COLORS[arch], lw=1.6,
-                         ls="-" if i == 0 else "--", label=f"{label} (10-step mean)")
+            axes[0].plot(
+                tokens,
+                smooth([r["loss"] for r in train]),
+                color=COLORS[arch],
+                lw=1.6,
+                ls="-" if i == 0 else "--",
+                label=f"{label} (10-step mean)",
+            )
             sets = sets or sorted({r["set"] for r in val})
             for ax, name in zip(axes[1:], sets):
                 rows = [r for r in val if r["set"] == name]
-                ax.plot([r["tokens"] / 1e6 for r in rows], [r["loss"] for r in rows], marker="o", ms=3,
-                        color=COLORS[arch], ls="-" if i == 0 else "--", label=label)
+                ax.plot(
+                    [r["tokens"] / 1e6 for r in rows],
+                    [r["loss"] for r in rows],
+                    marker="o",
+                    ms=3,
+                    color=COLORS[arch],
+                    ls="-" if i == 0 else "--",
+                    label=label,
+                )
     axes[0].set_title("training loss")
     for ax, name in zip(axes[1:], sets or []):
         ax.set_title(f"validation loss: {name}")
@@ -110,15 +140,22 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[int, Path]], invoca
     from skyloom.model.accounting import count_params
     from skyloom.model.config import ModelConfig
 
-    results: dict = {"settings": {k: v for k, v in vars(args).items()}, "train_loss_tail_steps": TAIL, "runs": {},
-                     "invocation_wall_s": round(invocation_wall, 1)}  # this call only: finished runs are reused
+    results: dict = {
+        "settings": {k: v for k, v in vars(args).items()},
+        "train_loss_tail_steps": TAIL,
+        "runs": {},
+        "invocation_wall_s": round(invocation_wall, 1),
+    }  # this call only: finished runs are reused
     for arch, by_seed in runs.items():
         params = count_params(build(ModelConfig, {"preset": ARCHS[arch]})).total
         for seed, run_dir in by_seed.items():
             train, val = C.metrics(run_dir)
             last = max(r["step"] for r in val)
             results["runs"][f"{arch}/seed{seed}"] = {
-                "arch": arch, "preset": ARCHS[arch], "seed": seed, "params": params,
+                "arch": arch,
+                "preset": ARCHS[arch],
+                "seed": seed,
+                "params": params,
                 "tokens": train[-1]["tokens"],
                 "train_loss_last20": sum(r["loss"] for r in train[-TAIL:]) / len(train[-TAIL:]),
                 "val_final": {r["set"]: r["loss"] for r in val if r["step"] == last},
@@ -130,39 +167,59 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[int, Path]], invoca
     runs_ = results["runs"]
     if {r["arch"] for r in runs_.values()} == {"llama", "gpt"}:
         sets = sorted(next(iter(runs_.values()))["val_final"])
-        metrics = {"train loss": lambda r: r["train_loss_last20"],
-                   **{f"val {s}": (lambda r, s=s: r["val_final"][s]) for s in sets}}
-        seeds = sorted({r["seed"] for r in runs_.values() if r["arch"] == "gpt"}
-                       & {r["seed"] for r in runs_.values() if r["arch"] == "llama"})
+        metrics = {
+            "train loss": lambda r: r["train_loss_last20"],
+            **{f"val {s}": (lambda r, s=s: r["val_final"][s]) for s in sets},
+        }
+        seeds = sorted(
+            {r["seed"] for r in runs_.values() if r["arch"] == "gpt"}
+            & {r["seed"] for r in runs_.values() if r["arch"] == "llama"}
+        )
         results["gpt_minus_llama"] = {
-            name: {"mean": sum(key(runs_[f"gpt/seed{s}"]) - key(runs_[f"llama/seed{s}"]) for s in seeds) / len(seeds),
-                   **{f"seed{s}": key(runs_[f"gpt/seed{s}"]) - key(runs_[f"llama/seed{s}"]) for s in seeds}}
-            for name, key in metrics.items()}
+            name: {
+                "mean": sum(key(runs_[f"gpt/seed{s}"]) - key(runs_[f"llama/seed{s}"]) for s in seeds) / len(seeds),
+                **{f"seed{s}": key(runs_[f"gpt/seed{s}"]) - key(runs_[f"llama/seed{s}"]) for s in seeds},
+            }
+            for name, key in metrics.items()
+        }
     return results
 
 
 def markdown(results: dict) -> str:
     runs = results["runs"]
     sets = sorted(next(iter(runs.values()))["val_final"])
-    head = f"| run | params | tokens | train loss (mean of last {results['train_loss_tail_steps']} steps) | " + \
-        " | ".join(f"val {s}" for s in sets) + " | tokens/s |"
+    head = (
+        f"| run | params | tokens | train loss (mean of last {results['train_loss_tail_steps']} steps) | "
+        + " | ".join(f"val {s}" for s in sets)
+        + " | tokens/s |"
+    )
     lines = [head, "|" + "---|" * (5 + len(sets))]
     for name, r in runs.items():
-        lines.append(f"| {name} | {r['params']:,} | {r['tokens']:,} | {r['train_loss_last20']:.3f} | "
-                     + " | ".join(f"{r['val_final'][s]:.3f}" for s in sets)
-                     + f" | {r['cpu_tokens_per_sec_median']:,.0f} |")
+        lines.append(
+            f"| {name} | {r['params']:,} | {r['tokens']:,} | {r['train_loss_last20']:.3f} | "
+            + " | ".join(f"{r['val_final'][s]:.3f}" for s in sets)
+            + f" | {r['cpu_tokens_per_sec_median']:,.0f} |"
+        )
     if "gpt_minus_llama" in results:
         gaps = results["gpt_minus_llama"]
         seeds = [k for k in next(iter(gaps.values())) if k != "mean"]
-        lines += ["", "| metric | GPT − LLaMA (mean over seeds) | " + " | ".join(seeds) + " |",
-                  "|---|---|" + "---|" * len(seeds)]
-        lines += [f"| {name} | {g['mean']:+.3f} | " + " | ".join(f"{g[s]:+.3f}" for s in seeds) + " |"
-                  for name, g in gaps.items()]
+        lines += [
+            "",
+            "| metric | GPT − LLaMA (mean over seeds) | " + " | ".join(seeds) + " |",
+            "|---|---|" + "---|" * len(seeds),
+        ]
+        lines += [
+            f"| {name} | {g['mean']:+.3f} | " + " | ".join(f"{g[s]:+.3f}" for s in seeds) + " |"
+            for name, g in gaps.items()
+        ]
         if "llama/seed0" in runs and "gpt/seed0" in runs:
             llama, gpt = runs["llama/seed0"]["val_curve"], runs["gpt/seed0"]["val_curve"]
-            lines += ["", "| step (tokens) | " + " | ".join(f"LLaMA {s} | GPT {s}" for s in sets) + " |",
-                      "|---|" + "---|" * (2 * len(sets))]
-            for step in sorted((int(k) for k in llama if k in gpt and int(k) > 0)):
+            lines += [
+                "",
+                "| step (tokens) | " + " | ".join(f"LLaMA {s} | GPT {s}" for s in sets) + " |",
+                "|---|" + "---|" * (2 * len(sets)),
+            ]
+            for step in sorted(int(k) for k in llama if k in gpt and int(k) > 0):
                 cells = " | ".join(f"{llama[str(step)][s]:.3f} | {gpt[str(step)][s]:.3f}" for s in sets)
                 lines.append(f"| {step} ({llama[str(step)]['tokens']:,}) | {cells} |")
     lines += ["", C.cost_table({name: r["training"] for name, r in runs.items()})]

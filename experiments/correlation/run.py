@@ -51,22 +51,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="peak LR, cosine to LR/10 (3e-3)")
     p.add_argument("--items", type=int, default=200, help="questions per task (200)")
     p.add_argument("--seed", type=int, default=0)
-    C.add_common_options(p, "runs/experiments/correlation", "the run directory (resumable)",
-                         HERE / "results", "where results.{json,md} and the PNG go")
+    C.add_common_options(
+        p,
+        "runs/experiments/correlation",
+        "the run directory (resumable)",
+        HERE / "results",
+        "where results.{json,md} and the PNG go",
+    )
     return p.parse_args(argv)
 
 
 def run_config(args: argparse.Namespace) -> dict:
     cfg = C.base_config(args.data_dir)
-    for key, value in {"train.max_steps": args.steps, "train.global_batch_tokens": args.batch_tokens,
-                       "train.lr": args.lr, "train.min_lr": args.lr / 10, "train.seed": args.seed,
-                       "train.log_every": 10, "validation.every": args.every, "checkpoint.every": args.every,
-                       "checkpoint.keep_last": 10_000}.items():
+    for key, value in {
+        "train.max_steps": args.steps,
+        "train.global_batch_tokens": args.batch_tokens,
+        "train.lr": args.lr,
+        "train.min_lr": args.lr / 10,
+        "train.seed": args.seed,
+        "train.log_every": 10,
+        "validation.every": args.every,
+        "checkpoint.every": args.every,
+        "checkpoint.keep_last": 10_000,
+    }.items():
         C.set_key(cfg, key, value)
     return cfg
 
 
 # ---- the two tasks: (context, [continuations], gold index, normalise per character?) ----
+
 
 def chid_items(n: int) -> list[tuple[str, list[str], int]]:
     items = []
@@ -136,8 +149,11 @@ def word_order_items(n: int, seed: int) -> list[tuple[str, list[str], int]]:
     return items
 
 
-TASKS = {"chid": (lambda a: chid_items(a.items), False), "wiki_next": (lambda a: wiki_items(a.items, a.seed), True),
-         "word_order": (lambda a: word_order_items(a.items, a.seed), False)}
+TASKS = {
+    "chid": (lambda a: chid_items(a.items), False),
+    "wiki_next": (lambda a: wiki_items(a.items, a.seed), True),
+    "word_order": (lambda a: word_order_items(a.items, a.seed), False),
+}
 
 
 def score(lm, items: list[tuple[str, list[str], int]], per_char: bool, task: str) -> float:
@@ -176,8 +192,11 @@ def record_scores(args: argparse.Namespace, run_dir: Path) -> dict[str, dict[int
     metrics = run_dir / "metrics.jsonl"
     lines = [x for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
     kept = [x for x in lines if json.loads(x).get("kind") != "bench"]
-    kept += [json.dumps({"kind": "bench", "step": s, "task": t, "score": v}) for t, by in scores.items()
-             for s, v in sorted(by.items())]
+    kept += [
+        json.dumps({"kind": "bench", "step": s, "task": t, "score": v})
+        for t, by in scores.items()
+        for s, v in sorted(by.items())
+    ]
     tmp = metrics.with_name("metrics.jsonl.tmp")
     tmp.write_text("\n".join(kept) + "\n", encoding="utf-8")
     tmp.replace(metrics)
@@ -187,12 +206,20 @@ def record_scores(args: argparse.Namespace, run_dir: Path) -> dict[str, dict[int
 def markdown(result: dict, scores: dict[str, dict[int, float]], val: dict[str, dict[str, float]]) -> str:
     steps = result["steps"]
     sets = sorted(val)
-    lines = ["| step | " + " | ".join(f"val {s}" for s in sets) + " | " + " | ".join(scores) + " |",
-             "|" + "---|" * (1 + len(sets) + len(scores))]
+    lines = [
+        "| step | " + " | ".join(f"val {s}" for s in sets) + " | " + " | ".join(scores) + " |",
+        "|" + "---|" * (1 + len(sets) + len(scores)),
+    ]
     for s in steps:
-        lines.append(f"| {s} | " + " | ".join(f"{val[v][str(s)]:.3f}" for v in sets) + " | "
-                     + " | ".join(f"{100 * scores[t][s]:.1f}%" for t in scores) + " |")
+        lines.append(
+            f"| {s} | "
+            + " | ".join(f"{val[v][str(s)]:.3f}" for v in sets)
+            + " | "
+            + " | ".join(f"{100 * scores[t][s]:.1f}%" for t in scores)
+            + " |"
+        )
     lines += ["", "| validation set | task | checkpoints | Pearson r | Spearman ρ |", "|---|---|---|---|---|"]
+
     def f(v) -> str:
         return "n/a" if v is None or v != v else f"{v:+.3f}"
 
@@ -219,12 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy(run_dir / "eval" / "correlation.png", out / "correlation.png")
     table = markdown(result, scores, result["val_loss"])
     training = C.training_cost(run_dir)  # the real training's wall time and load average, kept in the run
-    C.save_json(out / "results.json", {"settings": vars(args), "command": "skyloom " + " ".join(cmd),
-                                       "correlate": result, "training": training,
-                                       "config": C.resolved_config(run_dir),
-                                       "invocation_wall_s": round(time.time() - t0, 1)})  # this call only
-    (out / "results.md").write_text(table + "\n\n" + C.cost_table({"correlation run": training}) + "\n",
-                                    encoding="utf-8")
+    C.save_json(
+        out / "results.json",
+        {
+            "settings": vars(args),
+            "command": "skyloom " + " ".join(cmd),
+            "correlate": result,
+            "training": training,
+            "config": C.resolved_config(run_dir),
+            "invocation_wall_s": round(time.time() - t0, 1),
+        },
+    )  # this call only
+    (out / "results.md").write_text(
+        table + "\n\n" + C.cost_table({"correlation run": training}) + "\n", encoding="utf-8"
+    )
     print(table)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'correlation.png'}")
     return 0

@@ -37,8 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common as C  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SETS = {"gsm8k_test": "GSM8K test loss", "wikitext_test": "En loss (WikiText-2 test)",
-        "zh_general": "Zh loss (zh_general)"}
+SETS = {
+    "gsm8k_test": "GSM8K test loss",
+    "wikitext_test": "En loss (WikiText-2 test)",
+    "zh_general": "Zh loss (zh_general)",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,40 +55,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-every", type=int, default=10, help="validation interval in steps, all runs (10)")
     p.add_argument("--val-tokens", type=int, default=8192, help="predicted tokens per validation set (8192)")
     p.add_argument("--seed", type=int, default=0)
-    C.add_common_options(p, "runs/experiments/in_domain", "where the runs go (resumable)",
-                         HERE / "results", "where results.{json,md} and curves.png go")
+    C.add_common_options(
+        p,
+        "runs/experiments/in_domain",
+        "where the runs go (resumable)",
+        HERE / "results",
+        "where results.{json,md} and curves.png go",
+    )
     return p.parse_args(argv)
 
 
 def configs(args: argparse.Namespace, gsm8k_test: Path) -> dict[str, dict]:
-    common = {"train.global_batch_tokens": args.batch_tokens, "train.seed": args.seed, "train.log_every": 10,
-              "checkpoint.keep_last": 1}
+    common = {
+        "train.global_batch_tokens": args.batch_tokens,
+        "train.seed": args.seed,
+        "train.log_every": 10,
+        "checkpoint.keep_last": 1,
+    }
     base = C.base_config(args.data_dir, drop_sources=["stem"])
     base["validation"]["sets"]["gsm8k_test"] = {"path": str(gsm8k_test), "max_tokens": args.val_tokens}
     for s in base["validation"]["sets"].values():
         s["max_tokens"] = args.val_tokens
-    for key, value in {**common, "train.max_steps": args.base_steps, "train.lr": args.lr,
-                       "train.min_lr": args.lr / 10, "validation.every": args.val_every,
-                       "checkpoint.every": max(args.base_steps // 2, 1)}.items():
+    for key, value in {
+        **common,
+        "train.max_steps": args.base_steps,
+        "train.lr": args.lr,
+        "train.min_lr": args.lr / 10,
+        "validation.every": args.val_every,
+        "checkpoint.every": max(args.base_steps // 2, 1),
+    }.items():
         C.set_key(base, key, value)
 
     def continuation(sources: dict) -> dict:
         cfg = C.base_config(args.data_dir)
         cfg["validation"] = copy.deepcopy(base["validation"])
         cfg["data"]["sources"] = sources
-        for key, value in {**common, "train.max_steps": args.cont_steps, "train.lr": args.cont_lr,
-                           "train.min_lr": args.cont_lr, "train.schedule": "constant", "train.warmup_steps": 0,
-                           "train.init_from": str(Path(args.out) / "base"),
-                           "data.init_loader_from_checkpoint": True,  # general sources go on where base stopped
-                           "validation.every": args.val_every,
-                           "checkpoint.every": args.cont_steps}.items():
+        for key, value in {
+            **common,
+            "train.max_steps": args.cont_steps,
+            "train.lr": args.cont_lr,
+            "train.min_lr": args.cont_lr,
+            "train.schedule": "constant",
+            "train.warmup_steps": 0,
+            "train.init_from": str(Path(args.out) / "base"),
+            "data.init_loader_from_checkpoint": True,  # general sources go on where base stopped
+            "validation.every": args.val_every,
+            "checkpoint.every": args.cont_steps,
+        }.items():
             C.set_key(cfg, key, value)
         return cfg
 
     full = C.base_config(args.data_dir)["data"]["sources"]
     general = {name: dict(full[name], weight=full[name]["weight"][-1][1]) for name in ("en", "zh")}  # base's end mix
-    return {"base": base, "in-domain": continuation({"stem": dict(full["stem"], weight=1.0)}),
-            "general": continuation(general)}
+    return {
+        "base": base,
+        "in-domain": continuation({"stem": dict(full["stem"], weight=1.0)}),
+        "general": continuation(general),
+    }
 
 
 def choice_task(n: int, seed: int) -> list[tuple[str, list[str], int]]:
@@ -121,7 +147,7 @@ def choice_accuracy(checkpoint: Path, items: list[tuple[str, list[str], int]]) -
     scores = [s for s, _ in lm.loglikelihood(requests, desc="gsm8k choice")]
     right = right_norm = 0
     for k, (_, options, gold) in enumerate(items):
-        lls = scores[4 * k: 4 * k + 4]
+        lls = scores[4 * k : 4 * k + 4]
         norm = [ll / max(len(o) + 1, 1) for ll, o in zip(lls, options)]
         right += max(range(4), key=lls.__getitem__) == gold
         right_norm += max(range(4), key=norm.__getitem__) == gold
@@ -130,8 +156,15 @@ def choice_accuracy(checkpoint: Path, items: list[tuple[str, list[str], int]]) -
     def se(p: float) -> float:
         return math.sqrt(p * (1 - p) / n)
 
-    return {"n": n, "skipped_too_long": skipped, "acc": right / n, "acc_se": se(right / n), "acc_norm": right_norm / n,
-            "acc_norm_se": se(right_norm / n), "chance": 0.25}
+    return {
+        "n": n,
+        "skipped_too_long": skipped,
+        "acc": right / n,
+        "acc_se": se(right / n),
+        "acc_norm": right_norm / n,
+        "acc_norm_se": se(right_norm / n),
+        "chance": 0.25,
+    }
 
 
 def plot(out_root: Path, out: Path) -> None:
@@ -146,7 +179,7 @@ def plot(out_root: Path, out: Path) -> None:
         for ax, name in zip(axes, SETS):
             rows = [r for r in val if r["set"] == name]
             ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker="o", color=color, label=arm)
-    for ax, (name, title) in zip(axes, SETS.items()):
+    for ax, title in zip(axes, SETS.values()):
         ax.set_title(title)
         ax.set_xlabel("continuation step (step 0 = the weak base)")
         ax.set_ylabel("loss (nats/token)")
@@ -175,8 +208,10 @@ def deltas(before: dict, after: dict) -> dict:
 
 def step_table(r: dict) -> str:
     """The in-domain continuation's validation losses step by step (step 0 = the weak base)."""
-    lines = ["| continuation step (tokens) | " + " | ".join(SETS[s].split(" (")[0] for s in SETS) + " |",
-             "|---|" + "---|" * len(SETS)]
+    lines = [
+        "| continuation step (tokens) | " + " | ".join(SETS[s].split(" (")[0] for s in SETS) + " |",
+        "|---|" + "---|" * len(SETS),
+    ]
     for step, losses in sorted(r["val_curves"]["in-domain"].items(), key=lambda kv: int(kv[0])):
         tokens = f" ({losses['tokens']:,})" if int(step) else ""
         lines.append(f"| {step}{tokens} | " + " | ".join(f"{losses[s]:.3f}" for s in SETS) + " |")
@@ -185,19 +220,25 @@ def step_table(r: dict) -> str:
 
 def markdown(r: dict) -> str:
     rows = r["rows"]
-    head = ("| | GSM8K choice acc_norm (%) | GSM8K choice acc (%) | GSM8K test loss | En loss | Zh loss |\n"
-            "|---|---|---|---|---|---|")
+    head = (
+        "| | GSM8K choice acc_norm (%) | GSM8K choice acc (%) | GSM8K test loss | En loss | Zh loss |\n"
+        "|---|---|---|---|---|---|"
+    )
     lines = [head]
 
     def line(name: str, x: dict) -> str:
         c = x["choice"]
-        return (f"| {name} | {100 * c['acc_norm']:.1f} ± {100 * c['acc_norm_se']:.1f} | {100 * c['acc']:.1f} ± "
-                f"{100 * c['acc_se']:.1f} | {x['gsm8k_test']:.3f} | {x['wikitext_test']:.3f} | {x['zh_general']:.3f} |")
+        return (
+            f"| {name} | {100 * c['acc_norm']:.1f} ± {100 * c['acc_norm_se']:.1f} | {100 * c['acc']:.1f} ± "
+            f"{100 * c['acc_se']:.1f} | {x['gsm8k_test']:.3f} | {x['wikitext_test']:.3f} | {x['zh_general']:.3f} |"
+        )
 
     def delta(name: str, a: dict, b: dict) -> str:
-        return (f"| {name} | {100 * (b['choice']['acc_norm'] - a['choice']['acc_norm']):+.1f} | "
-                f"{100 * (b['choice']['acc'] - a['choice']['acc']):+.1f} | {b['gsm8k_test'] - a['gsm8k_test']:+.3f} | "
-                f"{b['wikitext_test'] - a['wikitext_test']:+.3f} | {b['zh_general'] - a['zh_general']:+.3f} |")
+        return (
+            f"| {name} | {100 * (b['choice']['acc_norm'] - a['choice']['acc_norm']):+.1f} | "
+            f"{100 * (b['choice']['acc'] - a['choice']['acc']):+.1f} | {b['gsm8k_test'] - a['gsm8k_test']:+.3f} | "
+            f"{b['wikitext_test'] - a['wikitext_test']:+.3f} | {b['zh_general'] - a['zh_general']:+.3f} |"
+        )
 
     lines.append(line("Before (weak base)", rows["base"]))
     lines.append(line("After, in-domain (GSM8K train)", rows["in-domain"]))
@@ -221,16 +262,19 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("base", "in-domain", "general"):
         print(f"[{name}] GSM8K choice task ({len(items)} questions)", flush=True)
         rows[name] = {**C.val_at(out_root / name), "choice": choice_accuracy(C.last_checkpoint(out_root / name), items)}
-    results = {"settings": vars(args), "params": params(C.last_checkpoint(out_root / "base")), "rows": rows,
-               "tokens": {"base": args.base_steps * args.batch_tokens,
-                          "continuation": args.cont_steps * args.batch_tokens},
-               "continuation_share_of_base": args.cont_steps / args.base_steps,
-               "deltas": {arm: deltas(rows["base"], rows[arm]) for arm in ("in-domain", "general")},
-               "perplexity_gsm8k_test": {name: math.exp(rows[name]["gsm8k_test"]) for name in rows},
-               "val_curves": {arm: C.val_curve(out_root / arm) for arm in ("in-domain", "general")},
-               "training": {name: C.training_cost(out_root / name) for name in ("base", "in-domain", "general")},
-               "configs": {name: C.resolved_config(out_root / name) for name in ("base", "in-domain", "general")},
-               "invocation_wall_s": round(time.time() - t0, 1)}  # this call only: finished runs are reused
+    results = {
+        "settings": vars(args),
+        "params": params(C.last_checkpoint(out_root / "base")),
+        "rows": rows,
+        "tokens": {"base": args.base_steps * args.batch_tokens, "continuation": args.cont_steps * args.batch_tokens},
+        "continuation_share_of_base": args.cont_steps / args.base_steps,
+        "deltas": {arm: deltas(rows["base"], rows[arm]) for arm in ("in-domain", "general")},
+        "perplexity_gsm8k_test": {name: math.exp(rows[name]["gsm8k_test"]) for name in rows},
+        "val_curves": {arm: C.val_curve(out_root / arm) for arm in ("in-domain", "general")},
+        "training": {name: C.training_cost(out_root / name) for name in ("base", "in-domain", "general")},
+        "configs": {name: C.resolved_config(out_root / name) for name in ("base", "in-domain", "general")},
+        "invocation_wall_s": round(time.time() - t0, 1),
+    }  # this call only: finished runs are reused
     out = Path(args.results)
     C.save_json(out / "results.json", results)
     table = markdown(results)

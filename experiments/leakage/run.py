@@ -45,8 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=300, help="samples scored per set (eval leakage --limit; 300)")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=["contaminated", "clean"], help="which models to train")
     p.add_argument("--seed", type=int, default=0)
-    C.add_common_options(p, "runs/experiments/leakage", "where the runs go (resumable)",
-                         HERE / "results", "where results.{json,md} go")
+    C.add_common_options(
+        p, "runs/experiments/leakage", "where the runs go (resumable)", HERE / "results", "where results.{json,md} go"
+    )
     return p.parse_args(argv)
 
 
@@ -59,15 +60,27 @@ def arm_config(args: argparse.Namespace, arm: str, out_root: Path) -> dict:
     sources.pop("stem")
     if arm != "none":
         records = out_root / f"gsm8k_{arm}.jsonl"
-        sources["gsm8k"] = {"path": str(out_root / f"tokens-{arm}"), "raw": [str(records)], "weight": args.gsm8k_weight,
-                            "max_epochs": 20, "text_key": "text"}
+        sources["gsm8k"] = {
+            "path": str(out_root / f"tokens-{arm}"),
+            "raw": [str(records)],
+            "weight": args.gsm8k_weight,
+            "max_epochs": 20,
+            "text_key": "text",
+        }
         total = sum(s["weight"] for s in sources.values())
         for s in sources.values():
             s["weight"] = s["weight"] / total
-    for key, value in {"train.max_steps": args.steps, "train.global_batch_tokens": args.batch_tokens,
-                       "train.lr": args.lr, "train.min_lr": args.lr / 10, "train.seed": args.seed,
-                       "train.log_every": 10, "validation.every": args.steps, "checkpoint.every": 50,
-                       "checkpoint.keep_last": 1}.items():
+    for key, value in {
+        "train.max_steps": args.steps,
+        "train.global_batch_tokens": args.batch_tokens,
+        "train.lr": args.lr,
+        "train.min_lr": args.lr / 10,
+        "train.seed": args.seed,
+        "train.log_every": 10,
+        "validation.every": args.steps,
+        "checkpoint.every": 50,
+        "checkpoint.keep_last": 1,
+    }.items():
         C.set_key(cfg, key, value)
     return cfg
 
@@ -91,19 +104,37 @@ def write_records(args: argparse.Namespace, out_root: Path) -> Path:
 
 def leakage_command(args: argparse.Namespace, checkpoint: Path, seen: Path, output: Path) -> list[str]:
     max_len = json.loads((checkpoint / "model.json").read_text(encoding="utf-8"))["model"]["max_seq_len"]
-    return ["eval", "leakage", "--model", str(checkpoint), "--train", str(seen), "--limit", str(args.limit),
-            "--window", "rolling", "--max-tokens", str(max_len), "--no-progress", "--output", str(output)]
+    return [
+        "eval",
+        "leakage",
+        "--model",
+        str(checkpoint),
+        "--train",
+        str(seen),
+        "--limit",
+        str(args.limit),
+        "--window",
+        "rolling",
+        "--max-tokens",
+        str(max_len),
+        "--no-progress",
+        "--output",
+        str(output),
+    ]
 
 
 def markdown(rows: dict) -> str:
-    lines = ["| model | L_test | L_train (seen records) | L_ref | Δ1 = L_test − L_ref | Δ2 = L_test − L_train "
-             "| verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | L_test | L_train (seen records) | L_ref | Δ1 = L_test − L_ref | Δ2 = L_test − L_train | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for arm, r in rows.items():
         c = r["ci"]
-        lines.append(f"| {arm} | {r['L_test']:.3f} | {r['L_train']:.3f} | {r['L_ref']:.3f} | {r['delta1']:+.3f} "
-                     f"[{c['delta1'][0]:+.3f}, {c['delta1'][1]:+.3f}] | {r['delta2']:+.3f} "
-                     f"[{c['delta2'][0]:+.3f}, {c['delta2'][1]:+.3f}] | {r['verdict']} |")
+        lines.append(
+            f"| {arm} | {r['L_test']:.3f} | {r['L_train']:.3f} | {r['L_ref']:.3f} | {r['delta1']:+.3f} "
+            f"[{c['delta1'][0]:+.3f}, {c['delta1'][1]:+.3f}] | {r['delta2']:+.3f} "
+            f"[{c['delta2'][0]:+.3f}, {c['delta2'][1]:+.3f}] | {r['verdict']} |"
+        )
     return "\n".join(lines)
 
 
@@ -129,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         rows[arm]["config"] = C.resolved_config(run_dir)
         commands[arm] = "skyloom " + " ".join(cmd)
     training = {arm: C.training_cost(out_root / arm) for arm in args.arms}  # the real training, kept in each run
-    results = {"settings": vars(args), "commands": commands, "rows": rows, "training": training,
-               "invocation_wall_s": round(time.time() - t0, 1)}  # this call only: finished runs are reused
+    results = {
+        "settings": vars(args),
+        "commands": commands,
+        "rows": rows,
+        "training": training,
+        "invocation_wall_s": round(time.time() - t0, 1),
+    }  # this call only: finished runs are reused
     out = Path(args.results)
     C.save_json(out / "results.json", results)
     table = markdown(rows) + "\n\n" + C.cost_table(training)

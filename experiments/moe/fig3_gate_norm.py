@@ -48,16 +48,30 @@ RUNS = {
 }
 
 
-def run_config(name: str, steps: int, experts: int, seed: int, batch_tokens: int,
-               extra: list[str] | None = None) -> RunConfig:
+def run_config(
+    name: str, steps: int, experts: int, seed: int, batch_tokens: int, extra: list[str] | None = None
+) -> RunConfig:
     data = read_yaml(REPO / "recipes" / "tiny-moe.yaml")
-    overrides = RUNS[name] + [
-        f"model.moe.n_experts={experts}", "model.moe.capacity_factor=1.0", "model.moe.aux_coef=0.01",
-        f"train.max_steps={steps}", f"train.warmup_steps={max(steps // 20, 1)}", f"train.seed={seed}",
-        f"train.global_batch_tokens={batch_tokens}", "train.micro_batch_size=8",
-        f"data.seed={seed}", "train.log_every=10", "validation.every=0", "validation.at_start=false",
-        "checkpoint.every=0", "checkpoint.save_final=false",
-    ] + list(extra or [])
+    overrides = (
+        RUNS[name]
+        + [
+            f"model.moe.n_experts={experts}",
+            "model.moe.capacity_factor=1.0",
+            "model.moe.aux_coef=0.01",
+            f"train.max_steps={steps}",
+            f"train.warmup_steps={max(steps // 20, 1)}",
+            f"train.seed={seed}",
+            f"train.global_batch_tokens={batch_tokens}",
+            "train.micro_batch_size=8",
+            f"data.seed={seed}",
+            "train.log_every=10",
+            "validation.every=0",
+            "validation.at_start=false",
+            "checkpoint.every=0",
+            "checkpoint.save_final=false",
+        ]
+        + list(extra or [])
+    )
     return build(RunConfig, apply_overrides(data, overrides))
 
 
@@ -65,7 +79,7 @@ def summarize(run_dir: Path, layer: int) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    tail = train[-max(len(train) // 5, 1):]  # the last 20% of steps
+    tail = train[-max(len(train) // 5, 1) :]  # the last 20% of steps
 
     def mean(key: str, rows=tail) -> float:
         return sum(r[key] for r in rows) / len(rows)
@@ -88,9 +102,15 @@ def summarize(run_dir: Path, layer: int) -> dict:
         "max1_max2_peak": peak(train, f"moe/L{layer}/max1_max2"),
         "drop_rate_peak": peak(train, "moe/drop_rate"),
         # the curves at the first step and every 10th: the values the README's prose quotes
-        "at_steps": {str(r["step"]): {"max1_max2": r[f"moe/L{layer}/max1_max2"], "drop_rate": r["moe/drop_rate"],
-                                      "aux_coef": r["moe/aux_coef"]}
-                     for r in train if r["step"] == 1 or r["step"] % 10 == 0},
+        "at_steps": {
+            str(r["step"]): {
+                "max1_max2": r[f"moe/L{layer}/max1_max2"],
+                "drop_rate": r["moe/drop_rate"],
+                "aux_coef": r["moe/aux_coef"],
+            }
+            for r in train
+            if r["step"] == 1 or r["step"] % 10 == 0
+        },
         "tokens_per_sec": mean("tokens_per_sec"),
         "curves": {
             "step": [r["step"] for r in train],
@@ -115,14 +135,18 @@ def mean_max_load(rows: list[dict], layer: int) -> float:
 
 
 def table(results: dict) -> str:
-    lines = ["| run | Max1/Max2 (L2) | Max2/Max3 (L2) | drop rate (last 20%) | drop rate (all) | train loss "
-             "(last 20%) | val loss en / zh | α final (min) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | Max1/Max2 (L2) | Max2/Max3 (L2) | drop rate (last 20%) | drop rate (all) | train loss "
+        "(last 20%) | val loss en / zh | α final (min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         val = " / ".join(f"{v:.3f}" for v in r["val_loss"].values())
-        lines.append(f"| {name} | {r['max1_max2_tail']:.2f} | {r['max2_max3_tail']:.2f} | {r['drop_rate_tail']:.4f} | "
-                     f"{r['drop_rate_all']:.4f} | {r['train_loss_tail']:.3f} | {val} | "
-                     f"{r['aux_coef_final']:.4f} ({r['aux_coef_min']:.4f}) |")
+        lines.append(
+            f"| {name} | {r['max1_max2_tail']:.2f} | {r['max2_max3_tail']:.2f} | {r['drop_rate_tail']:.4f} | "
+            f"{r['drop_rate_all']:.4f} | {r['train_loss_tail']:.3f} | {val} | "
+            f"{r['aux_coef_final']:.4f} ({r['aux_coef_min']:.4f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -133,9 +157,13 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    panels = [("loss", "training loss"), ("drop_rate", "token drop rate (mean over layers)"),
-              ("aux_coef", "aux coefficient α (mean over layers)"), ("max1_max2", "Max1/Max2, gating layer 3"),
-              ("max2_max3", "Max2/Max3, gating layer 3")]
+    panels = [
+        ("loss", "training loss"),
+        ("drop_rate", "token drop rate (mean over layers)"),
+        ("aux_coef", "aux coefficient α (mean over layers)"),
+        ("max1_max2", "Max1/Max2, gating layer 3"),
+        ("max2_max3", "Max2/Max3, gating layer 3"),
+    ]
     for ax, (key, title) in zip(axes.flat, panels):
         for name, r in results.items():
             c = r["curves"]
@@ -157,11 +185,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--out", default=str(REPO / "runs" / "moe-fig3"), help="where the runs go")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="extra config overrides for every run, e.g. model.moe.aux_loss=switch")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config overrides for every run, e.g. model.moe.aux_loss=switch",
+    )
     parser.add_argument("--label", default="", help="suffix of the result names (another regime, e.g. '-switch')")
-    parser.add_argument("--summarize-only", action="store_true",
-                        help="do not train: re-summarise runs this script finished earlier with the same settings")
+    parser.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="do not train: re-summarise runs this script finished earlier with the same settings",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -169,8 +205,13 @@ def main() -> None:
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for name in args.runs:
         run_dir = Path(args.out) / f"{name}{args.label}"
-        settings = {"steps_planned": args.steps, "experts": args.experts, "seed": args.seed,
-                    "batch_tokens": args.batch_tokens, "overrides": RUNS[name] + args.set}
+        settings = {
+            "steps_planned": args.steps,
+            "experts": args.experts,
+            "seed": args.seed,
+            "batch_tokens": args.batch_tokens,
+            "overrides": RUNS[name] + args.set,
+        }
         marker = run_dir / "fig3-settings.json"
         if args.summarize_only:
             if not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")) != settings:
@@ -188,8 +229,12 @@ def main() -> None:
         # re-read before writing: several copies of this script may run different --runs side by side
         results = json.loads(results_file.read_text()) if results_file.is_file() else {}
         cost = C.training_cost(run_dir)  # wall time and the machine's load average while it trained
-        results[f"{name}{args.label}"] = {**summarize(run_dir, layer=2), "training": cost, **settings,
-                                          "config": C.resolved_config(run_dir)}
+        results[f"{name}{args.label}"] = {
+            **summarize(run_dir, layer=2),
+            "training": cost,
+            **settings,
+            "config": C.resolved_config(run_dir),
+        }
         print(f"{name}: {cost['train_wall_s']:.0f}s")
         results_file.write_text(json.dumps(results, indent=1) + "\n")
     results = json.loads(results_file.read_text()) if results_file.is_file() else results

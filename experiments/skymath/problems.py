@@ -22,10 +22,18 @@ EN = {
         "items": ["apples", "pencils", "stickers", "marbles", "cookies", "cards"],
         "start": "{name} has {a} {item}.",
         "add": ("Then {name} buys {n} more {item}.", "After buying, {name} has {x}+{n} = <<{x}+{n}={r}>>{r} {item}."),
-        "sub": ("Then {name} gives away {n} {item}.", "After giving some away, {name} has {x}-{n} = <<{x}-{n}={r}>>{r} {item}."),
-        "mul": ("Then the number of {item} becomes {n} times as many.", "Now {name} has {x}*{n} = <<{x}*{n}={r}>>{r} {item}."),
-        "div": ("Then {name} splits the {item} equally into {n} bags and keeps one bag.",
-                "One bag holds {x}/{n} = <<{x}/{n}={r}>>{r} {item}."),
+        "sub": (
+            "Then {name} gives away {n} {item}.",
+            "After giving some away, {name} has {x}-{n} = <<{x}-{n}={r}>>{r} {item}.",
+        ),
+        "mul": (
+            "Then the number of {item} becomes {n} times as many.",
+            "Now {name} has {x}*{n} = <<{x}*{n}={r}>>{r} {item}.",
+        ),
+        "div": (
+            "Then {name} splits the {item} equally into {n} bags and keeps one bag.",
+            "One bag holds {x}/{n} = <<{x}/{n}={r}>>{r} {item}.",
+        ),
         "ask": "How many {item} does {name} have now?",
     },
     "test": {
@@ -34,10 +42,14 @@ EN = {
         "start": "At the start, {name} owns {a} {item}.",
         "add": ("Later {name} receives another {n} {item}.", "{name} now owns {x}+{n} = <<{x}+{n}={r}>>{r} {item}."),
         "sub": ("Later {name} loses {n} of the {item}.", "{name} is left with {x}-{n} = <<{x}-{n}={r}>>{r} {item}."),
-        "mul": ("Later {name}'s collection of {item} grows to {n} times its size.",
-                "The collection is {x}*{n} = <<{x}*{n}={r}>>{r} {item}."),
-        "div": ("Later {name} divides the {item} evenly among {n} friends and keeps one share.",
-                "Each share is {x}/{n} = <<{x}/{n}={r}>>{r} {item}."),
+        "mul": (
+            "Later {name}'s collection of {item} grows to {n} times its size.",
+            "The collection is {x}*{n} = <<{x}*{n}={r}>>{r} {item}.",
+        ),
+        "div": (
+            "Later {name} divides the {item} evenly among {n} friends and keeps one share.",
+            "Each share is {x}/{n} = <<{x}/{n}={r}>>{r} {item}.",
+        ),
         "ask": "How many {item} does {name} own at the end?",
     },
 }
@@ -108,13 +120,13 @@ def make_problem(rng: random.Random, steps: int, lang: str, split: str) -> dict:
         x = r
     q.append(t["ask"].format(name=name, item=item))
     sep = " " if lang == "en" else ""
-    return {"question": sep.join(q), "answer": "\n".join(sol + [f"#### {x}"]), "steps": steps, "lang": lang,
-            "final": x}
+    return {"question": sep.join(q), "answer": "\n".join(sol + [f"#### {x}"]), "steps": steps, "lang": lang, "final": x}
 
 
 def generate(n: int, split: str, seed: int) -> list[dict]:
-    from skyloom.eval.math import grade
     from decimal import Decimal
+
+    from skyloom.eval.math import grade
 
     rng = random.Random(seed)
     out = []

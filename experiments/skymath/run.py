@@ -34,9 +34,11 @@ sys.path.insert(0, str(HERE))
 
 from problems import generate, write  # noqa: E402
 
-ARMS = {"sft": {"reference": 1.0, "own": 0.0, "compare": 0.0},
-        "rft": {"reference": 1.0, "own": 1.0, "compare": 0.0},
-        "compare": {"reference": 1.0, "own": 1.0, "compare": 1.0}}
+ARMS = {
+    "sft": {"reference": 1.0, "own": 0.0, "compare": 0.0},
+    "rft": {"reference": 1.0, "own": 1.0, "compare": 0.0},
+    "compare": {"reference": 1.0, "own": 1.0, "compare": 1.0},
+}
 
 
 @contextmanager
@@ -49,9 +51,13 @@ def timed(work: Path, stage: str, already_done: bool):
         return
     path = work / "timing.json"
     timing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    timing[stage] = {"wall_s": round(time.time() - t0, 1), "load_avg_start": [round(x, 2) for x in load0],
-                     "load_avg_end": [round(x, 2) for x in os.getloadavg()], "threads": torch_threads(),
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0))}
+    timing[stage] = {
+        "wall_s": round(time.time() - t0, 1),
+        "load_avg_start": [round(x, 2) for x in load0],
+        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        "threads": torch_threads(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t0)),
+    }
     path.write_text(json.dumps(timing, indent=1) + "\n", encoding="utf-8")
 
 
@@ -105,16 +111,41 @@ def pretrain(work: Path, a) -> Path:
     except FileNotFoundError:
         pass
     d = work / "data"
-    cfg = build(RunConfig, {
-        "model": {"arch": "llama", "vocab_size": 1024, "dim": a.dim, "n_layers": a.layers, "n_heads": 4, "max_seq_len": 512},
-        "data": {"sources": {"pt": {"path": str(work / "tokens" / "pt"), "raw": [str(d / "pt.jsonl")]}},
-                 "seq_len": 256, "tokenizer": str(work / "tokenizer"), "max_epochs": 20,
-                 "train_tokenizer": {"files": [str(d / "pt.jsonl"), str(d / "train.jsonl")],
-                                     "text_key": ["text", "question"], "vocab_size": 1024}},
-        "train": {"max_steps": a.pretrain_steps, "global_batch_tokens": 2048, "micro_batch_size": 8, "lr": 3e-3,
-                  "min_lr": 3e-4, "warmup_steps": 20, "device": "cpu", "log_every": 25},
-        "checkpoint": {"every": 50, "keep_last": 1},
-    })
+    cfg = build(
+        RunConfig,
+        {
+            "model": {
+                "arch": "llama",
+                "vocab_size": 1024,
+                "dim": a.dim,
+                "n_layers": a.layers,
+                "n_heads": 4,
+                "max_seq_len": 512,
+            },
+            "data": {
+                "sources": {"pt": {"path": str(work / "tokens" / "pt"), "raw": [str(d / "pt.jsonl")]}},
+                "seq_len": 256,
+                "tokenizer": str(work / "tokenizer"),
+                "max_epochs": 20,
+                "train_tokenizer": {
+                    "files": [str(d / "pt.jsonl"), str(d / "train.jsonl")],
+                    "text_key": ["text", "question"],
+                    "vocab_size": 1024,
+                },
+            },
+            "train": {
+                "max_steps": a.pretrain_steps,
+                "global_batch_tokens": 2048,
+                "micro_batch_size": 8,
+                "lr": 3e-3,
+                "min_lr": 3e-4,
+                "warmup_steps": 20,
+                "device": "cpu",
+                "log_every": 25,
+            },
+            "checkpoint": {"every": 50, "keep_last": 1},
+        },
+    )
     prepare_run_data(cfg)  # the on-the-fly tokenizer and the pretraining shards
     Trainer(cfg, run, resume=True).fit()
     return find_checkpoint(run)
@@ -128,13 +159,25 @@ def sft0(work: Path, base: Path, a) -> Path:
     run = work / "sft0"
     if (run / "DONE").is_file():
         return find_checkpoint(run)
-    cfg = build_sft_config({
-        "base": str(base), "export_hf": False,
-        "data": {"sources": {"train": {"path": str(work / "data" / "train.jsonl")}}, "seq_len": 512},
-        "train": {"max_steps": a.sft0_steps, "global_batch_tokens": 2048, "micro_batch_size": 4, "lr": 2e-3,
-                  "min_lr": 1e-4, "warmup_steps": 10, "weight_decay": 0.0, "device": "cpu", "log_every": 25},
-        "checkpoint": {"every": 50, "keep_last": 1},
-    })
+    cfg = build_sft_config(
+        {
+            "base": str(base),
+            "export_hf": False,
+            "data": {"sources": {"train": {"path": str(work / "data" / "train.jsonl")}}, "seq_len": 512},
+            "train": {
+                "max_steps": a.sft0_steps,
+                "global_batch_tokens": 2048,
+                "micro_batch_size": 4,
+                "lr": 2e-3,
+                "min_lr": 1e-4,
+                "warmup_steps": 10,
+                "weight_decay": 0.0,
+                "device": "cpu",
+                "log_every": 25,
+            },
+            "checkpoint": {"every": 50, "keep_last": 1},
+        }
+    )
     run_sft(cfg, run, resume=(run / "checkpoints").is_dir())
     (run / "DONE").write_text("ok")
     return find_checkpoint(run)
@@ -145,18 +188,39 @@ def arm(work: Path, name: str, start: Path, a) -> list[dict]:
     from skyloom.sft.skymath import SkyMathConfig, run_skymath
 
     d = work / "data"
-    cfg = build(SkyMathConfig, {
-        "base": str(start), "train_data": str(d / "train.jsonl"), "rounds": 1,
-        "sample": {"k": a.k, "temperature": 0.8, "max_new_tokens": 128, "seed": 0, "questions": a.sample_questions},
-        "mix": dict(ARMS[name], own_per_question=2, compare_per_question=1),
-        "eval": {"sets": {"val": {"path": str(d / "val.jsonl"), "group_by": "steps"},
-                          "test": {"path": str(d / "test.jsonl"), "group_by": "steps"}},
-                 "max_new_tokens": 128, "at_start": name == "sft"},
-        "sft": {"data": {"seq_len": 512, "seed": 1},
-                "train": {"max_steps": a.arm_steps, "global_batch_tokens": 2048, "micro_batch_size": 4, "lr": 1e-3,
-                          "min_lr": 5e-5, "warmup_steps": 5, "weight_decay": 0.0, "device": "cpu", "log_every": 25},
-                "checkpoint": {"every": 50, "keep_last": 1}},
-    })
+    cfg = build(
+        SkyMathConfig,
+        {
+            "base": str(start),
+            "train_data": str(d / "train.jsonl"),
+            "rounds": 1,
+            "sample": {"k": a.k, "temperature": 0.8, "max_new_tokens": 128, "seed": 0, "questions": a.sample_questions},
+            "mix": dict(ARMS[name], own_per_question=2, compare_per_question=1),
+            "eval": {
+                "sets": {
+                    "val": {"path": str(d / "val.jsonl"), "group_by": "steps"},
+                    "test": {"path": str(d / "test.jsonl"), "group_by": "steps"},
+                },
+                "max_new_tokens": 128,
+                "at_start": name == "sft",
+            },
+            "sft": {
+                "data": {"seq_len": 512, "seed": 1},
+                "train": {
+                    "max_steps": a.arm_steps,
+                    "global_batch_tokens": 2048,
+                    "micro_batch_size": 4,
+                    "lr": 1e-3,
+                    "min_lr": 5e-5,
+                    "warmup_steps": 5,
+                    "weight_decay": 0.0,
+                    "device": "cpu",
+                    "log_every": 25,
+                },
+                "checkpoint": {"every": 50, "keep_last": 1},
+            },
+        },
+    )
     return run_skymath(cfg, work / f"arm_{name}")
 
 
@@ -169,16 +233,22 @@ def per_group(work: Path, run: str, round_no: int, set_name: str) -> dict:
         groups.setdefault(f"{p['steps']} step", []).append(ok)
         groups.setdefault(p["lang"], []).append(ok)
         groups.setdefault("all", []).append(ok)
-    return {g: {"k": sum(v), "n": len(v), "acc": sum(v) / len(v), "ci95": wilson(sum(v), len(v))}
-            for g, v in sorted(groups.items())}
+    return {
+        g: {"k": sum(v), "n": len(v), "acc": sum(v) / len(v), "ci95": wilson(sum(v), len(v))}
+        for g, v in sorted(groups.items())
+    }
 
 
 def report(work: Path, a) -> None:
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     timing = work / "timing.json"
-    results: dict = {"settings": vars(a), "models": {}, "rounds": {},
-                     "timing": json.loads(timing.read_text(encoding="utf-8")) if timing.is_file() else None}
+    results: dict = {
+        "settings": vars(a),
+        "models": {},
+        "rounds": {},
+        "timing": json.loads(timing.read_text(encoding="utf-8")) if timing.is_file() else None,
+    }
     models = {"sft0 (start)": ("arm_sft", 0)} | {name: (f"arm_{name}", 1) for name in ARMS}
     for label, (run, r) in models.items():
         if (work / run / f"round_{r:02d}" / "eval.json").is_file():
@@ -191,25 +261,35 @@ def report(work: Path, a) -> None:
     lines = []
     for s in ("val", "test"):
         groups = ["1 step", "2 step", "3 step", "4 step", "en", "zh", "all"]
-        lines += [f"\n**{s}** ({'training templates, new problems' if s == 'val' else 'held-out templates and starting numbers'})\n",
-                  "| model | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups)]
+        lines += [
+            f"\n**{s}** ({'training templates, new problems' if s == 'val' else 'held-out templates and starting numbers'})\n",
+            "| model | " + " | ".join(groups) + " |",
+            "|---|" + "---:|" * len(groups),
+        ]
         for label, m in results["models"].items():
             cells = []
             for g in groups:
                 x = m[s].get(g)
-                cells.append("–" if x is None else f"{100 * x['acc']:.1f} [{100 * x['ci95'][0]:.0f}–{100 * x['ci95'][1]:.0f}]")
+                cells.append(
+                    "–" if x is None else f"{100 * x['acc']:.1f} [{100 * x['ci95'][0]:.0f}–{100 * x['ci95'][1]:.0f}]"
+                )
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "| arm | sampled | sample acc | accepted | reference / own / compare examples | SFT steps | answer tokens |",
-              "|---|---:|---:|---:|---|---:|---:|"]
+    lines += [
+        "",
+        "| arm | sampled | sample acc | accepted | reference / own / compare examples | SFT steps | answer tokens |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
     for name, rounds in results["rounds"].items():
         r = next((x for x in rounds if x["round"] == 1), None)
         if r:
             dstat = r["data"]
             ex = dstat["examples"]
             acc = "–" if dstat["sample_accuracy"] is None else f"{100 * dstat['sample_accuracy']:.1f}%"
-            lines.append(f"| {name} | {dstat['samples']} | {acc} | {dstat['accepted']} | "
-                         f"{ex['reference']} / {ex['own'] if ARMS[name]['own'] else 0} / "
-                         f"{ex['compare'] if ARMS[name]['compare'] else 0} | {r['sft_steps']} | {r['sft_tokens']:,} |")
+            lines.append(
+                f"| {name} | {dstat['samples']} | {acc} | {dstat['accepted']} | "
+                f"{ex['reference']} / {ex['own'] if ARMS[name]['own'] else 0} / "
+                f"{ex['compare'] if ARMS[name]['compare'] else 0} | {r['sft_steps']} | {r['sft_tokens']:,} |"
+            )
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -12,7 +12,8 @@ import argparse
 import dataclasses
 import sys
 import types
-from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
+from collections.abc import Callable
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from skyloom.config import ConfigError, build, to_dict
 
@@ -41,19 +42,38 @@ def add_command(sub, name: str, help: str, description: str | None = None) -> ar
     return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, flags: tuple[str, ...] | None = None,
-           positional: bool = False, nargs: str | None = None, metavar: str | None = None,
-           choices: tuple[Any, ...] | None = None, append: bool = False, extend: bool = False,
-           group: str | None = None, required: bool = False) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    flags: tuple[str, ...] | None = None,
+    positional: bool = False,
+    nargs: str | None = None,
+    metavar: str | None = None,
+    choices: tuple[Any, ...] | None = None,
+    append: bool = False,
+    extend: bool = False,
+    group: str | None = None,
+    required: bool = False,
+) -> Any:
     """A config field that is also a command-line argument; `help` is the field's documentation.
 
     The flag is `--field-name` unless `flags` says otherwise (e.g. `("--out", "-o")`); `positional=True` makes
     it a positional argument; `append=True` a repeatable flag collecting a list (`extend=True`: each use takes
     `nargs` words); a bool field is a switch.
     """
-    cli = {"help": help, "flags": flags, "positional": positional, "nargs": nargs, "metavar": metavar,
-           "choices": choices, "append": append, "extend": extend, "group": group,
-           "required": required}
+    cli = {
+        "help": help,
+        "flags": flags,
+        "positional": positional,
+        "nargs": nargs,
+        "metavar": metavar,
+        "choices": choices,
+        "append": append,
+        "extend": extend,
+        "group": group,
+        "required": required,
+    }
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={CLI_KEY: cli})
     return dataclasses.field(default=default, metadata={CLI_KEY: cli})
@@ -76,8 +96,9 @@ def _scalar_type(tp: Any) -> Any:
     return tp if tp in (int, float, str) else str
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
-                         resolve: Callable[[argparse.Namespace], Any] | None = None) -> argparse.ArgumentParser:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, cls: type, resolve: Callable[[argparse.Namespace], Any] | None = None
+) -> argparse.ArgumentParser:
     """Add one argument per `option(...)` field of dataclass `cls`, and `--print-config`.
 
     `resolve(args)` gives the command's resolved config (default: `cls` built from the parsed flags); with
@@ -96,8 +117,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
             target = groups[cli["group"]]
         tp = hints[f.name]
         kwargs: dict[str, Any] = {"help": cli["help"]}
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         if cli["metavar"]:
             kwargs["metavar"] = cli["metavar"]
         if cli["positional"]:
@@ -132,11 +156,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
     return add_print_config(parser, resolve or (lambda args: config_from_args(cls, args)))
 
 
-def add_print_config(parser: argparse.ArgumentParser,
-                     resolve: Callable[[argparse.Namespace], Any]) -> argparse.ArgumentParser:
+def add_print_config(
+    parser: argparse.ArgumentParser, resolve: Callable[[argparse.Namespace], Any]
+) -> argparse.ArgumentParser:
     """`--print-config`: print `resolve(args)` (the command's resolved config) as YAML and exit 0."""
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as YAML and exit (nothing is run)")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit (nothing is run)"
+    )
     parser.set_defaults(config_resolver=resolve)
     return parser
 
@@ -170,5 +196,16 @@ def split_flag_overrides(words: list[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
-__all__ = ["ConfigError", "HelpFormatter", "add_command", "add_config_arguments", "add_group", "add_print_config",
-           "config_from_args", "field_help", "option", "print_config", "split_flag_overrides"]
+__all__ = [
+    "ConfigError",
+    "HelpFormatter",
+    "add_command",
+    "add_config_arguments",
+    "add_group",
+    "add_print_config",
+    "config_from_args",
+    "field_help",
+    "option",
+    "print_config",
+    "split_flag_overrides",
+]

@@ -14,8 +14,9 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -149,7 +150,8 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
             raise ConfigError(_join(prefix, str(key)), f"unknown key{hint} (valid keys: {valid})")
         kwargs[key] = _convert(value, hints[key], _join(prefix, key))
     missing = [
-        name for name, f in fields.items()
+        name
+        for name, f in fields.items()
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
@@ -190,7 +192,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue  # PyYAML itself reports an unhashable key
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given on line {seen[key]})", key_node.start_mark)
+                    None, None, f"duplicate key {key!r} (first given on line {seen[key]})", key_node.start_mark
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -215,8 +218,11 @@ def read_text_utf8(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise ConfigError("", f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                              "save the file as UTF-8") from None
+        raise ConfigError(
+            "",
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+            "save the file as UTF-8",
+        ) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -280,10 +286,15 @@ def config_file(file_or_run_dir: str | Path, saved_name: str = "config.yaml") ->
     return path
 
 
-def load_config(cls: type[T], file_or_run_dir: str | Path | None, overrides: typing.Iterable[str] = (), *,
-                saved_name: str = "config.yaml",
-                prepare: typing.Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                builder: typing.Callable[[dict[str, Any]], T] | None = None) -> T:
+def load_config(
+    cls: type[T],
+    file_or_run_dir: str | Path | None,
+    overrides: typing.Iterable[str] = (),
+    *,
+    saved_name: str = "config.yaml",
+    prepare: typing.Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    builder: typing.Callable[[dict[str, Any]], T] | None = None,
+) -> T:
     """The one path from YAML to a command's typed config: read the file (or RUN_DIR/`saved_name`), apply the
     dotted overrides, let `prepare` adjust the mapping (e.g. expand $VARS), then `build` (or `builder`) it, so
     every command refuses unknown keys, wrong types and impossible values the same way."""

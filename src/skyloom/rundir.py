@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from skyloom.config import ConfigError
 
@@ -50,9 +51,17 @@ def started(run_dir: Path, markers: tuple[str, ...]) -> bool:
 
 
 @contextlib.contextmanager
-def open_run_dir(run_dir: str | Path, *, markers: tuple[str, ...], resume: bool, overwrite: bool,
-                 is_main: bool = True, clear: Callable[[Path], None] | None = None, overwrite_hint: str = "start over",
-                 save: tuple[str, Any] | None = None) -> Iterator[Path]:
+def open_run_dir(
+    run_dir: str | Path,
+    *,
+    markers: tuple[str, ...],
+    resume: bool,
+    overwrite: bool,
+    is_main: bool = True,
+    clear: Callable[[Path], None] | None = None,
+    overwrite_hint: str = "start over",
+    save: tuple[str, Any] | None = None,
+) -> Iterator[Path]:
     """Hold RUN_DIR for a run: lock it (main rank only) before anything there is touched, refuse a started run
     unless `resume` (`overwrite` empties it first, lock file kept), save the resolved config
     (`save=(file name, config)`), and release the lock on any exit."""
@@ -62,8 +71,10 @@ def open_run_dir(run_dir: str | Path, *, markers: tuple[str, ...], resume: bool,
     with hold_run_dir(run_dir) if is_main else contextlib.nullcontext():
         if started(run_dir, markers) and not resume:
             if not overwrite:
-                raise RunDirBusy(f"{run_dir} already holds a run; continue it with --resume, choose another --out, "
-                                 f"or pass --overwrite to {overwrite_hint}")
+                raise RunDirBusy(
+                    f"{run_dir} already holds a run; continue it with --resume, choose another --out, "
+                    f"or pass --overwrite to {overwrite_hint}"
+                )
             if is_main:
                 (clear or clear_run_dir)(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ class Batch:
     position_ids: torch.Tensor | None = None  # [B, T], e.g. restarting per packed sample
     attn_mask: torch.Tensor | None = None  # bool [B, 1, T, T], True = may attend (kept causal by the producer)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.labels), move(self.position_ids), move(self.attn_mask))
 
@@ -31,7 +31,7 @@ class Batch:
         return int((self.labels != IGNORE_INDEX).sum())
 
     @staticmethod
-    def from_windows(windows: torch.Tensor) -> "Batch":
+    def from_windows(windows: torch.Tensor) -> Batch:
         """[B, T+1] token windows → inputs = w[:, :-1], labels = w[:, 1:] (every position predicted)."""
         return Batch(windows[:, :-1].contiguous(), windows[:, 1:].contiguous())
 

@@ -157,8 +157,10 @@ class MixtureLoader:
         self.sources = [_WindowedSource(s, seq_len + 1, seed) for s in sources]
         for s in self.sources:
             if s.n_windows == 0:
-                raise PlanError(f"source '{s.name}' ({s.spec.source.directory}) has {len(s.spec.source)} tokens, "
-                                f"fewer than one window of seq_len+1 = {seq_len + 1}")
+                raise PlanError(
+                    f"source '{s.name}' ({s.spec.source.directory}) has {len(s.spec.source)} tokens, "
+                    f"fewer than one window of seq_len+1 = {seq_len + 1}"
+                )
         self.step = 0
         self.drawn = np.zeros(len(self.sources), dtype=np.int64)
         self.ideal = np.zeros(len(self.sources), dtype=np.float64)
@@ -171,8 +173,9 @@ class MixtureLoader:
         w = np.array([s.spec.weight(min(max(frac, 0.0), 1.0)) for s in self.sources])
         top = w.max()
         if not top > 0:
-            raise PlanError(f"all mixture weights (data.sources.*.weight) are 0 at step {step} "
-                            f"(fraction {frac:.3f} of training)")
+            raise PlanError(
+                f"all mixture weights (data.sources.*.weight) are 0 at step {step} (fraction {frac:.3f} of training)"
+            )
         w = w / top  # scaled to ≤ 1 first: weights near the float maximum (1e308) cannot overflow the sum
         return w / w.sum()
 
@@ -214,7 +217,7 @@ class MixtureLoader:
         per_rank = self.global_windows // self.world_size
         lo = self.rank * per_rank
         out = np.empty((per_rank, self.seq_len + 1), dtype=np.int64)
-        src, k = src[lo: lo + per_rank], k[lo: lo + per_rank]
+        src, k = src[lo : lo + per_rank], k[lo : lo + per_rank]
         for i, source in enumerate(self.sources):
             rows = np.flatnonzero(src == i)
             for row, j in zip(rows, source.window_indices(k[rows])):
@@ -228,7 +231,7 @@ class MixtureLoader:
     def next_batches(self) -> list[Batch]:
         windows = torch.from_numpy(self.next_windows())
         m = self.micro_batch_size
-        return [Batch.from_windows(windows[i: i + m]) for i in range(0, len(windows), m)]
+        return [Batch.from_windows(windows[i : i + m]) for i in range(0, len(windows), m)]
 
     def current_weights(self) -> dict[str, float]:
         """The (normalised) weights used for the most recent step, for the metrics."""
@@ -246,8 +249,12 @@ class MixtureLoader:
             "global_windows": self.global_windows,
             "total_steps": self.total_steps,
             "sources": {
-                s.name: {"drawn": int(d), "ideal": float(x), "tokens": len(s.spec.source),
-                         "path": str(s.spec.source.directory)}
+                s.name: {
+                    "drawn": int(d),
+                    "ideal": float(x),
+                    "tokens": len(s.spec.source),
+                    "path": str(s.spec.source.directory),
+                }
                 for s, d, x in zip(self.sources, self.drawn, self.ideal)
             },
         }
@@ -258,9 +265,11 @@ class MixtureLoader:
         version = state.get("version")
         if version == 1:  # its draw counts index the old stored shuffle: continuing them in the new order would
             # repeat windows already read and skip others
-            raise ValueError("the checkpoint's data position (loader state version 1) was written before the loader's "
-                             "order became a computed permutation and cannot be continued; start a chained session "
-                             "(train.init_from) with data.init_loader_from_checkpoint: false")
+            raise ValueError(
+                "the checkpoint's data position (loader state version 1) was written before the loader's "
+                "order became a computed permutation and cannot be continued; start a chained session "
+                "(train.init_from) with data.init_loader_from_checkpoint: false"
+            )
         if version != STATE_VERSION:
             raise ValueError(f"loader state version {version!r} is not {STATE_VERSION}")
         saved = state["sources"]
@@ -272,15 +281,19 @@ class MixtureLoader:
             return
         for key in ("seed", "seq_len", "global_windows", "total_steps"):
             if state[key] != getattr(self, key):
-                raise ValueError(f"cannot resume the data position: {key} was {state[key]}, now {getattr(self, key)} "
-                                 "(the batch sequence would change); start a chained session instead")
+                raise ValueError(
+                    f"cannot resume the data position: {key} was {state[key]}, now {getattr(self, key)} "
+                    "(the batch sequence would change); start a chained session instead"
+                )
         names = [s.name for s in self.sources]
         if sorted(saved) != sorted(names):
             raise ValueError(f"cannot resume the data position: sources were {sorted(saved)}, now {sorted(names)}")
         for i, s in enumerate(self.sources):
             if saved[s.name]["tokens"] != len(s.spec.source):
-                raise ValueError(f"cannot resume: source '{s.name}' had {saved[s.name]['tokens']} tokens, "
-                                 f"now {len(s.spec.source)} ({s.spec.source.directory} changed)")
+                raise ValueError(
+                    f"cannot resume: source '{s.name}' had {saved[s.name]['tokens']} tokens, "
+                    f"now {len(s.spec.source)} ({s.spec.source.directory} changed)"
+                )
             self.drawn[i] = saved[s.name]["drawn"]
             self.ideal[i] = saved[s.name]["ideal"]
         self.step = int(state["step"])
@@ -295,36 +308,52 @@ class MixtureLoader:
             drawn = drawn + counts
         rows = []
         for s, d in zip(self.sources, drawn):
-            rows.append({
-                "source": s.name,
-                "path": str(s.spec.source.directory),
-                "tokens_available": len(s.spec.source),
-                "windows_available": s.n_windows,
-                "weight": s.spec.weight.describe(),
-                "windows_drawn": int(d),
-                "tokens_drawn": int(d) * self.seq_len,
-                "epochs": int(d) / s.n_windows,
-                "max_epochs": s.spec.max_epochs,
-            })
+            rows.append(
+                {
+                    "source": s.name,
+                    "path": str(s.spec.source.directory),
+                    "tokens_available": len(s.spec.source),
+                    "windows_available": s.n_windows,
+                    "weight": s.spec.weight.describe(),
+                    "windows_drawn": int(d),
+                    "tokens_drawn": int(d) * self.seq_len,
+                    "epochs": int(d) / s.n_windows,
+                    "max_epochs": s.spec.max_epochs,
+                }
+            )
         return rows
 
     def check_plan(self, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         rows = rows if rows is not None else self.plan()
         over = [r for r in rows if r["epochs"] > r["max_epochs"] + 1e-9]
         if over:
-            detail = "; ".join(f"'{r['source']}' would be read {r['epochs']:.2f} times (cap {r['max_epochs']:g})"
-                               for r in over)
-            raise PlanError(f"the data plan breaks the epoch cap: {detail}. Add data, lower its weight, "
-                            "shorten the run, or raise data.max_epochs / the source's max_epochs")
+            detail = "; ".join(
+                f"'{r['source']}' would be read {r['epochs']:.2f} times (cap {r['max_epochs']:g})" for r in over
+            )
+            raise PlanError(
+                f"the data plan breaks the epoch cap: {detail}. Add data, lower its weight, "
+                "shorten the run, or raise data.max_epochs / the source's max_epochs"
+            )
         return rows
 
 
 def format_plan(rows: list[dict[str, Any]]) -> str:
     """The per-source plan as an aligned text table."""
     head = ("source", "tokens avail", "weight", "tokens drawn", "epochs", "cap")
-    body = [(r["source"], f"{r['tokens_available']:,}", r["weight"], f"{r['tokens_drawn']:,}",
-             f"{r['epochs']:.3f}", f"{r['max_epochs']:g}") for r in rows]
+    body = [
+        (
+            r["source"],
+            f"{r['tokens_available']:,}",
+            r["weight"],
+            f"{r['tokens_drawn']:,}",
+            f"{r['epochs']:.3f}",
+            f"{r['max_epochs']:g}",
+        )
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(str(x).ljust(w) if i in (0, 2) else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths)))
-             for row in (head, *body)]
+    lines = [
+        "  ".join(str(x).ljust(w) if i in (0, 2) else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths)))
+        for row in (head, *body)
+    ]
     return "\n".join(lines)

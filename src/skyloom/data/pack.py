@@ -26,15 +26,22 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from skyloom.data.shards import finalize_index, finished_shards, write_shard
-from skyloom.tokenizer.corpus import (DEFAULT_MAX_DOC_CHARS, InputError, SizeGuard, expand_inputs, file_format,
-                                      is_gzip, iter_documents)
+from skyloom.tokenizer.corpus import (
+    DEFAULT_MAX_DOC_CHARS,
+    InputError,
+    SizeGuard,
+    expand_inputs,
+    file_format,
+    is_gzip,
+    iter_documents,
+)
 
 PLAN_FILE = "pack_plan.json"
 PLAN_FORMAT = "skyloom-pack-plan"
@@ -152,15 +159,24 @@ def _stamp(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _plan_document(source: SourceSpec, tasks: list[Task], tokenizer_id: str, fields: Sequence[str],
-                   shard_bytes: int, max_doc_chars: int) -> dict:
+def _plan_document(
+    source: SourceSpec,
+    tasks: list[Task],
+    tokenizer_id: str,
+    fields: Sequence[str],
+    shard_bytes: int,
+    max_doc_chars: int,
+) -> dict:
     """The plan as saved: global settings, and per task its pieces with each file's (size, mtime)."""
     stamps = {str(p): _stamp(str(p)) for p in source.files}
     return {
-        "format": PLAN_FORMAT, "source": source.name, "tokenizer": tokenizer_id, "fields": list(fields),
-        "shard_bytes": shard_bytes, "max_doc_chars": max_doc_chars,
-        "tasks": [{"name": t.name, "pieces": [asdict(p) | {"stamp": stamps[p.path]} for p in t.pieces]}
-                  for t in tasks],
+        "format": PLAN_FORMAT,
+        "source": source.name,
+        "tokenizer": tokenizer_id,
+        "fields": list(fields),
+        "shard_bytes": shard_bytes,
+        "max_doc_chars": max_doc_chars,
+        "tasks": [{"name": t.name, "pieces": [asdict(p) | {"stamp": stamps[p.path]} for p in t.pieces]} for t in tasks],
     }
 
 
@@ -183,7 +199,7 @@ def reconcile_plan(directory: Path, plan: dict, overwrite: bool) -> tuple[set[st
     the source with the limit."""
     path = directory / PLAN_FILE
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    finished = {m["file"][len("shard_"):-len(".bin")] for m in finished_shards(directory)}
+    finished = {m["file"][len("shard_") : -len(".bin")] for m in finished_shards(directory)}
     stale: set[str] = set()
     if old is not None:
         unguarded = old.get("max_doc_chars") is None and not overwrite
@@ -191,12 +207,16 @@ def reconcile_plan(directory: Path, plan: dict, overwrite: bool) -> tuple[set[st
             plan["max_doc_chars"] = None
         changed = [k for k in GLOBAL_KEYS if old.get(k) != plan.get(k)]
         if changed and not overwrite:
-            raise ValueError(f"{directory}: already holds shards packed with a different "
-                             f"{', '.join(changed)}; use another --out, or --overwrite to re-pack this source")
+            raise ValueError(
+                f"{directory}: already holds shards packed with a different "
+                f"{', '.join(changed)}; use another --out, or --overwrite to re-pack this source"
+            )
         if unguarded:
-            print(f"note: {path} predates --max-doc-chars: its shards were packed with no document size limit, and "
-                  "the rest of this source is packed the same way (--overwrite re-packs it with the limit)",
-                  file=sys.stderr)
+            print(
+                f"note: {path} predates --max-doc-chars: its shards were packed with no document size limit, and "
+                "the rest of this source is packed the same way (--overwrite re-packs it with the limit)",
+                file=sys.stderr,
+            )
         old_tasks = {} if changed else {t["name"]: t for t in old.get("tasks", [])}
         new_tasks = {t["name"]: t for t in plan["tasks"]}
         stale = {n for n in finished if old_tasks.get(n) is None or old_tasks[n] != new_tasks.get(n)}
@@ -271,8 +291,14 @@ def encode_documents(texts: Iterable[str], tokenizer, batch_docs: int = 256) -> 
         yield from flush()
 
 
-def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool,
-             max_doc_chars: int = DEFAULT_MAX_DOC_CHARS, batch_docs: int = 256) -> TaskResult:
+def run_task(
+    task: Task,
+    out: str,
+    fields: Sequence[str],
+    skip_malformed: bool,
+    max_doc_chars: int = DEFAULT_MAX_DOC_CHARS,
+    batch_docs: int = 256,
+) -> TaskResult:
     """Tokenize one task's documents (+EOS) and write its shard; a task that fails leaves no temporary file."""
     tok = _WORKER["tokenizer"]
     eos = tok.eos_id
@@ -291,8 +317,15 @@ def run_task(task: Task, out: str, fields: Sequence[str], skip_malformed: bool,
 
     directory = Path(out) / task.source
     try:
-        meta = write_shard(directory, task.name, encode_documents(texts(), tok, batch_docs), vocab_size=tok.vocab_size,
-                           source=task.source, tokenizer=tok.tokenizer_id, eos_id=eos)
+        meta = write_shard(
+            directory,
+            task.name,
+            encode_documents(texts(), tok, batch_docs),
+            vocab_size=tok.vocab_size,
+            source=task.source,
+            tokenizer=tok.tokenizer_id,
+            eos_id=eos,
+        )
     except Exception as err:
         # A failed task leaves no temporary file; an interrupted one (Ctrl-C, kill) may, and the next run
         # overwrites it.
@@ -310,6 +343,7 @@ def _run_task_star(args) -> TaskResult:
 
 
 # --- the whole job -------------------------------------------------------------------------------------
+
 
 @dataclass
 class PackSummary:
@@ -332,10 +366,18 @@ class PackSummary:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out: str | Path,
-         fields: Sequence[str] = ("text",), workers: int = 1, shard_bytes: int = 64 << 20,
-         skip_malformed: bool = False, overwrite: bool = False, progress: bool = True,
-         max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> PackSummary:
+def pack(
+    specs: Sequence[str] | Sequence[SourceSpec],
+    tokenizer: str | Path,
+    out: str | Path,
+    fields: Sequence[str] = ("text",),
+    workers: int = 1,
+    shard_bytes: int = 64 << 20,
+    skip_malformed: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_doc_chars: int = DEFAULT_MAX_DOC_CHARS,
+) -> PackSummary:
     """Pack every source; returns what this run did and each source's final index. Documents over
     `max_doc_chars` characters are skipped (records) or split (text files) and counted (see `SizeGuard`)."""
     from skyloom.tokenizer.loading import TextTokenizer
@@ -345,8 +387,10 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
     SizeGuard(max_doc_chars)  # refuses a limit ≤ 0 before any work
     tok = TextTokenizer.from_dir(tokenizer)
     if tok.eos_id is None:
-        raise ValueError(f"{tokenizer}: the tokenizer names no eos_token (tokenizer_config.json); "
-                         f"packing appends EOS to every document")
+        raise ValueError(
+            f"{tokenizer}: the tokenizer names no eos_token (tokenizer_config.json); "
+            f"packing appends EOS to every document"
+        )
     sources = [s if isinstance(s, SourceSpec) else None for s in specs]
     if any(s is None for s in sources):
         sources = parse_sources([str(s) for s in specs])
@@ -384,8 +428,9 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
             import multiprocessing as mp
 
             # spawn, never fork: forking a process whose torch/OpenMP/rayon threads are running can deadlock.
-            with mp.get_context("spawn").Pool(min(workers, len(pending)), initializer=_init_worker,
-                                             initargs=(str(tok.source), True)) as pool:
+            with mp.get_context("spawn").Pool(
+                min(workers, len(pending)), initializer=_init_worker, initargs=(str(tok.source), True)
+            ) as pool:
                 _consume(pool.imap_unordered(_run_task_star, jobs), results, bar)
     except PackError:  # leaving the pool terminated the tasks still running: remove what they were writing
         _remove_temporary_files(out, pending)
@@ -400,15 +445,24 @@ def pack(specs: Sequence[str] | Sequence[SourceSpec], tokenizer: str | Path, out
         directory = out / source.name
         if finished_shards(directory):
             index = finalize_index(directory)
-            indexes[source.name] = {k: index[k] for k in ("tokens", "documents")} | {"shards": len(index["shards"]),
-                                                                                    "path": str(directory)}
+            indexes[source.name] = {k: index[k] for k in ("tokens", "documents")} | {
+                "shards": len(index["shards"]),
+                "path": str(directory),
+            }
     malformed = [m for r in results for m in r.malformed]
     return PackSummary(
-        sources=indexes, tasks_run=len(results), tasks_skipped=skipped, tasks_redone=redone,
-        tokens=sum(r.tokens for r in results), documents=sum(r.documents for r in results),
-        characters=sum(r.characters for r in results), bytes=sum(r.bytes for r in results),
-        empty=sum(r.empty for r in results), malformed=malformed,
-        over_long=[m for r in results for m in r.over_long], split=[m for r in results for m in r.split],
+        sources=indexes,
+        tasks_run=len(results),
+        tasks_skipped=skipped,
+        tasks_redone=redone,
+        tokens=sum(r.tokens for r in results),
+        documents=sum(r.documents for r in results),
+        characters=sum(r.characters for r in results),
+        bytes=sum(r.bytes for r in results),
+        empty=sum(r.empty for r in results),
+        malformed=malformed,
+        over_long=[m for r in results for m in r.over_long],
+        split=[m for r in results for m in r.split],
         seconds=seconds,
     )
 
@@ -422,9 +476,11 @@ def _remove_temporary_files(out: Path, tasks: list[Task]) -> None:
 def _consume(iterator, results: list[TaskResult], bar) -> None:
     for result in iterator:
         if result.error:
-            raise PackError(f"{result.error}\n(shards finished so far are kept: fix the file, or pass "
-                            f"--skip-malformed, and run the command again; only unfinished shards and those "
-                            f"reading changed files are packed again)")
+            raise PackError(
+                f"{result.error}\n(shards finished so far are kept: fix the file, or pass "
+                f"--skip-malformed, and run the command again; only unfinished shards and those "
+                f"reading changed files are packed again)"
+            )
         results.append(result)
         if bar is not None:
             bar.update(result.bytes)

@@ -15,23 +15,33 @@ from skyloom.tokenizer.corpus import DEFAULT_MAX_DOC_CHARS
 class PackConfig:
     """`skyloom data pack`'s arguments."""
 
-    sources: list[str] = option(positional=True, nargs="+", metavar="SOURCE",
-                                help="NAME=PATH or PATH (file, directory, glob)")
-    tokenizer: str = option(flags=("--tokenizer", "-t"), required=True,
-                            help="tokenizer directory (tokenizer.json + tokenizer_config.json naming eos_token)")
+    sources: list[str] = option(
+        positional=True, nargs="+", metavar="SOURCE", help="NAME=PATH or PATH (file, directory, glob)"
+    )
+    tokenizer: str = option(
+        flags=("--tokenizer", "-t"),
+        required=True,
+        help="tokenizer directory (tokenizer.json + tokenizer_config.json naming eos_token)",
+    )
     out: str = option(flags=("--out", "-o"), required=True, help="output directory; one sub-directory per source")
-    fields: list[str] | None = option(None, flags=("--field",), append=True, metavar="NAME",
-                                      help="record field holding the text; repeat to join several with a newline "
-                                           "(default: text)")
+    fields: list[str] | None = option(
+        None,
+        flags=("--field",),
+        append=True,
+        metavar="NAME",
+        help="record field holding the text; repeat to join several with a newline (default: text)",
+    )
     workers: int = option(0, help="processes (0: one per CPU)")
     shard_bytes: int = option(64 << 20, help="input bytes per task / shard")
     skip_malformed: bool = option(False, help="skip malformed records (listed with file:line) instead of stopping")
-    max_doc_chars: int = option(DEFAULT_MAX_DOC_CHARS, metavar="N",
-                                help="longest document: longer records are skipped and counted, longer text files "
-                                     "split (default: %(default)s)")
-    overwrite: bool = option(False, help="delete a source's existing shards when the plan changed, instead of "
-                                         "refusing")
+    max_doc_chars: int = option(
+        DEFAULT_MAX_DOC_CHARS,
+        metavar="N",
+        help="longest document: longer records are skipped and counted, longer text files split (default: %(default)s)",
+    )
+    overwrite: bool = option(False, help="delete a source's existing shards when the plan changed, instead of refusing")
     quiet: bool = option(False, flags=("--quiet", "-q"), help="no progress bar")
+
 
 DESCRIPTION = """\
 Tokenize documents (a text field of JSONL / Parquet / CSV records, or whole .txt files; .gz read through),
@@ -58,8 +68,9 @@ examples:
 
 def register(sub) -> None:
     group = add_group(sub, "data", "data pipeline: clean, filter, pack")
-    p = add_command(group, "pack", "tokenize documents into token shards (per source, parallel, resumable)",
-                    DESCRIPTION)
+    p = add_command(
+        group, "pack", "tokenize documents into token shards (per source, parallel, resumable)", DESCRIPTION
+    )
     add_config_arguments(p, PackConfig)
     p.set_defaults(handler=_pack)
 
@@ -70,9 +81,18 @@ def _pack(args: argparse.Namespace) -> int:
 
     workers = args.workers or (os.cpu_count() or 1)
     try:
-        summary = pack(args.sources, args.tokenizer, args.out, fields=args.fields or ["text"], workers=workers,
-                       shard_bytes=args.shard_bytes, skip_malformed=args.skip_malformed,
-                       overwrite=args.overwrite, progress=not args.quiet, max_doc_chars=args.max_doc_chars)
+        summary = pack(
+            args.sources,
+            args.tokenizer,
+            args.out,
+            fields=args.fields or ["text"],
+            workers=workers,
+            shard_bytes=args.shard_bytes,
+            skip_malformed=args.skip_malformed,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            max_doc_chars=args.max_doc_chars,
+        )
     except (InputError, FileNotFoundError, ValueError) as err:
         print(f"skyloom: error: {err}", file=sys.stderr)
         return 2
@@ -84,17 +104,27 @@ def _pack(args: argparse.Namespace) -> int:
     for name, info in summary.sources.items():
         print(f"{name:<24} {info['tokens']:>14,} {info['documents']:>11,} {info['shards']:>7}  {info['path']}")
     s = summary
-    rate = f"{s.tokens_per_second:,.0f} tokens/s, {s.characters / s.seconds / 1e6:.2f} M chars/s, " \
-           f"{s.bytes / s.seconds / 1e6:.1f} MB/s" if s.seconds > 0 and s.tasks_run else "nothing to do"
+    rate = (
+        f"{s.tokens_per_second:,.0f} tokens/s, {s.characters / s.seconds / 1e6:.2f} M chars/s, "
+        f"{s.bytes / s.seconds / 1e6:.1f} MB/s"
+        if s.seconds > 0 and s.tasks_run
+        else "nothing to do"
+    )
     redone = f" ({s.tasks_redone} redone: inputs changed)" if s.tasks_redone else ""
-    print(f"this run: {s.tasks_run} shard(s) written{redone}, {s.tasks_skipped} already finished; {s.tokens:,} tokens, "
-          f"{s.documents:,} documents in {s.seconds:.1f} s ({rate}; {workers} workers)")
+    print(
+        f"this run: {s.tasks_run} shard(s) written{redone}, {s.tasks_skipped} already finished; {s.tokens:,} tokens, "
+        f"{s.documents:,} documents in {s.seconds:.1f} s ({rate}; {workers} workers)"
+    )
     for line in s.over_long[:20]:
         print(f"skipped over-long document: {line}", file=sys.stderr)
     if s.empty or s.malformed or s.over_long:
-        print(f"skipped: {s.empty:,} empty documents, {len(s.malformed):,} malformed records, "
-              f"{len(s.over_long):,} over-long documents (> {args.max_doc_chars:,} characters)")
+        print(
+            f"skipped: {s.empty:,} empty documents, {len(s.malformed):,} malformed records, "
+            f"{len(s.over_long):,} over-long documents (> {args.max_doc_chars:,} characters)"
+        )
     if s.split:
-        print(f"split: {len(s.split):,} text file(s) longer than {args.max_doc_chars:,} characters, into documents "
-              f"of at most that size")
+        print(
+            f"split: {len(s.split):,} text file(s) longer than {args.max_doc_chars:,} characters, into documents "
+            f"of at most that size"
+        )
     return 0

@@ -15,8 +15,9 @@ class DataRunCommand:
     """`skyloom data run`'s arguments; the pipeline itself is PIPELINE.yaml (--print-config shows it resolved)."""
 
     pipeline: str = option(positional=True, metavar="PIPELINE.yaml", help="pipeline description")
-    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
-                                  help="overrides, e.g. executor.tasks=4")
+    overrides: list[str] = option(
+        [], positional=True, nargs="*", metavar="KEY=VALUE", help="overrides, e.g. executor.tasks=4"
+    )
     keep_rejects: bool = option(False, help="write every dropped document with its reason to OUTPUT/rejects/<step>/")
     restart: bool = option(False, help="discard a previous run in output_dir and start over")
     output_dir: str | None = option(None, help="override output_dir")
@@ -29,10 +30,10 @@ class DataRunCommand:
 class TrainQualityCommand:
     """`skyloom data train-quality`'s arguments; the recipe is RECIPE.yaml (--print-config shows it resolved)."""
 
-    recipe: str = option(positional=True, metavar="RECIPE.yaml",
-                         help="training recipe (output, positives, negatives, …)")
-    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
-                                  help="overrides, e.g. epochs=4")
+    recipe: str = option(
+        positional=True, metavar="RECIPE.yaml", help="training recipe (output, positives, negatives, …)"
+    )
+    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE", help="overrides, e.g. epochs=4")
     output: str | None = option(None, help="override the model path")
 
 
@@ -92,8 +93,10 @@ def cmd_train_quality(args: argparse.Namespace) -> int:
     cfg = load_quality(args)
     model = train_quality(cfg)
     r = model.report
-    print(f"wrote {cfg.output}: {r['train_chunks']:,} training chunks, held-out accuracy "
-          f"{r['heldout_accuracy']:.3f}, AUC {r['heldout_auc']:.3f}")
+    print(
+        f"wrote {cfg.output}: {r['train_chunks']:,} training chunks, held-out accuracy "
+        f"{r['heldout_accuracy']:.3f}, AUC {r['heldout_auc']:.3f}"
+    )
     for lang, v in r["per_language"].items():
         cut = model.cutoffs.get(lang)
         cuts = f"head ≥ {cut[0]:.4f}, middle ≥ {cut[1]:.4f}" if cut else "no cut-offs (too little web text)"
@@ -104,7 +107,9 @@ def cmd_train_quality(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     data = add_group(sub, "data", "data pipeline: raw pages and text → SkyPile documents → token shards")
     run = add_command(
-        data, "run", "run a YAML-described SkyPile pipeline (datatrove steps, local or Slurm)",
+        data,
+        "run",
+        "run a YAML-described SkyPile pipeline (datatrove steps, local or Slurm)",
         description=(
             "Run the pipeline described in PIPELINE.yaml: inputs (jsonl/json/text/html/warc/files), ordered steps\n"
             "(extract, langid, heuristics, quality, code_filter, exact_dedup, minhash_dedup, semantic_filter,\n"
@@ -118,7 +123,9 @@ def register(sub) -> None:
     run.set_defaults(handler=cmd_run)
 
     tq = add_command(
-        data, "train-quality", "train the CCNet-style quality classifier (hashed n-grams + logistic regression)",
+        data,
+        "train-quality",
+        "train the CCNet-style quality classifier (hashed n-grams + logistic regression)",
         description=(
             "Train the 'looks like a Wikipedia reference' classifier from RECIPE.yaml: positives (encyclopedic\n"
             "text) and negatives (general web text), given as pipeline inputs. Held-out accuracy/AUC are\n"

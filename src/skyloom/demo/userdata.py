@@ -33,8 +33,10 @@ def is_shared_layout(path: Path) -> bool:
     present = [m for m in SHARED_MARKERS if (path / m).is_dir()]
     if 2 <= len(present) < len(SHARED_MARKERS):
         missing = [m for m in SHARED_MARKERS if m not in present]
-        raise FileNotFoundError(f"--data {path}: looks like the shared-data layout ({', '.join(present)}) but lacks "
-                                f"{', '.join(missing)}/; add it, or give a directory of your own files")
+        raise FileNotFoundError(
+            f"--data {path}: looks like the shared-data layout ({', '.join(present)}) but lacks "
+            f"{', '.join(missing)}/; add it, or give a directory of your own files"
+        )
     return len(present) == len(SHARED_MARKERS)
 
 
@@ -99,32 +101,41 @@ def build_from_shared(data: Path, out: Path, chars: int, heldout_fraction: float
     counts: dict[str, dict[str, int]] = {}
     for name, docs in domains.items():
         train, held = split_heldout(docs, heldout_fraction)
-        counts[name] = {"train": _write_jsonl(out / "raw" / f"{name}.jsonl", train),
-                        "heldout": _write_jsonl(out / "heldout" / f"{name}.jsonl", held)}
+        counts[name] = {
+            "train": _write_jsonl(out / "raw" / f"{name}.jsonl", train),
+            "heldout": _write_jsonl(out / "heldout" / f"{name}.jsonl", held),
+        }
     gsm_train = read_texts(data / "gsm8k" / "train.jsonl", None)
     n_stem = max(200, chars // 250)
     counts["stem"] = {"train": _write_jsonl(out / "raw" / "stem.jsonl", gsm_train[:n_stem])}
     held_stem = read_texts(data / "gsm8k" / "test.jsonl", None)[:150]
     counts["stem"]["heldout"] = _write_jsonl(out / "heldout" / "stem.jsonl", held_stem)
     leak = out / "leakage"
-    _write_jsonl(leak / "train.jsonl", gsm_train[:min(150, n_stem)])
+    _write_jsonl(leak / "train.jsonl", gsm_train[: min(150, n_stem)])
     _write_jsonl(leak / "test.jsonl", held_stem)
     _write_jsonl(leak / "ref.jsonl", read_texts(data / "skywork" / "mock_gsm8k_test_public.jsonl", None)[:150])
     table6 = {p.stem.removeprefix("zh_"): str(p) for p in sorted((data / "skywork").glob("zh_*.jsonl"))}
-    manifest = {"source": f"shared data at {data}", "domains": sorted(counts), "stem_domains": ["stem"],
-                "table6": table6 or None,
-                "leakage": {k: str(leak / f"{k}.jsonl") for k in ("train", "test", "ref")},
-                "leakage_note": "train = GSM8K train records the STEM source holds (trained on in Stage-2), "
-                                "test = GSM8K test, ref = the Skywork authors' GPT-4-written look-alikes",
-                "counts": counts}
+    manifest = {
+        "source": f"shared data at {data}",
+        "domains": sorted(counts),
+        "stem_domains": ["stem"],
+        "table6": table6 or None,
+        "leakage": {k: str(leak / f"{k}.jsonl") for k in ("train", "test", "ref")},
+        "leakage_note": "train = GSM8K train records the STEM source holds (trained on in Stage-2), "
+        "test = GSM8K test, ref = the Skywork authors' GPT-4-written look-alikes",
+        "counts": counts,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
 
 
 def build_from_files(data: Path, out: Path, chars: int, heldout_fraction: float = 0.08) -> dict[str, Any]:
     """The demo corpus from arbitrary user files (see the module docstring)."""
-    files = sorted(p for p in data.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json", ".txt")
-                   and "leakage" not in p.relative_to(data).parts)
+    files = sorted(
+        p
+        for p in data.rglob("*")
+        if p.is_file() and p.suffix in (".jsonl", ".json", ".txt") and "leakage" not in p.relative_to(data).parts
+    )
     if not files:
         raise FileNotFoundError(f"{data}: no .jsonl, .json or .txt files to build a corpus from")
     counts: dict[str, dict[str, int]] = {}
@@ -136,15 +147,22 @@ def build_from_files(data: Path, out: Path, chars: int, heldout_fraction: float 
         if len(docs) < 2:
             raise ValueError(f"{path}: needs at least 2 documents (one is held out for validation), got {len(docs)}")
         train, held = split_heldout(docs, heldout_fraction)
-        counts[name] = {"train": _write_jsonl(out / "raw" / f"{name}.jsonl", train),
-                        "heldout": _write_jsonl(out / "heldout" / f"{name}.jsonl", held)}
+        counts[name] = {
+            "train": _write_jsonl(out / "raw" / f"{name}.jsonl", train),
+            "heldout": _write_jsonl(out / "heldout" / f"{name}.jsonl", held),
+        }
     leak_dir = data / "leakage"
     leakage = None
     if all((leak_dir / f"{k}.jsonl").is_file() for k in ("train", "test", "ref")):
         leakage = {k: str(leak_dir / f"{k}.jsonl") for k in ("train", "test", "ref")}
-    manifest = {"source": f"user files in {data}", "domains": sorted(counts),
-                "stem_domains": [n for n in counts if STEM_NAME.search(n)], "table6": None, "leakage": leakage,
-                "leakage_note": None if leakage else f"no {leak_dir}/{{train,test,ref}}.jsonl given",
-                "counts": counts}
+    manifest = {
+        "source": f"user files in {data}",
+        "domains": sorted(counts),
+        "stem_domains": [n for n in counts if STEM_NAME.search(n)],
+        "table6": None,
+        "leakage": leakage,
+        "leakage_note": None if leakage else f"no {leak_dir}/{{train,test,ref}}.jsonl given",
+        "counts": counts,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -50,8 +51,15 @@ class SkyloomLM(LanguageModel):
 
     backend = "skyloom"
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str = "model", kv_cache: bool = True,
-                 max_length: int | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        name: str = "model",
+        kv_cache: bool = True,
+        max_length: int | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -134,8 +142,15 @@ class HuggingFaceLM(LanguageModel):
 
     backend = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, name: str = "model", max_length: int | None = None,
-                 tokenizer_id: str | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str = "model",
+        max_length: int | None = None,
+        tokenizer_id: str | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -147,23 +162,32 @@ class HuggingFaceLM(LanguageModel):
         self.max_length = min(max_length or config_max, config_max)
 
     @classmethod
-    def from_dir(cls, path: str | Path, device: torch.device, dtype: torch.dtype, tokenizer_dir: str | Path | None = None,
-                 allow_pickle: bool = False, **kwargs: Any) -> "HuggingFaceLM":
+    def from_dir(
+        cls,
+        path: str | Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        tokenizer_dir: str | Path | None = None,
+        allow_pickle: bool = False,
+        **kwargs: Any,
+    ) -> HuggingFaceLM:
         """Load from local files. Weights must be safetensors unless `allow_pickle` (unsafe: a pickle can run code
         when loaded, and transformers' weights-only unpickler is a mitigation, not a guarantee)."""
         transformers = require_transformers(f"evaluating {path} with the Hugging Face backend")
         if not allow_pickle:
             refuse_pickled_weights(Path(path))
-        tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir or path), local_files_only=True,
-                                                         trust_remote_code=False)
+        tok = transformers.AutoTokenizer.from_pretrained(
+            str(tokenizer_dir or path), local_files_only=True, trust_remote_code=False
+        )
         tok.model_max_length = 1 << 40  # windows are cut by the evaluator; silence the length warning
         major = int(transformers.__version__.split(".")[0])
         dtype_kw = {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=False, use_safetensors=not allow_pickle, **dtype_kw
         ).to(device)
-        return cls(model, tok, name=Path(path).name, tokenizer_id=tokenizer_fingerprint(Path(tokenizer_dir or path)),
-                   **kwargs)
+        return cls(
+            model, tok, name=Path(path).name, tokenizer_id=tokenizer_fingerprint(Path(tokenizer_dir or path)), **kwargs
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -202,15 +226,19 @@ class HuggingFaceLM(LanguageModel):
 
     def _start(self, ids: torch.Tensor, valid: torch.Tensor):
         mask = valid.long()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(valid),
-                         use_cache=True)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(valid), use_cache=True)
         return out.logits[:, -1], (out.past_key_values, mask, mask.sum(-1))
 
     def _step(self, state, next_ids: torch.Tensor):
         past, mask, position = state
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=position[:, None],
-                         past_key_values=past, use_cache=True)
+        out = self.model(
+            input_ids=next_ids[:, None],
+            attention_mask=mask,
+            position_ids=position[:, None],
+            past_key_values=past,
+            use_cache=True,
+        )
         return out.logits[:, -1], (out.past_key_values, mask, position + 1)
 
 
@@ -221,8 +249,10 @@ def refuse_pickled_weights(path: Path) -> None:
         return
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
     found = f" (found {', '.join(pickles)}: pickled weights)" if pickles else ""
-    raise ValueError(f"{path}: no safetensors weights{found}; convert them to safetensors, or pass --allow-pickle "
-                     "to load pickled weights anyway (unsafe: unpickling can run code)")
+    raise ValueError(
+        f"{path}: no safetensors weights{found}; convert them to safetensors, or pass --allow-pickle "
+        "to load pickled weights anyway (unsafe: unpickling can run code)"
+    )
 
 
 def tokenizer_fingerprint(directory: Path) -> str | None:
@@ -239,8 +269,10 @@ def detect_backend(path: Path) -> str:
         return "skyloom"
     if (path / "config.json").is_file():
         return "hf"
-    raise ValueError(f"{path}: neither a skyloom checkpoint (model.json + model.safetensors) "
-                     "nor a Hugging Face model directory (config.json)")
+    raise ValueError(
+        f"{path}: neither a skyloom checkpoint (model.json + model.safetensors) "
+        "nor a Hugging Face model directory (config.json)"
+    )
 
 
 def load_skyloom_tokenizer(path: Path):
@@ -283,8 +315,9 @@ def load_lm(
     if chosen == "hf":
         if not (p / "config.json").is_file():
             raise ValueError(f"{p}: the hf backend needs a Hugging Face directory (config.json)")
-        return HuggingFaceLM.from_dir(p, dev, dt, tokenizer_dir=tokenizer, max_length=max_length,
-                                      allow_pickle=allow_pickle, **kwargs)
+        return HuggingFaceLM.from_dir(
+            p, dev, dt, tokenizer_dir=tokenizer, max_length=max_length, allow_pickle=allow_pickle, **kwargs
+        )
     from skyloom.model.checkpoint import load_model
 
     model = load_model(p, device=dev, dtype=dt, verify=False)  # verified above

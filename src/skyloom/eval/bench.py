@@ -45,17 +45,31 @@ def parse_task(spec: str) -> TaskSpec:
     return TaskSpec(name, shared_data_dir() / task.default_path)
 
 
-def run_task(lm: LanguageModel, spec: TaskSpec, shots: int | None = None, limit: int | None = None,
-             fmt: str = "letter", split: str | None = None, subjects: Sequence[str] | None = None,
-             max_new_tokens: int = 256, sampling: Sampling | None = None
-             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_task(
+    lm: LanguageModel,
+    spec: TaskSpec,
+    shots: int | None = None,
+    limit: int | None = None,
+    fmt: str = "letter",
+    split: str | None = None,
+    subjects: Sequence[str] | None = None,
+    max_new_tokens: int = 256,
+    sampling: Sampling | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run one benchmark; (results JSON, per-item records)."""
     task = spec.task
     k = task.default_shots if shots is None else shots
     if k < 0:
         raise ValueError(f"shots must be ≥ 0, got {k}")
-    options = TaskOptions(shots=k if task.takes_shots else 0, limit=limit, fmt=fmt, split=split, subjects=subjects,
-                          max_new_tokens=max_new_tokens, sampling=sampling)
+    options = TaskOptions(
+        shots=k if task.takes_shots else 0,
+        limit=limit,
+        fmt=fmt,
+        split=split,
+        subjects=subjects,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+    )
     result, records = task.evaluate(lm, spec.path, options)
     if not task.takes_shots:
         result["shots_requested"] = k
@@ -87,14 +101,16 @@ def format_results(results: dict[str, dict[str, Any]], per_subject: bool = True)
     for name, r in results.items():
         o = r["overall"]
         norm = f"{100 * o['acc_norm']:.1f}" if "acc_norm" in o else "–"
-        lines.append(f"| {name} | {shots_cell(r)} | {o['n']:,} | {100 * o['acc']:.1f} | {norm} | "
-                     f"{r['prompt_sha256'][:12]} |")
+        lines.append(
+            f"| {name} | {shots_cell(r)} | {o['n']:,} | {100 * o['acc']:.1f} | {norm} | {r['prompt_sha256'][:12]} |"
+        )
     if per_subject:
         for name, r in results.items():
             if len(r["subjects"]) <= 1:
                 continue
-            short = any(s.get("shots", r["shots"]) != r.get("shots_requested", r["shots"])
-                        for s in r["subjects"].values())
+            short = any(
+                s.get("shots", r["shots"]) != r.get("shots_requested", r["shots"]) for s in r["subjects"].values()
+            )
             head = "| Subject | n | acc | acc_norm |" + (" shots |" if short else "")
             lines += ["", f"{name} by subject:", "", head, "|---" * head.count(" |") + "|"]
             for subject, s in r["subjects"].items():

@@ -7,14 +7,17 @@ import functools
 import json
 import math
 import sys
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from skyloom.commandline import add_command, add_config_arguments, add_group, option
 
-MODEL_HELP = ("a skyloom checkpoint directory (model.json + model.safetensors + tokenizer files) or a "
-              "Hugging Face model directory (config.json + safetensors + tokenizer)")
+MODEL_HELP = (
+    "a skyloom checkpoint directory (model.json + model.safetensors + tokenizer files) or a "
+    "Hugging Face model directory (config.json + safetensors + tokenizer)"
+)
 
 
 _LOADING = "model loading"
@@ -26,25 +29,38 @@ class LoadingOptions:
     """How the evaluated model is loaded and batched (every eval command)."""
 
     backend: Literal["auto", "skyloom", "hf"] = option(
-        "auto", choices=("auto", "skyloom", "hf"), group=_LOADING,
+        "auto",
+        choices=("auto", "skyloom", "hf"),
+        group=_LOADING,
         help="auto: skyloom for a skyloom checkpoint, transformers (skyloom[hf]) for a Hugging Face directory; "
-             "a Llama directory runs in either")
-    tokenizer: str | None = option(None, metavar="DIR", group=_LOADING,
-                                   help="tokenizer directory (default: the model directory)")
+        "a Llama directory runs in either",
+    )
+    tokenizer: str | None = option(
+        None, metavar="DIR", group=_LOADING, help="tokenizer directory (default: the model directory)"
+    )
     device: str = option("auto", group=_LOADING, help="auto (cuda if available), cpu, cuda, cuda:1 …")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
-        "auto", choices=("auto", "float32", "bfloat16", "float16"), group=_LOADING,
-        help="auto: bfloat16 on a GPU that supports it, float32 on CPU")
+        "auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        group=_LOADING,
+        help="auto: bfloat16 on a GPU that supports it, float32 on CPU",
+    )
     batch_tokens: int = option(8192, group=_LOADING, help="padded tokens per forward pass (batch rows × longest row)")
     max_batch_size: int = option(64, group=_LOADING, help="rows per forward pass at most")
     no_progress: bool = option(False, group=_LOADING, help="no progress bars")
-    no_verify: bool = option(False, group=_LOADING,
-                             help="skip checking a training checkpoint against its manifest.json (sizes + sha256) "
-                                  "before loading it (faster; a corrupt file then gives other numbers instead of an "
-                                  "error)")
-    allow_pickle: bool = option(False, group=_LOADING,
-                                help="UNSAFE: let the transformers backend load pickled weights (pytorch_model.bin) "
-                                     "when a directory has no safetensors; unpickling an untrusted file can run code")
+    no_verify: bool = option(
+        False,
+        group=_LOADING,
+        help="skip checking a training checkpoint against its manifest.json (sizes + sha256) "
+        "before loading it (faster; a corrupt file then gives other numbers instead of an "
+        "error)",
+    )
+    allow_pickle: bool = option(
+        False,
+        group=_LOADING,
+        help="UNSAFE: let the transformers backend load pickled weights (pytorch_model.bin) "
+        "when a directory has no safetensors; unpickling an untrusted file can run code",
+    )
 
 
 @dataclass(kw_only=True)
@@ -52,25 +68,37 @@ class WindowOptions:
     """How documents are cut into scored windows (ppl, leakage, correlate)."""
 
     window: Literal["report", "rolling", "packed"] = option(
-        "report", choices=("report", "rolling", "packed"), group=_WINDOW,
+        "report",
+        choices=("report", "rolling", "packed"),
+        group=_WINDOW,
         help="report: the authors' eval_loss.py (first max_tokens//3 characters, one window of at most max_tokens "
-             "tokens, first token not predicted); rolling: whole documents in windows, lm-evaluation-harness style; "
-             "packed: documents joined with EOS, cut like training batches")
-    max_tokens: int | None = option(None, group=_WINDOW,
-                                    help="window size in tokens (default: 4096, capped at the model's maximum length)")
-    stride: int | None = option(None, group=_WINDOW,
-                                help="rolling: tokens newly predicted per window (default: max-tokens, disjoint "
-                                     "windows)")
+        "tokens, first token not predicted); rolling: whole documents in windows, lm-evaluation-harness style; "
+        "packed: documents joined with EOS, cut like training batches",
+    )
+    max_tokens: int | None = option(
+        None, group=_WINDOW, help="window size in tokens (default: 4096, capped at the model's maximum length)"
+    )
+    stride: int | None = option(
+        None, group=_WINDOW, help="rolling: tokens newly predicted per window (default: max-tokens, disjoint windows)"
+    )
     prefix: Literal["auto", "bos", "eos", "none"] = option(
-        "auto", choices=("auto", "bos", "eos", "none"), group=_WINDOW,
-        help="rolling: token placed before each document so its first token is predicted (auto: BOS, else EOS)")
-    token_budget: int | None = option(None, group=_WINDOW,
-                                      help="packed: score only the first ceil(N / max-tokens) windows (a validation "
-                                           "set's max_tokens in a training config)")
+        "auto",
+        choices=("auto", "bos", "eos", "none"),
+        group=_WINDOW,
+        help="rolling: token placed before each document so its first token is predicted (auto: BOS, else EOS)",
+    )
+    token_budget: int | None = option(
+        None,
+        group=_WINDOW,
+        help="packed: score only the first ceil(N / max-tokens) windows (a validation "
+        "set's max_tokens in a training config)",
+    )
 
 
-_TASK_HELP = ("mmlu:DIR, ceval[:DIR], cmmlu[:DIR], gsm8k[:DIR] (repeatable); without a path the copy in "
-              "$SKYLOOM_SHARED_DATA (default ../shared/data) is used")
+_TASK_HELP = (
+    "mmlu:DIR, ceval[:DIR], cmmlu[:DIR], gsm8k[:DIR] (repeatable); without a path the copy in "
+    "$SKYLOOM_SHARED_DATA (default ../shared/data) is used"
+)
 
 
 @dataclass(kw_only=True)
@@ -78,15 +106,19 @@ class BenchOptions:
     """Which benchmark questions are asked, and how (bench, correlate)."""
 
     task: list[str] | None = option(None, append=True, metavar="NAME[:PATH]", help=_TASK_HELP)
-    shots: int | None = option(None, help="few-shot exemplars (default: 5 for MMLU/C-Eval/CMMLU from each subject's "
-                                          "dev file, 8 for GSM8K)")
+    shots: int | None = option(
+        None, help="few-shot exemplars (default: 5 for MMLU/C-Eval/CMMLU from each subject's dev file, 8 for GSM8K)"
+    )
     limit: int | None = option(None, help="score only the first N questions of each subject")
     format: Literal["letter", "text"] = option(
-        "letter", choices=("letter", "text"),
+        "letter",
+        choices=("letter", "text"),
         help="multiple choice: score the answer letters after listed options (the report's setting) or the option "
-             "texts as cloze continuations")
-    split: str | None = option(None, help="split folder to score (default: test, or val when test has no answers, "
-                                          "as C-Eval)")
+        "texts as cloze continuations",
+    )
+    split: str | None = option(
+        None, help="split folder to score (default: test, or val when test has no answers, as C-Eval)"
+    )
 
 
 _MODELS_HELP = MODEL_HELP + "; repeat for one table row per model"
@@ -97,9 +129,12 @@ class EvalPplConfig(WindowOptions, LoadingOptions):
     """`skyloom eval ppl`'s arguments."""
 
     model: list[str] = option(append=True, required=True, metavar="DIR", help=_MODELS_HELP)
-    data: list[str] | None = option(None, append=True, metavar="NAME=PATH",
-                                    help="an evaluation set (repeatable; default: Table 6's "
-                                         "Tech/Movie/Gov./Game/Finance/General)")
+    data: list[str] | None = option(
+        None,
+        append=True,
+        metavar="NAME=PATH",
+        help="an evaluation set (repeatable; default: Table 6's Tech/Movie/Gov./Game/Finance/General)",
+    )
     field: str | None = option(None, help="JSON field holding the text (default: text, or question+answer)")
     limit: int | None = option(None, help="only the first N documents of each set")
     output: str | None = option(None, metavar="FILE", help="write the results as JSON")
@@ -112,10 +147,12 @@ class EvalLeakageConfig(WindowOptions, LoadingOptions):
     model: list[str] = option(append=True, required=True, metavar="DIR", help=_MODELS_HELP)
     train: str | None = option(None, help="train split (default: $SKYLOOM_SHARED_DATA/gsm8k/train.jsonl)")
     test: str | None = option(None, help="test split (default: $SKYLOOM_SHARED_DATA/gsm8k/test.jsonl)")
-    ref: str | None = option(None, help="reference set (default: "
-                                        "$SKYLOOM_SHARED_DATA/skywork/mock_gsm8k_test_public.jsonl)")
-    field: str | None = option(None, help="JSON field holding the sample text (default: text, or "
-                                          "question + ' ' + answer)")
+    ref: str | None = option(
+        None, help="reference set (default: $SKYLOOM_SHARED_DATA/skywork/mock_gsm8k_test_public.jsonl)"
+    )
+    field: str | None = option(
+        None, help="JSON field holding the sample text (default: text, or question + ' ' + answer)"
+    )
     limit: int | None = option(None, help="only the first N samples of each set")
     n_boot: int = option(1000, help="bootstrap replicates")
     confidence: float = option(0.95, help="interval coverage")
@@ -135,8 +172,7 @@ class EvalBenchConfig(BenchOptions, LoadingOptions):
     top_p: float = option(1.0, help="GSM8K sampling: nucleus mass")
     top_k: int = option(0, help="GSM8K sampling: keep the k best tokens (0: all)")
     seed: int = option(0, help="GSM8K sampling seed")
-    log_samples: str | None = option(None, metavar="DIR", help="write every prompt and prediction to "
-                                                               "DIR/<task>.jsonl")
+    log_samples: str | None = option(None, metavar="DIR", help="write every prompt and prediction to DIR/<task>.jsonl")
     overall_only: bool = option(False, help="print no per-subject table")
     output: str | None = option(None, metavar="FILE", help="write the results as JSON")
 
@@ -146,11 +182,15 @@ class EvalCorrelateConfig(WindowOptions, LoadingOptions, BenchOptions):
     """`skyloom eval correlate`'s arguments."""
 
     run_dir: str = option(positional=True, metavar="RUN_DIR", help="a training run directory")
-    metric: Literal["acc", "acc_norm", "acc_micro"] = option("acc", choices=("acc", "acc_norm", "acc_micro"),
-                                                             help="which overall score to correlate")
-    data: list[str] | None = option(None, append=True, metavar="NAME=PATH",
-                                    help="compute validation losses with `eval ppl` on these sets instead of reading "
-                                         "metrics.jsonl")
+    metric: Literal["acc", "acc_norm", "acc_micro"] = option(
+        "acc", choices=("acc", "acc_norm", "acc_micro"), help="which overall score to correlate"
+    )
+    data: list[str] | None = option(
+        None,
+        append=True,
+        metavar="NAME=PATH",
+        help="compute validation losses with `eval ppl` on these sets instead of reading metrics.jsonl",
+    )
     field: str | None = option(None, help="JSON field holding the text (with --data)")
     limit_docs: int | None = option(None, help="only the first N documents of each --data set")
     recompute: bool = option(False, help="ignore recorded scores and losses")
@@ -175,9 +215,18 @@ def _friendly(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 def _load(args: argparse.Namespace, path: str):
     from skyloom.eval.backends import load_lm
 
-    return load_lm(path, backend=args.backend, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
-                   batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size,
-                   progress=not args.no_progress, allow_pickle=args.allow_pickle, verify=not args.no_verify)
+    return load_lm(
+        path,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        tokenizer=args.tokenizer,
+        batch_tokens=args.batch_tokens,
+        max_batch_size=args.max_batch_size,
+        progress=not args.no_progress,
+        allow_pickle=args.allow_pickle,
+        verify=not args.no_verify,
+    )
 
 
 def _convention(args: argparse.Namespace, lm):
@@ -185,8 +234,11 @@ def _convention(args: argparse.Namespace, lm):
 
     max_tokens = args.max_tokens or min(4096, lm.max_length)
     if args.max_tokens is None and max_tokens < 4096 and args.window == "report":
-        print(f"note: {lm.name} reads at most {lm.max_length} tokens, so windows are {max_tokens} tokens "
-              f"(the report used 4096)", file=sys.stderr)
+        print(
+            f"note: {lm.name} reads at most {lm.max_length} tokens, so windows are {max_tokens} tokens "
+            f"(the report used 4096)",
+            file=sys.stderr,
+        )
     return WindowConvention(args.window, max_tokens, args.stride, args.prefix, args.token_budget)
 
 
@@ -286,13 +338,23 @@ def cmd_leakage(args: argparse.Namespace) -> int:
     results = {}
     for name, path in zip(_row_names(args.model), args.model):
         lm = _load(args, path)
-        results[name] = leakage(lm, docs["train"], docs["test"], docs["ref"], _convention(args, lm),
-                                n_boot=args.n_boot, seed=args.seed, confidence=args.confidence)
+        results[name] = leakage(
+            lm,
+            docs["train"],
+            docs["test"],
+            docs["ref"],
+            _convention(args, lm),
+            n_boot=args.n_boot,
+            seed=args.seed,
+            confidence=args.confidence,
+        )
         results[name]["model"]["path"] = str(Path(path).resolve())
     print(format_table8(results))
     for name, r in results.items():
-        print(f"{name}: {r['verdict']}  (samples train/test/ref: {r['samples']['train']:,}/"
-              f"{r['samples']['test']:,}/{r['samples']['ref']:,}; {100 * r['confidence']:.0f}% bootstrap intervals)")
+        print(
+            f"{name}: {r['verdict']}  (samples train/test/ref: {r['samples']['train']:,}/"
+            f"{r['samples']['test']:,}/{r['samples']['ref']:,}; {100 * r['confidence']:.0f}% bootstrap intervals)"
+        )
     _write_json(args.output, next(iter(results.values())) if len(results) == 1 else {"models": results})
     return 0
 
@@ -310,9 +372,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     lm = _load(args, args.model)
     results, all_records = {}, {}
     for spec in specs:
-        result, records = run_task(lm, spec, shots=args.shots, limit=args.limit, fmt=args.format, split=args.split,
-                                   subjects=args.subjects.split(",") if args.subjects else None,
-                                   max_new_tokens=args.max_new_tokens, sampling=_sampling(args))
+        result, records = run_task(
+            lm,
+            spec,
+            shots=args.shots,
+            limit=args.limit,
+            fmt=args.format,
+            split=args.split,
+            subjects=args.subjects.split(",") if args.subjects else None,
+            max_new_tokens=args.max_new_tokens,
+            sampling=_sampling(args),
+        )
         results[spec.name] = result
         all_records[spec.name] = records
         for line in result.get("warnings", []):
@@ -333,11 +403,23 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     specs = [parse_task(t) for t in (args.task or [])]
     data = _parse_data(args.data, args.field, args.limit_docs) if args.data else None
-    bench_settings = {"shots": args.shots, "limit": args.limit, "format": args.format, "split": args.split,
-                      "metric_source": "overall"}
-    ppl_settings = {"data": args.data, "window": args.window, "max_tokens": args.max_tokens, "stride": args.stride,
-                    "prefix": args.prefix, "token_budget": args.token_budget, "field": args.field,
-                    "limit": args.limit_docs}
+    bench_settings = {
+        "shots": args.shots,
+        "limit": args.limit,
+        "format": args.format,
+        "split": args.split,
+        "metric_source": "overall",
+    }
+    ppl_settings = {
+        "data": args.data,
+        "window": args.window,
+        "max_tokens": args.max_tokens,
+        "stride": args.stride,
+        "prefix": args.prefix,
+        "token_budget": args.token_budget,
+        "field": args.field,
+        "limit": args.limit_docs,
+    }
 
     def run_bench(spec, ckpt: Path) -> dict[str, Any]:
         lm = _load(args, str(ckpt))
@@ -347,8 +429,18 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         lm = _load(args, str(ckpt))
         return evaluate_perplexity(lm, data, _convention(args, lm))
 
-    val, scores, checkpoints = collect(run_dir, specs, bench_settings, run_bench, data, ppl_settings, run_ppl,
-                                       metric=args.metric, recompute=args.recompute, progress=not args.no_progress)
+    val, scores, checkpoints = collect(
+        run_dir,
+        specs,
+        bench_settings,
+        run_bench,
+        data,
+        ppl_settings,
+        run_ppl,
+        metric=args.metric,
+        recompute=args.recompute,
+        progress=not args.no_progress,
+    )
     if not val:
         raise ValueError(f"{run_dir}: no validation losses (no 'val' lines in metrics.jsonl); pass --data NAME=PATH")
     rows = correlations(val, scores, list(checkpoints))
@@ -357,11 +449,19 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     png = plot(val, scores, rows, Path(args.plot) if args.plot else out_dir / "correlation.png", args.metric)
     print(f"wrote {png}", file=sys.stderr)
     payload = {
-        "run_dir": str(run_dir.resolve()), "metric": args.metric, "steps": list(checkpoints),
+        "run_dir": str(run_dir.resolve()),
+        "metric": args.metric,
+        "steps": list(checkpoints),
         "val_loss": {k: {str(s): v for s, v in d.items()} for k, d in val.items()},
         "scores": {k: {str(s): v for s, v in d.items()} for k, d in scores.items()},
-        "correlations": [{**r, "pearson": None if math.isnan(r["pearson"]) else r["pearson"],
-                          "spearman": None if math.isnan(r["spearman"]) else r["spearman"]} for r in rows],
+        "correlations": [
+            {
+                **r,
+                "pearson": None if math.isnan(r["pearson"]) else r["pearson"],
+                "spearman": None if math.isnan(r["spearman"]) else r["spearman"],
+            }
+            for r in rows
+        ],
         "plot": str(png),
     }
     _write_json(args.output or str(out_dir / "correlation.json"), payload)
@@ -372,7 +472,9 @@ def register(sub) -> None:
     group = add_group(sub, "eval", "evaluate a model: domain perplexity, leakage, few-shot benchmarks, correlation")
 
     ppl = add_command(
-        group, "ppl", "language-model loss, perplexity and bits per byte per domain (the report's Table 6)",
+        group,
+        "ppl",
+        "language-model loss, perplexity and bits per byte per domain (the report's Table 6)",
         description=(
             "Loss (token-weighted mean nats/token), perplexity, bits per byte, tokens and documents per domain;\n"
             "the Average column is exp(mean of the domain losses). Default data: the authors' six Chinese\n"
@@ -386,7 +488,9 @@ def register(sub) -> None:
     ppl.set_defaults(handler=_friendly(cmd_ppl))
 
     leak = add_command(
-        group, "leakage", "train/test/reference losses and Δ1, Δ2 with bootstrap intervals (the report's Table 8)",
+        group,
+        "leakage",
+        "train/test/reference losses and Δ1, Δ2 with bootstrap intervals (the report's Table 8)",
         description=(
             "L_train, L_test, L_ref = mean LM loss over each set's samples (question + ' ' + answer, or a\n"
             "'text' field); Δ1 = L_test − L_ref (clearly negative: test leaked), Δ2 = L_test − L_train (clearly\n"
@@ -400,7 +504,9 @@ def register(sub) -> None:
     leak.set_defaults(handler=_friendly(cmd_leakage))
 
     bench = add_command(
-        group, "bench", "few-shot benchmarks: MMLU/C-Eval/CMMLU by log-likelihood, GSM8K by generation",
+        group,
+        "bench",
+        "few-shot benchmarks: MMLU/C-Eval/CMMLU by log-likelihood, GSM8K by generation",
         description=(
             "Multiple choice (MMLU-format CSVs: question, A-D, answer; K-shot from each subject's dev file):\n"
             "acc and length-normalised acc_norm, per subject and overall (mean over subjects; micro too).\n"
@@ -414,7 +520,9 @@ def register(sub) -> None:
     bench.set_defaults(handler=_friendly(cmd_bench))
 
     corr = add_command(
-        group, "correlate", "validation loss vs benchmark score across a run's checkpoints (the report's Figure 1)",
+        group,
+        "correlate",
+        "validation loss vs benchmark score across a run's checkpoints (the report's Figure 1)",
         description=(
             "For every RUN_DIR/checkpoints/step_XXXXXXXX: the benchmark score (recorded before, or evaluated and\n"
             "recorded under RUN_DIR/eval/) and the validation losses (metrics.jsonl 'val' lines at that step, or\n"

@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from skyloom.eval.stats import pearson, spearman
 
@@ -81,8 +82,9 @@ def _cached(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
 def _record(path: Path, settings: dict[str, Any], result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"settings": settings, "result": result}, ensure_ascii=False, indent=1) + "\n",
-                   encoding="utf-8")
+    tmp.write_text(
+        json.dumps({"settings": settings, "result": result}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+    )
     tmp.replace(path)
 
 
@@ -116,14 +118,21 @@ def collect(
     val, recorded_bench = read_metrics(run_dir)
     if data:
         val = {}
-    for kind, table, hint in (("validation loss of set", val, "evaluate the checkpoints with --data"),
-                              ("recorded score of task", {} if recompute else recorded_bench,
-                               "score them again with --task NAME --recompute")):
+    for kind, table, hint in (
+        ("validation loss of set", val, "evaluate the checkpoints with --data"),
+        (
+            "recorded score of task",
+            {} if recompute else recorded_bench,
+            "score them again with --task NAME --recompute",
+        ),
+    ):
         for name, by_step in table.items():
             bad = sorted(step for step, x in by_step.items() if not math.isfinite(x))
             if bad:  # a diverged run: a NaN point would make every coefficient NaN and the JSON invalid
-                raise ValueError(f"{run_dir / 'metrics.jsonl'}: {kind} '{name}' is not finite at step(s) "
-                                 f"{', '.join(map(str, bad[:5]))}; {hint} instead")
+                raise ValueError(
+                    f"{run_dir / 'metrics.jsonl'}: {kind} '{name}' is not finite at step(s) "
+                    f"{', '.join(map(str, bad[:5]))}; {hint} instead"
+                )
     scores: dict[str, dict[int, float]] = {}
     if not tasks:
         scores = recorded_bench
@@ -155,8 +164,9 @@ def collect(
     return val, scores, checkpoints
 
 
-def correlations(val: dict[str, dict[int, float]], scores: dict[str, dict[int, float]],
-                 steps: Sequence[int]) -> list[dict[str, Any]]:
+def correlations(
+    val: dict[str, dict[int, float]], scores: dict[str, dict[int, float]], steps: Sequence[int]
+) -> list[dict[str, Any]]:
     """Pearson and Spearman for every (validation set, task) over the steps where both are known."""
     rows = []
     for domain, losses in val.items():
@@ -164,13 +174,26 @@ def correlations(val: dict[str, dict[int, float]], scores: dict[str, dict[int, f
             common = [s for s in steps if s in losses and s in by_step]
             x = [losses[s] for s in common]
             y = [by_step[s] for s in common]
-            rows.append({"set": domain, "task": task, "n": len(common), "steps": common,
-                         "pearson": pearson(x, y), "spearman": spearman(x, y)})
+            rows.append(
+                {
+                    "set": domain,
+                    "task": task,
+                    "n": len(common),
+                    "steps": common,
+                    "pearson": pearson(x, y),
+                    "spearman": spearman(x, y),
+                }
+            )
     return rows
 
 
-def plot(val: dict[str, dict[int, float]], scores: dict[str, dict[int, float]], rows: list[dict[str, Any]],
-         out: Path, metric: str) -> Path:
+def plot(
+    val: dict[str, dict[int, float]],
+    scores: dict[str, dict[int, float]],
+    rows: list[dict[str, Any]],
+    out: Path,
+    metric: str,
+) -> Path:
     """One panel per task: score against each validation set's loss, points labelled by step."""
     import matplotlib
 

@@ -24,9 +24,18 @@ if TYPE_CHECKING:
 
 
 class Evaluator(Callback):
-    def __init__(self, tasks: Sequence[str], every: int = 0, at_validation: bool = False, metric: str = "acc",
-                 shots: int | None = None, limit: int | None = None, max_new_tokens: int = 256,
-                 format: str = "letter", split: str | None = None):  # noqa: A002 - the `eval bench` option's name
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        every: int = 0,
+        at_validation: bool = False,
+        metric: str = "acc",
+        shots: int | None = None,
+        limit: int | None = None,
+        max_new_tokens: int = 256,
+        format: str = "letter",
+        split: str | None = None,
+    ):  # noqa: A002 - the `eval bench` option's name
         from skyloom.eval.bench import parse_task
 
         if isinstance(tasks, str):
@@ -39,8 +48,7 @@ class Evaluator(Callback):
             raise ValueError("never runs: set every (steps) and/or at_validation: true")
         self.specs = [parse_task(t) for t in tasks]  # unknown names / missing paths are refused here
         self.every, self.at_validation, self.metric = every, at_validation, metric
-        self.options = {"shots": shots, "limit": limit, "max_new_tokens": max_new_tokens, "fmt": format,
-                        "split": split}
+        self.options = {"shots": shots, "limit": limit, "max_new_tokens": max_new_tokens, "fmt": format, "split": split}
         self.last: dict[str, float] = {}
         self.last_step: int | None = None  # a step is scored once, even when it is also a validation step
 
@@ -67,9 +75,18 @@ class Evaluator(Callback):
                         raise ValueError(f"task {spec.name}: no metric {self.metric!r} (has {', '.join(overall)})")
                     scores[spec.name] = float(overall[self.metric])
                     if trainer.logger is not None:
-                        trainer.logger.write({"kind": "bench", "step": trainer.step, "task": spec.name,
-                                              "score": scores[spec.name], "metric": self.metric, "n": overall["n"],
-                                              "seconds": round(time.time() - t0, 2), "time": time.time()})
+                        trainer.logger.write(
+                            {
+                                "kind": "bench",
+                                "step": trainer.step,
+                                "task": spec.name,
+                                "score": scores[spec.name],
+                                "metric": self.metric,
+                                "n": overall["n"],
+                                "seconds": round(time.time() - t0, 2),
+                                "time": time.time(),
+                            }
+                        )
         finally:
             model.train(was_training)
         summary = "  ".join(f"{k} {100 * v:.1f}%" for k, v in scores.items())

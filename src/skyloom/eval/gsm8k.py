@@ -104,9 +104,14 @@ def resolve_files(path: Path) -> tuple[Path, Path]:
     return test, train
 
 
-def evaluate_gsm8k(lm: LanguageModel, path: Path, shots: int = 8, limit: int | None = None,
-                   max_new_tokens: int = 256, sampling: Sampling | None = None
-                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_gsm8k(
+    lm: LanguageModel,
+    path: Path,
+    shots: int = 8,
+    limit: int | None = None,
+    max_new_tokens: int = 256,
+    sampling: Sampling | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score GSM8K; returns (results JSON, per-problem records with prompt, completion and extraction)."""
     options = TaskOptions(shots=shots, limit=limit, max_new_tokens=max_new_tokens, sampling=sampling)
     return Gsm8kTask().evaluate(lm, path, options)
@@ -134,8 +139,8 @@ class Gsm8kTask(Task):
         test_file, train_file = resolve_files(path)
         problems = read_problems(test_file)
         if options.limit:
-            problems = problems[:options.limit]
-        exemplars = read_problems(train_file)[:options.shots] if options.shots > 0 else []
+            problems = problems[: options.limit]
+        exemplars = read_problems(train_file)[: options.shots] if options.shots > 0 else []
         return _Problems(test_file, train_file, problems, exemplars)
 
     def requests(self, lm: LanguageModel, data: _Problems, options: TaskOptions) -> list[str]:
@@ -143,39 +148,73 @@ class Gsm8kTask(Task):
         data.prompt_ids, data.max_length = lm.encode_batch(prompts), lm.max_length
         return prompts
 
-    def score(self, lm: LanguageModel, data: _Problems, requests: list[str], options: TaskOptions
-              ) -> list[dict[str, Any]]:
-        completions = lm.generate(data.prompt_ids, max_new_tokens=options.max_new_tokens, stop=STOP,
-                                  sampling=options.sampling, desc=f"gsm8k ({len(data.problems)} problems)")
+    def score(
+        self, lm: LanguageModel, data: _Problems, requests: list[str], options: TaskOptions
+    ) -> list[dict[str, Any]]:
+        completions = lm.generate(
+            data.prompt_ids,
+            max_new_tokens=options.max_new_tokens,
+            stop=STOP,
+            sampling=options.sampling,
+            desc=f"gsm8k ({len(data.problems)} problems)",
+        )
         records = []
         for i, (p, prompt, completion) in enumerate(zip(data.problems, requests, completions)):
             gold = gold_answer(p["answer"], p["where"])
             predicted = extract_answer(completion)
-            records.append({"id": f"gsm8k/{i}", "where": p["where"], "context": prompt, "completion": completion,
-                            "gold": format(gold, "f"),
-                            "prediction": None if predicted is None else format(predicted, "f"),
-                            "correct": predicted is not None and predicted == gold})
+            records.append(
+                {
+                    "id": f"gsm8k/{i}",
+                    "where": p["where"],
+                    "context": prompt,
+                    "completion": completion,
+                    "gold": format(gold, "f"),
+                    "prediction": None if predicted is None else format(predicted, "f"),
+                    "correct": predicted is not None and predicted == gold,
+                }
+            )
         return records
 
     def aggregate(self, data: _Problems, records: list[dict[str, Any]], options: TaskOptions) -> dict[str, Any]:
-        shots, exemplars, max_new_tokens, sampling = options.shots, data.exemplars, options.max_new_tokens, \
-            options.sampling
+        shots, exemplars, max_new_tokens, sampling = (
+            options.shots,
+            data.exemplars,
+            options.max_new_tokens,
+            options.sampling,
+        )
         correct = sum(r["correct"] for r in records)
         invalid = sum(r["prediction"] is None for r in records)
         digest = hashlib.sha256()
         for r in records:
-            digest.update(json.dumps({"id": r["id"], "context": r["context"]}, ensure_ascii=False,
-                                     sort_keys=True).encode("utf-8") + b"\n")
+            digest.update(
+                json.dumps({"id": r["id"], "context": r["context"]}, ensure_ascii=False, sort_keys=True).encode("utf-8")
+                + b"\n"
+            )
         n = len(records)
         truncated = sum(len(ids) > data.max_length - max_new_tokens for ids in data.prompt_ids)
-        warnings = [f"gsm8k: {data.train_file} has {len(exemplars)} problem(s), fewer than the {shots} exemplars "
-                    f"asked for; scored {len(exemplars)}-shot"] if len(exemplars) < shots else []
+        warnings = (
+            [
+                f"gsm8k: {data.train_file} has {len(exemplars)} problem(s), fewer than the {shots} exemplars "
+                f"asked for; scored {len(exemplars)}-shot"
+            ]
+            if len(exemplars) < shots
+            else []
+        )
         return {
-            "task": "gsm8k", "kind": "generation", "path": str(data.test_file), "shots": len(exemplars),
-            "shots_requested": shots, "warnings": warnings, "limit": options.limit,
+            "task": "gsm8k",
+            "kind": "generation",
+            "path": str(data.test_file),
+            "shots": len(exemplars),
+            "shots_requested": shots,
+            "warnings": warnings,
+            "limit": options.limit,
             "overall": {"acc": correct / n if n else float("nan"), "n": n, "invalid": invalid},
             "subjects": {"gsm8k": {"n": n, "acc": correct / n if n else float("nan"), "shots": len(exemplars)}},
-            "generation": {"max_new_tokens": max_new_tokens, "stop": list(STOP),
-                           "sampling": vars(sampling) if sampling else "greedy"},
-            "prompt_sha256": digest.hexdigest(), "truncated_prompts": truncated,
+            "generation": {
+                "max_new_tokens": max_new_tokens,
+                "stop": list(STOP),
+                "sampling": vars(sampling) if sampling else "greedy",
+            },
+            "prompt_sha256": digest.hexdigest(),
+            "truncated_prompts": truncated,
         }

@@ -21,7 +21,8 @@ Aquila2-34B 0.39 (not InternLM-7B/20B at 0.09/0.11, nor the ±0.04 of the rest);
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,13 @@ VERDICT_SEEN = "train split likely seen"
 VERDICT_LEAKED = "test split likely leaked"
 
 
-def verdict(delta1: float, delta2: float, delta1_ci: Sequence[float], delta2_ci: Sequence[float],
-            thresholds: dict[str, float] = THRESHOLDS) -> str:
+def verdict(
+    delta1: float,
+    delta2: float,
+    delta1_ci: Sequence[float],
+    delta2_ci: Sequence[float],
+    thresholds: dict[str, float] = THRESHOLDS,
+) -> str:
     """Plain-language reading of Δ1/Δ2 (see the module docstring for the rule)."""
     findings = []
     if delta1 < thresholds["delta1_leaked_below"] and delta1_ci[1] < 0:
@@ -48,14 +54,24 @@ def verdict(delta1: float, delta2: float, delta1_ci: Sequence[float], delta2_ci:
     return "; ".join(findings) if findings else VERDICT_CLEAN
 
 
-def leakage(lm: LanguageModel, train: Documents, test: Documents, ref: Documents,
-            convention: WindowConvention | None = None, n_boot: int = 1000, seed: int = 0,
-            confidence: float = 0.95, thresholds: dict[str, float] = THRESHOLDS) -> dict[str, Any]:
+def leakage(
+    lm: LanguageModel,
+    train: Documents,
+    test: Documents,
+    ref: Documents,
+    convention: WindowConvention | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    thresholds: dict[str, float] = THRESHOLDS,
+) -> dict[str, Any]:
     """Table-8 numbers for one model; JSON-ready (keys L_train, L_test, L_ref, delta1, delta2, verdict …)."""
     convention = convention or WindowConvention("report", min(4096, lm.max_length))
     # score_documents refuses a set with no scorable token or a non-finite loss, naming it: no verdict from NaN
-    scores = {name: score_documents(lm, docs, convention, desc=f"leakage {name}", name=name)
-              for name, docs in (("train", train), ("test", test), ("ref", ref))}
+    scores = {
+        name: score_documents(lm, docs, convention, desc=f"leakage {name}", name=name)
+        for name, docs in (("train", train), ("test", test), ("ref", ref))
+    }
     rng = np.random.default_rng(seed)
     boot = {name: bootstrap_ratio(s.nll, s.tokens.astype(np.float64), n_boot, rng) for name, s in scores.items()}
     L = {name: s.loss for name, s in scores.items()}
@@ -67,8 +83,11 @@ def leakage(lm: LanguageModel, train: Documents, test: Documents, ref: Documents
     if not all(np.isfinite(numbers)):
         raise ValueError(f"leakage of {lm.name}: a non-finite loss or interval ({L}); no verdict")
     return {
-        "L_train": L["train"], "L_test": L["test"], "L_ref": L["ref"],
-        "delta1": d1, "delta2": d2,
+        "L_train": L["train"],
+        "L_test": L["test"],
+        "L_ref": L["ref"],
+        "delta1": d1,
+        "delta2": d2,
         "verdict": verdict(d1, d2, ci["delta1"], ci["delta2"], thresholds),
         "ci": ci,
         "confidence": confidence,

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,8 +149,13 @@ class LanguageModel(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What was evaluated, for results files."""
-        return {"name": self.name, "backend": self.backend, "max_length": self.max_length,
-                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "max_length": self.max_length,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
 
     # ---- backend hooks ---------------------------------------------------------------------------
     @abstractmethod
@@ -191,7 +197,7 @@ class LanguageModel(ABC):
                 ids[row, : inputs[i] + 1] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
             targets = ids[:, 1:].clone()
             for row, i in enumerate(batch):
-                targets[row, max(inputs[i], 0):] = -100  # padding: not scored
+                targets[row, max(inputs[i], 0) :] = -100  # padding: not scored
             ids, targets = ids.to(self.device), targets.to(self.device)
             nll = token_loss(self._logits(ids[:, :-1]), targets, reduction="none").cpu()
             for row, i in enumerate(batch):
@@ -220,7 +226,7 @@ class LanguageModel(ABC):
             if not context:
                 raise ValueError(f"request {i}: needs at least one context token before the continuation")
             whole = list(context) + continuation
-            model_input = tuple(whole[:-1][-self.max_length:])
+            model_input = tuple(whole[:-1][-self.max_length :])
             inputs.setdefault(model_input, []).append(i)
             plans.append((model_input, len(continuation), continuation))
         unique = list(inputs)
@@ -265,8 +271,9 @@ class LanguageModel(ABC):
             raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
         room = self.max_length - max_new_tokens
         if room < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt "
-                             f"(model maximum length {self.max_length})")
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt (model maximum length {self.max_length})"
+            )
         prompts = [list(p)[-room:] for p in prompts]
         if any(not p for p in prompts):
             raise ValueError("empty prompt: generation needs at least one token of context")
@@ -274,21 +281,23 @@ class LanguageModel(ABC):
         outputs: list[str] = [""] * len(prompts)
         bar = progress_bar(len(prompts), desc, self.progress)
         for batch in length_batches(lengths, self.batch_tokens, self.max_batch_size):
-            for i, text in zip(batch, self._generate_batch([prompts[i] for i in batch], batch, max_new_tokens,
-                                                           list(stop), sampling)):
+            for i, text in zip(
+                batch, self._generate_batch([prompts[i] for i in batch], batch, max_new_tokens, list(stop), sampling)
+            ):
                 outputs[i] = text
             bar.update(len(batch))
         bar.close()
         return outputs
 
-    def _generate_batch(self, prompts: list[list[int]], indices: list[int], max_new_tokens: int,
-                        stop: list[str], sampling: Sampling) -> list[str]:
+    def _generate_batch(
+        self, prompts: list[list[int]], indices: list[int], max_new_tokens: int, stop: list[str], sampling: Sampling
+    ) -> list[str]:
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         valid = torch.zeros((len(prompts), width), dtype=torch.bool)
         for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = torch.as_tensor(p, dtype=torch.long)
-            valid[row, width - len(p):] = True
+            ids[row, width - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+            valid[row, width - len(p) :] = True
         generators = None
         if sampling.temperature > 0:
             generators = [torch.Generator().manual_seed(sampling.seed * 1_000_003 + i) for i in indices]

@@ -34,8 +34,15 @@ from skyloom.eval.tasks import Task, TaskOptions
 from skyloom.tokenizer.corpus import iter_records
 
 ANNOTATION = re.compile(r"<<([^<>]*)>>")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 
 
 class ArithmeticError_(ValueError):
@@ -149,6 +156,7 @@ def grade(solution: str, gold: Decimal) -> Grade:
 
 # ---- evaluation ---------------------------------------------------------------------------------------------
 
+
 class _LMTokens:
     """What `skyloom.tokenizer.chat.TemplateEncoder` needs, read off a `LanguageModel` (either backend)."""
 
@@ -196,8 +204,14 @@ def read_math_problems(path: Path, limit: int | None = None) -> list[dict[str, A
         where = f"{path}:{number}"
         if not isinstance(record, dict) or not isinstance(record.get("question"), str):
             raise ValueError(f"{where}: expected an object with a 'question' string")
-        out.append({"question": record["question"], "gold": gold_value(record, where), "where": where,
-                    "meta": {k: v for k, v in record.items() if k not in ("question", "answer")}})
+        out.append(
+            {
+                "question": record["question"],
+                "gold": gold_value(record, where),
+                "where": where,
+                "meta": {k: v for k, v in record.items() if k not in ("question", "answer")},
+            }
+        )
         if limit and len(out) >= limit:
             break
     if not out:
@@ -205,9 +219,16 @@ def read_math_problems(path: Path, limit: int | None = None) -> list[dict[str, A
     return out
 
 
-def evaluate_math(lm: LanguageModel, path: Path, task: str = "math", template: str = "auto",
-                  limit: int | None = None, max_new_tokens: int = 256, sampling: Sampling | None = None,
-                  group_by: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_math(
+    lm: LanguageModel,
+    path: Path,
+    task: str = "math",
+    template: str = "auto",
+    limit: int | None = None,
+    max_new_tokens: int = 256,
+    sampling: Sampling | None = None,
+    group_by: str | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Zero-shot accuracy on a math JSONL in a chat template; (results JSON, per-problem records).
     `group_by` names a record field (e.g. "steps") to report accuracy per value of it as subjects."""
     options = TaskOptions(limit=limit, max_new_tokens=max_new_tokens, sampling=sampling)
@@ -242,22 +263,38 @@ class MathTask(Task):
         chat = get_template(data.template)
         encoder = TemplateEncoder(chat, _LMTokens(lm))
         data.stop = tuple(chat.stop_tokens) + ("<|endoftext|>", "</s>")
-        data.prompts = [encoder.encode([Message("user", p["question"])], add_generation_prompt=True)[0]
-                        for p in data.problems]
+        data.prompts = [
+            encoder.encode([Message("user", p["question"])], add_generation_prompt=True)[0] for p in data.problems
+        ]
         return data.prompts
 
-    def score(self, lm: LanguageModel, data: _MathSet, requests: list[list[int]], options: TaskOptions
-              ) -> list[dict[str, Any]]:
+    def score(
+        self, lm: LanguageModel, data: _MathSet, requests: list[list[int]], options: TaskOptions
+    ) -> list[dict[str, Any]]:
         task = self.name
-        completions = lm.generate(requests, max_new_tokens=options.max_new_tokens, stop=data.stop,
-                                  sampling=options.sampling, desc=f"{task} ({len(data.problems)} problems)")
+        completions = lm.generate(
+            requests,
+            max_new_tokens=options.max_new_tokens,
+            stop=data.stop,
+            sampling=options.sampling,
+            desc=f"{task} ({len(data.problems)} problems)",
+        )
         records = []
         for i, (p, completion) in enumerate(zip(data.problems, completions)):
             g = grade(completion, p["gold"])
-            records.append({"id": f"{task}/{i}", "where": p["where"], "question": p["question"],
-                            "completion": completion, "gold": format(p["gold"], "f"),
-                            "prediction": None if g.predicted is None else format(g.predicted, "f"),
-                            "correct": g.correct, "annotations_ok": g.annotations_ok, **p["meta"]})
+            records.append(
+                {
+                    "id": f"{task}/{i}",
+                    "where": p["where"],
+                    "question": p["question"],
+                    "completion": completion,
+                    "gold": format(p["gold"], "f"),
+                    "prediction": None if g.predicted is None else format(g.predicted, "f"),
+                    "correct": g.correct,
+                    "annotations_ok": g.annotations_ok,
+                    **p["meta"],
+                }
+            )
         return records
 
     def aggregate(self, data: _MathSet, records: list[dict[str, Any]], options: TaskOptions) -> dict[str, Any]:
@@ -271,14 +308,26 @@ class MathTask(Task):
         n = len(records)
         correct = sum(r["correct"] for r in records)
         return {
-            "task": self.name, "kind": "generation", "path": str(data.path), "shots": 0, "template": data.template,
+            "task": self.name,
+            "kind": "generation",
+            "path": str(data.path),
+            "shots": 0,
+            "template": data.template,
             "limit": options.limit,
-            "overall": {"acc": correct / n if n else float("nan"), "n": n,
-                        "invalid": sum(r["prediction"] is None for r in records),
-                        "annotations_ok": sum(r["annotations_ok"] for r in records) / n if n else float("nan")},
-            "subjects": {k: {"n": len(v), "acc": sum(v) / len(v), "acc_norm": sum(v) / len(v)}
-                         for k, v in sorted(subjects.items())},
-            "generation": {"max_new_tokens": options.max_new_tokens, "stop": list(data.stop),
-                           "sampling": vars(options.sampling) if options.sampling else "greedy"},
+            "overall": {
+                "acc": correct / n if n else float("nan"),
+                "n": n,
+                "invalid": sum(r["prediction"] is None for r in records),
+                "annotations_ok": sum(r["annotations_ok"] for r in records) / n if n else float("nan"),
+            },
+            "subjects": {
+                k: {"n": len(v), "acc": sum(v) / len(v), "acc_norm": sum(v) / len(v)}
+                for k, v in sorted(subjects.items())
+            },
+            "generation": {
+                "max_new_tokens": options.max_new_tokens,
+                "stop": list(data.stop),
+                "sampling": vars(options.sampling) if options.sampling else "greedy",
+            },
             "prompt_sha256": digest.hexdigest(),
         }

@@ -29,8 +29,9 @@ The Table-6 "Average" column = exp(mean of the per-domain losses), the geometric
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -103,8 +104,9 @@ def report_windows(ids: Sequence[int], max_tokens: int) -> list[Window]:
     return [Window(ids, len(ids) - 1)] if len(ids) >= 2 else []
 
 
-def rolling_windows(ids: Sequence[int], max_tokens: int, stride: int | None = None,
-                    prefix_id: int | None = None) -> list[Window]:
+def rolling_windows(
+    ids: Sequence[int], max_tokens: int, stride: int | None = None, prefix_id: int | None = None
+) -> list[Window]:
     """Windows that predict every token of `ids` once (all but the first when there is no prefix token).
 
     s = [prefix] + ids. The first window predicts s[1 : max_tokens + 1] from s[: max_tokens]; each later
@@ -132,14 +134,16 @@ def packed_windows(stream: Sequence[int], max_tokens: int, budget: int | None = 
     n = len(stream) // size
     if budget is not None:
         n = min(n, math.ceil(budget / max_tokens))
-    return [Window(tuple(stream[i * size: (i + 1) * size]), max_tokens) for i in range(n)]
+    return [Window(tuple(stream[i * size : (i + 1) * size]), max_tokens) for i in range(n)]
 
 
 def window_losses(lm: LanguageModel, windows: Sequence[Window], desc: str = "scoring") -> np.ndarray:
     """Σ NLL (nats) of each window's counted predictions."""
     logprobs = lm.score([w.ids for w in windows], desc=desc)
-    return np.array([-float(lp[len(lp) - w.n_predict:].sum()) if w.n_predict else 0.0
-                     for lp, w in zip(logprobs, windows)], dtype=np.float64)
+    return np.array(
+        [-float(lp[len(lp) - w.n_predict :].sum()) if w.n_predict else 0.0 for lp, w in zip(logprobs, windows)],
+        dtype=np.float64,
+    )
 
 
 @dataclass
@@ -188,8 +192,9 @@ def check_data_fits(lm: LanguageModel, docs: Documents, ids: Sequence[Sequence[i
             check_token_ids(np.asarray(doc), vocab, f"set '{name}' ({docs.source}), document {i}")
 
 
-def unscorable_reason(ids: Sequence[Sequence[int]], texts: Sequence[str] | None, convention: WindowConvention,
-                      prefixed: bool) -> str:
+def unscorable_reason(
+    ids: Sequence[Sequence[int]], texts: Sequence[str] | None, convention: WindowConvention, prefixed: bool
+) -> str:
     """Why a set yields no predicted token under `convention` (its loss would be 0/0 = NaN)."""
     n = len(ids)
     if n == 0:
@@ -201,24 +206,32 @@ def unscorable_reason(ids: Sequence[Sequence[int]], texts: Sequence[str] | None,
             stream, eos = sum(len(d) for d in ids), ""
         else:  # empty texts are skipped, every other document gets its EOS
             stream, eos = sum(len(d) + 1 for d, t in zip(ids, texts) if t), " with EOS"
-        return (f"{docs} make {stream:,} tokens{eos}, fewer than one window of max_tokens + 1 = "
-                f"{convention.max_tokens + 1:,}")
+        return (
+            f"{docs} make {stream:,} tokens{eos}, fewer than one window of max_tokens + 1 = "
+            f"{convention.max_tokens + 1:,}"
+        )
     if prefixed:
         return f"{docs}, all empty"
-    return (f"{docs}, all shorter than 2 tokens" + (f" ({empty:,} empty)" if empty else "")
-            + " (a document's first token is context only)")
+    return (
+        f"{docs}, all shorter than 2 tokens"
+        + (f" ({empty:,} empty)" if empty else "")
+        + " (a document's first token is context only)"
+    )
 
 
-def score_documents(lm: LanguageModel, docs: Documents, convention: WindowConvention,
-                    desc: str = "scoring", name: str | None = None) -> DocumentScores:
+def score_documents(
+    lm: LanguageModel, docs: Documents, convention: WindowConvention, desc: str = "scoring", name: str | None = None
+) -> DocumentScores:
     """Score every document of one evaluation set under `convention`.
 
     A set the model cannot read (`check_data_fits`), with nothing to score, or on which the model gives a
     non-finite loss is an error naming the set (`name`, default its file), never a NaN in a results table.
     """
     if convention.max_tokens > lm.max_length:
-        raise ValueError(f"max_tokens={convention.max_tokens} exceeds {lm.name}'s maximum length {lm.max_length}; "
-                         f"pass --max-tokens {lm.max_length} or less")
+        raise ValueError(
+            f"max_tokens={convention.max_tokens} exceeds {lm.name}'s maximum length {lm.max_length}; "
+            f"pass --max-tokens {lm.max_length} or less"
+        )
     name = name or str(docs.source)
     kind, L = convention.kind, convention.max_tokens
     if docs.texts is not None:
@@ -235,14 +248,22 @@ def score_documents(lm: LanguageModel, docs: Documents, convention: WindowConven
         raise ValueError(f"set '{name}' ({docs.source}) has no scorable tokens: {reason}")
     bad = np.flatnonzero(~np.isfinite(scores.nll))
     if len(bad):
-        raise ValueError(f"set '{name}' ({docs.source}): {lm.name} gave a non-finite loss ({scores.nll[bad[0]]}) on "
-                         f"{len(bad):,} document(s), the first is document {int(bad[0])}; the weights are broken or "
-                         "the dtype overflows (try --dtype float32)")
+        raise ValueError(
+            f"set '{name}' ({docs.source}): {lm.name} gave a non-finite loss ({scores.nll[bad[0]]}) on "
+            f"{len(bad):,} document(s), the first is document {int(bad[0])}; the weights are broken or "
+            "the dtype overflows (try --dtype float32)"
+        )
     return scores
 
 
-def _score(lm: LanguageModel, ids: list[list[int]], texts: list[str] | None, convention: WindowConvention,
-           desc: str, prefix_id: int | None) -> DocumentScores:
+def _score(
+    lm: LanguageModel,
+    ids: list[list[int]],
+    texts: list[str] | None,
+    convention: WindowConvention,
+    desc: str,
+    prefix_id: int | None,
+) -> DocumentScores:
     kind, L = convention.kind, convention.max_tokens
 
     def covered_bytes(i: int, kept: Sequence[int], full: bool) -> int:
@@ -269,14 +290,20 @@ def _score(lm: LanguageModel, ids: list[list[int]], texts: list[str] | None, con
     tokens = np.zeros(n, dtype=np.int64)
     k = 0
     for i, ws in enumerate(per_doc):
-        nll[i] = losses[k: k + len(ws)].sum()
+        nll[i] = losses[k : k + len(ws)].sum()
         tokens[i] = sum(w.n_predict for w in ws)
         k += len(ws)
     return DocumentScores(nll, tokens, sizes)
 
 
-def _score_packed(lm: LanguageModel, ids: list[list[int]], texts: list[str] | None, max_tokens: int,
-                  desc: str, budget: int | None = None) -> DocumentScores:
+def _score_packed(
+    lm: LanguageModel,
+    ids: list[list[int]],
+    texts: list[str] | None,
+    max_tokens: int,
+    desc: str,
+    budget: int | None = None,
+) -> DocumentScores:
     """The `packed` convention; each prediction is credited to the document its target token belongs to."""
     eos = lm.eos_id
     if texts is not None and eos is None:
@@ -297,7 +324,7 @@ def _score_packed(lm: LanguageModel, ids: list[list[int]], texts: list[str] | No
     tokens = np.zeros(n, dtype=np.int64)
     size = max_tokens + 1
     for k, lp in enumerate(logprobs):
-        targets = np.asarray(owner[k * size + 1: (k + 1) * size])
+        targets = np.asarray(owner[k * size + 1 : (k + 1) * size])
         np.add.at(nll, targets, -lp)
         np.add.at(tokens, targets, 1)
     covered = len(windows) * size
@@ -311,7 +338,7 @@ def _score_packed(lm: LanguageModel, ids: list[list[int]], texts: list[str] | No
             if end <= covered and texts is not None:
                 sizes[i] = _utf8_len(texts[i])
             else:
-                sizes[i] = _utf8_len(lm.decode([t for t in stream[start: min(end, covered)] if t != eos]))
+                sizes[i] = _utf8_len(lm.decode([t for t in stream[start : min(end, covered)] if t != eos]))
         start = end
     return DocumentScores(nll, tokens, sizes)
 
@@ -324,8 +351,10 @@ def domain_result(scores: DocumentScores, name: str = "the set") -> dict[str, An
     if not total_tokens or not math.isfinite(total_nll):
         raise ValueError(f"{name}: no finite loss ({total_tokens:,} predicted tokens, total NLL {total_nll})")
     if not total_bytes:
-        raise ValueError(f"{name}: the {total_tokens:,} scored tokens decode to no text (only special tokens?), "
-                         "so bits per byte is undefined")
+        raise ValueError(
+            f"{name}: the {total_tokens:,} scored tokens decode to no text (only special tokens?), "
+            "so bits per byte is undefined"
+        )
     loss = total_nll / total_tokens
     if loss > 700:
         raise ValueError(f"{name}: loss {loss:.1f} nats/token, perplexity overflows (broken weights?)")
@@ -368,15 +397,17 @@ def format_details(result: dict[str, Any]) -> str:
     """Markdown table of every number behind the perplexities."""
     lines = ["| Domain | loss (nats/token) | ppl | bits/byte | tokens | documents |", "|---|---|---|---|---|---|"]
     for name, d in result["domains"].items():
-        lines.append(f"| {name} | {d['loss']:.4f} | {d['ppl']:.2f} | {d['bpb']:.4f} | {d['tokens']:,} | "
-                     f"{d['documents']:,} |")
+        lines.append(
+            f"| {name} | {d['loss']:.4f} | {d['ppl']:.2f} | {d['bpb']:.4f} | {d['tokens']:,} | {d['documents']:,} |"
+        )
     a = result["average"]
     lines.append(f"| Average | {a['loss']:.4f} | {a['ppl']:.2f} | {a['bpb']:.4f} | | |")
     return "\n".join(lines)
 
 
-def evaluate_perplexity(lm: LanguageModel, datasets: dict[str, Documents], convention: WindowConvention
-                        ) -> dict[str, Any]:
+def evaluate_perplexity(
+    lm: LanguageModel, datasets: dict[str, Documents], convention: WindowConvention
+) -> dict[str, Any]:
     """Table-6 results for one model: {"domains": {name: {...}}, "average": {...}, ...}."""
     domains = {}
     for name, docs in datasets.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def ranks(values: Sequence[float]) -> np.ndarray:
         j = i
         while j + 1 < v.size and v[order[j + 1]] == v[order[i]]:
             j += 1
-        out[order[i: j + 1]] = (i + j) / 2 + 1
+        out[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return out
 
@@ -40,8 +40,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return pearson(ranks(x), ranks(y))
 
 
-def bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, n_boot: int, rng: np.random.Generator
-                    ) -> np.ndarray:
+def bootstrap_ratio(
+    numerator: np.ndarray, denominator: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
     """Bootstrap replicates of Σnumerator / Σdenominator, resampling items with replacement.
 
     For losses: numerator = NLL per sample, denominator = predicted tokens per sample, so each replicate

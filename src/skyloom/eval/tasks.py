@@ -57,8 +57,9 @@ class Task:
     def aggregate(self, data: Any, records: list[dict[str, Any]], options: TaskOptions) -> dict[str, Any]:
         raise NotImplementedError
 
-    def evaluate(self, lm: LanguageModel, path: Path, options: TaskOptions
-                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def evaluate(
+        self, lm: LanguageModel, path: Path, options: TaskOptions
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """(results JSON, per-item records): the four steps in order."""
         data = self.load(path, options)
         records = self.score(lm, data, self.requests(lm, data, options), options)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field as dc_field
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from skyloom.tokenizer.corpus import iter_records, read_text_file
 
@@ -55,8 +57,10 @@ def record_text(record: Any, field: str | None, where: str, joiner: str = QA_JOI
     elif "question" in record and "answer" in record:
         value = f"{record['question']}{joiner}{record['answer']}"
     else:
-        raise ValueError(f"{where}: no 'text' field and no 'question'/'answer' pair "
-                         f"(fields: {', '.join(map(str, record))}); pass the field name")
+        raise ValueError(
+            f"{where}: no 'text' field and no 'question'/'answer' pair "
+            f"(fields: {', '.join(map(str, record))}); pass the field name"
+        )
     if not isinstance(value, str):
         raise ValueError(f"{where}: field value is {type(value).__name__}, not text")
     return value
@@ -68,8 +72,9 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     return iter_records(path)
 
 
-def read_texts(path: str | Path, field: str | None = None, limit: int | None = None,
-               joiner: str = QA_JOINER) -> list[str]:
+def read_texts(
+    path: str | Path, field: str | None = None, limit: int | None = None, joiner: str = QA_JOINER
+) -> list[str]:
     """Documents of a .jsonl(.gz) / .json / .txt file (a .txt file is one document)."""
     p = Path(path)
     if not p.is_file():
@@ -111,6 +116,7 @@ def read_documents(path: str | Path, field: str | None = None, limit: int | None
             docs.append([int(t) for t in doc])
             if limit is not None and len(docs) >= limit:
                 break
-        return Documents(p, token_ids=docs, meta={"tokenizer": source.index.get("tokenizer"),
-                                                  "eos_id": source.eos_id}, shards=source)
+        return Documents(
+            p, token_ids=docs, meta={"tokenizer": source.index.get("tokenizer"), "eos_id": source.eos_id}, shards=source
+        )
     return Documents(p, texts=read_texts(p, field, limit))

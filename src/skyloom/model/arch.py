@@ -12,8 +12,9 @@ This module imports no torch: the builders import their modules when called, so 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from torch import nn
@@ -98,14 +99,32 @@ class ArchSpec:
 
 ARCHS: dict[str, ArchSpec] = {
     "llama": ArchSpec(
-        name="llama", summary="Skywork/LLaMA block", norm=_rms_norm, ffn=_swiglu, ffn_in_matrices=2,
-        default_ffn_dim=_ffn_8_3, rotary=True, learned_positions=False, norm_bias=False, grouped_query=True,
-        hf_architecture="LlamaForCausalLM", moe_experts=True,
+        name="llama",
+        summary="Skywork/LLaMA block",
+        norm=_rms_norm,
+        ffn=_swiglu,
+        ffn_in_matrices=2,
+        default_ffn_dim=_ffn_8_3,
+        rotary=True,
+        learned_positions=False,
+        norm_bias=False,
+        grouped_query=True,
+        hf_architecture="LlamaForCausalLM",
+        moe_experts=True,
     ),
     "gpt": ArchSpec(
-        name="gpt", summary="GPT baseline", norm=_layer_norm, ffn=_gelu_mlp, ffn_in_matrices=1,
-        default_ffn_dim=_ffn_4x, rotary=False, learned_positions=True, norm_bias=True, grouped_query=False,
-        hf_architecture=None, moe_experts=False,
+        name="gpt",
+        summary="GPT baseline",
+        norm=_layer_norm,
+        ffn=_gelu_mlp,
+        ffn_in_matrices=1,
+        default_ffn_dim=_ffn_4x,
+        rotary=False,
+        learned_positions=True,
+        norm_bias=True,
+        grouped_query=False,
+        hf_architecture=None,
+        moe_experts=False,
     ),
 }
 

@@ -131,15 +131,17 @@ def stream_sharded_weights(model: Transformer, dcp_dir: Path, prefix: str = "mod
 
     reader = _cached_reader(dcp_dir)
     try:
-        saved = {k[len(prefix):] for k in reader.read_metadata().state_dict_metadata if k.startswith(prefix)}
+        saved = {k[len(prefix) :] for k in reader.read_metadata().state_dict_metadata if k.startswith(prefix)}
     except Exception as err:  # a corrupt pickle may raise anything
         raise CheckpointError(f"{dcp_dir}: cannot read the DCP metadata ({type(err).__name__}: {err})") from None
     targets = model.state_dict()
     allowed_missing = {"output.weight"} if model.config.tie_embeddings else set()
     missing, unexpected = set(targets) - saved - allowed_missing, saved - set(targets)
     if missing or unexpected:
-        raise ValueError(f"{dcp_dir}: weights do not match the config: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+        raise ValueError(
+            f"{dcp_dir}: weights do not match the config: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
     with single_process_dcp():
         for name, target in targets.items():
             if name in saved:
@@ -164,8 +166,10 @@ def load_model(
     if sharded and verify:
         reason = check(p, checksums=True, require=True, complete_under=DCP_DIR)
         if reason is not None:
-            raise CheckpointError(f"{p}: {reason}; its {DCP_DIR}/.metadata is a pickle, opened only when the manifest "
-                                  f"verifies it ({NO_VERIFY_HINT})")
+            raise CheckpointError(
+                f"{p}: {reason}; its {DCP_DIR}/.metadata is a pickle, opened only when the manifest "
+                f"verifies it ({NO_VERIFY_HINT})"
+            )
     else:
         ensure_intact(p, verify)
     if is_skyloom_checkpoint(p):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from skyloom.commandline import add_command, add_config_arguments, add_group, option
@@ -39,10 +39,11 @@ def resolve_model_config(spec: str, overrides: list[str] = ()) -> ModelConfig:
 
         close = difflib.get_close_matches(spec, list(PRESETS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError("", f"{spec!r} is neither a preset{hint}, a config file nor a checkpoint; "
-                              f"presets: {', '.join(PRESETS)}")
+        raise ConfigError(
+            "", f"{spec!r} is neither a preset{hint}, a config file nor a checkpoint; presets: {', '.join(PRESETS)}"
+        )
     # Overrides may be written relative to the model section or with the `model.` prefix.
-    relative = [o[len("model."):] if o.startswith("model.") else o for o in overrides]
+    relative = [o[len("model.") :] if o.startswith("model.") else o for o in overrides]
     return build(ModelConfig, apply_overrides(data, relative), prefix="model")
 
 
@@ -61,15 +62,25 @@ def memory_plan(cfg: ModelConfig, args: argparse.Namespace):
         raise ConfigError("--ep", f"needs an MoE model whose experts divide by ep={args.ep}")
     if args.pp > cfg.n_layers:
         raise ConfigError("--pp", f"{args.pp} stages need at least as many layers, the model has {cfg.n_layers}")
-    layout = Layout(dp_replicate=args.dp, dp_shard=args.dp_shard, pp=args.pp, tp=args.tp, ep=args.ep,
-                    zero1=not args.no_zero1, micro_batch_size=args.micro_batch, global_batch=args.global_batch,
-                    seq_len=args.seq_len or cfg.max_seq_len, activation_checkpointing=args.activation_checkpointing,
-                    precision=args.memory_profile)
+    layout = Layout(
+        dp_replicate=args.dp,
+        dp_shard=args.dp_shard,
+        pp=args.pp,
+        tp=args.tp,
+        ep=args.ep,
+        zero1=not args.no_zero1,
+        micro_batch_size=args.micro_batch,
+        global_batch=args.global_batch,
+        seq_len=args.seq_len or cfg.max_seq_len,
+        activation_checkpointing=args.activation_checkpointing,
+        precision=args.memory_profile,
+    )
     return plan_memory(cfg, layout, gpu_capacity_bytes(args.gpu_mem))
 
 
-def model_report(cfg: ModelConfig, seq_len: int | None, tokens_per_sec: float | None,
-                 peak_tflops: float | None, gpus: int) -> dict[str, Any]:
+def model_report(
+    cfg: ModelConfig, seq_len: int | None, tokens_per_sec: float | None, peak_tflops: float | None, gpus: int
+) -> dict[str, Any]:
     from skyloom.model.accounting import count_params, flops_per_token, mfu, training_memory_bytes
 
     counts = count_params(cfg)
@@ -97,8 +108,12 @@ def model_report(cfg: ModelConfig, seq_len: int | None, tokens_per_sec: float | 
     if tokens_per_sec is not None:
         if peak_tflops is None:
             raise ConfigError("--peak-tflops", "is needed with --tokens-per-sec to compute MFU")
-        report.update(tokens_per_sec=tokens_per_sec, peak_tflops=peak_tflops, gpus=gpus,
-                      mfu=mfu(tokens_per_sec, fpt, peak_tflops * 1e12, gpus))
+        report.update(
+            tokens_per_sec=tokens_per_sec,
+            peak_tflops=peak_tflops,
+            gpus=gpus,
+            mfu=mfu(tokens_per_sec, fpt, peak_tflops * 1e12, gpus),
+        )
     return report
 
 
@@ -108,11 +123,17 @@ def _gib(n: int) -> str:
 
 def format_report(r: dict[str, Any]) -> str:
     rows = [
-        ("Preset", r["preset"] or "(custom)"), ("Architecture", r["arch"]),
-        ("Vocab. size", f"{r['vocab_size']:,}"), ("Hidden dim.", f"{r['hidden_dim']:,}"),
-        ("FFN dim.", f"{r['ffn_dim']:,}"), ("Head dim.", r["head_dim"]), ("Num. heads", r["n_heads"]),
-        ("Num. KV heads", r["n_kv_heads"]), ("Num. layers", r["n_layers"]),
-        ("Seq. len.", f"{r['max_seq_len']:,}"), ("Tied embeddings", r["tie_embeddings"]),
+        ("Preset", r["preset"] or "(custom)"),
+        ("Architecture", r["arch"]),
+        ("Vocab. size", f"{r['vocab_size']:,}"),
+        ("Hidden dim.", f"{r['hidden_dim']:,}"),
+        ("FFN dim.", f"{r['ffn_dim']:,}"),
+        ("Head dim.", r["head_dim"]),
+        ("Num. heads", r["n_heads"]),
+        ("Num. KV heads", r["n_kv_heads"]),
+        ("Num. layers", r["n_layers"]),
+        ("Seq. len.", f"{r['max_seq_len']:,}"),
+        ("Tied embeddings", r["tie_embeddings"]),
     ]
     width = max(len(k) for k, _ in rows)
     lines = ["| " + "Architecture".ljust(width) + " | value |", "|" + "-" * (width + 2) + "|-------|"]
@@ -128,11 +149,16 @@ def format_report(r: dict[str, Any]) -> str:
     ]
     for setup, parts in r["memory_bytes"].items():
         total = sum(parts.values())
-        lines.append(f"  {setup:<11} weights {_gib(parts['weights'])}, gradients {_gib(parts['gradients'])}, "
-                     f"optimizer {_gib(parts['optimizer'])}  = {_gib(total)}")
+        lines.append(
+            f"  {setup:<11} weights {_gib(parts['weights'])}, gradients {_gib(parts['gradients'])}, "
+            f"optimizer {_gib(parts['optimizer'])}  = {_gib(total)}"
+        )
     if "mfu" in r:
-        lines += ["", f"MFU at {r['tokens_per_sec']:,.0f} tokens/s on {r['gpus']} GPU(s) of "
-                      f"{r['peak_tflops']:g} TFLOP/s peak: {100 * r['mfu']:.1f}%"]
+        lines += [
+            "",
+            f"MFU at {r['tokens_per_sec']:,.0f} tokens/s on {r['gpus']} GPU(s) of "
+            f"{r['peak_tflops']:g} TFLOP/s peak: {100 * r['mfu']:.1f}%",
+        ]
     return "\n".join(lines)
 
 
@@ -239,8 +265,13 @@ class ModelInfoConfig:
     """`skyloom model info`'s arguments; --print-config shows the resolved model config."""
 
     model: str = option(positional=True, metavar="PRESET_OR_CONFIG", help=_MODEL_SPEC_HELP)
-    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
-                                  help="model field overrides, e.g. n_layers=4 (or model.n_layers=4)")
+    overrides: list[str] = option(
+        [],
+        positional=True,
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="model field overrides, e.g. n_layers=4 (or model.n_layers=4)",
+    )
     seq_len: int | None = option(None, help="sequence length for the attention FLOPs (default: the model's)")
     tokens_per_sec: float | None = option(None, help="measured training throughput, all GPUs together")
     peak_tflops: float | None = option(None, help="hardware peak per GPU in TFLOP/s (A100/A800 bf16: 312)")
@@ -255,9 +286,12 @@ class ModelInfoConfig:
     micro_batch: int = option(1, help="memory plan: sequences per micro-batch")
     global_batch: int = option(4096, help="memory plan: sequences per optimizer step (sets PP's micro-batches)")
     activation_checkpointing: bool = option(False, help="memory plan: recompute each layer in the backward pass")
-    memory_profile: str = option("megatron-bf16", help="memory plan: bytes per parameter: megatron-bf16 (the "
-                                                       "report's Table 10), torch-amp (skyloom's bf16), fp32, "
-                                                       "zero-bf16")
+    memory_profile: str = option(
+        "megatron-bf16",
+        help="memory plan: bytes per parameter: megatron-bf16 (the "
+        "report's Table 10), torch-amp (skyloom's bf16), fp32, "
+        "zero-bf16",
+    )
     gpu_mem: float = option(80.0, metavar="GB", help="memory plan: GPU memory for the OOM verdict ('80 GB' = 80 GiB)")
 
 
@@ -267,8 +301,9 @@ class ModelInitConfig:
 
     model: str = option(positional=True, metavar="PRESET_OR_CONFIG", help=_MODEL_SPEC_HELP)
     out_dir: str = option(positional=True, metavar="OUT_DIR", help="directory to write")
-    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
-                                  help="model field overrides, e.g. n_layers=2")
+    overrides: list[str] = option(
+        [], positional=True, nargs="*", metavar="KEY=VALUE", help="model field overrides, e.g. n_layers=2"
+    )
     seed: int = option(0, help="random seed for the initialisation")
     force: bool = option(False, help="allow models above 2B parameters")
 
@@ -278,11 +313,15 @@ class ExportHFConfig:
     """`skyloom export hf`'s arguments."""
 
     checkpoint: str = option(positional=True, metavar="CHECKPOINT", help="skyloom checkpoint directory")
-    out_dir: str = option(positional=True, metavar="OUT_DIR",
-                          help="directory to write (config.json + model.safetensors)")
+    out_dir: str = option(
+        positional=True, metavar="OUT_DIR", help="directory to write (config.json + model.safetensors)"
+    )
     verify: bool = option(False, help="load the result in transformers and compare logits (needs skyloom[hf])")
-    no_verify: bool = option(False, help="skip checking CHECKPOINT against its manifest.json (sizes + sha256) "
-                                         "before exporting (--verify, by contrast, checks the exported result)")
+    no_verify: bool = option(
+        False,
+        help="skip checking CHECKPOINT against its manifest.json (sizes + sha256) "
+        "before exporting (--verify, by contrast, checks the exported result)",
+    )
 
 
 @dataclass
@@ -300,7 +339,9 @@ def _resolved_model(args: argparse.Namespace) -> ModelConfig:
 def register(sub) -> None:
     model = add_group(sub, "model", "inspect and create models")
     info = add_command(
-        model, "info", "architecture table, parameter counts, FLOPs per token, memory and MFU",
+        model,
+        "info",
+        "architecture table, parameter counts, FLOPs per token, memory and MFU",
         description=(
             "Print the architecture (like the report's Table 3), exact parameter counts, training FLOPs per\n"
             "token (6·N + 12·L·H·S), the memory needed for weights, gradients and AdamW state, and — given a\n"
@@ -320,8 +361,11 @@ def register(sub) -> None:
     init.set_defaults(handler=cmd_init)
 
     export = add_group(sub, "export", "export checkpoints to other formats")
-    hf = add_command(export, "hf", "export a checkpoint as a Hugging Face directory "
-                                   "(LlamaForCausalLM; MixtralForCausalLM for an MoE model)")
+    hf = add_command(
+        export,
+        "hf",
+        "export a checkpoint as a Hugging Face directory (LlamaForCausalLM; MixtralForCausalLM for an MoE model)",
+    )
     add_config_arguments(hf, ExportHFConfig)
     hf.set_defaults(handler=cmd_export_hf)
 

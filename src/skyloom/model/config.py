@@ -85,9 +85,7 @@ class ModelConfig:
             raise ConfigError("dim", f"hidden size {self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_kv_heads is not None:
             if self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:
-                raise ConfigError(
-                    "n_kv_heads", f"must divide n_heads={self.n_heads}, got {self.n_kv_heads}"
-                )
+                raise ConfigError("n_kv_heads", f"must divide n_heads={self.n_heads}, got {self.n_kv_heads}")
         arch_spec(self).validate(self)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
@@ -99,11 +97,13 @@ class ModelConfig:
             raise ConfigError("init_std", f"must be positive, got {self.init_std}")
         if self.moe is not None:
             if not arch_spec(self).supports_moe(self):
-                raise ConfigError("moe", "MoE layers have SwiGLU experts without biases: "
-                                         "they need arch=llama, bias=false")
+                raise ConfigError(
+                    "moe", "MoE layers have SwiGLU experts without biases: they need arch=llama, bias=false"
+                )
             if self.moe.every_n_layers > self.n_layers:
-                raise ConfigError("moe.every_n_layers",
-                                  f"{self.moe.every_n_layers} > n_layers={self.n_layers} leaves no MoE layer")
+                raise ConfigError(
+                    "moe.every_n_layers", f"{self.moe.every_n_layers} > n_layers={self.n_layers} leaves no MoE layer"
+                )
 
     @property
     def expert_ffn_dim(self) -> int:

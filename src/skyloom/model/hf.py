@@ -39,8 +39,11 @@ _LAYER_MAP = {
     "ffn.w3.weight": "mlp.up_proj.weight",
     "ffn.w2.weight": "mlp.down_proj.weight",
 }
-TOP_MAP = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-           "output.weight": "lm_head.weight"}
+TOP_MAP = {
+    "tok_emb.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 
 
 def require_transformers(purpose: str) -> Any:
@@ -48,9 +51,7 @@ def require_transformers(purpose: str) -> Any:
     try:
         import transformers
     except ImportError:
-        raise ImportError(
-            f"{purpose} needs Hugging Face transformers: pip install 'skyloom[hf]'"
-        ) from None
+        raise ImportError(f"{purpose} needs Hugging Face transformers: pip install 'skyloom[hf]'") from None
     return transformers
 
 
@@ -196,7 +197,9 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
         files = ["model.safetensors"]
     else:
         pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
-        hint = f" (found {pickles[0]}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
+        hint = (
+            f" (found {pickles[0]}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
+        )
         raise ValueError(f"{path}: no safetensors weights{hint}")
     state: dict[str, torch.Tensor] = {}
     for name in files:

@@ -30,7 +30,6 @@ from skyloom.model.hf import ATTN_MAP, TOP_MAP
 from skyloom.model.transformer import Transformer
 
 
-
 def check_mixtral_compatible(model: Transformer) -> list[str]:
     """Raise if `model` cannot be written as Mixtral; return notes on behaviour that changes (capacity)."""
     cfg = model.config
@@ -40,18 +39,23 @@ def check_mixtral_compatible(model: Transformer) -> list[str]:
     if not arch_spec(cfg).supports_moe(cfg):
         raise ValueError(f"Mixtral needs arch=llama without biases (got arch={cfg.arch!r}, bias={cfg.bias})")
     if moe.every_n_layers != 1:
-        raise ValueError(f"Mixtral has experts in every layer; moe.every_n_layers={moe.every_n_layers} cannot be "
-                         "expressed")
+        raise ValueError(
+            f"Mixtral has experts in every layer; moe.every_n_layers={moe.every_n_layers} cannot be expressed"
+        )
     if moe.gate_norm:
-        raise ValueError("gating logit normalisation (moe.gate_norm) has no Mixtral equivalent; the exported router "
-                         "would compute different probabilities")
+        raise ValueError(
+            "gating logit normalisation (moe.gate_norm) has no Mixtral equivalent; the exported router "
+            "would compute different probabilities"
+        )
     notes = []
     for i, layer in model.moe_layers():
         if layer.gate.bias is not None and bool(layer.gate.bias.detach().ne(0).any()):
             raise ValueError(f"layer {i}: the gate bias is non-zero and Mixtral's router has no bias")
     if not moe.dropless and moe.drop_in_eval:
-        notes.append(f"Mixtral never drops tokens; this model applies capacity_factor={moe.capacity_factor} in eval "
-                     "mode too (drop_in_eval), so the exported model matches it only where no expert overflows")
+        notes.append(
+            f"Mixtral never drops tokens; this model applies capacity_factor={moe.capacity_factor} in eval "
+            "mode too (drop_in_eval), so the exported model matches it only where no expert overflows"
+        )
     return notes
 
 
@@ -63,19 +67,21 @@ def mixtral_config(cfg: ModelConfig, extra: dict[str, Any] | None = None) -> dic
     for key in ("attention_bias", "mlp_bias"):  # not Mixtral config keys
         del out[key]
     moe = cfg.moe
-    out.update({
-        "architectures": ["MixtralForCausalLM"],
-        "model_type": "mixtral",
-        "intermediate_size": cfg.expert_ffn_dim,
-        "sliding_window": None,
-        "num_local_experts": moe.n_experts,
-        "num_experts_per_tok": moe.top_k,
-        "output_router_logits": False,
-        "router_aux_loss_coef": moe.aux_coef,
-        "router_jitter_noise": 0.0,
-        "attention_dropout": 0.0,
-        **(extra or {}),
-    })
+    out.update(
+        {
+            "architectures": ["MixtralForCausalLM"],
+            "model_type": "mixtral",
+            "intermediate_size": cfg.expert_ffn_dim,
+            "sliding_window": None,
+            "num_local_experts": moe.n_experts,
+            "num_experts_per_tok": moe.top_k,
+            "output_router_logits": False,
+            "router_aux_loss_coef": moe.aux_coef,
+            "router_jitter_noise": 0.0,
+            "attention_dropout": 0.0,
+            **(extra or {}),
+        }
+    )
     return out
 
 
@@ -132,9 +138,16 @@ def config_from_mixtral(hf: dict[str, Any], source: str) -> ModelConfig:
     from skyloom.model.hf import llama_fields
 
     fields = llama_fields(hf, source, norm_eps=1e-5, rope_theta=1e6)
-    fields["moe"] = dict(n_experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"], every_n_layers=1,
-                         dropless=True, gate_bias=False, gate_norm=False, aux_loss="switch",
-                         aux_coef=float(hf.get("router_aux_loss_coef", 0.02)))
+    fields["moe"] = dict(
+        n_experts=hf["num_local_experts"],
+        top_k=hf["num_experts_per_tok"],
+        every_n_layers=1,
+        dropless=True,
+        gate_bias=False,
+        gate_norm=False,
+        aux_loss="switch",
+        aux_coef=float(hf.get("router_aux_loss_coef", 0.02)),
+    )
     return build(ModelConfig, fields, prefix="model")
 
 

@@ -33,8 +33,16 @@ class LayerKV:
 class KVCache:
     """Per-layer keys/values [B, H_kv, S, d], which cached positions are real, and each row's next position."""
 
-    def __init__(self, n_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         shape = (batch, kv_heads, max(capacity, 1), head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
@@ -95,8 +103,10 @@ class KVCache:
         missing = [i for i, done in enumerate(self._written) if not done]
         if missing:
             self._span = None
-            raise RuntimeError(f"layers {missing} did not use the KV cache: their block's forward must pass its "
-                               "`kv` slot to the attention (see model/kv_cache.py)")
+            raise RuntimeError(
+                f"layers {missing} did not use the KV cache: their block's forward must pass its "
+                "`kv` slot to the attention (see model/kv_cache.py)"
+            )
         self.length = self._span[1]
         self.next_position = self.next_position + valid.long().sum(-1)
         self._span = None

@@ -19,16 +19,22 @@ from skyloom.data.batch import IGNORE_INDEX
 DEFAULT_MAX_ELEMENTS = 1 << 26
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: Literal["sum", "none"] = "sum",
-               ignore_index: int = IGNORE_INDEX, max_elements: int = DEFAULT_MAX_ELEMENTS) -> torch.Tensor:
+def token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    reduction: Literal["sum", "none"] = "sum",
+    ignore_index: int = IGNORE_INDEX,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> torch.Tensor:
     """Cross-entropy of logits [B, T, V] against labels [B, T].
 
     reduction="sum": a float32 scalar, the sum over every label ≠ `ignore_index`;
     reduction="none": float32 [B, T], 0 where the label is `ignore_index`.
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"token_loss wants logits [B, T, V] and labels [B, T], got {tuple(logits.shape)} and "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"token_loss wants logits [B, T, V] and labels [B, T], got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     if reduction not in ("sum", "none"):
         raise ValueError(f"token_loss reduction must be 'sum' or 'none', got {reduction!r}")
     b, t, v = logits.shape
@@ -36,9 +42,15 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: Literal["s
     rows = max(1, max_elements // max(t * v, 1)) if grouped else max(b, 1)
     parts = []
     for start in range(0, b, rows):
-        chunk = logits[start: start + rows]
-        parts.append(F.cross_entropy(chunk.float().reshape(-1, v), labels[start: start + rows].reshape(-1),
-                                     reduction=reduction, ignore_index=ignore_index))
+        chunk = logits[start : start + rows]
+        parts.append(
+            F.cross_entropy(
+                chunk.float().reshape(-1, v),
+                labels[start : start + rows].reshape(-1),
+                reduction=reduction,
+                ignore_index=ignore_index,
+            )
+        )
     if reduction == "none":
         return torch.cat(parts).view(b, t) if parts else logits.new_zeros((b, t), dtype=torch.float32)
     if not parts:

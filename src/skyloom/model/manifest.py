@@ -32,8 +32,9 @@ class CheckpointError(ConfigError):
         super().__init__("", message)
 
 
-def file_entries(directory: Path, known: dict[str, dict[str, Any]] | None = None,
-                 only: Callable[[str], bool] | None = None) -> dict[str, dict[str, Any]]:
+def file_entries(
+    directory: Path, known: dict[str, dict[str, Any]] | None = None, only: Callable[[str], bool] | None = None
+) -> dict[str, dict[str, Any]]:
     """{relative path: {"bytes", "sha256"}} of every file under `directory` except the manifest itself.
 
     `known`: entries another process already computed (a sharded checkpoint: each rank hashes the files it wrote),
@@ -82,8 +83,9 @@ def _parse(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return manifest, None
 
 
-def check(directory: str | Path, checksums: bool = True, require: bool = False,
-          complete_under: str | None = None) -> str | None:
+def check(
+    directory: str | Path, checksums: bool = True, require: bool = False, complete_under: str | None = None
+) -> str | None:
     """None when every file the manifest lists has its size (and sha256) — else the reason, naming the file.
 
     Without a skyloom manifest there is nothing to check (None), unless `require` (a training checkpoint, DCP).
@@ -96,8 +98,11 @@ def check(directory: str | Path, checksums: bool = True, require: bool = False,
     if manifest is None or manifest.get("format") != FORMAT:
         if not require:
             return None
-        return "no manifest.json (the write did not finish)" if manifest is None else \
-            "manifest.json is not a skyloom training checkpoint manifest"
+        return (
+            "no manifest.json (the write did not finish)"
+            if manifest is None
+            else "manifest.json is not a skyloom training checkpoint manifest"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict):
         return "manifest.json lists no files"

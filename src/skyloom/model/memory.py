@@ -119,10 +119,19 @@ def layout_from_parallel(pcfg: Any, world_size: int, **batch: Any) -> Layout:
     """A `Layout` from a `ParallelConfig` (train.parallel) resolved for `world_size` GPUs, plus batch fields."""
     resolved = pcfg.resolved(world_size) if hasattr(pcfg, "resolved") else pcfg
     split = tuple(resolved.pp_split) if resolved.pp_split else None
-    return Layout(dp_replicate=resolved.dp_replicate, dp_shard=resolved.dp_shard, pp=resolved.pp, tp=resolved.tp,
-                  ep=resolved.ep, zero1=resolved.zero1, sequence_parallel=resolved.sequence_parallel,
-                  pp_schedule=resolved.pp_schedule, pp_stages_per_rank=resolved.pp_stages_per_rank,
-                  pp_split=split, **batch)
+    return Layout(
+        dp_replicate=resolved.dp_replicate,
+        dp_shard=resolved.dp_shard,
+        pp=resolved.pp,
+        tp=resolved.tp,
+        ep=resolved.ep,
+        zero1=resolved.zero1,
+        sequence_parallel=resolved.sequence_parallel,
+        pp_schedule=resolved.pp_schedule,
+        pp_stages_per_rank=resolved.pp_stages_per_rank,
+        pp_split=split,
+        **batch,
+    )
 
 
 def stage_layers(n_layers: int, layout: Layout) -> list[list[int]]:
@@ -214,8 +223,15 @@ class RankMemory:
 
     @property
     def total(self) -> float:
-        return (self.weights + self.gradients + self.optimizer + self.fsdp_buffers + self.activations + self.logits
-                + self.runtime)
+        return (
+            self.weights
+            + self.gradients
+            + self.optimizer
+            + self.fsdp_buffers
+            + self.activations
+            + self.logits
+            + self.runtime
+        )
 
 
 @dataclass
@@ -240,10 +256,17 @@ class MemoryPlan:
         from dataclasses import asdict
 
         peak = self.peak
-        return {"model": self.model, "layout": self.layout.describe(), "gpus": self.layout.gpus,
-                "precision": self.layout.precision, "peak_rank": peak.rank, "peak_gb": peak.total / GB,
-                "gpu_gb": None if self.gpu_bytes is None else self.gpu_bytes / GB, "fits": self.fits,
-                "ranks": [dict(asdict(r), total=r.total) for r in self.ranks]}
+        return {
+            "model": self.model,
+            "layout": self.layout.describe(),
+            "gpus": self.layout.gpus,
+            "precision": self.layout.precision,
+            "peak_rank": peak.rank,
+            "peak_gb": peak.total / GB,
+            "gpu_gb": None if self.gpu_bytes is None else self.gpu_bytes / GB,
+            "fits": self.fits,
+            "ranks": [dict(asdict(r), total=r.total) for r in self.ranks],
+        }
 
 
 def plan_memory(cfg: ModelConfig, layout: Layout, gpu_bytes: float | None = None) -> MemoryPlan:
@@ -281,9 +304,21 @@ def plan_memory(cfg: ModelConfig, layout: Layout, gpu_bytes: float | None = None
             sbt = layout.seq_len * layout.micro_batch_size
             norm = 4 * sbt * cfg.dim * sb.activation / (layout.tp if layout.sequence_parallel else 1)
             logits = norm + 10 * sbt * cfg.vocab_size / layout.tp
-        ranks.append(RankMemory(rank=r, layers=len(layers), params=params, weights=weights, gradients=grads,
-                                optimizer=optimizer, fsdp_buffers=fsdp, activations=acts, micro_batches=micro,
-                                logits=logits, runtime=runtime))
+        ranks.append(
+            RankMemory(
+                rank=r,
+                layers=len(layers),
+                params=params,
+                weights=weights,
+                gradients=grads,
+                optimizer=optimizer,
+                fsdp_buffers=fsdp,
+                activations=acts,
+                micro_batches=micro,
+                logits=logits,
+                runtime=runtime,
+            )
+        )
     return MemoryPlan(model=cfg.preset or cfg.arch, layout=layout, ranks=ranks, gpu_bytes=gpu_bytes)
 
 
@@ -295,14 +330,21 @@ def gpu_capacity_bytes(gpu_gb: float) -> float:
 def format_memory(plan: MemoryPlan) -> str:
     """The plan as text: the peak rank's terms, every rank's total, and the verdict."""
     lay, peak = plan.layout, plan.peak
-    lines = [f"memory per GPU ({plan.model}, {lay.describe()} on {lay.gpus} GPU(s), micro-batch "
-             f"{lay.micro_batch_size} × seq {lay.seq_len:,}, {lay.precision}"
-             f"{', activation checkpointing' if lay.activation_checkpointing else ''}"
-             f"{', SP' if lay.tp > 1 and lay.sequence_parallel else ''}; GB = 10⁹ bytes):"]
-    terms = (("weights", peak.weights), ("gradients", peak.gradients), ("optimizer", peak.optimizer),
-             ("FSDP gather buffers", peak.fsdp_buffers),
-             (f"activations ({peak.layers} layers × {peak.micro_batches:g} micro-batches)", peak.activations),
-             ("logits + loss", peak.logits), ("CUDA context + NCCL", peak.runtime))
+    lines = [
+        f"memory per GPU ({plan.model}, {lay.describe()} on {lay.gpus} GPU(s), micro-batch "
+        f"{lay.micro_batch_size} × seq {lay.seq_len:,}, {lay.precision}"
+        f"{', activation checkpointing' if lay.activation_checkpointing else ''}"
+        f"{', SP' if lay.tp > 1 and lay.sequence_parallel else ''}; GB = 10⁹ bytes):"
+    ]
+    terms = (
+        ("weights", peak.weights),
+        ("gradients", peak.gradients),
+        ("optimizer", peak.optimizer),
+        ("FSDP gather buffers", peak.fsdp_buffers),
+        (f"activations ({peak.layers} layers × {peak.micro_batches:g} micro-batches)", peak.activations),
+        ("logits + loss", peak.logits),
+        ("CUDA context + NCCL", peak.runtime),
+    )
     width = max(len(name) for name, _ in terms)
     lines.append(f"  pipeline rank {peak.rank} (the most loaded), {peak.params / 1e9:,.2f}B parameters:")
     lines += [f"    {name.ljust(width)} {value / GB:8.1f} GB" for name, value in terms if value]

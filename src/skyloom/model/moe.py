@@ -54,8 +54,9 @@ def expert_capacity(n_tokens: int, n_experts: int, top_k: int, capacity_factor: 
     return math.ceil(top_k * n_tokens / n_experts * capacity_factor)
 
 
-def gate_probabilities(logits: torch.Tensor, gate_norm: bool = False, lam: float = 1.0,
-                       eps: float = 1e-6) -> torch.Tensor:
+def gate_probabilities(
+    logits: torch.Tensor, gate_norm: bool = False, lam: float = 1.0, eps: float = 1e-6
+) -> torch.Tensor:
     """softmax over experts of the logits, normalised first (Eq. 6) when `gate_norm`: λ·(z − µ)/sqrt(σ² + eps).
 
     σ is the population standard deviation over the n logits of one token; eps keeps an all-equal row
@@ -107,8 +108,9 @@ def assign_slots(
     return keep, rank, counts
 
 
-def router_stats(probs: torch.Tensor, tokens_per_expert: torch.Tensor, kept_per_expert: torch.Tensor,
-                 top_k: int) -> dict[str, torch.Tensor]:
+def router_stats(
+    probs: torch.Tensor, tokens_per_expert: torch.Tensor, kept_per_expert: torch.Tensor, top_k: int
+) -> dict[str, torch.Tensor]:
     """Detached *sums* over the tokens of one forward pass, so micro-batches and ranks can simply be added.
 
     tokens, assigned[n] (slots routed to each expert), kept[n] (after capacity), entropy_sum (nats, of the full
@@ -233,8 +235,12 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 def grouped_mm_supported(device: torch.device, dtype: torch.dtype) -> bool:
     """torch._grouped_mm's fast kernels: CUDA compute capability ≥ 9.0 (Hopper) in bf16."""
-    return (device.type == "cuda" and hasattr(torch, "_grouped_mm") and dtype == torch.bfloat16
-            and torch.cuda.get_device_capability(device) >= (9, 0))
+    return (
+        device.type == "cuda"
+        and hasattr(torch, "_grouped_mm")
+        and dtype == torch.bfloat16
+        and torch.cuda.get_device_capability(device) >= (9, 0)
+    )
 
 
 class MoE(nn.Module):
@@ -308,13 +314,16 @@ class MoE(nn.Module):
 
         # 4. Dispatch, experts, combine.
         compute_dtype = _compute_dtype(x, self.w1)
-        use_grouped = self.ep_group is None and (self.expert_impl == "grouped_mm" or (
-            self.expert_impl == "auto" and grouped_mm_supported(x.device, compute_dtype)))
+        use_grouped = self.ep_group is None and (
+            self.expert_impl == "grouped_mm"
+            or (self.expert_impl == "auto" and grouped_mm_supported(x.device, compute_dtype))
+        )
         slot_token = torch.arange(n_tokens, device=x.device).repeat_interleave(self.top_k)
         if use_grouped:
             align = GROUPED_MM_ALIGN
-            max_kept = n_tokens * self.top_k if capacity is None else min(n_tokens * self.top_k,
-                                                                          capacity * self.n_experts)
+            max_kept = (
+                n_tokens * self.top_k if capacity is None else min(n_tokens * self.top_k, capacity * self.n_experts)
+            )
             n_rows = max_kept + self.n_experts * (align - 1) + 1  # + one spare row that absorbs dropped slots
             padded = (kept_per_expert + align - 1) // align * align
             group_start = torch.cumsum(padded, 0) - padded
@@ -375,8 +384,9 @@ class MoE(nn.Module):
         offs[-1] = n_rows
         xr = rows.to(dtype)
         w1, w3, w2 = (w.to(dtype) for w in (self.w1, self.w3, self.w2))
-        h = F.silu(torch._grouped_mm(xr, w1.transpose(-2, -1), offs=offs)) * \
-            torch._grouped_mm(xr, w3.transpose(-2, -1), offs=offs)
+        h = F.silu(torch._grouped_mm(xr, w1.transpose(-2, -1), offs=offs)) * torch._grouped_mm(
+            xr, w3.transpose(-2, -1), offs=offs
+        )
         return torch._grouped_mm(h, w2.transpose(-2, -1), offs=offs)
 
 

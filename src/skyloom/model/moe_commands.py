@@ -14,25 +14,37 @@ from skyloom.config import ConfigError, apply_overrides
 class UpcycleConfig:
     """`skyloom upcycle`'s arguments."""
 
-    dense: str | None = option(None, positional=True, nargs="?", metavar="DENSE_CKPT",
-                               help="dense skyloom checkpoint or Hugging Face Llama directory "
-                                    "(or a preset/config with --advise)")
-    set: list[str] = option([], extend=True, nargs="+", metavar="KEY=VALUE",
-                            help="model.moe fields, e.g. --set gate_norm=true adaptive=true")
+    dense: str | None = option(
+        None,
+        positional=True,
+        nargs="?",
+        metavar="DENSE_CKPT",
+        help="dense skyloom checkpoint or Hugging Face Llama directory (or a preset/config with --advise)",
+    )
+    set: list[str] = option(
+        [],
+        extend=True,
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="model.moe fields, e.g. --set gate_norm=true adaptive=true",
+    )
     out: str | None = option(None, metavar="MOE_CKPT", help="checkpoint directory to write")
     experts: int = option(16, help="experts per MoE layer (n)")
     top_k: int = option(2, help="experts per token (k)")
-    gate_std: float = option(0.02, help="std of the gate's initial weights "
-                                        "(0 = zeros: every token then ties on the same experts)")
+    gate_std: float = option(
+        0.02, help="std of the gate's initial weights (0 = zeros: every token then ties on the same experts)"
+    )
     seed: int = option(0, help="seed for the gate's initial weights")
-    no_verify: bool = option(False, help="skip checking DENSE_CKPT against its manifest.json (sizes + sha256) "
-                                         "before upcycling")
+    no_verify: bool = option(
+        False, help="skip checking DENSE_CKPT against its manifest.json (sizes + sha256) before upcycling"
+    )
     advise: bool = option(False, help="print the §3.3 upcycle-or-from-scratch advice instead")
     dense_cost: float | None = option(None, help="--advise: what the dense checkpoint cost (any unit)")
     moe_budget: float | None = option(None, help="--advise: what the MoE training may cost (same unit)")
     dense_tokens: float | None = option(None, help="--advise: tokens the dense checkpoint was trained on")
     moe_tokens: float | None = option(None, help="--advise: tokens the MoE will be trained on")
     seq_len: int | None = option(None, help="--advise: sequence length for the attention FLOPs")
+
 
 _DESCRIPTION = """\
 Upcycle a dense checkpoint into a mixture of experts (Skywork-MoE §3): every expert of an MoE block is a copy
@@ -69,8 +81,9 @@ def _advice(args: argparse.Namespace) -> int:
         dense_cost, budget, unit = args.dense_cost, args.moe_budget, "(your unit)"
     else:
         if args.dense_tokens is None or args.moe_tokens is None or args.dense is None:
-            raise ConfigError("--advise", "give --dense-cost and --moe-budget, or DENSE_CKPT with --dense-tokens "
-                                          "and --moe-tokens")
+            raise ConfigError(
+                "--advise", "give --dense-cost and --moe-budget, or DENSE_CKPT with --dense-tokens and --moe-tokens"
+            )
         from skyloom.model.commands import resolve_model_config
 
         dense_cfg = resolve_model_config(args.dense)
@@ -80,8 +93,10 @@ def _advice(args: argparse.Namespace) -> int:
         budget = training_cost_flops(moe_cfg, args.moe_tokens, seq)
         unit = "FLOPs"
     advice = upcycle_advice(dense_cost, budget)
-    print(f"C_dense = {dense_cost:.4g} {unit}, C_MoE = {budget:.4g} {unit}"
-          + (f", C_MoE / C_dense = {advice.ratio:.3g}" if advice.ratio is not None else ""))
+    print(
+        f"C_dense = {dense_cost:.4g} {unit}, C_MoE = {budget:.4g} {unit}"
+        + (f", C_MoE / C_dense = {advice.ratio:.3g}" if advice.ratio is not None else "")
+    )
     print(f"advice: {advice.choice}")
     print(advice.reasoning)
     return 0
@@ -96,21 +111,28 @@ def cmd_upcycle(args: argparse.Namespace) -> int:
     from skyloom.model.upcycle import upcycle_checkpoint
 
     try:
-        out, model = upcycle_checkpoint(args.dense, args.out, _moe_settings(args), gate_std=args.gate_std,
-                                        seed=args.seed, verify=not args.no_verify)
+        out, model = upcycle_checkpoint(
+            args.dense, args.out, _moe_settings(args), gate_std=args.gate_std, seed=args.seed, verify=not args.no_verify
+        )
     except (ValueError, FileNotFoundError) as err:  # FileNotFoundError: DENSE_CKPT does not exist
         if isinstance(err, ConfigError):
             raise
         raise ConfigError("upcycle", str(err) if args.dense in str(err) else f"{args.dense}: {err}") from None
     counts = count_params(model.config)
     moe = model.config.moe
-    print(f"wrote {out}: {len(model.moe_layers())} MoE layers × {moe.n_experts} experts (top-{moe.top_k}), "
-          f"{counts.total:,} parameters, {counts.active:,} active per token")
+    print(
+        f"wrote {out}: {len(model.moe_layers())} MoE layers × {moe.n_experts} experts (top-{moe.top_k}), "
+        f"{counts.total:,} parameters, {counts.active:,} active per token"
+    )
     return 0
 
 
 def register(sub) -> None:
-    p = add_command(sub, "upcycle", "turn a dense checkpoint into a mixture-of-experts checkpoint (or --advise)",
-                    description=_DESCRIPTION)
+    p = add_command(
+        sub,
+        "upcycle",
+        "turn a dense checkpoint into a mixture-of-experts checkpoint (or --advise)",
+        description=_DESCRIPTION,
+    )
     add_config_arguments(p, UpcycleConfig)
     p.set_defaults(handler=cmd_upcycle)

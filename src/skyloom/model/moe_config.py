@@ -58,7 +58,7 @@ class MoEConfig:
 
     def lr_scale(self) -> float:
         ratio = self.top_k / self.n_experts
-        return {"none": 1.0, "k/n": ratio, "sqrt(k/n)": ratio ** 0.5}[self.expert_lr_scale]
+        return {"none": 1.0, "k/n": ratio, "sqrt(k/n)": ratio**0.5}[self.expert_lr_scale]
 
     def validate(self) -> None:
         if self.n_experts < 1:

@@ -43,7 +43,8 @@ def target_coefficient(drop_rate: float, xi: float, alpha_max: float) -> float:
     return min(xi * drop_rate, alpha_max)
 
 
-def update_coefficient(alpha: float, drop_rate: float, xi: float = 0.2, alpha_max: float = 0.01,
-                       beta: float = 0.99) -> float:
+def update_coefficient(
+    alpha: float, drop_rate: float, xi: float = 0.2, alpha_max: float = 0.01, beta: float = 0.99
+) -> float:
     """Eq. 7–8: the next step's coefficient, a moving average of f(d) with weight β on the current α."""
     return beta * alpha + (1.0 - beta) * target_coefficient(drop_rate, xi, alpha_max)

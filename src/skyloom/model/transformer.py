@@ -71,9 +71,7 @@ class RMSNorm(nn.Module):
         return (normed * self.weight.float()).to(x.dtype)
 
 
-def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables for rotate-half RoPE: angle(p, i) = p · theta^(-2i/d), i < d/2, duplicated."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.float()[..., None] * inv_freq  # [..., T, d/2]
@@ -123,7 +121,9 @@ class Attention(nn.Module):
         if kv is not None:
             k, v = kv.update(k, v)
         out = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=attn_mask,
             is_causal=attn_mask is None,
             dropout_p=self.dropout if self.training else 0.0,
@@ -234,13 +234,21 @@ class Transformer(nn.Module):
         """(block index, MoE layer) for every MoE block; empty for a dense model."""
         return list(moe_layers(self))
 
-    def build_kv_cache(self, batch: int, capacity: int, device: torch.device | None = None,
-                       dtype: torch.dtype | None = None) -> KVCache:
+    def build_kv_cache(
+        self, batch: int, capacity: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
         """An empty cache for `batch` rows (grows past `capacity` as needed), on the weights' device and dtype."""
         weight = self.tok_emb.weight
         cfg = self.config
-        return KVCache(cfg.n_layers, batch, cfg.kv_heads, cfg.head_dim, capacity,
-                       device=device or weight.device, dtype=dtype or weight.dtype)
+        return KVCache(
+            cfg.n_layers,
+            batch,
+            cfg.kv_heads,
+            cfg.head_dim,
+            capacity,
+            device=device or weight.device,
+            dtype=dtype or weight.dtype,
+        )
 
     def forward(
         self,

@@ -36,8 +36,10 @@ def upcycled_config(dense: ModelConfig, moe: MoEConfig | dict[str, Any]) -> Mode
         raise ValueError(f"only the SwiGLU (arch=llama, no bias) model can be upcycled, got arch={dense.arch!r}")
     moe_cfg = moe if isinstance(moe, MoEConfig) else build(MoEConfig, moe, prefix="moe")
     if moe_cfg.expert_ffn_dim not in (None, dense.hidden_ffn_dim):
-        raise ValueError(f"upcycled experts copy the dense FFN (width {dense.hidden_ffn_dim}); "
-                         f"moe.expert_ffn_dim={moe_cfg.expert_ffn_dim} cannot be filled from it")
+        raise ValueError(
+            f"upcycled experts copy the dense FFN (width {dense.hidden_ffn_dim}); "
+            f"moe.expert_ffn_dim={moe_cfg.expert_ffn_dim} cannot be filled from it"
+        )
     data = to_dict(dense)
     data["moe"] = to_dict(moe_cfg)
     data["preset"] = None
@@ -45,8 +47,7 @@ def upcycled_config(dense: ModelConfig, moe: MoEConfig | dict[str, Any]) -> Mode
 
 
 @torch.no_grad()
-def upcycle(dense: Transformer, moe: MoEConfig | dict[str, Any], gate_std: float = 0.02,
-            seed: int = 0) -> Transformer:
+def upcycle(dense: Transformer, moe: MoEConfig | dict[str, Any], gate_std: float = 0.02, seed: int = 0) -> Transformer:
     """A new MoE Transformer whose experts are copies of `dense`'s FFNs (see the module docstring)."""
     cfg = upcycled_config(dense.config, moe)
     with torch.device("meta"):
@@ -79,8 +80,14 @@ def upcycle(dense: Transformer, moe: MoEConfig | dict[str, Any], gate_std: float
     return model
 
 
-def upcycle_checkpoint(dense_path: str | Path, out_dir: str | Path, moe: MoEConfig | dict[str, Any],
-                       gate_std: float = 0.02, seed: int = 0, verify: bool = True) -> tuple[Path, Transformer]:
+def upcycle_checkpoint(
+    dense_path: str | Path,
+    out_dir: str | Path,
+    moe: MoEConfig | dict[str, Any],
+    gate_std: float = 0.02,
+    seed: int = 0,
+    verify: bool = True,
+) -> tuple[Path, Transformer]:
     """Load a dense checkpoint (skyloom or HF Llama; verified against its manifest unless `verify=False`),
     upcycle it, save it with the source's tokenizer files."""
     from skyloom.model.checkpoint import load_model, save_model
@@ -88,8 +95,7 @@ def upcycle_checkpoint(dense_path: str | Path, out_dir: str | Path, moe: MoEConf
 
     dense = load_model(dense_path, verify=verify)
     model = upcycle(dense, moe, gate_std=gate_std, seed=seed)
-    out = save_model(model, out_dir, metadata={"upcycled_from": str(dense_path), "gate_std": gate_std,
-                                               "seed": seed})
+    out = save_model(model, out_dir, metadata={"upcycled_from": str(dense_path), "gate_std": gate_std, "seed": seed})
     for name in TOKENIZER_FILES:
         src = Path(dense_path) / name
         if src.is_file():
@@ -98,6 +104,7 @@ def upcycle_checkpoint(dense_path: str | Path, out_dir: str | Path, moe: MoEConf
 
 
 # ---- §3.3: upcycle or train from scratch? ----
+
 
 @dataclass(frozen=True)
 class UpcycleAdvice:
@@ -120,28 +127,42 @@ def upcycle_advice(dense_cost: float, moe_budget: float) -> UpcycleAdvice:
     """
     if dense_cost < 0 or moe_budget <= 0:
         raise ValueError(f"need dense_cost ≥ 0 and moe_budget > 0, got {dense_cost} and {moe_budget}")
-    lr_note = ("When upcycling, tune the learning-rate schedule: in the report the upcycled runs at a small "
-               "constant LR (3e-4, the dense model's final LR) did worst, those with a higher peak (1.2e-3 to "
-               "1.8e-3, decayed) did better.")
+    lr_note = (
+        "When upcycling, tune the learning-rate schedule: in the report the upcycled runs at a small "
+        "constant LR (3e-4, the dense model's final LR) did worst, those with a higher peak (1.2e-3 to "
+        "1.8e-3, decayed) did better."
+    )
     if dense_cost == 0:
-        return UpcycleAdvice("from-scratch", None,
-                             "there is no dense checkpoint to upcycle (C_dense = 0 ≪ C_MoE), so train the MoE from "
-                             "scratch (Skywork-MoE §3.3).")
+        return UpcycleAdvice(
+            "from-scratch",
+            None,
+            "there is no dense checkpoint to upcycle (C_dense = 0 ≪ C_MoE), so train the MoE from "
+            "scratch (Skywork-MoE §3.3).",
+        )
     ratio = moe_budget / dense_cost
     if ratio >= 2.0:
-        return UpcycleAdvice("from-scratch", ratio,
-                             f"the MoE budget is {ratio:.2g}× the dense model's cost (≥ 2): with that much compute an "
-                             "MoE trained from scratch beats one upcycled from the dense checkpoint, whose identical "
-                             "experts are slow to diversify (Skywork-MoE §3.2–3.3, 300B-token budget).")
+        return UpcycleAdvice(
+            "from-scratch",
+            ratio,
+            f"the MoE budget is {ratio:.2g}× the dense model's cost (≥ 2): with that much compute an "
+            "MoE trained from scratch beats one upcycled from the dense checkpoint, whose identical "
+            "experts are slow to diversify (Skywork-MoE §3.2–3.3, 300B-token budget).",
+        )
     if ratio < 2.0 / 3.0:
-        return UpcycleAdvice("upcycle", ratio,
-                             f"the MoE budget is only {ratio:.2g}× the dense model's cost (≪ 1): upcycle to exploit "
-                             "the sunk cost of the dense checkpoint — an MoE trained from scratch on so little compute "
-                             "is unlikely to even match the dense model (Skywork-MoE §3.3). " + lr_note)
-    return UpcycleAdvice("either", ratio,
-                         f"the MoE budget is {ratio:.2g}× the dense model's cost, between 2/3 (where the report's "
-                         "upcycled and from-scratch MoEs ended level) and 2 (where from-scratch won clearly): both are "
-                         "reasonable; the closer to 2, the more from-scratch is favoured. " + lr_note)
+        return UpcycleAdvice(
+            "upcycle",
+            ratio,
+            f"the MoE budget is only {ratio:.2g}× the dense model's cost (≪ 1): upcycle to exploit "
+            "the sunk cost of the dense checkpoint — an MoE trained from scratch on so little compute "
+            "is unlikely to even match the dense model (Skywork-MoE §3.3). " + lr_note,
+        )
+    return UpcycleAdvice(
+        "either",
+        ratio,
+        f"the MoE budget is {ratio:.2g}× the dense model's cost, between 2/3 (where the report's "
+        "upcycled and from-scratch MoEs ended level) and 2 (where from-scratch won clearly): both are "
+        "reasonable; the closer to 2, the more from-scratch is favoured. " + lr_note,
+    )
 
 
 def training_cost_flops(cfg: ModelConfig, tokens: float, seq_len: int | None = None) -> float:

@@ -49,8 +49,10 @@ def _sources(recipe: Recipe, cfg) -> tuple[list, dict[str, str]]:
             source = DeclaredSource(Path(src.path), int(recipe.config.declared_tokens[name]))
             origin[name] = "declared"
         else:
-            raise ValueError(f"source '{name}': no shards at {src.path} (index.json) and no declared_tokens.{name} "
-                             f"in {recipe.directory / 'recipe.yaml'}")
+            raise ValueError(
+                f"source '{name}': no shards at {src.path} (index.json) and no declared_tokens.{name} "
+                f"in {recipe.directory / 'recipe.yaml'}"
+            )
         cap = src.max_epochs if src.max_epochs is not None else cfg.data.max_epochs
         specs.append(MixtureSourceSpec(name, source, WeightSchedule(src.weight), cap))
     return specs, origin
@@ -85,8 +87,9 @@ def session_parallel(train, hardware: HardwareConfig):
     return pcfg.resolved(hardware.gpus)
 
 
-def session_memory(cfg, pcfg, windows: int, hardware: HardwareConfig, gpu_mem_gb: float,
-                   memory_profile: str | None) -> dict[str, Any]:
+def session_memory(
+    cfg, pcfg, windows: int, hardware: HardwareConfig, gpu_mem_gb: float, memory_profile: str | None
+) -> dict[str, Any]:
     """skyloom.model.memory's per-GPU plan for the session's layout (JSON-ready), with its text.
 
     The profile defaults to what skyloom's own trainer holds (`torch-amp`: fp32 weights under bf16 autocast;
@@ -94,16 +97,28 @@ def session_memory(cfg, pcfg, windows: int, hardware: HardwareConfig, gpu_mem_gb
     from skyloom.model.memory import format_memory, gpu_capacity_bytes, layout_from_parallel, plan_memory
 
     profile = memory_profile or ("fp32" if cfg.train.precision == "fp32" else "torch-amp")
-    layout = layout_from_parallel(pcfg, hardware.gpus, micro_batch_size=cfg.train.micro_batch_size,
-                                  seq_len=cfg.seq_len, global_batch=windows, precision=profile,
-                                  activation_checkpointing=cfg.train.activation_checkpointing)
+    layout = layout_from_parallel(
+        pcfg,
+        hardware.gpus,
+        micro_batch_size=cfg.train.micro_batch_size,
+        seq_len=cfg.seq_len,
+        global_batch=windows,
+        precision=profile,
+        activation_checkpointing=cfg.train.activation_checkpointing,
+    )
     plan = plan_memory(cfg.model, layout, gpu_capacity_bytes(gpu_mem_gb))
     return dict(plan.as_dict(), text=format_memory(plan))
 
 
-def plan_session(recipe: Recipe, name: str, root: Path, hardware: HardwareConfig,
-                 carried: dict[str, tuple[int, int]], gpu_mem_gb: float = 80.0,
-                 memory_profile: str | None = None) -> dict[str, Any]:
+def plan_session(
+    recipe: Recipe,
+    name: str,
+    root: Path,
+    hardware: HardwareConfig,
+    carried: dict[str, tuple[int, int]],
+    gpu_mem_gb: float = 80.0,
+    memory_profile: str | None = None,
+) -> dict[str, Any]:
     """One session's plan; `carried` maps source name → (tokens available, windows drawn so far); `gpu_mem_gb`
     and `memory_profile` feed the per-GPU memory plan (skyloom.model.memory)."""
     from skyloom.data.mixture import MixtureLoader
@@ -116,8 +131,9 @@ def plan_session(recipe: Recipe, name: str, root: Path, hardware: HardwareConfig
     steps = total_steps_for(cfg)
     windows = t.global_batch_tokens // seq
     specs, origin = _sources(recipe, cfg)
-    loader = MixtureLoader(specs, seq_len=seq, global_windows=windows, micro_batch_size=windows,
-                           total_steps=steps, seed=cfg.data.seed)
+    loader = MixtureLoader(
+        specs, seq_len=seq, global_windows=windows, micro_batch_size=windows, total_steps=steps, seed=cfg.data.seed
+    )
     start = np.zeros(len(loader.sources), dtype=np.int64)
     if cfg.data.init_loader_from_checkpoint:
         for i, s in enumerate(loader.sources):
@@ -134,16 +150,22 @@ def plan_session(recipe: Recipe, name: str, root: Path, hardware: HardwareConfig
     sources = []
     for i, s in enumerate(loader.sources):
         w0, w1 = loader.weights_at(0)[i], loader.weights_at(steps - 1)[i]
-        sources.append({
-            "source": s.name, "origin": origin[s.name], "path": str(s.spec.source.directory),
-            "tokens_available": len(s.spec.source), "weight": s.spec.weight.describe(),
-            "share_start": float(w0), "share_end": float(w1),
-            "tokens_drawn": int(session_windows[i]) * seq,
-            "share": float(session_windows[i]) / (steps * windows),
-            "epochs_session": float(session_windows[i]) / s.n_windows,
-            "epochs_total": float(drawn[i]) / s.n_windows,
-            "max_epochs": s.spec.max_epochs,
-        })
+        sources.append(
+            {
+                "source": s.name,
+                "origin": origin[s.name],
+                "path": str(s.spec.source.directory),
+                "tokens_available": len(s.spec.source),
+                "weight": s.spec.weight.describe(),
+                "share_start": float(w0),
+                "share_end": float(w1),
+                "tokens_drawn": int(session_windows[i]) * seq,
+                "share": float(session_windows[i]) / (steps * windows),
+                "epochs_session": float(session_windows[i]) / s.n_windows,
+                "epochs_total": float(drawn[i]) / s.n_windows,
+                "max_epochs": s.spec.max_epochs,
+            }
+        )
         carried[s.name] = (len(s.spec.source), int(drawn[i]))
     counts = count_params(cfg.model)
     fpt = flops_per_token(cfg.model, seq)
@@ -153,21 +175,42 @@ def plan_session(recipe: Recipe, name: str, root: Path, hardware: HardwareConfig
     memory = session_memory(cfg, pcfg, windows, hardware, gpu_mem_gb, memory_profile)
     gpu_seconds = total_tokens * fpt / (hardware.peak_flops * hardware.mfu)
     return {
-        "session": name, "stage": recipe.ref(name).stage,
-        "model": {"preset": cfg.model.preset, "arch": cfg.model.arch, "params": counts.total,
-                  "active_params": counts.active, "layers": cfg.model.n_layers, "dim": cfg.model.dim,
-                  "flops_per_token": fpt},
-        "seq_len": seq, "global_batch_tokens": t.global_batch_tokens, "global_batch_windows": windows,
-        "micro_batch_size": t.micro_batch_size, "steps": steps, "tokens": total_tokens,
+        "session": name,
+        "stage": recipe.ref(name).stage,
+        "model": {
+            "preset": cfg.model.preset,
+            "arch": cfg.model.arch,
+            "params": counts.total,
+            "active_params": counts.active,
+            "layers": cfg.model.n_layers,
+            "dim": cfg.model.dim,
+            "flops_per_token": fpt,
+        },
+        "seq_len": seq,
+        "global_batch_tokens": t.global_batch_tokens,
+        "global_batch_windows": windows,
+        "micro_batch_size": t.micro_batch_size,
+        "steps": steps,
+        "tokens": total_tokens,
         "schedule": {"kind": t.schedule, "lr": t.lr, "min_lr": t.min_lr, "warmup_steps": t.warmup_steps},
-        "init_from": t.init_from, "continues_loader": cfg.data.init_loader_from_checkpoint,
-        "layout": {"gpus": hardware.gpus, "data_parallel": dp, "pipeline_parallel": pcfg.pp,
-                   "tensor_parallel": pcfg.tp, "expert_parallel": pcfg.ep, "accumulation": accumulation,
-                   "parallel": vars(pcfg).copy(), "describe": pcfg.describe(), "zero1": pcfg.zero1},
+        "init_from": t.init_from,
+        "continues_loader": cfg.data.init_loader_from_checkpoint,
+        "layout": {
+            "gpus": hardware.gpus,
+            "data_parallel": dp,
+            "pipeline_parallel": pcfg.pp,
+            "tensor_parallel": pcfg.tp,
+            "expert_parallel": pcfg.ep,
+            "accumulation": accumulation,
+            "parallel": vars(pcfg).copy(),
+            "describe": pcfg.describe(),
+            "zero1": pcfg.zero1,
+        },
         "memory": memory,
         "sources": sources,
         "over_cap": [r["source"] for r in sources if r["epochs_total"] > r["max_epochs"] + 1e-9],
-        "gpu_hours": gpu_seconds / 3600, "days": gpu_seconds / hardware.gpus / 86400,
+        "gpu_hours": gpu_seconds / 3600,
+        "days": gpu_seconds / hardware.gpus / 86400,
         "tokens_per_gpu_second": hardware.peak_flops * hardware.mfu / fpt,
     }
 
@@ -183,30 +226,45 @@ def add_upcycle_advice(sessions: list[dict[str, Any]], dense_gpu_hours: float | 
     if True not in is_moe:
         return
     first = is_moe.index(True)
-    dense = dense_gpu_hours if dense_gpu_hours is not None else \
-        sum(s["gpu_hours"] for s, moe in zip(sessions[:first], is_moe) if not moe)
+    dense = (
+        dense_gpu_hours
+        if dense_gpu_hours is not None
+        else sum(s["gpu_hours"] for s, moe in zip(sessions[:first], is_moe) if not moe)
+    )
     budget = sum(s["gpu_hours"] for s, moe in zip(sessions[first:], is_moe[first:]) if moe)
     advice = upcycle_advice(dense, budget)
-    sessions[first]["upcycle_advice"] = {"choice": advice.choice, "ratio": advice.ratio, "dense_gpu_hours": dense,
-                                         "moe_gpu_hours": budget, "reasoning": advice.reasoning}
+    sessions[first]["upcycle_advice"] = {
+        "choice": advice.choice,
+        "ratio": advice.ratio,
+        "dense_gpu_hours": dense,
+        "moe_gpu_hours": budget,
+        "reasoning": advice.reasoning,
+    }
 
 
-def plan_recipe(recipe: Recipe, root: str | Path = ".", hardware: HardwareConfig | None = None,
-                dense_gpu_hours: float | None = None, gpu_mem_gb: float = 80.0,
-                memory_profile: str | None = None) -> dict[str, Any]:
+def plan_recipe(
+    recipe: Recipe,
+    root: str | Path = ".",
+    hardware: HardwareConfig | None = None,
+    dense_gpu_hours: float | None = None,
+    gpu_mem_gb: float = 80.0,
+    memory_profile: str | None = None,
+) -> dict[str, Any]:
     """The whole recipe's plan (JSON-ready): sessions in order, stage sums, totals, and for a recipe with MoE
     sessions the §3.3 upcycling advice (`dense_gpu_hours`: the dense checkpoint's cost if trained elsewhere)."""
     hw = hardware or recipe.config.hardware
     hw.validate()
     carried: dict[str, tuple[int, int]] = {}
-    sessions = [plan_session(recipe, ref.name, Path(root), hw, carried, gpu_mem_gb, memory_profile)
-                for ref in recipe.sessions]
+    sessions = [
+        plan_session(recipe, ref.name, Path(root), hw, carried, gpu_mem_gb, memory_profile) for ref in recipe.sessions
+    ]
     add_upcycle_advice(sessions, dense_gpu_hours)
     stages: dict[str, dict[str, Any]] = {}
     for s in sessions:
         key = s["stage"] or s["session"]
-        st = stages.setdefault(key, {"sessions": [], "tokens": 0, "steps": 0, "gpu_hours": 0.0, "days": 0.0,
-                                     "source_tokens": {}})
+        st = stages.setdefault(
+            key, {"sessions": [], "tokens": 0, "steps": 0, "gpu_hours": 0.0, "days": 0.0, "source_tokens": {}}
+        )
         st["sessions"].append(s["session"])
         for k in ("tokens", "steps", "gpu_hours", "days"):
             st[k] += s[k]
@@ -215,10 +273,20 @@ def plan_recipe(recipe: Recipe, root: str | Path = ".", hardware: HardwareConfig
     for st in stages.values():
         st["source_share"] = {k: v / st["tokens"] for k, v in st["source_tokens"].items()}
     total = {k: sum(s[k] for s in sessions) for k in ("tokens", "steps", "gpu_hours", "days")}
-    return {"recipe": recipe.config.name, "description": recipe.config.description,
-            "hardware": {"gpu": hw.gpu, "gpus": hw.gpus, "peak_tflops": hw.peak_flops / 1e12, "mfu": hw.mfu,
-                         "pipeline_parallel": hw.pipeline_parallel},
-            "sessions": sessions, "stages": stages, "total": total}
+    return {
+        "recipe": recipe.config.name,
+        "description": recipe.config.description,
+        "hardware": {
+            "gpu": hw.gpu,
+            "gpus": hw.gpus,
+            "peak_tflops": hw.peak_flops / 1e12,
+            "mfu": hw.mfu,
+            "pipeline_parallel": hw.pipeline_parallel,
+        },
+        "sessions": sessions,
+        "stages": stages,
+        "total": total,
+    }
 
 
 def _hours(h: float) -> str:
@@ -235,9 +303,11 @@ def _tok(n: float) -> str:
 def format_plan(plan: dict[str, Any]) -> str:
     """The plan as text: one block per session, then stages and totals."""
     hw = plan["hardware"]
-    lines = [f"recipe {plan['recipe']}: {plan['description']}".rstrip(": "),
-             f"hardware: {hw['gpus']} × {hw['gpu']} ({hw['peak_tflops']:g} TFLOP/s bf16 peak) at MFU "
-             f"{hw['mfu']:.1%}", ""]
+    lines = [
+        f"recipe {plan['recipe']}: {plan['description']}".rstrip(": "),
+        f"hardware: {hw['gpus']} × {hw['gpu']} ({hw['peak_tflops']:g} TFLOP/s bf16 peak) at MFU {hw['mfu']:.1%}",
+        "",
+    ]
     for s in plan["sessions"]:
         m, lay, sch = s["model"], s["layout"], s["schedule"]
         lr = f"{sch['kind']} {sch['lr']:g}" + (f" → {sch['min_lr']:g}" if sch["kind"] == "cosine" else "")
@@ -254,37 +324,60 @@ def format_plan(plan: dict[str, Any]) -> str:
             + ("; continues the previous session's data positions" if s["continues_loader"] else ""),
             "mixture:",
         ]
-        head = ("source", "available", "weight (schedule)", "share", "start→end", "drawn", "epochs", "total ep.",
-                "cap")
-        body = [(r["source"], _tok(r["tokens_available"]) + ("*" if r["origin"] == "declared" else ""), r["weight"],
-                 f"{r['share']:.1%}", f"{r['share_start']:.1%}→{r['share_end']:.1%}", _tok(r["tokens_drawn"]),
-                 f"{r['epochs_session']:.3f}", f"{r['epochs_total']:.3f}", f"{r['max_epochs']:g}")
-                for r in s["sources"]]
+        head = ("source", "available", "weight (schedule)", "share", "start→end", "drawn", "epochs", "total ep.", "cap")
+        body = [
+            (
+                r["source"],
+                _tok(r["tokens_available"]) + ("*" if r["origin"] == "declared" else ""),
+                r["weight"],
+                f"{r['share']:.1%}",
+                f"{r['share_start']:.1%}→{r['share_end']:.1%}",
+                _tok(r["tokens_drawn"]),
+                f"{r['epochs_session']:.3f}",
+                f"{r['epochs_total']:.3f}",
+                f"{r['max_epochs']:g}",
+            )
+            for r in s["sources"]
+        ]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
         for row in (head, *body):
-            lines.append("  " + "  ".join(str(x).ljust(w) if i in (0, 2) else str(x).rjust(w)
-                                          for i, (x, w) in enumerate(zip(row, widths))))
-        lines.append(f"compute   {_hours(s['gpu_hours'])} = {s['days']:,.2f} days on {lay['gpus']} GPU(s) "
-                     f"({s['tokens_per_gpu_second']:,.0f} tokens/s/GPU)")
+            lines.append(
+                "  "
+                + "  ".join(
+                    str(x).ljust(w) if i in (0, 2) else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths))
+                )
+            )
+        lines.append(
+            f"compute   {_hours(s['gpu_hours'])} = {s['days']:,.2f} days on {lay['gpus']} GPU(s) "
+            f"({s['tokens_per_gpu_second']:,.0f} tokens/s/GPU)"
+        )
         lines.append(s["memory"]["text"])
         if s["memory"]["fits"] is False:
-            lines.append(f"WARNING   the layout needs {s['memory']['peak_gb']:.1f} GB per GPU: out of memory on "
-                         f"{s['memory']['gpu_gb']:.1f} GB")
+            lines.append(
+                f"WARNING   the layout needs {s['memory']['peak_gb']:.1f} GB per GPU: out of memory on "
+                f"{s['memory']['gpu_gb']:.1f} GB"
+            )
         if s["over_cap"]:
             lines.append(f"WARNING   over the epoch cap: {', '.join(s['over_cap'])}")
         if "upcycle_advice" in s:
             a = s["upcycle_advice"]
-            lines.append(f"upcycle?  {a['choice']} (C_MoE {_hours(a['moe_gpu_hours'])} vs C_dense "
-                         f"{_hours(a['dense_gpu_hours'])}): {a['reasoning']}")
+            lines.append(
+                f"upcycle?  {a['choice']} (C_MoE {_hours(a['moe_gpu_hours'])} vs C_dense "
+                f"{_hours(a['dense_gpu_hours'])}): {a['reasoning']}"
+            )
         lines.append("")
     if any(r["origin"] == "declared" for s in plan["sessions"] for r in s["sources"]):
         lines += ["* declared in recipe.yaml (declared_tokens): no shards were found under the workspace root", ""]
     lines.append("== stages")
     for name, st in plan["stages"].items():
         shares = ", ".join(f"{k} {v:.1%}" for k, v in st["source_share"].items())
-        lines.append(f"{name}: {' + '.join(st['sessions'])}: {_tok(st['tokens'])} tokens, {st['steps']:,} steps, "
-                     f"{_hours(st['gpu_hours'])}, {st['days']:,.2f} days; mixture {shares}")
+        lines.append(
+            f"{name}: {' + '.join(st['sessions'])}: {_tok(st['tokens'])} tokens, {st['steps']:,} steps, "
+            f"{_hours(st['gpu_hours'])}, {st['days']:,.2f} days; mixture {shares}"
+        )
     t = plan["total"]
-    lines.append(f"total: {_tok(t['tokens'])} tokens, {t['steps']:,} steps, {_hours(t['gpu_hours'])}, "
-                 f"{t['days']:,.2f} days on {hw['gpus']} × {hw['gpu']}")
+    lines.append(
+        f"total: {_tok(t['tokens'])} tokens, {t['steps']:,} steps, {_hours(t['gpu_hours'])}, "
+        f"{t['days']:,.2f} days on {hw['gpus']} × {hw['gpu']}"
+    )
     return "\n".join(lines)

@@ -71,8 +71,9 @@ class HardwareConfig:
             return self.peak_tflops * 1e12
         peak = peak_flops_for_device(self.gpu)
         if peak is None:
-            raise ConfigError("hardware.gpu", f"no known bf16 peak for {self.gpu!r}; give hardware.peak_tflops "
-                                              "(or --peak-tflops)")
+            raise ConfigError(
+                "hardware.gpu", f"no known bf16 peak for {self.gpu!r}; give hardware.peak_tflops (or --peak-tflops)"
+            )
         return peak
 
 
@@ -115,8 +116,9 @@ class Recipe:
         """The session's config as a YAML tree: overrides applied, relative paths rebased onto `root`."""
         ref = self.ref(name)
         path = self.directory / ref.config
-        tree = apply_overrides(read_yaml(path), [*self.config.overrides, *ref.overrides,
-                                                    *self.session_overrides.get(name, [])])
+        tree = apply_overrides(
+            read_yaml(path), [*self.config.overrides, *ref.overrides, *self.session_overrides.get(name, [])]
+        )
         return rebase_paths(tree, Path(root))
 
     def session_config(self, name: str, root: str | Path = "."):
@@ -170,8 +172,10 @@ def _rebase(value: Any, root: Path) -> Any:
 
 def _rebase_keys(section: dict[str, Any], root: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """`section` with the path lists under `keys` rebased (a non-list is left for the config check to refuse)."""
-    return {k: ([_rebase(v, root) for v in value] if k in keys and isinstance(value, list) else value)
-            for k, value in section.items()}
+    return {
+        k: ([_rebase(v, root) for v in value] if k in keys and isinstance(value, list) else value)
+        for k, value in section.items()
+    }
 
 
 def rebase_paths(tree: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -188,9 +192,14 @@ def rebase_paths(tree: dict[str, Any], root: Path) -> dict[str, Any]:
             data["tokenizer"] = _rebase(data["tokenizer"], root)
         sources = data.get("sources")
         if isinstance(sources, dict):
-            data["sources"] = {name: (_rebase_keys({**src, "path": _rebase(src.get("path"), root)}, root,
-                                                   ("raw", "raw_fallback"))
-                                      if isinstance(src, dict) else src) for name, src in sources.items()}
+            data["sources"] = {
+                name: (
+                    _rebase_keys({**src, "path": _rebase(src.get("path"), root)}, root, ("raw", "raw_fallback"))
+                    if isinstance(src, dict)
+                    else src
+                )
+                for name, src in sources.items()
+            }
         if isinstance(data.get("train_tokenizer"), dict):  # its files too, or they would silently fall back
             data["train_tokenizer"] = _rebase_keys(data["train_tokenizer"], root, ("files", "fallback"))
     train = out.get("train")
@@ -198,7 +207,15 @@ def rebase_paths(tree: dict[str, Any], root: Path) -> dict[str, Any]:
         out["train"] = {**train, "init_from": _rebase(train["init_from"], root)}
     val = out.get("validation")
     if isinstance(val, dict) and isinstance(val.get("sets"), dict):
-        out["validation"] = {**val, "sets": {name: (_rebase_keys({**s, "path": _rebase(s.get("path"), root)}, root,
-                                                                 ("fallback",))
-                                                    if isinstance(s, dict) else s) for name, s in val["sets"].items()}}
+        out["validation"] = {
+            **val,
+            "sets": {
+                name: (
+                    _rebase_keys({**s, "path": _rebase(s.get("path"), root)}, root, ("fallback",))
+                    if isinstance(s, dict)
+                    else s
+                )
+                for name, s in val["sets"].items()
+            },
+        }
     return out

@@ -19,8 +19,16 @@ from typing import Any
 from skyloom.report import plots
 from skyloom.report.runs import RunData, load_run
 
-SECTIONS = ["Sessions", "Training and validation losses", "Learning rate and data mixture", "Throughput and MFU",
-            "Table 6: perplexity per domain", "Table 8: benchmark leakage", "Data pipeline", "Other metrics"]
+SECTIONS = [
+    "Sessions",
+    "Training and validation losses",
+    "Learning rate and data mixture",
+    "Throughput and MFU",
+    "Table 6: perplexity per domain",
+    "Table 8: benchmark leakage",
+    "Data pipeline",
+    "Other metrics",
+]
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
@@ -80,31 +88,60 @@ def sessions_section(data: RunData) -> str:
         times = [r["time"] for r in s.records if isinstance(r.get("time"), (int, float))]
         tps = [r["tokens_per_sec"] for r in tr if isinstance(r.get("tokens_per_sec"), (int, float))]
         t = s.config.get("train") or {}
-        lr = f"{t.get('schedule', '?')} {t.get('lr', '?')}" + (f"→{t.get('min_lr')}" if t.get("schedule") == "cosine"
-                                                               else "")
-        rows.append([f"{s.name} ({plots.COLOURS[i % len(plots.COLOURS)].removeprefix('tab:')})", s.last_step,
-                     f"{s.last_tokens:,}", lr, t.get("init_from") or "scratch",
-                     _fmt(tr[0]["loss"]) if tr else "–", _fmt(tr[-1]["loss"]) if tr else "–",
-                     ", ".join(f"{k} {v:.3f}" for k, v in vals.items()) or "–",
-                     _fmt(sorted(tps)[len(tps) // 2], ",.0f") if tps else "–",
-                     _fmt(max(times) - min(times), ".0f") if len(times) > 1 else "–"])
+        lr = f"{t.get('schedule', '?')} {t.get('lr', '?')}" + (
+            f"→{t.get('min_lr')}" if t.get("schedule") == "cosine" else ""
+        )
+        rows.append(
+            [
+                f"{s.name} ({plots.COLOURS[i % len(plots.COLOURS)].removeprefix('tab:')})",
+                s.last_step,
+                f"{s.last_tokens:,}",
+                lr,
+                t.get("init_from") or "scratch",
+                _fmt(tr[0]["loss"]) if tr else "–",
+                _fmt(tr[-1]["loss"]) if tr else "–",
+                ", ".join(f"{k} {v:.3f}" for k, v in vals.items()) or "–",
+                _fmt(sorted(tps)[len(tps) // 2], ",.0f") if tps else "–",
+                _fmt(max(times) - min(times), ".0f") if len(times) > 1 else "–",
+            ]
+        )
     bad = sum(s.bad_lines for s in data.sessions)
     note = f"<p class='note'>{bad} unreadable metrics line(s) skipped.</p>" if bad else ""
-    return _table(["session (colour)", "steps", "tokens", "lr", "starts from", "first loss", "last loss",
-                   "final validation losses", "median tokens/s", "seconds"], rows) + note
+    return (
+        _table(
+            [
+                "session (colour)",
+                "steps",
+                "tokens",
+                "lr",
+                "starts from",
+                "first loss",
+                "last loss",
+                "final validation losses",
+                "median tokens/s",
+                "seconds",
+            ],
+            rows,
+        )
+        + note
+    )
 
 
 def table6_section(data: RunData) -> str:
     if not data.ppl:
-        return "<p class='note'>No Table-6 results (run <code>skyloom eval ppl … --output RUN_DIR/eval/ppl.json</code>)." \
-               "</p>"
+        return (
+            "<p class='note'>No Table-6 results (run <code>skyloom eval ppl … --output RUN_DIR/eval/ppl.json</code>)."
+            "</p>"
+        )
     from skyloom.eval.perplexity import format_details, format_table
 
     models = data.ppl.get("models") or {"model": data.ppl}
     domains = data.ppl.get("domains") or list(next(iter(models.values()))["domains"])
-    parts = [markdown_tables(format_table(models, domains)),
-             "<p class='note'>Perplexity = exp(token-weighted mean loss) per held-out domain; Average = exp(mean "
-             f"of the domain losses), as in Table 6. Windows: {html.escape(json.dumps(_convention(models)))}.</p>"]
+    parts = [
+        markdown_tables(format_table(models, domains)),
+        "<p class='note'>Perplexity = exp(token-weighted mean loss) per held-out domain; Average = exp(mean "
+        f"of the domain losses), as in Table 6. Windows: {html.escape(json.dumps(_convention(models)))}.</p>",
+    ]
     for name, result in models.items():
         parts.append(f"<h4>{html.escape(name)}</h4>" + markdown_tables(format_details(result)))
     return "\n".join(parts)
@@ -116,16 +153,22 @@ def _convention(models: dict[str, Any]) -> Any:
 
 def table8_section(data: RunData) -> str:
     if not data.leakage:
-        return "<p class='note'>No Table-8 results (run <code>skyloom eval leakage … --output " \
-               "RUN_DIR/eval/leakage.json</code>).</p>"
+        return (
+            "<p class='note'>No Table-8 results (run <code>skyloom eval leakage … --output "
+            "RUN_DIR/eval/leakage.json</code>).</p>"
+        )
     from skyloom.eval.leakage import format_table8
 
     models = data.leakage.get("models") or {"model": data.leakage}
     note = data.leakage.get("note")
-    return markdown_tables(format_table8(models)) + (
-        "<p class='note'>Δ1 = L_test − L_ref (clearly negative: the test split leaked), Δ2 = L_test − L_train "
-        "(clearly positive: the train split was trained on); 95% bootstrap intervals.</p>") + (
-        f"<p class='note'>Sets: {html.escape(note)}</p>" if note else "")
+    return (
+        markdown_tables(format_table8(models))
+        + (
+            "<p class='note'>Δ1 = L_test − L_ref (clearly negative: the test split leaked), Δ2 = L_test − L_train "
+            "(clearly positive: the train split was trained on); 95% bootstrap intervals.</p>"
+        )
+        + (f"<p class='note'>Sets: {html.escape(note)}</p>" if note else "")
+    )
 
 
 def phases_section(data: RunData) -> str:
@@ -150,28 +193,39 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for kind in data.other_kinds:
         png = plots.plot_series(data, kind, png_dir / f"series_{re.sub(r'[^A-Za-z0-9_-]', '_', kind)}.png")
         n = sum(len(s.of(kind)) for s in data.sessions)
-        other.append(f"<h4>kind “{html.escape(kind)}” ({n} records)</h4>" + (
-            _img(png) if png else "<p class='note'>no numeric fields to plot</p>"))
+        other.append(
+            f"<h4>kind “{html.escape(kind)}” ({n} records)</h4>"
+            + (_img(png) if png else "<p class='note'>no numeric fields to plot</p>")
+        )
     body = [
         f"<h1>skyloom run report</h1><p class='note'>{html.escape(str(root.resolve()))} — "
         f"{len(data.sessions)} session(s), generated {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
-        f"<h2 id='sessions'>{SECTIONS[0]}</h2>", sessions_section(data),
-        f"<h2 id='losses'>{SECTIONS[1]}</h2>", _img(losses),
+        f"<h2 id='sessions'>{SECTIONS[0]}</h2>",
+        sessions_section(data),
+        f"<h2 id='losses'>{SECTIONS[1]}</h2>",
+        _img(losses),
         "<p class='note'>Training loss and per-domain validation losses against tokens, each session in its own "
         "colour (Figure 3's layout: red = the first session, blue = the continuation).</p>",
-        f"<h2 id='schedule'>{SECTIONS[2]}</h2>", _img(schedule),
-        f"<h2 id='throughput'>{SECTIONS[3]}</h2>", _img(speed),
-        f"<h2 id='table6'>{SECTIONS[4]}</h2>", table6_section(data),
-        f"<h2 id='table8'>{SECTIONS[5]}</h2>", table8_section(data),
+        f"<h2 id='schedule'>{SECTIONS[2]}</h2>",
+        _img(schedule),
+        f"<h2 id='throughput'>{SECTIONS[3]}</h2>",
+        _img(speed),
+        f"<h2 id='table6'>{SECTIONS[4]}</h2>",
+        table6_section(data),
+        f"<h2 id='table8'>{SECTIONS[5]}</h2>",
+        table8_section(data),
         f"<h2 id='pipeline'>{SECTIONS[6]}</h2>",
-        markdown_tables(data.funnel_md) if data.funnel_md else "<p class='note'>No pipeline funnel in this run "
-                                                               "directory (pipeline/funnel.md).</p>",
+        markdown_tables(data.funnel_md)
+        if data.funnel_md
+        else "<p class='note'>No pipeline funnel in this run directory (pipeline/funnel.md).</p>",
         f"<h2 id='other'>{SECTIONS[7]}</h2>",
         "\n".join(other) or "<p class='note'>No other record kinds in metrics.jsonl.</p>",
         phases_section(data),
     ]
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>skyloom report: {html.escape(root.name)}"
-            f"</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>skyloom report: {html.escape(root.name)}"
+        f"</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
     tmp = html_path.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(html_path)

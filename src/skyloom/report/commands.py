@@ -31,7 +31,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = add_command(
-        sub, "report", "write a self-contained HTML report (figures + tables) for a run directory",
+        sub,
+        "report",
+        "write a self-contained HTML report (figures + tables) for a run directory",
         description=(
             "Read RUN_DIR — one training run (metrics.jsonl) or a workspace of chained sessions (skyloom demo) —\n"
             "and write RUN_DIR/report.html with the PNGs embedded, plus RUN_DIR/report/*.png: training loss and\n"

@@ -61,12 +61,18 @@ def plot_losses(data: RunData, path: Path) -> Path:
     for i, s in enumerate(data.sessions):
         c = COLOURS[i % len(COLOURS)]
         tr = [r for r in s.train if _num(r.get("loss")) and _num(r.get("tokens"))]
-        flat[0].plot([s.token_offset + r["tokens"] for r in tr], [r["loss"] for r in tr], color=c, lw=1,
-                     label=s.name)
+        flat[0].plot([s.token_offset + r["tokens"] for r in tr], [r["loss"] for r in tr], color=c, lw=1, label=s.name)
         for j, name in enumerate(sets, 1):
             vs = [r for r in s.of("val") if r.get("set") == name and _num(r.get("loss")) and _num(r.get("tokens"))]
-            flat[j].plot([s.token_offset + r["tokens"] for r in vs], [r["loss"] for r in vs], color=c, marker="o",
-                         ms=3, lw=1.2, label=s.name)
+            flat[j].plot(
+                [s.token_offset + r["tokens"] for r in vs],
+                [r["loss"] for r in vs],
+                color=c,
+                marker="o",
+                ms=3,
+                lw=1.2,
+                label=s.name,
+            )
     flat[0].set_title("training loss")
     for j, name in enumerate(sets, 1):
         flat[j].set_title(f"validation loss: {name}")
@@ -101,8 +107,13 @@ def plot_schedule(data: RunData, path: Path) -> Path:
                 sources.append(src)
             pts = [r for r in s.train if _num(r.get(key))]
             style = "-" if src == "stem" else ("--" if src == "main" else ":")
-            b.plot([s.step_offset + r["step"] for r in pts], [r[key] for r in pts], color=c, ls=style,
-                   label=f"{s.name}: {src}")
+            b.plot(
+                [s.step_offset + r["step"] for r in pts],
+                [r[key] for r in pts],
+                color=c,
+                ls=style,
+                label=f"{s.name}: {src}",
+            )
     a.set_title("learning rate")
     a.set_yscale("log")
     b.set_title("mixture weights (STEM share = weight/stem)")
@@ -123,18 +134,24 @@ def plot_throughput(data: RunData, path: Path) -> Path:
     for i, s in enumerate(data.sessions):
         c = COLOURS[i % len(COLOURS)]
         tr = [r for r in s.train if _num(r.get("tokens_per_sec"))]
-        a.plot([s.step_offset + r["step"] for r in tr], [r["tokens_per_sec"] for r in tr], color=c, lw=1,
-               label=s.name)
+        a.plot([s.step_offset + r["step"] for r in tr], [r["tokens_per_sec"] for r in tr], color=c, lw=1, label=s.name)
         mf = [r for r in s.train if _num(r.get("mfu"))]
         if mf:
             any_mfu = True
-            b.plot([s.step_offset + r["step"] for r in mf], [100 * r["mfu"] for r in mf], color=c, lw=1,
-                   label=s.name)
+            b.plot([s.step_offset + r["step"] for r in mf], [100 * r["mfu"] for r in mf], color=c, lw=1, label=s.name)
     a.set_title("throughput (tokens/s, all ranks)")
     b.set_title("model FLOPs utilisation (%)")
     if not any_mfu:
-        b.text(0.5, 0.5, "no MFU recorded\n(CPU run without train.peak_tflops:\nno invented CPU peak)",
-               ha="center", va="center", transform=b.transAxes, fontsize=10, color="0.35")
+        b.text(
+            0.5,
+            0.5,
+            "no MFU recorded\n(CPU run without train.peak_tflops:\nno invented CPU peak)",
+            ha="center",
+            va="center",
+            transform=b.transAxes,
+            fontsize=10,
+            color="0.35",
+        )
     for ax in (a, b):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -181,12 +198,18 @@ def plot_series(data: RunData, kind: str, path: Path) -> Path | None:
         for i, s in enumerate(data.sessions):
             pts = sorted((x, y) for x, y, si in series[label] if si == i)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
-                        color=COLOURS[i % len(COLOURS)], label=s.name)
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    marker="o",
+                    ms=3,
+                    color=COLOURS[i % len(COLOURS)],
+                    label=s.name,
+                )
         ax.set_title(f"{kind}: {label}", fontsize=9)
         uses_round = any("round" in r for s in data.sessions for r in s.of(kind))
         ax.set_xlabel("round" if uses_round else "step")
         ax.grid(alpha=0.3)
-    for ax in flat[len(labels):]:
+    for ax in flat[len(labels) :]:
         ax.axis("off")
     return _save(fig, path)

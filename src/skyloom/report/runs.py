@@ -105,8 +105,9 @@ def _session_dirs(run_dir: Path) -> list[tuple[str, Path]]:
         found = [(n, run_dir / "runs" / n) for n in names if (run_dir / "runs" / n / "metrics.jsonl").is_file()]
         if found:
             return found
-    candidates = [p.parent for p in sorted(run_dir.glob("runs/*/metrics.jsonl"))] or \
-                 [p.parent for p in sorted(run_dir.glob("*/metrics.jsonl"))]
+    candidates = [p.parent for p in sorted(run_dir.glob("runs/*/metrics.jsonl"))] or [
+        p.parent for p in sorted(run_dir.glob("*/metrics.jsonl"))
+    ]
 
     def started(d: Path) -> float:
         recs, _ = read_metrics(d / "metrics.jsonl")

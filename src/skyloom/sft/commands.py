@@ -17,10 +17,12 @@ class SFTCommand:
     """`skyloom sft`'s arguments; the run itself is the YAML's SFTConfig (--print-config shows it resolved)."""
 
     config: str = option(positional=True, metavar="CONFIG", help="SFT YAML (or a run directory to reuse its sft.yaml)")
-    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
-                                  help="dotted overrides, e.g. data.layout=padded")
-    out: str | None = option(None, metavar="RUN_DIR", help="run directory (default: out_dir, else "
-                                                           "runs/sft/<config name>)")
+    overrides: list[str] = option(
+        [], positional=True, nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. data.layout=padded"
+    )
+    out: str | None = option(
+        None, metavar="RUN_DIR", help="run directory (default: out_dir, else runs/sft/<config name>)"
+    )
     resume: bool = option(False, help="continue from the newest intact checkpoint")
     overwrite: bool = option(False, help="delete an existing run directory first")
 
@@ -29,12 +31,13 @@ class SFTCommand:
 class SkyMathCommand:
     """`skyloom skymath`'s arguments; the run itself is the YAML's SkyMathConfig."""
 
-    config: str = option(positional=True, metavar="CONFIG",
-                         help="SkyMath YAML (or a run directory to reuse its skymath.yaml)")
-    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
-                                  help="dotted overrides, e.g. mix.compare=0")
-    out: str | None = option(None, metavar="RUN_DIR", help="run directory (default: out_dir, else "
-                                                           "runs/skymath/<name>)")
+    config: str = option(
+        positional=True, metavar="CONFIG", help="SkyMath YAML (or a run directory to reuse its skymath.yaml)"
+    )
+    overrides: list[str] = option(
+        [], positional=True, nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. mix.compare=0"
+    )
+    out: str | None = option(None, metavar="RUN_DIR", help="run directory (default: out_dir, else runs/skymath/<name>)")
     resume: bool = option(False, help="continue the interrupted round")
     overwrite: bool = option(False, help="delete an existing run directory first")
 
@@ -64,8 +67,14 @@ def cmd_sft(args: argparse.Namespace) -> int:
     cfg = load_sft(args.config, args.overrides)
     run_dir = resolve_run_dir(args.out, args.config, cfg.out_dir, "runs/sft")
     is_main = int(os.environ.get("RANK", "0")) == 0
-    with open_run_dir(run_dir, markers=("metrics.jsonl", "checkpoints", "init"), resume=args.resume,
-                      overwrite=args.overwrite, is_main=is_main, save=("sft.yaml", resolved_sft_mapping(cfg))):
+    with open_run_dir(
+        run_dir,
+        markers=("metrics.jsonl", "checkpoints", "init"),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        is_main=is_main,
+        save=("sft.yaml", resolved_sft_mapping(cfg)),
+    ):
         from skyloom.sft.runner import run_sft
 
         try:
@@ -93,8 +102,13 @@ def cmd_skymath(args: argparse.Namespace) -> int:
     cfg = load_skymath(args.config, args.overrides)
     run_dir = resolve_run_dir(args.out, args.config, cfg.out_dir, "runs/skymath")
     # locked before anything in RUN_DIR is touched (its round_*/sft runs are inside it); the resolved config saved
-    with open_run_dir(run_dir, markers=("rounds.jsonl", "round_*"), resume=args.resume, overwrite=args.overwrite,
-                      save=("skymath.yaml", cfg)):
+    with open_run_dir(
+        run_dir,
+        markers=("rounds.jsonl", "round_*"),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        save=("skymath.yaml", cfg),
+    ):
         try:
             rounds = run_skymath(cfg, run_dir)
         except KeyboardInterrupt as err:
@@ -110,7 +124,9 @@ def cmd_skymath(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = add_command(
-        sub, "sft", "supervised fine-tuning on instruction data with a chat template (prompt-masked, packed)",
+        sub,
+        "sft",
+        "supervised fine-tuning on instruction data with a chat template (prompt-masked, packed)",
         description=(
             "Fine-tune a skyloom checkpoint (or an imported Hugging Face Llama directory) on instruction JSONL\n"
             "(Alpaca instruction/input/output, messages, GSM8K question/answer, prompt/completion).\n"
@@ -122,12 +138,15 @@ def register(sub) -> None:
             "         skyloom sft runs/sft/gsm8k-alpaca --resume"
         ),
     )
-    add_config_arguments(p, SFTCommand,
-                         resolve=lambda args: resolved_sft_mapping(load_sft(args.config, args.overrides)))
+    add_config_arguments(
+        p, SFTCommand, resolve=lambda args: resolved_sft_mapping(load_sft(args.config, args.overrides))
+    )
     p.set_defaults(handler=cmd_sft)
 
     q = add_command(
-        sub, "skymath", "SkyMath self-compare fine-tuning in rounds (sample, grade, build data, fine-tune, evaluate)",
+        sub,
+        "skymath",
+        "SkyMath self-compare fine-tuning in rounds (sample, grade, build data, fine-tune, evaluate)",
         description=(
             "Each round: sample K solutions per training question from the current model; grade them against\n"
             "the reference answer and check every <<a=b>> annotation; build training data from the references,\n"

@@ -99,16 +99,26 @@ def compare(wrong: str, reference: str, gold: Decimal | None = None) -> Comparis
         if not step.arithmetic_ok:
             expr, _, stated = step.bad.rpartition("=")
             true = _fmt(step.true_value) if step.true_value is not None else "not a number"
-            reason = (f"计算错误：{expr} 等于 {true}，不是 {stated}。" if zh else
-                      f"the calculation is wrong: {expr} is {true}, not {stated}.")
+            reason = (
+                f"计算错误：{expr} 等于 {true}，不是 {stated}。"
+                if zh
+                else f"the calculation is wrong: {expr} is {true}, not {stated}."
+            )
             return Comparison(i + 1, "arithmetic", step.text, reason, _repair(mine[:i], ref, produced))
         off = [v for v in step.values if v not in ref_values]
         if off:
             want = _expected(ref, produced)
-            reason = ((f"这一步算出 {_fmt(off[0])}，但参考解答从未得到这个数" + (f"；这里应当计算 {want}。" if want else "。"))
-                      if zh else
-                      (f"it computes {_fmt(off[0])}, a value the reference solution never reaches"
-                       + (f"; at this point the reference computes {want}." if want else ".")))
+            reason = (
+                (
+                    f"这一步算出 {_fmt(off[0])}，但参考解答从未得到这个数"
+                    + (f"；这里应当计算 {want}。" if want else "。")
+                )
+                if zh
+                else (
+                    f"it computes {_fmt(off[0])}, a value the reference solution never reaches"
+                    + (f"; at this point the reference computes {want}." if want else ".")
+                )
+            )
             return Comparison(i + 1, "diverges", step.text, reason, _repair(mine[:i], ref, produced))
         if set(step.values) - produced:
             last_progress = i
@@ -117,19 +127,28 @@ def compare(wrong: str, reference: str, gold: Decimal | None = None) -> Comparis
     if want is not None:  # no step is wrong, but the solution never gets to the reference's result
         k = last_progress + 1
         text = mine[k].text if k < len(mine) else (my_answer or "(end of solution)")
-        reason = (f"解答在这里没有继续推进；参考解答接下来计算 {want}。" if zh else
-                  f"the solution stops making progress here; next the reference computes {want}.")
+        reason = (
+            f"解答在这里没有继续推进；参考解答接下来计算 {want}。"
+            if zh
+            else f"the solution stops making progress here; next the reference computes {want}."
+        )
         return Comparison(k + 1, "incomplete", text, reason, _repair(mine[:k], ref, produced))
     # every step agrees with the reference: the stated answer is what is wrong (or missing)
     gold_text = _fmt(gold) if gold is not None else (_fmt(extract_answer(ref_answer or reference) or 0))
     said = extract_answer(my_answer) if my_answer else None
     line = my_answer or "(no final answer)"
     if zh:
-        reason = (f"前面的步骤都对，但最终答案写成了 {_fmt(said)}，应为 {gold_text}。" if said is not None else
-                  f"前面的步骤都对，但没有给出最终答案；答案是 {gold_text}。")
+        reason = (
+            f"前面的步骤都对，但最终答案写成了 {_fmt(said)}，应为 {gold_text}。"
+            if said is not None
+            else f"前面的步骤都对，但没有给出最终答案；答案是 {gold_text}。"
+        )
     else:
-        reason = (f"the steps are right but the final answer says {_fmt(said)}; it should be {gold_text}."
-                  if said is not None else f"the steps are right but no final answer is given; it is {gold_text}.")
+        reason = (
+            f"the steps are right but the final answer says {_fmt(said)}; it should be {gold_text}."
+            if said is not None
+            else f"the steps are right but no final answer is given; it is {gold_text}."
+        )
     return Comparison(len(mine) + 1, "final", line, reason, _repair(mine, ref, produced))
 
 
@@ -164,19 +183,23 @@ def skymath_style(solution: str, gold: Decimal) -> str:
 
 def compare_prompt(question: str, wrong: str, reference: str) -> str:
     if is_chinese(question):
-        return (f"题目：{question}\n\n参考解答：\n{reference}\n\n我的解答：\n{wrong}\n\n"
-                "请对照参考解答逐步检查我的解答：指出第一个出错的步骤，说明原因，并给出改正后的解答。")
-    return (f"Question: {question}\n\nReference solution:\n{reference}\n\nMy solution:\n{wrong}\n\n"
-            "Compare my solution with the reference step by step: name the first wrong step, say why it is "
-            "wrong, and give the corrected solution.")
+        return (
+            f"题目：{question}\n\n参考解答：\n{reference}\n\n我的解答：\n{wrong}\n\n"
+            "请对照参考解答逐步检查我的解答：指出第一个出错的步骤，说明原因，并给出改正后的解答。"
+        )
+    return (
+        f"Question: {question}\n\nReference solution:\n{reference}\n\nMy solution:\n{wrong}\n\n"
+        "Compare my solution with the reference step by step: name the first wrong step, say why it is "
+        "wrong, and give the corrected solution."
+    )
 
 
 def compare_target(c: Comparison, gold: Decimal, zh: bool) -> str:
     corrected = c.corrected.strip()
     if zh:
-        head = (f"第 {c.wrong_step} 步出错：“{c.step_text}”。{c.reason}\n改正后的解答：\n")
+        head = f"第 {c.wrong_step} 步出错：“{c.step_text}”。{c.reason}\n改正后的解答：\n"
     else:
-        head = f"Step {c.wrong_step} is the first wrong step: \"{c.step_text}\". Why: {c.reason}\nCorrected solution:\n"
+        head = f'Step {c.wrong_step} is the first wrong step: "{c.step_text}". Why: {c.reason}\nCorrected solution:\n'
     return head + (corrected + "\n" if corrected else "") + final_line(gold, zh)
 
 

@@ -4,9 +4,10 @@ training engine's own `TrainConfig` and `CheckpointConfig` sections (docs/traini
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from skyloom.config import ConfigError, apply_overrides, build, read_yaml
 from skyloom.train.config import CheckpointConfig, TrainConfig

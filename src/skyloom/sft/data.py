@@ -9,9 +9,9 @@ Accepted JSONL records (the format is detected per record; errors name file and 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from skyloom.tokenizer.chat import Message, TemplateEncoder
 from skyloom.tokenizer.corpus import iter_records
@@ -55,8 +55,10 @@ def record_to_messages(record: object, where: str) -> list[Message]:
     for q, a in (("question", "answer"), ("prompt", "completion")):
         if q in record and a in record:
             return [Message("user", str(record[q])), Message("assistant", str(record[a]))]
-    raise ValueError(f"{where}: unknown record format (fields: {', '.join(map(str, record))}); expected "
-                     "instruction/output, messages, question/answer or prompt/completion")
+    raise ValueError(
+        f"{where}: unknown record format (fields: {', '.join(map(str, record))}); expected "
+        "instruction/output, messages, question/answer or prompt/completion"
+    )
 
 
 def read_conversations(path: str | Path, limit: int | None = None) -> list[list[Message]]:
@@ -73,8 +75,9 @@ def read_conversations(path: str | Path, limit: int | None = None) -> list[list[
     return out
 
 
-def encode_conversations(encoder: TemplateEncoder, conversations: Iterable[Sequence[Message]],
-                         max_len: int) -> tuple[list[Sample], int]:
+def encode_conversations(
+    encoder: TemplateEncoder, conversations: Iterable[Sequence[Message]], max_len: int
+) -> tuple[list[Sample], int]:
     """Samples of at most `max_len` tokens (longer ones are cut at the end); returns (samples, number cut).
     Conversations with no trainable token left after cutting are dropped."""
     samples, cut = [], 0

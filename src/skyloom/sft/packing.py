@@ -19,12 +19,13 @@ completed with empty windows (no targets) rather than by repeating data.
 from __future__ import annotations
 
 import random
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
-from skyloom.sft.data import Sample
 from skyloom.data.batch import IGNORE_INDEX, Batch
+from skyloom.sft.data import Sample
 
 Layout = Literal["packed", "padded"]
 OPEN_WINDOWS = 64
@@ -62,12 +63,12 @@ def build_window(samples: Sequence[Sample], seq_len: int, pad_id: int, layout: L
         n = len(s.ids) - 1
         if at + n > seq_len:
             raise ValueError(f"samples of {at + n} positions do not fit a window of {seq_len}")
-        ids[at:at + n] = torch.as_tensor(s.ids[:-1])
+        ids[at : at + n] = torch.as_tensor(s.ids[:-1])
         target = torch.as_tensor(s.ids[1:])
         keep = torch.as_tensor(s.trainable[1:], dtype=torch.bool)
-        labels[at:at + n] = torch.where(keep, target, torch.full_like(target, IGNORE_INDEX))
-        pos[at:at + n] = torch.arange(n)
-        block[at:at + n] = b
+        labels[at : at + n] = torch.where(keep, target, torch.full_like(target, IGNORE_INDEX))
+        pos[at : at + n] = torch.arange(n)
+        block[at : at + n] = b
         at += n
     if at < seq_len:
         pos[at:] = torch.arange(seq_len - at)
@@ -93,9 +94,20 @@ def make_batch(samples_per_window: Sequence[Sequence[Sample]], seq_len: int, pad
 class SFTBatchSource:
     """The trainer's batch source for SFT (see the module docstring); `state_dict` is the step number."""
 
-    def __init__(self, samples: Sequence[Sample], seq_len: int, global_windows: int, micro_batch_size: int,
-                 epochs: float | None, pad_id: int, layout: Layout = "packed", seed: int = 0, rank: int = 0,
-                 world_size: int = 1, min_windows: int = 0):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        seq_len: int,
+        global_windows: int,
+        micro_batch_size: int,
+        epochs: float | None,
+        pad_id: int,
+        layout: Layout = "packed",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        min_windows: int = 0,
+    ):
         """`epochs` passes over the samples (a fraction takes the first part of the last epoch's order); with
         `epochs=None`, whole epochs are added until there are at least `min_windows` windows."""
         if not samples:
@@ -104,7 +116,9 @@ class SFTBatchSource:
             raise ValueError(f"{global_windows} windows per step do not split over {world_size} ranks")
         too_long = [i for i, s in enumerate(samples) if len(s) > seq_len + 1]
         if too_long:
-            raise ValueError(f"sample {too_long[0]} has {len(samples[too_long[0]])} tokens > seq_len + 1 = {seq_len + 1}")
+            raise ValueError(
+                f"sample {too_long[0]} has {len(samples[too_long[0]])} tokens > seq_len + 1 = {seq_len + 1}"
+            )
         self.samples = list(samples)
         self.seq_len, self.global_windows, self.micro = seq_len, global_windows, micro_batch_size
         self.pad_id, self.layout, self.seed = pad_id, layout, seed
@@ -133,9 +147,14 @@ class SFTBatchSource:
         real = sum(len(self.samples[i]) - 1 for w in self.windows for i in w)
         targets = sum(self.samples[i].n_targets for w in self.windows for i in w)
         total = len(self.windows) * self.seq_len
-        return {"windows": len(self.windows), "positions": total, "real_tokens": real, "target_tokens": targets,
-                "non_pad_share": real / total if total else 0.0,
-                "samples_per_window": sum(len(w) for w in self.windows) / max(len(self.windows), 1)}
+        return {
+            "windows": len(self.windows),
+            "positions": total,
+            "real_tokens": real,
+            "target_tokens": targets,
+            "non_pad_share": real / total if total else 0.0,
+            "samples_per_window": sum(len(w) for w in self.windows) / max(len(self.windows), 1),
+        }
 
     def step_windows(self, step: int) -> list[list[int]]:
         """This rank's windows (sample indices) of `step`; missing ones past the end are empty."""
@@ -148,18 +167,25 @@ class SFTBatchSource:
         self.step += 1
         out = []
         for k in range(0, len(mine), self.micro):
-            group = [[self.samples[i] for i in w] for w in mine[k:k + self.micro]]
+            group = [[self.samples[i] for i in w] for w in mine[k : k + self.micro]]
             out.append(make_batch(group, self.seq_len, self.pad_id, self.layout))
         return out
 
     def state_dict(self) -> dict:
-        return {"kind": "sft", "step": self.step, "windows": len(self.windows), "layout": self.layout,
-                "seed": self.seed}
+        return {
+            "kind": "sft",
+            "step": self.step,
+            "windows": len(self.windows),
+            "layout": self.layout,
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict, sources_only: bool = False) -> None:
         if state.get("kind") != "sft":
             raise ValueError("the checkpoint's loader state is not an SFT run's")
         if state.get("windows") != len(self.windows) or state.get("layout") != self.layout:
-            raise ValueError(f"the SFT data changed since the checkpoint ({state.get('windows')} {state.get('layout')} "
-                             f"windows then, {len(self.windows)} {self.layout} now); resume with the same data and config")
+            raise ValueError(
+                f"the SFT data changed since the checkpoint ({state.get('windows')} {state.get('layout')} "
+                f"windows then, {len(self.windows)} {self.layout} now); resume with the same data and config"
+            )
         self.step = int(state["step"])

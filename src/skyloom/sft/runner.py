@@ -14,15 +14,16 @@ from __future__ import annotations
 import os
 import random
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from skyloom.sft.config import SFTConfig
 from skyloom.sft.data import Sample, encode_conversations, read_conversations
-from skyloom.sft.packing import SFTBatchSource, make_batch, layout_windows
+from skyloom.sft.packing import SFTBatchSource, layout_windows, make_batch
 from skyloom.tokenizer.chat import Message, TemplateEncoder, get_template
 from skyloom.train.callbacks import Callback
 
@@ -53,7 +54,9 @@ def prepare_base(cfg: SFTConfig, run_dir: Path, log: Callable[[str], None] = pri
     base = base_checkpoint(cfg.base)
     tok_src = Path(cfg.tokenizer) if cfg.tokenizer else base
     if not (tok_src / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{tok_src}: no tokenizer.json (set `tokenizer:` to the base model's tokenizer directory)")
+        raise FileNotFoundError(
+            f"{tok_src}: no tokenizer.json (set `tokenizer:` to the base model's tokenizer directory)"
+        )
     model = load_model(base)
     sft_model_config(cfg, model.config, base, log=lambda _: None)  # a refusal leaves nothing to --overwrite
     old = TextTokenizer.from_dir(tok_src)
@@ -62,8 +65,10 @@ def prepare_base(cfg: SFTConfig, run_dir: Path, log: Callable[[str], None] = pri
     new = TextTokenizer.from_dir(tok_dir)
     if missing or new.vocab_size > model.config.vocab_size:
         new_vocab = max(model.config.vocab_size, new.vocab_size)
-        log(f"added {missing} to the tokenizer (ids {[new.tokenizer.token_to_id(t) for t in missing]}); "
-            f"embedding/output rows {model.config.vocab_size} → {new_vocab}, rows ≥ {old.vocab_size} set to the mean")
+        log(
+            f"added {missing} to the tokenizer (ids {[new.tokenizer.token_to_id(t) for t in missing]}); "
+            f"embedding/output rows {model.config.vocab_size} → {new_vocab}, rows ≥ {old.vocab_size} set to the mean"
+        )
         model = grow_vocab(model, new_vocab, old.vocab_size)
     model.config.preset = None
     tmp = run_dir / "init.tmp"
@@ -90,12 +95,17 @@ def sft_model_config(cfg: SFTConfig, model_cfg, base: str | Path, log: Callable[
     from skyloom.model.arch import arch_spec
 
     if arch_spec(model_cfg).learned_positions:
-        raise ConfigError("data.seq_len", f"{seq_len} exceeds the base model's model.max_seq_len="
-                                          f"{model_cfg.max_seq_len} ({base}); a GPT model's learned positions end "
-                                          "there: lower data.seq_len")
-    log(f"note: data.seq_len={seq_len} exceeds the base model's max_seq_len={model_cfg.max_seq_len} ({base}); "
+        raise ConfigError(
+            "data.seq_len",
+            f"{seq_len} exceeds the base model's model.max_seq_len="
+            f"{model_cfg.max_seq_len} ({base}); a GPT model's learned positions end "
+            "there: lower data.seq_len",
+        )
+    log(
+        f"note: data.seq_len={seq_len} exceeds the base model's max_seq_len={model_cfg.max_seq_len} ({base}); "
         f"RoPE has no per-position weights, so this run's model config is raised: max_seq_len "
-        f"{model_cfg.max_seq_len} → {seq_len}")
+        f"{model_cfg.max_seq_len} → {seq_len}"
+    )
     return seq_len, replace(model_cfg, max_seq_len=seq_len)
 
 
@@ -110,9 +120,13 @@ def _weighted(samples: list[Sample], weight: float, seed: int) -> list[Sample]:
     return out
 
 
-def load_samples(cfg: SFTConfig, encoder: TemplateEncoder, seq_len: int,
-                 extra: dict[str, tuple[Conversations, float]] | None = None,
-                 log: Callable[[str], None] = print) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
+def load_samples(
+    cfg: SFTConfig,
+    encoder: TemplateEncoder,
+    seq_len: int,
+    extra: dict[str, tuple[Conversations, float]] | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
     """(train samples, validation samples, per-source counts) from the config's files (plus `extra`
     in-memory sources: name → (conversations, weight))."""
     named: dict[str, tuple[Conversations, float]] = {}
@@ -134,8 +148,14 @@ def load_samples(cfg: SFTConfig, encoder: TemplateEncoder, seq_len: int,
         used = _weighted(samples, weight, seed + 1)
         train += used
         val += held
-        report[name] = {"records": len(convs), "samples": len(samples), "held_out": len(held), "cut": cut,
-                        "used_per_epoch": len(used), "tokens": sum(len(s) for s in samples)}
+        report[name] = {
+            "records": len(convs),
+            "samples": len(samples),
+            "held_out": len(held),
+            "cut": cut,
+            "used_per_epoch": len(used),
+            "tokens": sum(len(s) for s in samples),
+        }
         if cut:
             log(f"sft data {name}: {cut} of {len(convs)} samples longer than {seq_len + 1} tokens were cut")
     if not train:
@@ -144,8 +164,15 @@ def load_samples(cfg: SFTConfig, encoder: TemplateEncoder, seq_len: int,
 
 
 @torch.no_grad()
-def masked_loss(model: torch.nn.Module, samples: Sequence[Sample], seq_len: int, pad_id: int,
-                batch_size: int = 8, layout: str = "packed", device: torch.device | None = None) -> tuple[float, int]:
+def masked_loss(
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    seq_len: int,
+    pad_id: int,
+    batch_size: int = 8,
+    layout: str = "packed",
+    device: torch.device | None = None,
+) -> tuple[float, int]:
     """Mean answer-token cross-entropy over `samples` (the SFT validation loss) and the number of targets."""
     from skyloom.model.loss import token_loss
 
@@ -156,8 +183,9 @@ def masked_loss(model: torch.nn.Module, samples: Sequence[Sample], seq_len: int,
     was_training = model.training
     model.eval()
     for k in range(0, len(windows), batch_size):
-        batch = make_batch([[samples[i] for i in w] for w in windows[k:k + batch_size]], seq_len, pad_id,
-                           layout).to(device)
+        batch = make_batch([[samples[i] for i in w] for w in windows[k : k + batch_size]], seq_len, pad_id, layout).to(
+            device
+        )
         logits = model(batch.input_ids, position_ids=batch.position_ids, attn_mask=batch.attn_mask)
         total += float(token_loss(logits, batch.labels))
         n += batch.n_targets
@@ -189,9 +217,14 @@ class SFTValidation(Callback):
             self._run(trainer)
 
 
-def build_trainer(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
-                  extra: dict[str, tuple[Conversations, float]] | None = None,
-                  log: Callable[[str], None] = print, callbacks: Sequence[Callback] = ()):
+def build_trainer(
+    cfg: SFTConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    extra: dict[str, tuple[Conversations, float]] | None = None,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[Callback] = (),
+):
     """(trainer, batch source, validation callback, data report): everything `run_sft` runs, set up."""
     from skyloom.tokenizer.loading import TextTokenizer
     from skyloom.train.config import DataConfig, RunConfig, ValidationConfig
@@ -216,40 +249,73 @@ def build_trainer(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
     encoder = TemplateEncoder(get_template(cfg.data.template), tokenizer)
     seq_len, model_cfg = sft_model_config(cfg, model_cfg, cfg.base, log)
     if cfg.train.global_batch_tokens % seq_len:
-        raise ValueError(f"train.global_batch_tokens={cfg.train.global_batch_tokens} is not a multiple of "
-                         f"seq_len={seq_len}")
+        raise ValueError(
+            f"train.global_batch_tokens={cfg.train.global_batch_tokens} is not a multiple of seq_len={seq_len}"
+        )
     train_samples, val_samples, report = load_samples(cfg, encoder, seq_len, extra, log)
     global_windows = cfg.train.global_batch_tokens // seq_len
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     if cfg.steps_from_epochs:
-        source = SFTBatchSource(train_samples, seq_len, global_windows, cfg.train.micro_batch_size, cfg.data.epochs,
-                                pad_id, cfg.data.layout, cfg.data.seed, rank, world)
+        source = SFTBatchSource(
+            train_samples,
+            seq_len,
+            global_windows,
+            cfg.train.micro_batch_size,
+            cfg.data.epochs,
+            pad_id,
+            cfg.data.layout,
+            cfg.data.seed,
+            rank,
+            world,
+        )
         steps = source.total_steps
     else:
         steps = cfg.train.max_steps or -(-cfg.train.max_tokens // cfg.train.global_batch_tokens)
-        source = SFTBatchSource(train_samples, seq_len, global_windows, cfg.train.micro_batch_size, None, pad_id,
-                                cfg.data.layout, cfg.data.seed, rank, world, min_windows=steps * global_windows)
+        source = SFTBatchSource(
+            train_samples,
+            seq_len,
+            global_windows,
+            cfg.train.micro_batch_size,
+            None,
+            pad_id,
+            cfg.data.layout,
+            cfg.data.seed,
+            rank,
+            world,
+            min_windows=steps * global_windows,
+        )
     stats = source.stats()
     train_cfg = replace(cfg.train, max_steps=steps, max_tokens=None, init_from=str(init_dir), init_optimizer=False)
-    run_cfg = RunConfig(model=model_cfg, data=DataConfig(sources={}, seq_len=seq_len, tokenizer=str(tok_dir),
-                                                         seed=cfg.data.seed),
-                        train=train_cfg, validation=ValidationConfig(sets={}), checkpoint=cfg.checkpoint,
-                        out_dir=str(run_dir))
+    run_cfg = RunConfig(
+        model=model_cfg,
+        data=DataConfig(sources={}, seq_len=seq_len, tokenizer=str(tok_dir), seed=cfg.data.seed),
+        train=train_cfg,
+        validation=ValidationConfig(sets={}),
+        checkpoint=cfg.checkpoint,
+        out_dir=str(run_dir),
+    )
     for section in (run_cfg.model, run_cfg.train, run_cfg):  # built, not build()-loaded: check what build() would
         section.validate()
     val_cb = SFTValidation(val_samples, seq_len, pad_id, cfg.validation.every, steps)
     trainer = Trainer(run_cfg, run_dir, resume=resume, batch_source=source, callbacks=[val_cb, *callbacks], log=log)
     trainer.log(trainer.plan_text())
-    trainer.log(f"sft data     template {cfg.data.template}, {cfg.data.layout}: {len(train_samples):,} samples/epoch "
-                f"in {stats['windows']:,} windows over {len(source.epoch_windows)} epoch(s), "
-                f"{stats['samples_per_window']:.2f} samples/window, non-pad share {stats['non_pad_share']:.1%}, "
-                f"{stats['target_tokens']:,} answer tokens")
+    trainer.log(
+        f"sft data     template {cfg.data.template}, {cfg.data.layout}: {len(train_samples):,} samples/epoch "
+        f"in {stats['windows']:,} windows over {len(source.epoch_windows)} epoch(s), "
+        f"{stats['samples_per_window']:.2f} samples/window, non-pad share {stats['non_pad_share']:.1%}, "
+        f"{stats['target_tokens']:,} answer tokens"
+    )
     return trainer, source, val_cb, report
 
 
-def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
-            extra: dict[str, tuple[Conversations, float]] | None = None,
-            log: Callable[[str], None] = print, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+def run_sft(
+    cfg: SFTConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    extra: dict[str, tuple[Conversations, float]] | None = None,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
     """Fine-tune as `cfg` says; returns a summary (status, steps, losses, data stats, checkpoint, hf dir)."""
     from skyloom.train.trainer import find_checkpoint
 
@@ -257,8 +323,15 @@ def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
     trainer, source, val_cb, report = build_trainer(cfg, run_dir, resume, extra, log, callbacks)
     stats, steps, tok_dir, model_cfg = source.stats(), trainer.total_steps, run_dir / "tokenizer", trainer.cfg.model
     status = trainer.fit()
-    summary: dict[str, Any] = {"status": status, "steps": trainer.step, "total_steps": steps, "data": report,
-                               "layout": stats, "val": val_cb.last, "tokens": trainer.tokens}
+    summary: dict[str, Any] = {
+        "status": status,
+        "steps": trainer.step,
+        "total_steps": steps,
+        "data": report,
+        "layout": stats,
+        "val": val_cb.last,
+        "tokens": trainer.tokens,
+    }
     if status == "finished" and trainer.env.is_main:
         final = find_checkpoint(run_dir)
         summary["checkpoint"] = str(final)
@@ -270,6 +343,7 @@ def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False,
 
             export_hf(load_model(final), run_dir / "hf", source_dir=tok_dir)
             summary["hf"] = str(run_dir / "hf")
-            trainer.log(f"exported {run_dir / 'hf'} (LlamaForCausalLM; tokenizer with the {cfg.data.template} "
-                        "chat template)")
+            trainer.log(
+                f"exported {run_dir / 'hf'} (LlamaForCausalLM; tokenizer with the {cfg.data.template} chat template)"
+            )
     return summary

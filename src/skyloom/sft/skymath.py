@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from skyloom.config import ConfigError
 
@@ -102,6 +102,7 @@ class SkyMathConfig:
 
 # ---- helpers ----------------------------------------------------------------------------------------------
 
+
 def _write_jsonl(path: Path, records) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -134,7 +135,11 @@ def load_training_questions(path: str | Path, limit: int | None) -> list[dict[st
                 continue
             r = json.loads(line)
             where = f"{path}:{number}"
-            if not isinstance(r, dict) or not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
+            if (
+                not isinstance(r, dict)
+                or not isinstance(r.get("question"), str)
+                or not isinstance(r.get("answer"), str)
+            ):
                 raise ValueError(f"{where}: expected question + answer strings")
             out.append({"question": r["question"], "answer": r["answer"], "gold": gold_value(r, where)})
             if limit and len(out) >= limit:
@@ -148,8 +153,14 @@ def load_lm(checkpoint: Path, max_new_tokens: int):
     from skyloom.tokenizer.loading import TextTokenizer
 
     model = load_model(checkpoint)
-    return SkyloomLM(model, TextTokenizer.from_dir(checkpoint), name=str(checkpoint), progress=sys.stderr.isatty(),
-                     batch_tokens=16384, max_batch_size=64)
+    return SkyloomLM(
+        model,
+        TextTokenizer.from_dir(checkpoint),
+        name=str(checkpoint),
+        progress=sys.stderr.isatty(),
+        batch_tokens=16384,
+        max_batch_size=64,
+    )
 
 
 def usable_template(lm, name: str) -> str:
@@ -163,6 +174,7 @@ def usable_template(lm, name: str) -> str:
 
 
 # ---- stages -----------------------------------------------------------------------------------------------
+
 
 def sample_solutions(lm, questions, cfg: SampleConfig, template: str, round_no: int) -> list[dict[str, Any]]:
     """K samples per question in one batched `generate` call; graded."""
@@ -178,15 +190,28 @@ def sample_solutions(lm, questions, cfg: SampleConfig, template: str, round_no: 
         ids = enc.encode([Message("user", q["question"])], add_generation_prompt=True)[0]
         prompts += [ids] * cfg.k
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed * 1009 + round_no)
-    texts = lm.generate(prompts, max_new_tokens=cfg.max_new_tokens, stop=tuple(chat.stop_tokens) + ("<|endoftext|>",),
-                        sampling=sampling, desc=f"round {round_no}: sampling {len(prompts)}")
+    texts = lm.generate(
+        prompts,
+        max_new_tokens=cfg.max_new_tokens,
+        stop=tuple(chat.stop_tokens) + ("<|endoftext|>",),
+        sampling=sampling,
+        desc=f"round {round_no}: sampling {len(prompts)}",
+    )
     out = []
     for i, text in enumerate(texts):
         qi = i // cfg.k
         g = grade(text, qs[qi]["gold"])
-        out.append({"q": qi, "sample": i % cfg.k, "text": text, "correct": g.correct,
-                    "annotations_ok": g.annotations_ok, "accepted": g.accepted,
-                    "prediction": None if g.predicted is None else format(g.predicted, "f")})
+        out.append(
+            {
+                "q": qi,
+                "sample": i % cfg.k,
+                "text": text,
+                "correct": g.correct,
+                "annotations_ok": g.annotations_ok,
+                "accepted": g.accepted,
+                "prediction": None if g.predicted is None else format(g.predicted, "f"),
+            }
+        )
     return out
 
 
@@ -215,16 +240,26 @@ def build_round_data(questions, samples, mix: MixConfig, answer_style: str) -> t
                 c = compare(s["text"], ref, q["gold"])
                 kinds_of_wrong[c.kind] = kinds_of_wrong.get(c.kind, 0) + 1
                 compares += 1
-                data["compare"].append({"question": compare_prompt(q["question"], s["text"].strip(), ref),
-                                        "answer": compare_target(c, q["gold"], is_chinese(q["question"])),
-                                        "q": qi, "wrong_step": c.wrong_step, "kind": c.kind})
+                data["compare"].append(
+                    {
+                        "question": compare_prompt(q["question"], s["text"].strip(), ref),
+                        "answer": compare_target(c, q["gold"], is_chinese(q["question"])),
+                        "q": qi,
+                        "wrong_step": c.wrong_step,
+                        "kind": c.kind,
+                    }
+                )
     n = len(samples)
-    stats = {"questions": len(questions), "samples": n,
-             "sample_accuracy": sum(s["correct"] for s in samples) / n if n else None,
-             "accepted": sum(s["accepted"] for s in samples),
-             "correct_but_bad_annotation": sum(s["correct"] and not s["annotations_ok"] for s in samples),
-             "questions_solved": len({s["q"] for s in samples if s["accepted"]}),
-             "examples": {k: len(v) for k, v in data.items()}, "compare_kinds": kinds_of_wrong}
+    stats = {
+        "questions": len(questions),
+        "samples": n,
+        "sample_accuracy": sum(s["correct"] for s in samples) / n if n else None,
+        "accepted": sum(s["accepted"] for s in samples),
+        "correct_but_bad_annotation": sum(s["correct"] and not s["annotations_ok"] for s in samples),
+        "questions_solved": len({s["q"] for s in samples if s["accepted"]}),
+        "examples": {k: len(v) for k, v in data.items()},
+        "compare_kinds": kinds_of_wrong,
+    }
     return data, stats
 
 
@@ -234,16 +269,28 @@ def evaluate_round(checkpoint: Path, cfg: SkyMathConfig, template: str) -> dict[
     lm = load_lm(checkpoint, cfg.eval.max_new_tokens)
     out = {}
     for name, s in cfg.eval.sets.items():
-        result, records = evaluate_math(lm, Path(s.path), task=name, template=usable_template(lm, template), limit=s.limit,
-                                        max_new_tokens=cfg.eval.max_new_tokens, group_by=s.group_by)
-        out[name] = {"acc": result["overall"]["acc"], "n": result["overall"]["n"],
-                     "annotations_ok": result["overall"]["annotations_ok"], "subjects": result["subjects"],
-                     "template": result["template"],
-                     "correct": [r["correct"] for r in records]}
+        result, records = evaluate_math(
+            lm,
+            Path(s.path),
+            task=name,
+            template=usable_template(lm, template),
+            limit=s.limit,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            group_by=s.group_by,
+        )
+        out[name] = {
+            "acc": result["overall"]["acc"],
+            "n": result["overall"]["n"],
+            "annotations_ok": result["overall"]["annotations_ok"],
+            "subjects": result["subjects"],
+            "template": result["template"],
+            "correct": [r["correct"] for r in records],
+        }
     return out
 
 
 # ---- the run ----------------------------------------------------------------------------------------------
+
 
 def round_sft_config(cfg: SkyMathConfig, base: Path, data_dir: Path, first: bool):
     """The round's `skyloom sft` config. After round 1 the base is a fine-tuned checkpoint whose own tokenizer
@@ -257,8 +304,11 @@ def round_sft_config(cfg: SkyMathConfig, base: Path, data_dir: Path, first: bool
         raw["tokenizer"] = cfg.tokenizer
     data = raw.setdefault("data", {})
     weights = {"reference": cfg.mix.reference, "own": cfg.mix.own, "compare": cfg.mix.compare}
-    data["sources"] = {k: {"path": str(data_dir / f"{k}.jsonl"), "weight": w} for k, w in weights.items()
-                       if w > 0 and (data_dir / f"{k}.jsonl").is_file() and (data_dir / f"{k}.jsonl").stat().st_size}
+    data["sources"] = {
+        k: {"path": str(data_dir / f"{k}.jsonl"), "weight": w}
+        for k, w in weights.items()
+        if w > 0 and (data_dir / f"{k}.jsonl").is_file() and (data_dir / f"{k}.jsonl").stat().st_size
+    }
     raw.setdefault("export_hf", False)
     return build_sft_config(raw)
 
@@ -285,15 +335,32 @@ def run_skymath(cfg: SkyMathConfig, run_dir: str | Path, log: Callable[[str], No
         else:
             results = evaluate_round(checkpoint, cfg, template) if cfg.eval.sets else {}
             _write_json(rdir / "eval.json", results)
-        rec = {"round": round_no, "checkpoint": str(checkpoint), "step": steps_total, **extra,
-               "eval": {k: {kk: vv for kk, vv in v.items() if kk != "correct"} for k, v in results.items()},
-               "time": time.time()}
+        rec = {
+            "round": round_no,
+            "checkpoint": str(checkpoint),
+            "step": steps_total,
+            **extra,
+            "eval": {k: {kk: vv for kk, vv in v.items() if kk != "correct"} for k, v in results.items()},
+            "time": time.time(),
+        }
         with open(rounds_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         with open(metrics_file, "a", encoding="utf-8") as f:
             for name, v in results.items():
-                f.write(json.dumps({"kind": "bench", "step": steps_total, "round": round_no, "task": name,
-                                    "score": v["acc"], "n": v["n"], "time": time.time()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "kind": "bench",
+                            "step": steps_total,
+                            "round": round_no,
+                            "task": name,
+                            "score": v["acc"],
+                            "n": v["n"],
+                            "time": time.time(),
+                        }
+                    )
+                    + "\n"
+                )
         summary = ", ".join(f"{k} {100 * v['acc']:.1f}%" for k, v in results.items())
         log(f"round {round_no}: {summary or 'no eval sets'}")
         return rec
@@ -312,10 +379,14 @@ def run_skymath(cfg: SkyMathConfig, run_dir: str | Path, log: Callable[[str], No
         samples_file, data_dir = rdir / "samples.jsonl", rdir / "data"
         need_samples = cfg.mix.own > 0 or cfg.mix.compare > 0
         if need_samples and not samples_file.is_file():
-            log(f"round {r}: sampling {cfg.sample.k} solutions for "
-                f"{min(len(questions), cfg.sample.questions or len(questions))} questions from {current}")
-            _write_jsonl(samples_file, sample_solutions(load_lm(current, cfg.sample.max_new_tokens), questions,
-                                                        cfg.sample, template, r))
+            log(
+                f"round {r}: sampling {cfg.sample.k} solutions for "
+                f"{min(len(questions), cfg.sample.questions or len(questions))} questions from {current}"
+            )
+            _write_jsonl(
+                samples_file,
+                sample_solutions(load_lm(current, cfg.sample.max_new_tokens), questions, cfg.sample, template, r),
+            )
         stats_file = rdir / "data_stats.json"
         if not stats_file.is_file():
             samples = _read_jsonl(samples_file) if need_samples else []
@@ -323,13 +394,17 @@ def run_skymath(cfg: SkyMathConfig, run_dir: str | Path, log: Callable[[str], No
             for kind, records in data.items():
                 _write_jsonl(data_dir / f"{kind}.jsonl", records)
             _write_json(stats_file, stats)
-            log(f"round {r}: data {stats['examples']} (sample accuracy "
-                f"{stats['sample_accuracy'] if stats['sample_accuracy'] is None else round(stats['sample_accuracy'], 3)})")
+            log(
+                f"round {r}: data {stats['examples']} (sample accuracy "
+                f"{stats['sample_accuracy'] if stats['sample_accuracy'] is None else round(stats['sample_accuracy'], 3)})"
+            )
         stats = json.loads(stats_file.read_text(encoding="utf-8"))
         usable = {k: n for k, n in stats["examples"].items() if n and getattr(cfg.mix, k) > 0}
         if not usable:
-            raise ValueError(f"round {r}: no training data — the kinds switched on ({', '.join(k for k in KINDS if getattr(cfg.mix, k) > 0)}) "
-                             f"produced no examples ({stats['examples']}); see {stats_file}")
+            raise ValueError(
+                f"round {r}: no training data — the kinds switched on ({', '.join(k for k in KINDS if getattr(cfg.mix, k) > 0)}) "
+                f"produced no examples ({stats['examples']}); see {stats_file}"
+            )
         sft_cfg = round_sft_config(cfg, current, data_dir, first=r == 1)
         sft_dir = rdir / "sft"
         resume = (sft_dir / "checkpoints").is_dir()
@@ -337,9 +412,16 @@ def run_skymath(cfg: SkyMathConfig, run_dir: str | Path, log: Callable[[str], No
             (sft_dir / "metrics.jsonl").unlink(missing_ok=True)
         summary = run_sft(sft_cfg, sft_dir, resume=resume, log=log)
         if summary["status"] != "finished":
-            raise KeyboardInterrupt(f"round {r} fine-tuning interrupted at step {summary['steps']}; continue with --resume")
+            raise KeyboardInterrupt(
+                f"round {r} fine-tuning interrupted at step {summary['steps']}; continue with --resume"
+            )
         steps_total += summary["steps"]
         current = Path(summary["checkpoint"])
-        out.append(record(r, current, {"kind": "sft", "data": stats, "sft_steps": summary["steps"],
-                                       "sft_tokens": summary["tokens"]}))
+        out.append(
+            record(
+                r,
+                current,
+                {"kind": "sft", "data": stats, "sft_steps": summary["steps"], "sft_tokens": summary["tokens"]},
+            )
+        )
     return out

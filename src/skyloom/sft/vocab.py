@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from skyloom.model.transformer import Transformer
 
 
-def add_special_tokens(src_dir: str | Path, out_dir: str | Path, tokens: Sequence[str],
-                       chat_template: str | None = None) -> list[int]:
+def add_special_tokens(
+    src_dir: str | Path, out_dir: str | Path, tokens: Sequence[str], chat_template: str | None = None
+) -> list[int]:
     """Copy the tokenizer in `src_dir` to `out_dir` with `tokens` added as special tokens (idempotent: tokens
     already present keep their id); writes `chat_template` into tokenizer_config.json. Returns the tokens' ids."""
     from tokenizers import AddedToken, Tokenizer

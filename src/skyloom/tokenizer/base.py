@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from skyloom.tokenizer.text import HAN_RUN, PRETOKENIZE_PATTERN, is_han
 
@@ -24,10 +24,13 @@ BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 
 
 def pre_tokenizer_json() -> dict:
-    return {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": PRETOKENIZE_PATTERN}, "behavior": "Isolated", "invert": False},
-        {"type": "Digits", "individual_digits": True},
-    ]}
+    return {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": PRETOKENIZE_PATTERN}, "behavior": "Isolated", "invert": False},
+            {"type": "Digits", "individual_digits": True},
+        ],
+    }
 
 
 def decoder_json() -> dict:
@@ -60,22 +63,34 @@ def non_han_fragments(texts: Iterable[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def train_base(texts: Iterable[str], size: int, alphabet: int, min_frequency: int = 2,
-               max_token_length: int | None = 16, show_progress: bool = False,
-               on_text: Callable[[int], None] | None = None) -> dict:
+def train_base(
+    texts: Iterable[str],
+    size: int,
+    alphabet: int,
+    min_frequency: int = 2,
+    max_token_length: int | None = 16,
+    show_progress: bool = False,
+    on_text: Callable[[int], None] | None = None,
+) -> dict:
     """A base tokenizer.json document with exactly `size` entries (256 bytes + alphabet + merges)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
     if size <= 256:
         raise ValueError(f"base size {size} must exceed the 256 byte tokens")
     tok = Tokenizer(models.BPE(byte_fallback=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
-        pre_tokenizers.Digits(individual_digits=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
     trainer = trainers.BpeTrainer(
-        vocab_size=size - 256, min_frequency=min_frequency, show_progress=show_progress,
-        limit_alphabet=alphabet or None, max_token_length=max_token_length, special_tokens=[],
+        vocab_size=size - 256,
+        min_frequency=min_frequency,
+        show_progress=show_progress,
+        limit_alphabet=alphabet or None,
+        max_token_length=max_token_length,
+        special_tokens=[],
     )
 
     def batches():
@@ -88,8 +103,10 @@ def train_base(texts: Iterable[str], size: int, alphabet: int, min_frequency: in
     trained = json.loads(tok.to_str())["model"]
     learned = sorted(trained["vocab"].items(), key=lambda kv: kv[1])
     if len(learned) < size - 256:
-        raise ValueError(f"the corpus supports only {len(learned) + 256} base entries (asked for {size}): "
-                         f"give more text, lower --base-size, or lower --min-frequency")
+        raise ValueError(
+            f"the corpus supports only {len(learned) + 256} base entries (asked for {size}): "
+            f"give more text, lower --base-size, or lower --min-frequency"
+        )
     vocab = {tok_: i for i, tok_ in enumerate(BYTE_TOKENS)}
     for token, _ in learned:
         if token in vocab:
@@ -101,12 +118,26 @@ def train_base(texts: Iterable[str], size: int, alphabet: int, min_frequency: in
 
 def _skeleton(vocab: dict[str, int], merges: list[list[str]]) -> dict:
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
-        "normalizer": None, "pre_tokenizer": pre_tokenizer_json(), "post_processor": None,
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": pre_tokenizer_json(),
+        "post_processor": None,
         "decoder": decoder_json(),
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
-                  "vocab": vocab, "merges": merges},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": merges,
+        },
     }
 
 
@@ -116,8 +147,9 @@ BYTE_LEVEL_EOS = "<|endoftext|>"
 BYTE_LEVEL_SPECIALS = [BYTE_LEVEL_EOS, "<|pad|>", "<|unk|>"]
 
 
-def train_byte_level_bpe(texts: Iterable[str], out_dir: str | Path, vocab_size: int,
-                         trained_on: Iterable[str] = ()) -> Path:
+def train_byte_level_bpe(
+    texts: Iterable[str], out_dir: str | Path, vocab_size: int, trained_on: Iterable[str] = ()
+) -> Path:
     """A GPT-2-style byte-level BPE tokenizer directory (tokenizer.json + tokenizer_config.json) of `vocab_size`
     entries: digits split one by one, specials EOS `<|endoftext|>`, `<|pad|>`, `<|unk|>` first. Unlike
     `train_base` (the Table-2 base of `skyloom tokenizer train`) it needs no Chinese extension: small recipes
@@ -125,24 +157,40 @@ def train_byte_level_bpe(texts: Iterable[str], out_dir: str | Path, vocab_size: 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=BYTE_LEVEL_SPECIALS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2,
+        vocab_size=vocab_size,
+        special_tokens=BYTE_LEVEL_SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "tokenizer.json.tmp"
     tok.save(str(tmp))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": BYTE_LEVEL_EOS, "pad_token": "<|pad|>",
-        "unk_token": "<|unk|>", "model_max_length": 1 << 20,
-        "trained_on": [str(f) for f in trained_on][:50],
-    }, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": BYTE_LEVEL_EOS,
+                "pad_token": "<|pad|>",
+                "unk_token": "<|unk|>",
+                "model_max_length": 1 << 20,
+                "trained_on": [str(f) for f in trained_on][:50],
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     tmp.replace(out_dir / "tokenizer.json")
     return out_dir

@@ -17,8 +17,8 @@ Each template also has a Jinja form (`jinja`) written into the exported tokenize
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # A piece is plain text, or ("special", name) for a token inserted by id ("eos", "bos" or a literal token).
 Piece = str | tuple[str, str]
@@ -37,7 +37,9 @@ class ChatTemplate:
     jinja: str
     stop_tokens: tuple[str, ...]  # generation stops at any of these (besides EOS)
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[tuple[bool, list[Piece]]]:
+    def render(
+        self, messages: Sequence[Message], add_generation_prompt: bool = False
+    ) -> list[tuple[bool, list[Piece]]]:
         """[(trainable, pieces)]: assistant turns are trainable, everything else is prompt."""
         raise NotImplementedError
 
@@ -144,8 +146,10 @@ class TemplateEncoder:
         for tok in template.added_tokens:
             tid = tokenizer.tokenizer.token_to_id(tok)
             if tid is None:
-                raise ValueError(f"tokenizer {tokenizer.source} lacks the template token {tok!r} "
-                                 "(add it with skyloom.sft.vocab.add_special_tokens)")
+                raise ValueError(
+                    f"tokenizer {tokenizer.source} lacks the template token {tok!r} "
+                    "(add it with skyloom.sft.vocab.add_special_tokens)"
+                )
             self.ids[tok] = tid
         self.stop_ids = [self.ids[t] for t in template.stop_tokens]
 

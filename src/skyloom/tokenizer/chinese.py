@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from skyloom.tokenizer.text import HAN_RUN, is_chinese_char_or_symbol, is_han_word
 
@@ -28,7 +28,7 @@ class Frequencies:
     documents: int = 0
     characters: int = 0
 
-    def update(self, other: "Frequencies") -> None:
+    def update(self, other: Frequencies) -> None:
         self.chars.update(other.chars)
         self.words.update(other.words)
         self.documents += other.documents
@@ -80,8 +80,9 @@ def _batches(texts: Iterable[str], max_chars: int = 1 << 16, max_docs: int = 102
         yield batch
 
 
-def count_frequencies(texts: Iterable[str], workers: int = 1, hmm: bool = True, progress=None,
-                      segment: bool = True) -> Frequencies:
+def count_frequencies(
+    texts: Iterable[str], workers: int = 1, hmm: bool = True, progress=None, segment: bool = True
+) -> Frequencies:
     """Character and jieba word counts over `texts`; `workers` > 1 segments in that many processes.
 
     `progress(n_chars)` is called as batches finish. Results do not depend on `workers`."""

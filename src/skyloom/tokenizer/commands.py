@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from skyloom.commandline import add_command, add_config_arguments, add_group, option
@@ -62,8 +61,10 @@ examples:
 """
 
 
-_MAX_DOC_CHARS_HELP = ("longest document: longer records are skipped and counted, longer text files split, "
-                       "so one gigantic line cannot exhaust memory (default: %(default)s)")
+_MAX_DOC_CHARS_HELP = (
+    "longest document: longer records are skipped and counted, longer text files split, "
+    "so one gigantic line cannot exhaust memory (default: %(default)s)"
+)
 
 
 @dataclass(kw_only=True)
@@ -72,23 +73,36 @@ class VocabOptions:
     keeps the two equal)."""
 
     out: str = option(flags=("--out", "-o"), required=True, help="output tokenizer directory")
-    fields: list[str] | None = option(None, flags=("--field",), append=True, metavar="NAME",
-                                      help="JSON/Parquet/CSV field holding text; repeat to join several "
-                                           "(default: text)")
+    fields: list[str] | None = option(
+        None,
+        flags=("--field",),
+        append=True,
+        metavar="NAME",
+        help="JSON/Parquet/CSV field holding text; repeat to join several (default: text)",
+    )
     total: int = option(65536, help="exact final vocabulary size")
     chinese_chars: int = option(8000, help="Chinese characters/symbols to add")
-    chinese_words: int | None = option(None, help="Chinese words to add (default: what --total leaves; if given, "
-                                                  "must add up)")
+    chinese_words: int | None = option(
+        None, help="Chinese words to add (default: what --total leaves; if given, must add up)"
+    )
     reserved: int = option(17, help="new reserved ids: missing specials + spares")
-    freq_lists: list[str] = option([], flags=("--freq-list",), append=True, metavar="FILE",
-                                   help="extra 'entry count' lines (jieba dict format) added to the corpus counts")
+    freq_lists: list[str] = option(
+        [],
+        flags=("--freq-list",),
+        append=True,
+        metavar="FILE",
+        help="extra 'entry count' lines (jieba dict format) added to the corpus counts",
+    )
     freq_list_weight: float = option(1.0, help="multiplier for --freq-list counts")
-    fill: Literal["jieba", "none"] = option("jieba", choices=("jieba", "none"),
-                                            help="what supplies entries the corpus lacks")
+    fill: Literal["jieba", "none"] = option(
+        "jieba", choices=("jieba", "none"), help="what supplies entries the corpus lacks"
+    )
     min_word_count: int = option(2, help="corpus words seen fewer times are not candidates")
     word_rank: Literal["count", "savings"] = option(
-        "count", choices=("count", "savings"),
-        help="order of word candidates: by count, or by count x (characters - 1), the tokens saved")
+        "count",
+        choices=("count", "savings"),
+        help="order of word candidates: by count, or by count x (characters - 1), the tokens saved",
+    )
     no_hmm: bool = option(False, help="jieba without its HMM for unseen words")
     workers: int = option(0, help="processes for jieba segmentation (0: one per CPU)")
     max_bytes: int | None = option(None, help="read at most about this much text")
@@ -108,12 +122,18 @@ class TokenizerTrainConfig(VocabOptions):
     """`skyloom tokenizer train`'s arguments."""
 
     inputs: list[str] = option(positional=True, nargs="+", metavar="INPUT", help=_INPUTS_HELP)
-    base_size: int = option(32000, help="base BPE entries incl. 256 byte tokens (ignored with --extend: the base's "
-                                        "size)")
-    extend: str | None = option(None, metavar="BASE", help="extend this tokenizer.json / SentencePiece .model / "
-                                                           "directory instead of training a base (= tokenizer extend)")
-    character_coverage: float = option(0.9995, help="share of non-Chinese character occurrences the base alphabet "
-                                                    "covers (rest: bytes)")
+    base_size: int = option(
+        32000, help="base BPE entries incl. 256 byte tokens (ignored with --extend: the base's size)"
+    )
+    extend: str | None = option(
+        None,
+        metavar="BASE",
+        help="extend this tokenizer.json / SentencePiece .model / "
+        "directory instead of training a base (= tokenizer extend)",
+    )
+    character_coverage: float = option(
+        0.9995, help="share of non-Chinese character occurrences the base alphabet covers (rest: bytes)"
+    )
     min_frequency: int = option(2, help="minimum pair count for a base BPE merge")
     max_token_length: int = option(16, help="longest base BPE token (characters)")
 
@@ -122,8 +142,11 @@ class TokenizerTrainConfig(VocabOptions):
 class TokenizerExtendConfig(VocabOptions):
     """`skyloom tokenizer extend`'s arguments."""
 
-    extend: str = option(positional=True, metavar="BASE", help="the tokenizer to extend: a tokenizer.json, a "
-                                                                "SentencePiece model or a directory holding one")
+    extend: str = option(
+        positional=True,
+        metavar="BASE",
+        help="the tokenizer to extend: a tokenizer.json, a SentencePiece model or a directory holding one",
+    )
     inputs: list[str] = option(positional=True, nargs="+", metavar="INPUT", help=_INPUTS_HELP)
 
 
@@ -131,14 +154,17 @@ class TokenizerExtendConfig(VocabOptions):
 class TokenizerStatsConfig:
     """`skyloom tokenizer stats`'s arguments."""
 
-    tokenizer: str = option(positional=True, metavar="TOKENIZER",
-                            help="a tokenizer directory, a tokenizer.json or a SentencePiece .model")
+    tokenizer: str = option(
+        positional=True, metavar="TOKENIZER", help="a tokenizer directory, a tokenizer.json or a SentencePiece .model"
+    )
     files: list[str] = option(positional=True, nargs="+", metavar="FILE", help="text files to measure on")
     vs: str | None = option(None, metavar="OTHER", help="a second tokenizer to compare side by side")
-    fields: list[str] | None = option(None, flags=("--field",), append=True, metavar="NAME",
-                                      help="text field (default: text)")
-    threads: int | None = option(None, help="encoder threads (RAYON_NUM_THREADS; 1 gives a per-core figure); "
-                                            "default: all cores")
+    fields: list[str] | None = option(
+        None, flags=("--field",), append=True, metavar="NAME", help="text field (default: text)"
+    )
+    threads: int | None = option(
+        None, help="encoder threads (RAYON_NUM_THREADS; 1 gives a per-core figure); default: all cores"
+    )
     max_docs: int | None = option(None, help="use at most this many documents per file")
     max_doc_chars: int = option(DEFAULT_MAX_DOC_CHARS, metavar="N", help=_MAX_DOC_CHARS_HELP)
     json: bool = option(False, help="print JSON instead of a table")
@@ -155,13 +181,18 @@ class TokenizerConvertConfig:
 def register(sub) -> None:
     group = add_group(sub, "tokenizer", "train, extend, measure and convert tokenizers")
 
-    p = add_command(group, "train", "train a bilingual BPE tokenizer with a Chinese vocabulary extension",
-                    TRAIN_DESCRIPTION)
+    p = add_command(
+        group, "train", "train a bilingual BPE tokenizer with a Chinese vocabulary extension", TRAIN_DESCRIPTION
+    )
     add_config_arguments(p, TokenizerTrainConfig)
     p.set_defaults(handler=_train)
-    p = add_command(group, "extend", "extend an existing tokenizer (tokenizer.json / SentencePiece .model) with "
-                                     "Chinese characters, words and reserved ids, every existing id kept",
-                    EXTEND_DESCRIPTION)
+    p = add_command(
+        group,
+        "extend",
+        "extend an existing tokenizer (tokenizer.json / SentencePiece .model) with "
+        "Chinese characters, words and reserved ids, every existing id kept",
+        EXTEND_DESCRIPTION,
+    )
     add_config_arguments(p, TokenizerExtendConfig)
     p.set_defaults(handler=_train)
 
@@ -169,9 +200,13 @@ def register(sub) -> None:
     add_config_arguments(p, TokenizerStatsConfig)
     p.set_defaults(handler=_stats)
 
-    p = add_command(group, "convert", "write a SentencePiece .model (or tokenizer.json) as a tokenizer directory",
-                    "Convert a SentencePiece .model into a tokenizer directory (tokenizer.json with every id kept,\n"
-                    "tokenizer_config.json, special_tokens_map.json) that skyloom and transformers load.")
+    p = add_command(
+        group,
+        "convert",
+        "write a SentencePiece .model (or tokenizer.json) as a tokenizer directory",
+        "Convert a SentencePiece .model into a tokenizer directory (tokenizer.json with every id kept,\n"
+        "tokenizer_config.json, special_tokens_map.json) that skyloom and transformers load.",
+    )
     add_config_arguments(p, TokenizerConvertConfig)
     p.set_defaults(handler=_convert)
 
@@ -185,17 +220,35 @@ def _train(args: argparse.Namespace) -> int:
     from skyloom.tokenizer.corpus import InputError
     from skyloom.tokenizer.train import TrainSettings, train_tokenizer
 
-    base_options = {key: getattr(args, key) for key in ("base_size", "character_coverage", "min_frequency",
-                                                          "max_token_length") if hasattr(args, key)}
+    base_options = {
+        key: getattr(args, key)
+        for key in ("base_size", "character_coverage", "min_frequency", "max_token_length")
+        if hasattr(args, key)
+    }
     settings = TrainSettings(
-        inputs=args.inputs, out=args.out, fields=args.fields or ["text"], total=args.total,
-        chinese_chars=args.chinese_chars, chinese_words=args.chinese_words,
-        reserved=args.reserved, extend=args.extend, freq_lists=args.freq_lists,
-        freq_list_weight=args.freq_list_weight, fill=args.fill, min_word_count=args.min_word_count,
+        inputs=args.inputs,
+        out=args.out,
+        fields=args.fields or ["text"],
+        total=args.total,
+        chinese_chars=args.chinese_chars,
+        chinese_words=args.chinese_words,
+        reserved=args.reserved,
+        extend=args.extend,
+        freq_lists=args.freq_lists,
+        freq_list_weight=args.freq_list_weight,
+        fill=args.fill,
+        min_word_count=args.min_word_count,
         word_rank=args.word_rank,
-        **base_options, jieba_hmm=not args.no_hmm, workers=args.workers,
-        max_bytes=args.max_bytes, max_doc_chars=args.max_doc_chars, bos_token=args.bos_token,
-        eos_token=args.eos_token, unk_token=args.unk_token, pad_token=args.pad_token, progress=not args.quiet,
+        **base_options,
+        jieba_hmm=not args.no_hmm,
+        workers=args.workers,
+        max_bytes=args.max_bytes,
+        max_doc_chars=args.max_doc_chars,
+        bos_token=args.bos_token,
+        eos_token=args.eos_token,
+        unk_token=args.unk_token,
+        pad_token=args.pad_token,
+        progress=not args.quiet,
     )
     try:
         breakdown = train_tokenizer(settings)
@@ -211,8 +264,10 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{'Total':<40} {breakdown['total']:>8,}")
     corpus = breakdown["corpus"]
     if corpus["over_long_skipped"] or corpus["text_files_split"]:
-        print(f"(--max-doc-chars {args.max_doc_chars:,}: {corpus['over_long_skipped']:,} over-long documents "
-              f"skipped, {corpus['text_files_split']:,} text file(s) split)")
+        print(
+            f"(--max-doc-chars {args.max_doc_chars:,}: {corpus['over_long_skipped']:,} over-long documents "
+            f"skipped, {corpus['text_files_split']:,} text file(s) split)"
+        )
     words = breakdown["rows"][2]
     if words["helpers"]:
         print(f"({words['helpers']:,} of the word entries are sub-word helpers that make longer words reachable)")
@@ -246,12 +301,26 @@ def _stats(args: argparse.Namespace) -> int:
     except (InputError, FileNotFoundError, ValueError) as err:
         return _fail(err)
     if args.json:
-        print(json.dumps({"tokenizers": {label: {"path": str(p), "vocab_size": tok.vocab_size}
-                                         for label, p, tok in tokenizers},
-                          "max_doc_chars": args.max_doc_chars,
-                          "files": [{"file": str(path), **{label: s.as_dict() for label, s in per.items()},
-                                     "over_long_skipped": len(g.skipped), "split": bool(g.split)}
-                                    for (path, per), g in zip(results, guards)]}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "tokenizers": {
+                        label: {"path": str(p), "vocab_size": tok.vocab_size} for label, p, tok in tokenizers
+                    },
+                    "max_doc_chars": args.max_doc_chars,
+                    "files": [
+                        {
+                            "file": str(path),
+                            **{label: s.as_dict() for label, s in per.items()},
+                            "over_long_skipped": len(g.skipped),
+                            "split": bool(g.split),
+                        }
+                        for (path, per), g in zip(results, guards)
+                    ],
+                },
+                indent=1,
+            )
+        )
         return 0
     for label, path, tok in tokenizers:
         print(f"{label}: {path} ({tok.vocab_size:,} entries)")
@@ -261,15 +330,28 @@ def _stats(args: argparse.Namespace) -> int:
             rows.append(format_row(f"{path.name} [{label}]" if args.vs else path.name, s))
         if args.vs:
             a, b = per["A"], per["B"]
-            rows.append([f"  B/A", "", "", f"{b.tokens / max(a.tokens, 1):.3f}",
-                         f"{b.chars_per_token / a.chars_per_token:.3f}" if a.tokens else "-",
-                         f"{b.bytes_per_token / a.bytes_per_token:.3f}" if a.tokens else "-", "", "", "", "",
-                         f"{b.chars_per_second / a.chars_per_second:.2f}" if a.chars_per_second else "-"])
+            rows.append(
+                [
+                    "  B/A",
+                    "",
+                    "",
+                    f"{b.tokens / max(a.tokens, 1):.3f}",
+                    f"{b.chars_per_token / a.chars_per_token:.3f}" if a.tokens else "-",
+                    f"{b.bytes_per_token / a.bytes_per_token:.3f}" if a.tokens else "-",
+                    "",
+                    "",
+                    "",
+                    "",
+                    f"{b.chars_per_second / a.chars_per_second:.2f}" if a.chars_per_second else "-",
+                ]
+            )
     print(format_table(rows, ("file", *COLUMNS)))
     skipped, split = sum(len(g.skipped) for g in guards), sum(len(g.split) for g in guards)
     if skipped or split:
-        print(f"(--max-doc-chars {args.max_doc_chars:,}: {skipped:,} over-long documents skipped, "
-              f"{split:,} text file(s) split)")
+        print(
+            f"(--max-doc-chars {args.max_doc_chars:,}: {skipped:,} over-long documents skipped, "
+            f"{split:,} text file(s) split)"
+        )
     threads = os.environ.get("RAYON_NUM_THREADS", "all")
     print(f"(throughput: tokenizers encode_batch, {threads} thread(s); tok/word only for mostly non-Chinese text)")
     return 0

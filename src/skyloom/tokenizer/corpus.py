@@ -15,9 +15,10 @@ import glob
 import gzip
 import json
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Optional, Sequence
+from typing import IO, Any
 
 LINE_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -48,8 +49,7 @@ def file_format(path: str | Path) -> str:
         return "parquet"
     if name.endswith(".csv"):
         return "csv"
-    raise InputError(path, None, f"unknown input type (expected one of {', '.join(KNOWN_SUFFIXES)}, "
-                                 f"optionally .gz)")
+    raise InputError(path, None, f"unknown input type (expected one of {', '.join(KNOWN_SUFFIXES)}, optionally .gz)")
 
 
 def is_gzip(path: str | Path) -> bool:
@@ -104,8 +104,13 @@ def record_text(record: object, fields: Sequence[str], path: str | Path, line: i
         present = [name for name in fields if name in record]
         if present:
             names = " / ".join(repr(name) for name in present)
-            raise InputError(path, line, f"field {names} is null, expected a string" if len(present) == 1
-                             else f"fields {names} are null, expected a string")
+            raise InputError(
+                path,
+                line,
+                f"field {names} is null, expected a string"
+                if len(present) == 1
+                else f"fields {names} are null, expected a string",
+            )
         keys = ", ".join(list(record)[:12])
         raise InputError(path, line, f"no field {' / '.join(repr(f) for f in fields)} (keys: {keys})")
     return "\n".join(parts)
@@ -132,7 +137,7 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) of a file, decompressed when its name ends in `.gz`. A damaged `.gz` (cut short,
     not gzip, corrupt) raises `InputError` naming the file and the line where reading stopped, after the lines
     before it. For readers that give records their own meaning (evaluation sets, validation sets)."""
-    with (gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if is_gzip(path) else open(path, "rb") as f:
         number = 0
         while True:
             number += 1
@@ -152,7 +157,7 @@ def read_text_file(path: str | Path, errors: str = "strict") -> str:
     try:
         text = data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as err:
-        raise InputError(path, data[:err.start].count(b"\n") + 1, "not valid UTF-8") from None
+        raise InputError(path, data[: err.start].count(b"\n") + 1, "not valid UTF-8") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -187,7 +192,7 @@ class Document:
     line: int
 
 
-OnError = Optional[Callable[[InputError], None]]
+OnError = Callable[[InputError], None] | None
 
 DEFAULT_MAX_DOC_CHARS = 1_000_000
 
@@ -230,9 +235,14 @@ class SizeGuard:
         self.skipped.append(f"{path}:{line}: {size} > --max-doc-chars {self.max_chars:,}")
 
 
-def iter_documents(path: str | Path, fields: Sequence[str] = ("text",), start: int = 0,
-                   end: int | None = None, on_error: OnError = None,
-                   guard: SizeGuard | None = None) -> Iterator[Document]:
+def iter_documents(
+    path: str | Path,
+    fields: Sequence[str] = ("text",),
+    start: int = 0,
+    end: int | None = None,
+    on_error: OnError = None,
+    guard: SizeGuard | None = None,
+) -> Iterator[Document]:
     """Documents of one file; `start`/`end` select a slice: bytes for uncompressed JSON lines (lines that
     *begin* inside [start, end)), row groups for Parquet. Other types are read whole (start must be 0).
 
@@ -294,8 +304,7 @@ def _read_line(f: IO[bytes], limit: int) -> tuple[bytes | None, int]:
     return None, size
 
 
-def _line_text(raw: bytes | None, size: int, fields, path, locate: Callable[[], int],
-               guard: SizeGuard) -> str | None:
+def _line_text(raw: bytes | None, size: int, fields, path, locate: Callable[[], int], guard: SizeGuard) -> str | None:
     """The text of one JSON line; None for a blank line or an over-long document (recorded in `guard`).
     `locate()` gives the line number, computed only when a message needs it."""
     if raw is None:
@@ -324,7 +333,7 @@ def _iter_gzip_lines(path: Path, fields, on_error: OnError, guard: SizeGuard) ->
             if not size:
                 return
             try:
-                text = _line_text(raw, size, fields, path, lambda: number, guard)
+                text = _line_text(raw, size, fields, path, lambda n=number: n, guard)
             except InputError as err:
                 _handle(err, on_error)
                 continue
@@ -332,8 +341,9 @@ def _iter_gzip_lines(path: Path, fields, on_error: OnError, guard: SizeGuard) ->
                 yield Document(text, str(path), number)
 
 
-def _iter_line_range(path: Path, fields, start: int, end: int | None, on_error: OnError,
-                     guard: SizeGuard) -> Iterator[Document]:
+def _iter_line_range(
+    path: Path, fields, start: int, end: int | None, on_error: OnError, guard: SizeGuard
+) -> Iterator[Document]:
     end = path.stat().st_size if end is None else end
     with open(path, "rb") as f:
         if start > 0:
@@ -346,7 +356,7 @@ def _iter_line_range(path: Path, fields, start: int, end: int | None, on_error: 
             raw, size = _read_line(f, guard.max_line_bytes)
             if not size:
                 break
-            locate = lambda: number if number is not None else line_number_at(path, pos)  # noqa: E731
+            locate = lambda n=number, p=pos: n if n is not None else line_number_at(path, p)  # noqa: E731
             try:
                 text = _line_text(raw, size, fields, path, locate, guard)
             except InputError as err:
@@ -366,7 +376,7 @@ def _iter_text(path: Path, on_error: OnError, guard: SizeGuard) -> Iterator[Docu
     decoder = codecs.getincrementaldecoder("utf-8")()
     parts: list[str] = []
     size, first, number, pieces = 0, 1, 1, 0
-    with (gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if is_gzip(path) else open(path, "rb") as f:
         while True:
             try:
                 block = f.readline(guard.max_chars)  # at most max_chars bytes: at most max_chars characters
@@ -397,8 +407,11 @@ def _iter_text(path: Path, on_error: OnError, guard: SizeGuard) -> Iterator[Docu
 
 
 def _iter_csv(path: Path, fields, on_error: OnError, guard: SizeGuard) -> Iterator[Document]:
-    opener = gzip.open(path, "rt", encoding="utf-8", newline="") if is_gzip(path) else \
-        open(path, encoding="utf-8", newline="")
+    opener = (
+        gzip.open(path, "rt", encoding="utf-8", newline="")
+        if is_gzip(path)
+        else open(path, encoding="utf-8", newline="")
+    )
     with opener as f:
         reader = csv.DictReader(f)
         try:
@@ -436,15 +449,17 @@ def pyarrow_parquet():
     return pq
 
 
-def _iter_parquet(path: Path, fields, start: int, end: int | None, on_error: OnError,
-                  guard: SizeGuard) -> Iterator[Document]:
+def _iter_parquet(
+    path: Path, fields, start: int, end: int | None, on_error: OnError, guard: SizeGuard
+) -> Iterator[Document]:
     pq = pyarrow_parquet()
     pf = pq.ParquetFile(path)
     names = set(pf.schema_arrow.names)
     columns = [f for f in fields if f in names]
     if not columns:
-        raise InputError(path, None, f"no column {' / '.join(repr(f) for f in fields)} "
-                                     f"(columns: {', '.join(sorted(names))})")
+        raise InputError(
+            path, None, f"no column {' / '.join(repr(f) for f in fields)} (columns: {', '.join(sorted(names))})"
+        )
     groups = range(start, pf.metadata.num_row_groups if end is None else end)
     row = sum(pf.metadata.row_group(i).num_rows for i in range(start))
     for g in groups:
@@ -461,8 +476,12 @@ def _iter_parquet(path: Path, fields, start: int, end: int | None, on_error: OnE
             yield Document(text, str(path), row)
 
 
-def iter_texts(paths: Sequence[str | Path], fields: Sequence[str] = ("text",),
-               max_bytes: int | None = None, guard: SizeGuard | None = None) -> Iterator[str]:
+def iter_texts(
+    paths: Sequence[str | Path],
+    fields: Sequence[str] = ("text",),
+    max_bytes: int | None = None,
+    guard: SizeGuard | None = None,
+) -> Iterator[str]:
     """Texts of every document of every file, in order; stops after about `max_bytes` of text. Over-long
     documents are skipped or split by `guard` (see `SizeGuard`) and recorded there."""
     guard = SizeGuard() if guard is None else guard

@@ -22,17 +22,18 @@ New entries become real BPE vocabulary entries with merges, not "added tokens":
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from skyloom.tokenizer.text import is_chinese_char_or_symbol, is_han
 
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte → printable character table used by ByteLevel pre-tokenizers."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     n = 0
     for b in range(256):
@@ -123,8 +124,9 @@ class VocabExtender:
         doc = json.loads(json.dumps(base.doc))  # private copy
         model = doc.get("model") or {}
         if model.get("type") != "BPE":
-            raise ValueError(f"{base.source}: only BPE tokenizers can be extended with merges "
-                             f"(this one is {model.get('type')})")
+            raise ValueError(
+                f"{base.source}: only BPE tokenizers can be extended with merges (this one is {model.get('type')})"
+            )
         if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
             raise ValueError(f"{base.source}: BPE with subword prefixes/suffixes is not supported")
         self.source = base.source
@@ -135,8 +137,10 @@ class VocabExtender:
         ids = set(self.vocab.values()) | set(self.added.values())
         self.base_size = max(ids) + 1 if ids else 0
         if len(ids) != self.base_size:
-            raise ValueError(f"{base.source}: token ids are not contiguous 0..{self.base_size - 1} "
-                             f"({self.base_size - len(ids)} missing)")
+            raise ValueError(
+                f"{base.source}: token ids are not contiguous 0..{self.base_size - 1} "
+                f"({self.base_size - len(ids)} missing)"
+            )
         self.byte_level = any(c.get("type") == "ByteLevel" for c in _components(doc.get("pre_tokenizer"), "pre"))
         self._byte_map = bytes_to_unicode() if self.byte_level else None
         self._pipeline = Tokenizer.from_str(json.dumps(doc))
@@ -220,8 +224,9 @@ class VocabExtender:
         self.new_tokens.append(text)
         self.next_id += 1
 
-    def fill(self, row: Addition, budget: int, candidates: Iterable[tuple[str, str]],
-             count: Callable[[str], float]) -> None:
+    def fill(
+        self, row: Addition, budget: int, candidates: Iterable[tuple[str, str]], count: Callable[[str], float]
+    ) -> None:
         """Add candidates (text, origin) in order until `budget` new ids are used; skips entries already
         present, unusable or unreachable, and ones whose helpers would overflow the budget."""
         row.first_id = self.next_id
@@ -272,8 +277,17 @@ class VocabExtender:
         known = {t["content"] for t in added}
         for content, token_id in self.new_specials:
             if content not in known:
-                added.append({"id": token_id, "content": content, "single_word": False, "lstrip": False,
-                              "rstrip": False, "normalized": False, "special": True})
+                added.append(
+                    {
+                        "id": token_id,
+                        "content": content,
+                        "single_word": False,
+                        "lstrip": False,
+                        "rstrip": False,
+                        "normalized": False,
+                        "special": True,
+                    }
+                )
         doc["added_tokens"] = sorted(added, key=lambda t: t["id"])
         return doc
 
@@ -283,8 +297,16 @@ class VocabExtender:
             return
         token_id = self.vocab[content]
         self.doc.setdefault("added_tokens", []).append(
-            {"id": token_id, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True})
+            {
+                "id": token_id,
+                "content": content,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        )
         self.added[content] = token_id
 
 

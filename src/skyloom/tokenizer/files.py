@@ -1,9 +1,9 @@
 """Writing a tokenizer directory that `tokenizers`, `transformers` and skyloom's `TextTokenizer` all load.
 
-    tokenizer.json            the Hugging Face `tokenizers` pipeline (normalizer, pre-tokenizer, BPE, decoder)
-    tokenizer_config.json     tokenizer_class PreTrainedTokenizerFast and the bos/eos/pad/unk token strings
-    special_tokens_map.json   the same special tokens, plus the spare reserved ones
-    vocab_breakdown.json      the rows of the report's Table 2 with their counts and id ranges
+tokenizer.json            the Hugging Face `tokenizers` pipeline (normalizer, pre-tokenizer, BPE, decoder)
+tokenizer_config.json     tokenizer_class PreTrainedTokenizerFast and the bos/eos/pad/unk token strings
+special_tokens_map.json   the same special tokens, plus the spare reserved ones
+vocab_breakdown.json      the rows of the report's Table 2 with their counts and id ranges
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_tokenizer_dir(out: str | Path, doc: dict, specials: dict[str, str], reserved: list[str],
-                        breakdown: dict | None = None) -> Path:
+def write_tokenizer_dir(
+    out: str | Path, doc: dict, specials: dict[str, str], reserved: list[str], breakdown: dict | None = None
+) -> Path:
     """Write the four files; `doc` is validated by loading it with `tokenizers` first."""
     from tokenizers import Tokenizer
 
@@ -32,8 +33,10 @@ def write_tokenizer_dir(out: str | Path, doc: dict, specials: dict[str, str], re
     tmp = out / "tokenizer.json.tmp"
     tok.save(str(tmp))
     os.replace(tmp, out / "tokenizer.json")
-    added = {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
-             for t in doc.get("added_tokens") or []}
+    added = {
+        str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+        for t in doc.get("added_tokens") or []
+    }
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **{key: specials[key] for key in SPECIAL_KEYS if key in specials},
@@ -45,9 +48,10 @@ def write_tokenizer_dir(out: str | Path, doc: dict, specials: dict[str, str], re
         "added_tokens_decoder": added,
     }
     _write_json(out / "tokenizer_config.json", config)
-    _write_json(out / "special_tokens_map.json",
-                {**{key: specials[key] for key in SPECIAL_KEYS if key in specials},
-                 "additional_special_tokens": reserved})
+    _write_json(
+        out / "special_tokens_map.json",
+        {**{key: specials[key] for key in SPECIAL_KEYS if key in specials}, "additional_special_tokens": reserved},
+    )
     if breakdown is not None:
         _write_json(out / "vocab_breakdown.json", breakdown)
     return out

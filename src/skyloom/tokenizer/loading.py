@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab_breakdown.json")
 SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -32,7 +32,7 @@ class TextTokenizer:
         self.tokenizer_id: str = hashlib.sha256(raw).hexdigest()[:16]
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> "TextTokenizer":
+    def from_dir(cls, path: str | Path) -> TextTokenizer:
         """Open a tokenizer directory (or a `tokenizer.json` file directly)."""
         from tokenizers import Tokenizer
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 SPACE = "\u2581"  # ▁
 
@@ -75,12 +75,12 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
+            value, pos = buf[pos : pos + 8], pos + 8
         elif wire == 2:
             length, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + length], pos + length
+            value, pos = buf[pos : pos + length], pos + length
         elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
+            value, pos = buf[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
         if pos > len(buf):
@@ -115,8 +115,11 @@ def read_model(path: str | Path) -> SentencePieceModel:
                     elif n == 24:
                         model.treat_whitespace_as_suffix = bool(v)
                     elif n in (45, 46, 47, 48):
-                        setattr(model, {45: "unk_piece", 46: "bos_piece", 47: "eos_piece", 48: "pad_piece"}[n],
-                                v.decode("utf-8"))
+                        setattr(
+                            model,
+                            {45: "unk_piece", 46: "bos_piece", 47: "eos_piece", 48: "pad_piece"}[n],
+                            v.decode("utf-8"),
+                        )
             elif number == 3:
                 for n, _, v in _fields(value):
                     if n == 1:
@@ -143,7 +146,7 @@ def bpe_merges(pieces: list[Piece]) -> list[tuple[str, str]]:
     parts first reproduces that growth."""
     ids = {p.piece: i for i, p in enumerate(pieces) if p.type in (NORMAL, USER_DEFINED, UNUSED)}
     ranked: list[tuple[float, int, int, int, int, str, str]] = []
-    for i, p in enumerate(pieces):
+    for _i, p in enumerate(pieces):
         if p.type != NORMAL or len(p.piece) < 2:
             continue
         text = p.piece
@@ -163,28 +166,48 @@ def to_tokenizer_json(model: SentencePieceModel, source: str = "") -> dict:
     if len(vocab) != len(model.pieces):
         raise ValueError(f"{source}: duplicate pieces in SentencePiece model")
     added = [
-        {"id": i, "content": p.piece, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": p.type != USER_DEFINED}
-        for i, p in enumerate(model.pieces) if p.type in (UNKNOWN, CONTROL, USER_DEFINED)
+        {
+            "id": i,
+            "content": p.piece,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": p.type != USER_DEFINED,
+        }
+        for i, p in enumerate(model.pieces)
+        if p.type in (UNKNOWN, CONTROL, USER_DEFINED)
     ]
     unk = next((p.piece for p in model.pieces if p.type == UNKNOWN), None)
     if model.model_type == BPE:
         model_json = {
-            "type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": model.byte_fallback,
-            "ignore_merges": False, "vocab": vocab, "merges": [list(m) for m in bpe_merges(model.pieces)],
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": unk,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": model.byte_fallback,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [list(m) for m in bpe_merges(model.pieces)],
         }
     elif model.model_type == UNIGRAM:
         unk_id = next((i for i, p in enumerate(model.pieces) if p.type == UNKNOWN), None)
-        model_json = {"type": "Unigram", "unk_id": unk_id, "byte_fallback": model.byte_fallback,
-                      "vocab": [[p.piece, p.score] for p in model.pieces]}
+        model_json = {
+            "type": "Unigram",
+            "unk_id": unk_id,
+            "byte_fallback": model.byte_fallback,
+            "vocab": [[p.piece, p.score] for p in model.pieces],
+        }
     else:
         raise ValueError(f"{source}: SentencePiece model type {model.model_type} (WORD/CHAR) is not supported")
 
     normalizers: list[dict] = []
     if model.precompiled_charsmap:
-        normalizers.append({"type": "Precompiled",
-                            "precompiled_charsmap": base64.b64encode(model.precompiled_charsmap).decode()})
+        normalizers.append(
+            {"type": "Precompiled", "precompiled_charsmap": base64.b64encode(model.precompiled_charsmap).decode()}
+        )
     if model.remove_extra_whitespaces:
         normalizers.append({"type": "Strip", "strip_left": True, "strip_right": True})
         normalizers.append({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "})
@@ -197,8 +220,12 @@ def to_tokenizer_json(model: SentencePieceModel, source: str = "") -> dict:
     inner_space = any(SPACE in p.piece.lstrip(SPACE) for p in model.pieces if p.type == NORMAL)
     pre_tokenizer = None
     if model.model_type == BPE and model.escape_whitespaces and not inner_space:
-        pre_tokenizer = {"type": "Split", "pattern": {"Regex": f"{SPACE}*[^{SPACE}]+|{SPACE}+"},
-                         "behavior": "Isolated", "invert": False}
+        pre_tokenizer = {
+            "type": "Split",
+            "pattern": {"Regex": f"{SPACE}*[^{SPACE}]+|{SPACE}+"},
+            "behavior": "Isolated",
+            "invert": False,
+        }
 
     decoders: list[dict] = []
     if model.escape_whitespaces:
@@ -209,10 +236,15 @@ def to_tokenizer_json(model: SentencePieceModel, source: str = "") -> dict:
     if model.add_dummy_prefix:
         decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
         "normalizer": {"type": "Sequence", "normalizers": normalizers} if normalizers else None,
-        "pre_tokenizer": pre_tokenizer, "post_processor": None,
-        "decoder": {"type": "Sequence", "decoders": decoders}, "model": model_json,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": model_json,
     }
 
 
@@ -220,8 +252,12 @@ def special_pieces(model: SentencePieceModel) -> dict[str, str]:
     """The model's own BOS/EOS/UNK/PAD pieces, where it has them (keys as in tokenizer_config.json)."""
     present = {p.piece for p in model.pieces if p.type in (UNKNOWN, CONTROL, USER_DEFINED)}
     out = {}
-    for key, piece in (("unk_token", model.unk_piece), ("bos_token", model.bos_piece),
-                       ("eos_token", model.eos_piece), ("pad_token", model.pad_piece)):
+    for key, piece in (
+        ("unk_token", model.unk_piece),
+        ("bos_token", model.bos_piece),
+        ("eos_token", model.eos_piece),
+        ("pad_token", model.pad_piece),
+    ):
         if piece in present:
             out[key] = piece
     return out

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 from skyloom.tokenizer.loading import TextTokenizer
 from skyloom.tokenizer.text import BYTE_TOKEN, han_share
@@ -73,8 +73,14 @@ class FileStats:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        for key in ("chars_per_token", "bytes_per_token", "tokens_per_word", "byte_fallback_share",
-                    "unknown_rate", "chars_per_second"):
+        for key in (
+            "chars_per_token",
+            "bytes_per_token",
+            "tokens_per_word",
+            "byte_fallback_share",
+            "unknown_rate",
+            "chars_per_second",
+        ):
             out[key] = getattr(self, key)
         return out
 
@@ -91,8 +97,9 @@ def _special_ids(tok: TextTokenizer) -> tuple[set[int], int | None]:
     return byte_ids, unk
 
 
-def measure(tok: TextTokenizer, texts: Sequence[str], name: str = "", batch_size: int = 1024,
-            check_roundtrip: bool = True) -> FileStats:
+def measure(
+    tok: TextTokenizer, texts: Sequence[str], name: str = "", batch_size: int = 1024, check_roundtrip: bool = True
+) -> FileStats:
     """Statistics of `tok` on `texts` (the throughput is that of `encode_batch` over all of them)."""
     texts = list(texts)
     byte_ids, unk = _special_ids(tok)
@@ -101,7 +108,7 @@ def measure(tok: TextTokenizer, texts: Sequence[str], name: str = "", batch_size
     started = time.perf_counter()
     encoded: list[list[int]] = []
     for i in range(0, len(texts), batch_size):
-        encoded.extend(tok.encode_batch(texts[i: i + batch_size]))
+        encoded.extend(tok.encode_batch(texts[i : i + batch_size]))
     seconds = time.perf_counter() - started
     tokens = sum(len(ids) for ids in encoded)
     fallback = sum(1 for ids in encoded for t in ids if t in byte_ids) if byte_ids else 0
@@ -109,22 +116,38 @@ def measure(tok: TextTokenizer, texts: Sequence[str], name: str = "", batch_size
     failures = sum(1 for text, ids in zip(texts, encoded) if tok.decode(ids) != text) if check_roundtrip else 0
     characters = sum(len(t) for t in texts)
     return FileStats(
-        name=name, documents=len(texts), characters=characters, bytes=sum(len(t.encode("utf-8")) for t in texts),
-        tokens=tokens, words=sum(len(t.split()) for t in texts), byte_fallback_tokens=fallback,
-        unknown_tokens=unknown, roundtrip_failures=failures, seconds=seconds,
+        name=name,
+        documents=len(texts),
+        characters=characters,
+        bytes=sum(len(t.encode("utf-8")) for t in texts),
+        tokens=tokens,
+        words=sum(len(t.split()) for t in texts),
+        byte_fallback_tokens=fallback,
+        unknown_tokens=unknown,
+        roundtrip_failures=failures,
+        seconds=seconds,
         han_share=han_share("".join(texts[:2000])) if texts else 0.0,
     )
 
 
-COLUMNS = ("docs", "chars", "tokens", "chars/tok", "bytes/tok", "tok/word", "bytefb%", "unk%", "rt-fail",
-           "kchar/s")
+COLUMNS = ("docs", "chars", "tokens", "chars/tok", "bytes/tok", "tok/word", "bytefb%", "unk%", "rt-fail", "kchar/s")
 
 
 def format_row(label: str, s: FileStats) -> list[str]:
     tpw = f"{s.tokens_per_word:.3f}" if s.tokens_per_word is not None else "-"
-    return [label, f"{s.documents:,}", f"{s.characters:,}", f"{s.tokens:,}", f"{s.chars_per_token:.3f}",
-            f"{s.bytes_per_token:.3f}", tpw, f"{100 * s.byte_fallback_share:.2f}", f"{100 * s.unknown_rate:.2f}",
-            str(s.roundtrip_failures), f"{s.chars_per_second / 1e3:,.0f}"]
+    return [
+        label,
+        f"{s.documents:,}",
+        f"{s.characters:,}",
+        f"{s.tokens:,}",
+        f"{s.chars_per_token:.3f}",
+        f"{s.bytes_per_token:.3f}",
+        tpw,
+        f"{100 * s.byte_fallback_share:.2f}",
+        f"{100 * s.unknown_rate:.2f}",
+        str(s.roundtrip_failures),
+        f"{s.chars_per_second / 1e3:,.0f}",
+    ]
 
 
 def format_table(rows: list[list[str]], header: Sequence[str]) -> str:

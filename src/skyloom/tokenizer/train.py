@@ -15,9 +15,10 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 from skyloom.config import ConfigError
 from skyloom.tokenizer.chinese import Frequencies, count_frequencies, jieba_dictionary, rank, read_frequency_list
@@ -83,15 +84,21 @@ def resolve_sizes(s: TrainSettings, base_size: int | None = None) -> Sizes:
             raise ConfigError(key, f"must be ≥ 0, got {value}")
     words = s.total - base - s.chinese_chars - s.reserved
     if s.chinese_words is not None and s.chinese_words != words:
-        raise ConfigError("--chinese-words", f"{base} + {s.chinese_chars} + {s.chinese_words} + {s.reserved} = "
-                                             f"{base + s.chinese_chars + s.chinese_words + s.reserved}, "
-                                             f"not --total {s.total}")
+        raise ConfigError(
+            "--chinese-words",
+            f"{base} + {s.chinese_chars} + {s.chinese_words} + {s.reserved} = "
+            f"{base + s.chinese_chars + s.chinese_words + s.reserved}, "
+            f"not --total {s.total}",
+        )
     if words < 0:
-        raise ConfigError("--total", f"{s.total} is smaller than base {base} + Chinese characters "
-                                     f"{s.chinese_chars} + reserved {s.reserved}")
+        raise ConfigError(
+            "--total",
+            f"{s.total} is smaller than base {base} + Chinese characters {s.chinese_chars} + reserved {s.reserved}",
+        )
     if s.reserved < 4 and base_size is None:
-        raise ConfigError("--reserved", f"a new tokenizer needs at least 4 reserved ids (unk, bos, eos, pad), "
-                                        f"got {s.reserved}")
+        raise ConfigError(
+            "--reserved", f"a new tokenizer needs at least 4 reserved ids (unk, bos, eos, pad), got {s.reserved}"
+        )
     return Sizes(base, s.chinese_chars, words, s.reserved)
 
 
@@ -119,14 +126,15 @@ def _log(settings: TrainSettings, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _candidates(ranked: list[tuple[str, float, str]], fill: Callable[[], tuple[str, ...]] | None,
-                keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+def _candidates(
+    ranked: list[tuple[str, float, str]], fill: Callable[[], tuple[str, ...]] | None, keep: Callable[[str], bool]
+) -> Iterator[tuple[str, str]]:
     """Ranked corpus/list entries, then (only if the consumer gets that far) the fill entries."""
     seen = set()
     for entry, _, origin in ranked:
         seen.add(entry)
         yield entry, origin
-    for entry in (fill() if fill else ()):
+    for entry in fill() if fill else ():
         if entry not in seen and keep(entry):
             yield entry, "jieba_fill"
 
@@ -135,10 +143,16 @@ def _row(category: str, addition: Addition | None = None, **extra) -> dict:
     row: dict = {"category": category}
     if addition is not None:
         origins = Counter(addition.origin[e] for e in addition.entries)
-        row.update(size=addition.size, first_id=addition.first_id, last_id=addition.last_id,
-                   entries=len(addition.entries), helpers=len(addition.helpers),
-                   from_corpus=origins["corpus"], from_frequency_list=origins["frequency_list"],
-                   from_jieba_fill=origins["jieba_fill"])
+        row.update(
+            size=addition.size,
+            first_id=addition.first_id,
+            last_id=addition.last_id,
+            entries=len(addition.entries),
+            helpers=len(addition.helpers),
+            from_corpus=origins["corpus"],
+            from_frequency_list=origins["frequency_list"],
+            from_jieba_fill=origins["jieba_fill"],
+        )
     row.update(extra)
     return row
 
@@ -152,8 +166,11 @@ def _base_composition(vocab: dict[str, int], base_size: int) -> dict:
             byte_tokens += 1
         elif any(is_han(c) for c in token):
             han += 1
-    return {"byte_fallback_tokens": byte_tokens, "tokens_with_chinese": han,
-            "other_tokens": base_size - byte_tokens - han}
+    return {
+        "byte_fallback_tokens": byte_tokens,
+        "tokens_with_chinese": han,
+        "other_tokens": base_size - byte_tokens - han,
+    }
 
 
 def train_tokenizer(s: TrainSettings) -> dict:
@@ -179,15 +196,22 @@ def train_tokenizer(s: TrainSettings) -> dict:
     segment = sizes.words > 0
     _log(s, f"counting characters{' and jieba words' if segment else ''} ({workers} workers)")
     bar = _Progress(s.progress, "count")
-    freqs: Frequencies = count_frequencies(texts(guard), workers=workers if segment else 1, hmm=s.jieba_hmm,
-                                           progress=bar, segment=segment)
+    freqs: Frequencies = count_frequencies(
+        texts(guard), workers=workers if segment else 1, hmm=s.jieba_hmm, progress=bar, segment=segment
+    )
     bar.close()
-    _log(s, f"  {freqs.documents:,} documents, {freqs.characters:,} characters, "
-            f"{sum(1 for c in freqs.chars if is_han(c)):,} distinct Chinese characters, "
-            f"{len(freqs.words):,} distinct words")
+    _log(
+        s,
+        f"  {freqs.documents:,} documents, {freqs.characters:,} characters, "
+        f"{sum(1 for c in freqs.chars if is_han(c)):,} distinct Chinese characters, "
+        f"{len(freqs.words):,} distinct words",
+    )
     if guard.skipped or guard.split:
-        _log(s, f"  --max-doc-chars {s.max_doc_chars:,}: {len(guard.skipped):,} over-long documents skipped, "
-                f"{len(guard.split):,} text file(s) split")
+        _log(
+            s,
+            f"  --max-doc-chars {s.max_doc_chars:,}: {len(guard.skipped):,} over-long documents skipped, "
+            f"{len(guard.split):,} text file(s) split",
+        )
     if freqs.characters == 0:
         raise ConfigError("INPUT", "the inputs hold no text")
 
@@ -196,10 +220,13 @@ def train_tokenizer(s: TrainSettings) -> dict:
 
         alphabet = alphabet_size(freqs.chars, s.character_coverage)
         if sizes.base < 256 + alphabet:  # the BPE trainer keeps the whole alphabet, whatever the size asked
-            raise ConfigError("--base-size", f"must be at least {256 + alphabet:,} (the 256 byte tokens + the "
-                                             f"{alphabet:,} characters of the base alphabet, which "
-                                             f"--character-coverage {s.character_coverage} keeps), got {sizes.base:,}; "
-                                             f"raise it or lower --character-coverage")
+            raise ConfigError(
+                "--base-size",
+                f"must be at least {256 + alphabet:,} (the 256 byte tokens + the "
+                f"{alphabet:,} characters of the base alphabet, which "
+                f"--character-coverage {s.character_coverage} keeps), got {sizes.base:,}; "
+                f"raise it or lower --character-coverage",
+            )
         _log(s, f"training the base BPE: {sizes.base:,} entries (256 bytes, alphabet ≤ {alphabet})")
         bar = _Progress(s.progress, "base BPE")
         doc = train_base(texts(), sizes.base, alphabet, s.min_frequency, s.max_token_length, on_text=bar)
@@ -215,31 +242,48 @@ def train_tokenizer(s: TrainSettings) -> dict:
     fill_words = (lambda: jieba_dictionary()[1]) if s.fill == "jieba" else None
     char_keep = lambda e: len(e) == 1 and is_chinese_char_or_symbol(e)  # noqa: E731
     chars_row, words_row = Addition(), Addition()
-    ext.fill(chars_row, sizes.chars, _candidates(rank(freqs.chars, user, s.freq_list_weight, char_keep),
-                                                 fill_chars, char_keep), count)
+    ext.fill(
+        chars_row,
+        sizes.chars,
+        _candidates(rank(freqs.chars, user, s.freq_list_weight, char_keep), fill_chars, char_keep),
+        count,
+    )
     if chars_row.size != sizes.chars:
-        raise ConfigError("--chinese-chars", f"only {chars_row.size} of {sizes.chars} Chinese characters/symbols "
-                                             f"could be added (corpus + lists{' + jieba fill' if fill_chars else ''}"
-                                             f" exhausted); give more text or a --freq-list, or lower it")
+        raise ConfigError(
+            "--chinese-chars",
+            f"only {chars_row.size} of {sizes.chars} Chinese characters/symbols "
+            f"could be added (corpus + lists{' + jieba fill' if fill_chars else ''}"
+            f" exhausted); give more text or a --freq-list, or lower it",
+        )
     corpus_words = Counter({w: c for w, c in freqs.words.items() if c >= s.min_word_count})
     if s.word_rank not in ("count", "savings"):
         raise ConfigError("--word-rank", f"must be 'count' or 'savings', got {s.word_rank!r}")
     value = (lambda e, c: c * (len(e) - 1)) if s.word_rank == "savings" else None
-    ext.fill(words_row, sizes.words, _candidates(rank(corpus_words, user, s.freq_list_weight, is_han_word, value),
-                                                 fill_words, is_han_word), count)
+    ext.fill(
+        words_row,
+        sizes.words,
+        _candidates(rank(corpus_words, user, s.freq_list_weight, is_han_word, value), fill_words, is_han_word),
+        count,
+    )
     if words_row.size != sizes.words:
-        raise ConfigError("--chinese-words", f"only {words_row.size} of {sizes.words} Chinese words could be "
-                                             f"added (corpus + lists{' + jieba fill' if fill_words else ''} "
-                                             f"exhausted); give more text or a --freq-list, or change the sizes")
+        raise ConfigError(
+            "--chinese-words",
+            f"only {words_row.size} of {sizes.words} Chinese words could be "
+            f"added (corpus + lists{' + jieba fill' if fill_words else ''} "
+            f"exhausted); give more text or a --freq-list, or change the sizes",
+        )
 
     # Reserved block: the special tokens the base lacks, then spares, to exactly `reserved` new ids.
     first_reserved = ext.next_id
-    names = {key: base.specials.get(key) or getattr(s, key) for key in ("unk_token", "bos_token", "eos_token",
-                                                                         "pad_token")}
+    names = {
+        key: base.specials.get(key) or getattr(s, key) for key in ("unk_token", "bos_token", "eos_token", "pad_token")
+    }
     missing = [key for key, content in names.items() if ext.special_id(content) is None]
     if len(missing) > sizes.reserved:
-        raise ConfigError("--reserved", f"{sizes.reserved} reserved ids cannot hold the missing special tokens "
-                                        f"{[names[k] for k in missing]}")
+        raise ConfigError(
+            "--reserved",
+            f"{sizes.reserved} reserved ids cannot hold the missing special tokens {[names[k] for k in missing]}",
+        )
     special_ids = {}
     for key, content in names.items():
         if ext.special_id(content) is not None:
@@ -260,33 +304,66 @@ def train_tokenizer(s: TrainSettings) -> dict:
     from skyloom.tokenizer.files import write_tokenizer_dir
 
     breakdown = {
-        "format": "skyloom-vocab-breakdown", "version": 1,
+        "format": "skyloom-vocab-breakdown",
+        "version": 1,
         "total": sizes.total,
         "rows": [
-            _row(ROW_BASE, size=sizes.base, first_id=0, last_id=sizes.base - 1, source=base.source,
-                 kind=base.kind, **_base_composition(ext.vocab, sizes.base)),
-            _row(ROW_CHARS, chars_row, han=sum(1 for e in chars_row.entries if is_han(e)),
-                 symbols=sum(1 for e in chars_row.entries if not is_han(e))),
-            _row(ROW_WORDS, words_row, by_length=dict(sorted(Counter(
-                str(len(e)) for e in words_row.entries).items(), key=lambda kv: int(kv[0])))),
-            {"category": ROW_RESERVED, "size": sizes.reserved, "first_id": first_reserved,
-             "last_id": ext.next_id - 1,
-             "tokens": {content: token_id for content, token_id in ext.new_specials}},
+            _row(
+                ROW_BASE,
+                size=sizes.base,
+                first_id=0,
+                last_id=sizes.base - 1,
+                source=base.source,
+                kind=base.kind,
+                **_base_composition(ext.vocab, sizes.base),
+            ),
+            _row(
+                ROW_CHARS,
+                chars_row,
+                han=sum(1 for e in chars_row.entries if is_han(e)),
+                symbols=sum(1 for e in chars_row.entries if not is_han(e)),
+            ),
+            _row(
+                ROW_WORDS,
+                words_row,
+                by_length=dict(
+                    sorted(Counter(str(len(e)) for e in words_row.entries).items(), key=lambda kv: int(kv[0]))
+                ),
+            ),
+            {
+                "category": ROW_RESERVED,
+                "size": sizes.reserved,
+                "first_id": first_reserved,
+                "last_id": ext.next_id - 1,
+                "tokens": {content: token_id for content, token_id in ext.new_specials},
+            },
         ],
         "special_tokens": {key: {"content": names[key], "id": special_ids[key]} for key in names},
         "settings": {
-            "inputs": [str(p) for p in s.inputs], "fields": s.fields, "extend": s.extend,
-            "freq_lists": s.freq_lists, "freq_list_weight": s.freq_list_weight, "fill": s.fill,
-            "min_word_count": s.min_word_count, "word_rank": s.word_rank, "character_coverage": s.character_coverage,
-            "min_frequency": s.min_frequency, "max_token_length": s.max_token_length, "jieba_hmm": s.jieba_hmm,
+            "inputs": [str(p) for p in s.inputs],
+            "fields": s.fields,
+            "extend": s.extend,
+            "freq_lists": s.freq_lists,
+            "freq_list_weight": s.freq_list_weight,
+            "fill": s.fill,
+            "min_word_count": s.min_word_count,
+            "word_rank": s.word_rank,
+            "character_coverage": s.character_coverage,
+            "min_frequency": s.min_frequency,
+            "max_token_length": s.max_token_length,
+            "jieba_hmm": s.jieba_hmm,
         },
-        "corpus": {"documents": freqs.documents, "characters": freqs.characters,
-                   "han_characters": sum(c for ch, c in freqs.chars.items() if is_han(ch)),
-                   "distinct_words": len(freqs.words), "max_doc_chars": s.max_doc_chars,
-                   "over_long_skipped": len(guard.skipped), "text_files_split": len(guard.split)},
+        "corpus": {
+            "documents": freqs.documents,
+            "characters": freqs.characters,
+            "han_characters": sum(c for ch, c in freqs.chars.items() if is_han(ch)),
+            "distinct_words": len(freqs.words),
+            "max_doc_chars": s.max_doc_chars,
+            "over_long_skipped": len(guard.skipped),
+            "text_files_split": len(guard.split),
+        },
         "seconds": round(time.time() - started, 1),
     }
     write_tokenizer_dir(s.out, doc, {k: names[k] for k in names}, spares, breakdown)
     _log(s, f"wrote {Path(s.out)} ({sizes.total:,} entries) in {time.time() - started:.0f} s")
     return breakdown
-

@@ -37,8 +37,11 @@ def resolve_callback(name: str, key: str | None = None) -> type:
     if isinstance(target, type):
         return target
     if ":" not in target:
-        raise ConfigError(key, f"unknown callback {name!r}: registered are {', '.join(registered_callbacks())}; "
-                               "a class of your own is 'package.module:Class' or 'path/to/file.py:Class'")
+        raise ConfigError(
+            key,
+            f"unknown callback {name!r}: registered are {', '.join(registered_callbacks())}; "
+            "a class of your own is 'package.module:Class' or 'path/to/file.py:Class'",
+        )
     from skyloom.plugins import load_class
     from skyloom.train.callbacks import Callback
 

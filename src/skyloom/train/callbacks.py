@@ -24,36 +24,36 @@ if TYPE_CHECKING:
 class Callback:
     state_key: str | None = None  # the key of its state in checkpoints (set to its name under `callbacks:`)
 
-    def on_train_start(self, trainer: "Trainer") -> None:
+    def on_train_start(self, trainer: Trainer) -> None:
         """After set-up and resume, before the first step of this process."""
 
-    def pre_step(self, trainer: "Trainer") -> None:
+    def pre_step(self, trainer: Trainer) -> None:
         """Before the step's batches are taken from the loader."""
 
-    def extra_loss(self, trainer: "Trainer", batch: "Batch") -> torch.Tensor | None:
+    def extra_loss(self, trainer: Trainer, batch: Batch) -> torch.Tensor | None:
         """A scalar added to the micro-batch's loss after its forward pass (the trainer divides it by the number
         of accumulation micro-batches, so it enters the step as a mean); None adds nothing."""
         return None
 
-    def post_backward(self, trainer: "Trainer") -> None:
+    def post_backward(self, trainer: Trainer) -> None:
         """Gradients of the whole step are accumulated (and synchronised); nothing is clipped yet."""
 
-    def pre_optim_step(self, trainer: "Trainer") -> None:
+    def pre_optim_step(self, trainer: Trainer) -> None:
         """The step is finite and clipped; the optimizer is about to update the weights."""
 
-    def post_step(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
+    def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         """After the update (or the skip); add keys to `metrics` to have them logged with the step."""
 
-    def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         """The step's metrics line is written; raise `TrainingAborted` to stop the run (no checkpoint follows)."""
 
-    def on_validation(self, trainer: "Trainer", results: dict[str, dict[str, Any]]) -> None:
+    def on_validation(self, trainer: Trainer, results: dict[str, dict[str, Any]]) -> None:
         """A validation finished: {set name: {"loss", "ppl", "eval_tokens", …}} at `trainer.step`."""
 
-    def on_train_end(self, trainer: "Trainer") -> None:
+    def on_train_end(self, trainer: Trainer) -> None:
         """The last step is done (not after an interruption); before the final checkpoint."""
 
-    def on_checkpoint(self, trainer: "Trainer", path) -> None:
+    def on_checkpoint(self, trainer: Trainer, path) -> None:
         """A checkpoint directory was completed (rank 0 only)."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -71,7 +71,7 @@ class InjectNonFinite(Callback):
         self.steps = set(steps)
         self.value = value
 
-    def post_backward(self, trainer: "Trainer") -> None:
+    def post_backward(self, trainer: Trainer) -> None:
         if trainer.step + 1 in self.steps:
             for p in trainer.raw_model.parameters():
                 if p.grad is not None:

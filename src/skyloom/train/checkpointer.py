@@ -76,8 +76,12 @@ class TrainerState:
     skipped_steps: int = 0  # non-finite steps in total
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "tokens": self.tokens, "bad_steps": self.bad_steps,
-                "skipped_steps": self.skipped_steps}
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "bad_steps": self.bad_steps,
+            "skipped_steps": self.skipped_steps,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
@@ -144,8 +148,11 @@ def config_changes(saved: Path, cfg: RunConfig) -> dict[str, dict[str, Any]]:
     new = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     a, b = _flatten(old), _flatten(new)
     added_empty = {k for k in b.keys() - a.keys() if b[k] in ({}, [])}  # a section newer than the saved config
-    return {k: {"old": a.get(k), "new": b.get(k)} for k in sorted((a.keys() | b.keys()) - added_empty)
-            if a.get(k) != b.get(k)}
+    return {
+        k: {"old": a.get(k), "new": b.get(k)}
+        for k in sorted((a.keys() | b.keys()) - added_empty)
+        if a.get(k) != b.get(k)
+    }
 
 
 def _broadcast_path(path) -> str | None:
@@ -163,10 +170,24 @@ class SessionStart:
 
 
 class Checkpointer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, env: DistEnv, *, model: torch.nn.Module,
-                 raw_model: torch.nn.Module, optimizer, loader, state: TrainerState, callbacks: Stateful,
-                 total_steps: int, fsdp: bool, tokenizer=None, verify: bool = True,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        env: DistEnv,
+        *,
+        model: torch.nn.Module,
+        raw_model: torch.nn.Module,
+        optimizer,
+        loader,
+        state: TrainerState,
+        callbacks: Stateful,
+        total_steps: int,
+        fsdp: bool,
+        tokenizer=None,
+        verify: bool = True,
+        log: Callable[[str], None] = print,
+    ):
         self.cfg, self.run_dir, self.env = cfg, Path(run_dir), env
         self.root = self.run_dir / "checkpoints"
         self.model, self.raw_model, self.optimizer, self.loader = model, raw_model, optimizer, loader
@@ -194,8 +215,9 @@ class Checkpointer:
                 start.changes = config_changes(self.run_dir / "config.yaml", self.cfg)
             save_config(self.cfg, self.run_dir / "config.yaml")
             if resume:  # from scratch (nothing intact): every train/val line belongs to lost steps
-                start.dropped = truncate_after(self.run_dir / "metrics.jsonl",
-                                               self.state.step if start.resumed_from else -1)
+                start.dropped = truncate_after(
+                    self.run_dir / "metrics.jsonl", self.state.step if start.resumed_from else -1
+                )
         barrier()
         return start
 
@@ -204,13 +226,21 @@ class Checkpointer:
         logger, step = self.logger, self.state.step
         broken = [{"path": str(p), "reason": r} for p, r in self.broken]
         if start.changes:
-            self.log("--resume: settings changed since the last session (recorded as a config_changed event):\n"
-                     + "\n".join(f"  {k}: {v['old']!r} → {v['new']!r}" for k, v in start.changes.items()))
+            self.log(
+                "--resume: settings changed since the last session (recorded as a config_changed event):\n"
+                + "\n".join(f"  {k}: {v['old']!r} → {v['new']!r}" for k, v in start.changes.items())
+            )
             logger.event(step, "config_changed", changes=start.changes)
         if start.resumed_from is not None:
-            logger.event(step, "resume", checkpoint=str(start.resumed_from), tokens=self.state.tokens,
-                         world_size=self.env.world_size, replayed_lines_dropped=start.dropped,
-                         broken_checkpoints=broken)
+            logger.event(
+                step,
+                "resume",
+                checkpoint=str(start.resumed_from),
+                tokens=self.state.tokens,
+                world_size=self.env.world_size,
+                replayed_lines_dropped=start.dropped,
+                broken_checkpoints=broken,
+            )
         elif start.resume and (start.dropped or broken):
             self.log(f"--resume: dropped {start.dropped} train/validation line(s) of the lost steps from metrics.jsonl")
             logger.event(0, "resume_from_scratch", replayed_lines_dropped=start.dropped, broken_checkpoints=broken)
@@ -219,10 +249,13 @@ class Checkpointer:
 
     def _trainer_state(self) -> dict[str, Any]:
         return {
-            **self.state.state_dict(), "world_size": self.env.world_size,
+            **self.state.state_dict(),
+            "world_size": self.env.world_size,
             "parallel": "fsdp" if self.fsdp else ("ddp" if self.env.distributed else "single"),
-            "loader": self.loader.state_dict(), "total_steps": self.total_steps,
-            "init_from": self.cfg.train.init_from, "callbacks": self.callbacks.state_dict(),
+            "loader": self.loader.state_dict(),
+            "total_steps": self.total_steps,
+            "init_from": self.cfg.train.init_from,
+            "callbacks": self.callbacks.state_dict(),
         }
 
     def save(self) -> Path | None:
@@ -260,8 +293,7 @@ class Checkpointer:
             except (OSError, SafetensorError) as err:
                 self._write_failed(tmp, err)
             self.last_checkpoint = path
-            deleted = ckpt.prune(self.root, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every,
-                                 newest=path)
+            deleted = ckpt.prune(self.root, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every, newest=path)
             self.logger.event(step, "checkpoint", path=str(path), deleted=[p.name for p in deleted])
         barrier()
         return path
@@ -286,16 +318,18 @@ class Checkpointer:
 
     def _write_files(self, tmp: Path, full: dict | None, opt_state: dict | None, rngs: list) -> None:
         if full is not None:
-            save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / WEIGHTS_FILE),
-                      metadata={"format": "pt"})
-        write_model_json(self.cfg.model, tmp, {"step": self.state.step, "tokens": self.state.tokens,
-                                               "run": str(self.run_dir)})
+            save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_model_json(
+            self.cfg.model, tmp, {"step": self.state.step, "tokens": self.state.tokens, "run": str(self.run_dir)}
+        )
         if self.tokenizer is not None:
             self.tokenizer.copy_files_to(tmp)
         if opt_state is not None:
             ckpt.optimizer_state_to_files(opt_state, tmp)
-        save_file({f"{k}.rank{r}": torch.tensor(v, dtype=torch.uint8) for r, d in enumerate(rngs)
-                   for k, v in d.items()}, str(tmp / "rng.safetensors"))
+        save_file(
+            {f"{k}.rank{r}": torch.tensor(v, dtype=torch.uint8) for r, d in enumerate(rngs) for k, v in d.items()},
+            str(tmp / "rng.safetensors"),
+        )
         ckpt.write_json(tmp / ckpt.TRAINER_STATE, self._trainer_state())
 
     def _write_failed(self, tmp: Path | None, err: BaseException):
@@ -308,8 +342,10 @@ class Checkpointer:
         with contextlib.suppress(OSError):
             self.logger.event(self.state.step, "abort", reason=reason)
         kept = ", ".join(p.name for _, p in ckpt.list_checkpoints(self.root)) or "none"
-        raise TrainingAborted(f"{reason}. The partial checkpoint was removed and the earlier ones are untouched "
-                              f"({kept}); free some space, then continue with --resume")
+        raise TrainingAborted(
+            f"{reason}. The partial checkpoint was removed and the earlier ones are untouched "
+            f"({kept}); free some space, then continue with --resume"
+        )
 
     def _weights_finite(self) -> bool:
         """Every rank's shards finite? One fused reduction and one host read for the model, not one per parameter.
@@ -346,8 +382,10 @@ class Checkpointer:
             return
         reason = check_manifest(path, require=True, complete_under=ckpt.DCP_DIR)
         if reason is not None:
-            raise CheckpointError(f"{path}: {reason}; its dcp/.metadata is a pickle, opened only when the manifest "
-                                  f"verifies it ({NO_VERIFY_HINT}, for a checkpoint you wrote yourself)")
+            raise CheckpointError(
+                f"{path}: {reason}; its dcp/.metadata is a pickle, opened only when the manifest "
+                f"verifies it ({NO_VERIFY_HINT}, for a checkpoint you wrote yourself)"
+            )
         self._verified.add(path)
 
     def load_sharded(self, path: Path, optimizer: bool) -> None:
@@ -369,23 +407,32 @@ class Checkpointer:
         with contextlib.nullcontext() if self.env.distributed else single_process_dcp():
             dcp.load(state, checkpoint_id=str(path / ckpt.DCP_DIR), no_dist=not self.env.distributed)
         if optimizer:
-            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                           options=_optimizer_by_name())
+            set_state_dict(
+                self.model,
+                self.optimizer,
+                model_state_dict=state["model"],
+                optim_state_dict=state["optim"],
+                options=_optimizer_by_name(),
+            )
         else:
             set_model_state_dict(self.model, state["model"])
 
     def _require_dcp_optimizer(self, path: Path) -> None:
         if hasattr(self.optimizer, "consolidate_state_dict"):
-            raise ValueError(f"{path}: a sharded checkpoint's optimizer state cannot be loaded into ZeRO-1; resume it "
-                             "with train.zero1: false (or a sharded layout)")
+            raise ValueError(
+                f"{path}: a sharded checkpoint's optimizer state cannot be loaded into ZeRO-1; resume it "
+                "with train.zero1: false (or a sharded layout)"
+            )
 
     def load_optimizer(self, path: Path, state: dict | None = None) -> None:
         if (path / ckpt.DCP_DIR).is_dir():
             self.load_sharded(path, optimizer=True)
             return
         if self.fsdp:
-            raise ValueError(f"{path}: not an FSDP checkpoint; its optimizer state cannot be sharded in — "
-                             "use train.init_from without init_optimizer for a fresh optimizer")
+            raise ValueError(
+                f"{path}: not an FSDP checkpoint; its optimizer state cannot be sharded in — "
+                "use train.init_from without init_optimizer for a fresh optimizer"
+            )
         if not (path / "optimizer.safetensors").is_file():
             raise ValueError(f"{path}: no optimizer.safetensors (an FSDP checkpoint? resume it with parallel=fsdp)")
         self.optimizer.load_state_dict(state if state is not None else ckpt.optimizer_state_from_files(path))
@@ -429,8 +476,10 @@ class Checkpointer:
         loaded = loaded if loaded is not None else self._read(path)
         state = loaded["state"]
         if state.get("total_steps") not in (None, self.total_steps):
-            raise ValueError(f"{path}: the run was planned for {state['total_steps']} steps, now {self.total_steps}; "
-                             "the schedule would change — start a chained session (train.init_from) instead")
+            raise ValueError(
+                f"{path}: the run was planned for {state['total_steps']} steps, now {self.total_steps}; "
+                "the schedule would change — start a chained session (train.init_from) instead"
+            )
         if (path / ckpt.DCP_DIR).is_dir():  # weights and optimizer in one read of the shards
             self.load_sharded(path, optimizer=True)
         else:
@@ -470,5 +519,7 @@ class Checkpointer:
         if self.cfg.data.init_loader_from_checkpoint and isinstance(self.loader, MixtureLoader):
             state = ckpt.read_trainer_state(path)
             self.loader.load_state_dict(state["loader"], sources_only=True)
-        self.log(f"initialised from {path} ({'with' if self.cfg.train.init_optimizer else 'fresh'} optimizer state, "
-                 "fresh schedule)")
+        self.log(
+            f"initialised from {path} ({'with' if self.cfg.train.init_optimizer else 'fresh'} optimizer state, "
+            "fresh schedule)"
+        )

@@ -34,8 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from skyloom.model import manifest
-from skyloom.model.manifest import CheckpointError
-from skyloom.model.manifest import FORMAT, MANIFEST  # noqa: F401  (re-exported: the trainer's names)
+from skyloom.model.manifest import FORMAT, MANIFEST, CheckpointError  # noqa: F401  (re-exported: the trainer's names)
 
 TRAINER_STATE = "trainer_state.json"
 DCP_DIR = "dcp"  # FSDP: sharded state; its .metadata is a pickle, so every file there must be in the manifest
@@ -64,6 +63,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 # ---- optimizer state without pickle ----
+
 
 def optimizer_state_to_files(state: dict, out_dir: Path) -> None:
     """A torch optimizer state_dict → optimizer.safetensors (tensors) + optimizer.json (everything else)."""
@@ -101,6 +101,7 @@ def optimizer_state_from_files(ckpt_dir: Path) -> dict:
 
 # ---- RNG ----
 
+
 def rng_state() -> dict[str, torch.Tensor]:
     out = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -115,6 +116,7 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 # ---- writing ----
+
 
 def shard_entries(tmp: Path, rank: int) -> dict[str, dict[str, Any]]:
     """Manifest entries of the DCP files rank `rank` wrote (DCP names them `__{rank}_…`): each rank hashes its own."""
@@ -149,6 +151,7 @@ def commit(tmp: Path, step: int, tokens: int, extra: dict | None = None, known: 
 
 
 # ---- reading and checking ----
+
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """(step, dir) of every finished-looking checkpoint directory, oldest first."""
@@ -190,8 +193,11 @@ def prune(root: Path, keep_last: int, keep_every: int | None, newest: Path | Non
     either. Returns the deleted directories.
     """
     limit = int(_STEP_DIR.match(newest.name).group(1)) if newest is not None else None
-    intact = [(s, p) for s, p in list_checkpoints(root)
-              if (limit is None or s <= limit) and verify(p, checksums=False) is None]
+    intact = [
+        (s, p)
+        for s, p in list_checkpoints(root)
+        if (limit is None or s <= limit) and verify(p, checksums=False) is None
+    ]
     doomed = []
     for step, path in intact[:-keep_last] if keep_last else intact:
         if (keep_every and step % keep_every == 0) or (newest is not None and path == newest):

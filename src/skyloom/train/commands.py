@@ -15,18 +15,29 @@ from skyloom.config import config_file, load_config
 class TrainCommand:
     """`skyloom train`'s arguments; the run itself is the YAML's RunConfig (--print-config shows it resolved)."""
 
-    config: str = option(positional=True, metavar="CONFIG",
-                         help="YAML recipe (or a run directory to reuse its config.yaml)")
-    overrides: list[str] = option([], positional=True, nargs="*", metavar="KEY=VALUE",
-                                  help="dotted overrides, e.g. train.lr=3e-4 (or --train.lr=3e-4)")
-    out: str | None = option(None, metavar="RUN_DIR",
-                             help="run directory (default: out_dir from the config, else runs/<config name>)")
-    resume: bool = option(False, help="continue from the newest intact checkpoint in RUN_DIR (broken ones are "
-                                      "reported and skipped)")
+    config: str = option(
+        positional=True, metavar="CONFIG", help="YAML recipe (or a run directory to reuse its config.yaml)"
+    )
+    overrides: list[str] = option(
+        [],
+        positional=True,
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. train.lr=3e-4 (or --train.lr=3e-4)",
+    )
+    out: str | None = option(
+        None, metavar="RUN_DIR", help="run directory (default: out_dir from the config, else runs/<config name>)"
+    )
+    resume: bool = option(
+        False, help="continue from the newest intact checkpoint in RUN_DIR (broken ones are reported and skipped)"
+    )
     overwrite: bool = option(False, help="delete an existing run's metrics and checkpoints first")
-    no_verify: bool = option(False, help="do not check checkpoints (--resume, train.init_from) against their "
-                                         "manifest's sha256 (faster; --resume still checks sizes; an FSDP checkpoint's "
-                                         "pickled dcp/.metadata is then opened unverified)")
+    no_verify: bool = option(
+        False,
+        help="do not check checkpoints (--resume, train.init_from) against their "
+        "manifest's sha256 (faster; --resume still checks sizes; an FSDP checkpoint's "
+        "pickled dcp/.metadata is then opened unverified)",
+    )
     plan_only: bool = option(False, help="print the run plan (and check it) without training")
 
 
@@ -47,17 +58,24 @@ def memory_warning(cfg, world_size: int, gpu_bytes: float) -> str | None:
 
     try:
         layout = layout_from_parallel(
-            cfg.train.parallel, world_size, micro_batch_size=cfg.train.micro_batch_size, seq_len=cfg.seq_len,
-            global_batch=max(1, cfg.train.global_batch_tokens // cfg.seq_len), precision="torch-amp",
-            activation_checkpointing=cfg.train.activation_checkpointing)
+            cfg.train.parallel,
+            world_size,
+            micro_batch_size=cfg.train.micro_batch_size,
+            seq_len=cfg.seq_len,
+            global_batch=max(1, cfg.train.global_batch_tokens // cfg.seq_len),
+            precision="torch-amp",
+            activation_checkpointing=cfg.train.activation_checkpointing,
+        )
     except ValueError:
         return None
     plan = plan_memory(cfg.model, layout, gpu_bytes)
     if plan.fits:
         return None
-    return (f"skyloom: warning: the memory planner expects {plan.peak.total / GB:.1f} GB per GPU for this layout, "
-            f"more than the device's {gpu_bytes / GB:.1f} GB; it will likely run out of memory (shard more: "
-            f"train.parallel dp_shard / pp / tp, or train.activation_checkpointing: true)\n{format_memory(plan)}")
+    return (
+        f"skyloom: warning: the memory planner expects {plan.peak.total / GB:.1f} GB per GPU for this layout, "
+        f"more than the device's {gpu_bytes / GB:.1f} GB; it will likely run out of memory (shard more: "
+        f"train.parallel dp_shard / pp / tp, or train.activation_checkpointing: true)\n{format_memory(plan)}"
+    )
 
 
 def _warn_if_it_will_not_fit(cfg) -> None:
@@ -99,9 +117,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from skyloom.train.trainer import Trainer, TrainingAborted
 
     # the lock is taken before anything in RUN_DIR is touched; the trainer saves the resolved config.yaml
-    with open_run_dir(run_dir, markers=("metrics.jsonl", "checkpoints"), resume=args.resume,
-                      overwrite=args.overwrite, is_main=is_main, clear=clear_outputs(("checkpoints", "metrics.jsonl")),
-                      overwrite_hint="delete its metrics and checkpoints"):
+    with open_run_dir(
+        run_dir,
+        markers=("metrics.jsonl", "checkpoints"),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        is_main=is_main,
+        clear=clear_outputs(("checkpoints", "metrics.jsonl")),
+        overwrite_hint="delete its metrics and checkpoints",
+    ):
         try:
             if is_main:
                 _warn_if_it_will_not_fit(cfg)
@@ -147,8 +171,10 @@ def _print_summary(trainer) -> None:
             first_train = first_train or rec
             last_train = rec
     if last_train:
-        print(f"train loss: {first_train['loss']:.4f} (step {first_train['step']}) → {last_train['loss']:.4f} "
-              f"(step {last_train['step']}), {trainer.tokens:,} tokens")
+        print(
+            f"train loss: {first_train['loss']:.4f} (step {first_train['step']}) → {last_train['loss']:.4f} "
+            f"(step {last_train['step']}), {trainer.tokens:,} tokens"
+        )
     for name, r in (trainer.last_validation or {}).items():
         print(f"validation {name}: loss {r['loss']:.4f}, perplexity {r['ppl']:.2f} ({r['eval_tokens']:,} tokens)")
     from skyloom.train.checkpointing import latest_complete
@@ -161,7 +187,9 @@ def _print_summary(trainer) -> None:
 
 def register(sub) -> None:
     p = add_command(
-        sub, "train", "pretrain a model from a YAML recipe (single process, or torchrun for DDP/FSDP)",
+        sub,
+        "train",
+        "pretrain a model from a YAML recipe (single process, or torchrun for DDP/FSDP)",
         description=(
             "Train the model a recipe describes on its data mixture and write RUN_DIR/config.yaml, metrics.jsonl\n"
             "and checkpoints/step_XXXXXXXX/ (safetensors weights + optimizer, loader and RNG state).\n"

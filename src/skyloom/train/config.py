@@ -255,12 +255,17 @@ class RunConfig:
         # Every architecture: the checkpoint's model.json records max_seq_len, and a model trained on longer
         # windows than it says would be misdescribed to everything that loads it (HF export, eval, SFT).
         if self.seq_len > self.model.max_seq_len:
-            raise ConfigError("data.seq_len", f"{self.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; "
-                                              "raise model.max_seq_len or lower data.seq_len")
+            raise ConfigError(
+                "data.seq_len",
+                f"{self.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; "
+                "raise model.max_seq_len or lower data.seq_len",
+            )
         self.train.parallel.check_model(self.model)
         if self.train.global_batch_tokens % self.seq_len:
-            raise ConfigError("train.global_batch_tokens",
-                              f"{self.train.global_batch_tokens} is not a multiple of seq_len={self.seq_len}")
+            raise ConfigError(
+                "train.global_batch_tokens",
+                f"{self.train.global_batch_tokens} is not a multiple of seq_len={self.seq_len}",
+            )
         from skyloom.train.callback_registry import check_callback_args
 
         for name, args in self.callbacks.items():

@@ -43,8 +43,15 @@ def truncate_after(path: Path, step: int) -> int:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, enabled: bool = True, tensorboard: bool = False,
-                 log_every: int = 10, initial_step: int = 0):
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        enabled: bool = True,
+        tensorboard: bool = False,
+        log_every: int = 10,
+        initial_step: int = 0,
+    ):
         self.enabled = enabled
         self.total_steps = total_steps
         self.log_every = log_every
@@ -54,8 +61,9 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise RuntimeError("train.tensorboard needs the tensorboard package: pip install 'skyloom[tensorboard]'") \
-                    from None
+                raise RuntimeError(
+                    "train.tensorboard needs the tensorboard package: pip install 'skyloom[tensorboard]'"
+                ) from None
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         self.bar = None
         if enabled and sys.stderr.isatty():
@@ -81,12 +89,17 @@ class MetricsLogger:
                     self.tb.add_scalar(f"train/{key}", value, step)
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}" if record["loss"] is not None else "nan",
-                                 lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_sec']:.0f}")
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.4f}" if record["loss"] is not None else "nan",
+                lr=f"{record['lr']:.2e}",
+                tok_s=f"{record['tokens_per_sec']:.0f}",
+            )
         elif step % self.log_every == 0 or step == self.total_steps:
             loss = record["loss"]
-            self.console(f"step {step:>6}/{self.total_steps}  loss {loss:.4f}  lr {record['lr']:.2e}  "
-                         f"grad {record['grad_norm']:.3f}  {record['tokens_per_sec']:.0f} tok/s")
+            self.console(
+                f"step {step:>6}/{self.total_steps}  loss {loss:.4f}  lr {record['lr']:.2e}  "
+                f"grad {record['grad_norm']:.3f}  {record['tokens_per_sec']:.0f} tok/s"
+            )
 
     def val(self, step: int, tokens: int, results: dict[str, dict]) -> None:
         if not self.enabled:

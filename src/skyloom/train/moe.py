@@ -48,7 +48,7 @@ class MoECallback(Callback):
 
     # ---- per micro-batch ----
 
-    def extra_loss(self, trainer: "Trainer", batch) -> torch.Tensor | None:
+    def extra_loss(self, trainer: Trainer, batch) -> torch.Tensor | None:
         model = trainer.model
         for i, layer in moe_layers(model):
             stats = layer.last_stats
@@ -79,12 +79,12 @@ class MoECallback(Callback):
             sizes = {"tokens": 1, "assigned": n, "kept": n, "entropy_sum": 1, "max12_sum": 1, "max23_sum": 1}
             sums = {}
             for k in _STAT_KEYS:
-                sums[k] = flat[offset:offset + sizes[k]].reshape(()) if sizes[k] == 1 else flat[offset:offset + n]
+                sums[k] = flat[offset : offset + sizes[k]].reshape(()) if sizes[k] == 1 else flat[offset : offset + n]
                 offset += sizes[k]
             out[i] = summarize_stats(sums, self.cfg.top_k)
         return out
 
-    def pre_optim_step(self, trainer: "Trainer") -> None:
+    def pre_optim_step(self, trainer: Trainer) -> None:
         self._summary = self._reduce()
         if not self.cfg.adaptive:
             return
@@ -92,20 +92,25 @@ class MoECallback(Callback):
             for i, layer in moe_layers(trainer.model):
                 if i not in self._summary:
                     continue
-                alpha = update_coefficient(float(layer.aux_coef), self._summary[i]["drop_rate"], self.cfg.xi,
-                                           self.cfg.alpha_max, self.cfg.beta)
+                alpha = update_coefficient(
+                    float(layer.aux_coef), self._summary[i]["drop_rate"], self.cfg.xi, self.cfg.alpha_max, self.cfg.beta
+                )
                 layer.aux_coef.fill_(alpha)
 
-    def post_step(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
+    def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         summary = self._summary if self._summary is not None else self._reduce()  # skipped step: log only
         world = trainer.env.world_size
         layers = dict(moe_layers(trainer.model))
-        log_step = (trainer.step % trainer.cfg.train.log_every == 0 or trainer.step == 1
-                    or trainer.step == trainer.total_steps)
+        log_step = (
+            trainer.step % trainer.cfg.train.log_every == 0 or trainer.step == 1 or trainer.step == trainer.total_steps
+        )
         zero = torch.zeros((), dtype=torch.float64, device=trainer.device)
-        aux = all_reduce_sum(torch.stack([self._aux.get(i, zero).to(trainer.device) for i in sorted(layers)]
-                                         + [(self._weighted_aux if self._weighted_aux is not None else zero)
-                                            .to(trainer.device)]))
+        aux = all_reduce_sum(
+            torch.stack(
+                [self._aux.get(i, zero).to(trainer.device) for i in sorted(layers)]
+                + [(self._weighted_aux if self._weighted_aux is not None else zero).to(trainer.device)]
+            )
+        )
         denom = max(self._micro_batches, 1) * world
         for pos, (i, layer) in enumerate(sorted(layers.items())):
             s = summary.get(i)

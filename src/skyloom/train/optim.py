@@ -41,9 +41,15 @@ def param_groups(
         seen.add(id(p))
         decay = p.ndim >= 2 and not _is_embedding_param(model, name)
         scale = float(lr_scale_fn(name, p)) if lr_scale_fn else 1.0
-        group = groups.setdefault((decay, scale), {
-            "params": [], "names": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale,
-        })
+        group = groups.setdefault(
+            (decay, scale),
+            {
+                "params": [],
+                "names": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": scale,
+            },
+        )
         group["params"].append(p)
         group["names"].append(name)
     return list(groups.values())
@@ -59,13 +65,11 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW(β=cfg.betas, eps=cfg.eps), wrapped in ZeroRedundancyOptimizer (ZeRO-1) when `zero1` — sharded over
     `zero1_group` (the data-parallel ranks of a pipeline/tensor-parallel layout; None = every rank)."""
-    groups = [{k: v for k, v in g.items() if k != "names"}
-              for g in param_groups(model, cfg.weight_decay, lr_scale_fn)]
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay, lr_scale_fn)]
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     # The fused kernel (CPU and CUDA) is ~7× faster than the per-tensor loop on CPU; sharded DTensor
     # parameters (FSDP2) take the foreach path instead.
-    plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda")
-                for g in groups for p in g["params"])
+    plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     sharded = [type(p) is not torch.nn.Parameter for g in groups for p in g["params"]]
     if any(sharded) and not all(sharded):  # expert parallelism: DTensor experts beside plain weights
         kwargs["foreach"] = False  # the foreach kernels refuse a mix of DTensor and torch.Tensor

@@ -10,16 +10,17 @@ and packed there. Both steps are skipped when their outputs already exist.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from skyloom.config import ConfigError
 from skyloom.train.config import DataConfig
 from skyloom.train.validation import expand_paths, expand_placeholders, iter_documents
 
 
-def _resolve_files(primary: Sequence[str], fallback: Sequence[str], what: str,
-                   log: Callable[[str], None] = print) -> list[Path]:
+def _resolve_files(
+    primary: Sequence[str], fallback: Sequence[str], what: str, log: Callable[[str], None] = print
+) -> list[Path]:
     """The files `primary` names. `fallback` stands in only when the data `primary` points into is absent as a
     whole (e.g. no ../shared/data on this machine), and says so. A name that matches nothing while another one
     matches, or while the directory it names exists, is a typo: refused naming the key, never skipped or replaced
@@ -27,8 +28,9 @@ def _resolve_files(primary: Sequence[str], fallback: Sequence[str], what: str,
     missing = [p for p in primary if not expand_paths(p)]
     found = [p for p in primary if p not in missing]
     if missing and found:
-        raise ConfigError(what, f"{', '.join(missing)} matches no file (while {', '.join(found)} does); "
-                                "fix the path or remove it")
+        raise ConfigError(
+            what, f"{', '.join(missing)} matches no file (while {', '.join(found)} does); fix the path or remove it"
+        )
     typos = [(p, d) for p in missing if (d := _fixed_dir(p)).is_dir()]
     if typos:
         p, d = typos[0]
@@ -39,8 +41,10 @@ def _resolve_files(primary: Sequence[str], fallback: Sequence[str], what: str,
     if not files:
         raise ConfigError(what, f"none of {list(primary) + list(fallback)} exists")
     if primary:
-        log(f"note: {what}: {', '.join(primary)} not found (no such directory); using the fallback "
-            f"{', '.join(fallback)} ({len(files)} file(s))")
+        log(
+            f"note: {what}: {', '.join(primary)} not found (no such directory); using the fallback "
+            f"{', '.join(fallback)} ({len(files)} file(s))"
+        )
     return files
 
 
@@ -65,8 +69,9 @@ def _texts(files: Iterable[Path], text_key: str, max_chars: int | None = None) -
                 return
 
 
-def train_bpe(files: Sequence[Path], out_dir: Path, vocab_size: int, text_key: str = "text",
-              max_chars: int = 20_000_000) -> Path:
+def train_bpe(
+    files: Sequence[Path], out_dir: Path, vocab_size: int, text_key: str = "text", max_chars: int = 20_000_000
+) -> Path:
     """A byte-level BPE tokenizer directory trained on the first `max_chars` characters of `files`
     (`tokenizer.base.train_byte_level_bpe`)."""
     from skyloom.tokenizer.base import train_byte_level_bpe
@@ -74,8 +79,9 @@ def train_bpe(files: Sequence[Path], out_dir: Path, vocab_size: int, text_key: s
     return train_byte_level_bpe(_texts(files, text_key, max_chars), out_dir, vocab_size, trained_on=files)
 
 
-def pack_files(files: Sequence[Path], out_dir: Path, tokenizer, source: str, text_key: str = "text",
-               docs_per_shard: int = 20_000) -> dict:
+def pack_files(
+    files: Sequence[Path], out_dir: Path, tokenizer, source: str, text_key: str = "text", docs_per_shard: int = 20_000
+) -> dict:
     """Tokenize documents (+EOS, `data.pack.encode_documents`) and write token shards of `docs_per_shard`
     documents each + index.json into `out_dir`."""
     from skyloom.data.pack import encode_documents
@@ -88,17 +94,26 @@ def pack_files(files: Sequence[Path], out_dir: Path, tokenizer, source: str, tex
         chunk = list(itertools.islice(docs, docs_per_shard))
         if not chunk:
             break
-        write_shard(out_dir, f"{shard:05d}", encode_documents(chunk, tokenizer), vocab_size=tokenizer.vocab_size,
-                    source=source, tokenizer=tokenizer.tokenizer_id, eos_id=tokenizer.eos_id)
+        write_shard(
+            out_dir,
+            f"{shard:05d}",
+            encode_documents(chunk, tokenizer),
+            vocab_size=tokenizer.vocab_size,
+            source=source,
+            tokenizer=tokenizer.tokenizer_id,
+            eos_id=tokenizer.eos_id,
+        )
     return finalize_index(out_dir)
 
 
 def prepare_data(data: DataConfig, log: Callable[[str], None] = print) -> None:
     """Create the tokenizer and any missing token shards the config describes (idempotent). Every file list is
     resolved first, so a wrong path is refused before minutes of tokenizer training are spent."""
-    raw_files = {name: _resolve_files(src.raw, src.raw_fallback, f"data.sources.{name}.raw", log)
-                 for name, src in data.sources.items()
-                 if not (Path(src.path) / "index.json").is_file() and (src.raw or src.raw_fallback)}
+    raw_files = {
+        name: _resolve_files(src.raw, src.raw_fallback, f"data.sources.{name}.raw", log)
+        for name, src in data.sources.items()
+        if not (Path(src.path) / "index.json").is_file() and (src.raw or src.raw_fallback)
+    }
     if raw_files and not data.tokenizer:
         raise ConfigError(f"data.sources.{next(iter(raw_files))}.raw", "packing raw text needs data.tokenizer")
     if data.tokenizer and not (Path(data.tokenizer) / "tokenizer.json").is_file() and data.train_tokenizer:

@@ -71,20 +71,30 @@ class RunLock:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            raise RunDirLocked(f"{self.run_dir} is in use by another run: {describe_holder(holder)}; wait for it to "
-                               "end (or stop it), or choose another --out") from None
+            raise RunDirLocked(
+                f"{self.run_dir} is in use by another run: {describe_holder(holder)}; wait for it to "
+                "end (or stop it), or choose another --out"
+            ) from None
         except OSError as err:
             if err.errno not in _UNSUPPORTED:
                 os.close(fd)
                 raise
-            self.note = (f"warning: cannot lock {self.path} ({err.strerror}: the file system does not support "
-                         "flock); make sure no other run uses this directory")
+            self.note = (
+                f"warning: cannot lock {self.path} ({err.strerror}: the file system does not support "
+                "flock); make sure no other run uses this directory"
+            )
         previous = _read(fd)
         if previous.strip() and self.note is None:
-            self.note = (f"note: taking over the stale lock of {self.run_dir}: its holder, "
-                         f"{describe_holder(previous)}, ended without releasing it (killed?)")
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                  "command": " ".join(["skyloom", *sys.argv[1:]])[:300]}
+            self.note = (
+                f"note: taking over the stale lock of {self.run_dir}: its holder, "
+                f"{describe_holder(previous)}, ended without releasing it (killed?)"
+            )
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "command": " ".join(["skyloom", *sys.argv[1:]])[:300],
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         os.fsync(fd)
@@ -102,7 +112,7 @@ class RunLock:
         os.close(self.fd)  # closing the last descriptor releases the flock
         self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         if self.fd is None:
             self.acquire()
         return self

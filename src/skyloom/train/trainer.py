@@ -82,7 +82,8 @@ def plan_text(cfg: RunConfig, loader, run_dir: Path, layout: str, world_size: in
         f"batch        {t.global_batch_tokens:,} tokens/step = {global_windows} windows × {seq_len} tokens "
         f"= {world_size} rank(s) × {accum} accumulation × {t.micro_batch_size} micro-batch",
         f"steps        {steps:,} ({steps * t.global_batch_tokens:,} tokens)",
-        f"lr           {t.schedule}: {t.lr:g}" + (f" → {t.min_lr:g}" if t.schedule == "cosine" else "")
+        f"lr           {t.schedule}: {t.lr:g}"
+        + (f" → {t.min_lr:g}" if t.schedule == "cosine" else "")
         + f", warmup {t.warmup_steps}; AdamW β={tuple(t.betas)}, eps {t.eps:g}, wd {t.weight_decay:g} "
         f"(matrices only), clip {t.grad_clip:g}",
     ]
@@ -98,13 +99,30 @@ def build_mixture_loader(cfg: RunConfig, tokenizer=None, rank: int = 0, world_si
     specs = []
     for name, src in data.sources.items():
         source = TokenSource(src.path)
-        source.check_model_fit(f"data.sources.{name}", cfg.model.vocab_size,
-                               tokenizer.tokenizer_id if tokenizer is not None else None, str(data.tokenizer or ""))
-        specs.append(MixtureSourceSpec(name, source, WeightSchedule(src.weight),
-                                       src.max_epochs if src.max_epochs is not None else data.max_epochs))
-    return MixtureLoader(specs, seq_len=cfg.seq_len, global_windows=cfg.train.global_batch_tokens // cfg.seq_len,
-                         micro_batch_size=cfg.train.micro_batch_size, total_steps=total_steps_for(cfg),
-                         seed=data.seed, rank=rank, world_size=world_size)
+        source.check_model_fit(
+            f"data.sources.{name}",
+            cfg.model.vocab_size,
+            tokenizer.tokenizer_id if tokenizer is not None else None,
+            str(data.tokenizer or ""),
+        )
+        specs.append(
+            MixtureSourceSpec(
+                name,
+                source,
+                WeightSchedule(src.weight),
+                src.max_epochs if src.max_epochs is not None else data.max_epochs,
+            )
+        )
+    return MixtureLoader(
+        specs,
+        seq_len=cfg.seq_len,
+        global_windows=cfg.train.global_batch_tokens // cfg.seq_len,
+        micro_batch_size=cfg.train.micro_batch_size,
+        total_steps=total_steps_for(cfg),
+        seed=data.seed,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def load_tokenizer(cfg: RunConfig):
@@ -114,10 +132,11 @@ def load_tokenizer(cfg: RunConfig):
 
     tok = TextTokenizer.from_dir(cfg.data.tokenizer)
     if tok.vocab_size > cfg.model.vocab_size:
-        raise ValueError(f"tokenizer {cfg.data.tokenizer} has {tok.vocab_size} entries, more than "
-                         f"model.vocab_size={cfg.model.vocab_size}")
+        raise ValueError(
+            f"tokenizer {cfg.data.tokenizer} has {tok.vocab_size} entries, more than "
+            f"model.vocab_size={cfg.model.vocab_size}"
+        )
     return tok
-
 
 
 class Trainer:
@@ -160,10 +179,16 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
         self.tokenizer = load_tokenizer(cfg)
-        self.loader = batch_source if batch_source is not None else \
-            build_mixture_loader(cfg, self.tokenizer, self.dp_rank, self.dp_size)
-        self.callbacks: list[Callback] = [*default_callbacks(cfg, self.tokenizer), *build_callbacks(cfg.callbacks),
-                                          *callbacks]
+        self.loader = (
+            batch_source
+            if batch_source is not None
+            else build_mixture_loader(cfg, self.tokenizer, self.dp_rank, self.dp_size)
+        )
+        self.callbacks: list[Callback] = [
+            *default_callbacks(cfg, self.tokenizer),
+            *build_callbacks(cfg.callbacks),
+            *callbacks,
+        ]
 
         # Model: the same seed on every rank gives the same initial weights.
         torch.manual_seed(cfg.train.seed)
@@ -181,21 +206,36 @@ class Trainer:
 
             lr_scale_fn = lr_scale_fn_for(cfg.model.moe)
         p = self.parallel
-        zero1_group = sub_mesh(self.mesh, "dp_replicate").get_group() \
-            if p.zero1_applies else None
-        self.optimizer = build_optimizer(self.raw_model, cfg.train, zero1=zero1_group is not None,
-                                         zero1_group=zero1_group, lr_scale_fn=lr_scale_fn)
+        zero1_group = sub_mesh(self.mesh, "dp_replicate").get_group() if p.zero1_applies else None
+        self.optimizer = build_optimizer(
+            self.raw_model, cfg.train, zero1=zero1_group is not None, zero1_group=zero1_group, lr_scale_fn=lr_scale_fn
+        )
 
         self.checkpointer = Checkpointer(
-            cfg, self.run_dir, self.env, model=self.model, raw_model=self.raw_model, optimizer=self.optimizer,
-            loader=self.loader, state=self.state, callbacks=CallbackStates(self.callbacks),
+            cfg,
+            self.run_dir,
+            self.env,
+            model=self.model,
+            raw_model=self.raw_model,
+            optimizer=self.optimizer,
+            loader=self.loader,
+            state=self.state,
+            callbacks=CallbackStates(self.callbacks),
             total_steps=self.total_steps,  # sharded (DCP) checkpoints:
             fsdp=self.fsdp or self.pipeline is not None or self.parallel.ep > 1 or self.parallel.tp > 1,
-            tokenizer=self.tokenizer, verify=verify, log=self.log)
+            tokenizer=self.tokenizer,
+            verify=verify,
+            log=self.log,
+        )
         start = self.checkpointer.start(resume)
-        self.logger = MetricsLogger(self.run_dir, self.total_steps, enabled=self.env.is_main,
-                                    tensorboard=cfg.train.tensorboard, log_every=cfg.train.log_every,
-                                    initial_step=self.step)
+        self.logger = MetricsLogger(
+            self.run_dir,
+            self.total_steps,
+            enabled=self.env.is_main,
+            tensorboard=cfg.train.tensorboard,
+            log_every=cfg.train.log_every,
+            initial_step=self.step,
+        )
         self.checkpointer.logger = self.logger
         self.checkpointer.report_start(start)
 
@@ -204,8 +244,9 @@ class Trainer:
     step = property(lambda self: self.state.step, lambda self, v: setattr(self.state, "step", v))
     tokens = property(lambda self: self.state.tokens, lambda self, v: setattr(self.state, "tokens", v))
     bad_steps = property(lambda self: self.state.bad_steps, lambda self, v: setattr(self.state, "bad_steps", v))
-    skipped_steps = property(lambda self: self.state.skipped_steps,
-                             lambda self, v: setattr(self.state, "skipped_steps", v))
+    skipped_steps = property(
+        lambda self: self.state.skipped_steps, lambda self, v: setattr(self.state, "skipped_steps", v)
+    )
 
     @property
     def last_checkpoint(self) -> Path | None:
@@ -250,9 +291,16 @@ class Trainer:
         n_microbatches = self.global_windows // (self.dp_size * self.cfg.train.micro_batch_size)
         self._pp_losses: list[torch.Tensor] = []
         self._pp_scale = 0.0
-        self.pipeline = build_pipeline(self.raw_model, self.parallel, self.mesh, self.env.rank, self.device,
-                                       n_microbatches=n_microbatches, loss_fn=self._pipeline_loss,
-                                       wrap=lambda stage: self._wrap(stage, ddp=False))
+        self.pipeline = build_pipeline(
+            self.raw_model,
+            self.parallel,
+            self.mesh,
+            self.env.rank,
+            self.device,
+            n_microbatches=n_microbatches,
+            loss_fn=self._pipeline_loss,
+            wrap=lambda stage: self._wrap(stage, ddp=False),
+        )
         self.raw_model = self.model = self.pipeline.rank_model
 
     def _pipeline_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -263,15 +311,17 @@ class Trainer:
 
     def _pipeline_forward_backward(self, batches: list, n_global: int) -> torch.Tensor:
         if any(b.position_ids is not None or b.attn_mask is not None for b in batches):
-            raise ValueError("pipeline parallelism runs plain windows only (no per-sample positions or attention "
-                             "masks); train this data with train.parallel.pp: 1")
+            raise ValueError(
+                "pipeline parallelism runs plain windows only (no per-sample positions or attention "
+                "masks); train this data with train.parallel.pp: 1"
+            )
         self._pp_scale = self.dp_size / max(n_global, 1)
         self._pp_losses = []
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             self.pipeline.step(torch.cat([b.input_ids for b in batches]), torch.cat([b.labels for b in batches]))
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         # only on the rank holding the last stage; the first step's shape inference may call the loss on garbage
-        for token_loss in self._pp_losses[-len(batches):]:
+        for token_loss in self._pp_losses[-len(batches) :]:
             loss_sum += token_loss.double()
         return loss_sum
 
@@ -280,15 +330,28 @@ class Trainer:
         mixed_precision = self.autocast_dtype
         if self.fsdp:
             self.autocast_dtype = None  # FSDP2's MixedPrecisionPolicy casts; no autocast on top
-        return parallelize(model, self.parallel, self.mesh, device=self.device, mixed_precision=mixed_precision,
-                           compile=self.cfg.train.compile,
-                           activation_checkpointing=self.cfg.train.activation_checkpointing,
-                           materialize=self._materialize, ddp=ddp)
+        return parallelize(
+            model,
+            self.parallel,
+            self.mesh,
+            device=self.device,
+            mixed_precision=mixed_precision,
+            compile=self.cfg.train.compile,
+            activation_checkpointing=self.cfg.train.activation_checkpointing,
+            materialize=self._materialize,
+            ddp=ddp,
+        )
 
     def plan_text(self, rows=None) -> str:
         layout = self.parallel.describe()
-        return plan_text(self.cfg, self.loader, self.run_dir, f"{self.device} × {self.env.world_size} rank(s), "
-                         f"{layout}, {self.precision_name}", self.dp_size, rows)
+        return plan_text(
+            self.cfg,
+            self.loader,
+            self.run_dir,
+            f"{self.device} × {self.env.world_size} rank(s), {layout}, {self.precision_name}",
+            self.dp_size,
+            rows,
+        )
 
     # ---- hooks, validation, checkpoints ----
 
@@ -339,8 +402,10 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
-            with self._sync_context(last), torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                                                          enabled=self.autocast_dtype is not None):
+            with (
+                self._sync_context(last),
+                torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None),
+            ):
                 logits = self.model(batch.input_ids, position_ids=batch.position_ids, attn_mask=batch.attn_mask)
                 token_loss = lm_loss.token_loss(logits, batch.labels)  # float32 sum over labels ≠ -100
                 # gradient of sum/n_global; ×dp because DDP/FSDP average gradients over the data-parallel ranks
@@ -372,8 +437,9 @@ class Trainer:
         n_local = sum(b.n_targets for b in batches)
         # every rank of one data-parallel slot (its pipeline stages, tensor-parallel ranks) holds the same batch
         copies = self.env.world_size // self.dp_size
-        n_global = int(all_reduce_sum(torch.tensor([n_local], dtype=torch.float64, device=self.device)).item()) \
-            // copies
+        n_global = (
+            int(all_reduce_sum(torch.tensor([n_local], dtype=torch.float64, device=self.device)).item()) // copies
+        )
         loss_sum = self._forward_backward(batches, n_global)
         self._call("post_backward")
         grad_value = self._clip_gradients()
@@ -394,8 +460,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens += n_global
-        metrics = {"step": self.step, "tokens": self.tokens, "loss": loss_value, "lr": lr, "grad_norm": grad_value,
-                   "skipped": not finite}
+        metrics = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": grad_value,
+            "skipped": not finite,
+        }
         if isinstance(self.loader, MixtureLoader) and len(self.loader.sources) > 1:
             metrics.update({f"weight/{k}": v for k, v in self.loader.current_weights().items()})
         self._call("post_step", metrics)

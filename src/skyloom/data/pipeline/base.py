@@ -143,8 +143,15 @@ class Accounted(PipelineStep):
 
     type = "📊 - ACCOUNT"
 
-    def __init__(self, inner: PipelineStep, label: str, funnel_dir: str, default_reason: str,
-                 rejects_dir: str | None = None, malformed_dir: str | None = None):
+    def __init__(
+        self,
+        inner: PipelineStep,
+        label: str,
+        funnel_dir: str,
+        default_reason: str,
+        rejects_dir: str | None = None,
+        malformed_dir: str | None = None,
+    ):
         super().__init__()
         self.inner = inner
         self.label = label
@@ -198,8 +205,9 @@ class Accounted(PipelineStep):
         finally:
             if rejects is not None:
                 rejects.close()
-        atomic_write_json(os.path.join(self.funnel_dir, f"{rank:05d}_{self.label}.json"),
-                          {"label": self.label, **funnel.to_dict(),
-                           "counters": dict(getattr(self.inner, "counters", {}) or {})})
+        atomic_write_json(
+            os.path.join(self.funnel_dir, f"{rank:05d}_{self.label}.json"),
+            {"label": self.label, **funnel.to_dict(), "counters": dict(getattr(self.inner, "counters", {}) or {})},
+        )
         if self.malformed_dir:
             atomic_write_json(os.path.join(self.malformed_dir, f"{rank:05d}_{self.label}.json"), malformed)

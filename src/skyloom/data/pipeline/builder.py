@@ -74,8 +74,9 @@ def register_step(name: str, step_type: StepType) -> StepType:
     if step_type.kind not in ("doc", "global"):
         raise ValueError(f"step {name!r}: kind must be 'doc' or 'global', got {step_type.kind!r}")
     if (step_type.make if step_type.kind == "doc" else step_type.stages) is None:
-        raise ValueError(f"step {name!r}: a {step_type.kind} step needs "
-                         f"{'make' if step_type.kind == 'doc' else 'stages'}")
+        raise ValueError(
+            f"step {name!r}: a {step_type.kind} step needs {'make' if step_type.kind == 'doc' else 'stages'}"
+        )
     _REGISTERED[name] = step_type
     return step_type
 
@@ -100,14 +101,27 @@ def step_types() -> dict[str, StepType]:
         "code_filter": StepType(CodeConfig, "doc", CodeFilter, "code", "RedPajama-style code rules"),
         "decontaminate": StepType(DecontamConfig, "doc", Decontaminate, "contaminated", "benchmark n-gram overlap"),
         "stem_split": StepType(StemConfig, "doc", StemSplit, "stem", "route to SkyPile-STEM / -Main"),
-        "python": StepType(PythonStepConfig, "doc", make_python_step, None,
-                           "your own datatrove PipelineStep / BaseFilter: class: 'pkg.mod:Class', args: {...}"),
-        "exact_dedup": StepType(ExactDedupStepConfig, "global", None, "exact_duplicate", "normalised-hash dedup",
-                                stages=exact_dedup_stages),
-        "minhash_dedup": StepType(MinhashStepConfig, "global", None, "near_duplicate", "MinHash-LSH near-dedup",
-                                  stages=minhash_stages),
-        "semantic_filter": StepType(SemanticConfig, "global", None, "semantic_recurrent",
-                                    "drop blocks recurring far beyond the corpus norm", stages=semantic_stages),
+        "python": StepType(
+            PythonStepConfig,
+            "doc",
+            make_python_step,
+            None,
+            "your own datatrove PipelineStep / BaseFilter: class: 'pkg.mod:Class', args: {...}",
+        ),
+        "exact_dedup": StepType(
+            ExactDedupStepConfig, "global", None, "exact_duplicate", "normalised-hash dedup", stages=exact_dedup_stages
+        ),
+        "minhash_dedup": StepType(
+            MinhashStepConfig, "global", None, "near_duplicate", "MinHash-LSH near-dedup", stages=minhash_stages
+        ),
+        "semantic_filter": StepType(
+            SemanticConfig,
+            "global",
+            None,
+            "semantic_recurrent",
+            "drop blocks recurring far beyond the corpus norm",
+            stages=semantic_stages,
+        ),
     }
     return {**builtin, **_REGISTERED}
 
@@ -203,9 +217,14 @@ def build_plan(cfg: PipelineConfig) -> Plan:
     def wrap(step: PipelineStep, label: str, reason: str, stage: str) -> Accounted:
         order.append(label)
         stage_of[label] = stage
-        return Accounted(step, label, funnel_dir(stage), reason,
-                         rejects_dir=os.path.join(out, "rejects") if cfg.keep_rejects else None,
-                         malformed_dir=malformed_dir(stage))
+        return Accounted(
+            step,
+            label,
+            funnel_dir(stage),
+            reason,
+            rejects_dir=os.path.join(out, "rejects") if cfg.keep_rejects else None,
+            malformed_dir=malformed_dir(stage),
+        )
 
     current: list[PipelineStep] = []
     for inp in cfg.inputs:
@@ -239,13 +258,13 @@ def build_plan(cfg: PipelineConfig) -> Plan:
         if spec.sources or spec.skip_sources:
             raise ConfigError(f"steps.{spec.label}", "global steps (dedup, semantic) apply to all sources")
         handover = close_stage(spec.label)
-        ctx = GlobalContext(os.path.join(out, "work", f"{stage_name}.{spec.label}"), out, stage_name, spec.label,
-                            tasks)
+        ctx = GlobalContext(os.path.join(out, "work", f"{stage_name}.{spec.label}"), out, stage_name, spec.label, tasks)
         made = st.stages(spec.config, ctx)
         current.append(made.signature)
         stages.append(Stage(stage_name, current, tasks))
-        stages += [Stage(f"{stage_name}.{spec.label}.{suffix}", pipeline, n_tasks)
-                   for suffix, pipeline, n_tasks in made.stages]
+        stages += [
+            Stage(f"{stage_name}.{spec.label}.{suffix}", pipeline, n_tasks) for suffix, pipeline, n_tasks in made.stages
+        ]
         next_filter = made.filter
         n += 1
         stage_name = f"{n:02d}_documents"

@@ -80,6 +80,7 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def expand_env(value: Any, key: str = "") -> Any:
     """``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree; an unset variable names the config key."""
     if isinstance(value, str):
+
         def sub(m: re.Match) -> str:
             name, default = m.group(1), m.group(2)
             if name in os.environ:

@@ -17,14 +17,14 @@ import io
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from skyloom.data.pipeline.base import SkyFilter
 from skyloom.data.pipeline.text import ngram_keys, unit_hashes, units
-
 
 
 @dataclass

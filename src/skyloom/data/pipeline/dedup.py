@@ -62,8 +62,9 @@ class MinhashStepConfig:
                 raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
 
     def to_datatrove(self) -> MinhashConfig:
-        return MinhashConfig(n_grams=self.n_grams, num_buckets=self.num_buckets,
-                             hashes_per_bucket=self.hashes_per_bucket, seed=self.seed)
+        return MinhashConfig(
+            n_grams=self.n_grams, num_buckets=self.num_buckets, hashes_per_bucket=self.hashes_per_bucket, seed=self.seed
+        )
 
     @property
     def threshold(self) -> float:
@@ -105,7 +106,6 @@ class UnitMinhashSignature(MinhashDedupSignature):
         return shingles(text, self.config.n_grams, self._hash_func)
 
 
-
 def exact_dedup_stages(cfg: ExactDedupStepConfig, ctx: GlobalContext) -> GlobalStages:
     """``exact_dedup``: signatures → one task finds the duplicates → the next stage drops them."""
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
@@ -114,9 +114,11 @@ def exact_dedup_stages(cfg: ExactDedupStepConfig, ctx: GlobalContext) -> GlobalS
 
     ecfg = exact_dedup_config()
     sigs, dups = os.path.join(ctx.work_dir, "sigs"), os.path.join(ctx.work_dir, "dups")
-    return GlobalStages(ExactDedupSignature(sigs, ecfg, finder_workers=1),
-                        [("find", [ExactFindDedups(sigs, dups, ecfg)], 1)],
-                        ExactDedupFilter(dups, ecfg))
+    return GlobalStages(
+        ExactDedupSignature(sigs, ecfg, finder_workers=1),
+        [("find", [ExactFindDedups(sigs, dups, ecfg)], 1)],
+        ExactDedupFilter(dups, ecfg),
+    )
 
 
 def minhash_stages(cfg: MinhashStepConfig, ctx: GlobalContext) -> GlobalStages:
@@ -129,6 +131,9 @@ def minhash_stages(cfg: MinhashStepConfig, ctx: GlobalContext) -> GlobalStages:
     sigs, buckets, remove = (os.path.join(ctx.work_dir, d) for d in ("sigs", "buckets", "remove"))
     return GlobalStages(
         UnitMinhashSignature(sigs, mcfg),
-        [("buckets", [MinhashDedupBuckets(sigs, buckets, config=mcfg)], mcfg.num_buckets),
-         ("cluster", [MinhashDedupCluster(buckets, remove, config=mcfg, save_cluster_size=True)], 1)],
-        MinhashDedupFilter(remove, load_cluster_sizes=True))
+        [
+            ("buckets", [MinhashDedupBuckets(sigs, buckets, config=mcfg)], mcfg.num_buckets),
+            ("cluster", [MinhashDedupCluster(buckets, remove, config=mcfg, save_cluster_size=True)], 1),
+        ],
+        MinhashDedupFilter(remove, load_cluster_sizes=True),
+    )

@@ -42,14 +42,72 @@ class Extracted:
 
 # Elements whose whole subtree never holds main text.
 _DROP_TAGS = {
-    "script", "style", "noscript", "template", "svg", "math", "canvas", "iframe", "object", "embed", "video",
-    "audio", "map", "button", "select", "input", "textarea", "label", "nav", "aside", "footer", "figure",
-    "figcaption", "picture", "img", "head", "title", "meta", "link", "dialog",
+    "script",
+    "style",
+    "noscript",
+    "template",
+    "svg",
+    "math",
+    "canvas",
+    "iframe",
+    "object",
+    "embed",
+    "video",
+    "audio",
+    "map",
+    "button",
+    "select",
+    "input",
+    "textarea",
+    "label",
+    "nav",
+    "aside",
+    "footer",
+    "figure",
+    "figcaption",
+    "picture",
+    "img",
+    "head",
+    "title",
+    "meta",
+    "link",
+    "dialog",
 }
 _BLOCK_TAGS = {
-    "p", "div", "section", "article", "main", "header", "h1", "h2", "h3", "h4", "h5", "h6", "li", "ul", "ol",
-    "dl", "dt", "dd", "pre", "blockquote", "table", "tr", "br", "hr", "address", "center", "form", "fieldset",
-    "details", "summary", "caption", "tbody", "thead", "tfoot",
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "header",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "li",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "pre",
+    "blockquote",
+    "table",
+    "tr",
+    "br",
+    "hr",
+    "address",
+    "center",
+    "form",
+    "fieldset",
+    "details",
+    "summary",
+    "caption",
+    "tbody",
+    "thead",
+    "tfoot",
 }
 _HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 _PARAGRAPH_TAGS = ("p", "pre", "blockquote", "td")
@@ -182,8 +240,9 @@ def _parser():
     if _PARSER is None:
         from lxml import etree
 
-        _PARSER = etree.HTMLParser(remove_comments=True, remove_pis=True, no_network=True, recover=True,
-                                   default_doctype=False)
+        _PARSER = etree.HTMLParser(
+            remove_comments=True, remove_pis=True, no_network=True, recover=True, default_doctype=False
+        )
     return _PARSER
 
 
@@ -195,9 +254,23 @@ def _tc(el) -> str:
 # --------------------------------------------------------------------------------------------- metadata
 
 _DATE_KEYS = (
-    "article:published_time", "og:published_time", "datepublished", "date", "dc.date", "dc.date.issued",
-    "dcterms.date", "pubdate", "publishdate", "publish-date", "sailthru.date", "parsely-pub-date",
-    "article.published", "published_time", "og:updated_time", "article:modified_time", "datemodified",
+    "article:published_time",
+    "og:published_time",
+    "datepublished",
+    "date",
+    "dc.date",
+    "dc.date.issued",
+    "dcterms.date",
+    "pubdate",
+    "publishdate",
+    "publish-date",
+    "sailthru.date",
+    "parsely-pub-date",
+    "article.published",
+    "published_time",
+    "og:updated_time",
+    "article:modified_time",
+    "datemodified",
 )
 _TITLE_KEYS = ("og:title", "twitter:title", "dc.title", "headline")
 
@@ -476,8 +549,9 @@ def _resiliparse_text(raw: bytes | str) -> str:
     from resiliparse.parse.html import HTMLTree
 
     tree = HTMLTree.parse_from_bytes(raw) if isinstance(raw, bytes) else HTMLTree.parse(raw)
-    return extract_plain_text(tree, main_content=True, comments=False, post_meta=False, alt_texts=False,
-                              list_bullets=False)
+    return extract_plain_text(
+        tree, main_content=True, comments=False, post_meta=False, alt_texts=False, list_bullets=False
+    )
 
 
 def _trafilatura_text(html: str) -> str:
@@ -486,8 +560,9 @@ def _trafilatura_text(html: str) -> str:
     return trafilatura.extract(html, favor_precision=True, include_comments=False) or ""
 
 
-def extract_html(raw: bytes | str, backend: str = "skyloom", url: str | None = None,
-                 min_chars_fallback: int = 200) -> Extracted:
+def extract_html(
+    raw: bytes | str, backend: str = "skyloom", url: str | None = None, min_chars_fallback: int = 200
+) -> Extracted:
     """Main text and metadata of one page. Raises NotHTML for inputs that are not HTML pages."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown extraction backend {backend!r}; choose one of {BACKENDS}")
@@ -549,8 +624,9 @@ class HtmlExtractor(SkyFilter):
         if md.get("content_type") != "html":
             return True
         try:
-            ex = extract_html(doc.text, backend=self.cfg.backend, url=md.get("url"),
-                              min_chars_fallback=self.cfg.fallback_chars)
+            ex = extract_html(
+                doc.text, backend=self.cfg.backend, url=md.get("url"), min_chars_fallback=self.cfg.fallback_chars
+            )
         except NotHTML as err:
             self.stat_update("not_html")
             md["malformed_detail"] = str(err)

@@ -27,12 +27,37 @@ from skyloom.data.pipeline.text import words
 
 _GOPHER_STOP = ["the", "be", "to", "of", "and", "that", "have", "with"]
 # FineWeb-2 cmn_Hani stop words (simplified and traditional forms)
-_ZH_STOP = ["的", "年", "在", "月", "是", "和", "日", "了", "於", "·", "為", "有", "被", "人", "中", "为", "他", "與",
-            "後", "也", "而", "由"]
+_ZH_STOP = [
+    "的",
+    "年",
+    "在",
+    "月",
+    "是",
+    "和",
+    "日",
+    "了",
+    "於",
+    "·",
+    "為",
+    "有",
+    "被",
+    "人",
+    "中",
+    "为",
+    "他",
+    "與",
+    "後",
+    "也",
+    "而",
+    "由",
+]
 _BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "*", "-", "–", "—", "·", "►", "▶", "‣", "⁃")
 _TERMINAL = (".", "!", "?", '"', "'", "”", "’", "。", "！", "？", "…", "」", "』", "）", ")", "；", ";", ":", "：")
-_POLICY = re.compile(r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies|"
-                     r"隐私政策|使用条款|cookie", re.I)
+_POLICY = re.compile(
+    r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies|"
+    r"隐私政策|使用条款|cookie",
+    re.I,
+)
 
 
 @dataclass
@@ -55,7 +80,8 @@ class LanguageRules:
     max_dup_para_char_frac: float = 0.2
     top_n_grams: list[list[float]] = field(default_factory=lambda: [[2, 0.2], [3, 0.18], [4, 0.16]])
     dup_n_grams: list[list[float]] = field(
-        default_factory=lambda: [[5, 0.15], [6, 0.14], [7, 0.13], [8, 0.12], [9, 0.11], [10, 0.10]])
+        default_factory=lambda: [[5, 0.15], [6, 0.14], [7, 0.13], [8, 0.12], [9, 0.11], [10, 0.10]]
+    )
     # C4 (line removals change the text; the others drop the document)
     c4_remove_javascript_lines: bool = True
     c4_remove_policy_lines: bool = True
@@ -77,8 +103,11 @@ _BUILTIN: dict[str, dict[str, Any]] = {
     "default": {},
     "en": {},
     "zh": {  # FineWeb-2 cmn_Hani, except the alpha-word share (see module docstring)
-        "min_avg_word_length": 1.0, "max_avg_word_length": 5.0, "min_alpha_word_ratio": 0.6,
-        "stop_words": _ZH_STOP, "max_dup_line_frac": 0.287,
+        "min_avg_word_length": 1.0,
+        "max_avg_word_length": 5.0,
+        "min_alpha_word_ratio": 0.6,
+        "stop_words": _ZH_STOP,
+        "max_dup_line_frac": 0.287,
         "top_n_grams": [[2, 0.256], [3, 0.201], [4, 0.171]],
         "dup_n_grams": [[5, 0.198], [6, 0.182], [7, 0.167], [8, 0.154], [9, 0.14], [10, 0.127]],
     },
@@ -129,7 +158,7 @@ def _gram_keys(ids: np.ndarray, n: int) -> np.ndarray:
     acc = np.zeros(length, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for i in range(n):
-            acc = acc * np.uint64(1_000_003) + ids[i:i + length]
+            acc = acc * np.uint64(1_000_003) + ids[i : i + length]
     return acc
 
 
@@ -216,8 +245,10 @@ def check(text: str, language: str, r: LanguageRules) -> tuple[str, str | None]:
             return text, "gopher_bullet_lines"
         if sum(ln.endswith(("...", "…")) for ln in lines) / len(lines) > r.max_ellipsis_lines_ratio:
             return text, "gopher_ellipsis_lines"
-        if r.min_terminal_punct_line_ratio and \
-                sum(ln.endswith(_TERMINAL) for ln in lines) / len(lines) < r.min_terminal_punct_line_ratio:
+        if (
+            r.min_terminal_punct_line_ratio
+            and sum(ln.endswith(_TERMINAL) for ln in lines) / len(lines) < r.min_terminal_punct_line_ratio
+        ):
             return text, "line_punctuation"
     if sum(any(c.isalpha() for c in w) for w in ws) / len(ws) < r.min_alpha_word_ratio:
         return text, "gopher_alpha_words"

@@ -99,8 +99,9 @@ def _letters(s: str) -> int:
     return len(_LETTER.findall(s))
 
 
-def identify(text: str, min_segment_letters: int = 20, aliases: dict[str, str] | None = None,
-             max_segments: int = 24) -> tuple[dict[str, float], dict[str, float], list[tuple[str, str]]]:
+def identify(
+    text: str, min_segment_letters: int = 20, aliases: dict[str, str] | None = None, max_segments: int = 24
+) -> tuple[dict[str, float], dict[str, float], list[tuple[str, str]]]:
     """(share per language, mean confidence per language, [(segment, language)]).
 
     Shares and confidences are weighted by the letters of each segment, so lines of numbers and formulas
@@ -139,7 +140,7 @@ def identify(text: str, min_segment_letters: int = 20, aliases: dict[str, str] |
     conf_sum: dict[str, float] = {}
     conf_w: dict[str, float] = {}
     total = sum(n for *_, n in resolved) or 1
-    for s, lang, prob, n in resolved:
+    for _s, lang, prob, n in resolved:
         share[lang] = share.get(lang, 0.0) + n / total
         if prob is not None:
             conf_sum[lang] = conf_sum.get(lang, 0.0) + prob * n
@@ -166,14 +167,16 @@ class LanguageFilter(SkyFilter):
         if md.get("kind") == "code":
             md["language"] = "code"
             return True
-        share, conf, segments = identify(doc.text, self.cfg.min_segment_letters, self.cfg.aliases,
-                                         self.cfg.max_segments)
+        share, conf, segments = identify(
+            doc.text, self.cfg.min_segment_letters, self.cfg.aliases, self.cfg.max_segments
+        )
         main = max(share, key=share.get)
         score = conf.get(main, 0.0)
         md["language"] = main
         md["language_score"] = round(score, 4)
-        mixed = {k: round(v, 3) for k, v in sorted(share.items(), key=lambda kv: -kv[1])
-                 if v >= self.cfg.mixed_min_share}
+        mixed = {
+            k: round(v, 3) for k, v in sorted(share.items(), key=lambda kv: -kv[1]) if v >= self.cfg.mixed_min_share
+        }
         if len(mixed) > 1:
             md["languages"] = mixed
         wanted = set(self.cfg.languages)
@@ -186,6 +189,7 @@ class LanguageFilter(SkyFilter):
         if sum(v for k, v in share.items() if k in wanted) < self.cfg.min_wanted_share:
             return False, "too_much_other_language"
         if self.cfg.remove_unwanted_segments and any(lang not in wanted for _, lang in segments):
-            doc.text = "\n".join(s for s, lang in segments
-                                  if lang in wanted or _letters(s) < self.cfg.min_segment_letters)
+            doc.text = "\n".join(
+                s for s, lang in segments if lang in wanted or _letters(s) < self.cfg.min_segment_letters
+            )
         return True

@@ -33,8 +33,9 @@ class PythonStepConfig:
     @staticmethod
     def expand_config(data: dict[str, Any], prefix: str) -> dict[str, Any]:
         if "class" not in data:
-            raise ConfigError(f"{prefix}.class" if prefix else "class",
-                              "is required ('pkg.module:Class' or 'path/to/file.py:Class')")
+            raise ConfigError(
+                f"{prefix}.class" if prefix else "class", "is required ('pkg.module:Class' or 'path/to/file.py:Class')"
+            )
         data = dict(data)
         data["target"] = data.pop("class")
         return data

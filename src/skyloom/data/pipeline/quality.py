@@ -19,9 +19,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,16 +106,24 @@ class QualityModel:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": "skyloom-quality-v1", "bits": str(self.bits), "max_chars": str(self.max_chars),
-                "cutoffs": json.dumps(self.cutoffs), "report": json.dumps(self.report, ensure_ascii=False)}
+        meta = {
+            "format": "skyloom-quality-v1",
+            "bits": str(self.bits),
+            "max_chars": str(self.max_chars),
+            "cutoffs": json.dumps(self.cutoffs),
+            "report": json.dumps(self.report, ensure_ascii=False),
+        }
         tmp = path.with_name(path.name + ".tmp")
-        save_file({"weight": self.weight.astype(np.float32), "bias": np.array([self.bias], np.float32)}, str(tmp),
-                  metadata=meta)
+        save_file(
+            {"weight": self.weight.astype(np.float32), "bias": np.array([self.bias], np.float32)},
+            str(tmp),
+            metadata=meta,
+        )
         os.replace(tmp, path)
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "QualityModel":
+    def load(cls, path: str | os.PathLike) -> QualityModel:
         from safetensors import safe_open
 
         path = Path(path)
@@ -126,8 +135,14 @@ class QualityModel:
                 raise ValueError(f"{path}: not a skyloom quality model (metadata format={meta.get('format')!r})")
             weight = f.get_tensor("weight")
             bias = float(f.get_tensor("bias")[0])
-        return cls(weight=weight, bias=bias, bits=int(meta["bits"]), cutoffs=json.loads(meta["cutoffs"]),
-                   report=json.loads(meta.get("report", "{}")), max_chars=int(meta.get("max_chars", 20_000)))
+        return cls(
+            weight=weight,
+            bias=bias,
+            bits=int(meta["bits"]),
+            cutoffs=json.loads(meta["cutoffs"]),
+            report=json.loads(meta.get("report", "{}")),
+            max_chars=int(meta.get("max_chars", 20_000)),
+        )
 
 
 def _predict(w: np.ndarray, b: float, indptr, indices, values) -> np.ndarray:
@@ -139,9 +154,17 @@ def _predict(w: np.ndarray, b: float, indptr, indices, values) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z + b, -50, 50)))
 
 
-def train_logistic(rows: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray, bits: int, epochs: int = 8,
-                   lr: float = 0.5, l2: float = 1e-6, batch_size: int = 256, seed: int = 0,
-                   class_weight: bool = True) -> tuple[np.ndarray, float]:
+def train_logistic(
+    rows: list[tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray,
+    bits: int,
+    epochs: int = 8,
+    lr: float = 0.5,
+    l2: float = 1e-6,
+    batch_size: int = 256,
+    seed: int = 0,
+    class_weight: bool = True,
+) -> tuple[np.ndarray, float]:
     """Logistic regression on sparse rows with AdaGrad mini-batches (balanced class weights by default)."""
     rng = np.random.default_rng(seed)
     dim = 1 << bits
@@ -151,12 +174,11 @@ def train_logistic(rows: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray
     y = labels.astype(np.float32)
     pos = max(1.0, float(y.sum()))
     neg = max(1.0, float(len(y) - y.sum()))
-    sw = np.where(y > 0, len(y) / (2 * pos), len(y) / (2 * neg)).astype(np.float32) if class_weight \
-        else np.ones_like(y)
+    sw = np.where(y > 0, len(y) / (2 * pos), len(y) / (2 * neg)).astype(np.float32) if class_weight else np.ones_like(y)
     for _ in range(epochs):
         order = rng.permutation(len(rows))
         for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             indptr, indices, values = _to_csr([rows[i] for i in batch])
             p = _predict(w, b, indptr, indices, values)
             err = (p - y[batch]) * sw[batch] / len(batch)
@@ -290,16 +312,28 @@ def train_quality(cfg: QualityTrainConfig, progress: bool = True) -> QualityMode
     langs = np.array([s[2] for s in samples])
     heldout = rng.random(len(samples)) < cfg.heldout_fraction
     train_idx = np.flatnonzero(~heldout)
-    w, b = train_logistic([rows[i] for i in train_idx], labels[train_idx], cfg.bits, epochs=cfg.epochs, lr=cfg.lr,
-                          l2=cfg.l2, seed=cfg.seed)
+    w, b = train_logistic(
+        [rows[i] for i in train_idx],
+        labels[train_idx],
+        cfg.bits,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        l2=cfg.l2,
+        seed=cfg.seed,
+    )
     model = QualityModel(weight=w, bias=b, bits=cfg.bits)
     scores = np.array([model.score(samples[i][0]) for i in np.flatnonzero(heldout)])
     h_labels, h_langs = labels[heldout], langs[heldout]
-    report: dict[str, Any] = {"train_chunks": int(len(train_idx)), "heldout_chunks": int(heldout.sum()),
-                              "positives": int(labels.sum()), "negatives": int(len(labels) - labels.sum()),
-                              "heldout_accuracy": float(((scores >= 0.5) == (h_labels == 1)).mean()),
-                              "heldout_auc": _auc(scores, h_labels), "per_language": {},
-                              "sources": sorted({s[3] for s in samples})}
+    report: dict[str, Any] = {
+        "train_chunks": int(len(train_idx)),
+        "heldout_chunks": int(heldout.sum()),
+        "positives": int(labels.sum()),
+        "negatives": int(len(labels) - labels.sum()),
+        "heldout_accuracy": float(((scores >= 0.5) == (h_labels == 1)).mean()),
+        "heldout_auc": _auc(scores, h_labels),
+        "per_language": {},
+        "sources": sorted({s[3] for s in samples}),
+    }
     cutoffs: dict[str, list[float]] = {}
     head_q = 1.0 - cfg.head_fraction
     mid_q = 1.0 - cfg.head_fraction - cfg.middle_fraction
@@ -309,8 +343,10 @@ def train_quality(cfg: QualityTrainConfig, progress: bool = True) -> QualityMode
         if len(web) >= 10:
             cutoffs[lang] = [float(np.quantile(web, head_q)), float(np.quantile(web, mid_q))]
         report["per_language"][lang] = {
-            "heldout_chunks": int(m.sum()), "auc": _auc(scores[m], h_labels[m]),
-            "accuracy": float(((scores[m] >= 0.5) == (h_labels[m] == 1)).mean()) if m.any() else float("nan")}
+            "heldout_chunks": int(m.sum()),
+            "auc": _auc(scores[m], h_labels[m]),
+            "accuracy": float(((scores[m] >= 0.5) == (h_labels[m] == 1)).mean()) if m.any() else float("nan"),
+        }
     all_web = scores[h_labels == 0]
     if len(all_web):
         cutoffs["default"] = [float(np.quantile(all_web, head_q)), float(np.quantile(all_web, mid_q))]

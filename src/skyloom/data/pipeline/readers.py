@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseDiskReader
@@ -116,8 +117,15 @@ class SourceReader(BaseDiskReader):
         if os.path.isfile(path):  # a single file
             glob = os.path.basename(path)
             path = os.path.dirname(path) or "."
-        super().__init__(path, glob_pattern=glob, recursive=True, limit=cfg.limit, text_key=cfg.text_key,
-                         id_key=cfg.id_key, add_file_path=False)
+        super().__init__(
+            path,
+            glob_pattern=glob,
+            recursive=True,
+            limit=cfg.limit,
+            text_key=cfg.text_key,
+            id_key=cfg.id_key,
+            add_file_path=False,
+        )
         self.cfg = cfg
         self.label = f"read:{cfg.label}"
         self.source = cfg.source or cfg.name or os.path.basename(os.path.normpath(cfg.path))
@@ -144,8 +152,15 @@ class SourceReader(BaseDiskReader):
         self._funnel.add_drop(self._key(), f"malformed:{reason}", chars)
         self.stat_update(f"malformed_{reason}")
         if len(self._malformed) < 100_000:
-            self._malformed.append({"file": self.data_folder.resolve_paths(filepath), "line": line,
-                                    "reason": reason, "detail": detail[:300], "step": self.label})
+            self._malformed.append(
+                {
+                    "file": self.data_folder.resolve_paths(filepath),
+                    "line": line,
+                    "reason": reason,
+                    "detail": detail[:300],
+                    "step": self.label,
+                }
+            )
 
     def _doc(self, filepath: str, line: int, text: Any, doc_id: Any, extra: dict[str, Any]) -> Document | None:
         if not isinstance(text, str):
@@ -168,10 +183,12 @@ class SourceReader(BaseDiskReader):
         md.update({k: v for k, v in extra.items() if v is not None and k not in ("text", "metadata")})
         self._funnel.add_in(self._key(), n)
         self._funnel.add_out(self._key(), n)
-        rel = os.path.relpath(self.data_folder.resolve_paths(filepath), self.data_folder.path) \
-            if self.data_folder.is_local() else filepath
-        return Document(text=text, id=str(doc_id) if doc_id is not None else f"{self.source}/{rel}/{line}",
-                        metadata=md)
+        rel = (
+            os.path.relpath(self.data_folder.resolve_paths(filepath), self.data_folder.path)
+            if self.data_folder.is_local()
+            else filepath
+        )
+        return Document(text=text, id=str(doc_id) if doc_id is not None else f"{self.source}/{rel}/{line}", metadata=md)
 
     # ------------------------------------------------------------------ formats
     def _decode(self, raw: bytes, filepath: str, line: int) -> str | None:
@@ -197,8 +214,12 @@ class SourceReader(BaseDiskReader):
             self._bad(filepath, line, "not_an_object", type(rec).__name__)
             return None
         text = self._record_text(rec)
-        extra = {k: v for k, v in rec.items() if k not in (self.cfg.text_key, *self.cfg.text_keys, self.cfg.id_key)
-                 and isinstance(v, (str, int, float, bool))}
+        extra = {
+            k: v
+            for k, v in rec.items()
+            if k not in (self.cfg.text_key, *self.cfg.text_keys, self.cfg.id_key)
+            and isinstance(v, (str, int, float, bool))
+        }
         md = rec.get("metadata")
         if isinstance(md, dict):
             extra.update({k: v for k, v in md.items() if isinstance(v, (str, int, float, bool))})
@@ -303,13 +324,19 @@ class SourceReader(BaseDiskReader):
                     if not self._mine():
                         continue
                     if record.content_length > self.cfg.max_chars:
-                        self._bad(filepath, i, "gigantic", f"{record.content_length:,} bytes",
-                                  chars=record.content_length)
+                        self._bad(
+                            filepath, i, "gigantic", f"{record.content_length:,} bytes", chars=record.content_length
+                        )
                         continue
                     block = record.reader.read()
                     if len(block) < record.content_length:
-                        self._bad(filepath, i, "truncated_record",
-                                  f"{len(block):,} of {record.content_length:,} bytes", chars=len(block))
+                        self._bad(
+                            filepath,
+                            i,
+                            "truncated_record",
+                            f"{len(block):,} of {record.content_length:,} bytes",
+                            chars=len(block),
+                        )
                         continue
                     head, sep, raw = block.partition(b"\r\n\r\n")
                     if not sep:
@@ -320,9 +347,17 @@ class SourceReader(BaseDiskReader):
                         continue
                     html = bytes_to_str(raw, detect_encoding(raw))
                     headers = record.headers
-                    doc = self._doc(filepath, i, html, headers.get("WARC-Record-ID"),
-                                    {"content_type": "html", "url": headers.get("WARC-Target-URI"),
-                                     "date": headers.get("WARC-Date")})
+                    doc = self._doc(
+                        filepath,
+                        i,
+                        html,
+                        headers.get("WARC-Record-ID"),
+                        {
+                            "content_type": "html",
+                            "url": headers.get("WARC-Target-URI"),
+                            "date": headers.get("WARC-Date"),
+                        },
+                    )
                     if doc is not None:
                         yield doc
             except Exception as err:  # a corrupt WARC: keep what was read
@@ -361,6 +396,7 @@ class SourceReader(BaseDiskReader):
         else:
             yield from super().run(data, rank, world_size)
         safe = re.sub(r"[^\w.-]+", "_", self.label)
-        atomic_write_json(os.path.join(self.funnel_dir, f"{rank:05d}_{safe}.json"),
-                          {"label": self.label, **self._funnel.to_dict()})
+        atomic_write_json(
+            os.path.join(self.funnel_dir, f"{rank:05d}_{safe}.json"), {"label": self.label, **self._funnel.to_dict()}
+        )
         atomic_write_json(os.path.join(self.malformed_dir, f"{rank:05d}_{safe}.json"), self._malformed)

@@ -23,8 +23,15 @@ _FIELDS = ("docs_in", "chars_in", "docs_out", "chars_out")
 
 
 def _empty() -> dict[str, Any]:
-    return {"docs_in": 0, "chars_in": 0, "docs_out": 0, "chars_out": 0, "docs_dropped": 0, "chars_dropped": 0,
-            "dropped": {}}
+    return {
+        "docs_in": 0,
+        "chars_in": 0,
+        "docs_out": 0,
+        "chars_out": 0,
+        "docs_dropped": 0,
+        "chars_dropped": 0,
+        "dropped": {},
+    }
 
 
 def _add_cell(row: dict[str, Any], cell: dict[str, Any]) -> None:
@@ -70,12 +77,12 @@ def collect(out_dir: str, order: list[str], stage_of: dict[str, str]) -> dict[st
                 malformed.append(item)
     readers = [r for r in steps if r["step"].startswith("read:")]
     others = [r for r in steps if not r["step"].startswith("read:")]
+
     def ok(c: dict[str, Any]) -> bool:
         return c["docs_in"] == c["docs_out"] + c["docs_dropped"]
 
     # every row, and every language / source cell of it, balances on its own
-    balanced = all(ok(r) and all(ok(c) for dim in ("by_language", "by_source") for c in r[dim].values())
-                   for r in steps)
+    balanced = all(ok(r) and all(ok(c) for dim in ("by_language", "by_source") for c in r[dim].values()) for r in steps)
     chain = []
     prev_out = sum(r["docs_out"] for r in readers)
     for r in others:
@@ -113,7 +120,9 @@ def _outputs(steps: list[dict[str, Any]]) -> dict[str, Any]:
         elif len(parts) == 3:
             out.setdefault(parts[1], {"docs": 0, "by_language": {}})["by_language"][parts[2]] = v
     if stem_row is not last:
-        out["note"] = f"counted at step {stem_row['step']}; later steps dropped {stem_row['docs_out'] - last['docs_out']}"
+        out["note"] = (
+            f"counted at step {stem_row['step']}; later steps dropped {stem_row['docs_out'] - last['docs_out']}"
+        )
     return out
 
 
@@ -131,17 +140,29 @@ def _reasons(row: dict[str, Any], top: int = 4) -> str:
 
 def format_markdown(report: dict[str, Any]) -> str:
     steps = report["steps"]
-    lines = ["# SkyPile pipeline funnel", "", f"generated {report['generated']}", "",
-             "| step | docs in | docs out | dropped | chars in | chars out | kept chars | drop reasons |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "# SkyPile pipeline funnel",
+        "",
+        f"generated {report['generated']}",
+        "",
+        "| step | docs in | docs out | dropped | chars in | chars out | kept chars | drop reasons |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in steps:
         kept = r["chars_out"] / r["chars_in"] if r["chars_in"] else 1.0
-        lines.append(f"| {r['step']} | {_fmt(r['docs_in'])} | {_fmt(r['docs_out'])} | {_fmt(r['docs_dropped'])} | "
-                     f"{_fmt(r['chars_in'])} | {_fmt(r['chars_out'])} | {100 * kept:.1f}% | {_reasons(r)} |")
+        lines.append(
+            f"| {r['step']} | {_fmt(r['docs_in'])} | {_fmt(r['docs_out'])} | {_fmt(r['docs_dropped'])} | "
+            f"{_fmt(r['chars_in'])} | {_fmt(r['chars_out'])} | {100 * kept:.1f}% | {_reasons(r)} |"
+        )
     for dim, title in (("by_language", "language"), ("by_source", "source")):
         keys = sorted({k for r in steps for k in r[dim]})
-        lines += ["", f"## Documents kept per {title} (out / in at each step)", "",
-                  "| step | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+        lines += [
+            "",
+            f"## Documents kept per {title} (out / in at each step)",
+            "",
+            "| step | " + " | ".join(keys) + " |",
+            "|---|" + "---:|" * len(keys),
+        ]
         for r in steps:
             cells = []
             for k in keys:
@@ -153,14 +174,20 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Outputs", ""]
         for name, o in outs.items():
             if isinstance(o, dict):
-                extra = f" ({', '.join(f'{k} {v:,}' for k, v in sorted(o.get('by_language', {}).items()))})" \
-                    if o.get("by_language") else ""
-                lines.append(f"- SkyPile-{name.upper() if name == 'stem' else name.capitalize()}: "
-                             f"{_fmt(o['docs'])} documents{extra}")
+                extra = (
+                    f" ({', '.join(f'{k} {v:,}' for k, v in sorted(o.get('by_language', {}).items()))})"
+                    if o.get("by_language")
+                    else ""
+                )
+                lines.append(
+                    f"- SkyPile-{name.upper() if name == 'stem' else name.capitalize()}: "
+                    f"{_fmt(o['docs'])} documents{extra}"
+                )
             else:
                 lines.append(f"- {o}")
-    counters = [(r["step"], k, v) for r in steps for k, v in sorted(r["counters"].items())
-                if not k.startswith("subset:")]
+    counters = [
+        (r["step"], k, v) for r in steps for k, v in sorted(r["counters"].items()) if not k.startswith("subset:")
+    ]
     if counters:
         lines += ["", "## Step counters", ""] + [f"- {s}: {k} = {v:,}" for s, k, v in counters]
     mal = report["malformed"]
@@ -171,12 +198,19 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines.append(f"  - {item.get('file')}:{item.get('line')} — {item['reason']} {item.get('detail', '')}")
     if "semantic" in report:
         s = report["semantic"]
-        lines += ["", "## Distribution filter", "",
-                  f"{s['flagged_groups']} over-recurring groups (≥ {s['threshold_docs']:g} documents), "
-                  f"{s['removed_blocks']:,} blocks removed — see reports/semantic_clusters.md"]
+        lines += [
+            "",
+            "## Distribution filter",
+            "",
+            f"{s['flagged_groups']} over-recurring groups (≥ {s['threshold_docs']:g} documents), "
+            f"{s['removed_blocks']:,} blocks removed — see reports/semantic_clusters.md",
+        ]
     c = report["checks"]
-    lines += ["", f"Checks: every row docs in = out + dropped: {c['rows_balanced']}; "
-                  f"every row's input = previous row's output: {c['rows_chained']}"]
+    lines += [
+        "",
+        f"Checks: every row docs in = out + dropped: {c['rows_balanced']}; "
+        f"every row's input = previous row's output: {c['rows_chained']}",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -74,9 +74,10 @@ def _ensure_quality_models(cfg: PipelineConfig) -> None:
         model, recipe = step.get("model"), step.get("train_config")
         if model and not os.path.isfile(model):
             if not recipe:
-                raise ConfigError("steps.quality.model",
-                                  f"{model} not found; train it with `skyloom data train-quality RECIPE.yaml` "
-                                  "or set train_config")
+                raise ConfigError(
+                    "steps.quality.model",
+                    f"{model} not found; train it with `skyloom data train-quality RECIPE.yaml` or set train_config",
+                )
             print(f"[skyloom] quality model {model} missing: training it from {recipe}", flush=True)
             tcfg = build(QualityTrainConfig, {**read_yaml(recipe), "output": model}, prefix="train_config")
             train_quality(tcfg)
@@ -98,22 +99,35 @@ def _prepare_output(cfg: PipelineConfig, restart: bool) -> None:
         with open(plan_file, encoding="utf-8") as f:
             old = json.load(f)
         if old.get("config_hash") != h:
-            raise ConfigError("output_dir", f"{out} holds a run of a different configuration "
-                                            f"({old.get('config_hash')} ≠ {h}); rerun with --restart to discard it "
-                                            "or choose another output_dir")
+            raise ConfigError(
+                "output_dir",
+                f"{out} holds a run of a different configuration "
+                f"({old.get('config_hash')} ≠ {h}); rerun with --restart to discard it "
+                "or choose another output_dir",
+            )
         if old.get("tasks") != cfg.executor.tasks:
-            raise ConfigError("executor.tasks", f"{out} was started with tasks={old.get('tasks')}; a resumed run "
-                                                "must keep the task count (or use --restart)")
+            raise ConfigError(
+                "executor.tasks",
+                f"{out} was started with tasks={old.get('tasks')}; a resumed run "
+                "must keep the task count (or use --restart)",
+            )
 
 
 def _record_plan(cfg: PipelineConfig, plan: Plan) -> None:
     from skyloom.data.pipeline.base import atomic_write_json
 
-    atomic_write_json(os.path.join(cfg.output_dir, "plan.json"), {
-        "config_hash": config_hash(cfg), "tasks": cfg.executor.tasks,
-        "stages": [{"name": s.name, "tasks": s.tasks, "steps": [type(p).__name__ for p in s.pipeline]}
-                   for s in plan.stages],
-        "funnel_order": plan.funnel_order, "config": to_dict(cfg)})
+    atomic_write_json(
+        os.path.join(cfg.output_dir, "plan.json"),
+        {
+            "config_hash": config_hash(cfg),
+            "tasks": cfg.executor.tasks,
+            "stages": [
+                {"name": s.name, "tasks": s.tasks, "steps": [type(p).__name__ for p in s.pipeline]} for s in plan.stages
+            ],
+            "funnel_order": plan.funnel_order,
+            "config": to_dict(cfg),
+        },
+    )
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -207,18 +221,35 @@ def make_executors(cfg: PipelineConfig, plan: Plan) -> list[Any]:
     for stage in plan.stages:
         logging_dir = os.path.join(out, "logs", stage.name)
         if ex.type == "local":
-            executors.append(OrphanFreeLocalExecutor(
-                pipeline=stage.pipeline, tasks=stage.tasks, workers=min(ex.workers, stage.tasks),
-                logging_dir=logging_dir, skip_completed=stage.skip_completed))
+            executors.append(
+                OrphanFreeLocalExecutor(
+                    pipeline=stage.pipeline,
+                    tasks=stage.tasks,
+                    workers=min(ex.workers, stage.tasks),
+                    logging_dir=logging_dir,
+                    skip_completed=stage.skip_completed,
+                )
+            )
         else:
             from datatrove.executor import SlurmPipelineExecutor
 
-            executors.append(SlurmPipelineExecutor(
-                pipeline=stage.pipeline, tasks=stage.tasks, time=ex.time, partition=ex.partition,
-                cpus_per_task=ex.cpus_per_task, mem_per_cpu_gb=ex.mem_per_cpu_gb, job_name=f"{ex.job_name}-{stage.name}",
-                venv_path=ex.venv_path, sbatch_args=dict(ex.sbatch_args) or None, logging_dir=logging_dir,
-                skip_completed=stage.skip_completed, depends=executors[-1] if executors else None,
-                slurm_logs_folder=os.path.join(out, "logs", "slurm", stage.name)))
+            executors.append(
+                SlurmPipelineExecutor(
+                    pipeline=stage.pipeline,
+                    tasks=stage.tasks,
+                    time=ex.time,
+                    partition=ex.partition,
+                    cpus_per_task=ex.cpus_per_task,
+                    mem_per_cpu_gb=ex.mem_per_cpu_gb,
+                    job_name=f"{ex.job_name}-{stage.name}",
+                    venv_path=ex.venv_path,
+                    sbatch_args=dict(ex.sbatch_args) or None,
+                    logging_dir=logging_dir,
+                    skip_completed=stage.skip_completed,
+                    depends=executors[-1] if executors else None,
+                    slurm_logs_folder=os.path.join(out, "logs", "slurm", stage.name),
+                )
+            )
     return executors
 
 

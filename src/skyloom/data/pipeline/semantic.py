@@ -128,13 +128,20 @@ class SemanticEmbed(PipelineStep):
                     doc_idx.append(di)
                     block_idx.append(bi)
                     lengths.append(len(block))
-                    excerpts.write(json.dumps({"id": doc.id, "source": src, "language": lang, "text": b[:240]},
-                                              ensure_ascii=False) + "\n")
+                    excerpts.write(
+                        json.dumps({"id": doc.id, "source": src, "language": lang, "text": b[:240]}, ensure_ascii=False)
+                        + "\n"
+                    )
                     self.stat_update("blocks")
         arr = np.stack(vecs) if vecs else np.zeros((0, self.cfg.dim), np.float16)
         tmp = os.path.join(self.output_folder, f"{rank:05d}.tmp.npz")
-        np.savez(tmp, vectors=arr, doc=np.array(doc_idx, np.int64), block=np.array(block_idx, np.int32),
-                 length=np.array(lengths, np.int64))
+        np.savez(
+            tmp,
+            vectors=arr,
+            doc=np.array(doc_idx, np.int64),
+            block=np.array(block_idx, np.int32),
+            length=np.array(lengths, np.int64),
+        )
         os.replace(tmp, os.path.join(self.output_folder, f"{rank:05d}.npz"))
         os.replace(excerpts.name, os.path.join(self.output_folder, f"{rank:05d}.blocks.jsonl"))
 
@@ -189,7 +196,7 @@ def group_blocks(x: np.ndarray, similarity: float, partition_size: int, iters: i
             continue
         um = u[members]
         for start in range(0, len(members), 1024):
-            ii, jj = np.nonzero(um[start:start + 1024] @ um.T >= similarity)
+            ii, jj = np.nonzero(um[start : start + 1024] @ um.T >= similarity)
             keep = ii + start < jj
             rows.append(members[ii[keep] + start])
             cols.append(members[jj[keep]])
@@ -230,8 +237,7 @@ class SemanticCluster(PipelineStep):
         block_of = np.concatenate(blocks) if blocks else np.zeros(0, np.int32)
         len_of = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         with self.track_time():
-            group = group_blocks(x, self.cfg.similarity, self.cfg.partition_size, self.cfg.kmeans_iters,
-                                 self.cfg.seed)
+            group = group_blocks(x, self.cfg.similarity, self.cfg.partition_size, self.cfg.kmeans_iters, self.cfg.seed)
         # recurrence = distinct documents per group; (rank, doc) identifies a document
         members: dict[int, list[int]] = defaultdict(list)
         for i, g in enumerate(group.tolist()):
@@ -260,12 +266,21 @@ class SemanticCluster(PipelineStep):
         os.makedirs(self.output_folder, exist_ok=True)
         task_ranks = sorted(set(rank_of.tolist()) | {int(f.split(".")[0]) for f in files})
         for r in task_ranks:
-            atomic_write_json(os.path.join(self.output_folder, f"{r:05d}.json"),
-                              {str(d): sorted(b) for d, b in removals.get(r, {}).items()})
-        summary = {"blocks": int(len(x)), "groups": len(members), "recurring_groups": len(recurring),
-                   "norm_recurrence": norm, "threshold_docs": threshold, "flagged_groups": len(flagged),
-                   "removed_blocks": removed_blocks, "removed_chars": removed_chars,
-                   "config": self.cfg.__dict__}
+            atomic_write_json(
+                os.path.join(self.output_folder, f"{r:05d}.json"),
+                {str(d): sorted(b) for d, b in removals.get(r, {}).items()},
+            )
+        summary = {
+            "blocks": int(len(x)),
+            "groups": len(members),
+            "recurring_groups": len(recurring),
+            "norm_recurrence": norm,
+            "threshold_docs": threshold,
+            "flagged_groups": len(flagged),
+            "removed_blocks": removed_blocks,
+            "removed_chars": removed_chars,
+            "config": self.cfg.__dict__,
+        }
         self.stat_update("flagged_groups", value=len(flagged))
         self.stat_update("removed_blocks", value=removed_blocks)
         self._report(summary, flagged[: self.cfg.report_top], members, recurrence, rank_of)
@@ -294,20 +309,30 @@ class SemanticCluster(PipelineStep):
         for g in top:
             ex = [rows[i] for i in members[g][:50] if i in rows]
             texts = Counter(e["text"] for e in ex)
-            groups.append({"documents": recurrence[g], "blocks": len(members[g]),
-                           "sources": dict(Counter(e.get("source") for e in ex)),
-                           "languages": dict(Counter(e.get("language") for e in ex)),
-                           "examples": [t for t, _ in texts.most_common(3)],
-                           "example_ids": [e["id"] for e in ex[:5]]})
+            groups.append(
+                {
+                    "documents": recurrence[g],
+                    "blocks": len(members[g]),
+                    "sources": dict(Counter(e.get("source") for e in ex)),
+                    "languages": dict(Counter(e.get("language") for e in ex)),
+                    "examples": [t for t, _ in texts.most_common(3)],
+                    "example_ids": [e["id"] for e in ex[:5]],
+                }
+            )
         os.makedirs(self.report_dir, exist_ok=True)
-        atomic_write_json(os.path.join(self.report_dir, "semantic_clusters.json"),
-                          {"summary": summary, "top_groups": groups})
-        lines = ["# Distribution filter: most over-recurring text blocks", "",
-                 f"{summary['blocks']:,} blocks in {summary['groups']:,} groups; "
-                 f"{summary['recurring_groups']:,} recur (span ≥ 2 documents); corpus norm (median block recurrence) "
-                 f"{summary['norm_recurrence']:g} documents; flagged at ≥ {summary['threshold_docs']:g} documents: "
-                 f"{summary['flagged_groups']:,} groups, {summary['removed_blocks']:,} blocks / "
-                 f"{summary['removed_chars']:,} characters removed.", ""]
+        atomic_write_json(
+            os.path.join(self.report_dir, "semantic_clusters.json"), {"summary": summary, "top_groups": groups}
+        )
+        lines = [
+            "# Distribution filter: most over-recurring text blocks",
+            "",
+            f"{summary['blocks']:,} blocks in {summary['groups']:,} groups; "
+            f"{summary['recurring_groups']:,} recur (span ≥ 2 documents); corpus norm (median block recurrence) "
+            f"{summary['norm_recurrence']:g} documents; flagged at ≥ {summary['threshold_docs']:g} documents: "
+            f"{summary['flagged_groups']:,} groups, {summary['removed_blocks']:,} blocks / "
+            f"{summary['removed_chars']:,} characters removed.",
+            "",
+        ]
         for n, grp in enumerate(groups, 1):
             lines.append(f"## {n}. {grp['documents']} documents, {grp['blocks']} blocks — sources {grp['sources']}")
             for t in grp["examples"]:
@@ -370,4 +395,5 @@ def semantic_stages(cfg: SemanticConfig, ctx: GlobalContext) -> GlobalStages:
     return GlobalStages(
         SemanticEmbed(embeddings, cfg),
         [("cluster", [SemanticCluster(embeddings, decisions, os.path.join(ctx.output_dir, "reports"), cfg)], 1)],
-        SemanticFilter(decisions, cfg))
+        SemanticFilter(decisions, cfg),
+    )

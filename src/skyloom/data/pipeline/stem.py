@@ -29,19 +29,24 @@ from skyloom.data.pipeline.base import SkyFilter
 _OPTION = re.compile(r"(?:^|\n|\s)[(（]?([A-D])[)）]?\s*[.．、:：)]\s*\S")
 _OPTION_LINE = re.compile(r"(?m)^[ \t　]*[(（]?([A-D])[)）]?[ \t]*[.．、:：)][ \t]*\S")
 _OPT = r"[(（]?{}[)）]?[ \t]*[.．、:：][ \t]*"
-_OPTION_RUN = re.compile(r"(?:^|\s)" + r"[^\n]{1,80}?\s".join(_OPT.format(c) for c in "ABCD") + r"\S")  # A… B… C… D… inline
+_OPTION_RUN = re.compile(
+    r"(?:^|\s)" + r"[^\n]{1,80}?\s".join(_OPT.format(c) for c in "ABCD") + r"\S"
+)  # A… B… C… D… inline
 # Markers of a worked answer. Chinese ones must be anchored: bare 答案 / 所以…是 / 选A occur in any prose.
 _ANSWER = re.compile(
     r"answer\s*(?:is|:)|solution\s*[:：]|the answer is|therefore,? the (?:answer|value|total|result)|"
     r"so the answer|final answer|####|"
     r"答案\s*[:：是为]|(?:^|\n)\s*解\s*[:：]|解析\s*[:：]|故选\s*[A-D]|应选\s*[A-D]|正确答案|【答案】|【解析】|"
     r"(?:所以|因此|故)[^，。,\n]{0,20}=\s*-?\d",
-    re.I)
+    re.I,
+)
 _QUESTION = re.compile(
     r"\bhow (?:many|much|long|far|old)\b|\bwhat is the\b|\bfind\b|\bcalculate\b|\bcompute\b|\bsolve\b|\bprove\b|"
     r"\bshow that\b|\bevaluate\b|\bsimplify\b|\bwhich of the following\b|"
     r"求(?:出|得|证|解|值|和|积|[a-zA-Z\d(（])|计算(?:[:：]|题|下列|出)|解方程|证明[:：]|是多少|有多少|多少(?:元|个|人|米|千克|天)|"
-    r"下列|以下.{0,10}(?:正确|错误|属于)|正确的是|错误的是|不正确的是|哪一项|哪个选项|_{3,}|（\s*）", re.I)
+    r"下列|以下.{0,10}(?:正确|错误|属于)|正确的是|错误的是|不正确的是|哪一项|哪个选项|_{3,}|（\s*）",
+    re.I,
+)
 _EQUATION = re.compile(r"\d\s*[-+*/×÷^]\s*\(?\d[\d.,]*\)?\s*=|=\s*\d|<<[^>]*=[^>]*>>|\b[a-z]\s*[=^]\s*\d")
 _MATH_CHARS = re.compile(r"[0-9+\-*/=<>^×÷%√π∑∫≤≥≠±]")
 _LATEX = re.compile(r"\\(?:frac|sqrt|sum|int|times|cdot|leq|geq|pi|alpha|beta|theta)|\$[^$\n]{1,80}\$|[√∑∫≤≥≠±π]")

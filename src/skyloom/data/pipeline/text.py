@@ -11,6 +11,10 @@ import hashlib
 import re
 import unicodedata
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CJK_RANGES = (
     "\u3040-\u30ff"  # kana (Japanese pages are told apart by the language identifier)
@@ -77,7 +81,7 @@ def words(text: str, language: str) -> list[str]:
 _P64 = 0x100000001B3
 
 
-def unit_hashes(us: list[str]) -> "np.ndarray":
+def unit_hashes(us: list[str]) -> np.ndarray:
     """xxh64 of each unit (uint64), hashing each distinct unit once."""
     import numpy as np
     import xxhash
@@ -93,7 +97,7 @@ def unit_hashes(us: list[str]) -> "np.ndarray":
     return out
 
 
-def ngram_keys(h: "np.ndarray", n: int) -> "np.ndarray":
+def ngram_keys(h: np.ndarray, n: int) -> np.ndarray:
     """64-bit keys of all n-grams of a unit-hash sequence (polynomial rolling combination, vectorised)."""
     import numpy as np
 
@@ -103,5 +107,5 @@ def ngram_keys(h: "np.ndarray", n: int) -> "np.ndarray":
     acc = np.zeros(length, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for i in range(n):
-            acc = acc * np.uint64(_P64) + h[i:i + length]
+            acc = acc * np.uint64(_P64) + h[i : i + length]
     return acc

@@ -9,12 +9,22 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
 # Metadata that stays internal to the pipeline (positions, hand-over bookkeeping).
-_INTERNAL = {"file_path", "minhash_cluster_id", "duplicate_count", "filter_reason", "content_type",
-             "_sem_idx"}
+_INTERNAL = {"file_path", "minhash_cluster_id", "duplicate_count", "filter_reason", "content_type", "_sem_idx"}
 
 # Output record: these metadata keys first (when present), then the rest.
-OUTPUT_KEYS = ("source", "language", "language_score", "quality_score", "quality_bucket", "subset", "stem_score",
-               "url", "title", "date", "kind")
+OUTPUT_KEYS = (
+    "source",
+    "language",
+    "language_score",
+    "quality_score",
+    "quality_bucket",
+    "subset",
+    "stem_score",
+    "url",
+    "title",
+    "date",
+    "kind",
+)
 
 
 class HandoverWriter(JsonlWriter):
@@ -57,8 +67,12 @@ class SubsetWriter(JsonlWriter):
 
     def __init__(self, output_folder: str, compression: str | None = "gzip"):
         suffix = ".jsonl.gz" if compression == "gzip" else ".jsonl"
-        super().__init__(output_folder, output_filename="${subset}/${rank}" + suffix, compression=compression,
-                         adapter=_output_adapter)
+        super().__init__(
+            output_folder,
+            output_filename="${subset}/${rank}" + suffix,
+            compression=compression,
+            adapter=_output_adapter,
+        )
 
     def write(self, document: Document, rank: int = 0, **kwargs):
         document.metadata.setdefault("subset", "main")
@@ -75,8 +89,7 @@ class RejectsWriter(JsonlWriter):
     name = "🗑 Rejects"
 
     def __init__(self, output_folder: str):
-        super().__init__(output_folder, output_filename="${rank}.jsonl.gz", compression="gzip",
-                         adapter=_reject_adapter)
+        super().__init__(output_folder, output_filename="${rank}.jsonl.gz", compression="gzip", adapter=_reject_adapter)
 
     def write(self, document: Document, rank: int = 0, **kwargs):
         super().write(dataclasses.replace(document, metadata=dict(document.metadata)), rank, **kwargs)

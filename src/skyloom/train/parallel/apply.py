@@ -78,8 +78,11 @@ def parallelize(
     if pcfg.dp_shard > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32) \
-            if mixed_precision is not None else MixedPrecisionPolicy()
+        mp = (
+            MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32)
+            if mixed_precision is not None
+            else MixedPrecisionPolicy()
+        )
         dp_mesh = sub_mesh(mesh, "dp_replicate", "dp_shard")
         for block in blocks_of(model):
             fully_shard(block, mesh=dp_mesh, mp_policy=mp)
@@ -99,6 +102,7 @@ def parallelize(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         dp_mesh = sub_mesh(mesh, "dp_replicate")
-        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                   process_group=dp_mesh.get_group())
+        return DDP(
+            model, device_ids=[device.index] if device.type == "cuda" else None, process_group=dp_mesh.get_group()
+        )
     return model

@@ -66,8 +66,9 @@ class ParallelConfig:
             raise ConfigError("pp_stages_per_rank", "Interleaved1F1B needs 2 or more stages per rank")
         if self.pp_split is not None:
             if len(self.pp_split) != self.n_stages:
-                raise ConfigError("pp_split", f"needs pp × pp_stages_per_rank = {self.n_stages} entries, "
-                                              f"got {len(self.pp_split)}")
+                raise ConfigError(
+                    "pp_split", f"needs pp × pp_stages_per_rank = {self.n_stages} entries, got {len(self.pp_split)}"
+                )
             for i, n in enumerate(self.pp_split):
                 if n < 1:
                     raise ConfigError(f"pp_split[{i}]", f"every stage needs at least one layer, got {n}")
@@ -76,17 +77,26 @@ class ParallelConfig:
         """Refuse a layout the model cannot take (`model` is a ModelConfig); errors name `key`.<field>."""
         if self.pp > 1 or self.pp_split is not None:
             if self.pp_split is not None and sum(self.pp_split) != model.n_layers:
-                raise ConfigError(f"{key}.pp_split", f"sums to {sum(self.pp_split)} layers, the model has "
-                                                     f"n_layers={model.n_layers}")
+                raise ConfigError(
+                    f"{key}.pp_split", f"sums to {sum(self.pp_split)} layers, the model has n_layers={model.n_layers}"
+                )
             if model.n_layers < self.n_stages:
-                raise ConfigError(f"{key}.pp", f"{self.n_stages} pipeline stages need at least as many layers, "
-                                                f"the model has n_layers={model.n_layers}")
+                raise ConfigError(
+                    f"{key}.pp",
+                    f"{self.n_stages} pipeline stages need at least as many layers, "
+                    f"the model has n_layers={model.n_layers}",
+                )
             if model.tie_embeddings and self.pp > 1:
-                raise ConfigError(f"{key}.pp", "tied embeddings live on the first and the last stage; "
-                                                "pipeline parallelism needs model.tie_embeddings: false")
+                raise ConfigError(
+                    f"{key}.pp",
+                    "tied embeddings live on the first and the last stage; "
+                    "pipeline parallelism needs model.tie_embeddings: false",
+                )
             if model.moe is not None and self.pp > 1:
-                raise ConfigError(f"{key}.pp", "pipeline parallelism does not carry the MoE auxiliary losses yet; "
-                                                "train MoE models with dp/tp/ep")
+                raise ConfigError(
+                    f"{key}.pp",
+                    "pipeline parallelism does not carry the MoE auxiliary losses yet; train MoE models with dp/tp/ep",
+                )
         if self.tp > 1:
             if model.n_heads % self.tp:
                 raise ConfigError(f"{key}.tp", f"{model.n_heads} heads not divisible by tp={self.tp}")
@@ -103,18 +113,28 @@ class ParallelConfig:
 
     def resolved(self, world_size: int, key: str = "train.parallel") -> ParallelConfig:
         """The layout with -1 filled in for `world_size` ranks; refused when the degrees do not multiply to it."""
-        fixed = self.pp * self.tp * (self.dp_replicate if self.dp_replicate != -1 else 1) * \
-            (self.dp_shard if self.dp_shard != -1 else 1)
+        fixed = (
+            self.pp
+            * self.tp
+            * (self.dp_replicate if self.dp_replicate != -1 else 1)
+            * (self.dp_shard if self.dp_shard != -1 else 1)
+        )
         out = replace(self)
         if -1 in (self.dp_replicate, self.dp_shard):
             fill = "dp_replicate" if self.dp_replicate == -1 else "dp_shard"
             if world_size % fixed:
-                raise ConfigError(f"{key}.{fill}", f"cannot fill the world: {world_size} rank(s) are not divisible "
-                                                   f"by the other degrees' product {fixed}")
+                raise ConfigError(
+                    f"{key}.{fill}",
+                    f"cannot fill the world: {world_size} rank(s) are not divisible "
+                    f"by the other degrees' product {fixed}",
+                )
             setattr(out, fill, world_size // fixed)
         elif fixed != world_size:
-            raise ConfigError(f"{key}", f"dp_replicate × dp_shard × pp × tp = {self.dp_replicate} × {self.dp_shard}"
-                                        f" × {self.pp} × {self.tp} = {fixed}, but the world has {world_size} rank(s)")
+            raise ConfigError(
+                f"{key}",
+                f"dp_replicate × dp_shard × pp × tp = {self.dp_replicate} × {self.dp_shard}"
+                f" × {self.pp} × {self.tp} = {fixed}, but the world has {world_size} rank(s)",
+            )
         return out
 
     @property

@@ -45,17 +45,25 @@ def check_expert_layout(pcfg: ParallelConfig, key: str = "train.parallel") -> No
     if pcfg.ep <= 1:
         return
     if pcfg.dp % pcfg.ep:
-        raise ConfigError(f"{key}.ep", f"ep={pcfg.ep} must divide the data-parallel degree "
-                                       f"dp_replicate × dp_shard = {pcfg.dp}: experts are sharded over dp ranks")
+        raise ConfigError(
+            f"{key}.ep",
+            f"ep={pcfg.ep} must divide the data-parallel degree "
+            f"dp_replicate × dp_shard = {pcfg.dp}: experts are sharded over dp ranks",
+        )
     if pcfg.dp_shard > 1:
-        raise ConfigError(f"{key}.dp_shard", "expert parallelism runs over DDP ranks; FSDP2 with ep > 1 is not "
-                                             "supported yet (use dp_replicate)")
+        raise ConfigError(
+            f"{key}.dp_shard",
+            "expert parallelism runs over DDP ranks; FSDP2 with ep > 1 is not supported yet (use dp_replicate)",
+        )
     if pcfg.tp > 1 or pcfg.pp > 1:
         name = "tp" if pcfg.tp > 1 else "pp"
         raise ConfigError(f"{key}.{name}", f"expert parallelism with {name} > 1 is not supported yet")
     if pcfg.zero1:
-        raise ConfigError(f"{key}.zero1", "ZeRO-1 shards the optimizer over all DDP ranks, but with ep > 1 each "
-                                          "rank owns different experts; set zero1: false")
+        raise ConfigError(
+            f"{key}.zero1",
+            "ZeRO-1 shards the optimizer over all DDP ranks, but with ep > 1 each "
+            "rank owns different experts; set zero1: false",
+        )
 
 
 def expert_mesh(pcfg: ParallelConfig, device_type: str) -> DeviceMesh:
@@ -72,8 +80,12 @@ def expert_parameter_names(model: nn.Module) -> list[str]:
     return [f"layers.{i}.ffn.{key}" for i, _ in moe_layers(model) for key in EXPERT_WEIGHTS]
 
 
-def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh | None, replicate_mesh: DeviceMesh | None = None,
-                          grad_divisor: int | None = None) -> None:
+def apply_expert_parallel(
+    model: nn.Module,
+    ep_mesh: DeviceMesh | None,
+    replicate_mesh: DeviceMesh | None = None,
+    grad_divisor: int | None = None,
+) -> None:
     """Shard every MoE layer's experts over `ep_mesh` (in place; the model may still be on `meta`).
 
     `replicate_mesh`: the ranks holding the same experts (the "ep_replicate" dimension), None when ep = dp.
@@ -95,9 +107,12 @@ def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh | None, replicat
             weight = getattr(layer, key)
             if isinstance(weight, DTensor):
                 raise ConfigError("train.parallel.ep", "the experts are already sharded (apply EP before FSDP)")
-            local = weight.detach()[index * n_local:(index + 1) * n_local].clone()
-            sharded = nn.Parameter(DTensor.from_local(local, ep_mesh, [Shard(0)], run_check=False,
-                                                      shape=weight.shape, stride=weight.stride()))
+            local = weight.detach()[index * n_local : (index + 1) * n_local].clone()
+            sharded = nn.Parameter(
+                DTensor.from_local(
+                    local, ep_mesh, [Shard(0)], run_check=False, shape=weight.shape, stride=weight.stride()
+                )
+            )
             setattr(layer, key, sharded)
         layer.ep_group, layer.ep_size = ep_mesh.get_group(), ep
         layer.ep_replicas, layer.ep_grad_divisor = replica_group, float(divisor)

@@ -29,24 +29,39 @@ if TYPE_CHECKING:
     from skyloom.model.config import ModelConfig
 
 
-def check_tensor_parallel(model: ModelConfig, tp: int, key: str = "train.parallel.tp",
-                          seq_len: int | None = None, sequence_parallel: bool = True) -> None:
+def check_tensor_parallel(
+    model: ModelConfig,
+    tp: int,
+    key: str = "train.parallel.tp",
+    seq_len: int | None = None,
+    sequence_parallel: bool = True,
+) -> None:
     """Refuse a model that `tp` ranks cannot split evenly (no torch import: runs when the config is built)."""
     if tp <= 1:
         return
-    need = [("heads", model.n_heads), ("key/value heads", model.kv_heads), ("FFN width", model.hidden_ffn_dim),
-            ("vocabulary entries", model.vocab_size)]
+    need = [
+        ("heads", model.n_heads),
+        ("key/value heads", model.kv_heads),
+        ("FFN width", model.hidden_ffn_dim),
+        ("vocabulary entries", model.vocab_size),
+    ]
     if sequence_parallel and seq_len is not None:
         need.append(("sequence positions (sequence parallelism splits the sequence)", seq_len))
     for what, n in need:
         if n % tp:
             raise ConfigError(key, f"{n} {what} not divisible by tp={tp}")
     if model.moe is not None:
-        raise ConfigError(key, "tensor parallelism of MoE blocks is not built: shard the experts with ep "
-                               "(train.parallel.ep) and keep tp: 1")
+        raise ConfigError(
+            key,
+            "tensor parallelism of MoE blocks is not built: shard the experts with ep "
+            "(train.parallel.ep) and keep tp: 1",
+        )
     if model.dropout > 0:
-        raise ConfigError(key, f"tensor parallelism needs model.dropout: 0 (got {model.dropout}): the TP ranks "
-                               "would draw the same dropout masks for different shards")
+        raise ConfigError(
+            key,
+            f"tensor parallelism needs model.dropout: 0 (got {model.dropout}): the TP ranks "
+            "would draw the same dropout masks for different shards",
+        )
 
 
 def _replicate_module(module: nn.Module, mesh: DeviceMesh) -> None:
@@ -55,8 +70,12 @@ def _replicate_module(module: nn.Module, mesh: DeviceMesh) -> None:
     from torch.distributed.tensor import DTensor, Replicate, distribute_module
 
     def inputs_in(_mod, inputs, device_mesh):
-        return tuple(DTensor.from_local(x, device_mesh, [Replicate()], run_check=False)
-                     if isinstance(x, Tensor) and not isinstance(x, DTensor) else x for x in inputs)
+        return tuple(
+            DTensor.from_local(x, device_mesh, [Replicate()], run_check=False)
+            if isinstance(x, Tensor) and not isinstance(x, DTensor)
+            else x
+            for x in inputs
+        )
 
     def output_out(_mod, output, _device_mesh):
         return output.to_local() if isinstance(output, DTensor) else output
@@ -119,8 +138,9 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
         if isinstance(block.ffn, MoE):
             raise ValueError("tensor parallelism of MoE blocks is not built; use expert parallelism (ep)")
         plan = {
-            "attn": PrepareModuleInput(input_layouts=(stream, None, None, None),
-                                       desired_input_layouts=(Replicate(), None, None, None)),
+            "attn": PrepareModuleInput(
+                input_layouts=(stream, None, None, None), desired_input_layouts=(Replicate(), None, None, None)
+            ),
             "attn.wq": ColwiseParallel(),
             "attn.wk": ColwiseParallel(),
             "attn.wv": ColwiseParallel(),
