@@ -29,7 +29,7 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def single_run(train_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("pp_single")
-    cfg = tiny_run_config(train_corpus, model={"n_layers": 4}, validation={"sets": {}},
+    cfg = tiny_run_config(train_corpus, model={"n_layers": 4}, validation={"every": 3},
                           train={"max_steps": STEPS, "micro_batch_size": 2}, checkpoint={"every": 3})
     config = write_config(cfg, root / "run.yaml")
     run(skyloom_cmd("train", str(config), "--out", str(root / "single")))
@@ -47,6 +47,14 @@ def _assert_same(a, b):
     assert la[-1] < la[0] - 0.2  # it trained
 
 
+def _assert_same_validation(a, b):
+    """Validation at steps 3 and 6 (the end): the pipeline's forward-only pass gives the one-process losses."""
+    va, vb = read_metrics(a, "val"), read_metrics(b, "val")
+    assert [r["step"] for r in va] == [r["step"] for r in vb] == [3, STEPS], (va, vb)
+    for ra, rb in zip(va, vb):
+        assert ra["eval_tokens"] == rb["eval_tokens"] and abs(ra["loss"] - rb["loss"]) < TOL, (ra, rb)
+
+
 @pytest.mark.parametrize("nproc, layout, shown", [
     (2, ["train.parallel.pp=2"], "PP 2 (1F1B, 2 stages)"),
     (2, ["train.parallel.pp=2", "train.parallel.pp_schedule=Interleaved1F1B", "train.parallel.pp_stages_per_rank=2"],
@@ -61,6 +69,7 @@ def test_pipeline_matches_one_process(single_run, tmp_path, nproc, layout, shown
               timeout=300)
     assert shown in out.stdout
     _assert_same(single, tmp_path / "pp")
+    _assert_same_validation(single, tmp_path / "pp")
 
 
 def test_pipeline_checkpoint_resumes_exactly(single_run, tmp_path):

@@ -92,20 +92,15 @@ class Validation(Callback):
         self.monitor, self.every, self.at_start = monitor, every, at_start
 
     def evaluate(self, trainer: Trainer) -> dict[str, dict]:
-        if getattr(trainer, "pipeline", None) is not None:  # pipeline stages: not built yet — said once, skipped
-            if not getattr(self, "_skip_noted", False):
-                self._skip_noted = True
-                trainer.log("validation is skipped under pipeline parallelism (train.parallel.pp > 1): not built yet")
-                if trainer.logger is not None:
-                    trainer.logger.event(trainer.step, "validation_skipped", reason="pipeline parallelism")
-            return {}
         # windows are split over the ranks only under plain DDP: a sharded forward (FSDP, TP, EP) is collective, so
-        # every rank evaluates every window in step (the ranks of one TP group must see the same tokens)
+        # every rank evaluates every window in step (the ranks of one TP group must see the same tokens); under
+        # pipeline parallelism every data-parallel slot runs every window through its stages (Pipeline.loss_sums)
         p = getattr(trainer, "parallel", None)
-        split = not trainer.fsdp and (p is None or (p.tp == 1 and p.ep == 1))
+        pipeline = getattr(trainer, "pipeline", None)
+        split = not trainer.fsdp and pipeline is None and (p is None or (p.tp == 1 and p.ep == 1))
         results = self.monitor.evaluate(trainer.raw_model if not trainer.fsdp else trainer.model, trainer.device,
                                         trainer.autocast_dtype, trainer.env.rank, trainer.env.world_size,
-                                        split=split)
+                                        split=split, loss_sums=pipeline.loss_sums if pipeline is not None else None)
         trainer.record_validation(results)
         return results
 

@@ -197,13 +197,18 @@ class ValidationMonitor:
             self.windows[name] = windows
 
     def evaluate(self, model, device, autocast_dtype=None, rank: int = 0, world_size: int = 1,
-                 split: bool = True) -> dict[str, dict]:
+                 split: bool = True, loss_sums=None) -> dict[str, dict]:
+        """`loss_sums(windows, batch_size, device, autocast_dtype) → (total, count)` replaces the plain forward
+        (a pipeline's, `Pipeline.loss_sums`); it must return the sums of all the windows it is given."""
         from skyloom.train.distributed import all_reduce_sum
 
         out = {}
         for name, windows in self.windows.items():
             part = windows[rank::world_size] if split else windows
-            total, count = _loss_sums(model, part, self.batch_size, device, autocast_dtype)
+            if loss_sums is not None:
+                total, count = loss_sums(part, self.batch_size, device, autocast_dtype)
+            else:
+                total, count = _loss_sums(model, part, self.batch_size, device, autocast_dtype)
             if split and world_size > 1:
                 t = all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64, device=device))
                 total, count = float(t[0]), int(t[1])

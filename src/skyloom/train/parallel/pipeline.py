@@ -104,12 +104,84 @@ class Pipeline:
     schedule: object
     has_last_stage: bool
     replicate_group: object = None  # DDP-style data parallelism: gradients averaged here after each step
+    pp_group: object = None  # the pipeline ranks of this data-parallel slot (group rank = pp coordinate)
+    stage_ids: tuple[int, ...] = ()  # the global index of each of `stages`
+    n_stages: int = 0
 
     def step(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Forward + backward of every micro-batch; inputs go to the first stage, labels to the last."""
         self.schedule.step(inputs, target=labels)
         if self.replicate_group is not None:
             average_gradients(self.rank_model.parameters(), self.replicate_group)
+
+    @torch.no_grad()
+    def loss_sums(self, windows: torch.Tensor, batch_size: int, device: torch.device,
+                  autocast_dtype: torch.dtype | None = None) -> tuple[float, int]:
+        """(sum of token losses, target count) over [n, L+1] windows — `validation._loss_sums` through the stages.
+
+        Forward only, batch by batch, stage after stage in order: a rank runs its stage on the tokens (first) or
+        on the activations received from the previous stage's rank, and sends its output on; the last stage
+        computes the loss (outside autocast, as without PP). Every pipeline rank returns the last stage's sums
+        (broadcast), so every rank logs what one process would. Plain blocking send/recv, no schedule: exact,
+        and nothing of the training schedule's state is touched."""
+        import torch.distributed as dist
+
+        from skyloom.data.batch import IGNORE_INDEX
+        from skyloom.model.loss import token_loss
+
+        pp = dist.get_world_size(self.pp_group)
+        mine = dict(zip(self.stage_ids, self.stages))
+        modes = [m.training for m in self.stages]
+        for m in self.stages:
+            m.eval()
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
+        try:
+            for i in range(0, len(windows), batch_size):
+                chunk = windows[i: i + batch_size].to(device)
+                inputs, targets = chunk[:, :-1], chunk[:, 1:]
+                count += int((targets != IGNORE_INDEX).sum())
+                for s in range(self.n_stages):
+                    if s not in mine:
+                        continue
+                    x = inputs if s == 0 else recv_tensor((s - 1) % pp, self.pp_group, device)
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        out = mine[s](x)
+                    if s == self.n_stages - 1:
+                        total += token_loss(out, targets).double()
+                    else:
+                        send_tensor(out, (s + 1) % pp, self.pp_group)
+        finally:
+            for m, mode in zip(self.stages, modes):
+                m.train(mode)
+        dist.broadcast(total, group=self.pp_group, group_src=(self.n_stages - 1) % pp)
+        return float(total), count
+
+
+_WIRE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def send_tensor(x: torch.Tensor, dst: int, group) -> None:
+    """`x` to group rank `dst`, preceded by its dtype and shape (a stage's output dtype depends on autocast/FSDP's
+    mixed precision, its shape on sequence parallelism), so the receiver needs no inference."""
+    import torch.distributed as dist
+
+    header = torch.tensor([_WIRE_DTYPES.index(x.dtype), x.dim(), *x.shape], dtype=torch.int64, device=x.device)
+    header = torch.cat([header, header.new_zeros(8 - len(header))])
+    dist.send(header, group=group, group_dst=dst)
+    dist.send(x.contiguous(), group=group, group_dst=dst)
+
+
+def recv_tensor(src: int, group, device: torch.device) -> torch.Tensor:
+    """What `send_tensor` sent from group rank `src`."""
+    import torch.distributed as dist
+
+    header = torch.zeros(8, dtype=torch.int64, device=device)
+    dist.recv(header, group=group, group_src=src)
+    code, ndim, *shape = header.tolist()
+    x = torch.empty(shape[:ndim], dtype=_WIRE_DTYPES[code], device=device)
+    dist.recv(x, group=group, group_src=src)
+    return x
 
 
 def average_gradients(parameters, group) -> None:
@@ -162,7 +234,8 @@ def build_pipeline(
     else:
         schedule = ScheduleInterleaved1F1B(stages, n_microbatches, loss_fn=loss_fn, scale_grads=False)
     replicate = sub_mesh(mesh, "dp_replicate").get_group() if pcfg.dp_replicate > 1 and pcfg.dp_shard == 1 else None
-    return Pipeline(run, rank_model, schedule, has_last_stage=(n_stages - 1) in mine, replicate_group=replicate)
+    return Pipeline(run, rank_model, schedule, has_last_stage=(n_stages - 1) in mine, replicate_group=replicate,
+                    pp_group=pp_group, stage_ids=tuple(mine), n_stages=n_stages)
 
 
 def clip_grad_norm_over_stages(parameters, max_norm: float, pp_group) -> float:
