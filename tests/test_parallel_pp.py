@@ -29,8 +29,13 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def single_run(train_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("pp_single")
-    cfg = tiny_run_config(train_corpus, model={"n_layers": 4}, validation={"every": 3},
-                          train={"max_steps": STEPS, "micro_batch_size": 2}, checkpoint={"every": 3})
+    cfg = tiny_run_config(
+        train_corpus,
+        model={"n_layers": 4},
+        validation={"every": 3},
+        train={"max_steps": STEPS, "micro_batch_size": 2},
+        checkpoint={"every": 3},
+    )
     config = write_config(cfg, root / "run.yaml")
     run(skyloom_cmd("train", str(config), "--out", str(root / "single")))
     return config, root / "single"
@@ -55,18 +60,31 @@ def _assert_same_validation(a, b):
         assert ra["eval_tokens"] == rb["eval_tokens"] and abs(ra["loss"] - rb["loss"]) < TOL, (ra, rb)
 
 
-@pytest.mark.parametrize("nproc, layout, shown", [
-    (2, ["train.parallel.pp=2"], "PP 2 (1F1B, 2 stages)"),
-    (2, ["train.parallel.pp=2", "train.parallel.pp_schedule=Interleaved1F1B", "train.parallel.pp_stages_per_rank=2"],
-     "PP 2 (Interleaved1F1B, 4 stages)"),
-    (2, ["train.parallel.pp=2", "train.parallel.pp_split=[1,3]"], "PP 2 (1F1B, 2 stages)"),
-    (4, ["train.parallel.pp=2", "train.parallel.dp_replicate=2"], "DDP (2) × PP 2"),
-    (4, ["train.parallel.pp=2", "train.parallel.dp_shard=2", "train.parallel.dp_replicate=1"], "FSDP2 (2) × PP 2"),
-], ids=["pp2-1f1b", "pp2-interleaved", "pp2-unequal", "pp2xdp2", "pp2xfsdp2"])
+@pytest.mark.parametrize(
+    "nproc, layout, shown",
+    [
+        (2, ["train.parallel.pp=2"], "PP 2 (1F1B, 2 stages)"),
+        (
+            2,
+            [
+                "train.parallel.pp=2",
+                "train.parallel.pp_schedule=Interleaved1F1B",
+                "train.parallel.pp_stages_per_rank=2",
+            ],
+            "PP 2 (Interleaved1F1B, 4 stages)",
+        ),
+        (2, ["train.parallel.pp=2", "train.parallel.pp_split=[1,3]"], "PP 2 (1F1B, 2 stages)"),
+        (4, ["train.parallel.pp=2", "train.parallel.dp_replicate=2"], "DDP (2) × PP 2"),
+        (4, ["train.parallel.pp=2", "train.parallel.dp_shard=2", "train.parallel.dp_replicate=1"], "FSDP2 (2) × PP 2"),
+    ],
+    ids=["pp2-1f1b", "pp2-interleaved", "pp2-unequal", "pp2xdp2", "pp2xfsdp2"],
+)
 def test_pipeline_matches_one_process(single_run, tmp_path, nproc, layout, shown):
     config, single = single_run
-    out = run(torchrun_cmd(nproc, "train", str(config), *layout, "checkpoint.every=0", "--out", str(tmp_path / "pp")),
-              timeout=300)
+    out = run(
+        torchrun_cmd(nproc, "train", str(config), *layout, "checkpoint.every=0", "--out", str(tmp_path / "pp")),
+        timeout=300,
+    )
     assert shown in out.stdout
     _assert_same(single, tmp_path / "pp")
     _assert_same_validation(single, tmp_path / "pp")
@@ -88,9 +106,17 @@ def test_pipeline_checkpoint_resumes_exactly(single_run, tmp_path):
     for nproc in (2, 1):  # the same layout, then another one (one process)
         shutil.rmtree(out_dir / "checkpoints/step_00000006")
         metrics = out_dir / "metrics.jsonl"
-        metrics.write_text("".join(line for line in metrics.read_text().splitlines(keepends=True)
-                                   if '"step": 4' not in line and '"step": 5' not in line and '"step": 6' not in line))
-        cmd = torchrun_cmd(2, "train", str(config), "train.parallel.pp=2", "--out", str(out_dir), "--resume") \
-            if nproc == 2 else skyloom_cmd("train", str(config), "--out", str(out_dir), "--resume")
+        metrics.write_text(
+            "".join(
+                line
+                for line in metrics.read_text().splitlines(keepends=True)
+                if '"step": 4' not in line and '"step": 5' not in line and '"step": 6' not in line
+            )
+        )
+        cmd = (
+            torchrun_cmd(2, "train", str(config), "train.parallel.pp=2", "--out", str(out_dir), "--resume")
+            if nproc == 2
+            else skyloom_cmd("train", str(config), "--out", str(out_dir), "--resume")
+        )
         run(cmd, timeout=300)
         _assert_same(single, out_dir)

@@ -67,21 +67,32 @@ class NonFiniteGuard(Callback):
         if not metrics["skipped"]:
             return
         loss, grad = metrics["loss"], metrics["grad_norm"]
-        trainer.logger.event(trainer.step, "skipped_step", reason="non-finite loss or gradient", loss=loss,
-                             grad_norm=grad, consecutive=trainer.bad_steps, skipped_total=trainer.skipped_steps)
-        trainer.log(f"step {trainer.step}: non-finite loss/gradient (loss {loss}, grad norm {grad}); "
-                    f"update skipped ({trainer.bad_steps} in a row, {trainer.skipped_steps} in total)")
+        trainer.logger.event(
+            trainer.step,
+            "skipped_step",
+            reason="non-finite loss or gradient",
+            loss=loss,
+            grad_norm=grad,
+            consecutive=trainer.bad_steps,
+            skipped_total=trainer.skipped_steps,
+        )
+        trainer.log(
+            f"step {trainer.step}: non-finite loss/gradient (loss {loss}, grad norm {grad}); "
+            f"update skipped ({trainer.bad_steps} in a row, {trainer.skipped_steps} in total)"
+        )
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if trainer.bad_steps < self.max_bad_steps:
             return
-        trainer.logger.event(trainer.step, "abort", reason="consecutive non-finite steps",
-                             consecutive=trainer.bad_steps)
+        trainer.logger.event(
+            trainer.step, "abort", reason="consecutive non-finite steps", consecutive=trainer.bad_steps
+        )
         raise TrainingAborted(
             f"{trainer.bad_steps} consecutive steps had a non-finite loss or gradient (last at step "
             f"{trainer.step}); stopping without writing a checkpoint. Lower the learning rate or inspect "
             f"the data near this step, then resume from the last good checkpoint with --resume "
-            f"(train.max_bad_steps={self.max_bad_steps})")
+            f"(train.max_bad_steps={self.max_bad_steps})"
+        )
 
 
 class Validation(Callback):
@@ -98,9 +109,15 @@ class Validation(Callback):
         p = getattr(trainer, "parallel", None)
         pipeline = getattr(trainer, "pipeline", None)
         split = not trainer.fsdp and pipeline is None and (p is None or (p.tp == 1 and p.ep == 1))
-        results = self.monitor.evaluate(trainer.raw_model if not trainer.fsdp else trainer.model, trainer.device,
-                                        trainer.autocast_dtype, trainer.env.rank, trainer.env.world_size,
-                                        split=split, loss_sums=pipeline.loss_sums if pipeline is not None else None)
+        results = self.monitor.evaluate(
+            trainer.raw_model if not trainer.fsdp else trainer.model,
+            trainer.device,
+            trainer.autocast_dtype,
+            trainer.env.rank,
+            trainer.env.world_size,
+            split=split,
+            loss_sums=pipeline.loss_sums if pipeline is not None else None,
+        )
         trainer.record_validation(results)
         return results
 
@@ -122,8 +139,9 @@ def default_callbacks(cfg: RunConfig, tokenizer=None) -> list[Callback]:
     if cfg.validation.sets:
         from skyloom.train.validation import ValidationMonitor
 
-        monitor = ValidationMonitor(cfg.validation.sets, cfg.seq_len, tokenizer, cfg.validation.batch_size,
-                                    vocab_size=cfg.model.vocab_size)
+        monitor = ValidationMonitor(
+            cfg.validation.sets, cfg.seq_len, tokenizer, cfg.validation.batch_size, vocab_size=cfg.model.vocab_size
+        )
         out.append(Validation(monitor, cfg.validation.every, cfg.validation.at_start))
     if cfg.model.moe is not None:  # aux losses, adaptive coefficients, router metrics (train/moe.py)
         from skyloom.train.moe import MoECallback

@@ -18,10 +18,9 @@ The convention (deterministic, so curves compare across runs and checkpoints):
 from __future__ import annotations
 
 import glob
-import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -106,9 +105,16 @@ def make_windows(stream: np.ndarray, seq_len: int, max_tokens: int | None = None
     return torch.from_numpy(np.asarray(stream[: n * (seq_len + 1)], dtype=np.int64).reshape(n, seq_len + 1))
 
 
-def load_stream(path: str, tokenizer=None, text_key: str | Sequence[str] = "text", max_tokens: int | None = None,
-                seq_len: int | None = None, fallback: Sequence[str] = (), vocab_size: int | None = None,
-                what: str | None = None) -> np.ndarray:
+def load_stream(
+    path: str,
+    tokenizer=None,
+    text_key: str | Sequence[str] = "text",
+    max_tokens: int | None = None,
+    seq_len: int | None = None,
+    fallback: Sequence[str] = (),
+    vocab_size: int | None = None,
+    what: str | None = None,
+) -> np.ndarray:
     """A validation set's token stream: a token-shard directory, or text files tokenized on the fly. `fallback`
     stands in only when the data `path` points into is absent as a whole, with a note; a `path` that matches
     nothing while its directory exists is a typo, refused naming `WHAT.path` (train/prepare.py's rule for `raw:`).
@@ -121,8 +127,12 @@ def load_stream(path: str, tokenizer=None, text_key: str | Sequence[str] = "text
         source = TokenSource(p)
         limit = vocab_size if vocab_size is not None else getattr(tokenizer, "vocab_size", None)
         if limit is not None:
-            source.check_model_fit(what or f"validation set {path}", limit, getattr(tokenizer, "tokenizer_id", None),
-                                   str(getattr(tokenizer, "source", "") or ""))
+            source.check_model_fit(
+                what or f"validation set {path}",
+                limit,
+                getattr(tokenizer, "tokenizer_id", None),
+                str(getattr(tokenizer, "source", "") or ""),
+            )
         n = len(source)
         if max_tokens is not None and seq_len is not None:
             n = min(n, math.ceil(max_tokens / seq_len) * (seq_len + 1))
@@ -164,7 +174,7 @@ def _loss_sums(model, windows, batch_size, device, autocast_dtype) -> tuple[floa
     count = 0
     try:
         for i in range(0, len(windows), batch_size):
-            chunk = windows[i: i + batch_size].to(device)
+            chunk = windows[i : i + batch_size].to(device)
             inputs, targets = chunk[:, :-1], chunk[:, 1:]
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = model(inputs)
@@ -188,16 +198,27 @@ class ValidationMonitor:
         self.batch_size = batch_size
         self.windows: dict[str, torch.Tensor] = {}
         for name, cfg in sets.items():
-            stream = load_stream(cfg.path, tokenizer, cfg.text_key, cfg.max_tokens, seq_len, cfg.fallback,
-                                 vocab_size=vocab_size, what=f"validation.sets.{name}")
+            stream = load_stream(
+                cfg.path,
+                tokenizer,
+                cfg.text_key,
+                cfg.max_tokens,
+                seq_len,
+                cfg.fallback,
+                vocab_size=vocab_size,
+                what=f"validation.sets.{name}",
+            )
             windows = make_windows(stream, seq_len, cfg.max_tokens)
             if len(windows) == 0:
-                raise ValueError(f"validation set '{name}' ({cfg.path}): {len(stream)} tokens, fewer than one "
-                                 f"window of seq_len+1 = {seq_len + 1}")
+                raise ValueError(
+                    f"validation set '{name}' ({cfg.path}): {len(stream)} tokens, fewer than one "
+                    f"window of seq_len+1 = {seq_len + 1}"
+                )
             self.windows[name] = windows
 
-    def evaluate(self, model, device, autocast_dtype=None, rank: int = 0, world_size: int = 1,
-                 split: bool = True, loss_sums=None) -> dict[str, dict]:
+    def evaluate(
+        self, model, device, autocast_dtype=None, rank: int = 0, world_size: int = 1, split: bool = True, loss_sums=None
+    ) -> dict[str, dict]:
         """`loss_sums(windows, batch_size, device, autocast_dtype) → (total, count)` replaces the plain forward
         (a pipeline's, `Pipeline.loss_sums`); it must return the sums of all the windows it is given."""
         from skyloom.train.distributed import all_reduce_sum

@@ -115,8 +115,9 @@ class Pipeline:
             average_gradients(self.rank_model.parameters(), self.replicate_group)
 
     @torch.no_grad()
-    def loss_sums(self, windows: torch.Tensor, batch_size: int, device: torch.device,
-                  autocast_dtype: torch.dtype | None = None) -> tuple[float, int]:
+    def loss_sums(
+        self, windows: torch.Tensor, batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None = None
+    ) -> tuple[float, int]:
         """(sum of token losses, target count) over [n, L+1] windows — `validation._loss_sums` through the stages.
 
         Forward only, batch by batch, stage after stage in order: a rank runs its stage on the tokens (first) or
@@ -138,7 +139,7 @@ class Pipeline:
         count = 0
         try:
             for i in range(0, len(windows), batch_size):
-                chunk = windows[i: i + batch_size].to(device)
+                chunk = windows[i : i + batch_size].to(device)
                 inputs, targets = chunk[:, :-1], chunk[:, 1:]
                 count += int((targets != IGNORE_INDEX).sum())
                 for s in range(self.n_stages):
@@ -218,9 +219,11 @@ def build_pipeline(
 
     n_stages = pcfg.n_stages
     if n_microbatches < pcfg.pp:
-        raise ValueError(f"pipeline parallelism over {pcfg.pp} stages needs at least {pcfg.pp} micro-batches per "
-                         f"step, this layout gives {n_microbatches}: lower train.micro_batch_size or raise "
-                         "train.global_batch_tokens")
+        raise ValueError(
+            f"pipeline parallelism over {pcfg.pp} stages needs at least {pcfg.pp} micro-batches per "
+            f"step, this layout gives {n_microbatches}: lower train.micro_batch_size or raise "
+            "train.global_batch_tokens"
+        )
     cuts = split_layers(model.config.n_layers, n_stages, pcfg.pp_split)
     pp_rank = coordinates(pcfg, rank)["pp"]
     pp_group = sub_mesh(mesh, "pp").get_group()
@@ -234,8 +237,16 @@ def build_pipeline(
     else:
         schedule = ScheduleInterleaved1F1B(stages, n_microbatches, loss_fn=loss_fn, scale_grads=False)
     replicate = sub_mesh(mesh, "dp_replicate").get_group() if pcfg.dp_replicate > 1 and pcfg.dp_shard == 1 else None
-    return Pipeline(run, rank_model, schedule, has_last_stage=(n_stages - 1) in mine, replicate_group=replicate,
-                    pp_group=pp_group, stage_ids=tuple(mine), n_stages=n_stages)
+    return Pipeline(
+        run,
+        rank_model,
+        schedule,
+        has_last_stage=(n_stages - 1) in mine,
+        replicate_group=replicate,
+        pp_group=pp_group,
+        stage_ids=tuple(mine),
+        n_stages=n_stages,
+    )
 
 
 def clip_grad_norm_over_stages(parameters, max_norm: float, pp_group) -> float:
