@@ -4,7 +4,7 @@
 2. expert parallelism (train/parallel/expert.py);
 3. activation checkpointing per block (recompute in backward);
 4. torch.compile per block;
-5. data parallelism: FSDP2 `fully_shard` per block and on the root (HSDP when dp_replicate > 1 too), else DDP over
+5. data parallelism: FSDP2 `fully_shard` on the embedding, per block, on norm + output and on the root (HSDP when dp_replicate > 1 too), else DDP over
    the dp_replicate ranks (ZeRO-1 is the optimizer's part, train/optim.py).
 Pipeline stages are cut before this (train/parallel/pipeline.py); each stage module goes through here on its own.
 """
@@ -25,6 +25,25 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks of a model or a pipeline stage (`layers` is a ModuleList or a ModuleDict)."""
     layers = model.layers
     return list(layers.values()) if isinstance(layers, nn.ModuleDict) else list(layers)
+
+
+def fsdp_units(model: nn.Module) -> list[tuple[nn.Module | list[nn.Module], bool]]:
+    """The FSDP2 units below the root, in forward order, each with whether to reshard it after forward.
+
+    As torchtitan: the token embedding and norm + output are units of their own, so the vocabulary matrices are
+    gathered only around their use instead of with the root for the whole step; the last unit is not resharded
+    after forward, since backward needs it at once. A tied output shares the embedding's parameter, which must lie
+    in one unit: then both stay with the root. Pipeline stages hold only some of these (pipeline.StageModule).
+    """
+    emb, norm, output = (getattr(model, name, None) for name in ("tok_emb", "norm", "output"))
+    tied = emb is not None and output is not None and output.weight is emb.weight
+    units: list[tuple[nn.Module | list[nn.Module], bool]] = []
+    if emb is not None and not tied:
+        units.append((emb, True))
+    units += [(block, True) for block in blocks_of(model)]
+    if output is not None and not tied:
+        units.append(([norm, output] if norm is not None else output, False))
+    return units
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
@@ -84,8 +103,8 @@ def parallelize(
             else MixedPrecisionPolicy()
         )
         dp_mesh = sub_mesh(mesh, "dp_replicate", "dp_shard")
-        for block in blocks_of(model):
-            fully_shard(block, mesh=dp_mesh, mp_policy=mp)
+        for unit, reshard in fsdp_units(model):
+            fully_shard(unit, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
         fully_shard(model, mesh=dp_mesh, mp_policy=mp)
     elif pcfg.dp_replicate > 1 and pcfg.tp > 1:  # DDP cannot take DTensor parameters: FSDP2's replicate-only form
         from torch.distributed._composable.replicate_with_fsdp import replicate
