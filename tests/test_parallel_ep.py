@@ -47,6 +47,7 @@ def _train(out: Path, policy: str, aux: str, ranks: int) -> None:
     from skyloom.model.config import ModelConfig
     from skyloom.model.loss import token_loss
     from skyloom.model.transformer import Transformer
+    from skyloom.train.distributed import shutdown
     from skyloom.train.moe import MoECallback
     from skyloom.train.parallel.config import ParallelConfig
     from skyloom.train.parallel.expert import apply_expert_parallel, check_expert_layout, clip_grad_norm_, expert_mesh
@@ -109,7 +110,7 @@ def _train(out: Path, policy: str, aux: str, ranks: int) -> None:
     }
     (out / f"rank{rank}.json").write_text(json.dumps({"steps": records, "weights": weights}))
     if world > 1:
-        dist.destroy_process_group()
+        shutdown()  # barrier, then destroy: a gloo rank exiting while its peers still talk aborts
 
 
 def _launch(out: Path, nproc: int, policy: str, aux: str, ranks: int) -> dict:

@@ -154,14 +154,15 @@ def _worker(out_path: str) -> None:
     import torch
     import torch.distributed as dist
 
+    from skyloom.train.distributed import shutdown
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {case["name"]: _run_case(case, rank, world) for case in _cases(world)}
     if rank == 0:
         Path(out_path).write_text(json.dumps(results), encoding="utf-8")
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown()  # barrier, then destroy: a gloo rank exiting while its peers still talk aborts
 
 
 # ---- the tests ----

@@ -64,6 +64,7 @@ from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from skyloom.config import load
 from skyloom.train.config import RunConfig
+from skyloom.train.distributed import shutdown
 from skyloom.train.trainer import Trainer
 
 cfg = load(RunConfig, sys.argv[1], sys.argv[3:])
@@ -73,6 +74,7 @@ assert not any(t.device.type == "meta" for t in local)
 full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 if trainer.env.is_main:
     save_file({k: v.contiguous() for k, v in full.items()}, sys.argv[2])
+shutdown()  # leave the process group together: a gloo rank exiting while its peers still talk aborts
 """
 
 
