@@ -28,6 +28,7 @@ from tests.train_helpers import (  # noqa: F401
     skyloom_cmd,
     tiny_run_config,
     torchrun_cmd,
+    torchrun_launch,
     train_corpus,
     write_config,
 )
@@ -117,11 +118,7 @@ def _launch(out: Path, nproc: int, policy: str, aux: str, ranks: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     script = [str(Path(__file__)), str(out), policy, aux, str(ranks)]
-    cmd = (
-        [sys.executable, *script]
-        if nproc == 1
-        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *script]
-    )
+    cmd = [sys.executable, *script] if nproc == 1 else torchrun_launch(nproc, *script)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads((out / "rank0.json").read_text())

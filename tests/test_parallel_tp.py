@@ -169,21 +169,9 @@ def _worker(out_path: str) -> None:
 
 
 def _torchrun(nproc: int, out: Path) -> dict:
-    from tests.train_helpers import run
+    from tests.train_helpers import run, torchrun_launch
 
-    run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "tests.test_parallel_tp",
-            str(out),
-        ],
-        timeout=300,
-    )
+    run(torchrun_launch(nproc, "-m", "tests.test_parallel_tp", str(out)), timeout=300)
     return json.loads(out.read_text(encoding="utf-8"))
 
 

@@ -29,7 +29,15 @@ import skyloom
 from skyloom.cli import main
 from skyloom.data.shards import finalize_index, write_shard
 from skyloom.model.manifest import CheckpointError
-from tests.train_helpers import REPO, TINY_MODEL, build_run_config, cli_env, read_metrics, write_config
+from tests.train_helpers import (
+    REPO,
+    TINY_MODEL,
+    build_run_config,
+    cli_env,
+    read_metrics,
+    torchrun_launch,
+    write_config,
+)
 
 # Runs `skyloom train` (argv[1:]) after making every way of gathering a full state dict on one rank fail,
 # so a checkpoint that gathers cannot pass unnoticed.
@@ -108,15 +116,7 @@ def run_config(corpus: Path, steps: int = 6, every: int = 3) -> dict:
 
 
 def torchrun(nproc: int, script: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        str(script),
-        *args,
-    ]
+    return torchrun_launch(nproc, str(script), *args)
 
 
 def single(script: Path, *args: str) -> list[str]:

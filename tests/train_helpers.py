@@ -138,17 +138,13 @@ def skyloom_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "skyloom", *args]
 
 
+def torchrun_launch(nproc: int, *target: str) -> list[str]:
+    """`torchrun --standalone --nproc_per_node=N TARGET…`; TARGET is a script path or `-m module` with its arguments."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target]
+
+
 def torchrun_cmd(nproc: int, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "skyloom",
-        *args,
-    ]
+    return torchrun_launch(nproc, "-m", "skyloom", *args)
 
 
 def run(cmd: list[str], timeout: int = 240, threads: int = 1) -> subprocess.CompletedProcess:
