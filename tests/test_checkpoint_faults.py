@@ -30,11 +30,11 @@ from skyloom.train.callbacks import Callback
 from skyloom.train.trainer import Trainer
 from tests.train_helpers import REPO, TINY_MODEL, build_run_config, cli_env, read_metrics, skyloom_cmd, write_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
+    """Every run here, the module-scoped `straight` one included, uses one intra-op thread: a different thread count
+    changes matmul reduction order and so the last bits of the weights (the subprocesses get OMP_NUM_THREADS=1)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
