@@ -29,6 +29,14 @@ every owner its C rows per expert of that owner), so shapes stay static and no s
 Routing, capacity, drops, aux losses and statistics stay per rank and micro-batch — the same numbers as without
 EP (and as one process whose micro-batch is this rank's).
 
+Expert Data Parallelism (`route_group`, the tensor-parallel ranks with sequence parallelism: MoE report B.1): the
+ranks of the group hold sequence shards of the same micro-batch and the experts are sharded over the same ranks.
+Each rank computes the gate on its own shard; the gate probabilities (n_experts numbers per token, not the hidden
+states) are all-gathered, so routing, capacity and drops are decided over the whole micro-batch exactly as one
+process decides them; each rank then sends its own tokens' rows to their experts' owners by all-to-all (a buffer
+row belongs to one rank's token, zeros elsewhere, so the owner's sum of what it receives is that row exactly), and
+every owner returns its experts' rows. The gate's gradient (each rank's own tokens) is summed over the group.
+
 After every forward the layer keeps `last_aux_loss` (the unweighted load-balancing loss, with gradient) and
 `last_stats` (detached sums for diagnostics, see `router_stats`); `aux_coef` is a persistent buffer, so the
 (adaptive) coefficient travels in every checkpoint.
@@ -202,6 +210,36 @@ class _AllToAll(torch.autograd.Function):
         return _AllToAll.apply(grad.contiguous(), ctx.group), None
 
 
+class _GatherSequence(torch.autograd.Function):
+    """Per-token rows of every rank's sequence shard ([B·T/g, n] each) → [B·T, n] in (batch row, position) order,
+    on every rank of `group`. Backward keeps this rank's shard: what is computed from the gathered rows is computed
+    identically on every rank (or, for the combine weights, only for this rank's tokens), so the other shards'
+    gradients are their own ranks' to pass on."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, batch_rows: int, group) -> torch.Tensor:
+        import torch.distributed as dist
+
+        size, me = dist.get_world_size(group), dist.get_rank(group)
+        parts = [torch.empty_like(x) for _ in range(size)]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        ctx.batch_rows, ctx.size, ctx.me = batch_rows, size, me
+        width = x.shape[-1]
+        return torch.stack(parts).view(size, batch_rows, -1, width).transpose(0, 1).reshape(-1, width)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        width = grad.shape[-1]
+        mine = grad.reshape(ctx.batch_rows, ctx.size, -1, width)[:, ctx.me]
+        return mine.reshape(-1, width), None, None
+
+
+def own_sequence_tokens(batch_rows: int, local_len: int, index: int, size: int, device) -> torch.Tensor:
+    """Flat (row, position) indices, in the whole micro-batch, of sequence shard `index` of `size`."""
+    rows = torch.arange(batch_rows, device=device)[:, None] * (local_len * size)
+    return (rows + index * local_len + torch.arange(local_len, device=device)[None, :]).reshape(-1)
+
+
 class _ExpertGrad(torch.autograd.Function):
     """Identity forward; backward: the experts' gradient summed over `replicas` and divided by `divisor` (the
     loss scale the trainer applies for DDP, which skips the experts). Lives in the graph, not in a parameter
@@ -262,6 +300,8 @@ class MoE(nn.Module):
         self.ep_size = 1
         self.ep_replicas = None  # the process group of the ranks holding the same experts (None: no copies)
         self.ep_grad_divisor = 1.0  # the experts' gradients are divided by it (see skyloom.train.parallel.expert)
+        self.gate_grad_group = None  # the gate's gradient is summed over it (and divided by ep_grad_divisor)
+        self.route_group = None  # Expert Data Parallelism: the ranks whose sequence shards are routed together
         self.last_aux_loss: torch.Tensor | None = None
         self.last_stats: dict[str, torch.Tensor] | None = None
         if self.w1.device.type != "meta":
@@ -287,15 +327,24 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x_ND = x.reshape(-1, self.dim)
-        n_tokens = x_ND.shape[0]
+        n_local = x_ND.shape[0]  # this rank's tokens (a sequence shard of the micro-batch under EDP)
         cfg = self.cfg
 
         # 1. Gate in fp32 or wider (autocast off: routing decisions should not depend on bf16 rounding).
         rdtype = torch.promote_types(x.dtype, torch.float32)
+        gate_w, gate_b = (_shard(t) if t is not None else None for t in (self.gate.weight, self.gate.bias))
+        if self.gate_grad_group is not None:  # EP over FSDP / EDP: each rank's gate gradient covers its own tokens
+            gate_w, gate_b = (
+                _ExpertGrad.apply(t, self.ep_grad_divisor, self.gate_grad_group) if t is not None else None
+                for t in (gate_w, gate_b)
+            )
         with torch.autocast(x.device.type, enabled=False):
-            bias = self.gate.bias.to(rdtype) if self.gate.bias is not None else None
-            logits = F.linear(x_ND.to(rdtype), self.gate.weight.to(rdtype), bias)
+            bias = gate_b.to(rdtype) if gate_b is not None else None
+            logits = F.linear(x_ND.to(rdtype), gate_w.to(rdtype), bias)
         probs = gate_probabilities(logits, cfg.gate_norm, cfg.gate_norm_lambda, cfg.gate_norm_eps)
+        if self.route_group is not None:  # EDP: route the group's sequence shards together, as one process does
+            probs = _GatherSequence.apply(probs, shape[0], self.route_group)
+        n_tokens = probs.shape[0]
         top_p, top_i, weights = select_experts(probs, self.top_k)
 
         # 2. Capacity: which slots keep their place.
@@ -311,6 +360,13 @@ class MoE(nn.Module):
         else:
             self.last_aux_loss = None
         self.last_stats = router_stats(probs, tokens_per_expert, kept_per_expert, self.top_k)
+        if self.route_group is not None:  # from here on: this rank's own tokens only
+            import torch.distributed as dist
+
+            own = own_sequence_tokens(
+                shape[0], n_local // shape[0], dist.get_rank(self.route_group), self.ep_size, x.device
+            )
+            top_i, keep, rank, weights = top_i[own], keep[own], rank[own], weights[own]
 
         # 4. Dispatch, experts, combine.
         compute_dtype = _compute_dtype(x, self.w1)
@@ -318,7 +374,7 @@ class MoE(nn.Module):
             self.expert_impl == "grouped_mm"
             or (self.expert_impl == "auto" and grouped_mm_supported(x.device, compute_dtype))
         )
-        slot_token = torch.arange(n_tokens, device=x.device).repeat_interleave(self.top_k)
+        slot_token = torch.arange(n_local, device=x.device).repeat_interleave(self.top_k)
         if use_grouped:
             align = GROUPED_MM_ALIGN
             max_kept = (
@@ -332,12 +388,12 @@ class MoE(nn.Module):
             per_expert = self._rows_per_expert(capacity, n_tokens, tokens_per_expert)
             n_rows = self.n_experts * per_expert + 1  # [experts, C] rows + the spare row
             slot_row = torch.where(keep, top_i * per_expert + rank, n_rows - 1).reshape(-1)
-        row_token = torch.full((n_rows,), n_tokens, device=x.device, dtype=torch.long)
-        row_token[slot_row] = torch.where(keep.reshape(-1), slot_token, n_tokens)
+        row_token = torch.full((n_rows,), n_local, device=x.device, dtype=torch.long)
+        row_token[slot_row] = torch.where(keep.reshape(-1), slot_token, n_local)
         row_weight = weights.new_zeros(n_rows)
         row_weight[slot_row] = torch.where(keep, weights, 0.0).reshape(-1)
 
-        x_padded = torch.cat([x_ND, x_ND.new_zeros(1, self.dim)])  # row n_tokens = zeros (padding rows)
+        x_padded = torch.cat([x_ND, x_ND.new_zeros(1, self.dim)])  # row n_local = zeros (padding rows)
         rows = x_padded[row_token]
         if use_grouped:
             out_rows = self._experts_grouped(rows, padded, n_rows)
@@ -345,8 +401,8 @@ class MoE(nn.Module):
             out = self._experts_padded(rows[:-1].view(self.n_experts, per_expert, self.dim))
             out_rows = torch.cat([out.reshape(-1, self.dim), out.new_zeros(1, self.dim)])
         out_rows = out_rows * row_weight.to(out_rows.dtype)[:, None]
-        y = out_rows.new_zeros(n_tokens + 1, self.dim).index_add_(0, row_token, out_rows)
-        return y[:n_tokens].reshape(shape)
+        y = out_rows.new_zeros(n_local + 1, self.dim).index_add_(0, row_token, out_rows)
+        return y[:n_local].reshape(shape)
 
     def _rows_per_expert(self, capacity: int | None, n_tokens: int, tokens_per_expert: torch.Tensor) -> int:
         """C of the padded layout: the capacity (static), or without one the largest count — over the EP group,
@@ -370,6 +426,11 @@ class MoE(nn.Module):
             return _swiglu_bmm(rows, w1, w3, w2)
         w1, w3, w2 = (_ExpertGrad.apply(w, self.ep_grad_divisor, self.ep_replicas) for w in (w1, w3, w2))
         ep, n_local, per_expert = self.ep_size, self.n_experts // self.ep_size, rows.shape[1]
+        if self.route_group is not None:  # EDP: every rank's buffer has rows of all experts, zeros but its tokens'
+            received = exchange(rows.reshape(ep, -1), self.ep_group).view(ep, n_local, per_expert, self.dim)
+            out = _swiglu_bmm(received.sum(0), w1, w3, w2)  # one non-zero term per row: that row exactly
+            everyone = exchange(out.reshape(1, -1).expand(ep, -1), self.ep_group)  # all my experts' rows to all
+            return everyone.view(self.n_experts, per_expert, -1)
         # rows of the experts of owner q are contiguous ([q·n_local, (q+1)·n_local)): send block q to rank q
         received = exchange(rows.reshape(ep, n_local * per_expert * self.dim), self.ep_group)
         mine = received.view(ep, n_local, per_expert, self.dim).transpose(0, 1).reshape(n_local, -1, self.dim)

@@ -260,7 +260,7 @@ class RunConfig:
                 f"{self.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; "
                 "raise model.max_seq_len or lower data.seq_len",
             )
-        self.train.parallel.check_model(self.model)
+        self.train.parallel.check_model(self.model, seq_len=self.seq_len)
         if self.train.global_batch_tokens % self.seq_len:
             raise ConfigError(
                 "train.global_batch_tokens",

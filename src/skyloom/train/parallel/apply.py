@@ -1,11 +1,12 @@
 """`parallelize`: apply the layout to a model (or one pipeline stage) in torchtitan's order.
 
 1. tensor + sequence parallelism (DTensor plans, train/parallel/tensor.py) — before anything wraps the modules;
-2. expert parallelism (train/parallel/expert.py);
+2. expert parallelism (train/parallel/expert.py): over dp ranks, or over the tp ranks (Expert Data Parallelism);
 3. activation checkpointing per block (recompute in backward);
 4. torch.compile per block;
 5. data parallelism: FSDP2 `fully_shard` on the embedding, per block, on norm + output and on the root (HSDP when dp_replicate > 1 too), else DDP over
-   the dp_replicate ranks (ZeRO-1 is the optimizer's part, train/optim.py).
+   the dp_replicate ranks (ZeRO-1 is the optimizer's part, train/optim.py). With EP over dp ranks each MoE layer is
+   an FSDP unit of its own over the ranks holding the same experts (torchtitan's `efsdp`).
 Pipeline stages are cut before this (train/parallel/pipeline.py); each stage module goes through here on its own.
 """
 
@@ -79,16 +80,24 @@ def parallelize(
     broadcasts rank 0's weights when it is built. `ddp=False` leaves the gradient all-reduce over dp_replicate to
     the caller (pipeline stages: DDP's reducer does not follow a schedule's micro-batches, pipeline.py).
     """
+    if pcfg.ep > 1:
+        from skyloom.train.parallel.expert import check_expert_layout
+
+        check_expert_layout(pcfg)
     if pcfg.tp > 1:  # ---- TP/SP: H16-TP, train/parallel/tensor.py ----
         from skyloom.train.parallel.tensor import apply_tensor_parallel
 
-        apply_tensor_parallel(model, sub_mesh(mesh, "tp"), pcfg.sequence_parallel)
+        apply_tensor_parallel(model, sub_mesh(mesh, "tp"), pcfg.sequence_parallel, expert_parallel=pcfg.ep > 1)
+    expert_replicas = None  # EP over dp ranks: the ranks holding the same experts
     if pcfg.ep > 1:  # ---- EP: H16-EP, train/parallel/expert.py ----
-        from skyloom.train.parallel.expert import apply_expert_parallel, check_expert_layout, expert_mesh
+        from skyloom.train.parallel.expert import apply_expert_data_parallel, apply_expert_parallel, expert_mesh
 
-        check_expert_layout(pcfg)
-        ep_mesh = expert_mesh(pcfg, device.type)
-        apply_expert_parallel(model, ep_mesh["ep"], ep_mesh["ep_replicate"])
+        if pcfg.tp > 1:  # Expert Data Parallelism: the experts over the tp ranks
+            apply_expert_data_parallel(model, sub_mesh(mesh, "tp"))
+        else:
+            ep_mesh = expert_mesh(pcfg, device.type)
+            expert_replicas = ep_mesh["ep_replicate"]
+            apply_expert_parallel(model, ep_mesh["ep"], expert_replicas, fsdp=pcfg.dp_shard > 1)
     if activation_checkpointing:
         enable_activation_checkpointing(model)
     if compile:
@@ -103,6 +112,11 @@ def parallelize(
             else MixedPrecisionPolicy()
         )
         dp_mesh = sub_mesh(mesh, "dp_replicate", "dp_shard")
+        if expert_replicas is not None:  # each MoE layer (experts + gate) its own unit over the expert replicas
+            from skyloom.model.moe import moe_layers
+
+            for _, layer in moe_layers(model):
+                fully_shard(layer, mesh=expert_replicas, mp_policy=mp)
         for unit, reshard in fsdp_units(model):
             fully_shard(unit, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
         fully_shard(model, mesh=dp_mesh, mp_policy=mp)

@@ -73,8 +73,9 @@ class ParallelConfig:
                 if n < 1:
                     raise ConfigError(f"pp_split[{i}]", f"every stage needs at least one layer, got {n}")
 
-    def check_model(self, model, key: str = "train.parallel") -> None:
-        """Refuse a layout the model cannot take (`model` is a ModelConfig); errors name `key`.<field>."""
+    def check_model(self, model, key: str = "train.parallel", seq_len: int | None = None) -> None:
+        """Refuse a layout the model cannot take (`model` is a ModelConfig, `seq_len` the training windows' length);
+        errors name `key`.<field>."""
         if self.pp > 1 or self.pp_split is not None:
             if self.pp_split is not None and sum(self.pp_split) != model.n_layers:
                 raise ConfigError(
@@ -104,7 +105,9 @@ class ParallelConfig:
                 raise ConfigError(f"{key}.tp", f"{model.kv_heads} key/value heads not divisible by tp={self.tp}")
             from skyloom.train.parallel.tensor import check_tensor_parallel  # FFN width, vocabulary, MoE, dropout
 
-            check_tensor_parallel(model, self.tp, f"{key}.tp", sequence_parallel=self.sequence_parallel)
+            check_tensor_parallel(
+                model, self.tp, f"{key}.tp", seq_len=seq_len, sequence_parallel=self.sequence_parallel, ep=self.ep
+            )
         if self.ep > 1:
             if model.moe is None:
                 raise ConfigError(f"{key}.ep", "expert parallelism needs an MoE model (model.moe)")

@@ -20,15 +20,26 @@ ep group's tokens; the MoE layer's backward divides it by grad_divisor and sums 
 Expert weights are DTensors sharded (Shard(0)) over the ep mesh: the documented init gives the same full
 weights as one process, `torch.distributed.checkpoint` saves each rank's experts, `full_tensor()` gathers them.
 
-Built here: EP over DDP ranks (DDP for the rest of the model, ZeRO-1 off). Not yet: EP combined with FSDP2 (the
-experts would need their own FSDP over dp/ep) or with TP (the report's Expert Data Parallelism, B.1); both are
-refused with the key to change.
+Three layouts:
+* EP over DDP ranks (dp_replicate): DDP for the rest of the model, the experts' gradients as above. ZeRO-1 does not
+  apply (the optimizer holds DTensors: its state is saved sharded, through DCP).
+* EP over FSDP2 ranks (dp_shard, as torchtitan's `efsdp`): the dense parameters are FSDP-sharded over all dp ranks;
+  each MoE layer is an FSDP unit of its own over the "ep_replicate" ranks, so the experts are sharded over ep and
+  FSDP-sharded over the remaining dp/ep ranks (2-D DTensors). FSDP averages their gradients over dp/ep ranks, so
+  the layer divides by ep instead, and sums its gate's gradient over the ep group (the gate lies in the experts'
+  unit: its ranks see different tokens).
+* Expert Data Parallelism (the MoE report's B.1, `apply_expert_data_parallel`): ep = tp with sequence parallelism.
+  Attention (and the FFN of dense blocks) is tensor-parallel over the tp ranks, the experts are sharded over the
+  same ranks, and each rank's sequence shard goes to the experts by all-to-all (model/moe.py, `route_group`: the
+  routing is decided over the whole micro-batch, so the numbers are one process's). FSDP2 / replicate over the dp
+  ranks take the experts as they take any TP weight.
+Not built: EP with pipeline parallelism, EP over dp ranks and tp ranks at once (ep ≠ tp with tp > 1); refused with
+the key to change.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
@@ -40,9 +51,29 @@ from skyloom.train.parallel.config import ParallelConfig
 EXPERT_WEIGHTS = ("w1", "w3", "w2")
 
 
+def is_expert_data_parallel(pcfg: ParallelConfig) -> bool:
+    """The experts sharded over the tensor-parallel ranks (B.1) rather than over data-parallel ones."""
+    return pcfg.ep > 1 and pcfg.tp > 1
+
+
 def check_expert_layout(pcfg: ParallelConfig, key: str = "train.parallel") -> None:
-    """Refuse what EP does not support yet (a resolved layout; errors name `key`.<field>)."""
+    """Refuse what EP does not support (a resolved layout; errors name `key`.<field>)."""
     if pcfg.ep <= 1:
+        return
+    if pcfg.pp > 1:
+        raise ConfigError(f"{key}.pp", "expert parallelism with pp > 1 is not supported yet")
+    if pcfg.tp > 1:
+        if pcfg.ep != pcfg.tp:
+            raise ConfigError(
+                f"{key}.ep",
+                f"with tp={pcfg.tp} the experts are sharded over the tensor-parallel ranks "
+                f"(Expert Data Parallelism): set ep: {pcfg.tp} (got ep={pcfg.ep})",
+            )
+        if not pcfg.sequence_parallel:
+            raise ConfigError(
+                f"{key}.sequence_parallel",
+                "Expert Data Parallelism (ep = tp) routes each rank's sequence shard: set sequence_parallel: true",
+            )
         return
     if pcfg.dp % pcfg.ep:
         raise ConfigError(
@@ -50,29 +81,15 @@ def check_expert_layout(pcfg: ParallelConfig, key: str = "train.parallel") -> No
             f"ep={pcfg.ep} must divide the data-parallel degree "
             f"dp_replicate × dp_shard = {pcfg.dp}: experts are sharded over dp ranks",
         )
-    if pcfg.dp_shard > 1:
-        raise ConfigError(
-            f"{key}.dp_shard",
-            "expert parallelism runs over DDP ranks; FSDP2 with ep > 1 is not supported yet (use dp_replicate)",
-        )
-    if pcfg.tp > 1 or pcfg.pp > 1:
-        name = "tp" if pcfg.tp > 1 else "pp"
-        raise ConfigError(f"{key}.{name}", f"expert parallelism with {name} > 1 is not supported yet")
-    if pcfg.zero1:
-        raise ConfigError(
-            f"{key}.zero1",
-            "ZeRO-1 shards the optimizer over all DDP ranks, but with ep > 1 each "
-            "rank owns different experts; set zero1: false",
-        )
 
 
 def expert_mesh(pcfg: ParallelConfig, device_type: str) -> DeviceMesh:
-    """A [pp, dp/ep, ep, tp] mesh named ("pp", "ep_replicate", "ep", "tp") over the world (collective).
+    """A [dp/ep, ep] mesh named ("ep_replicate", "ep") over the data-parallel ranks (collective; pp = tp = 1).
 
-    Its "ep" dimension is what `apply_expert_parallel` shards over, "ep_replicate" the copies of the experts.
+    Its "ep" dimension is what `apply_expert_parallel` shards over, "ep_replicate" the copies of the experts (the
+    experts' own FSDP unit shards over it under FSDP2). Row-major: an ep group is ep consecutive ranks.
     """
-    shape = (pcfg.pp, pcfg.dp // pcfg.ep, pcfg.ep, pcfg.tp)
-    return init_device_mesh(device_type, shape, mesh_dim_names=("pp", "ep_replicate", "ep", "tp"))
+    return init_device_mesh(device_type, (pcfg.dp // pcfg.ep, pcfg.ep), mesh_dim_names=("ep_replicate", "ep"))
 
 
 def expert_parameter_names(model: nn.Module) -> list[str]:
@@ -85,19 +102,22 @@ def apply_expert_parallel(
     ep_mesh: DeviceMesh | None,
     replicate_mesh: DeviceMesh | None = None,
     grad_divisor: int | None = None,
+    fsdp: bool = False,
 ) -> None:
     """Shard every MoE layer's experts over `ep_mesh` (in place; the model may still be on `meta`).
 
     `replicate_mesh`: the ranks holding the same experts (the "ep_replicate" dimension), None when ep = dp.
     `grad_divisor`: the factor the trainer multiplies the loss by for DDP's averaging (default: every rank of
     both meshes, i.e. the data-parallel degree). Call before DDP wraps the model: DDP is told to skip the experts.
+    `fsdp`: each MoE layer becomes an FSDP unit over `replicate_mesh` (the caller's `fully_shard`), which averages
+    the experts' and the gate's gradients over it: the layer divides them by ep and sums the gate's over ep ranks.
     """
     if ep_mesh is None or ep_mesh.size() == 1:
         return
     ep = ep_mesh.size()
     replicas = replicate_mesh.size() if replicate_mesh is not None else 1
-    divisor = grad_divisor if grad_divisor is not None else ep * replicas
-    replica_group = replicate_mesh.get_group() if replicas > 1 else None
+    divisor = grad_divisor if grad_divisor is not None else (ep if fsdp else ep * replicas)
+    replica_group = replicate_mesh.get_group() if replicas > 1 and not fsdp else None
     index = ep_mesh.get_local_rank()
     for _, layer in moe_layers(model):
         if layer.n_experts % ep:
@@ -116,35 +136,68 @@ def apply_expert_parallel(
             setattr(layer, key, sharded)
         layer.ep_group, layer.ep_size = ep_mesh.get_group(), ep
         layer.ep_replicas, layer.ep_grad_divisor = replica_group, float(divisor)
+        layer.gate_grad_group = ep_mesh.get_group() if fsdp else None
     from torch.nn.parallel import DistributedDataParallel
 
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, expert_parameter_names(model))
 
 
-def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
-    """`torch.nn.utils.clip_grad_norm_` over plain and expert-sharded (DTensor) parameters together.
+def apply_expert_data_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """Expert Data Parallelism (B.1): shard every MoE layer's experts over the tensor-parallel ranks `tp_mesh`.
 
-    The experts' squared norm is summed over their ep group (each rank holds different experts), the rest of
-    the model's counted once, so every rank gets the global norm and the same clip factor.
+    Run after `apply_tensor_parallel` (which hands each MoE layer its rank's sequence shard, tensor.py). The gate
+    becomes a replicated DTensor on the tp mesh (FSDP2 / replicate then treat it as any TP weight) whose gradient,
+    each rank's own tokens', is summed over the tp ranks; the experts' gradients need no scaling: every token of
+    the group reaches its expert's owner once, and the data-parallel wrapper averages over dp as for dense weights.
     """
-    plain, sharded = [], []
+    from torch.distributed.tensor import Replicate
+
+    apply_expert_parallel(model, tp_mesh, grad_divisor=1)
+    for _, layer in moe_layers(model):
+        for name, param in list(layer.gate.named_parameters(recurse=False)):
+            replicated = DTensor.from_local(param.detach(), tp_mesh, [Replicate()], run_check=False)
+            setattr(layer.gate, name, nn.Parameter(replicated))
+        layer.gate_grad_group = layer.route_group = tp_mesh.get_group()
+
+
+def _squared_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Σ ‖g‖² (float64) of DTensors that share one mesh and placements, reduced over the dimensions they are
+    sharded over (a replicated dimension holds copies: counted once)."""
+    from torch.distributed.tensor import Partial, Replicate, Shard
+    from torch.distributed.tensor.placement_types import _StridedShard  # FSDP2's dp shards of an ep/tp shard
+
+    g0 = grads[0]
+    local = sum(g.to_local().detach().double().pow(2).sum() for g in grads)
+    placements = [Partial() if isinstance(p, (Shard, _StridedShard)) else Replicate() for p in g0.placements]
+    if any(isinstance(p, Partial) for p in g0.placements):  # unreduced gradients: the norm of a sum, not a sum
+        return sum(g.detach().full_tensor().double().pow(2).sum() for g in grads)
+    return DTensor.from_local(local.reshape(()), g0.device_mesh, placements, run_check=False).full_tensor()
+
+
+def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` over plain and sharded (DTensor) parameters on any meshes together.
+
+    Expert parallelism mixes meshes torch's version cannot stack: experts on the ep mesh (2-D under FSDP2),
+    dense weights on the dp mesh (FSDP2) or plain (DDP). Each group of one mesh and placements is summed over
+    its sharded dimensions, plain gradients are counted once, so every rank gets the global norm and the same
+    clip factor.
+    """
+    plain, sharded = [], {}
     for p in parameters:
-        if p.grad is not None:
-            (sharded if isinstance(p.grad, DTensor) else plain).append(p)
+        if p.grad is None:
+            continue
+        if isinstance(p.grad, DTensor):
+            sharded.setdefault((id(p.grad.device_mesh), tuple(p.grad.placements)), []).append(p)
+        else:
+            plain.append(p)
     total_sq = torch.zeros((), dtype=torch.float64)
     for p in plain:
         total_sq = total_sq + p.grad.detach().double().pow(2).sum().cpu()
-    if sharded:
-        ep_sq = torch.zeros((), dtype=torch.float64, device=sharded[0].grad.to_local().device)
-        for p in sharded:
-            ep_sq = ep_sq + p.grad.to_local().detach().double().pow(2).sum()
-        groups = {id(p.grad.device_mesh): p.grad.device_mesh.get_group() for p in sharded}
-        for group in groups.values():  # one ep mesh in practice
-            dist.all_reduce(ep_sq, group=group)
-        total_sq = total_sq + ep_sq.cpu()
+    for group in sharded.values():  # the parameters' order: the same on every rank
+        total_sq = total_sq + _squared_norm([p.grad for p in group]).cpu()
     norm = total_sq.sqrt()
     scale = max_norm / (float(norm) + 1e-6)  # as torch's clip_grad_norm_: only ever scaled down
     if scale < 1.0:
-        for p in plain + sharded:
+        for p in plain + [p for group in sharded.values() for p in group]:
             p.grad.mul_(scale)
     return norm.float()

@@ -12,8 +12,10 @@ residual stream is replicated and the norms' weights are replicated DTensors, so
 TP mesh (FSDP2 then shards them on a 2-D mesh; the gradient norm is one `full_tensor`).
 
 Every parameter between blocks keeps its full-model name, so checkpoints and the init (one generator per name,
-model/transformer.py) do not depend on the layout. MoE blocks are refused for now: their experts belong to expert
-parallelism (expert.py). Dropout is refused too: TP ranks would draw the same masks for different shards.
+model/transformer.py) do not depend on the layout. MoE blocks run as Expert Data Parallelism (the MoE report's B.1,
+expert.py): with sequence parallelism and ep = tp, an MoE layer takes its rank's sequence shard as it is (no
+all-gather) and returns it shard for shard; its experts are sharded over the same tp ranks by
+`apply_expert_data_parallel`. Dropout is refused: TP ranks would draw the same masks for different shards.
 """
 
 from __future__ import annotations
@@ -35,8 +37,12 @@ def check_tensor_parallel(
     key: str = "train.parallel.tp",
     seq_len: int | None = None,
     sequence_parallel: bool = True,
+    ep: int = 1,
 ) -> None:
-    """Refuse a model that `tp` ranks cannot split evenly (no torch import: runs when the config is built)."""
+    """Refuse a model that `tp` ranks cannot split evenly (no torch import: runs when the config is built).
+
+    `seq_len`: the training windows' length, which sequence parallelism splits over the tp ranks. MoE blocks need
+    Expert Data Parallelism: ep = tp and sequence parallelism."""
     if tp <= 1:
         return
     need = [
@@ -50,11 +56,12 @@ def check_tensor_parallel(
     for what, n in need:
         if n % tp:
             raise ConfigError(key, f"{n} {what} not divisible by tp={tp}")
-    if model.moe is not None:
+    if model.moe is not None and (ep != tp or not sequence_parallel):
         raise ConfigError(
             key,
-            "tensor parallelism of MoE blocks is not built: shard the experts with ep "
-            "(train.parallel.ep) and keep tp: 1",
+            f"MoE blocks under tensor parallelism run as Expert Data Parallelism: the experts sharded over the "
+            f"same ranks (set train.parallel.ep: {tp}, got ep={ep}) with sequence_parallel: true"
+            + ("" if sequence_parallel else " (got false)"),
         )
     if model.dropout > 0:
         raise ConfigError(
@@ -92,8 +99,13 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return [block for block in items if block is not None]
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = True) -> nn.Module:
+def apply_tensor_parallel(
+    model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = True, expert_parallel: bool = False
+) -> nn.Module:
     """Shard `model` (a Transformer or a pipeline stage of one) over the 1-D `tp_mesh`, in place; returns it.
+
+    `expert_parallel`: MoE blocks take their sequence shard as it is (Expert Data Parallelism; the experts are
+    sharded afterwards by expert.apply_expert_data_parallel).
 
     Run before FSDP2 / DDP wrapping and after the model is on its device (or on meta: DTensor placements carry over
     `to_empty`). The model's forward is unchanged: attention reads its local head count from the weight shapes.
@@ -102,6 +114,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
         PrepareModuleInput,
+        PrepareModuleInputOutput,
         RowwiseParallel,
         SequenceParallel,
         parallelize_module,
@@ -111,7 +124,9 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
 
     cfg = getattr(model, "config", None)
     if cfg is not None:
-        check_tensor_parallel(cfg, tp_mesh.size())
+        check_tensor_parallel(
+            cfg, tp_mesh.size(), sequence_parallel=sequence_parallel, ep=tp_mesh.size() if expert_parallel else 1
+        )
     sp = sequence_parallel
     stream = Shard(1) if sp else Replicate()  # the residual stream between sub-layers
     if sp and hasattr(model, "sequence_shards"):  # a pipeline stage: its hidden-state input holds T/tp positions
@@ -135,8 +150,9 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
         _replicate_module(model.norm, tp_mesh)
 
     for block in _blocks(model):
-        if isinstance(block.ffn, MoE):
-            raise ValueError("tensor parallelism of MoE blocks is not built; use expert parallelism (ep)")
+        moe = isinstance(block.ffn, MoE)
+        if moe and not (expert_parallel and sp):
+            raise ValueError("MoE blocks under tensor parallelism need Expert Data Parallelism (ep = tp, with SP)")
         plan = {
             "attn": PrepareModuleInput(
                 input_layouts=(stream, None, None, None), desired_input_layouts=(Replicate(), None, None, None)
@@ -151,6 +167,16 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
         }
         if hasattr(block.ffn, "w3"):
             plan["ffn.w3"] = ColwiseParallel()
+        if moe:  # EDP: the layer routes its rank's sequence shard and returns it (local tensors, as the stream)
+            for name in ("ffn.w1", "ffn.w2", "ffn.w3"):
+                del plan[name]
+            plan["ffn"] = PrepareModuleInputOutput(
+                input_layouts=(stream,),
+                desired_input_layouts=(stream,),
+                use_local_input=True,
+                output_layouts=(stream,),
+                desired_output_layouts=(stream,),
+            )
         if sp:
             plan["attn_norm"] = SequenceParallel()
             plan["ffn_norm"] = SequenceParallel()
