@@ -64,6 +64,8 @@ def test_bad_sections_name_the_key(bad, key, words):
         ({"tp": 3}, {}, "train.parallel.tp", "4 heads not divisible by tp=3"),
         ({"tp": 4}, {"n_kv_heads": 2}, "train.parallel.tp", "2 key/value heads not divisible by tp=4"),
         ({"ep": 2}, {}, "train.parallel.ep", "needs an MoE model"),
+        ({"tp": 4}, {"max_seq_len": 66}, "train.parallel.tp", "66 sequence positions"),  # SP splits the windows
+        ({"tp": 2}, {"moe": {"n_experts": 4, "top_k": 2}}, "train.parallel.tp", "set train.parallel.ep: 2"),
         ({"pp": 2}, {"tie_embeddings": True}, "train.parallel.pp", "tie_embeddings"),
     ],
 )
