@@ -4,10 +4,16 @@ A 4-layer tiny model, 6 steps, 8 windows per step in micro-batches of 2: the one
 micro-batches; PP2 runs them as the schedule's 4 micro-batches (1F1B, Interleaved1F1B with 2 stages per rank, an
 unequal 1 + 3 split); PP2 × DP2 and PP2 × FSDP2 give each data-parallel rank 2. The loss is the same sum of token
 losses over the same global target count, so the trajectories agree to float summation order (tolerance 1e-5, fp32).
+
+The interleaved and the unequal-split cases train an MoE model (4 experts, top-2, capacity 1.0 so tokens drop,
+adaptive coefficients): each stage carries its own layers' aux losses, and the logged aux losses, drop rates,
+loads and coefficients of every layer — most of them on the stage that rank 0, the logging rank, does not hold —
+equal the one-process run's.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -24,14 +30,14 @@ from tests.train_helpers import (  # noqa: F401
 
 STEPS = 6
 TOL = 1e-5
+MOE = {"n_experts": 4, "top_k": 2, "capacity_factor": 1.0, "adaptive": True, "aux_coef": 0.002, "beta": 0.9}
+MOE_KEYS = ("aux_loss", "drop_rate", "aux_coef", "entropy")
 
 
-@pytest.fixture(scope="module")
-def single_run(train_corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pp_single")
+def _single_run(corpus, root, model):
     cfg = tiny_run_config(
-        train_corpus,
-        model={"n_layers": 4},
+        corpus,
+        model=model,
         validation={"every": 3},
         train={"max_steps": STEPS, "micro_batch_size": 2},
         checkpoint={"every": 3},
@@ -39,6 +45,16 @@ def single_run(train_corpus, tmp_path_factory):
     config = write_config(cfg, root / "run.yaml")
     run(skyloom_cmd("train", str(config), "--out", str(root / "single")))
     return config, root / "single"
+
+
+@pytest.fixture(scope="module")
+def single_run(train_corpus, tmp_path_factory):
+    return _single_run(train_corpus, tmp_path_factory.mktemp("pp_single"), {"n_layers": 4})
+
+
+@pytest.fixture(scope="module")
+def moe_single_run(train_corpus, tmp_path_factory):
+    return _single_run(train_corpus, tmp_path_factory.mktemp("pp_moe_single"), {"n_layers": 4, "moe": MOE})
 
 
 def _losses(run_dir):
@@ -52,6 +68,24 @@ def _assert_same(a, b):
     assert la[-1] < la[0] - 0.2  # it trained
 
 
+def _assert_same_moe(a, b):
+    """Every MoE layer's logged aux loss, drop rate, coefficient, entropy and load, and the weighted total."""
+    for ra, rb in zip(read_metrics(a), read_metrics(b)):
+        for i in range(4):
+            for key in MOE_KEYS:
+                name = f"moe/L{i}/{key}"
+                assert math.isclose(ra[name], rb[name], rel_tol=TOL, abs_tol=1e-9), (
+                    ra["step"],
+                    name,
+                    ra[name],
+                    rb[name],
+                )
+            assert max(abs(x - y) for x, y in zip(ra[f"moe/L{i}/load"], rb[f"moe/L{i}/load"])) < TOL
+        assert math.isclose(ra["moe/aux_loss"], rb["moe/aux_loss"], rel_tol=TOL)
+    last = read_metrics(a)[-1]
+    assert last["moe/drop_rate"] > 0 and last["moe/L3/aux_coef"] > 1.1 * MOE["aux_coef"]  # tokens drop, α moves
+
+
 def _assert_same_validation(a, b):
     """Validation at steps 3 and 6 (the end): the pipeline's forward-only pass gives the one-process losses."""
     va, vb = read_metrics(a, "val"), read_metrics(b, "val")
@@ -61,9 +95,9 @@ def _assert_same_validation(a, b):
 
 
 @pytest.mark.parametrize(
-    "nproc, layout, shown",
+    "nproc, layout, shown, moe",
     [
-        (2, ["train.parallel.pp=2"], "PP 2 (1F1B, 2 stages)"),
+        (2, ["train.parallel.pp=2"], "PP 2 (1F1B, 2 stages)", False),
         (
             2,
             [
@@ -72,15 +106,21 @@ def _assert_same_validation(a, b):
                 "train.parallel.pp_stages_per_rank=2",
             ],
             "PP 2 (Interleaved1F1B, 4 stages)",
+            True,
         ),
-        (2, ["train.parallel.pp=2", "train.parallel.pp_split=[1,3]"], "PP 2 (1F1B, 2 stages)"),
-        (4, ["train.parallel.pp=2", "train.parallel.dp_replicate=2"], "DDP (2) × PP 2"),
-        (4, ["train.parallel.pp=2", "train.parallel.dp_shard=2", "train.parallel.dp_replicate=1"], "FSDP2 (2) × PP 2"),
+        (2, ["train.parallel.pp=2", "train.parallel.pp_split=[1,3]"], "PP 2 (1F1B, 2 stages)", True),
+        (4, ["train.parallel.pp=2", "train.parallel.dp_replicate=2"], "DDP (2) × PP 2", False),
+        (
+            4,
+            ["train.parallel.pp=2", "train.parallel.dp_shard=2", "train.parallel.dp_replicate=1"],
+            "FSDP2 (2) × PP 2",
+            False,
+        ),
     ],
-    ids=["pp2-1f1b", "pp2-interleaved", "pp2-unequal", "pp2xdp2", "pp2xfsdp2"],
+    ids=["pp2-1f1b", "moe-pp2-interleaved", "moe-pp2-unequal", "pp2xdp2", "pp2xfsdp2"],
 )
-def test_pipeline_matches_one_process(single_run, tmp_path, nproc, layout, shown):
-    config, single = single_run
+def test_pipeline_matches_one_process(request, tmp_path, nproc, layout, shown, moe):
+    config, single = request.getfixturevalue("moe_single_run" if moe else "single_run")
     out = run(
         torchrun_cmd(nproc, "train", str(config), *layout, "checkpoint.every=0", "--out", str(tmp_path / "pp")),
         timeout=300,
@@ -88,6 +128,8 @@ def test_pipeline_matches_one_process(single_run, tmp_path, nproc, layout, shown
     assert shown in out.stdout
     _assert_same(single, tmp_path / "pp")
     _assert_same_validation(single, tmp_path / "pp")
+    if moe:
+        _assert_same_moe(single, tmp_path / "pp")
 
 
 def test_pipeline_checkpoint_resumes_exactly(single_run, tmp_path):

@@ -452,10 +452,13 @@ class MoE(nn.Module):
 
 
 def moe_layers(model: nn.Module) -> Iterator[tuple[int, MoE]]:
-    """(block index, MoE layer) of every MoE block of a skyloom Transformer (works through DDP/compile wrappers)."""
+    """(block index, MoE layer) of every MoE block of a skyloom Transformer (works through DDP/compile wrappers),
+    or of a pipeline rank's part, whose blocks sit in a ModuleDict keyed by their index."""
     inner = getattr(model, "module", model)
     inner = getattr(inner, "_orig_mod", inner)
-    for i, block in enumerate(inner.layers):
+    blocks = inner.layers
+    indexed = ((int(k), b) for k, b in blocks.items()) if isinstance(blocks, nn.ModuleDict) else enumerate(blocks)
+    for i, block in indexed:
         if isinstance(block.ffn, MoE):
             yield i, block.ffn
 

@@ -16,6 +16,9 @@ Two forms of the auxiliary loss (both per MoE layer, over the T tokens of one fo
 The adaptive coefficient of §4.2 (Eq. 7–9): with d the layer's token drop rate of the last step,
       α̂ = f(d) = min(ξ·d, α_max),   α ← β·α + (1−β)·α̂
 (ξ = 1/5, α_max = 0.01, β = 0.99 in the report).
+
+Under pipeline parallelism the aux losses reach the objective through `attach_aux_loss` (below), not the loss
+function of the last stage.
 """
 
 from __future__ import annotations
@@ -48,3 +51,26 @@ def update_coefficient(
 ) -> float:
     """Eq. 7–8: the next step's coefficient, a moving average of f(d) with weight β on the current α."""
     return beta * alpha + (1.0 - beta) * target_coefficient(drop_rate, xi, alpha_max)
+
+
+class AuxLossScaler(torch.autograd.Function):
+    """Identity on the hidden state whose backward also starts the backward of a side loss (Megatron-LM's
+    `MoEAuxLossAutoScaler`): d(loss)/d(aux) = `scale`. A pipeline stage attaches its MoE layers' weighted aux
+    losses to its output this way, so each gets its gradient on its own stage — the schedule only calls the loss
+    function on the last stage, and nothing but the hidden state travels between stages."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, aux: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        ctx.save_for_backward(aux)
+        return hidden.view_as(hidden)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (aux,) = ctx.saved_tensors
+        return grad, torch.full_like(aux, ctx.scale), None
+
+
+def attach_aux_loss(hidden: torch.Tensor, aux: torch.Tensor, scale: float) -> torch.Tensor:
+    """`hidden`, unchanged; the backward through it adds `scale` × d(aux) (see `AuxLossScaler`)."""
+    return AuxLossScaler.apply(hidden, aux, scale)

@@ -318,7 +318,9 @@ class Trainer:
         self._pp_scale = self.dp_size / max(n_global, 1)
         self._pp_losses = []
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            self.pipeline.step(torch.cat([b.input_ids for b in batches]), torch.cat([b.labels for b in batches]))
+            # MoE aux losses: weight 1/len(batches) per micro-batch, as `extra / len(batches)` below
+            inputs, labels = torch.cat([b.input_ids for b in batches]), torch.cat([b.labels for b in batches])
+            self.pipeline.step(inputs, labels, aux_loss_scale=1.0 / len(batches))
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         # only on the rank holding the last stage; the first step's shape inference may call the loss on garbage
         for token_loss in self._pp_losses[-len(batches) :]:

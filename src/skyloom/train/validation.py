@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import glob
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -168,8 +168,27 @@ def _loss_sums(model, windows, batch_size, device, autocast_dtype) -> tuple[floa
     device = torch.device(device)
     if not isinstance(windows, torch.Tensor):
         windows = torch.stack(list(windows)) if len(windows) else torch.zeros(0, 2, dtype=torch.long)
-    was_training = model.training
-    model.eval()
+    total, count = windowed_loss_sums(windows, batch_size, device, autocast_dtype, model, [model])
+    return float(total), count
+
+
+@torch.no_grad()
+def windowed_loss_sums(
+    windows: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    logits_of: Callable[[torch.Tensor], torch.Tensor | None],
+    modules: Sequence[torch.nn.Module],
+) -> tuple[torch.Tensor, int]:
+    """The loss loop of the convention (module docstring, step 3): (sum of token losses as a float64 tensor,
+    target count) over [n, L+1] windows in batches of `batch_size`. `logits_of(inputs)` gives a batch's logits —
+    or None on a process that does not compute them (a pipeline's non-last stage, which only counts): one loop for
+    a whole model and for pipeline stages. `modules` are in eval mode for the call and restored afterwards; the
+    forward runs under autocast, the loss outside it."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     try:
@@ -177,13 +196,14 @@ def _loss_sums(model, windows, batch_size, device, autocast_dtype) -> tuple[floa
             chunk = windows[i : i + batch_size].to(device)
             inputs, targets = chunk[:, :-1], chunk[:, 1:]
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(inputs)
-            loss = token_loss(logits, targets)
-            total += loss.double()
+                logits = logits_of(inputs)
+            if logits is not None:
+                total += token_loss(logits, targets).double()
             count += int((targets != IGNORE_INDEX).sum())
     finally:
-        model.train(was_training)
-    return float(total), count
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+    return total, count
 
 
 class ValidationMonitor:

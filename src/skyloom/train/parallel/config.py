@@ -93,11 +93,6 @@ class ParallelConfig:
                     "tied embeddings live on the first and the last stage; "
                     "pipeline parallelism needs model.tie_embeddings: false",
                 )
-            if model.moe is not None and self.pp > 1:
-                raise ConfigError(
-                    f"{key}.pp",
-                    "pipeline parallelism does not carry the MoE auxiliary losses yet; train MoE models with dp/tp/ep",
-                )
         if self.tp > 1:
             if model.n_heads % self.tp:
                 raise ConfigError(f"{key}.tp", f"{model.n_heads} heads not divisible by tp={self.tp}")

@@ -12,6 +12,13 @@ One optimizer step = one schedule step over this data-parallel rank's micro-batc
 the schedule's micro-batching; `scale_grads` off). The loss function is the trainer's: sum of token losses × dp /
 global target tokens, so gradients are those of the single-process run. Only plain windows are pipelined (no
 per-sample positions or attention masks: stages after the first would need them too).
+
+MoE: the schedule calls the loss function on the last stage only, so each stage attaches the weighted aux loss
+α_l·L_aux^(l) of every MoE layer it runs to its own output (`moe_losses.attach_aux_loss`): the backward of that
+micro-batch feeds d(loss)/d(α_l·L_aux^(l)) = `aux_loss_scale` (1 / micro-batches, the trainer's weight of an
+extra loss) into it, on the stage that owns the layer — nothing but the hidden state crosses stages. After
+each MoE layer's training forward the stage calls `on_moe_forward(layer index, layer)` (train/moe.py tallies the
+router statistics there and combines them over all ranks once per step).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from skyloom.model.moe import MoE
+from skyloom.model.moe_losses import attach_aux_loss
 from skyloom.model.transformer import Transformer, rope_cos_sin
 from skyloom.train.parallel.config import ParallelConfig
 from skyloom.train.parallel.mesh import coordinates, sub_mesh
@@ -60,6 +69,8 @@ class StageModule(nn.Module):
 
     init_weights = Transformer.init_weights  # the documented init, by parameter name: the same as the full model's
     sequence_shards = 1  # sequence parallelism (tensor.py) sets tp: a later stage receives T/tp positions per rank
+    aux_loss_scale = 1.0  # d(loss)/d(α·L_aux) of one micro-batch (`Pipeline.step` sets it)
+    on_moe_forward: Callable[[int, MoE], None] | None = None  # called after each MoE layer's training forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Token ids [B, T] → hidden states (first stage); hidden → hidden; hidden → logits (last stage)."""
@@ -74,9 +85,19 @@ class StageModule(nn.Module):
         if self.rotary:
             cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
             rope = (cos.unsqueeze(1), sin.unsqueeze(1))
-        for block in self.layers.values():
+        for index, block in self.layers.items():
             x = block(x, rope, None)
+            if self.training and isinstance(block.ffn, MoE):
+                x = self._carry_aux_loss(int(index), block.ffn, x)
         return self.output(self.norm(x)) if self.last else x
+
+    def _carry_aux_loss(self, index: int, layer: MoE, x: torch.Tensor) -> torch.Tensor:
+        """Report the layer's forward, and attach its weighted aux loss to the hidden state (module docstring)."""
+        if self.on_moe_forward is not None:
+            self.on_moe_forward(index, layer)
+        if layer.last_aux_loss is None or not torch.is_grad_enabled():
+            return x
+        return attach_aux_loss(x, layer.aux_coef.float() * layer.last_aux_loss, self.aux_loss_scale)
 
 
 class RankModel(nn.Module):
@@ -107,9 +128,14 @@ class Pipeline:
     pp_group: object = None  # the pipeline ranks of this data-parallel slot (group rank = pp coordinate)
     stage_ids: tuple[int, ...] = ()  # the global index of each of `stages`
     n_stages: int = 0
+    n_microbatches: int = 0  # per step; the first step also runs each stage once on placeholders (shape inference)
+    modules: tuple[StageModule, ...] = ()  # `stages` unwrapped
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-        """Forward + backward of every micro-batch; inputs go to the first stage, labels to the last."""
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor, aux_loss_scale: float | None = None) -> None:
+        """Forward + backward of every micro-batch; inputs go to the first stage, labels to the last. The MoE aux
+        losses enter with weight `aux_loss_scale` per micro-batch (default 1 / micro-batches)."""
+        for m in self.modules:
+            m.aux_loss_scale = 1.0 / self.n_microbatches if aux_loss_scale is None else aux_loss_scale
         self.schedule.step(inputs, target=labels)
         if self.replicate_group is not None:
             average_gradients(self.rank_model.parameters(), self.replicate_group)
@@ -118,43 +144,32 @@ class Pipeline:
     def loss_sums(
         self, windows: torch.Tensor, batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None = None
     ) -> tuple[float, int]:
-        """(sum of token losses, target count) over [n, L+1] windows — `validation._loss_sums` through the stages.
+        """(sum of token losses, target count) over [n, L+1] windows — `validation.windowed_loss_sums` through the
+        stages.
 
         Forward only, batch by batch, stage after stage in order: a rank runs its stage on the tokens (first) or
-        on the activations received from the previous stage's rank, and sends its output on; the last stage
-        computes the loss (outside autocast, as without PP). Every pipeline rank returns the last stage's sums
-        (broadcast), so every rank logs what one process would. Plain blocking send/recv, no schedule: exact,
-        and nothing of the training schedule's state is touched."""
+        on the activations received from the previous stage's rank, and sends its output on; the last stage's
+        logits go to the shared loss loop. Every pipeline rank returns the last stage's sums (broadcast), so every
+        rank logs what one process would. Plain blocking send/recv, no schedule: exact, and nothing of the
+        training schedule's state is touched."""
         import torch.distributed as dist
 
-        from skyloom.data.batch import IGNORE_INDEX
-        from skyloom.model.loss import token_loss
+        from skyloom.train.validation import windowed_loss_sums
 
         pp = dist.get_world_size(self.pp_group)
         mine = dict(zip(self.stage_ids, self.stages))
-        modes = [m.training for m in self.stages]
-        for m in self.stages:
-            m.eval()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
-        try:
-            for i in range(0, len(windows), batch_size):
-                chunk = windows[i : i + batch_size].to(device)
-                inputs, targets = chunk[:, :-1], chunk[:, 1:]
-                count += int((targets != IGNORE_INDEX).sum())
-                for s in range(self.n_stages):
-                    if s not in mine:
-                        continue
-                    x = inputs if s == 0 else recv_tensor((s - 1) % pp, self.pp_group, device)
-                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        out = mine[s](x)
-                    if s == self.n_stages - 1:
-                        total += token_loss(out, targets).double()
-                    else:
-                        send_tensor(out, (s + 1) % pp, self.pp_group)
-        finally:
-            for m, mode in zip(self.stages, modes):
-                m.train(mode)
+
+        def logits_of(inputs: torch.Tensor) -> torch.Tensor | None:
+            out = None
+            for s, stage in sorted(mine.items()):
+                x = inputs if s == 0 else recv_tensor((s - 1) % pp, self.pp_group, device)
+                out = stage(x)
+                if s != self.n_stages - 1:
+                    send_tensor(out, (s + 1) % pp, self.pp_group)
+                    out = None
+            return out
+
+        total, count = windowed_loss_sums(windows, batch_size, device, autocast_dtype, logits_of, self.stages)
         dist.broadcast(total, group=self.pp_group, group_src=(self.n_stages - 1) % pp)
         return float(total), count
 
@@ -246,6 +261,8 @@ def build_pipeline(
         pp_group=pp_group,
         stage_ids=tuple(mine),
         n_stages=n_stages,
+        n_microbatches=n_microbatches,
+        modules=tuple(modules),
     )
 
 
