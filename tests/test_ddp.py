@@ -67,10 +67,10 @@ def test_ddp_zero1_two_processes_match_one(single_run, tmp_path):
     _compare(single, tmp_path / "ddp")
     state = json.loads((tmp_path / "ddp/checkpoints/step_00000006/trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["parallel"] == "ddp"
-    # the ZeRO-1 shards were consolidated into one optimizer state for the checkpoint
-    assert len(json.loads((tmp_path / "ddp/checkpoints/step_00000006/optimizer.json").read_text())["state"]) == len(
-        list(load_file(str(tmp_path / "ddp/checkpoints/step_00000006/model.safetensors")))
-    )
+    # never consolidated: each rank writes the ZeRO-1 shard it owns (and its share of the weights) through DCP
+    files = json.loads((tmp_path / "ddp/checkpoints/step_00000006/manifest.json").read_text())["files"]
+    assert {f[:7] for f in files if f.startswith("dcp/__")} == {"dcp/__0", "dcp/__1"}
+    assert "optimizer.json" not in files and "model.safetensors" not in files
 
     # resume the 2-rank run's step-6 checkpoint on a single process: the same batches follow
     shutil.rmtree(tmp_path / "ddp" / "checkpoints" / f"step_{STEPS:08d}")

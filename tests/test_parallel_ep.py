@@ -179,10 +179,10 @@ def test_expert_parallel_layouts_match_one_process(tmp_path, policy, aux, world)
             assert _close(w, ep["weights"][name], 1e-5), (layout, name)
 
 
-def test_trainer_ep2_matches_one_process(train_corpus, tmp_path):
-    """`skyloom train` with EP 2 over FSDP2 ranks {dp_shard: 2, ep: 2} (zero1 at its default): the same losses and
-    router numbers as one process (whose two micro-batches are the two ranks' micro-batches); its sharded checkpoint
-    resumes under Expert Data Parallelism {tp: 2, ep: 2} (DCP reshards the experts) with the same numbers."""
+@pytest.fixture(scope="module")
+def moe_single(train_corpus, tmp_path_factory):
+    """A tiny-MoE config (6 steps, checkpoints and validation every 3) and its one-process run."""
+    root = tmp_path_factory.mktemp("ep_single")
     cfg = tiny_run_config(
         train_corpus,
         model={**TINY_MODEL, "moe": dict(MOE)},
@@ -190,8 +190,27 @@ def test_trainer_ep2_matches_one_process(train_corpus, tmp_path):
         checkpoint={"every": 3},
         validation={"every": 3},
     )
-    config = write_config(cfg, tmp_path / "moe.yaml")
-    run(skyloom_cmd("train", str(config), "--out", str(tmp_path / "single")))
+    config = write_config(cfg, root / "moe.yaml")
+    run(skyloom_cmd("train", str(config), "--out", str(root / "single")))
+    return config, root / "single"
+
+
+def _assert_same_run(single: Path, other: list[dict], steps: int = 6) -> None:
+    """Loss, grad norm and router numbers per step equal the one-process run's (1e-5)."""
+    a = read_metrics(single)
+    assert [r["step"] for r in other[:steps]] == list(range(1, steps + 1))
+    for x, y in zip(a, other):
+        assert abs(x["loss"] - y["loss"]) < 1e-5, (x["step"], x["loss"], y["loss"])
+        assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-5 * max(1.0, x["grad_norm"]), x["step"]
+        for key in ("moe/L0/drop_rate", "moe/L1/aux_coef", "moe/L1/max1_max2", "moe/L0/load", "moe/aux_loss"):
+            assert _close(x[key], y[key], 1e-5), (x["step"], key)
+
+
+def test_trainer_ep2_matches_one_process(moe_single, tmp_path):
+    """`skyloom train` with EP 2 over FSDP2 ranks {dp_shard: 2, ep: 2} (zero1 at its default): the same losses and
+    router numbers as one process (whose two micro-batches are the two ranks' micro-batches); its sharded checkpoint
+    resumes under Expert Data Parallelism {tp: 2, ep: 2} (DCP reshards the experts) with the same numbers."""
+    config, single = moe_single
     fsdp = ["train.parallel.ep=2", "train.parallel.dp_shard=2", "train.parallel.dp_replicate=1"]
     out = run(torchrun_cmd(2, "train", str(config), *fsdp, "--out", str(tmp_path / "ep")), timeout=240)
     assert "FSDP2 (2) × EP 2" in out.stdout
@@ -202,19 +221,26 @@ def test_trainer_ep2_matches_one_process(train_corpus, tmp_path):
     edp = ["train.parallel.ep=2", "train.parallel.tp=2"]
     out = run(torchrun_cmd(2, "train", str(config), *edp, "--out", str(tmp_path / "ep"), "--resume"), timeout=240)
     assert "TP 2 + SP × EP 2" in out.stdout
-    a, b = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "ep")
-    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
-    assert [r["step"] for r in fsdp_metrics[:6]] == [1, 2, 3, 4, 5, 6]
-    for x, y, z in zip(a, b, fsdp_metrics):  # steps 1-3 FSDP2 × EP, 4-6 resumed under EDP; z: FSDP2 × EP 1-6
-        for got in (y, z):
-            assert abs(x["loss"] - got["loss"]) < 1e-5, (x["step"], x["loss"], got["loss"])
-            assert abs(x["grad_norm"] - got["grad_norm"]) < 1e-5 * max(1.0, x["grad_norm"])
-            for key in ("moe/L0/drop_rate", "moe/L1/aux_coef", "moe/L1/max1_max2", "moe/L0/load", "moe/aux_loss"):
-                assert _close(x[key], got[key], 1e-5), key
+    resumed = read_metrics(tmp_path / "ep")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    _assert_same_run(single, fsdp_metrics)  # FSDP2 × EP, steps 1-6
+    _assert_same_run(single, resumed)  # steps 1-3 FSDP2 × EP, 4-6 resumed under EDP
     # validation (eval mode: dropless, C = the largest count over the ep group) on every rank in step
-    va, vb = read_metrics(tmp_path / "single", "val"), read_metrics(tmp_path / "ep", "val")
+    va, vb = read_metrics(single, "val"), read_metrics(tmp_path / "ep", "val")
     assert [r["step"] for r in va] == [r["step"] for r in vb] == [3, 6]
     assert all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(va, vb)), (va, vb)
+
+
+def test_trainer_pipeline_with_expert_data_parallelism_matches_one_process(moe_single, tmp_path):
+    """The MoE report's layout in small: PP 2 × EDP (TP 2 + SP, experts over the same 2 ranks) on 4 ranks — each
+    stage's MoE layers route over its tp ranks and carry their aux losses through the pipeline."""
+    config, single = moe_single
+    layout = ["train.parallel.pp=2", "train.parallel.tp=2", "train.parallel.ep=2", "train.parallel.dp_replicate=1"]
+    out = run(torchrun_cmd(4, "train", str(config), *layout, "--out", str(tmp_path / "pp")), timeout=300)
+    assert "PP 2 (1F1B, 2 stages) × TP 2 + SP × EP 2" in out.stdout
+    _assert_same_run(single, read_metrics(tmp_path / "pp"))
+    va, vb = read_metrics(single, "val"), read_metrics(tmp_path / "pp", "val")
+    assert len(vb) == 2 and all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(va, vb)), (va, vb)
 
 
 def test_layouts_ep_does_not_support_are_refused_with_the_key():
@@ -225,7 +251,7 @@ def test_layouts_ep_does_not_support_are_refused_with_the_key():
 
     cases = {
         "train.parallel.ep": ParallelConfig(dp_replicate=2, ep=4),  # ep must divide dp
-        "train.parallel.pp": ParallelConfig(dp_replicate=2, pp=2, ep=2),
+        "train.parallel.pp": ParallelConfig(dp_replicate=2, pp=2, ep=2),  # EP over dp ranks: no stages yet
         "train.parallel.ep ": ParallelConfig(dp_replicate=2, tp=2, ep=4),  # with tp, ep = tp (EDP)
         "train.parallel.sequence_parallel": ParallelConfig(dp_replicate=1, tp=2, ep=2, sequence_parallel=False),
     }
@@ -238,6 +264,7 @@ def test_layouts_ep_does_not_support_are_refused_with_the_key():
         ParallelConfig(dp_replicate=1, dp_shard=4, ep=2),  # EP over FSDP2 ranks
         ParallelConfig(dp_replicate=2, dp_shard=2, ep=4),  # over HSDP ranks
         ParallelConfig(dp_replicate=1, dp_shard=2, tp=2, ep=2),  # Expert Data Parallelism
+        ParallelConfig(dp_replicate=1, pp=2, tp=2, ep=2),  # EDP in pipeline stages
     ):
         check_expert_layout(fine)
         assert not fine.zero1_applies

@@ -86,6 +86,36 @@ shutdown()  # leave the process group together: a gloo rank exiting while its pe
 """
 
 
+# Several training sessions in ONE torchrun launch (a launch costs seconds), with NO_GATHER's guards: argv[1] is the
+# config, argv[2] a JSON list of {"train": RUN_DIR, "overrides": [...], "resume": bool} and {"copy": [SRC, DST]}
+# (rank 0 copies a run, dropping its step-6 checkpoint, so the next session resumes from step 3).
+SESSIONS = (
+    NO_GATHER.split("from skyloom.cli import main")[0]
+    + """
+import json
+import shutil
+from pathlib import Path
+from skyloom.config import load
+from skyloom.train.config import RunConfig
+from skyloom.train.distributed import barrier, shutdown
+from skyloom.train.trainer import Trainer
+
+for session in json.loads(sys.argv[2]):
+    if "copy" in session:
+        src, dst = map(Path, session["copy"])
+        if int(__import__("os").environ["RANK"]) == 0:
+            shutil.copytree(src, dst)
+            shutil.rmtree(dst / "checkpoints" / "step_00000006")
+            (dst / ".lock").unlink(missing_ok=True)
+    else:
+        cfg = load(RunConfig, sys.argv[1], session["overrides"])
+        Trainer(cfg, session["train"], resume=session["resume"]).fit()
+    barrier()
+shutdown()
+"""
+)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sharded_corpus") / "tokens"
@@ -135,7 +165,8 @@ def scripts(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("scripts")
     (root / "no_gather_train.py").write_text(NO_GATHER, encoding="utf-8")
     (root / "gather_init.py").write_text(GATHER_INIT, encoding="utf-8")
-    return {"train": root / "no_gather_train.py", "init": root / "gather_init.py"}
+    (root / "sessions.py").write_text(SESSIONS, encoding="utf-8")
+    return {"train": root / "no_gather_train.py", "init": root / "gather_init.py", "sessions": root / "sessions.py"}
 
 
 def run_config_from(config: Path) -> dict:
@@ -290,3 +321,108 @@ def test_an_fsdp_checkpoint_resumes_on_a_pipeline(corpus, scripts, fsdp2_straigh
     assert max(abs(x - y) for x, y in zip(losses(moved), losses(straight))) < 1e-5
     resume = [r for r in read_metrics(moved, "event") if r["event"] == "resume"]
     assert resume[0]["step"] == 3
+
+
+# ---- 3. every layout checkpoints without a gather, and resumes onto any other ----
+
+
+def _resumed_at_3(run_dir: Path) -> None:
+    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 7))
+    assert [r["step"] for r in read_metrics(run_dir, "event") if r["event"] == "resume"] == [3]
+
+
+def _close(a: Path, b: Path, tol: float) -> None:
+    la, lb = losses(a), losses(b)
+    assert len(la) == len(lb) == 6 and max(abs(x - y) for x, y in zip(la, lb)) < tol, (la, lb)
+
+
+@pytest.fixture(scope="module")
+def across_layouts(corpus, scripts, fsdp2_straight, tmp_path_factory) -> dict[str, Path]:
+    """ONE 2-rank launch, gathering and ZeRO-1 consolidation forbidden: DDP + ZeRO-1 for 6 steps, then its step-3
+    checkpoint resumed on ZeRO-1, PP 2 and FSDP 2; a 1-process run's step 3 resumed on FSDP 2; the FSDP run's
+    step 3 resumed on ZeRO-1."""
+    from skyloom.train.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("layouts")
+    config, fsdp = fsdp2_straight
+    Trainer(build_run_config(run_config_from(config)), root / "single").fit()
+    runs = {name: root / name for name in ("zero1", "zero1_on_zero1", "zero1_on_pp", "zero1_on_fsdp")}
+    runs.update(single=root / "single", fsdp=fsdp, single_on_fsdp=root / "single_on_fsdp", fsdp_on_zero1=root / "fz")
+    sessions = [{"train": str(runs["zero1"]), "overrides": [], "resume": False}]
+    for name, source, layout in (
+        ("zero1_on_zero1", "zero1", []),
+        ("zero1_on_pp", "zero1", ["train.parallel.pp=2"]),
+        ("zero1_on_fsdp", "zero1", ["train.parallel=fsdp"]),
+        ("single_on_fsdp", "single", ["train.parallel=fsdp"]),
+        ("fsdp_on_zero1", "fsdp", []),
+    ):
+        sessions.append({"copy": [str(runs[source]), str(runs[name])]})
+        sessions.append({"train": str(runs[name]), "overrides": layout, "resume": True})
+    run(torchrun(2, scripts["sessions"], str(config), json.dumps(sessions)))
+    return runs
+
+
+def test_a_zero1_checkpoint_is_written_by_each_owner_and_resumes_bit_exactly(across_layouts, tmp_path):
+    runs = across_layouts
+    path = runs["zero1"] / "checkpoints" / "step_00000006"
+    assert not any((path / f).exists() for f in ("model.safetensors", "optimizer.safetensors", "optimizer.json"))
+    files = json.loads((path / "manifest.json").read_text())["files"]
+    assert any(f.startswith("dcp/__0_") for f in files) and any(f.startswith("dcp/__1_") for f in files)
+    # one key space: every parameter's Adam moments once, under its name; the replicated weights written once
+    from torch.distributed.checkpoint import FileSystemReader
+
+    saved = FileSystemReader(str(path / "dcp")).read_metadata().state_dict_metadata
+    model = skyloom.load_model(path)  # streamed out of the shards
+    names = [n for n, _ in model.named_parameters()]
+    for kind in ("exp_avg", "exp_avg_sq", "step"):
+        assert {k for k in saved if k.startswith("optim.state.") and k.endswith("." + kind)} == {
+            f"optim.state.{n}.{kind}" for n in names
+        }
+    n_floats = sum(p.numel() for p in model.parameters())
+    written = sum(f.stat().st_size for f in (path / "dcp").glob("*.distcp"))
+    assert written < 1.25 * 3 * 4 * n_floats  # weights + 2 moments, fp32, each once (DDP's 2 replicas: ≥ 4×)
+    assert main(["export", "hf", str(path), str(tmp_path / "hf")]) == 0
+    assert torch.equal(load_file(str(tmp_path / "hf" / "model.safetensors"))["model.norm.weight"], model.norm.weight)
+
+    _resumed_at_3(runs["zero1_on_zero1"])
+    _close(runs["zero1_on_zero1"], runs["zero1"], 1e-6)
+
+
+def test_a_zero1_checkpoint_resumes_on_a_pipeline_and_on_fsdp(across_layouts):
+    for name in ("zero1_on_pp", "zero1_on_fsdp"):
+        _resumed_at_3(across_layouts[name])
+        _close(across_layouts[name], across_layouts["zero1"], 1e-5)
+
+
+def test_a_single_process_checkpoint_streams_into_fsdp_and_an_fsdp_one_into_zero1(across_layouts):
+    _resumed_at_3(across_layouts["single_on_fsdp"])
+    _close(across_layouts["single_on_fsdp"], across_layouts["single"], 1e-5)
+    _resumed_at_3(across_layouts["fsdp_on_zero1"])
+    _close(across_layouts["fsdp_on_zero1"], across_layouts["fsdp"], 1e-5)
+
+
+def test_a_single_process_optimizer_file_streams_by_parameter_name(across_layouts, tmp_path):
+    """`stream_optimizer` maps optimizer.safetensors' index keys to names; a file without names is refused."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    from skyloom.model.manifest import CheckpointError
+    from skyloom.train import checkpointing as ckpt
+    from skyloom.train.optim import LAYOUT_KEYS
+    from skyloom.train.trainer import Trainer
+
+    source = across_layouts["single"] / "checkpoints" / "step_00000006"
+    trainer = Trainer(build_run_config(run_config_from(across_layouts["single"] / "config.yaml")), tmp_path / "t")
+    flat = get_optimizer_state_dict(
+        trainer.model, trainer.optimizer, options=StateDictOptions(flatten_optimizer_state_dict=True)
+    )
+    ckpt.stream_optimizer(source, flat, keep=LAYOUT_KEYS)
+    saved, meta = load_file(str(source / "optimizer.safetensors")), json.loads((source / "optimizer.json").read_text())
+    i = meta["param_names"].index("layers.1.ffn.w2.weight")
+    assert torch.equal(flat["state.layers.1.ffn.w2.weight.exp_avg_sq"], saved[f"{i}.exp_avg_sq"])
+    assert float(flat["state.layers.1.ffn.w2.weight.step"]) == 6.0
+    legacy = tmp_path / "legacy"
+    shutil.copytree(source, legacy)
+    del meta["param_names"]
+    (legacy / "optimizer.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="param_names"):
+        ckpt.stream_optimizer(legacy, flat, keep=LAYOUT_KEYS)

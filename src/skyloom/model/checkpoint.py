@@ -5,7 +5,8 @@ Training checkpoints are the same directory with more files beside (optimizer, l
 so `load_model` opens both. A Hugging Face Llama directory (config.json + *.safetensors) loads too.
 Weights are never unpickled. A directory with a manifest.json (a training checkpoint) is verified against it
 first (`model/manifest.py`); `verify=False` skips that.
-A sharded training checkpoint (FSDP/TP/PP: `model.json` + `dcp/`, no `model.safetensors`) is consolidated by
+A multi-process training checkpoint (DDP, ZeRO-1, FSDP, TP, PP, EP: `model.json` + `dcp/`, no `model.safetensors`)
+is consolidated by
 streaming: the model is allocated once and filled tensor by tensor from DCP's files, so the only memory beyond the
 model is one tensor (its saved shards) — DCP's `.metadata`, a pickle, is opened only once the manifest verified it.
 """

@@ -1,14 +1,17 @@
 """Save, resume and init-from over a run's stateful parts — the one owner of checkpoints during training.
 
-Parts: the model and optimizer (safetensors; under a sharded layout `torch.distributed.checkpoint`, each rank
-writing and hashing its own shards, nothing gathered on one rank — and resumable onto any layout), and the JSON parts —
+Parts: the model and optimizer — one process: model.safetensors + optimizer.safetensors; every multi-process layout
+(DDP, ZeRO-1, FSDP, TP, EP, PP): `torch.distributed.checkpoint`, each rank writing and hashing its own part, nothing
+gathered on one rank. Both are keyed by parameter name (the optimizer flattened: `state.<name>.exp_avg`), so a
+checkpoint of any layout resumes onto any other — a DCP one through DCP's resharding, a single-process one streamed
+tensor by tensor, each rank reading only its own slices — and the JSON parts —
 trainer state (step, tokens, fault counters), the loader's position and the callbacks' state — which go into
 trainer_state.json. The layout, manifests and pruning rule are `skyloom.train.checkpointing`'s.
 
 What it guarantees: a checkpoint is verified against its manifest before anything reads it (`verify=False`
 skips the checksums); a resume falls back past checkpoints that are broken or cannot be read, and reports them;
 a checkpoint that cannot be written (disk full) stops the run with an `abort` event, its partial directory
-removed and the earlier ones untouched; an FSDP checkpoint's pickled `dcp/.metadata` is opened only after the
+removed and the earlier ones untouched; a DCP checkpoint's pickled `dcp/.metadata` is opened only after the
 manifest vouched for it; a resumed session drops the metrics lines of the lost steps and records the settings
 that changed (`config_changed`).
 """
@@ -41,6 +44,7 @@ from skyloom.model.manifest import check as check_manifest
 from skyloom.train import checkpointing as ckpt
 from skyloom.train.distributed import DistEnv, all_gather_object, all_reduce_sum, barrier, broadcast_object
 from skyloom.train.metrics import truncate_after
+from skyloom.train.optim import LAYOUT_KEYS, is_zero1, load_zero1_state_dict, zero1_state_dict
 
 if TYPE_CHECKING:
     from skyloom.train.callbacks import Callback
@@ -54,6 +58,11 @@ def _optimizer_by_name():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def _setting(flat_key: str) -> str:
+    """`param_groups.<name>.lr` → `lr`."""
+    return flat_key.rsplit(".", 1)[1]
 
 
 class TrainingAborted(RuntimeError):
@@ -196,6 +205,10 @@ class Checkpointer:
         # recognised by their DTensor parameters; pipeline stages (plain tensors, other layers per rank) pass True
         sharded = fsdp or any(hasattr(p, "device_mesh") for p in raw_model.parameters())
         self.fsdp, self.tokenizer, self.verify, self.log = sharded, tokenizer, verify, log
+        # every multi-process layout checkpoints through DCP: DDP's replicated tensors are written once (DCP's
+        # planner spreads them over the ranks), ZeRO-1's optimizer entries by the rank that owns them
+        self.dcp = sharded or env.distributed
+        self.zero1 = is_zero1(optimizer)
         self.device = env.device
         self.logger: MetricsLogger | None = None  # the run's event log, once the trainer opened it
         self.last_checkpoint: Path | None = None
@@ -272,17 +285,12 @@ class Checkpointer:
                 self._write_failed(None, err)
         tmp = Path(_broadcast_path(tmp))
         rngs = all_gather_object({k: v.tolist() for k, v in ckpt.rng_state().items()})
-        known = None
-        if self.fsdp:
-            full, opt_state = None, None
+        known, full, opt_state = None, None, None
+        if self.dcp:
             known = self._save_sharded(tmp)
         else:
             full = {k: v.detach().contiguous().cpu() for k, v in self.raw_model.state_dict().items()}
-            if hasattr(self.optimizer, "consolidate_state_dict"):
-                self.optimizer.consolidate_state_dict(to=0)
-                opt_state = self.optimizer.state_dict() if self.env.is_main else None
-            else:
-                opt_state = self.optimizer.state_dict()
+            opt_state = self.optimizer.state_dict()
         path = None
         if self.env.is_main:
             if full is not None and self.cfg.model.tie_embeddings:
@@ -303,9 +311,8 @@ class Checkpointer:
         gets all the entries for the manifest. Nothing is gathered: memory and time per rank ∝ its shards."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.api import CheckpointException
-        from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        msd, osd = get_state_dict(self.model, self.optimizer, options=_optimizer_by_name())
+        msd, osd = self._state_dicts(optimizer=True)
         try:
             dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / ckpt.DCP_DIR))
             mine = ckpt.shard_entries(tmp, self.env.rank)
@@ -325,7 +332,9 @@ class Checkpointer:
         if self.tokenizer is not None:
             self.tokenizer.copy_files_to(tmp)
         if opt_state is not None:
-            ckpt.optimizer_state_to_files(opt_state, tmp)
+            names = self._names()
+            order = [names[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
+            ckpt.optimizer_state_to_files(opt_state, tmp, names=order)
         save_file(
             {f"{k}.rank{r}": torch.tensor(v, dtype=torch.uint8) for r, d in enumerate(rngs) for k, v in d.items()},
             str(tmp / "rng.safetensors"),
@@ -360,17 +369,48 @@ class Checkpointer:
 
     # ---- loading ----
 
+    def _names(self) -> dict[int, str]:
+        """id(parameter) → its name (a tied weight under its first name, as torch's state-dict API keys it)."""
+        return {id(p): name for name, p in self.raw_model.named_parameters()}
+
+    def _state_dicts(self, optimizer: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """This rank's part of the model (and optimizer) state in the name-keyed form every layout shares: what it
+        writes through DCP and what it requests on load. ZeRO-1: only the optimizer entries this rank owns."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        msd = get_model_state_dict(self.model)
+        if not optimizer:
+            return msd, None
+        if self.zero1:
+            return msd, zero1_state_dict(self.optimizer, self._names())
+        return msd, get_optimizer_state_dict(self.model, self.optimizer, options=_optimizer_by_name())
+
+    def _apply(self, msd: dict[str, Any] | None, osd: dict[str, Any] | None) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        if msd is not None:
+            set_model_state_dict(self.model, msd)
+        if osd is None:
+            return
+        if self.zero1:
+            load_zero1_state_dict(self.optimizer, self._names(), osd)
+        else:
+            set_optimizer_state_dict(self.model, self.optimizer, osd, options=_optimizer_by_name())
+
     def load_weights(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
         if (path / ckpt.DCP_DIR).is_dir():  # a sharded checkpoint: DCP reshards it onto this layout, any layout
             self.load_sharded(path, optimizer=False)
             return
+        if self.dcp:  # a single-process checkpoint: each rank streams in its own part, tensor by tensor
+            msd, _ = self._state_dicts(optimizer=False)
+            tied = self.cfg.model.tie_embeddings
+            ckpt.stream_tensors(
+                path / WEIGHTS_FILE, msd, lambda k: "tok_emb.weight" if tied and k == "output.weight" else k
+            )
+            self._apply(msd, None)
+            return
         if state is None:
             state = read_weights(path / WEIGHTS_FILE)
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
-            return
         if self.cfg.model.tie_embeddings:
             state.pop("output.weight", None)
         with torch.no_grad():
@@ -389,52 +429,32 @@ class Checkpointer:
         self._verified.add(path)
 
     def load_sharded(self, path: Path, optimizer: bool) -> None:
+        """A DCP checkpoint of any layout onto this one: each rank requests its own part by name, DCP reshards."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (
-            get_model_state_dict,
-            get_state_dict,
-            set_model_state_dict,
-            set_state_dict,
-        )
 
         self._require_verified(path)
-        if optimizer:
-            self._require_dcp_optimizer(path)
-            msd, osd = get_state_dict(self.model, self.optimizer, options=_optimizer_by_name())
-            state = {"model": msd, "optim": osd}
-        else:
-            state = {"model": get_model_state_dict(self.model)}
+        msd, osd = self._state_dicts(optimizer)
+        state = {"model": msd} if osd is None else {"model": msd, "optim": osd}
+        kept = {k: v for k, v in (osd or {}).items() if k.startswith("param_groups.") and _setting(k) in LAYOUT_KEYS}
         with contextlib.nullcontext() if self.env.distributed else single_process_dcp():
             dcp.load(state, checkpoint_id=str(path / ckpt.DCP_DIR), no_dist=not self.env.distributed)
-        if optimizer:
-            set_state_dict(
-                self.model,
-                self.optimizer,
-                model_state_dict=state["model"],
-                optim_state_dict=state["optim"],
-                options=_optimizer_by_name(),
-            )
-        else:
-            set_model_state_dict(self.model, state["model"])
-
-    def _require_dcp_optimizer(self, path: Path) -> None:
-        if hasattr(self.optimizer, "consolidate_state_dict"):
-            raise ValueError(
-                f"{path}: a sharded checkpoint's optimizer state cannot be loaded into ZeRO-1; resume it "
-                "with train.zero1: false (or a sharded layout)"
-            )
+        if osd is not None:
+            osd.update(kept)  # this layout's kernels, not the writer's
+        self._apply(msd, osd)
 
     def load_optimizer(self, path: Path, state: dict | None = None) -> None:
         if (path / ckpt.DCP_DIR).is_dir():
             self.load_sharded(path, optimizer=True)
             return
-        if self.fsdp:
-            raise ValueError(
-                f"{path}: not an FSDP checkpoint; its optimizer state cannot be sharded in — "
-                "use train.init_from without init_optimizer for a fresh optimizer"
-            )
         if not (path / "optimizer.safetensors").is_file():
-            raise ValueError(f"{path}: no optimizer.safetensors (an FSDP checkpoint? resume it with parallel=fsdp)")
+            raise CheckpointError(f"{path}: has no optimizer state (optimizer.safetensors or dcp/)")
+        # a multi-process layout streams its own parameters' state out of the file; a file from before the names
+        # were recorded still loads whole into a replicated (DDP / ZeRO-1) optimizer
+        if self.dcp and (self.fsdp or ckpt.optimizer_param_names(path) is not None):
+            _, osd = self._state_dicts(optimizer=True)
+            ckpt.stream_optimizer(path, osd, keep=LAYOUT_KEYS)
+            self._apply(None, osd)
+            return
         self.optimizer.load_state_dict(state if state is not None else ckpt.optimizer_state_from_files(path))
 
     def _read(self, path: Path) -> dict[str, Any]:
@@ -442,9 +462,15 @@ class Checkpointer:
         verifies but cannot be read (e.g. re-signed garbage) leaves the model untouched for the next older one."""
         state = ckpt.read_trainer_state(path)
         out: dict[str, Any] = {"state": state, "rng": read_weights(path / "rng.safetensors")}
-        if not (path / ckpt.DCP_DIR).is_dir():
-            out["weights"] = read_weights(path / WEIGHTS_FILE)
-        if not self.fsdp and (path / "optimizer.safetensors").is_file():
+        if (path / ckpt.DCP_DIR).is_dir():
+            return out
+        if self.dcp:  # streamed later, each rank its own part: only the headers are checked now
+            ckpt.check_readable(path / WEIGHTS_FILE)
+            if (path / "optimizer.safetensors").is_file():
+                ckpt.check_readable(path / "optimizer.safetensors")
+            return out
+        out["weights"] = read_weights(path / WEIGHTS_FILE)
+        if (path / "optimizer.safetensors").is_file():
             out["optimizer"] = ckpt.optimizer_state_from_files(path)
         return out
 

@@ -2,21 +2,22 @@
 
     RUN_DIR/checkpoints/step_00001000/
       model.safetensors, model.json     the weights (`skyloom.load_model(dir)` opens the directory as is)
-                                        (sharded runs: model.json only, the weights are in dcp/)
+                                        (multi-process runs: model.json only, the weights are in dcp/)
       tokenizer.json, …                 the run's tokenizer files, when it has one
-      optimizer.safetensors + .json     AdamW state (tensors) and param groups / scalar state (JSON)
+      optimizer.safetensors + .json     one process: AdamW state (tensors) and param groups / scalar state /
+                                        parameter names (JSON)
       rng.safetensors                   torch RNG state of every rank
       trainer_state.json                step, tokens, data-loader position, fault counters, session info
-      dcp/                              sharded runs (FSDP, TP, PP, EP): model + optimizer via
-                                        torch.distributed.checkpoint, each rank writing (and hashing) its
-                                        own shards — never gathered on one rank; `load_model` streams it
+      dcp/                              multi-process runs (DDP, ZeRO-1, FSDP, TP, PP, EP): model + optimizer
+                                        via torch.distributed.checkpoint, each rank writing (and hashing) its
+                                        own part — never gathered on one rank; `load_model` streams it
       manifest.json                     every file's size and sha256 — written last
 
 A checkpoint is written into `.tmp-step_…` and renamed when complete, so a crash never leaves a directory
 that looks finished; a checkpoint whose manifest is missing or whose files do not match it is "broken" and
 skipped by `--resume` (and reported). The manifest itself is read and checked in `skyloom.model.manifest`, the
 one place every loader uses. Nothing here unpickles: weights and optimizer tensors are safetensors, the rest
-JSON. (DCP's own `.metadata` file, FSDP runs only, is PyTorch's pickle: the trainer opens it only after the
+JSON. (DCP's own `.metadata` file, multi-process runs only, is PyTorch's pickle: the trainer opens it only after the
 manifest verified it.)
 """
 
@@ -26,18 +27,19 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from skyloom.model import manifest
 from skyloom.model.manifest import FORMAT, MANIFEST, CheckpointError  # noqa: F401  (re-exported: the trainer's names)
 
 TRAINER_STATE = "trainer_state.json"
-DCP_DIR = "dcp"  # FSDP: sharded state; its .metadata is a pickle, so every file there must be in the manifest
+DCP_DIR = "dcp"  # multi-process runs' state; its .metadata is a pickle, so every file there must be in the manifest
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
@@ -65,8 +67,10 @@ def _fsync_dir(path: Path) -> None:
 # ---- optimizer state without pickle ----
 
 
-def optimizer_state_to_files(state: dict, out_dir: Path) -> None:
-    """A torch optimizer state_dict → optimizer.safetensors (tensors) + optimizer.json (everything else)."""
+def optimizer_state_to_files(state: dict, out_dir: Path, names: list[str] | None = None) -> None:
+    """A torch optimizer state_dict → optimizer.safetensors (tensors) + optimizer.json (everything else).
+    `names`: each parameter index's name (optimizer.json's "param_names"), so a sharded or pipelined layout can
+    take its own parameters' state out of the file (`stream_optimizer`)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, per_param in state["state"].items():
@@ -79,7 +83,10 @@ def optimizer_state_to_files(state: dict, out_dir: Path) -> None:
             else:
                 entry[key] = {"value": value}
     save_file(tensors, str(out_dir / "optimizer.safetensors"))
-    write_json(out_dir / "optimizer.json", {"state": scalars, "param_groups": state["param_groups"]})
+    meta = {"state": scalars, "param_groups": state["param_groups"]}
+    if names is not None:
+        meta["param_names"] = names
+    write_json(out_dir / "optimizer.json", meta)
 
 
 def optimizer_state_from_files(ckpt_dir: Path) -> dict:
@@ -97,6 +104,104 @@ def optimizer_state_from_files(ckpt_dir: Path) -> dict:
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{ckpt_dir}: cannot read the optimizer state ({type(err).__name__}: {err})") from None
     return {"state": state, "param_groups": groups}
+
+
+# ---- a single-process checkpoint streamed into a sharded / multi-process layout ----
+
+
+def stream_tensors(file: Path, targets: dict[str, Any], source_of: Callable[[str], str]) -> None:
+    """Fill every tensor of `targets` from the tensor `source_of(key)` of safetensors `file`, reading one tensor
+    at a time — of a DTensor only this rank's shard (its slice of the file) — so memory stays bounded by the
+    largest tensor, whatever the model's size. A missing tensor or another shape → CheckpointError naming both."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    try:
+        with safe_open(str(file), framework="pt") as f, torch.no_grad():
+            available = set(f.keys())
+            for key, target in targets.items():
+                name = source_of(key)
+                if name not in available:
+                    raise CheckpointError(f"{file}: has no tensor {name!r} (for {key})")
+                part = f.get_slice(name)
+                shape = tuple(part.get_shape())
+                if shape != tuple(target.shape):
+                    raise CheckpointError(
+                        f"{file}: {name} has shape {list(shape)}, this run needs {list(target.shape)}"
+                    )
+                if isinstance(target, DTensor) and shape:
+                    local_shape, offset = compute_local_shape_and_global_offset(
+                        shape, target.device_mesh, target.placements
+                    )
+                    local = target.to_local()
+                    if local.numel():
+                        local.copy_(part[tuple(slice(o, o + n) for o, n in zip(offset, local_shape))])
+                elif isinstance(target, DTensor):
+                    target.to_local().copy_(f.get_tensor(name))
+                else:
+                    target.copy_(f.get_tensor(name))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: cannot read it as safetensors ({err})") from None
+
+
+def stream_optimizer(ckpt_dir: Path, flat: dict[str, Any], keep: frozenset[str] = frozenset()) -> None:
+    """Fill `flat` — this rank's optimizer state keyed by parameter name (`state.<name>.<key>`,
+    `param_groups.<name>.<key>`, as `get_state_dict(..., flatten_optimizer_state_dict=True)` gives it) — from a
+    single-process checkpoint's optimizer.safetensors + .json, tensor by tensor (see `stream_tensors`).
+    Group settings named in `keep` keep their current value."""
+    file = ckpt_dir / "optimizer.json"
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+        names = meta.get("param_names")
+        if names is None:
+            raise CheckpointError(
+                f"{file}: has no param_names (written before optimizer state could be resharded); resume it on "
+                "the layout that wrote it, or use train.init_from without init_optimizer for a fresh optimizer"
+            )
+        index = {name: i for i, name in enumerate(names)}
+        group_of = {i: g for g in meta["param_groups"] for i in g["params"]}
+        tensors: dict[str, str] = {}
+        for key in list(flat):
+            section, rest = key.split(".", 1)
+            name, field = rest.rsplit(".", 1)
+            if name not in index:
+                raise CheckpointError(f"{file}: no optimizer state for parameter {name!r}")
+            i = index[name]
+            if section == "param_groups":
+                if field not in keep:
+                    value = group_of[i][field]
+                    flat[key] = tuple(value) if field == "betas" else value
+                continue
+            entry = meta["state"][str(i)][field]
+            if "tensor" in entry:
+                tensors[key] = entry["tensor"]
+            elif torch.is_tensor(flat[key]):
+                flat[key].copy_(torch.tensor(entry["value"]))
+            else:
+                flat[key] = entry["value"]
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{file}: cannot read the optimizer state ({type(err).__name__}: {err})") from None
+    stream_tensors(ckpt_dir / "optimizer.safetensors", {k: flat[k] for k in tensors}, tensors.__getitem__)
+
+
+def optimizer_param_names(ckpt_dir: Path) -> list[str] | None:
+    """optimizer.json's parameter names (None: written before they were recorded, or unreadable)."""
+    try:
+        names = json.loads((ckpt_dir / "optimizer.json").read_text(encoding="utf-8")).get("param_names")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return names if isinstance(names, list) else None
+
+
+def check_readable(file: Path) -> None:
+    """A safetensors file's header parses (a cheap check before anything is applied; the tensors stream later)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: cannot read it as safetensors ({err})") from None
 
 
 # ---- RNG ----

@@ -13,7 +13,8 @@ later MoE setup uses to give experts or routers their own learning rates (`lr_sc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,3 +102,59 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+# ---- checkpoint state in the name-keyed form every layout shares ----
+
+# Settings that say how the update runs on a layout (which kernel), not where training stands: a resume keeps the
+# current layout's own — e.g. the fused CPU kernel of a DDP run does not take FSDP's DTensor parameters.
+LAYOUT_KEYS = frozenset({"fused", "foreach", "capturable", "differentiable"})
+
+
+def is_zero1(optimizer) -> bool:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    return isinstance(optimizer, ZeroRedundancyOptimizer)
+
+
+def zero1_state_dict(optimizer, names: Mapping[int, str]) -> dict[str, Any]:
+    """This rank's share of a ZeRO-1 optimizer, flattened and keyed by parameter name exactly as
+    `get_state_dict(..., flatten_optimizer_state_dict=True)` keys a full optimizer (`state.<name>.exp_avg`,
+    `param_groups.<name>.lr`): only the parameters this rank owns, so DCP writes each entry once, from its owner,
+    and no rank ever holds the whole optimizer state. `names`: id(parameter) → its name."""
+    from torch.distributed.checkpoint.state_dict import _init_optim_state
+
+    local = optimizer.optim
+    _init_optim_state(local)  # a fresh optimizer: one zero-gradient, lr-0 step creates the state (torch's own way)
+    out: dict[str, Any] = {}
+    for group in local.param_groups:
+        for param in group["params"]:
+            name = names[id(param)]
+            out.update({f"state.{name}.{key}": value for key, value in local.state[param].items()})
+            out.update({f"param_groups.{name}.{key}": value for key, value in group.items() if key != "params"})
+    return out
+
+
+def load_zero1_state_dict(optimizer, names: Mapping[int, str], flat: Mapping[str, Any]) -> None:
+    """The inverse of `zero1_state_dict`: this rank's owned parameters' entries of `flat` (any layout wrote them)
+    into its local optimizer; the hyper-parameters into the ZeRO wrapper's groups too (its step copies them down)."""
+    local = optimizer.optim
+    with torch.no_grad():
+        for group, shared in zip(local.param_groups, optimizer.param_groups, strict=True):
+            for param in group["params"]:
+                state = local.state[param]
+                for key, current in list(state.items()):
+                    value = flat[f"state.{names[id(param)]}.{key}"]
+                    if torch.is_tensor(current) and torch.is_tensor(value):
+                        if value is not current:
+                            current.copy_(value)
+                    else:
+                        state[key] = value
+            if not group["params"]:
+                continue
+            first = names[id(group["params"][0])]
+            for key in group:
+                if key != "params" and key not in LAYOUT_KEYS:
+                    group[key] = flat[f"param_groups.{first}.{key}"]
+                    if key in shared:
+                        shared[key] = group[key]

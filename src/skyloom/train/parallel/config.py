@@ -138,8 +138,9 @@ class ParallelConfig:
     @property
     def zero1_applies(self) -> bool:
         """ZeRO-1 shards the optimizer over the DDP ranks of a plain data-parallel layout. Not under FSDP (already
-        sharded), and not with pipeline stages or DTensor parameters (TP/EP), whose checkpoints are sharded (DCP):
-        ZeroRedundancyOptimizer has no sharded state dict — shard the optimizer with dp_shard instead."""
+        sharded), and not yet beside pipeline stages or DTensor parameters (TP/EP), where it is untried — shard the
+        optimizer with dp_shard there. Its checkpoint needs no consolidation: each rank writes the entries it owns
+        through DCP, keyed by parameter name like every other layout's (`skyloom.train.optim.zero1_state_dict`)."""
         return self.zero1 and self.dp_replicate > 1 and self.dp_shard == 1 and self.pp == self.tp == self.ep == 1
 
     @property

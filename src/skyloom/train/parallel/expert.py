@@ -32,9 +32,10 @@ Three layouts:
   Attention (and the FFN of dense blocks) is tensor-parallel over the tp ranks, the experts are sharded over the
   same ranks, and each rank's sequence shard goes to the experts by all-to-all (model/moe.py, `route_group`: the
   routing is decided over the whole micro-batch, so the numbers are one process's). FSDP2 / replicate over the dp
-  ranks take the experts as they take any TP weight.
-Not built: EP with pipeline parallelism, EP over dp ranks and tp ranks at once (ep ≠ tp with tp > 1); refused with
-the key to change.
+  ranks take the experts as they take any TP weight, and pipeline stages (pp > 1) too: each stage's MoE layers
+  over its tp ranks — the report's own layout for Skywork-MoE (PP × EDP × DP).
+Not built: EP over dp ranks with pipeline stages, EP over dp and tp ranks at once (ep ≠ tp with tp > 1); refused
+with the key to change.
 """
 
 from __future__ import annotations
@@ -60,8 +61,12 @@ def check_expert_layout(pcfg: ParallelConfig, key: str = "train.parallel") -> No
     """Refuse what EP does not support (a resolved layout; errors name `key`.<field>)."""
     if pcfg.ep <= 1:
         return
-    if pcfg.pp > 1:
-        raise ConfigError(f"{key}.pp", "expert parallelism with pp > 1 is not supported yet")
+    if pcfg.pp > 1 and pcfg.tp == 1:
+        raise ConfigError(
+            f"{key}.pp",
+            "expert parallelism over data-parallel ranks with pp > 1 is not supported yet; "
+            "with pipeline stages shard the experts over the tensor-parallel ranks (tp = ep)",
+        )
     if pcfg.tp > 1:
         if pcfg.ep != pcfg.tp:
             raise ConfigError(
