@@ -1,9 +1,9 @@
 """Expert parallelism (EP) for MoE layers: each rank of an `ep` group holds n_experts/ep of every layer's experts.
 
-Where the ranks come from: the data-parallel ranks. `expert_mesh` lays the dp ranks of one pipeline stage / tensor
-slice out as [dp/ep, ep] (row-major, so an ep group is ep consecutive dp ranks — within one node when dp_shard
-≥ ep): ranks of one ep group see different tokens and share one copy of the experts; the dp/ep groups ("expert
-replicas") hold the same experts and average their gradients.
+Where the ranks come from: the data-parallel ranks (or, under Expert Data Parallelism below, the tensor-parallel
+ones). `expert_mesh` lays the dp ranks out as [dp/ep, ep] (row-major, so an ep group is ep consecutive dp ranks —
+within one node when dp_shard ≥ ep): ranks of one ep group see different tokens and share one copy of the experts;
+the dp/ep groups ("expert replicas") hold the same experts and average their gradients.
 
 What runs (model/moe.py): every rank routes its own tokens (gate, top-k, capacity, drops, aux loss, statistics —
 all per rank and micro-batch, exactly as without EP), writes them into the padded [n_experts, C, dim] buffer and
@@ -50,11 +50,6 @@ from skyloom.model.moe import moe_layers
 from skyloom.train.parallel.config import ParallelConfig
 
 EXPERT_WEIGHTS = ("w1", "w3", "w2")
-
-
-def is_expert_data_parallel(pcfg: ParallelConfig) -> bool:
-    """The experts sharded over the tensor-parallel ranks (B.1) rather than over data-parallel ones."""
-    return pcfg.ep > 1 and pcfg.tp > 1
 
 
 def check_expert_layout(pcfg: ParallelConfig, key: str = "train.parallel") -> None:
