@@ -66,6 +66,12 @@ def test_bad_sections_name_the_key(bad, key, words):
         ({"ep": 2}, {}, "train.parallel.ep", "needs an MoE model"),
         ({"tp": 4}, {"max_seq_len": 66}, "train.parallel.tp", "66 sequence positions"),  # SP splits the windows
         ({"tp": 2}, {"moe": {"n_experts": 4, "top_k": 2}}, "train.parallel.tp", "set train.parallel.ep: 2"),
+        (
+            {"tp": 2, "ep": 2, "sequence_parallel": False},
+            {"moe": {"n_experts": 4, "top_k": 2}},
+            "train.parallel.sequence_parallel",
+            "routes each tp rank's sequence shard",
+        ),
         ({"pp": 2}, {"tie_embeddings": True}, "train.parallel.pp", "tie_embeddings"),
     ],
 )

@@ -56,12 +56,16 @@ def check_tensor_parallel(
     for what, n in need:
         if n % tp:
             raise ConfigError(key, f"{n} {what} not divisible by tp={tp}")
-    if model.moe is not None and (ep != tp or not sequence_parallel):
+    if model.moe is not None and ep != tp:
         raise ConfigError(
             key,
-            f"MoE blocks under tensor parallelism run as Expert Data Parallelism: the experts sharded over the "
-            f"same ranks (set train.parallel.ep: {tp}, got ep={ep}) with sequence_parallel: true"
-            + ("" if sequence_parallel else " (got false)"),
+            "MoE blocks under tensor parallelism run as Expert Data Parallelism, the experts sharded over the "
+            f"same ranks: set train.parallel.ep: {tp} (got ep={ep})",
+        )
+    if model.moe is not None and not sequence_parallel:
+        raise ConfigError(
+            key.rsplit(".", 1)[0] + ".sequence_parallel",
+            "Expert Data Parallelism routes each tp rank's sequence shard: set sequence_parallel: true",
         )
     if model.dropout > 0:
         raise ConfigError(
