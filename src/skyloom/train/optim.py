@@ -68,14 +68,15 @@ def build_optimizer(
     `zero1_group` (the data-parallel ranks of a pipeline/tensor-parallel layout; None = every rank)."""
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay, lr_scale_fn)]
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    # The fused kernel (CPU and CUDA) is ~7× faster than the per-tensor loop on CPU; sharded DTensor
-    # parameters (FSDP2) take the foreach path instead.
-    plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    # The fused kernel (CPU and CUDA) is ~7× faster than the per-tensor loop on CPU, and sharded DTensor parameters
+    # (FSDP2, TP) take it too: the foreach path would hold a parameter-sized temporary (sqrt of exp_avg_sq over all
+    # tensors at once) at the step — on an FSDP2 rank a quarter of its state (benchmarks/bench_fsdp_memory.py).
+    fusable = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     sharded = [type(p) is not torch.nn.Parameter for g in groups for p in g["params"]]
     if any(sharded) and not all(sharded):  # expert parallelism: DTensor experts beside plain weights
         kwargs["foreach"] = False  # the foreach kernels refuse a mix of DTensor and torch.Tensor
     else:
-        kwargs["fused" if plain else "foreach"] = True
+        kwargs["fused" if fusable else "foreach"] = True
     if zero1:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 

@@ -44,6 +44,7 @@ from skyloom.train.checkpointer import (  # noqa: F401  (some re-exported)
 )
 from skyloom.train.config import RunConfig
 from skyloom.train.distributed import DistEnv, all_reduce_sum, init_distributed
+from skyloom.train.host_memory import limit_heap_retention
 from skyloom.train.metrics import MetricsLogger
 from skyloom.train.optim import build_optimizer, lr_at, set_lr
 from skyloom.train.parallel.apply import enable_activation_checkpointing, parallelize  # noqa: F401  (re-exported)
@@ -158,6 +159,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.env: DistEnv = init_distributed(cfg.train.device)
         self.device = self.env.device
+        limit_heap_retention(self.device.type)  # CPU: freed buffers go back to the OS (host_memory.py)
         self._print = log or print
         self.logger: MetricsLogger | None = None
         self.autocast_dtype = autocast_dtype_for(cfg.train.precision, self.device)
