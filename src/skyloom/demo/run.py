@@ -1,6 +1,10 @@
 """`skyloom demo`: the whole Skywork recipe at tiny scale, as resumable phases in one workspace directory.
 
-    corpus → pipeline → tokenizer → pack → stage1-a → stage1-b → stage2 → eval → report
+    corpus → pipeline → tokenizer → pack → stage1-a → stage1-b → stage2 → stage2-leaked → eval → report
+
+`stage2-leaked` (the recipe's stage "contaminated") is a deliberately contaminated branch: Stage-2's model trained a
+little longer on Main mixed with Table 8's test and train splits, so that Table 8 shows the detector catching a
+real leak next to the clean Stage-2 model. It is evaluated for Table 8 only and never feeds another session.
 
 Every phase calls the project's own engine (the SkyPile pipeline, `skyloom tokenizer train`, `skyloom data pack`,
 the trainer with chained sessions, `skyloom eval ppl/leakage`, `skyloom report`) and, when it finishes, writes
@@ -11,7 +15,7 @@ resumes from its newest checkpoint. Workspace layout:
     pipeline/{main,stem}/*.jsonl, funnel.md, stats.json      SkyPile-Main / SkyPile-STEM and the funnel
     data/tokenizer/, data/tokens/{main,stem}/                tokenizer and token shards
     runs/<session>/{config.yaml,metrics.jsonl,checkpoints/}  one run directory per training session
-    eval/{ppl.json,leakage.json,tables.md}                   Table 6 and Table 8
+    eval/{ppl.json,leakage.json,samples.json,tables.md}      Table 6 (+ unigram baselines), Table 8, samples
     report.html, report/*.png                                the run report
 """
 
@@ -31,6 +35,8 @@ from skyloom.recipes.recipe import Recipe, load_recipe
 
 REPO_RECIPES = Path(__file__).resolve().parents[3] / "recipes" / "demo"
 SUBSETS = ("main", "stem")  # the pipeline's outputs, packed into data/tokens/<subset>
+LEAK_SOURCE = "leak"  # Table 8's test + train splits, packed into data/tokens/leak for the contaminated session
+CONTAMINATED_STAGE = "contaminated"  # sessions of this recipe stage are the leaked branch (Table 8 only)
 
 
 def default_recipe(tiny: bool) -> Path:
@@ -60,6 +66,7 @@ class Demo:
         self.log = log or (lambda text: print(text, flush=True))
         self.phase_dir = self.out / "phases"
         self.sessions = [s.name for s in self.recipe.sessions]
+        self.contaminated = [s.name for s in self.recipe.sessions if s.stage == CONTAMINATED_STAGE]
         self.phases: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("corpus", self.corpus),
             ("pipeline", self.pipeline),
@@ -216,6 +223,9 @@ class Demo:
 
         specs = [SourceSpec(subset, [Path(f) for f in self._subset_files(subset)]) for subset in SUBSETS]
         specs = [s for s in specs if s.files]
+        leak = self.manifest.get("leakage")
+        if leak and self.contaminated:  # the contaminated session's data: Table 8's test split and train split
+            specs.append(SourceSpec(LEAK_SOURCE, [self._leak_file(leak)]))
         summary = pack(
             specs,
             self.out / "data" / "tokenizer",
@@ -227,6 +237,15 @@ class Demo:
         for name, s in summary.sources.items():
             self.log(f"    {name:6s} {s['tokens']:10,} tokens in {s['documents']:6,} documents")
         return {"sources": summary.sources}
+
+    def _leak_file(self, leak: dict[str, str]) -> Path:
+        """data/leak.jsonl: the test split, then the train split, one `text` record per sample (as scored)."""
+        from skyloom.eval.textdata import read_documents
+
+        texts = [t for k in ("test", "train") for t in read_documents(leak[k]).texts or []]
+        path = self.out / "data" / f"{LEAK_SOURCE}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+        return path
 
     def session_config(self, name: str):
         """The session's RunConfig in this workspace, with one validation set per corpus domain."""
@@ -268,6 +287,10 @@ class Demo:
         from skyloom.train.prepare import prepare_run_data
         from skyloom.train.trainer import Trainer
 
+        if name in self.contaminated and not self.manifest.get("leakage"):
+            reason = f"no Table-8 sets to leak ({self.manifest.get('leakage_note')})"
+            self.log(f"    skipped: {reason}")
+            return {"skipped": reason}
         cfg = self.session_config(name)
         run_dir = Path(cfg.out_dir)
         resume = (run_dir / "checkpoints").is_dir()
@@ -302,6 +325,8 @@ class Demo:
         }
 
     def evaluate(self) -> dict[str, Any]:
+        from skyloom.demo.samples import session_samples
+        from skyloom.demo.unigram import domain_entropies, format_unigram
         from skyloom.eval.backends import load_lm
         from skyloom.eval.leakage import format_table8, leakage
         from skyloom.eval.perplexity import WindowConvention, evaluate_perplexity, format_table
@@ -323,44 +348,100 @@ class Demo:
         # the end of Stage-1 (the last session of the first stage) and the end of every later stage
         stage_last: dict[str, str] = {}
         for ref in self.recipe.sessions:
+            if ref.name in self.contaminated and not leak_sets:
+                continue
             stage_last[ref.stage or ref.name] = ref.name
-        rows_ppl, rows_leak = {}, {}
+        rows_ppl, rows_leak, samples = {}, {}, {}
+        unigram: dict[str, Any] = {}
         out = self.out / "eval"
         out.mkdir(parents=True, exist_ok=True)
-        for stage, session in stage_last.items():
+        # a word problem nobody trains on (Table 8's reference set), answered by every session's model
+        problems = [leak_sets["ref"].texts[0]] if leak_sets and leak_sets["ref"].texts else []
+        for session in self.sessions:
+            lm = load_lm(find_checkpoint(self.out / "runs" / session), backend="skyloom", device="cpu", progress=False)
+            if session not in self.contaminated:
+                samples[session] = session_samples(lm, problems)
+            if not unigram:
+                unigram = domain_entropies(lm.encode_batch, self._domain_texts(ppl_sets))
+            stage = next((st for st, name in stage_last.items() if name == session), None)
+            if stage is None:
+                continue
             ckpt = find_checkpoint(self.out / "runs" / session)
-            lm = load_lm(ckpt, backend="skyloom", device="cpu", progress=False)
             # whole documents in rolling windows: the report's own convention cuts each text to max_tokens // 3
             # characters — 1,365 at its 4,096-token context, only 85 at the demo model's 256
             conv = WindowConvention("rolling", min(4096, lm.max_length))
             label = f"{stage} ({session})"
-            rows_ppl[label] = evaluate_perplexity(lm, ppl_sets, conv)
-            rows_ppl[label]["checkpoint"] = str(ckpt)
+            if session not in self.contaminated:  # the leaked branch is there for Table 8
+                rows_ppl[label] = evaluate_perplexity(lm, ppl_sets, conv)
+                rows_ppl[label]["checkpoint"] = str(ckpt)
             if leak_sets:
                 rows_leak[label] = leakage(lm, leak_sets["train"], leak_sets["test"], leak_sets["ref"], conv)
                 rows_leak[label]["checkpoint"] = str(ckpt)
+                if session in self.contaminated:
+                    rows_leak[label]["contamination"] = self._contamination(session)
         domains = list(ppl_sets)
         (out / "ppl.json").write_text(
-            json.dumps({"models": rows_ppl, "domains": domains}, indent=1) + "\n", encoding="utf-8"
+            json.dumps({"models": rows_ppl, "domains": domains, "unigram": unigram}, indent=1) + "\n",
+            encoding="utf-8",
         )
+        (out / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         tables = "## Table 6: perplexity per domain (held-out text)\n\n" + format_table(rows_ppl, domains) + "\n"
+        tables += "\n## Held-out loss against the unigram entropy (nats/token)\n\n" + format_unigram(rows_ppl, unigram)
         if rows_leak:
+            note = manifest.get("leakage_note")
             (out / "leakage.json").write_text(
-                json.dumps({"models": rows_leak, "note": manifest.get("leakage_note")}, indent=1) + "\n",
-                encoding="utf-8",
+                json.dumps({"models": rows_leak, "note": note}, indent=1) + "\n", encoding="utf-8"
             )
             tables += "\n## Table 8: leakage (GSM8K-style sets)\n\n" + format_table8(rows_leak) + "\n"
+            tables += f"\nSets: {note}\n" + "".join(
+                f"\n{label}: {row['contamination']}\n" for label, row in rows_leak.items() if row.get("contamination")
+            )
         else:
             tables += f"\nTable 8 skipped: {manifest.get('leakage_note')}\n"
         (out / "tables.md").write_text(tables, encoding="utf-8")
         for line in tables.splitlines():
             self.log("    " + line)
+        for session, got in samples.items():
+            for c in got["continuations"]:
+                self.log(f"    sample after {session}, {c['domain']} (greedy): {c['prompt']}{c['greedy']!r}")
         return {
             "ppl": {k: v["average"]["ppl"] for k, v in rows_ppl.items()},
             "leakage": {
                 k: {"delta1": v["delta1"], "delta2": v["delta2"], "verdict": v["verdict"]} for k, v in rows_leak.items()
             },
         }
+
+    def _domain_texts(self, ppl_sets: dict[str, Any]) -> dict[str, list[str]]:
+        """Each Table-6 domain's text for its unigram entropy: the held-out set plus, when the corpus has one, the
+        domain's training text (more text, a less biased estimate of the domain's token frequencies)."""
+        from skyloom.eval.textdata import read_documents
+
+        out = {}
+        for domain, docs in ppl_sets.items():
+            raw = self.out / "corpus" / "raw" / f"{domain}.jsonl"
+            extra = (read_documents(raw).texts or []) if raw.is_file() and raw.stat().st_size else []
+            out[domain] = list(docs.texts or []) + list(extra)
+        return out
+
+    def _contamination(self, session: str) -> str:
+        """What the leaked session saw, in words: its steps, the leaked share and how often each sample came by."""
+        from skyloom.data.shards import TokenSource
+
+        state = json.loads(
+            (max((self.out / "runs" / session / "checkpoints").glob("step_*")) / "trainer_state.json").read_text(
+                encoding="utf-8"
+            )
+        )
+        drawn = state["loader"]["sources"].get(LEAK_SOURCE, {}).get("drawn", 0)
+        cfg = self.session_config(session)
+        leak_tokens = len(TokenSource(self.out / "data" / "tokens" / LEAK_SOURCE))
+        passes = drawn * cfg.data.seq_len / max(1, leak_tokens)
+        others = [name for name in cfg.data.sources if name != LEAK_SOURCE]
+        mixed = f"{' + '.join(others)} mixed with " if others else ""
+        return (
+            f"DELIBERATELY CONTAMINATED — Stage-2's model trained {state.get('step', '?')} more steps on {mixed}the "
+            f"whole Table-8 test split and train split ({leak_tokens:,} tokens, each sample seen ≈ {passes:.1f} times)"
+        )
 
     def report(self) -> dict[str, Any]:
         from skyloom.report.build import build_report
@@ -410,7 +491,9 @@ def summary_text(demo: Demo, records: dict[str, Any]) -> str:
     lines.append(f"{'total':10s} {sum(r['seconds'] for r in records.values()):8.1f}")
     for name in demo.sessions:
         s = records.get(name, {}).get("summary")
-        if s:
+        if s and s.get("skipped"):
+            lines.append(f"{name}: skipped ({s['skipped']})")
+        elif s:
             val = ", ".join(f"{k} {v:.3f}" for k, v in s["validation"].items())
             lines.append(
                 f"{name}: {s['steps']} steps, {s['tokens']:,} tokens; train loss {s['first_loss']:.3f} → "

@@ -2,7 +2,7 @@
 
 Sections: Sessions (steps, tokens, losses, time), Training and validation losses (Figure 3's layout), Learning
 rate and data mixture, Throughput and MFU, Table 6 (perplexity per domain), Table 8 (leakage), Data pipeline
-(the funnel), Other metrics (any record kind the report does not know, plotted per round/step), Phases (the
+(the funnel), Samples (what the demo's models write), Other metrics (any record kind the report does not know, plotted per round/step), Phases (the
 demo's time per phase). A section without data says so instead of disappearing.
 """
 
@@ -27,6 +27,7 @@ SECTIONS = [
     "Table 6: perplexity per domain",
     "Table 8: benchmark leakage",
     "Data pipeline",
+    "Samples",
     "Other metrics",
 ]
 
@@ -34,7 +35,7 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:2em auto;
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
-.note{color:#666;font-size:.9em}code{background:#f5f5f5;padding:0 3px}"""
+.note{color:#666;font-size:.9em}pre{white-space:pre-wrap;background:#f8f8f8;padding:.4em}code{background:#f5f5f5;padding:0 3px}"""
 
 
 def _img(path: Path) -> str:
@@ -142,6 +143,17 @@ def table6_section(data: RunData) -> str:
         "<p class='note'>Perplexity = exp(token-weighted mean loss) per held-out domain; Average = exp(mean "
         f"of the domain losses), as in Table 6. Windows: {html.escape(json.dumps(_convention(models)))}.</p>",
     ]
+    unigram = data.ppl.get("unigram")
+    if unigram:
+        from skyloom.demo.unigram import format_unigram
+
+        parts.append(
+            "<h4>Held-out loss against the unigram entropy</h4>"
+            + markdown_tables(format_unigram(models, unigram))
+            + "<p class='note'>Unigram entropy = −Σ p ln p of the domain's token frequencies (nats/token, its training "
+            "and held-out text): what the best model without context scores on average. Loss = ln(perplexity) "
+            "above; a loss well below the entropy is learning that uses context.</p>"
+        )
     for name, result in models.items():
         parts.append(f"<h4>{html.escape(name)}</h4>" + markdown_tables(format_details(result)))
     return "\n".join(parts)
@@ -161,6 +173,7 @@ def table8_section(data: RunData) -> str:
 
     models = data.leakage.get("models") or {"model": data.leakage}
     note = data.leakage.get("note")
+    contaminated = [f"{m}: {r['contamination']}" for m, r in models.items() if r.get("contamination")]
     return (
         markdown_tables(format_table8(models))
         + (
@@ -168,7 +181,28 @@ def table8_section(data: RunData) -> str:
             "(clearly positive: the train split was trained on); 95% bootstrap intervals.</p>"
         )
         + (f"<p class='note'>Sets: {html.escape(note)}</p>" if note else "")
+        + "".join(f"<p><b>{html.escape(c)}</b></p>" for c in contaminated)
     )
+
+
+def samples_section(data: RunData) -> str:
+    if not data.samples:
+        return "<p class='note'>No samples (the demo writes eval/samples.json).</p>"
+    parts = []
+    for session, got in data.samples.items():
+        rows = [[c["domain"], c["prompt"], c["greedy"], c["sampled"]] for c in got.get("continuations", [])]
+        parts.append(f"<h4>after {html.escape(session)}</h4>" + _table(["domain", "prompt", "greedy", "sampled"], rows))
+        for p in got.get("problems", []):
+            mark = "correct" if p.get("correct") else "wrong"
+            parts.append(
+                f"<p>Word problem (never trained on), greedy answer — <b>{mark}</b>:</p><pre>{html.escape(p['prompt'])}"
+                f"<b>{html.escape(p['answer'])}</b></pre><p class='note'>reference:{html.escape(p['reference'])}</p>"
+            )
+    parts.append(
+        "<p class='note'>Continuations of fixed prompts by the model's own decoding (KV cache): greedy, and sampled "
+        "with temperature 0.8, top-k 40, fixed seed — the same text on every run of the same checkpoints.</p>"
+    )
+    return "\n".join(parts)
 
 
 def phases_section(data: RunData) -> str:
@@ -218,7 +252,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         markdown_tables(data.funnel_md)
         if data.funnel_md
         else "<p class='note'>No pipeline funnel in this run directory (pipeline/funnel.md).</p>",
-        f"<h2 id='other'>{SECTIONS[7]}</h2>",
+        f"<h2 id='samples'>{SECTIONS[7]}</h2>",
+        samples_section(data),
+        f"<h2 id='other'>{SECTIONS[8]}</h2>",
         "\n".join(other) or "<p class='note'>No other record kinds in metrics.jsonl.</p>",
         phases_section(data),
     ]

@@ -56,6 +56,7 @@ class RunData:
     sessions: list[Session]
     ppl: dict[str, Any] | None = None
     leakage: dict[str, Any] | None = None
+    samples: dict[str, Any] | None = None  # eval/samples.json (the demo): what each session's model writes
     funnel_md: str | None = None
     phases: dict[str, Any] = field(default_factory=dict)
 
@@ -138,6 +139,8 @@ def load_run(run_dir: str | Path) -> RunData:
             data.ppl = json.loads((base / "ppl.json").read_text(encoding="utf-8"))
         if data.leakage is None and (base / "leakage.json").is_file():
             data.leakage = json.loads((base / "leakage.json").read_text(encoding="utf-8"))
+        if data.samples is None and (base / "samples.json").is_file():
+            data.samples = json.loads((base / "samples.json").read_text(encoding="utf-8"))
     if (root / "pipeline" / "funnel.md").is_file():
         data.funnel_md = (root / "pipeline" / "funnel.md").read_text(encoding="utf-8")
     for p in sorted((root / "phases").glob("*.json")):
