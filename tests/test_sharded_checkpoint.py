@@ -339,21 +339,24 @@ def _close(a: Path, b: Path, tol: float) -> None:
 @pytest.fixture(scope="module")
 def across_layouts(corpus, scripts, fsdp2_straight, tmp_path_factory) -> dict[str, Path]:
     """ONE 2-rank launch, gathering and ZeRO-1 consolidation forbidden: DDP + ZeRO-1 for 6 steps, then its step-3
-    checkpoint resumed on ZeRO-1, PP 2 and FSDP 2; a 1-process run's step 3 resumed on FSDP 2; the FSDP run's
-    step 3 resumed on ZeRO-1."""
+    checkpoint resumed on ZeRO-1, PP 2, FSDP 2 and plain DDP; a 1-process run's step 3 resumed on FSDP 2 and on
+    ZeRO-1 (streamed); the FSDP run's step 3 resumed on ZeRO-1."""
     from skyloom.train.trainer import Trainer
 
     root = tmp_path_factory.mktemp("layouts")
     config, fsdp = fsdp2_straight
     Trainer(build_run_config(run_config_from(config)), root / "single").fit()
-    runs = {name: root / name for name in ("zero1", "zero1_on_zero1", "zero1_on_pp", "zero1_on_fsdp")}
-    runs.update(single=root / "single", fsdp=fsdp, single_on_fsdp=root / "single_on_fsdp", fsdp_on_zero1=root / "fz")
+    runs = {name: root / name for name in ("zero1", "zero1_on_zero1", "zero1_on_pp", "zero1_on_fsdp", "zero1_on_ddp")}
+    runs.update({name: root / name for name in ("single", "single_on_fsdp", "single_on_zero1", "fsdp_on_zero1")})
+    runs["fsdp"] = fsdp
     sessions = [{"train": str(runs["zero1"]), "overrides": [], "resume": False}]
     for name, source, layout in (
         ("zero1_on_zero1", "zero1", []),
         ("zero1_on_pp", "zero1", ["train.parallel.pp=2"]),
         ("zero1_on_fsdp", "zero1", ["train.parallel=fsdp"]),
+        ("zero1_on_ddp", "zero1", ["train.parallel.zero1=false"]),
         ("single_on_fsdp", "single", ["train.parallel=fsdp"]),
+        ("single_on_zero1", "single", []),
         ("fsdp_on_zero1", "fsdp", []),
     ):
         sessions.append({"copy": [str(runs[source]), str(runs[name])]})
@@ -388,15 +391,16 @@ def test_a_zero1_checkpoint_is_written_by_each_owner_and_resumes_bit_exactly(acr
     _close(runs["zero1_on_zero1"], runs["zero1"], 1e-6)
 
 
-def test_a_zero1_checkpoint_resumes_on_a_pipeline_and_on_fsdp(across_layouts):
-    for name in ("zero1_on_pp", "zero1_on_fsdp"):
+def test_a_zero1_checkpoint_resumes_on_a_pipeline_on_fsdp_and_on_plain_ddp(across_layouts):
+    for name in ("zero1_on_pp", "zero1_on_fsdp", "zero1_on_ddp"):
         _resumed_at_3(across_layouts[name])
         _close(across_layouts[name], across_layouts["zero1"], 1e-5)
 
 
-def test_a_single_process_checkpoint_streams_into_fsdp_and_an_fsdp_one_into_zero1(across_layouts):
-    _resumed_at_3(across_layouts["single_on_fsdp"])
-    _close(across_layouts["single_on_fsdp"], across_layouts["single"], 1e-5)
+def test_a_single_process_checkpoint_streams_into_fsdp_and_zero1_and_an_fsdp_one_into_zero1(across_layouts):
+    for name in ("single_on_fsdp", "single_on_zero1"):
+        _resumed_at_3(across_layouts[name])
+        _close(across_layouts[name], across_layouts["single"], 1e-5)
     _resumed_at_3(across_layouts["fsdp_on_zero1"])
     _close(across_layouts["fsdp_on_zero1"], across_layouts["fsdp"], 1e-5)
 
