@@ -7,6 +7,9 @@
 - `skyloom.load_model` consolidates such a checkpoint by streaming it tensor by tensor.
 - kill -9 of a 2-rank FSDP run, then resume on 2 ranks and on 1: the continuation matches uninterrupted runs;
   FSDP 4 → 2 and FSDP 2 → PP 2 resume too.
+- DDP + ZeRO-1 checkpoints through DCP too, each rank writing the optimizer entries it owns (consolidation forbidden);
+  one key space, so ZeRO-1 → ZeRO-1 (bit-exact), PP, FSDP, plain DDP; 1 process → FSDP, ZeRO-1 (streamed tensor by
+  tensor); FSDP → ZeRO-1 all resume (one torchrun launch runs all those sessions).
 Everything runs on a synthetic corpus and a ~200k-parameter model; each torchrun start costs a few seconds.
 """
 
