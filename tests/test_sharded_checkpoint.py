@@ -433,3 +433,19 @@ def test_a_single_process_optimizer_file_streams_by_parameter_name(across_layout
     (legacy / "optimizer.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="param_names"):
         ckpt.stream_optimizer(legacy, flat, keep=LAYOUT_KEYS)
+
+
+def test_a_single_process_file_with_other_weights_is_refused_before_streaming(tmp_path):
+    """Each rank streams only its own tensors, so the whole file's names are checked first, naming the file."""
+    from safetensors.torch import save_file
+
+    from skyloom.train import checkpointing as ckpt
+
+    file = tmp_path / "model.safetensors"
+    save_file({"a": torch.zeros(2), "extra": torch.zeros(1)}, str(file))
+    ckpt.check_weight_names(file, {"a", "extra"})
+    with pytest.raises(CheckpointError, match=r"model.safetensors: weights do not match.*unexpected \['extra'\]"):
+        ckpt.check_weight_names(file, {"a"})
+    with pytest.raises(CheckpointError, match=r"missing \['b'\]"):
+        ckpt.check_weight_names(file, {"a", "b", "extra"})
+    ckpt.check_weight_names(file, {"a", "extra", "output.weight"}, frozenset({"output.weight"}))

@@ -402,8 +402,13 @@ class Checkpointer:
             self.load_sharded(path, optimizer=False)
             return
         if self.dcp:  # a single-process checkpoint: each rank streams in its own part, tensor by tensor
-            msd, _ = self._state_dicts(optimizer=False)
+            from skyloom.model.transformer import Transformer
+
             tied = self.cfg.model.tie_embeddings
+            with torch.device("meta"):
+                expected = set(Transformer(self.cfg.model).state_dict())
+            ckpt.check_weight_names(path / WEIGHTS_FILE, expected, frozenset({"output.weight"} if tied else ()))
+            msd, _ = self._state_dicts(optimizer=False)
             ckpt.stream_tensors(
                 path / WEIGHTS_FILE, msd, lambda k: "tok_emb.weight" if tied and k == "output.weight" else k
             )

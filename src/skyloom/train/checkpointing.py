@@ -195,6 +195,21 @@ def optimizer_param_names(ckpt_dir: Path) -> list[str] | None:
     return names if isinstance(names, list) else None
 
 
+def check_weight_names(file: Path, expected: set[str], may_lack: frozenset[str] = frozenset()) -> None:
+    """As strict as a one-process load: the file holds exactly the model's tensors (`may_lack`: a tied output),
+    checked up front — each rank of a sharded layout streams only its own, so none would see an extra one."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            saved = set(f.keys())
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: cannot read it as safetensors ({err})") from None
+    missing, unexpected = expected - saved - may_lack, saved - expected
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file}: weights do not match the config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+
+
 def check_readable(file: Path) -> None:
     """A safetensors file's header parses (a cheap check before anything is applied; the tensors stream later)."""
     try:
