@@ -109,7 +109,7 @@ def _assert_same_validation(a, b):
             True,
         ),
         (2, ["train.parallel.pp=2", "train.parallel.pp_split=[1,3]"], "PP 2 (1F1B, 2 stages)", True),
-        (4, ["train.parallel.pp=2", "train.parallel.dp_replicate=2"], "DDP (2) × PP 2", False),
+        (4, ["train.parallel.pp=2", "train.parallel.dp_replicate=2"], "DDP + ZeRO-1 (2) × PP 2", False),
         (
             4,
             ["train.parallel.pp=2", "train.parallel.dp_shard=2", "train.parallel.dp_replicate=1"],
@@ -121,15 +121,23 @@ def _assert_same_validation(a, b):
 )
 def test_pipeline_matches_one_process(request, tmp_path, nproc, layout, shown, moe):
     config, single = request.getfixturevalue("moe_single_run" if moe else "single_run")
-    out = run(
-        torchrun_cmd(nproc, "train", str(config), *layout, "checkpoint.every=0", "--out", str(tmp_path / "pp")),
-        timeout=300,
-    )
+    zero1 = "ZeRO-1" in shown  # the report's DP + PP + ZeRO-1: also check its checkpoint below
+    saves = [] if zero1 else ["checkpoint.every=0"]
+    out = run(torchrun_cmd(nproc, "train", str(config), *layout, *saves, "--out", str(tmp_path / "pp")), timeout=300)
     assert shown in out.stdout
     _assert_same(single, tmp_path / "pp")
     _assert_same_validation(single, tmp_path / "pp")
     if moe:
         _assert_same_moe(single, tmp_path / "pp")
+    if zero1:  # each stage's dp ranks wrote the Adam moments they own: every parameter's, once, under its name
+        from torch.distributed.checkpoint import FileSystemReader
+
+        import skyloom
+
+        path = tmp_path / "pp" / "checkpoints" / "step_00000006"
+        saved = FileSystemReader(str(path / "dcp")).read_metadata().state_dict_metadata
+        names = {n for n, _ in skyloom.load_model(path).named_parameters()}
+        assert {k[len("optim.state.") : -len(".exp_avg")] for k in saved if k.endswith(".exp_avg")} == names
 
 
 def test_pipeline_checkpoint_resumes_exactly(single_run, tmp_path):

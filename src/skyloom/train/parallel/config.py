@@ -137,11 +137,12 @@ class ParallelConfig:
 
     @property
     def zero1_applies(self) -> bool:
-        """ZeRO-1 shards the optimizer over the DDP ranks of a plain data-parallel layout. Not under FSDP (already
-        sharded), and not yet beside pipeline stages or DTensor parameters (TP/EP), where it is untried — shard the
-        optimizer with dp_shard there. Its checkpoint needs no consolidation: each rank writes the entries it owns
-        through DCP, keyed by parameter name like every other layout's (`skyloom.train.optim.zero1_state_dict`)."""
-        return self.zero1 and self.dp_replicate > 1 and self.dp_shard == 1 and self.pp == self.tp == self.ep == 1
+        """ZeRO-1 shards the optimizer over the DDP ranks of a data-parallel layout, with or without pipeline stages
+        (the report's DP256 + PP2 + ZeRO-1: each stage's optimizer over that stage's dp ranks). Not under FSDP
+        (already sharded), and not beside DTensor parameters (TP/EP) — shard the optimizer with dp_shard there. Its
+        checkpoint needs no consolidation: each rank writes the entries it owns through DCP, keyed by parameter name
+        like every other layout's (`skyloom.train.optim.zero1_state_dict`)."""
+        return self.zero1 and self.dp_replicate > 1 and self.dp_shard == 1 and self.tp == self.ep == 1
 
     @property
     def dp(self) -> int:
