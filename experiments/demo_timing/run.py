@@ -41,6 +41,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/demo_timing", help="demo workspace (deleted first)")
     parser.add_argument("--results", default=str(HERE / "results.json"))
     parser.add_argument("--label", default="", help="what the machine was doing, e.g. 'idle' or 'shared with 4 jobs'")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="do not run: write what an existing (possibly unfinished) workspace holds, marked incomplete if so",
+    )
     args = parser.parse_args()
     os.chdir(REPO)
     sys.path.insert(0, str(REPO / "src"))
@@ -49,6 +54,8 @@ def main() -> None:
     from skyloom.demo.run import Demo, summary_text
 
     out = Path(args.out)
+    if args.collect:
+        return collect(out, args)
     shutil.rmtree(out, ignore_errors=True)
     sampler = LoadSampler()
     load_before = os.getloadavg()
@@ -92,6 +99,63 @@ def main() -> None:
     path = Path(args.results)
     path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     path.with_suffix(".md").write_text(markdown(results), encoding="utf-8")
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+def collect(out: Path, args) -> None:
+    """Results of a workspace that was not timed by this script (or did not finish): per phase the recorded
+    seconds, per session the last training and validation losses in its metrics.jsonl."""
+    files = sorted((out / "phases").glob("*.json"), key=lambda p: p.stat().st_mtime)  # the order they finished
+    phases = {p.stem: json.loads(p.read_text()) for p in files}
+    sessions = {}
+    for run in sorted((out / "runs").glob("*/metrics.jsonl")):
+        rows = [json.loads(line) for line in run.read_text().splitlines() if line.strip()]
+        train = [r for r in rows if r.get("kind") == "train"]
+        val: dict[str, float] = {}
+        step = None
+        for r in rows:
+            if r.get("kind") == "val":
+                val[r["set"]] = r["loss"]
+                step = r.get("step")
+        if train:
+            sessions[run.parent.name] = {
+                "steps": train[-1]["step"],
+                "tokens": train[-1]["tokens"],
+                "first_loss": train[0]["loss"],
+                "last_loss": train[-1]["loss"],
+                "validation": val,
+                "validation_step": step,
+            }
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "label": args.label,
+        "complete": "report" in phases,
+        "phases": {k: {"seconds": r["seconds"], "cpu_seconds": r.get("cpu_seconds")} for k, r in phases.items()},
+        "sessions": sessions,
+        "load_average_now": [round(x, 2) for x in os.getloadavg()],
+    }
+    path = Path(args.results)
+    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    lines = [
+        "# `skyloom demo`: " + ("a finished" if results["complete"] else "an UNFINISHED") + " run, collected "
+        "(experiments/demo_timing/run.py --collect)",
+        "",
+        f"- collected {results['date']}; {args.label}; load average now {results['load_average_now']}",
+        "",
+        "| phase | wall s | CPU s |",
+        "|---|---:|---:|",
+        *(f"| {k} | {p['seconds']:.1f} | {(p['cpu_seconds'] or 0):.1f} |" for k, p in results["phases"].items()),
+        "",
+        "| session | steps so far | tokens | first → last train loss | validation (at step) |",
+        "|---|---:|---:|---|---|",
+    ]
+    for k, s in sessions.items():
+        val = ", ".join(f"{d} {v:.2f}" for d, v in s["validation"].items())
+        lines.append(
+            f"| {k} | {s['steps']} | {s['tokens']:,} | {s['first_loss']:.2f} → {s['last_loss']:.2f} | "
+            f"{val} (step {s['validation_step']}) |"
+        )
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
