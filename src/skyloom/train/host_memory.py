@@ -10,7 +10,8 @@ larger block on its own and unmaps it when freed. Cost: every new large buffer i
 (measured on the shared 2-core machine, one process, under load: +30% CPU time per step for the 0.37B benchmark
 model and for a 27M one with 2 MB activations; the tiny test models' buffers mostly stay below 128 KiB). A user's
 own `MALLOC_MMAP_THRESHOLD_` is left in force — `MALLOC_MMAP_THRESHOLD_=33554432` (the 32 MiB that glibc's dynamic
-threshold climbs to) trades the memory back for that speed; other platforms are left alone.
+threshold climbs to) trades the memory back for that speed; other platforms are left alone. Because of that cost it
+is applied where memory is the point (`train.host_memory: auto` = FSDP-sharded layouts; `lean` / `fast` force it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ MMAP_THRESHOLD = 128 * 1024  # glibc's own initial value, no longer raised
 USER_SETTING = "MALLOC_MMAP_THRESHOLD_"
 
 _applied = False
+
+
+def wants_lean_heap(setting: str, dp_shard: int) -> bool:
+    """`train.host_memory`: lean always, fast never, auto when parameters are sharded — FSDP is chosen to save
+    memory, while a replicated or one-process run would only pay the extra page faults."""
+    return setting == "lean" or (setting == "auto" and dp_shard > 1)
+
+
+def heap_retention_limited() -> bool:
+    """Whether this process runs with the fixed threshold (set by `limit_heap_retention`)."""
+    return _applied
 
 
 def limit_heap_retention(device_type: str) -> bool:

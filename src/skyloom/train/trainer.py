@@ -44,7 +44,7 @@ from skyloom.train.checkpointer import (  # noqa: F401  (some re-exported)
 )
 from skyloom.train.config import RunConfig
 from skyloom.train.distributed import DistEnv, all_reduce_sum, init_distributed
-from skyloom.train.host_memory import limit_heap_retention
+from skyloom.train.host_memory import limit_heap_retention, wants_lean_heap
 from skyloom.train.metrics import MetricsLogger
 from skyloom.train.optim import build_optimizer, lr_at, set_lr
 from skyloom.train.parallel.apply import enable_activation_checkpointing, parallelize  # noqa: F401  (re-exported)
@@ -159,12 +159,13 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.env: DistEnv = init_distributed(cfg.train.device)
         self.device = self.env.device
-        limit_heap_retention(self.device.type)  # CPU: freed buffers go back to the OS (host_memory.py)
         self._print = log or print
         self.logger: MetricsLogger | None = None
         self.autocast_dtype = autocast_dtype_for(cfg.train.precision, self.device)
         self.precision_name = "bf16" if self.autocast_dtype is not None else "fp32"
         self.parallel = cfg.train.parallel.resolved(self.env.world_size)  # refused here when it does not fit
+        if wants_lean_heap(cfg.train.host_memory, self.parallel.dp_shard):
+            limit_heap_retention(self.device.type)  # CPU: freed buffers go back to the OS (host_memory.py)
         self.mesh = build_mesh(self.parallel, self.env.world_size, self.device.type)
         self.dp_rank, self.dp_size = data_parallel_rank(self.parallel, self.env.rank)
         self.fsdp = self.parallel.dp_shard > 1
