@@ -197,7 +197,7 @@ def word_problems(n: int, seed: int, families: tuple[int, ...]) -> list[str]:
 
 SCALES = {
     # characters per domain (at most) and STEM problem counts; "tiny" is the demo, "ci" the test setting
-    "tiny": dict(chars=700_000, stem_train=2500, stem_eval=150),
+    "tiny": dict(chars=700_000, stem_train=2500, stem_eval=50),
     "ci": dict(chars=60_000, stem_train=250, stem_eval=24),
 }
 
