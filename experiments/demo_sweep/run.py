@@ -3,7 +3,7 @@ natural-text domains' held-out loss fall well below their unigram entropy within
 
 Each candidate trains from scratch on the demo's own SkyPile-Main shards (built by `skyloom demo` up to `pack`
 in one workspace per vocabulary size) for a fixed number of tokens, then records every domain's validation loss
-next to that domain's unigram entropy (skyloom.demo.unigram), and the CPU and wall seconds with the load average
+next to that domain's unigram entropy (skyloom.eval.unigram), and the CPU and wall seconds with the load average
 (losses do not depend on machine load, seconds do). Resumable: a finished candidate is read back, not retrained.
 
     .venv/bin/python experiments/demo_sweep/run.py [--only NAME …] [--threads 1]
@@ -88,8 +88,8 @@ def workspace(out: Path, tokenizer: str):
 
 def entropies(demo) -> dict[str, float]:
     """Each domain's unigram entropy under this workspace's tokenizer (as the demo's Table-6 panel computes it)."""
-    from skyloom.demo.unigram import domain_entropies
     from skyloom.eval.textdata import read_documents
+    from skyloom.eval.unigram import domain_entropies
     from skyloom.tokenizer.loading import TextTokenizer
 
     tok = TextTokenizer.from_dir(demo.out / "data" / "tokenizer")

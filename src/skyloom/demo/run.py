@@ -326,11 +326,11 @@ class Demo:
 
     def evaluate(self) -> dict[str, Any]:
         from skyloom.demo.samples import session_samples
-        from skyloom.demo.unigram import domain_entropies, format_unigram
         from skyloom.eval.backends import load_lm
         from skyloom.eval.leakage import format_table8, leakage
         from skyloom.eval.perplexity import WindowConvention, evaluate_perplexity, format_table
         from skyloom.eval.textdata import read_documents
+        from skyloom.eval.unigram import domain_entropies, format_unigram
         from skyloom.train.trainer import find_checkpoint
 
         manifest = self.manifest

@@ -145,7 +145,7 @@ def table6_section(data: RunData) -> str:
     ]
     unigram = data.ppl.get("unigram")
     if unigram:
-        from skyloom.demo.unigram import format_unigram
+        from skyloom.eval.unigram import format_unigram
 
         parts.append(
             "<h4>Held-out loss against the unigram entropy</h4>"
