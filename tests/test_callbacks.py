@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.train_helpers import (  # noqa: F401  (train_corpus: a fixture)
     build_run_config,
@@ -195,3 +196,21 @@ def test_a_run_saved_before_the_callbacks_section_resumes_without_a_config_chang
     assert config_changes(tmp_path / "config.yaml", with_cb) == {
         "callbacks.inject_non_finite.steps": {"old": None, "new": [2]}
     }
+
+
+def test_a_callback_adding_a_loss_is_refused_under_pipeline_stages_not_ignored():
+    """Pipeline schedules run the micro-batches themselves, so `extra_loss` would never be called there."""
+    from skyloom.config import ConfigError
+    from skyloom.model.moe_config import MoEConfig
+    from skyloom.train.callbacks import Callback, refuse_extra_losses_under_pipeline
+    from skyloom.train.moe import MoECallback
+
+    class AddsALoss(Callback):
+        def extra_loss(self, trainer, batch):
+            return torch.ones(())
+
+    refuse_extra_losses_under_pipeline([AddsALoss()], pp=1)
+    refuse_extra_losses_under_pipeline([Callback(), MoECallback(MoEConfig(n_experts=4))], pp=2)
+    with pytest.raises(ConfigError, match="AddsALoss adds a loss") as err:
+        refuse_extra_losses_under_pipeline([AddsALoss()], pp=2)
+    assert err.value.key == "train.parallel.pp"

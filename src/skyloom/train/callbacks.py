@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from skyloom.config import ConfigError
+
 if TYPE_CHECKING:
     from skyloom.data.batch import Batch
     from skyloom.train.trainer import Trainer
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 
 class Callback:
     state_key: str | None = None  # the key of its state in checkpoints (set to its name under `callbacks:`)
+    # pipeline stages run no per-micro-batch hook: a callback whose `extra_loss` has a way through them says so
+    extra_loss_under_pipeline: bool = False
 
     def on_train_start(self, trainer: Trainer) -> None:
         """After set-up and resume, before the first step of this process."""
@@ -77,3 +81,17 @@ class InjectNonFinite(Callback):
                 if p.grad is not None:
                     p.grad.fill_(self.value)
                     break
+
+
+def refuse_extra_losses_under_pipeline(callbacks: list[Callback], pp: int) -> None:
+    """Under pipeline parallelism the schedule runs the micro-batches, so `extra_loss` is never called: a callback
+    adding a loss would be silently ignored. Refused up front instead (MoE carries its own through the stages)."""
+    if pp <= 1:
+        return
+    for cb in callbacks:
+        if type(cb).extra_loss is not Callback.extra_loss and not cb.extra_loss_under_pipeline:
+            raise ConfigError(
+                "train.parallel.pp",
+                f"callback {type(cb).__name__} adds a loss (extra_loss), which pipeline stages do not call; "
+                "train it without pipeline parallelism (pp: 1)",
+            )

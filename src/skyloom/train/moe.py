@@ -54,6 +54,8 @@ def lr_scale_fn_for(cfg: MoEConfig):
 
 
 class MoECallback(Callback):
+    extra_loss_under_pipeline = True  # each stage attaches its layers' aux losses (pipeline.py, AuxLossScaler)
+
     def __init__(self, cfg: MoEConfig):
         self.cfg = cfg
         self._fields = _record_fields(cfg.n_experts)

@@ -33,7 +33,7 @@ from skyloom.model import loss as lm_loss
 from skyloom.model.accounting import count_params, flops_per_token
 from skyloom.model.transformer import Transformer
 from skyloom.train.callback_registry import build_callbacks
-from skyloom.train.callbacks import Callback
+from skyloom.train.callbacks import Callback, refuse_extra_losses_under_pipeline
 from skyloom.train.checkpointer import (  # noqa: F401  (some re-exported)
     CallbackStates,
     Checkpointer,
@@ -192,6 +192,7 @@ class Trainer:
             *build_callbacks(cfg.callbacks),
             *callbacks,
         ]
+        refuse_extra_losses_under_pipeline(self.callbacks, self.parallel.pp)
 
         # Model: the same seed on every rank gives the same initial weights.
         torch.manual_seed(cfg.train.seed)
