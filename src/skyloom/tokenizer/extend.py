@@ -277,17 +277,7 @@ class VocabExtender:
         known = {t["content"] for t in added}
         for content, token_id in self.new_specials:
             if content not in known:
-                added.append(
-                    {
-                        "id": token_id,
-                        "content": content,
-                        "single_word": False,
-                        "lstrip": False,
-                        "rstrip": False,
-                        "normalized": False,
-                        "special": True,
-                    }
-                )
+                added.append(added_token_entry(content, token_id))
         doc["added_tokens"] = sorted(added, key=lambda t: t["id"])
         return doc
 
@@ -296,17 +286,7 @@ class VocabExtender:
         if content in self.added:
             return
         token_id = self.vocab[content]
-        self.doc.setdefault("added_tokens", []).append(
-            {
-                "id": token_id,
-                "content": content,
-                "single_word": False,
-                "lstrip": False,
-                "rstrip": False,
-                "normalized": False,
-                "special": True,
-            }
-        )
+        self.doc.setdefault("added_tokens", []).append(added_token_entry(content, token_id))
         self.added[content] = token_id
 
 
@@ -316,3 +296,16 @@ def character_candidate(text: str) -> bool:
 
 def han_count(entries: Iterable[str]) -> int:
     return sum(1 for e in entries if all(is_han(c) for c in e))
+
+
+def added_token_entry(content: str, token_id: int, special: bool = True) -> dict:
+    """A tokenizer.json `added_tokens` entry, matched verbatim; a special one is skipped by decoders."""
+    return {
+        "id": token_id,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": special,
+    }

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from skyloom.tokenizer.extend import added_token_entry
+
 SPACE = "\u2581"  # ▁
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -166,15 +168,7 @@ def to_tokenizer_json(model: SentencePieceModel, source: str = "") -> dict:
     if len(vocab) != len(model.pieces):
         raise ValueError(f"{source}: duplicate pieces in SentencePiece model")
     added = [
-        {
-            "id": i,
-            "content": p.piece,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": False,
-            "special": p.type != USER_DEFINED,
-        }
+        added_token_entry(p.piece, i, special=p.type != USER_DEFINED)
         for i, p in enumerate(model.pieces)
         if p.type in (UNKNOWN, CONTROL, USER_DEFINED)
     ]
