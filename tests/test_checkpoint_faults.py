@@ -23,33 +23,29 @@ from safetensors.torch import load_file
 
 import skyloom
 from skyloom.cli import main
-from skyloom.data.shards import finalize_index, write_shard
 from skyloom.model.manifest import CheckpointError, write_manifest
 from skyloom.train import checkpointing as ckpt
 from skyloom.train.callbacks import Callback
 from skyloom.train.trainer import Trainer
-from tests.train_helpers import REPO, TINY_MODEL, build_run_config, cli_env, read_metrics, skyloom_cmd, write_config
+from tests.train_helpers import (  # noqa: F401  (single_thread: a fixture)
+    REPO,
+    TINY_MODEL,
+    build_run_config,
+    cli_env,
+    random_token_corpus,
+    read_metrics,
+    single_thread,
+    skyloom_cmd,
+    write_config,
+)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Every run here, the module-scoped `straight` one included, uses one intra-op thread: a different thread count
-    changes matmul reduction order and so the last bits of the weights (the subprocesses get OMP_NUM_THREADS=1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """Token shards of random documents (ids < 1024): enough for a few hundred tiny steps."""
-    out = tmp_path_factory.mktemp("fault_corpus") / "tokens"
-    rng = np.random.default_rng(0)
-    docs = [rng.integers(0, 1000, size=int(rng.integers(20, 200))) for _ in range(600)]
-    write_shard(out, "000", docs, vocab_size=1024, source="random", eos_id=1023)
-    finalize_index(out)
-    return out
+    return random_token_corpus(tmp_path_factory.mktemp("fault_corpus") / "tokens", n_docs=600, seed=0)
 
 
 def run_config(corpus: Path, **sections) -> dict:
@@ -74,8 +70,8 @@ def run_config(corpus: Path, **sections) -> dict:
 
 
 @pytest.fixture(scope="module")
-def straight(corpus, tmp_path_factory) -> Path:
-    """The uninterrupted 12-step run every faulty run must end up equal to."""
+def straight(single_thread, corpus, tmp_path_factory) -> Path:
+    """The uninterrupted 12-step run every faulty run must end up equal to (one thread, as the tests)."""
     run_dir = tmp_path_factory.mktemp("straight") / "run"
     Trainer(build_run_config(run_config(corpus)), run_dir).fit()
     return run_dir

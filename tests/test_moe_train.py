@@ -47,16 +47,11 @@ def moe_run_config(corpus, **sections):
 
 
 @pytest.fixture(scope="module")
-def moe_run(train_corpus, tmp_path_factory):
+def moe_run(single_thread, train_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("moe_run")
     cfg = moe_run_config(train_corpus, train={"max_steps": 12, "log_every": 4}, checkpoint={"every": 6})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the resumed run below (module fixtures start before `single_thread`)
-    try:
-        trainer = Trainer(build_run_config(cfg), root / "run")
-        assert trainer.fit() == "finished"
-    finally:
-        torch.set_num_threads(threads)
+    trainer = Trainer(build_run_config(cfg), root / "run")  # one thread, as the resumed run it is compared with
+    assert trainer.fit() == "finished"
     return cfg, root / "run"
 
 

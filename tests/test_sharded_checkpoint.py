@@ -23,20 +23,19 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import skyloom
 from skyloom.cli import main
-from skyloom.data.shards import finalize_index, write_shard
 from skyloom.model.manifest import CheckpointError
 from tests.train_helpers import (
     REPO,
     TINY_MODEL,
     build_run_config,
     cli_env,
+    random_token_corpus,
     read_metrics,
     torchrun_launch,
     write_config,
@@ -121,12 +120,7 @@ shutdown()
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sharded_corpus") / "tokens"
-    rng = np.random.default_rng(1)
-    docs = [rng.integers(0, 1000, size=int(rng.integers(20, 200))) for _ in range(400)]
-    write_shard(out, "000", docs, vocab_size=1024, source="random", eos_id=1023)
-    finalize_index(out)
-    return out
+    return random_token_corpus(tmp_path_factory.mktemp("sharded_corpus") / "tokens", n_docs=400, seed=1)
 
 
 def run_config(corpus: Path, steps: int = 6, every: int = 3) -> dict:

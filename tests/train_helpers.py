@@ -19,9 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = dict(arch="llama", vocab_size=1024, dim=64, n_layers=2, n_heads=4, ffn_dim=192, max_seq_len=64)
 
 
-@pytest.fixture(autouse=False)
+@pytest.fixture(scope="module")
 def single_thread():
-    """One intra-op thread: tiny models run faster so, and timings do not collapse when the cores are shared."""
+    """One intra-op thread for a whole module: tiny models run faster so, and timings do not collapse when the cores
+    are shared. Module scope, so a module-scoped reference run that requests it trains with the same thread count as
+    the tests compared with it (another count changes matmul reduction order, hence the weights' last bits)."""
     import torch
 
     before = torch.get_num_threads()
@@ -74,6 +76,15 @@ def train_corpus(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
         finalize_index(root / name)
     done.write_text("ok")
     return {name: root / name for name in ("tokenizer", "en", "zh", "val_en", "val_text")}
+
+
+def random_token_corpus(out: Path, n_docs: int, seed: int) -> Path:
+    """Token shards of `n_docs` random documents (20–200 ids < 1000, vocabulary 1024): no tokenizer needed."""
+    rng = np.random.default_rng(seed)
+    docs = [rng.integers(0, 1000, size=int(rng.integers(20, 200))) for _ in range(n_docs)]
+    write_shard(out, "000", docs, vocab_size=1024, source="random", eos_id=1023)
+    finalize_index(out)
+    return out
 
 
 def tiny_run_config(corpus: dict[str, Path], **sections) -> dict:
