@@ -315,3 +315,40 @@ def test_a_plugin_module_in_the_working_directory_is_found(tmp_path, monkeypatch
     assert cls.__name__ == "DropShouting"
     with pytest.raises(ConfigError, match="steps\\[0\\].class.*not a subclass"):
         load_class("my_cwd_steps:NotAStep", "steps[0].class", PipelineStep)
+
+
+def test_datatrove_builtin_filter_and_formatter_run_as_python_steps(tmp_path):
+    """datatrove's own RegexFilter (a BaseFilter) and PIIFormatter (a plain PipelineStep) named by import path."""
+    records = _corpus(tmp_path)
+    for r in records[::4]:
+        r["text"] += " Write to someone@mail.example.com."
+    write_jsonl(tmp_path / "in" / "a.jsonl", [r for r in records if r["src"] == "a"])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [r for r in records if r["src"] == "b"])
+    out = tmp_path / "out"
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "output_dir": str(out),
+            "executor": {"tasks": 2},
+            "inputs": _inputs(tmp_path),
+            "steps": [
+                {"type": "python", "class": "datatrove.pipeline.filters:RegexFilter", "args": {"regex_exp": "spam"}},
+                {
+                    "type": "python",
+                    "class": "datatrove.pipeline.formatters:PIIFormatter",
+                    "args": {"email_replacement": "x@example.org"},
+                },
+            ],
+        },
+    )
+    assert main(["data", "run", str(cfg)]) == 0
+    kept = {d["id"]: d["text"] for d in read_outputs(out, "main")}
+    assert set(kept) == {r["id"] for i, r in enumerate(records) if i % 6 != 3}
+    mailed = {r["id"] for r in records[::4]} & set(kept)
+    assert mailed and all(kept[i].endswith("Write to x@example.org.") for i in mailed)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["checks"]["rows_balanced"] and stats["checks"]["rows_chained"]
+    rows = {r["step"]: r for r in stats["steps"]}
+    assert (rows["RegexFilter"]["docs_in"], rows["RegexFilter"]["docs_out"]) == (24, 20)
+    assert rows["RegexFilter"]["dropped"]["RegexFilter"]["docs"] == 4
+    assert (rows["PIIFormatter"]["docs_in"], rows["PIIFormatter"]["docs_out"]) == (20, 20)

@@ -133,7 +133,7 @@ class SourceReader(BaseDiskReader):
         self.malformed_dir = malformed_dir
         self._funnel: Funnel | None = None
         self._malformed: list[dict[str, Any]] = []
-        self._rank, self._world, self._seen = 0, 1, 0
+        self._rank, self._world, self._seen, self._taken = 0, 1, 0, 0  # _taken: documents handed on (limit)
         self._lines_read = 0  # jsonl: lines of the current file read so far (names where a bad .gz broke off)
 
     def _mine(self) -> bool:
@@ -376,11 +376,22 @@ class SourceReader(BaseDiskReader):
         if doc is not None:
             yield doc
 
+    def _limit_reached(self) -> bool:
+        return self.cfg.limit != -1 and self._taken >= self.cfg.limit
+
     def read_file(self, filepath: str) -> DocumentsPipeline:
+        """Stops as soon as `limit` documents were handed on: datatrove's loop only notices the limit after
+        drawing one more document, which this reader would already have counted in the funnel."""
+        if self._limit_reached():
+            return
         reader = getattr(self, f"_read_{self.cfg.format}")
         self._lines_read = 0
         try:
-            yield from reader(filepath)
+            for doc in reader(filepath):
+                yield doc
+                self._taken += 1
+                if self._limit_reached():
+                    return
         except Exception as err:  # unreadable/corrupt file (bad gzip, zlib errors …): report, go on
             # jsonl: the line where reading broke off (what came before it was read); other formats: unknown
             line = self._lines_read + 1 if self.cfg.format == "jsonl" else -1
@@ -390,7 +401,7 @@ class SourceReader(BaseDiskReader):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self._funnel = Funnel()
         self._malformed = []
-        self._rank, self._world, self._seen = rank, world_size, 0
+        self._rank, self._world, self._seen, self._taken = rank, world_size, 0, 0
         if self.cfg.shard == "records":  # every task lists every file; _mine() picks the records
             yield from super().run(data, 0, 1)
         else:
