@@ -196,7 +196,7 @@ def build_plan(cfg: PipelineConfig) -> Plan:
 
     from skyloom.data.pipeline.readers import SourceReader
     from skyloom.data.pipeline.report import ReportStep
-    from skyloom.data.pipeline.writers import HandoverWriter, SubsetWriter
+    from skyloom.data.pipeline.writers import HandoverWriter, ParquetSubsetWriter, SubsetWriter
 
     out = os.path.abspath(cfg.output_dir)
     tasks = cfg.executor.tasks
@@ -270,7 +270,9 @@ def build_plan(cfg: PipelineConfig) -> Plan:
         stage_name = f"{n:02d}_documents"
         current = [reader_of(handover), wrap(next_filter, spec.label, st.default_reason, stage_name)]
 
-    current.append(SubsetWriter(out, compression="gzip" if cfg.compression == "gzip" else None))
+    compression = "gzip" if cfg.compression == "gzip" else None
+    writer = ParquetSubsetWriter if cfg.output_format == "parquet" else SubsetWriter
+    current.append(writer(out, compression=compression))
     stages.append(Stage(stage_name, current, tasks))
     stages.append(Stage("99_report", [ReportStep(out, order, stage_of)], 1, skip_completed=False))
     return Plan(stages, order, stage_of)

@@ -62,6 +62,7 @@ class PipelineConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     keep_rejects: bool = False
     compression: Literal["gzip", "none"] = "gzip"
+    output_format: Literal["jsonl", "parquet"] = "jsonl"  # parquet: datatrove's ParquetWriter, <subset>/<rank>.parquet
     name: str = "skypile"
 
     def validate(self) -> None:

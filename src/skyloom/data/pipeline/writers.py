@@ -1,4 +1,4 @@
-"""Writers (datatrove JsonlWriter subclasses): stage hand-over files, the Main/STEM outputs, rejects."""
+"""Writers (datatrove JsonlWriter / ParquetWriter subclasses): stage hand-over files, the Main/STEM outputs, rejects."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.writers.jsonl import JsonlWriter
+from datatrove.pipeline.writers.parquet import ParquetWriter
 
 # Metadata that stays internal to the pipeline (positions, hand-over bookkeeping).
 _INTERNAL = {"file_path", "minhash_cluster_id", "duplicate_count", "filter_reason", "content_type", "_sem_idx"}
@@ -79,6 +80,42 @@ class SubsetWriter(JsonlWriter):
         super().write(document, rank, **kwargs)
 
 
+def _parquet_adapter(self, document: Document) -> dict:
+    """One fixed schema for every row — datatrove's ParquetWriter otherwise takes it from the first document, and
+    metadata keys differ between documents — with ``metadata`` the jsonl output's object as a JSON string, which
+    datatrove's ParquetReader turns back into a dict."""
+    import orjson
+
+    rec = _output_adapter(self, document)
+    return {**rec, "metadata": orjson.dumps(rec["metadata"]).decode("utf-8")}
+
+
+class ParquetSubsetWriter(ParquetWriter):
+    """``output_format: parquet``: the same records as `SubsetWriter`, in ``<out>/<subset>/<rank>.parquet``.
+
+    Columns ``text``, ``id`` (strings) and ``metadata`` (a JSON string: {source, language, quality_bucket, …}).
+    """
+
+    name = "🧵 SkyPile output (Parquet)"
+
+    def __init__(self, output_folder: str, compression: str | None = "gzip"):
+        import pyarrow as pa
+
+        schema = pa.schema([("text", pa.string()), ("id", pa.string()), ("metadata", pa.string())])
+        super().__init__(
+            output_folder,
+            output_filename="${subset}/${rank}.parquet",
+            compression=compression,
+            adapter=_parquet_adapter,
+            schema=schema,
+            max_file_size=-1,  # one file per subset and task, like the jsonl output
+        )
+
+    def write(self, document: Document, rank: int = 0, **kwargs):
+        document.metadata.setdefault("subset", "main")
+        super().write(document, rank, **kwargs)
+
+
 def _reject_adapter(self, document: Document) -> dict:
     return {"text": document.text, "id": document.id, "metadata": dict(document.metadata)}
 
@@ -99,4 +136,6 @@ def output_files(out_dir: str, subset: str) -> list[str]:
     folder = os.path.join(out_dir, subset)
     if not os.path.isdir(folder):
         return []
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith((".jsonl", ".jsonl.gz")))
+    return sorted(
+        os.path.join(folder, f) for f in os.listdir(folder) if f.endswith((".jsonl", ".jsonl.gz", ".parquet"))
+    )
