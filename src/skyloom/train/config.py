@@ -103,6 +103,30 @@ class DataConfig:
 
 
 @dataclass
+class WandbConfig:
+    """`train.wandb`: log the run to Weights & Biases (rank 0 only; docs/training.md "Loggers").
+
+    `mode: offline` needs no network: the run is written under RUN_DIR/wandb/ (upload it later with `wandb sync`).
+    A `--resume` continues the same W&B run (its id is kept in RUN_DIR/wandb/skyloom_run.json).
+    """
+
+    project: str = "skyloom"
+    name: str | None = None  # default: the run directory's name
+    mode: Literal["online", "offline", "disabled"] = "online"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    notes: str | None = None
+
+
+def _package_missing(name: str) -> bool:
+    """Whether an optional package is absent (checked at config time, so the run is refused before any work)."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is None
+
+
+@dataclass
 class TrainConfig:
     """Optimizer, schedule, batch, precision and parallelism."""
 
@@ -131,7 +155,8 @@ class TrainConfig:
     init_optimizer: bool = False  # with init_from: also take its optimizer state
     max_bad_steps: int = 5  # stop after this many consecutive non-finite steps
     log_every: int = 1  # metrics.jsonl gets every step; the console a line every `log_every` (non-TTY)
-    tensorboard: bool = False
+    tensorboard: bool = False  # RUN_DIR/tensorboard/ event files (needs the tensorboard package)
+    wandb: WandbConfig | None = None  # Weights & Biases (None: off)
     peak_tflops: float | None = None  # per device, for MFU when the device's peak is unknown (e.g. CPU)
 
     @classmethod
@@ -190,6 +215,10 @@ class TrainConfig:
             raise ConfigError("log_every", f"must be ≥ 1, got {self.log_every}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ConfigError("peak_tflops", f"must be positive, got {self.peak_tflops}")
+        if self.tensorboard and _package_missing("tensorboard"):
+            raise ConfigError("tensorboard", "needs the tensorboard package: pip install 'skyloom[tensorboard]'")
+        if self.wandb is not None and self.wandb.mode != "disabled" and _package_missing("wandb"):
+            raise ConfigError("wandb", "needs the wandb package: pip install 'skyloom[wandb]' (or set mode: disabled)")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Where a run's numbers go: `metrics.jsonl` (every step), the console, and optionally TensorBoard.
+"""Where a run's numbers go: `metrics.jsonl` (every step), the console, and TensorBoard / W&B when switched on.
 
 metrics.jsonl lines: `{"kind": "train", …}` per step, `{"kind": "val", …}` per set and evaluation,
 `{"kind": "event", "event": …}` for resumes, skipped steps, checkpoints. Only rank 0 writes.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,23 @@ def truncate_after(path: Path, step: int) -> int:
     return dropped
 
 
+def progress_bar_fits(stream=None) -> bool:
+    """A tqdm bar only on a terminal that has a width: a log file or pipe gets plain lines (no carriage-return
+    noise), and so does a zero-width terminal (some CI runners, detached consoles), where tqdm prints nothing."""
+    stream = stream if stream is not None else sys.stderr
+    try:
+        if not stream.isatty():
+            return False
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class MetricsLogger:
+    """Fans each train line and validation result out to metrics.jsonl, the console and the trackers the config
+    switches on (`train.tensorboard`, `train.wandb`: train/loggers.py); the trackers also get the resolved config
+    (`hparams`) as hyper-parameters. Disabled (a no-op) on every rank but 0."""
+
     def __init__(
         self,
         run_dir: Path,
@@ -51,22 +68,33 @@ class MetricsLogger:
         tensorboard: bool = False,
         log_every: int = 10,
         initial_step: int = 0,
+        wandb=None,
+        hparams: dict[str, Any] | None = None,
+        resume: bool = False,
     ):
         self.enabled = enabled
         self.total_steps = total_steps
         self.log_every = log_every
         self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if enabled else None
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise RuntimeError(
-                    "train.tensorboard needs the tensorboard package: pip install 'skyloom[tensorboard]'"
-                ) from None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self.trackers: list = []
         self.bar = None
-        if enabled and sys.stderr.isatty():
+        if enabled:
+            from skyloom.train.loggers import TensorBoardLogger, WandbLogger
+
+            try:
+                if tensorboard:
+                    sets = (hparams or {}).get("validation", {}).get("sets", {})
+                    tags = ["train/loss", *(f"val/{name}/loss" for name in sets)]
+                    first = initial_step + 1 if initial_step else 0  # the checkpoint's own step is kept
+                    self.trackers.append(TensorBoardLogger(run_dir / "tensorboard", tags, first_step=first))
+                if wandb is not None and wandb.mode != "disabled":
+                    self.trackers.append(WandbLogger(run_dir, wandb, resume=resume))
+                for tracker in self.trackers:
+                    tracker.log_hparams(hparams or {})
+            except BaseException:
+                self.close()
+                raise
+        if enabled and progress_bar_fits():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
@@ -83,10 +111,8 @@ class MetricsLogger:
             return
         self.write({"kind": "train", **record, "time": time.time()})
         step = record["step"]
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
-                    self.tb.add_scalar(f"train/{key}", value, step)
+        for tracker in self.trackers:
+            tracker.log_metrics(step, {f"train/{k}": v for k, v in record.items() if k != "step"})
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(
@@ -106,8 +132,9 @@ class MetricsLogger:
             return
         for name, r in results.items():
             self.write({"kind": "val", "step": step, "tokens": tokens, "set": name, **r, "time": time.time()})
-            if self.tb is not None:
-                self.tb.add_scalar(f"val/{name}/loss", r["loss"], step)
+        values = {f"val/{name}/{k}": v for name, r in results.items() for k, v in r.items()}
+        for tracker in self.trackers:
+            tracker.log_metrics(step, values)
         summary = "  ".join(f"{n} {r['loss']:.4f} (ppl {r['ppl']:.1f})" for n, r in results.items())
         self.console(f"validation @ step {step}: {summary}")
 
@@ -125,7 +152,7 @@ class MetricsLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        while self.trackers:  # each closed once, even when close() is called again
+            self.trackers.pop().close()
         if self.file is not None:
             self.file.close()

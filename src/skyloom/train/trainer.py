@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from skyloom.config import to_dict
 from skyloom.data.mixture import MixtureLoader, MixtureSourceSpec, WeightSchedule, format_plan
 from skyloom.data.shards import TokenSource
 from skyloom.model import loss as lm_loss
@@ -239,6 +240,9 @@ class Trainer:
             tensorboard=cfg.train.tensorboard,
             log_every=cfg.train.log_every,
             initial_step=self.step,
+            wandb=cfg.train.wandb,
+            hparams=to_dict(cfg),  # the resolved config, as RUN_DIR/config.yaml holds it
+            resume=start.resumed_from is not None,  # trackers continue their run only where the steps do
         )
         self.checkpointer.logger = self.logger
         self.checkpointer.report_start(start)
