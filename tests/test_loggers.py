@@ -12,6 +12,7 @@ import io
 import json
 import os
 import struct
+import sys
 import textwrap
 from pathlib import Path
 
@@ -224,8 +225,8 @@ def _train_lines(logger, steps: int) -> None:
 def test_a_zero_width_terminal_gets_plain_step_lines(tmp_path, monkeypatch, capsys, columns):
     from skyloom.train import metrics
 
-    monkeypatch.setattr(metrics.sys, "stderr", _Terminal())
-    monkeypatch.setattr(metrics.os, "get_terminal_size", lambda fd=None: os.terminal_size((columns, 24)))
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((columns, 24)))
     logger = metrics.MetricsLogger(tmp_path, total_steps=4, log_every=2)
     _train_lines(logger, 4)
     logger.close()
