@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skyloom.data.shards import finalize_index, finished_shards, write_shard
+from skyloom.data.shards import LAYOUTS, finalize_index, finished_shards, shard_files, shard_name, write_shard
 from skyloom.tokenizer.corpus import (
     DEFAULT_MAX_DOC_CHARS,
     InputError,
@@ -166,10 +166,12 @@ def _plan_document(
     fields: Sequence[str],
     shard_bytes: int,
     max_doc_chars: int,
+    layout: str = "skyloom",
 ) -> dict:
     """The plan as saved: global settings, and per task its pieces with each file's (size, mtime)."""
     stamps = {str(p): _stamp(str(p)) for p in source.files}
     return {
+        **({"layout": layout} if layout != "skyloom" else {}),  # absent: skyloom (plans from before --layout)
         "format": PLAN_FORMAT,
         "source": source.name,
         "tokenizer": tokenizer_id,
@@ -180,7 +182,7 @@ def _plan_document(
     }
 
 
-GLOBAL_KEYS = ("format", "source", "tokenizer", "fields", "shard_bytes", "max_doc_chars")
+GLOBAL_KEYS = ("format", "layout", "source", "tokenizer", "fields", "shard_bytes", "max_doc_chars")
 # What a task's SizeGuard gets for a source packed with no size limit (`max_doc_chars: null` in its plan).
 NO_SIZE_LIMIT = sys.maxsize // 16
 
@@ -199,7 +201,7 @@ def reconcile_plan(directory: Path, plan: dict, overwrite: bool) -> tuple[set[st
     the source with the limit."""
     path = directory / PLAN_FILE
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    finished = {m["file"][len("shard_") : -len(".bin")] for m in finished_shards(directory)}
+    finished = {shard_name(m) for m in finished_shards(directory)}
     stale: set[str] = set()
     if old is not None:
         unguarded = old.get("max_doc_chars") is None and not overwrite
@@ -220,7 +222,7 @@ def reconcile_plan(directory: Path, plan: dict, overwrite: bool) -> tuple[set[st
         old_tasks = {} if changed else {t["name"]: t for t in old.get("tasks", [])}
         new_tasks = {t["name"]: t for t in plan["tasks"]}
         stale = {n for n in finished if old_tasks.get(n) is None or old_tasks[n] != new_tasks.get(n)}
-    elif finished or any(directory.glob("shard_*")):
+    elif finished or any(directory.glob("shard_*")) or any(directory.glob("*.ds")):
         if not overwrite:
             raise ValueError(f"{directory}: holds shards but no {PLAN_FILE}; use another --out or --overwrite")
         stale = set(finished)
@@ -228,8 +230,8 @@ def reconcile_plan(directory: Path, plan: dict, overwrite: bool) -> tuple[set[st
         stale = set(finished)
     directory.mkdir(parents=True, exist_ok=True)
     for name in stale:
-        for suffix in (".json", ".bin", ".docs.bin"):  # metadata first: a half-deleted shard reads as unfinished
-            (directory / f"shard_{name}{suffix}").unlink(missing_ok=True)
+        for file in shard_files(name):  # metadata first: a half-deleted shard reads as unfinished
+            (directory / file).unlink(missing_ok=True)
     if stale:
         (directory / "index.json").unlink(missing_ok=True)
     tmp = path.with_name(PLAN_FILE + ".tmp")
@@ -298,6 +300,7 @@ def run_task(
     skip_malformed: bool,
     max_doc_chars: int = DEFAULT_MAX_DOC_CHARS,
     batch_docs: int = 256,
+    layout: str = "skyloom",
 ) -> TaskResult:
     """Tokenize one task's documents (+EOS) and write its shard; a task that fails leaves no temporary file."""
     tok = _WORKER["tokenizer"]
@@ -325,11 +328,14 @@ def run_task(
             source=task.source,
             tokenizer=tok.tokenizer_id,
             eos_id=eos,
+            layout=layout,
+            tokenizer_path=str((Path(tok.source) / "tokenizer.json").resolve()),
         )
     except Exception as err:
         # A failed task leaves no temporary file; an interrupted one (Ctrl-C, kill) may, and the next run
         # overwrites it.
-        (directory / f"shard_{task.name}.bin.tmp").unlink(missing_ok=True)
+        for file in shard_files(task.name):
+            (directory / f"{file}.tmp").unlink(missing_ok=True)
         if not isinstance(err, InputError):
             raise
         result.error = str(err)
@@ -377,9 +383,13 @@ def pack(
     overwrite: bool = False,
     progress: bool = True,
     max_doc_chars: int = DEFAULT_MAX_DOC_CHARS,
+    layout: str = "skyloom",
 ) -> PackSummary:
     """Pack every source; returns what this run did and each source's final index. Documents over
-    `max_doc_chars` characters are skipped (records) or split (text files) and counted (see `SizeGuard`)."""
+    `max_doc_chars` characters are skipped (records) or split (text files) and counted (see `SizeGuard`).
+    `layout` "datatrove" writes each shard as datatrove's DocumentTokenizer would (`data.shards`)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     from skyloom.tokenizer.loading import TextTokenizer
 
     if shard_bytes <= 0:
@@ -401,7 +411,7 @@ def pack(
     for source in sources:
         tasks = plan_source(source, shard_bytes)
         directory = out / source.name
-        plan = _plan_document(source, tasks, tok.tokenizer_id, fields, shard_bytes, max_doc_chars)
+        plan = _plan_document(source, tasks, tok.tokenizer_id, fields, shard_bytes, max_doc_chars, layout)
         done, removed = reconcile_plan(directory, plan, overwrite)
         limits[source.name] = NO_SIZE_LIMIT if plan["max_doc_chars"] is None else plan["max_doc_chars"]
         redone += len(removed)
@@ -418,7 +428,7 @@ def pack(
 
         bar = tqdm(total=sum(t.bytes for t in pending), unit="B", unit_scale=True, desc="pack", file=sys.stderr)
     results: list[TaskResult] = []
-    jobs = [(t, str(out), list(fields), skip_malformed, limits[t.source]) for t in pending]
+    jobs = [(t, str(out), list(fields), skip_malformed, limits[t.source], 256, layout) for t in pending]
     try:
         if workers <= 1 or len(pending) <= 1:
             _WORKER["tokenizer"] = tok
@@ -469,8 +479,8 @@ def pack(
 
 def _remove_temporary_files(out: Path, tasks: list[Task]) -> None:
     for task in tasks:
-        for suffix in (".bin", ".docs.bin", ".json"):  # write_shard's files, each written as NAME.tmp first
-            (out / task.source / f"shard_{task.name}{suffix}.tmp").unlink(missing_ok=True)
+        for file in shard_files(task.name):  # write_shard's files, each written as NAME.tmp first
+            (out / task.source / f"{file}.tmp").unlink(missing_ok=True)
 
 
 def _consume(iterator, results: list[TaskResult], bar) -> None:

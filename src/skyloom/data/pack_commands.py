@@ -40,6 +40,12 @@ class PackConfig:
         help="longest document: longer records are skipped and counted, longer text files split (default: %(default)s)",
     )
     overwrite: bool = option(False, help="delete a source's existing shards when the plan changed, instead of refusing")
+    layout: str = option(
+        "skyloom",
+        choices=("skyloom", "datatrove"),
+        help="file names: skyloom (shard_*.bin) or datatrove (*_unshuffled.ds + .ds.index + .ds.metadata, as "
+        "datatrove's DocumentTokenizer writes them); both train",
+    )
     quiet: bool = option(False, flags=("--quiet", "-q"), help="no progress bar")
 
 
@@ -50,6 +56,10 @@ with exact token and document counts.
 
 SOURCE is NAME=PATH or a bare PATH (then named after the file stem or directory); PATH is a file, a
 directory or a glob. Repeat a name to put several paths into one source.
+
+--layout datatrove writes the same tokens under datatrove's names (NAME_unshuffled.ds, .ds.index,
+.ds.metadata: what its DocumentTokenizer writes with shuffle_documents=False), readable by datatrove's
+DatatroveFileDataset and DocumentTokenizerMerger; a folder tokenized by datatrove is itself a training source.
 
 Inputs are cut into tasks of about --shard-bytes (byte ranges of JSONL files, Parquet row groups, whole
 gzip/text files); each task writes one shard and tasks run in --workers processes. The plan is saved as
@@ -63,6 +73,7 @@ counted (a record) or split at line ends (a whole text file), so one gigantic li
 examples:
   skyloom data pack --tokenizer tok/ --out tokens/ wiki_en=data/wiki/ zh_web=data/zh/*.jsonl.gz
   skyloom data pack -t tok/ -o tokens/ data/zh_tech.jsonl --field text --workers 8
+  skyloom data pack -t tok/ -o tokens/ --layout datatrove web=runs/skypile/main
 """
 
 
@@ -92,6 +103,7 @@ def _pack(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
             max_doc_chars=args.max_doc_chars,
+            layout=args.layout,
         )
     except (InputError, FileNotFoundError, ValueError) as err:
         print(f"skyloom: error: {err}", file=sys.stderr)

@@ -12,6 +12,16 @@ One directory per source (e.g. `tokens/wiki_en/`):
                              metadata by `finalize_index`, so parallel writers never share a file
 
 Writing is append-friendly (a new shard is a new file) and atomic per shard (temp file + rename).
+
+The datatrove layout (`skyloom data pack --layout datatrove`) holds the same bytes under the names datatrove's
+`DocumentTokenizer` gives them (shuffle_documents=False, one task per shard):
+
+    <name>_unshuffled.ds          the tokens (uint16 / uint32 as above)
+    <name>_unshuffled.ds.index    uint64 end offset of every document
+    <name>_unshuffled.ds.metadata "<tokenizer.json path>|<bytes per token>\n<tokens>\n<tokens, humanized>"
+
+next to skyloom's `shard_<name>.json` and `index.json`. A folder written by datatrove itself (only `*.ds`,
+`*.ds.index` and `*.ds.metadata`, no `index.json`) is read as a source too: see `datatrove_index`.
 """
 
 from __future__ import annotations
@@ -27,6 +37,26 @@ import numpy as np
 
 FORMAT = "skyloom-tokens"
 INDEX_FILE = "index.json"
+LAYOUTS = ("skyloom", "datatrove")
+DATATROVE_FORMAT = "datatrove-tokens"  # the index `datatrove_index` builds for a folder datatrove wrote
+
+
+def shard_file_names(name: str, layout: str = "skyloom") -> tuple[str, str, str]:
+    """(tokens, document ends, metadata JSON) file names of shard `name` in `layout`."""
+    if layout == "datatrove":
+        return f"{name}_unshuffled.ds", f"{name}_unshuffled.ds.index", f"shard_{name}.json"
+    return f"shard_{name}.bin", f"shard_{name}.docs.bin", f"shard_{name}.json"
+
+
+def shard_files(name: str) -> list[str]:
+    """Every file shard `name` may have in either layout, metadata first (a half-deleted shard reads as unfinished)."""
+    tokens, ends, meta = shard_file_names(name, "datatrove")
+    return [meta, *shard_file_names(name)[:2], tokens, ends, f"{tokens}.metadata"]
+
+
+def shard_name(meta: dict) -> str:
+    """The task name of a finished shard (its metadata as `finished_shards` returns it)."""
+    return meta.get("name") or meta["file"][len("shard_") : -len(".bin")]
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -66,16 +96,17 @@ def write_shard(
     source: str,
     tokenizer: str = "",
     eos_id: int | None = None,
+    layout: str = "skyloom",
+    tokenizer_path: str = "",
 ) -> dict:
-    """Write one complete shard atomically; returns its metadata. Documents are written as given."""
+    """Write one complete shard atomically; returns its metadata. Documents are written as given.
+    `layout` "datatrove" names the files as datatrove does and adds its `.ds.metadata` (naming `tokenizer_path`)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     dtype = dtype_for_vocab(vocab_size)
-    bin_path, docs_path, meta_path = (
-        out / f"shard_{name}.bin",
-        out / f"shard_{name}.docs.bin",
-        out / f"shard_{name}.json",
-    )
+    bin_path, docs_path, meta_path = (out / f for f in shard_file_names(name, layout))
     tmp = bin_path.with_name(bin_path.name + ".tmp")
     ends: list[int] = []
     total = 0
@@ -94,8 +125,13 @@ def write_shard(
         os.fsync(f.fileno())
     _atomic_write_bytes(docs_path, np.asarray(ends, dtype="<u8").tobytes())
     os.replace(tmp, bin_path)
+    if layout == "datatrove":
+        _atomic_write_bytes(
+            bin_path.with_name(bin_path.name + ".metadata"), datatrove_metadata(tokenizer_path, dtype, total)
+        )
     meta = {
         "format": FORMAT,
+        **({"name": name, "layout": layout} if layout != "skyloom" else {}),
         "file": bin_path.name,
         "docs_file": docs_path.name,
         "source": source,
@@ -109,6 +145,91 @@ def write_shard(
     }
     _atomic_write_json(meta_path, meta)
     return meta
+
+
+def datatrove_metadata(tokenizer_path: str, dtype: np.dtype, tokens: int) -> bytes:
+    """A `.ds.metadata` file as datatrove's `TokenizedFile.write_final_metadata` writes it (no final newline)."""
+    try:
+        import humanize
+
+        pretty = humanize.metric(tokens, unit="T")
+    except ImportError:  # humanize comes with datatrove; the line is for people, datatrove never parses it
+        pretty = f"{tokens} T"
+    name = tokenizer_path or "Unknown Tokenizer"
+    return f"{name}|{dtype.itemsize}\n{tokens}\n{pretty}".encode()
+
+
+def _datatrove_tokenizer(name: str) -> tuple[str, int | None]:
+    """(skyloom fingerprint, vocabulary size) of the tokenizer a `.ds.metadata` names, when it is a local
+    tokenizer.json (or a directory holding one); ('', None) for a hub name or a missing file."""
+    path = Path(name)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not name or not file.is_file():
+        return "", None
+    raw = file.read_bytes()
+    try:
+        from tokenizers import Tokenizer
+
+        vocab = Tokenizer.from_str(raw.decode("utf-8")).get_vocab_size(with_added_tokens=True)
+    except Exception:  # not a tokenizer file after all: no fingerprint, no vocabulary check
+        return "", None
+    return hashlib.sha256(raw).hexdigest()[:16], vocab
+
+
+def datatrove_index(directory: str | Path) -> dict | None:
+    """The index of a folder tokenized by datatrove (`DocumentTokenizer`, `DocumentTokenizerMerger`): its `*.ds`
+    files in name order, each with its `.ds.index` (required: document ends) and `.ds.metadata` (bytes per token,
+    tokenizer; without it the size is inferred from the index). None when the folder holds no `*.ds` file.
+
+    The tokenizer is fingerprinted when the metadata names a local tokenizer.json, so `check_model_fit` can refuse
+    another model's tokenizer; datatrove records no EOS id (`eos_id` is None). `.ds.loss` files are ignored."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.glob("*.ds") if p.is_file())
+    if not files:
+        return None
+    shards, names, sizes = [], set(), set()
+    for path in files:
+        index_path = path.with_name(path.name + ".index")
+        if not index_path.is_file():
+            raise ValueError(f"{path}: no {index_path.name} (document ends); tokenize with save_index=True")
+        ends = np.fromfile(index_path, dtype="<u8")
+        tokens = int(ends[-1]) if len(ends) else 0
+        size = path.stat().st_size
+        meta_path = path.with_name(path.name + ".metadata")
+        if meta_path.is_file():
+            first = meta_path.read_text(encoding="utf-8").splitlines()[0]
+            name, _, token_size = first.rpartition("|")
+            if token_size not in ("2", "4"):
+                raise ValueError(f"{meta_path}: first line {first!r} does not end in '|2' or '|4' (bytes per token)")
+            names.add(name)
+            token_size = int(token_size)
+        elif tokens:
+            token_size = size // tokens
+        else:
+            token_size = 2
+        if size != tokens * token_size:
+            raise ValueError(
+                f"{path}: {size} bytes, its index ends at token {tokens} ({token_size} bytes each): "
+                "files do not belong together"
+            )
+        sizes.add(token_size)
+        shards.append(
+            {"file": path.name, "docs_file": index_path.name, "tokens": tokens, "documents": len(ends), "sha256": None}
+        )
+    if len(sizes) > 1 or len(names) > 1:
+        raise ValueError(f"{directory}: .ds files of different tokenizers or token sizes ({sorted(names)}, {sizes})")
+    fingerprint, vocab = _datatrove_tokenizer(names.pop() if names else "")
+    return {
+        "format": DATATROVE_FORMAT,
+        "source": directory.name,
+        "tokenizer": fingerprint,
+        "vocab_size": vocab,
+        "dtype": "uint16" if sizes.pop() == 2 else "uint32",
+        "eos_id": None,
+        "tokens": sum(s["tokens"] for s in shards),
+        "documents": sum(s["documents"] for s in shards),
+        "shards": shards,
+    }
 
 
 def finished_shards(directory: str | Path) -> list[dict]:
@@ -180,17 +301,22 @@ class TokenSource:
         try:
             self.index = json.loads(index_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"{index_path}: no token index (pack the source first)") from None
+            index = datatrove_index(self.directory) if self.directory.is_dir() else None
+            if index is None:
+                raise FileNotFoundError(
+                    f"{index_path}: no token index (pack the source first) and no datatrove *.ds files"
+                ) from None
+            self.index = index
         except json.JSONDecodeError as err:
             raise ValueError(f"{index_path}: corrupt index: {err}") from None
-        if self.index.get("format") != FORMAT:
+        if self.index.get("format") not in (FORMAT, DATATROVE_FORMAT):
             raise ValueError(f"{index_path}: not a skyloom token index")
         self.dtype = np.dtype(self.index["dtype"]).newbyteorder("<")
         self._shards: list[_Shard] = []
         offset = 0
         for entry in self.index["shards"]:
             path = self.directory / entry["file"]
-            if verify and sha256_file(path) != entry["sha256"]:
+            if verify and entry["sha256"] and sha256_file(path) != entry["sha256"]:
                 raise ValueError(f"{path}: checksum mismatch (file changed or truncated)")
             expected_bytes = entry["tokens"] * self.dtype.itemsize
             if path.stat().st_size != expected_bytes:
@@ -220,7 +346,7 @@ class TokenSource:
         the tokenizer comparison. Afterwards every read also checks its ids against `vocab_size`, so a shard
         changed after packing is named instead of crashing the forward pass.
         """
-        packed, vocab = self.tokenizer_id, int(self.index["vocab_size"])
+        packed, vocab = self.tokenizer_id, int(self.index["vocab_size"] or 0)  # datatrove's: maybe unknown
         if packed and tokenizer_id and packed != tokenizer_id:
             model_tok = f"{tokenizer_id} ({tokenizer_name})" if tokenizer_name else tokenizer_id
             raise ShardMismatch(
