@@ -199,3 +199,69 @@ def test_sft_saves_its_resolved_config_and_resumes_from_it(tmp_path, capsys):
     assert saved["validation"] == {"every": 50} and saved["data"]["layout"] == "packed"
     assert saved["train"]["max_steps"] is None  # steps still come from data.epochs
     assert load_sft(str(tmp_path / "run"), []) == load_sft(str(tmp_path / "sft.yaml"), ["train.lr=1e-4"])
+
+
+# A stand-in `torch` package that records every attempt to import it, then fails as a missing torch would.
+_NO_TORCH = """import os, traceback
+with open(os.environ["SKYLOOM_TEST_TORCH_ATTEMPTS"], "a") as f:
+    f.write("".join(traceback.format_stack()) + "\\n")
+raise ModuleNotFoundError("No module named 'torch'", name="torch")
+"""
+
+
+def _tiny_bilingual_corpus(path):
+    import json
+
+    words = "alpha beta gamma delta epsilon zeta theta lambda sigma omega river stone cloud light".split()
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(80):
+            text = " ".join(words[(i * 5 + j) % len(words)] for j in range(12))
+            f.write(json.dumps({"id": str(i), "text": f"{text} {i * 37}. 今天天气很好，我们去公园散步吧。"}) + "\n")
+    return path
+
+
+def test_help_tokenizer_and_data_commands_run_without_torch(tmp_path):
+    """Where torch cannot be imported, every command's --help and the tokenizer and data commands still run (and
+    never try to import it); off a terminal their progress is plain lines, without tqdm's carriage returns."""
+    import json
+    import os
+
+    (tmp_path / "block" / "torch").mkdir(parents=True)
+    (tmp_path / "block" / "torch" / "__init__.py").write_text(_NO_TORCH)
+    corpus = _tiny_bilingual_corpus(tmp_path / "corpus.jsonl")
+    recipe = {
+        "output_dir": str(tmp_path / "pipeline"),
+        "executor": {"tasks": 1, "workers": 1},
+        "inputs": [{"path": str(corpus), "format": "jsonl", "source": "s"}],
+        "steps": [{"type": "exact_dedup"}],
+    }
+    (tmp_path / "p.yaml").write_text(json.dumps(recipe))
+    paths = [list(p) for p in _all_command_paths(build_parser())]
+    tok, t = str(tmp_path / "tok"), tmp_path
+    commands = [
+        ["tokenizer", "train", str(corpus), "--out", tok, "--total", "352", "--base-size", "330", "--workers", "1"]
+        + ["--chinese-chars", "10", "--chinese-words", "2", "--reserved", "10", "--fill", "none"],
+        ["data", "pack", str(corpus), "-t", tok, "-o", str(t / "packed"), "--workers", "1"],
+        ["data", "run", str(t / "p.yaml")],
+    ]
+    code = (
+        "import json, sys\nfrom skyloom.cli import main\n"
+        f"for path in {paths!r}:\n"
+        "    try:\n        main([*path, '--help'])\n    except SystemExit as exit:\n        assert exit.code == 0, path\n"
+        f"print('RC', json.dumps([main(c) for c in {commands!r}]), 'torch' in sys.modules)\n"
+    )
+    attempts = tmp_path / "torch-attempts.txt"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "block"), os.environ.get("PYTHONPATH", "")]),
+        "SKYLOOM_TEST_TORCH_ATTEMPTS": str(attempts),
+        "OMP_NUM_THREADS": "1",
+    }
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "RC [0, 0, 0] False", out.stderr[-3000:]
+    assert not attempts.exists(), attempts.read_text()[-3000:]
+    assert (tmp_path / "packed" / "corpus" / "index.json").is_file() and (
+        tmp_path / "pipeline" / "stats.json"
+    ).is_file()
+    assert "\r" not in out.stderr and "pack: 100% (" in out.stderr  # progress off a terminal: log lines

@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "skyloom"
 # Lowest first. config → tokenizer → data → model → train → {eval, sft} → recipes/demo/report → commands → cli.
 LAYERS: list[set[str]] = [
     {"config"},  # typed configs, YAML, ConfigError: imports nothing of skyloom
-    {"plugins", "commandline"},  # "package.module:Class" loading; CLI flags from dataclass fields
+    {"plugins", "commandline", "progress"},  # "package.module:Class" loading; CLI flags; progress bar or log lines
     {"tokenizer"},  # text: the one document reader (corpus.py), tokenizers, chat templates (chat.py)
     {"data"},  # token shards, packing, mixtures, Batch/BatchSource (batch.py), the data pipeline
     {"model"},  # architectures, decoding (KV cache), checkpoints, token_loss, HF interop

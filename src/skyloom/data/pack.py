@@ -424,9 +424,9 @@ def pack(
     started = time.time()
     bar = None
     if progress and pending:
-        from tqdm import tqdm
+        from skyloom.progress import Progress
 
-        bar = tqdm(total=sum(t.bytes for t in pending), unit="B", unit_scale=True, desc="pack", file=sys.stderr)
+        bar = Progress(sum(t.bytes for t in pending), "pack", "B", unit_scale=True)
     results: list[TaskResult] = []
     jobs = [(t, str(out), list(fields), skip_malformed, limits[t.source], 256, layout) for t in pending]
     try:

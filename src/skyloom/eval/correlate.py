@@ -110,7 +110,7 @@ def collect(
 
     run_bench(task_spec, checkpoint) and run_ppl(checkpoint) are given by the caller (they load models).
     """
-    from tqdm.auto import tqdm
+    from skyloom.progress import iterate
 
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
@@ -138,7 +138,7 @@ def collect(
         scores = recorded_bench
         if not scores:
             raise ValueError(f"{run_dir}: no --task given and no recorded 'bench' lines in metrics.jsonl")
-    for step, ckpt in tqdm(checkpoints.items(), desc="checkpoints", disable=not progress):
+    for step, ckpt in iterate(checkpoints.items(), "checkpoints", enabled=progress):
         out_dir = run_dir / "eval" / ckpt.name
         for spec in tasks:
             settings = {**bench_settings, "task": spec.name, "path": str(spec.path)}

@@ -32,10 +32,10 @@ from skyloom.model.loss import token_loss
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
-    """tqdm on stderr when enabled (and available); a no-op object otherwise."""
-    from tqdm.auto import tqdm
+    """Progress on stderr when enabled (a bar on a terminal, log lines elsewhere); a no-op object otherwise."""
+    from skyloom.progress import Progress
 
-    return tqdm(total=total, desc=desc, disable=not enabled, unit="seq", dynamic_ncols=True, leave=False)
+    return Progress(total, desc, "seq", enabled=enabled, leave=False)
 
 
 def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[list[int]]:

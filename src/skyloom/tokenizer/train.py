@@ -103,14 +103,14 @@ def resolve_sizes(s: TrainSettings, base_size: int | None = None) -> Sizes:
 
 
 class _Progress:
-    """A tqdm bar over characters when asked for, silent otherwise."""
+    """Progress over characters when asked for (a bar on a terminal, log lines elsewhere), silent otherwise."""
 
     def __init__(self, enabled: bool, desc: str):
         self.bar = None
         if enabled:
-            from tqdm import tqdm
+            from skyloom.progress import Progress
 
-            self.bar = tqdm(desc=desc, unit="char", unit_scale=True, file=sys.stderr, leave=False)
+            self.bar = Progress(desc=desc, unit="char", unit_scale=True, leave=False)
 
     def __call__(self, n: int) -> None:
         if self.bar is not None:

@@ -292,7 +292,7 @@ def _read_texts(inputs: list[dict[str, Any]], max_docs: int, prefix: str) -> lis
 
 def train_quality(cfg: QualityTrainConfig, progress: bool = True) -> QualityModel:
     """Read, chunk, featurize, fit, evaluate on held-out chunks, set per-language cutoffs, save."""
-    from tqdm import tqdm
+    from skyloom.progress import iterate
 
     t0 = time.time()
     rng = np.random.default_rng(cfg.seed)
@@ -307,7 +307,7 @@ def train_quality(cfg: QualityTrainConfig, progress: bool = True) -> QualityMode
                 samples.append((c, label, _language_of(c), source))
     if not samples:
         raise ValueError("no training text found in the inputs")
-    rows = [featurize(t, cfg.bits) for t, *_ in tqdm(samples, desc="features", disable=not progress)]
+    rows = [featurize(t, cfg.bits) for t, *_ in iterate(samples, "features", enabled=progress)]
     labels = np.array([s[1] for s in samples])
     langs = np.array([s[2] for s in samples])
     heldout = rng.random(len(samples)) < cfg.heldout_fraction
