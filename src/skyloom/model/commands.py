@@ -210,7 +210,10 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint, verify=not args.no_verify)  # a corrupt source is refused, not laundered
     except (ValueError, FileNotFoundError) as err:  # not a checkpoint, unreadable model.json, …
         raise ConfigError("", str(err)) from None
-    out = export_hf(model, args.out_dir, source_dir=args.checkpoint)
+    try:
+        out = export_hf(model, args.out_dir, source_dir=args.checkpoint)
+    except ValueError as err:  # an architecture HF cannot express, a malformed tokenizer_config.json, …
+        raise ConfigError("", f"CHECKPOINT {args.checkpoint}: {err}") from None
     kind = "MixtralForCausalLM" if model.config.moe is not None else "LlamaForCausalLM"
     print(f"wrote Hugging Face {kind} directory {out}")
     if args.verify:

@@ -88,13 +88,14 @@ def hf_config(cfg: ModelConfig, extra: dict[str, Any] | None = None) -> dict[str
         "head_dim": cfg.head_dim,
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
+        "rope_theta": cfg.rope_theta,  # read by transformers 4.x and most other runtimes
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},  # written by transformers 5
         "tie_word_embeddings": cfg.tie_embeddings,
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
         "initializer_range": cfg.init_std,
-        "torch_dtype": "float32",
+        "dtype": "float32",
         **(extra or {}),
     }
 
@@ -120,30 +121,57 @@ def export_hf(model: Transformer, out_dir: str | Path, source_dir: str | Path | 
             continue
         state[to_hf_name(name)] = tensor.detach().contiguous().cpu()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    extra: dict[str, Any] = {}
-    if source_dir is not None:
-        for name in TOKENIZER_FILES:
-            src = Path(source_dir) / name
-            if src.is_file():
-                shutil.copyfile(src, out / name)
-        extra.update(_special_token_ids(Path(source_dir)))
+    extra = write_tokenizer_and_generation_config(out, cfg, source_dir)
     (out / "config.json").write_text(json.dumps(hf_config(cfg, extra), indent=2) + "\n", encoding="utf-8")
     return out
 
 
-def _special_token_ids(source: Path) -> dict[str, int]:
-    """bos/eos/pad ids from a tokenizer_config.json + tokenizer.json next to the checkpoint, if present."""
-    tok_cfg, tok_json = source / "tokenizer_config.json", source / "tokenizer.json"
-    if not (tok_cfg.is_file() and tok_json.is_file()):
-        return {}
-    names = json.loads(tok_cfg.read_text(encoding="utf-8"))
-    vocab = {t["content"]: t["id"] for t in json.loads(tok_json.read_text(encoding="utf-8")).get("added_tokens", [])}
-    ids = {}
-    for key in ("bos_token", "eos_token", "pad_token"):
-        token = names.get(key)
-        token = token.get("content") if isinstance(token, dict) else token
-        if token in vocab:
-            ids[f"{key}_id"] = vocab[token]
+def generation_ids(source: Path | None) -> dict[str, Any]:
+    """bos/eos/pad ids for config.json and generation_config.json, from the tokenizer in `source`.
+
+    `eos_token_id` lists EOS plus the chat template's turn end (`[SEP]` after `skyloom sft`), so `generate` in
+    transformers, vLLM and TGI stops where skyloom's generation stops. Every key is written even when unknown
+    (None): an absent `bos_token_id` makes transformers assume Llama's 1. `pad_token_id` falls back to EOS, as
+    skyloom's own batching does."""
+    ids: dict[str, Any] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    if source is None or not (source / "tokenizer.json").is_file():
+        return ids
+    from skyloom.tokenizer.chat import chat_stop_tokens
+    from skyloom.tokenizer.loading import TextTokenizer
+
+    tok = TextTokenizer.from_dir(source)
+    tok_cfg = source / "tokenizer_config.json"
+    chat_template = json.loads(tok_cfg.read_text(encoding="utf-8")).get("chat_template") if tok_cfg.is_file() else None
+    stops = [tok.tokenizer.token_to_id(t) for t in chat_stop_tokens(chat_template, tok.tokenizer.token_to_id)]
+    eos = list(dict.fromkeys(i for i in [tok.eos_id, *stops] if i is not None))
+    ids["bos_token_id"] = tok.bos_id
+    ids["eos_token_id"] = eos[0] if len(eos) == 1 else (eos or None)
+    ids["pad_token_id"] = tok.pad_id if tok.pad_id is not None else tok.eos_id
+    return ids
+
+
+def write_tokenizer_and_generation_config(out: Path, cfg: ModelConfig, source_dir: str | Path | None) -> dict[str, Any]:
+    """Copy the tokenizer files from `source_dir` (tokenizer_config.json with `model_max_length` set to the model's
+    context, so transformers truncates and warns where the model ends, and `split_special_tokens` as skyloom
+    encodes) and write generation_config.json; returns the special-token ids config.json states too."""
+    source = None if source_dir is None else Path(source_dir)
+    if source is not None:
+        for name in TOKENIZER_FILES:
+            src = source / name
+            if not src.is_file():
+                continue
+            if name == "tokenizer_config.json":
+                tok_cfg = json.loads(src.read_text(encoding="utf-8"))
+                tok_cfg["model_max_length"] = cfg.max_seq_len
+                # text is text (as skyloom encodes it), except that a chat template's control tokens must be read
+                # as tokens; its Jinja refuses them typed in a message instead (tokenizer/chat.py)
+                tok_cfg["split_special_tokens"] = not tok_cfg.get("chat_template")
+                text = json.dumps(tok_cfg, indent=1, ensure_ascii=False) + "\n"
+                (out / name).write_text(text, encoding="utf-8")
+            else:
+                shutil.copyfile(src, out / name)
+    ids = generation_ids(source)
+    (out / "generation_config.json").write_text(json.dumps(ids, indent=2) + "\n", encoding="utf-8")
     return ids
 
 

@@ -86,8 +86,9 @@ def mixtral_config(cfg: ModelConfig, extra: dict[str, Any] | None = None) -> dic
 
 
 def export_mixtral(model: Transformer, out_dir: str | Path, source_dir: str | Path | None = None) -> Path:
-    """Write `model` as a Hugging Face MixtralForCausalLM directory (config.json + model.safetensors)."""
-    from skyloom.model.hf import TOKENIZER_FILES, _special_token_ids
+    """Write `model` as a Hugging Face MixtralForCausalLM directory (config.json + model.safetensors, plus the
+    tokenizer files and generation_config.json from `source_dir`, as `export_hf`)."""
+    from skyloom.model.hf import write_tokenizer_and_generation_config
 
     cfg = model.config
     check_mixtral_compatible(model)
@@ -114,13 +115,7 @@ def export_mixtral(model: Transformer, out_dir: str | Path, source_dir: str | Pa
         else:
             raise ValueError(f"no Mixtral name for weight {name!r}")
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    extra: dict[str, Any] = {}
-    if source_dir is not None:
-        for fname in TOKENIZER_FILES:
-            src = Path(source_dir) / fname
-            if src.is_file():
-                (out / fname).write_bytes(src.read_bytes())
-        extra.update(_special_token_ids(Path(source_dir)))
+    extra = write_tokenizer_and_generation_config(out, cfg, source_dir)
     (out / "config.json").write_text(json.dumps(mixtral_config(cfg, extra), indent=2) + "\n", encoding="utf-8")
     return out
 

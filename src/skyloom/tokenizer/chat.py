@@ -17,7 +17,8 @@ Each template also has a Jinja form (`jinja`) written into the exported tokenize
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # A piece is plain text, or ("special", name) for a token inserted by id ("eos", "bos" or a literal token).
@@ -104,7 +105,29 @@ class PlainTemplate(ChatTemplate):
         return segments
 
 
-_SKYWORK_JINJA = (
+# transformers' `apply_chat_template(..., sanitize_control_tokens=True)` wraps each control token found in a message
+# in these private-use characters before rendering, then encodes the wrapped token as text (transformers ≥ 5.x).
+_MARK_START, _MARK_END = "\U000f0000", "\U000f0001"
+
+
+def _control_token_guard(tokens: Sequence[str]) -> str:
+    """Jinja that refuses a message holding a control token typed as text (unless transformers marked it for
+    encoding as text): without this, transformers would turn a user's literal `[SEP]` into the turn-end token,
+    while skyloom keeps it text."""
+    names = ", ".join([f"'{t}'" for t in tokens] + ["eos_token", "bos_token", "pad_token", "unk_token"])
+    return (
+        f"{{% set control = [{names}] | select | list %}}"
+        "{% set guard = namespace(text='') %}"
+        "{% for m in messages %}{% if m['content'] is string %}{% set guard.text = m['content'] %}"
+        f"{{% for c in control %}}{{% set guard.text = guard.text | replace('{_MARK_START}' ~ c ~ '{_MARK_END}', '') %}}"
+        "{% endfor %}{% for c in control %}{% if c in guard.text %}"
+        "{{ raise_exception('a ' ~ m['role'] ~ ' message holds the control token ' ~ c ~ ' as text: pass "
+        "sanitize_control_tokens=True to apply_chat_template to encode it as text, as skyloom does') }}"
+        "{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    )
+
+
+_SKYWORK_JINJA = _control_token_guard(("[USER]", "[BOT]", "[SEP]")) + (
     "{{ eos_token }}{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% set sys = namespace(text='') %}"
     "{% for m in messages %}"
@@ -113,7 +136,7 @@ _SKYWORK_JINJA = (
     "{% else %}{{ m['content'] }}[SEP]{% endif %}"
     "{% endfor %}"
 )
-_PLAIN_JINJA = (
+_PLAIN_JINJA = _control_token_guard(()) + (
     "{% set sys = namespace(text='') %}"
     "{% for m in messages %}"
     "{% if m['role'] == 'system' %}{% set sys.text = sys.text + (m['content'] | trim) + '\n\n' %}"
@@ -126,6 +149,29 @@ TEMPLATES: dict[str, ChatTemplate] = {
     "skywork": SkyworkTemplate("skywork", ("[USER]", "[BOT]", "[SEP]"), _SKYWORK_JINJA, ("[SEP]",)),
     "plain": PlainTemplate("plain", (), _PLAIN_JINJA, ()),
 }
+
+
+def chat_stop_tokens(chat_template: str | None, token_to_id: Callable[[str], int | None]) -> tuple[str, ...]:
+    """The turn-end tokens of the template a tokenizer_config.json's `chat_template` holds (`[SEP]` for skywork),
+    so an export can tell `generate` where an answer ends: the template whose Jinja it is, else (a template
+    written by an older skyloom) the one whose tokens are all in the vocabulary and whose stop tokens it spells."""
+    if not chat_template:
+        return ()
+    for t in TEMPLATES.values():
+        if chat_template == t.jinja:
+            return t.stop_tokens
+    for t in TEMPLATES.values():
+        known = t.added_tokens and all(token_to_id(tok) is not None for tok in t.added_tokens)
+        if known and all(tok in chat_template for tok in t.stop_tokens):
+            return t.stop_tokens
+    return ()
+
+
+def _special_added_tokens(tokenizer) -> set[str]:
+    """The special tokens of a `TextTokenizer` (all of which transformers treats as control tokens)."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    decoder = getattr(inner, "get_added_tokens_decoder", None)
+    return {t.content for t in decoder().values() if t.special} if callable(decoder) else set()
 
 
 def get_template(name: str) -> ChatTemplate:
@@ -152,6 +198,9 @@ class TemplateEncoder:
                 )
             self.ids[tok] = tid
         self.stop_ids = [self.ids[t] for t in template.stop_tokens]
+        control = set(template.added_tokens) | _special_added_tokens(tokenizer)
+        longest_first = sorted(control, key=len, reverse=True)
+        self._control = re.compile("|".join(map(re.escape, longest_first))) if control else None
 
     def _pieces(self, pieces: Sequence[Piece]) -> list[int]:
         out: list[int] = []
@@ -161,8 +210,32 @@ class TemplateEncoder:
                 if tid is not None:  # a missing BOS is simply left out
                     out.append(tid)
             elif p:
-                out.extend(self.tokenizer.encode(p))
+                out.extend(self._text(p))
         return out
+
+    def _text(self, text: str) -> list[int]:
+        """A message's text; a control token typed in it (`[SEP]`, `<|endoftext|>`) stays characters. Cut where
+        transformers' `apply_chat_template(..., sanitize_control_tokens=True)` cuts (each such token encoded on its
+        own, the text after it encoded behind a newline that is then dropped), so both give the same ids."""
+        if self._control is None or not self._control.search(text):
+            return self.tokenizer.encode(text)
+        ids: list[int] = []
+        start = 0
+        for i, match in enumerate(self._control.finditer(text)):
+            before = text[start : match.start()]
+            if before:
+                ids += self.tokenizer.encode(before) if i == 0 else self._after_newline(before)
+            ids += self._after_newline(match.group(0))
+            start = match.end()
+        if start < len(text):
+            ids += self._after_newline(text[start:])
+        return ids
+
+    def _after_newline(self, text: str) -> list[int]:
+        """`text` encoded as if it followed a newline (no SentencePiece prefix space), as transformers does."""
+        newline = self.tokenizer.encode("\n")
+        ids = self.tokenizer.encode("\n" + text)
+        return ids[len(newline) :] if ids[: len(newline)] == newline else self.tokenizer.encode(text)
 
     def encode(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
         ids: list[int] = []
