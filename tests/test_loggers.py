@@ -253,3 +253,16 @@ def test_wandb_settings_are_checked_before_any_work(monkeypatch):
     with pytest.raises(ConfigError, match=r"train\.wandb.*pip install 'skyloom\[wandb\]'"):
         train({"mode": "offline"})
     assert train({"mode": "disabled"}).wandb.mode == "disabled"  # nothing to import
+
+
+def test_wandb_online_without_a_login_is_a_clear_error(tmp_path, monkeypatch):
+    from skyloom.config import ConfigError
+    from skyloom.train.config import WandbConfig
+    from skyloom.train.loggers import WandbLogger
+
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no saved login
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    with pytest.raises(ConfigError, match=r"train\.wandb.*wandb login.*mode: offline"):
+        WandbLogger(tmp_path, WandbConfig(mode="online"), resume=False)

@@ -92,20 +92,26 @@ class WandbLogger:
         previous = self._read_state() if resume else {}
         self.last_step = int(previous.get("last_step", -1))
         self.logged_through = self.last_step  # what the earlier sessions of this W&B run logged
-        self.run = wandb.init(
-            project=settings.project,
-            entity=settings.entity,
-            name=settings.name or run_dir.resolve().name,
-            group=settings.group,
-            tags=list(settings.tags) or None,
-            notes=settings.notes,
-            mode=settings.mode,
-            dir=str(run_dir),
-            id=previous.get("id"),
-            resume="allow" if previous.get("id") else None,
-            # W&B's console capture would wrap this process's stdout/stderr (and with it the progress bar)
-            settings=wandb.Settings(console="off"),
-        )
+        run_id = previous.get("id")
+        try:
+            self.run = wandb.init(
+                project=settings.project,
+                entity=settings.entity,
+                name=settings.name or run_dir.resolve().name,
+                group=settings.group,
+                tags=list(settings.tags) or None,
+                notes=settings.notes,
+                mode=settings.mode,
+                dir=str(run_dir),
+                id=run_id,
+                resume="allow" if run_id else None,
+                # W&B's console capture would wrap this process's stdout/stderr (and with it the progress bar)
+                settings=wandb.Settings(console="off"),
+            )
+        except wandb.errors.Error as err:  # e.g. online without `wandb login`: say what to change, not a traceback
+            raise ConfigError(
+                "train.wandb", f"W&B could not start: {err} (log in with `wandb login`, or set mode: offline)"
+            ) from None
         self._write_state()
 
     def _read_state(self) -> dict[str, Any]:
