@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from skyloom.progress import draws_bar
 
 
 def _clean(value: Any) -> Any:
@@ -41,18 +42,6 @@ def truncate_after(path: Path, step: int) -> int:
     tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
     tmp.replace(path)
     return dropped
-
-
-def progress_bar_fits(stream=None) -> bool:
-    """A tqdm bar only on a terminal that has a width: a log file or pipe gets plain lines (no carriage-return
-    noise), and so does a zero-width terminal (some CI runners, detached consoles), where tqdm prints nothing."""
-    stream = stream if stream is not None else sys.stderr
-    try:
-        if not stream.isatty():
-            return False
-        return os.get_terminal_size(stream.fileno()).columns > 0
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 class MetricsLogger:
@@ -94,7 +83,9 @@ class MetricsLogger:
             except BaseException:
                 self.close()
                 raise
-        if enabled and progress_bar_fits():
+        # a bar only on a terminal with a width (skyloom.progress's rule): logs, pipes and zero-width terminals
+        # (where tqdm draws nothing) get the plain step lines below
+        if enabled and draws_bar(sys.stderr):
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
