@@ -96,6 +96,10 @@ def test_pack_layout_datatrove_writes_what_datatroves_tokenizer_writes(corpus, t
     source, default = TokenSource(ours, verify=True), TokenSource(_skyloom_pack(corpus, tmp_path / "default"))
     assert _documents(source) == _documents(default) and source.n_documents == 30
     assert not list(ours.glob("*.bin"))
+    # a second run resumes: no shard written again
+    before = {p.name: p.stat().st_mtime_ns for p in ours.glob("*_unshuffled.ds*")}
+    _skyloom_pack(corpus, tmp_path / "ours", "--layout", "datatrove")
+    assert {p.name: p.stat().st_mtime_ns for p in ours.glob("*_unshuffled.ds*")} == before and len(before) == 6
     # a different layout in the same folder is refused
     assert (
         main(
@@ -120,7 +124,7 @@ def test_pack_layout_datatrove_writes_what_datatroves_tokenizer_writes(corpus, t
 
 def test_datatrove_readers_read_the_datatrove_layout(corpus, tmp_path):
     from datatrove.pipeline.tokens import DocumentTokenizerMerger
-    from datatrove.utils.dataset import DatatroveFileDataset
+    from datatrove.utils.dataset import DatatroveFileDataset, DatatroveFolderDataset
 
     ours = _skyloom_pack(corpus, tmp_path / "ours", "--layout", "datatrove")
     source = TokenSource(ours)
@@ -132,6 +136,9 @@ def test_datatrove_readers_read_the_datatrove_layout(corpus, tmp_path):
     assert len(ds) == n // (seq_len + 1)
     for i in range(len(ds)):
         assert ds[i]["input_ids"].tolist() == stream[i * (seq_len + 1) : (i + 1) * (seq_len + 1)].tolist()
+    folder = DatatroveFolderDataset(str(ours), seq_len, filename_pattern="*.ds", token_size=2)
+    assert len(folder) == len(ds) + (len(stream) - n) // (seq_len + 1)
+    assert folder[0]["input_ids"].tolist() == ds[0]["input_ids"].tolist()
     merged = tmp_path / "merged"
     DocumentTokenizerMerger(str(ours), str(merged), "all", shuffle=False, progress=False).run()
     assert np.fromfile(merged / "000_all.ds", dtype="<u2").tolist() == stream.tolist()
