@@ -265,3 +265,81 @@ def test_help_tokenizer_and_data_commands_run_without_torch(tmp_path):
         tmp_path / "pipeline" / "stats.json"
     ).is_file()
     assert "\r" not in out.stderr and "pack: 100% (" in out.stderr  # progress off a terminal: log lines
+
+
+def test_a_missing_optional_package_is_a_clean_error_naming_its_extra(tmp_path):
+    """A command stopping on an optional package that is not installed exits 2 with the extra to install, no
+    traceback; the packages are blocked in a fresh interpreter, as if absent."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("train: {}\n")
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "tokens": 10, "loss": 1.0}\n')
+    (tmp_path / "p.yaml").write_text(
+        '{"output_dir": "out", "inputs": [{"path": "in.jsonl", "format": "jsonl"}], "steps": [{"type": "exact_dedup"}]}'
+    )
+    code = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('datatrove', 'matplotlib'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "from skyloom.cli import main\n"
+        "print(main(['data', 'run', 'p.yaml']), main(['report', 'run']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.split() == ["2", "2"], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [
+        "skyloom: error: this command needs the package 'datatrove', which is not installed: pip install 'skyloom[data]'",
+        "skyloom: error: this command needs the package 'matplotlib', which is not installed: "
+        "pip install 'skyloom[report]'",
+    ]
+
+
+def test_what_an_import_error_asks_to_install():
+    from skyloom.commandline import missing_package_message as message
+
+    absent = ModuleNotFoundError("No module named 'lm_eval'", name="lm_eval")
+    assert message(absent).endswith("not installed: pip install 'skyloom[bench]'")
+    protobuf = ModuleNotFoundError("No module named 'google.protobuf'", name="google.protobuf")
+    assert message(protobuf).startswith("this command needs the package 'google.protobuf'")
+    assert message(protobuf).endswith("pip install 'skyloom[hf]'")
+    old = ImportError("cannot import name 'GGUFWriter' from 'gguf'", name="gguf")  # installed, but too old
+    assert message(old) == (
+        "cannot import name 'GGUFWriter' from 'gguf' (the installed gguf does not fit this skyloom: "
+        "pip install -U 'skyloom[gguf]')"
+    )
+    assert "install torch first" in message(ModuleNotFoundError("No module named 'torch'", name="torch"))
+    written = ImportError("reading Parquet needs pyarrow: pip install 'skyloom[data]' (or pyarrow)")
+    assert message(written) == str(written)  # skyloom's own advice is kept as written
+    assert message(ModuleNotFoundError("No module named 'nonesuch'", name="nonesuch")) is None  # a bug: traceback
+
+
+def test_a_missing_file_or_package_deep_in_a_command_exits_2_without_traceback(monkeypatch, capsys):
+    """The central handler of `skyloom.cli.main`, for a command that does not catch these itself."""
+    import errno
+
+    import skyloom.cli as cli
+
+    def parser_whose_report_raises(error):
+        def build():
+            parser = real_build()
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            sub.choices["report"].set_defaults(handler=lambda args: (_ for _ in ()).throw(error))
+            return parser
+
+        return build
+
+    real_build = cli.build_parser
+    gone = FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/gone.jsonl")
+    monkeypatch.setattr(cli, "build_parser", parser_whose_report_raises(gone))
+    assert main(["report", "RUN"]) == 2
+    assert capsys.readouterr().err == "skyloom: error: /data/gone.jsonl: No such file or directory\n"
+    absent = ModuleNotFoundError("No module named 'wandb'", name="wandb")
+    monkeypatch.setattr(cli, "build_parser", parser_whose_report_raises(absent))
+    assert main(["report", "RUN"]) == 2
+    assert capsys.readouterr().err.endswith("not installed: pip install 'skyloom[wandb]'\n")
+    bug = ModuleNotFoundError("No module named 'nonesuch'", name="nonesuch")
+    monkeypatch.setattr(cli, "build_parser", parser_whose_report_raises(bug))
+    with pytest.raises(ModuleNotFoundError):
+        main(["report", "RUN"])

@@ -12,7 +12,14 @@ import importlib
 import sys
 
 from skyloom import __version__
-from skyloom.commandline import HelpFormatter, add_command, add_group, print_config, split_flag_overrides
+from skyloom.commandline import (
+    HelpFormatter,
+    add_command,
+    add_group,
+    missing_package_message,
+    print_config,
+    split_flag_overrides,
+)
 
 __all__ = ["HelpFormatter", "add_command", "add_group", "build_parser", "main", "parse_args"]
 
@@ -81,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(handler(args) or 0)
     except ConfigError as err:
         print(f"skyloom: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:  # a path named on the command line, or one a config names
+        where = f"{err.filename}: {err.strerror or 'no such file or directory'}" if err.filename else str(err)
+        print(f"skyloom: error: {where}", file=sys.stderr)
+        return 2
+    except ImportError as err:  # an optional package (an extra) that is not installed: say which extra
+        message = missing_package_message(err)
+        if message is None:
+            raise
+        print(f"skyloom: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("skyloom: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 import types
 from collections.abc import Callable
@@ -183,6 +184,64 @@ def print_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# The extra of pyproject.toml's [project.optional-dependencies] that installs each optional import (matplotlib is
+# in eval, report and demo alike: `report` names it). Keys are import names, matched on their leading parts.
+EXTRA_OF = {
+    "transformers": "hf",
+    "sentencepiece": "hf",
+    "google.protobuf": "hf",
+    "datatrove": "data",
+    "orjson": "data",
+    "trafilatura": "data",
+    "lxml_html_clean": "data",
+    "lxml": "data",
+    "resiliparse": "data",
+    "py3langid": "data",
+    "xxhash": "data",
+    "scipy": "data",
+    "pyarrow": "data",
+    "matplotlib": "report",
+    "lm_eval": "bench",
+    "wandb": "wandb",
+    "gguf": "gguf",
+    "tensorboard": "tensorboard",
+    "snownlp": "demo",
+}
+# Required packages: reinstalling skyloom brings them back (torch is installed first, on its own: see README).
+REQUIRED = ("numpy", "yaml", "safetensors", "tqdm", "tokenizers", "jieba")
+
+
+def missing_package_message(err: ImportError) -> str | None:
+    """What a command that stopped on `err` should tell the user to install; None for an import error of a
+    package skyloom does not know (a bug to show in full, not a missing extra)."""
+    if "pip install" in str(err):  # raised by skyloom with the advice already written
+        return str(err)
+    name = err.name or ""
+    parts = name.split(".")
+    module = next((".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in EXTRA_OF), None)
+    top = parts[0]
+    if module is not None:
+        install = f"pip install 'skyloom[{EXTRA_OF[module]}]'"
+    elif top == "torch":
+        install = "install torch first (README: Quick start), e.g. pip install torch"
+    elif top in REQUIRED:
+        install = "pip install skyloom (it is a required dependency)"
+    else:
+        return None
+    package = module or top
+    if isinstance(err, ModuleNotFoundError) and (name == package or not _installed(package)):
+        return f"this command needs the package '{package}', which is not installed: {install}"
+    upgrade = install.replace("pip install", "pip install -U")
+    return f"{err} (the installed {package} does not fit this skyloom: {upgrade})"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # its parent package is missing too
+        return False
+
+
 def split_flag_overrides(words: list[str]) -> tuple[list[str], list[str]]:
     """`--train.lr=3e-4` (an unknown option with `=`) is the override `train.lr=3e-4`: (overrides, other words)."""
     overrides, rest = [], []
@@ -205,6 +264,7 @@ __all__ = [
     "add_print_config",
     "config_from_args",
     "field_help",
+    "missing_package_message",
     "option",
     "print_config",
     "split_flag_overrides",
