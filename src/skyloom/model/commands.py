@@ -222,6 +222,24 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_gguf(args: argparse.Namespace) -> int:
+    from skyloom.model.checkpoint import load_model
+    from skyloom.model.gguf_export import read_check_texts, write_gguf
+
+    _paths_or_error(args.checkpoint, "CHECKPOINT", str(Path(args.out_file).parent))
+    if Path(args.out_file).is_dir():
+        raise ConfigError("", f"OUT_FILE {args.out_file}: is a directory (give the .gguf file to write)")
+    try:
+        model = load_model(args.checkpoint, verify=not args.no_verify)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError("", str(err)) from None
+    checks = read_check_texts(args.check_text)
+    tok = write_gguf(model, args.checkpoint, args.out_file, args.dtype, checks)  # refusals: GGUFRefused, exit 2
+    how = f"pre-tokenizer {tok.pre}" if tok.pre else f"llama.cpp's algorithm replayed on {tok.replayed:,} texts"
+    print(f"wrote llama.cpp GGUF {args.out_file} (llama, {args.dtype}; tokenizer {tok.model}, {how})")
+    return 0
+
+
 def verify_hf_export(model, hf_dir: Path, seq_len: int = 16) -> float:
     """Run the exported directory in transformers and compare logits with skyloom's on random tokens."""
     import torch
@@ -328,6 +346,23 @@ class ExportHFConfig:
 
 
 @dataclass
+class ExportGGUFConfig:
+    """`skyloom export gguf`'s arguments."""
+
+    checkpoint: str = option(positional=True, metavar="CHECKPOINT", help="skyloom checkpoint directory")
+    out_file: str = option(positional=True, metavar="OUT_FILE", help="the .gguf file to write")
+    dtype: str = option("f32", help="weight type of the matrices: f32, f16 or bf16 (norms stay f32)")
+    no_verify: bool = option(False, help="skip checking CHECKPOINT against its manifest.json before exporting")
+    check_text: list[str] = option(
+        [],
+        nargs="*",
+        metavar="FILE",
+        help="text/JSONL files whose first 1,000 documents must also encode to skyloom's ids under llama.cpp's "
+        "SentencePiece algorithm (replayed) before a 'llama' tokenizer is written",
+    )
+
+
+@dataclass
 class ImportHFConfig:
     """`skyloom import hf`'s arguments."""
 
@@ -371,6 +406,14 @@ def register(sub) -> None:
     )
     add_config_arguments(hf, ExportHFConfig)
     hf.set_defaults(handler=cmd_export_hf)
+    gguf = add_command(
+        export,
+        "gguf",
+        "export a dense LLaMA checkpoint and its tokenizer as one llama.cpp GGUF file (refuses what "
+        "llama.cpp would tokenize or run differently)",
+    )
+    add_config_arguments(gguf, ExportGGUFConfig)
+    gguf.set_defaults(handler=cmd_export_gguf)
 
     imp = add_group(sub, "import", "import checkpoints from other formats")
     ihf = add_command(imp, "hf", "import a Hugging Face Llama directory (safetensors) as a skyloom checkpoint")
