@@ -256,3 +256,21 @@ def test_architectures_llama_cpp_would_run_differently_are_refused(tmp_path, ove
     model, ckpt = _checkpoint(byte_level_dir(), f"ckpt-refused-{len(overrides)}", **overrides)
     with pytest.raises(GGUFRefused, match=match):
         write_gguf(model, ckpt, tmp_path / "m.gguf")
+
+
+def test_an_sft_tokenizers_chat_template_and_turn_end_travel(tmp_path):
+    """After `skyloom sft` the tokenizer has [USER]/[BOT]/[SEP] and the skywork template: the GGUF carries the
+    template, marks the three as control tokens and names [SEP] the end of turn (llama.cpp stops there)."""
+    from skyloom.sft.vocab import add_special_tokens
+    from skyloom.tokenizer.chat import get_template
+
+    template = get_template("skywork")
+    add_special_tokens(byte_level_dir(), tmp_path / "tok", template.added_tokens, template.jinja)
+    model, ckpt = _checkpoint(tmp_path / "tok", "ckpt-sft")
+    write_gguf(model, ckpt, tmp_path / "m.gguf")
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type")
+    assert _field(reader, "tokenizer.chat_template") == template.jinja
+    assert tokens[_field(reader, "tokenizer.ggml.eot_token_id")] == "[SEP]"
+    assert all(types[tokens.index(t)] == gguf.TokenType.CONTROL for t in ("[USER]", "[BOT]", "[SEP]"))

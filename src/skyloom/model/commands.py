@@ -235,7 +235,9 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
         raise ConfigError("", str(err)) from None
     checks = read_check_texts(args.check_text)
     tok = write_gguf(model, args.checkpoint, args.out_file, args.dtype, checks)  # refusals: GGUFRefused, exit 2
-    how = f"pre-tokenizer {tok.pre}" if tok.pre else f"llama.cpp's algorithm replayed on {tok.replayed:,} texts"
+    how = (
+        f"pre-tokenizer {tok.pre}" if tok.pre else f"llama.cpp's algorithm replayed on {tok.replayed:,} texts, same ids"
+    )
     print(f"wrote llama.cpp GGUF {args.out_file} (llama, {args.dtype}; tokenizer {tok.model}, {how})")
     return 0
 

@@ -8,9 +8,9 @@ regex). A vocabulary is exported only where one of those reproduces skyloom's id
   pre-tokenizer maps to `gpt-2` (GPT-2's regex) or, with single digits split off first, `starcoder`
   (llama.cpp's `\\p{N}` split, then GPT-2's regex).
 * SentencePiece-style BPE with byte fallback (a converted LLaMA/Mistral `.model`, extended or not) → `llama`:
-  llama.cpp merges the adjacent pair whose concatenation is the best-scored token, so every token gets the rank
-  of its merges as score; the file is written only after the structural conditions hold and a replay of
-  llama.cpp's algorithm gives skyloom's ids on the vocabulary and on a mixed probe text.
+  llama.cpp merges the adjacent pair whose concatenation is the best-scored token (not a merge list), so every
+  token's score is the rank of its merges, and the file is written only after a replay of llama.cpp's algorithm
+  (`spm_encode`) gives skyloom's ids on every vocabulary entry, a mixed probe text and the user's `--check-text`.
 
 Everything else is refused (`skyloom tokenizer train`'s own bilingual pre-tokenizer has no llama.cpp name; MoE;
 the GPT baseline), never written silently wrong. Q and K rows are permuted as llama.cpp's `convert_hf_to_gguf.py`
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,11 @@ def _tokens_by_id(doc: dict, source: str) -> tuple[list[str], dict[int, dict]]:
     missing = [i for i in range(max(by_id) + 1) if i not in by_id]
     if missing:
         raise GGUFRefused(f"{source}: token ids are not contiguous ({len(missing)} missing, first {missing[0]})")
-    return [by_id[i] for i in range(len(by_id))], added
+    tokens = [by_id[i] for i in range(len(by_id))]
+    if len(set(tokens)) != len(tokens):
+        twice = next(t for t, n in Counter(tokens).items() if n > 1)
+        raise GGUFRefused(f"{source}: {twice!r} has two ids; llama.cpp maps each token text to one id")
+    return tokens, added
 
 
 def _merges(model: dict) -> list[tuple[str, str]]:
@@ -222,7 +227,7 @@ def _type_ids():
 
 
 def read_specials(directory: Path, tokens: list[str]) -> tuple[dict[str, int], str | None]:
-    """bos/eos/unk/pad ids and the chat template named by tokenizer_config.json (if any)."""
+    """bos/eos/unk/pad (and a chat template's turn-end, eot) ids and the chat template of tokenizer_config.json."""
     cfg_file = directory / "tokenizer_config.json"
     cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
     index = {t: i for i, t in enumerate(tokens)}
@@ -235,7 +240,13 @@ def read_specials(directory: Path, tokens: list[str]) -> tuple[dict[str, int], s
     template = cfg.get("chat_template")
     if template is None and (directory / "chat_template.jinja").is_file():
         template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
-    return ids, template if isinstance(template, str) else None
+    template = template if isinstance(template, str) else None
+    from skyloom.tokenizer.chat import chat_stop_tokens
+
+    stops = chat_stop_tokens(template, index.get)
+    if stops and stops[0] in index:  # the turn end (`[SEP]` after `skyloom sft`): llama.cpp stops generating there
+        ids["eot"] = index[stops[0]]
+    return ids, template
 
 
 def gguf_tokenizer(directory: str | Path, vocab_size: int, check_texts: Sequence[str] = ()) -> GGUFTokenizer:
@@ -494,6 +505,7 @@ def write_gguf(
         ("eos", writer.add_eos_token_id),
         ("unk", writer.add_unk_token_id),
         ("pad", writer.add_pad_token_id),
+        ("eot", writer.add_eot_token_id),
     ):
         if key in tok.special_ids:
             add(tok.special_ids[key])
