@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from skyloom.cli import main
+from skyloom.report import plots
 from skyloom.report.build import SECTIONS, build_report, markdown_tables
-from skyloom.report.plots import series_of
+from skyloom.report.plots import format_tokens, series_of
 from skyloom.report.runs import load_run
 
 
@@ -139,3 +140,40 @@ def test_single_run_and_cli(tmp_path, capsys):
 def test_markdown_tables_become_html():
     html = markdown_tables("## T\n\n| a | b |\n|---|---:|\n| x | 1 |\n")
     assert "<h4>T</h4>" in html and "<th>a</th>" in html and "<td>x</td><td>1</td>" in html
+
+
+def test_token_counts_read_as_k_m_b_t():
+    labels = [format_tokens(x) for x in (0, 512, 1500, 200_000, 999_999, 1.25e6, 3.2e9, 3.13e12, -2e3)]
+    assert labels == ["0", "512", "1.5k", "200k", "1M", "1.25M", "3.2B", "3.13T", "-2k"]
+
+
+def test_token_axes_use_short_labels_that_do_not_collide(tmp_path, monkeypatch):
+    """The loss panels (x: tokens) and the throughput panel (y: tokens/s) of a run of ~1.5M tokens, drawn as the
+    report draws them: every tick label is a k/M count (no '1e6' in the corner) and no two labels overlap."""
+    _session(tmp_path / "ws" / "runs" / "a", 6, 150_000)
+    _session(tmp_path / "ws" / "runs" / "b", 4, 150_000, init_from=str(tmp_path / "ws" / "runs" / "a"))
+    (tmp_path / "ws" / "demo.json").write_text(json.dumps({"sessions": ["a", "b"]}))
+    figures = []
+    real_save = plots._save
+
+    def drawn_then_saved(fig, path):
+        fig.canvas.draw()
+        figures.append(fig)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", drawn_then_saved)
+    data = load_run(tmp_path / "ws")
+    plots.plot_losses(data, tmp_path / "losses.png")
+    plots.plot_throughput(data, tmp_path / "throughput.png")
+    loss_axes = [ax for ax in figures[0].axes if ax.get_xlabel() == "tokens"]
+    axes = [(ax.xaxis, ax) for ax in loss_axes] + [(figures[1].axes[0].yaxis, figures[1].axes[0])]
+    assert len(loss_axes) == 3
+    for axis, ax in axes:
+        low, high = sorted(ax.get_xlim() if axis is ax.xaxis else ax.get_ylim())
+        ticks = [t for t in axis.get_major_ticks() if low <= t.get_loc() <= high and t.label1.get_text()]
+        texts = [t.label1.get_text() for t in ticks]
+        assert all(re.fullmatch(r"0|\d+(\.\d+)?[kMBT]", text) for text in texts), texts
+        assert axis.get_offset_text().get_text() == ""
+        boxes = [t.label1.get_window_extent() for t in ticks]
+        spans = sorted((b.x0, b.x1) if axis is ax.xaxis else (b.y0, b.y1) for b in boxes)
+        assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), texts

@@ -35,6 +35,26 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def format_tokens(x: float) -> str:
+    """A token count as a tick label: 1500 → '1.5k', 2e6 → '2M', 3.2e9 → '3.2B', 3.13e12 → '3.13T'.
+
+    Matplotlib's own labels read 200000, 400000, … (which collide on a narrow panel) or 0.2, 0.4 with a separate
+    '1e6' in the corner; these stay at most five characters."""
+    x = float(f"{x:.3g}")  # round first, so that 999,999 is '1M', not '1e+03k'
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return "0" if x == 0 else f"{x:.3g}"
+
+
+def token_axis(axis) -> None:
+    """k/M/B/T labels and at most six ticks on a matplotlib axis of token counts (`ax.xaxis`, `ax.yaxis`)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: format_tokens(x)))
+
+
 def _legend(ax, sessions: list[Session]) -> None:
     if len(sessions) > 1:
         ax.legend(fontsize=8)
@@ -78,6 +98,7 @@ def plot_losses(data: RunData, path: Path) -> Path:
         flat[j].set_title(f"validation loss: {name}")
     for ax in flat[:n]:
         ax.set_xlabel("tokens")
+        token_axis(ax.xaxis)
         ax.set_ylabel("loss (nats/token)")
         ax.grid(alpha=0.3)
         _legend(ax, data.sessions)
@@ -140,6 +161,7 @@ def plot_throughput(data: RunData, path: Path) -> Path:
             any_mfu = True
             b.plot([s.step_offset + r["step"] for r in mf], [100 * r["mfu"] for r in mf], color=c, lw=1, label=s.name)
     a.set_title("throughput (tokens/s, all ranks)")
+    token_axis(a.yaxis)
     b.set_title("model FLOPs utilisation (%)")
     if not any_mfu:
         b.text(
