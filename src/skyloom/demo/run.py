@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from skyloom.progress import draws_bar
 from skyloom.recipes.recipe import Recipe, load_recipe
 
 REPO_RECIPES = Path(__file__).resolve().parents[3] / "recipes" / "demo"
@@ -209,7 +210,7 @@ class Demo:
             out=str(self.out / "data" / "tokenizer"),
             fields=["text"],
             workers=min(2, os.cpu_count() or 1),
-            progress=sys.stderr.isatty(),
+            progress=draws_bar(sys.stderr),  # a bar on a terminal; in logs the demo prints its own lines
             **sizes,
         )
         breakdown = train_tokenizer(settings)
@@ -232,7 +233,7 @@ class Demo:
             self.out / "data" / "tokens",
             fields=("text",),
             workers=1,
-            progress=sys.stderr.isatty(),
+            progress=draws_bar(sys.stderr),  # a bar on a terminal; in logs the demo prints its own lines
         )
         for name, s in summary.sources.items():
             self.log(f"    {name:6s} {s['tokens']:10,} tokens in {s['documents']:6,} documents")

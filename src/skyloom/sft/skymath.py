@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from skyloom.config import ConfigError
+from skyloom.progress import draws_bar
 
 KINDS = ("reference", "own", "compare")
 
@@ -157,7 +158,7 @@ def load_lm(checkpoint: Path, max_new_tokens: int):
         model,
         TextTokenizer.from_dir(checkpoint),
         name=str(checkpoint),
-        progress=sys.stderr.isatty(),
+        progress=draws_bar(sys.stderr),  # a bar on a terminal; the rounds print their own lines
         batch_tokens=16384,
         max_batch_size=64,
     )
