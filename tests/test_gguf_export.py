@@ -36,9 +36,11 @@ _ROOT = Path(tempfile.mkdtemp(prefix="skyloom-gguf-tests-"))
 EN = "The quick brown fox jumps over the lazy dog. It's 2024 and models learn from 12345 tokens, isn't it? "
 ZH = "我们在北京大学学习自然语言处理。今天天气很好，我们去公园散步吧！中华人民共和国成立于1949年。模型训练需要数据。"
 ZH_MORE = "深度学习是机器学习的一个分支，神经网络通过反向传播算法训练参数。深度学习模型需要大量数据和计算资源。"
-TEXTS = [EN * 3, ZH * 3, (EN + ZH) * 2, "  code:\n\tdef f(x):\n\t\treturn x ** 2\n"] * 20
-# English, Chinese (in and out of the vocabulary), digits, emoji, accents, a control byte, whitespace runs
-MIXED = "Hello 世界! 123  45 我们学习深度学习 🚀🎉 café naïve \x01 tabs\t\tand   spaces 模型训练 x=3.14 Ω→∑"
+TEXTS = [EN * 3, ZH * 3, (EN + ZH) * 2, "  code:\n\tdef f(x):\n\t\treturn x ** 2\n    if x:\n        pass\n"] * 20
+# English, Chinese (in and out of the vocabulary), digits, emoji, accents, a control byte, whitespace runs.
+# (No run of 2+ spaces before a digit: transformers 5.24 rebuilds llama.cpp's 'starcoder' byte-level tokenizer
+# without its digit split, so there it would differ from skyloom and llama.cpp; see docs/model.md.)
+MIXED = "Hello 世界! 123 45 我们学习深度学习 🚀🎉 café naïve \x01 tabs\t\tand   spaces\n    if 模型训练 x=3.14 Ω→∑"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -65,7 +65,6 @@ class GGUFTokenizer:
     special_ids: dict[str, int] = field(default_factory=dict)  # bos / eos / unk / pad → id
     chat_template: str | None = None
     add_space_prefix: bool | None = None
-    extra_pairs: list[tuple[str, str]] = field(default_factory=list)  # pairs llama.cpp may merge, skyloom not
     replayed: int = 0  # texts on which llama.cpp's algorithm was replayed and agreed
 
 
@@ -322,17 +321,6 @@ def _sentencepiece_style(doc: dict, tokens: list[str], kinds: list, specials: di
                 f"{rank}); llama.cpp ranks a token by one score, so its merge order would differ"
             )
     index = {t: i for i, t in enumerate(tokens)}
-    merge_set = set(merges)
-    # llama.cpp merges any two adjacent symbols (a character or a token) whose concatenation is a token; skyloom
-    # only its listed merges. Such extra pairs (an extension's word 模型 beside the base's 模型训 = 模 + 型训) are
-    # harmless when skyloom's earlier merges always take one half first; the replay checks that on every entry.
-    extra = []
-    for token in tokens:
-        for k in range(1, len(token)):
-            left, right = token[:k], token[k:]
-            if (len(left) == 1 or left in index) and (len(right) == 1 or right in index):
-                if (left, right) not in merge_set:
-                    extra.append((left, right))
     # Earlier merges win: a token's score is minus its position in merge order (atoms and specials: below all).
     position = {t: i for i, t in enumerate(order)}
     scores = [-float(position[t]) if t in position else -float(len(order)) for t in tokens]
@@ -350,7 +338,6 @@ def _sentencepiece_style(doc: dict, tokens: list[str], kinds: list, specials: di
     if unk is not None:
         kinds[unk] = types.UNKNOWN
     result = GGUFTokenizer("llama", tokens, [int(k) for k in kinds], scores=scores, add_space_prefix=True)
-    result.extra_pairs = extra
     return result
 
 
@@ -404,7 +391,11 @@ def spm_encode(text: str, tokens: list[str], scores: list[float], add_space_pref
 
 def check_spm_replay(tok: GGUFTokenizer, doc: dict, source: str, n_real: int, extra_texts: Sequence[str] = ()) -> None:
     """Refuse unless llama.cpp's algorithm (replayed) gives skyloom's ids on every vocabulary entry, the probes
-    and the user's own texts (`--check-text`)."""
+    and the user's own texts (`--check-text`).
+
+    llama.cpp merges any two adjacent symbols whose concatenation is a token, skyloom only its listed merges. An
+    extension makes such extra pairs (its word 模型 beside the base's 模型训 = 模 + 型训); they are harmless where
+    skyloom's earlier merges always take one half first (型训 before 模型), which the replay checks."""
     from tokenizers import Tokenizer
 
     pipeline = Tokenizer.from_str(json.dumps(doc))
@@ -518,9 +509,12 @@ def write_gguf(
         writer.add_chat_template(tok.chat_template)
     for tensor_name, array in gguf_tensors(model).items():
         _add_tensor(writer, tensor_name, array, dtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.replace(out)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        tmp.replace(out)  # a partly written file never carries the final name
+    finally:
+        tmp.unlink(missing_ok=True)
     return tok
