@@ -89,6 +89,7 @@ PRINT_CONFIG_ARGS = {
     ("tokenizer", "stats"): ["TOK", "FILE"],
     ("tokenizer", "convert"): ["MODEL", "OUT"],
     ("export", "hf"): ["CKPT", "OUT"],
+    ("export", "gguf"): ["CKPT", "OUT"],
     ("import", "hf"): ["HF", "OUT"],
     ("sft",): [str(REPO / "recipes" / "sft" / "gsm8k-alpaca.yaml")],
     ("skymath",): [str(REPO / "recipes" / "sft" / "skymath-gsm8k.yaml")],
