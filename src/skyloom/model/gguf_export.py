@@ -341,52 +341,62 @@ def _sentencepiece_style(doc: dict, tokens: list[str], kinds: list, specials: di
     return result
 
 
-def spm_encode(text: str, tokens: list[str], scores: list[float], add_space_prefix: bool = True) -> list[int]:
-    """llama.cpp's SentencePiece tokenizer (`llm_tokenizer_spm_session`) on raw text, re-implemented to check an
-    export: characters are symbols; the adjacent pair whose concatenation is the best-scored token merges first
+class SpmReplay:
+    """llama.cpp's SentencePiece tokenizer (`llm_tokenizer_spm_session`) re-implemented, to check an export before
+    writing it: characters are symbols; the adjacent pair whose concatenation is the best-scored token merges first
     (ties: leftmost); a final symbol that is no token falls back to its bytes `<0xNN>`."""
-    index: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        index.setdefault(t, i)
-    text = (" " + text if add_space_prefix else text).replace(" ", SPACE)
-    symbols = list(text)
-    alive = [True] * len(symbols)
-    nxt = list(range(1, len(symbols))) + [-1]
-    prv = list(range(-1, len(symbols) - 1))
-    queue: list[tuple[float, int, int, int]] = []
 
-    def push(left: int, right: int) -> None:
-        if left < 0 or right < 0:
-            return
-        token = index.get(symbols[left] + symbols[right])
-        if token is not None:
-            heapq.heappush(queue, (-scores[token], left, right, len(symbols[left]) + len(symbols[right])))
+    def __init__(self, tokens: Sequence[str], scores: Sequence[float], add_space_prefix: bool = True):
+        self.index: dict[str, int] = {}
+        for i, t in enumerate(tokens):
+            self.index.setdefault(t, i)
+        self.scores = scores
+        self.add_space_prefix = add_space_prefix
 
-    for i in range(1, len(symbols)):
-        push(i - 1, i)
-    while queue:
-        _, left, right, size = heapq.heappop(queue)
-        if not (alive[left] and alive[right]) or len(symbols[left]) + len(symbols[right]) != size:
-            continue
-        if nxt[left] != right:
-            continue
-        symbols[left] += symbols[right]
-        alive[right] = False
-        nxt[left] = nxt[right]
-        if nxt[right] >= 0:
-            prv[nxt[right]] = left
-        push(prv[left], left)
-        push(left, nxt[left])
-    out: list[int] = []
-    i = 0 if symbols else -1
-    while i != -1:
-        token = index.get(symbols[i])
-        if token is not None:
-            out.append(token)
-        else:
-            out.extend(index[f"<0x{b:02X}>"] for b in symbols[i].encode("utf-8"))
-        i = nxt[i]
-    return out
+    def encode(self, text: str) -> list[int]:
+        index, scores = self.index, self.scores
+        text = (" " + text if self.add_space_prefix else text).replace(" ", SPACE)
+        symbols = list(text)
+        alive = [True] * len(symbols)
+        nxt = list(range(1, len(symbols))) + [-1]
+        prv = list(range(-1, len(symbols) - 1))
+        queue: list[tuple[float, int, int, int]] = []
+
+        def push(left: int, right: int) -> None:
+            if left < 0 or right < 0:
+                return
+            token = index.get(symbols[left] + symbols[right])
+            if token is not None:
+                heapq.heappush(queue, (-scores[token], left, right, len(symbols[left]) + len(symbols[right])))
+
+        for i in range(1, len(symbols)):
+            push(i - 1, i)
+        while queue:
+            _, left, right, size = heapq.heappop(queue)
+            if not (alive[left] and alive[right]) or len(symbols[left]) + len(symbols[right]) != size:
+                continue  # stale: one side was merged elsewhere since
+            symbols[left] += symbols[right]
+            alive[right] = False
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prv[nxt[right]] = left
+            push(prv[left], left)
+            push(left, nxt[left])
+        out: list[int] = []
+        i = 0 if symbols else -1
+        while i != -1:
+            token = index.get(symbols[i])
+            if token is not None:
+                out.append(token)
+            else:
+                out.extend(index[f"<0x{b:02X}>"] for b in symbols[i].encode("utf-8"))
+            i = nxt[i]
+        return out
+
+
+def spm_encode(text: str, tokens: Sequence[str], scores: Sequence[float]) -> list[int]:
+    """One text through `SpmReplay` (llama.cpp's SentencePiece algorithm)."""
+    return SpmReplay(tokens, scores).encode(text)
 
 
 def check_spm_replay(tok: GGUFTokenizer, doc: dict, source: str, n_real: int, extra_texts: Sequence[str] = ()) -> None:
@@ -402,8 +412,9 @@ def check_spm_replay(tok: GGUFTokenizer, doc: dict, source: str, n_real: int, ex
     pipeline.encode_special_tokens = True  # skyloom's TextTokenizer: text is text
     texts = list(PROBE_TEXTS) + [t.replace(SPACE, " ") for t in tok.tokens[:n_real]] + list(extra_texts)
     ours = [e.ids for e in pipeline.encode_batch(texts, add_special_tokens=False)]
+    replay = SpmReplay(tok.tokens, tok.scores)
     for text, expected in zip(texts, ours):
-        theirs = spm_encode(text, tok.tokens, tok.scores)
+        theirs = replay.encode(text)
         if theirs != expected:
             at = next((i for i, (a, b) in enumerate(zip(theirs, expected)) if a != b), min(len(theirs), len(expected)))
             raise GGUFRefused(
