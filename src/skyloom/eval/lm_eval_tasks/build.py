@@ -103,8 +103,16 @@ ROLLING = (
     "test_split: test\n"
     'doc_to_text: ""\n'
     "doc_to_target: text\n"
-    "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
-    "metadata:\n  version: 1.0\n"
+    "metric_list:\n"
+    + "".join(
+        f"  - metric: {metric}\n    aggregation: {aggregation}\n    higher_is_better: false\n"
+        for metric, aggregation in (
+            ("word_perplexity", "weighted_perplexity"),
+            ("byte_perplexity", "weighted_perplexity"),
+            ("bits_per_byte", "bits_per_byte"),
+        )
+    )
+    + "metadata:\n  version: 1.0\n"
 )
 
 
