@@ -178,6 +178,10 @@ def test_half_precision_files_keep_norms_f32(tmp_path, dtype):
     assert _field(reader, "general.file_type") == int(
         gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.MOSTLY_BF16
     )
+    stored = next(t for t in reader.tensors if t.name == "blk.1.ffn_down.weight")
+    values = gguf.quants.dequantize(stored.data, stored.tensor_type)
+    expected = model.layers[1].ffn.w2.weight.detach().to(torch.float16 if dtype == "f16" else torch.bfloat16)
+    assert np.array_equal(values.reshape(expected.shape), expected.float().numpy())
 
 
 def test_spm_replay_is_sentencepiece_on_a_plain_model():
@@ -276,3 +280,16 @@ def test_an_sft_tokenizers_chat_template_and_turn_end_travel(tmp_path):
     assert _field(reader, "tokenizer.chat_template") == template.jinja
     assert tokens[_field(reader, "tokenizer.ggml.eot_token_id")] == "[SEP]"
     assert all(types[tokens.index(t)] == gguf.TokenType.CONTROL for t in ("[USER]", "[BOT]", "[SEP]"))
+
+
+def test_cli_replays_llama_cpp_on_the_users_texts(tmp_path, capsys):
+    _, ckpt = _checkpoint(sentencepiece_dir(), "ckpt-cli-spm")
+    texts = tmp_path / "check.jsonl"
+    texts.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in (MIXED, ZH_MORE)), "utf-8")
+    rc = main(["export", "gguf", str(ckpt), str(tmp_path / "m.gguf"), "--dtype", "f16", "--check-text", str(texts)])
+    assert rc == 0
+    vocab = TextTokenizer.from_dir(sentencepiece_dir()).vocab_size
+    assert (
+        f"tokenizer llama, llama.cpp's algorithm replayed on {5 + vocab + 2:,} texts, same ids"
+        in capsys.readouterr().out
+    )
