@@ -197,3 +197,17 @@ def test_missing_benchmark_folder_says_how_to_point_at_it(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="--metadata ceval_dir=DIR"):
         ceval_dataset("law", ceval_dir=str(tmp_path / "nowhere"))
+
+
+def test_wrapper_turns_input_errors_into_a_named_error(monkeypatch, capsys):
+    import lm_eval.__main__
+
+    from skyloom.eval import lm_eval_run
+
+    def missing_folder():
+        raise FileNotFoundError("skyloom_ceval: no /nowhere; point lm-eval at your copy with --metadata ceval_dir=DIR")
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", missing_folder)
+    monkeypatch.setattr("sys.argv", ["lm-eval"])
+    assert lm_eval_run.main(["--model", "skyloom", "--tasks", "skyloom_ceval"]) == 2
+    assert capsys.readouterr().err.startswith("skyloom: error: skyloom_ceval: no /nowhere")

@@ -49,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     register_model()
     sys.argv = ["lm-eval", *with_task_folder(sys.argv[1:] if argv is None else argv)]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except (OSError, ValueError) as err:  # a missing data folder, an unknown task or model: named, not a traceback
+        print(f"skyloom: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
