@@ -196,9 +196,9 @@ def test_spm_replay_is_sentencepiece_on_a_plain_model():
 
 
 @pytest.mark.parametrize("kind", ["byte-level", "sentencepiece-extended"])
-def test_transformers_loads_the_gguf_with_skyloom_logits_and_ids(kind):
+def test_transformers_loads_the_gguf_with_skyloom_logits_and_ids(kind, monkeypatch):
     transformers = pytest.importorskip("transformers")
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     tokenizer = byte_level_dir() if kind == "byte-level" else sentencepiece_dir()
     model, ckpt = _checkpoint(tokenizer, f"ckpt-{kind}")
     alone = _ROOT / f"gguf-{kind}"  # nothing but the file: transformers must not find our tokenizer.json

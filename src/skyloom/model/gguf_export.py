@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,10 +124,10 @@ def gguf_name(name: str) -> str:
     return f"blk.{index}.{_LAYER_NAMES[rest]}"
 
 
-def gguf_tensors(model) -> dict[str, np.ndarray]:
-    """The model's weights as float32 arrays under llama.cpp's names, q/k permuted; no `output` when tied."""
+def gguf_tensors(model) -> Iterator[tuple[str, np.ndarray]]:
+    """The model's weights as float32 arrays under llama.cpp's names, q/k permuted; no `output` when tied. One at a
+    time (an f32 CPU weight is a view, not a copy), so a 13B model is not held twice in memory."""
     cfg = model.config
-    out = {}
     for name, tensor in model.state_dict().items():
         if cfg.tie_embeddings and name == "output.weight":
             continue
@@ -136,8 +136,7 @@ def gguf_tensors(model) -> dict[str, np.ndarray]:
             array = permute_qk(array, cfg.n_heads)
         elif name.endswith("attn.wk.weight"):
             array = permute_qk(array, cfg.kv_heads)
-        out[gguf_name(name)] = np.ascontiguousarray(array)
-    return out
+        yield gguf_name(name), np.ascontiguousarray(array)
 
 
 # --- the tokenizer -------------------------------------------------------------------------------------------
@@ -518,7 +517,7 @@ def write_gguf(
         writer.add_add_space_prefix(tok.add_space_prefix)
     if tok.chat_template:
         writer.add_chat_template(tok.chat_template)
-    for tensor_name, array in gguf_tensors(model).items():
+    for tensor_name, array in gguf_tensors(model):
         _add_tensor(writer, tensor_name, array, dtype)
     try:
         writer.write_header_to_file()
