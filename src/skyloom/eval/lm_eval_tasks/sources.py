@@ -26,7 +26,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lm_eval.api.samplers import ContextSampler
 
@@ -41,6 +41,9 @@ from skyloom.eval.multiple_choice import (
     subject_files,
 )
 from skyloom.eval.textdata import read_texts, shared_data_dir
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ def data_path(options: dict[str, Any], key: str) -> Path:
     return Path(str(root)).expanduser() / DEFAULTS[key]
 
 
-def _dataset_dict(splits: dict[str, list[dict[str, Any]]]):
+def _dataset_dict(splits: dict[str, list[dict[str, Any]]]) -> DatasetDict:
     import datasets
 
     return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
@@ -103,7 +106,7 @@ def _question_rows(benchmark: str, questions: Sequence[Question]) -> list[dict[s
     ]
 
 
-def multiple_choice_dataset(benchmark: str, subject: str, **options: Any):
+def multiple_choice_dataset(benchmark: str, subject: str, **options: Any) -> DatasetDict:
     """One subject of an MMLU-format benchmark: `eval` (the scored split, as `eval bench` picks it) and `dev`
     (the few-shot exemplars, in file order)."""
     key = f"{benchmark}_dir"
@@ -116,23 +119,21 @@ def multiple_choice_dataset(benchmark: str, subject: str, **options: Any):
         raise FileNotFoundError(f"skyloom_{benchmark}_{subject}: no CSV for subject {subject!r} in {root / split}")
     dev = subject_files(root / "dev") if (root / "dev").is_dir() else {}
     exemplars = read_questions(dev[subject], subject) if subject in dev else []
-    return _dataset_dict(
-        {
-            "eval": _question_rows(benchmark, read_questions(files[subject], subject)),
-            "dev": _question_rows(benchmark, exemplars),
-        }
-    )
+    questions = read_questions(files[subject], subject)
+    if not questions:
+        raise ValueError(f"{files[subject]}: no questions to score")
+    return _dataset_dict({"eval": _question_rows(benchmark, questions), "dev": _question_rows(benchmark, exemplars)})
 
 
-def ceval_dataset(subject: str, **options: Any):
+def ceval_dataset(subject: str, **options: Any) -> DatasetDict:
     return multiple_choice_dataset("ceval", subject, **options)
 
 
-def cmmlu_dataset(subject: str, **options: Any):
+def cmmlu_dataset(subject: str, **options: Any) -> DatasetDict:
     return multiple_choice_dataset("cmmlu", subject, **options)
 
 
-def mmlu_dataset(subject: str, **options: Any):
+def mmlu_dataset(subject: str, **options: Any) -> DatasetDict:
     return multiple_choice_dataset("mmlu", subject, **options)
 
 
@@ -161,7 +162,7 @@ class FileOrderSampler(ContextSampler):
 # ---- GSM8K -----------------------------------------------------------------------------------------------------
 
 
-def gsm8k_dataset(**options: Any):
+def gsm8k_dataset(**options: Any) -> DatasetDict:
     """GSM8K `test` (scored) and `train` (exemplars, first K in file order), from `gsm8k_dir` (a folder with
     test.jsonl + train.jsonl, or a test file beside train.jsonl)."""
     path = data_path(options, "gsm8k_dir")
@@ -194,7 +195,7 @@ def _text_rows(path: Path, field: str | None) -> list[dict[str, str]]:
     return [{"text": t} for t in read_texts(path, field)]
 
 
-def table6_dataset(domain: str, **options: Any):
+def table6_dataset(domain: str, **options: Any) -> DatasetDict:
     """One of Table 6's Chinese domain sets (`zh_tech` …), read as `skyloom eval ppl` reads it (field `text`)."""
     folder = data_path(options, "table6_dir")
     path = folder / f"{domain}.jsonl"
@@ -203,7 +204,7 @@ def table6_dataset(domain: str, **options: Any):
     return _dataset_dict({"test": _text_rows(path, None)})
 
 
-def ppl_file_dataset(**options: Any):
+def ppl_file_dataset(**options: Any) -> DatasetDict:
     """Any evaluation file `eval ppl --data` reads (.jsonl / .json / .txt), from `ppl_file` (and `ppl_field`)."""
     chosen = setting(options, "ppl_file", "SKYLOOM_PPL_FILE")
     if not chosen:
