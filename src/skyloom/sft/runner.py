@@ -6,7 +6,8 @@ Run directory:
     RUN_DIR/tokenizer/          base tokenizer + the template's special tokens + chat_template
     RUN_DIR/init/               the base model with grown embedding/output rows (train.init_from points here)
     RUN_DIR/config.yaml, metrics.jsonl, checkpoints/   the trainer's own (docs/training.md)
-    RUN_DIR/hf/                 LlamaForCausalLM export carrying the chat template (export_hf: true)
+    RUN_DIR/hf/                 LlamaForCausalLM export carrying the chat template and a generation_config.json
+                                that stops at the template's turn end ([SEP]) as well as EOS (export_hf: true)
 """
 
 from __future__ import annotations
@@ -344,6 +345,7 @@ def run_sft(
             export_hf(load_model(final), run_dir / "hf", source_dir=tok_dir)
             summary["hf"] = str(run_dir / "hf")
             trainer.log(
-                f"exported {run_dir / 'hf'} (LlamaForCausalLM; tokenizer with the {cfg.data.template} chat template)"
+                f"exported {run_dir / 'hf'} (LlamaForCausalLM; tokenizer with the {cfg.data.template} chat template, "
+                "generation stops at its turn end)"
             )
     return summary

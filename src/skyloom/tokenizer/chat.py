@@ -12,7 +12,9 @@ Templates:
 * `plain` — no new tokens: `User: {question}\nAssistant: ` and the answer `{answer}` + EOS.
 
 Each template also has a Jinja form (`jinja`) written into the exported tokenizer_config.json, so
-`transformers`' `tokenizer.apply_chat_template` produces the same ids (tested).
+`transformers`' `tokenizer.apply_chat_template` produces the same ids (tested). A control token typed in a message
+is text in skyloom, cut out of the text as transformers' `sanitize_control_tokens=True` does (same ids); the Jinja
+refuses such a message otherwise, since plain transformers would encode it as the token (docs/model.md).
 """
 
 from __future__ import annotations
