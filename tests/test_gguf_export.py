@@ -293,3 +293,36 @@ def test_cli_replays_llama_cpp_on_the_users_texts(tmp_path, capsys):
         f"tokenizer llama, llama.cpp's algorithm replayed on {5 + vocab + 2:,} texts, same ids"
         in capsys.readouterr().out
     )
+
+
+def _doctor_byte_level(path: Path, change) -> Path:
+    shutil.copytree(byte_level_dir(), path)
+    doc = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+    change(doc)
+    (path / "tokenizer.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _rename_vocab_entry(doc: dict, old: str, new: str) -> None:
+    doc["model"]["vocab"][new] = doc["model"]["vocab"].pop(old)
+    doc["model"]["merges"] = [m for m in doc["model"]["merges"] if old not in (m if isinstance(m, list) else [m])]
+
+
+PREFIX_SPACE = {"type": "ByteLevel", "add_prefix_space": True, "use_regex": True}
+METASPACE_FIRST = {"type": "Sequence", "pretokenizers": [{"type": "Metaspace"}, {"type": "ByteLevel"}]}
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda d: d.update(pre_tokenizer=PREFIX_SPACE), "no llama.cpp name"),
+        (lambda d: d.update(pre_tokenizer=METASPACE_FIRST), "no llama.cpp name"),
+        (lambda d: _rename_vocab_entry(d, "Ā", "not-a-byte"), "without a token for byte 0x00"),
+        (lambda d: d["model"].update(type="WordPiece"), "WordPiece tokenizer is not exported"),
+    ],
+)
+def test_tokenizers_llama_cpp_has_no_exact_equivalent_for_are_refused(tmp_path, change, match):
+    from skyloom.model.gguf_export import gguf_tokenizer
+
+    with pytest.raises(GGUFRefused, match=match):
+        gguf_tokenizer(_doctor_byte_level(tmp_path / "tok", change), 500)

@@ -279,6 +279,11 @@ def gguf_tokenizer(directory: str | Path, vocab_size: int, check_texts: Sequence
     if byte_level:
         if model.get("byte_fallback") or doc.get("normalizer"):
             raise GGUFRefused(f"{source}: a byte-level BPE with byte fallback or a normalizer has no llama.cpp name")
+        from skyloom.tokenizer.extend import bytes_to_unicode
+
+        absent = sorted(b for b, ch in bytes_to_unicode().items() if ch not in model["vocab"])
+        if absent:  # skyloom gives <unk> for such a byte, llama.cpp silently drops it
+            raise GGUFRefused(f"{source}: byte-level vocabulary without a token for byte 0x{absent[0]:02X}")
         result = GGUFTokenizer(
             "gpt2",
             tokens,
