@@ -261,8 +261,8 @@ def gguf_tokenizer(directory: str | Path, vocab_size: int, check_texts: Sequence
     source = str(file)
     if model.get("type") != "BPE":
         raise GGUFRefused(
-            f"{source}: a {model.get('type')} tokenizer is not exported: llama.cpp's SentencePiece tokenizer "
-            "merges by score and does not reproduce a Unigram's segmentation exactly"
+            f"{source}: a {model.get('type')} tokenizer is not exported: only BPE vocabularies map exactly onto "
+            "llama.cpp's tokenizers (its SentencePiece one merges by score, which is not a Unigram's segmentation)"
         )
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise GGUFRefused(f"{source}: BPE with subword prefixes/suffixes has no llama.cpp tokenizer")
