@@ -26,7 +26,7 @@ from tests.train_helpers import (  # noqa: F401
     write_config,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.data_free]
 
 
 def _weights(path):

@@ -56,7 +56,7 @@ def test_readme_test_command_is_what_ci_runs():
     setup, tests = block.split(" && ")  # CI runs the README's two steps, then the same suite without ../shared/data
     lines = [line.strip() for line in ci.splitlines()]
     assert any(line.startswith(setup) for line in lines) and tests in lines
-    assert f"SKYLOOM_SHARED_DATA=/nonexistent {tests} -p no:cacheprovider" in lines
+    assert f'SKYLOOM_SHARED_DATA=/nonexistent {tests} -p no:cacheprovider -m "not data_free"' in lines
 
 
 def test_the_command_line_starts_without_torch():

@@ -26,6 +26,8 @@ from tests.train_helpers import (  # noqa: F401
     write_config,
 )
 
+pytestmark = pytest.mark.data_free  # same inputs with or without ../shared/data: CI's second pass skips it
+
 STEPS = 12
 TOL = 1e-4
 

@@ -27,7 +27,7 @@ from tests.train_helpers import (  # noqa: F401
     write_config,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.data_free]
 
 MOE = {
     "n_experts": 4,

@@ -36,6 +36,8 @@ from tests.train_helpers import (  # noqa: F401
     write_config,
 )
 
+pytestmark = pytest.mark.data_free  # same inputs with or without ../shared/data: CI's second pass skips it
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS, SEQ, MICRO, EP = 6, 16, 2, 2  # micro-batches of 2 rows: one per rank for EP over dp ranks
 MOE = dict(n_experts=4, top_k=2, capacity_factor=1.0, gate_norm=True, adaptive=True, aux_coef=0.01, beta=0.9)

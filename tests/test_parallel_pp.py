@@ -28,6 +28,8 @@ from tests.train_helpers import (  # noqa: F401
     write_config,
 )
 
+pytestmark = pytest.mark.data_free  # same inputs with or without ../shared/data: CI's second pass skips it
+
 STEPS = 6
 TOL = 1e-5
 MOE = {"n_experts": 4, "top_k": 2, "capacity_factor": 1.0, "adaptive": True, "aux_coef": 0.002, "beta": 0.9}

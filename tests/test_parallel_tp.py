@@ -23,6 +23,8 @@ from skyloom.model.config import ModelConfig
 from skyloom.train.parallel.tensor import check_tensor_parallel
 from tests.train_helpers import train_corpus  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.data_free  # same inputs with or without ../shared/data: CI's second pass skips it
+
 STEPS = 6
 TOL = 1e-5
 TINY = dict(arch="llama", vocab_size=256, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=32)

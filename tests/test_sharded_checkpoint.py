@@ -41,6 +41,8 @@ from tests.train_helpers import (
     write_config,
 )
 
+pytestmark = pytest.mark.data_free  # same inputs with or without ../shared/data: CI's second pass skips it
+
 # Runs `skyloom train` (argv[1:]) after making every way of gathering a full state dict on one rank fail,
 # so a checkpoint that gathers cannot pass unnoticed.
 NO_GATHER = """

@@ -48,6 +48,9 @@ def train_corpus(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
     en_text = (shared_data / "wikitext2" / "valid.txt").read_text(encoding="utf-8")[:300_000]
     zh_docs = news(175_000)
     val_text = (shared_data / "wikitext2" / "test.txt").read_text(encoding="utf-8")[:200_000]
+    # tests/data holds these prefixes whole, so this corpus is identical with or without ../shared/data
+    # (what lets CI's second pass skip the `data_free` modules that train on it)
+    assert len(en_text) == 300_000 and len(val_text) == 200_000, f"{shared_data}/wikitext2 is shorter than expected"
     corpus = root / "corpus"
     corpus.mkdir(exist_ok=True)
     (corpus / "en.txt").write_text(en_text, encoding="utf-8")
