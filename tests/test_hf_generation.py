@@ -136,6 +136,27 @@ def test_typed_control_token_is_text_in_both(sft_run):
     assert enc.tokenizer.decode(ours).count("[SEP]") == 3
 
 
+def test_sft_tokenizer_folder_reads_the_templates_tokens_in_transformers(tiny_base, tmp_path):  # noqa: F811
+    """RUN_DIR/tokenizer (not only the export) loads in transformers with a working template, also from a base
+    whose tokenizer_config says `split_special_tokens: true` (what `skyloom tokenizer train` writes)."""
+    import shutil
+
+    from skyloom.sft.vocab import add_special_tokens
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base, ignore=shutil.ignore_patterns("*.safetensors"))
+    cfg = json.loads((base / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (base / "tokenizer_config.json").write_text(json.dumps({**cfg, "split_special_tokens": True}), encoding="utf-8")
+    template = get_template("skywork")
+    add_special_tokens(base, tmp_path / "run_tok", template.added_tokens, template.jinja)
+    msgs = [{"role": "user", "content": "1+2="}, {"role": "assistant", "content": "3"}]
+    ours, _ = TemplateEncoder(template, TextTokenizer.from_dir(tmp_path / "run_tok")).encode(
+        [Message(**m) for m in msgs]
+    )
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "run_tok").apply_chat_template(msgs)["input_ids"]
+    assert list(theirs) == ours
+
+
 def test_typed_control_token_cut_as_transformers_cuts(tiny_base, tmp_path):  # noqa: F811
     """With merges that span a typed `[SEP]` (" [", "]?"), encoding the message text whole would give other ids
     than transformers' sanitized encoding; skyloom cuts the text where transformers does."""

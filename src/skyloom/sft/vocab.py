@@ -45,6 +45,7 @@ def add_special_tokens(
         cfg["additional_special_tokens"] = extra + list(tokens)
     if chat_template is not None:
         cfg["chat_template"] = chat_template
+        cfg["split_special_tokens"] = False  # the template's own [SEP] must be read as a token (as in an export)
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(out / "tokenizer.json")
     return [tok.token_to_id(t) for t in tokens]
