@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from skyloom.config import ConfigError
+from skyloom.model.arch import arch_spec
 
 SPACE = "\u2581"  # ▁
 SPM_SPLIT = f"{SPACE}*[^{SPACE}]+|{SPACE}+"  # skyloom's exact cut before runs of ▁ (tokenizer/spm.py)
@@ -78,7 +79,7 @@ def refuse_model(cfg) -> None:
             "an MoE checkpoint is not exported to GGUF (only dense LLaMA models are); "
             "use `skyloom export hf` (MixtralForCausalLM) instead"
         )
-    if cfg.arch != "llama" or cfg.bias:
+    if arch_spec(cfg).hf_architecture != "LlamaForCausalLM" or cfg.bias:  # what llama.cpp's `llama` runs
         raise GGUFRefused(
             f"only the LLaMA architecture without biases exports to GGUF (got arch={cfg.arch!r}, bias={cfg.bias}): "
             "llama.cpp's `llama` has RMSNorm, RoPE and SwiGLU, not the GPT baseline's LayerNorm, learned positions "
