@@ -257,7 +257,16 @@ def test_overrides_may_follow_the_options(argv):
 def test_a_stray_word_after_the_options_is_still_refused(capsys):
     with pytest.raises(SystemExit) as exit_:
         skyloom_cli.parse_args(build_parser(), ["train", "cfg.yaml", "--out", "runs/x", "stray"])
-    assert exit_.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments: stray" in err
+    assert err.startswith("usage: skyloom train ")  # the command's own usage, not the top-level one
+
+
+def test_an_unknown_option_of_a_subcommand_shows_that_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        skyloom_cli.parse_args(build_parser(), ["eval", "leakage", "--model", "m", "--bogus", "X"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: skyloom eval leakage ") and "--bogus X" in err
 
 
 def test_train_override_after_out_is_applied(config, tmp_path, capsys):

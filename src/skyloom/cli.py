@@ -67,7 +67,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         late, extras = split_flag_overrides(extras)
         args.overrides.extend(late)
     if extras:
-        target = getattr(args, "group_parser", None) if getattr(args, "handler", None) is None else None
+        leaf = getattr(args, "handler", None) is not None
+        target = getattr(args, "command_parser" if leaf else "group_parser", None)
         (target or parser).error(f"unrecognized arguments: {' '.join(extras)}")
     return args
 

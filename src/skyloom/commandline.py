@@ -40,7 +40,9 @@ def add_group(sub, name: str, help: str, description: str | None = None):
 
 def add_command(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
     """A leaf command; set `handler` with `parser.set_defaults(handler=fn)`."""
-    return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+    parser = sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+    parser.set_defaults(command_parser=parser)  # so an unknown option is reported with this command's usage
+    return parser
 
 
 def option(
