@@ -17,10 +17,13 @@ which costs almost nothing once the tree is parsed.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from lxml.etree import tostring as _tostring
 
 BACKENDS = ("skyloom", "resiliparse", "trafilatura")
 
@@ -153,9 +156,16 @@ def _words_of(attr: str) -> str:
 
 
 def _class_weight(el) -> int:
-    names = " ".join(x for x in (el.get("class"), el.get("id")) if x)
-    if not names:
-        return 0
+    names = el.get("class")
+    ident = el.get("id")
+    if ident:
+        names = f"{names} {ident}" if names else ident
+    return _names_weight(names) if names else 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_weight(names: str) -> int:
+    """Weight of a class/id string; cached, as a site repeats the same few names on many elements."""
     names = _words_of(names)
     weight = 0
     if _NEGATIVE.search(names):
@@ -171,31 +181,31 @@ def _text_len(s: str) -> int:
 
 
 class _Measure:
-    """Text and link-text lengths of every element, from one bottom-up pass (instead of re-walking subtrees)."""
+    """Text and link-text lengths of elements, computed on demand and cached.
+
+    Only paragraphs, their (grand)parents and the chosen container's blocks are ever asked about, so measuring
+    them lazily with libxml2's text serialiser is cheaper than one Python-level pass over every element.
+    The caches key on the element objects themselves, which keeps lxml's proxies (and so their identity) alive.
+    """
 
     def __init__(self, body):
-        self.text: dict[int, int] = {}
-        self.link: dict[int, int] = {}
-        t, lk = self.text, self.link
-        # keep the proxies alive: lxml hands out the same Python object (hence id) only while one exists
-        self.elements = list(body.iter())
-        for el in reversed(self.elements):
-            n = len(el.text) if el.text else 0
-            links = 0
-            for child in el:
-                k = id(child)
-                n += t.get(k, 0) + (len(child.tail) if child.tail else 0)
-                links += lk.get(k, 0)
-            k = id(el)
-            t[k] = n
-            lk[k] = n if el.tag == "a" else links
-
-    def density(self, el) -> float:
-        n = self.text.get(id(el), 0)
-        return min(1.0, self.link.get(id(el), 0) / n) if n else 0.0
+        self.text: dict[Any, int] = {}
+        self.link: dict[Any, int] = {}
 
     def length(self, el) -> int:
-        return self.text.get(id(el), 0)
+        n = self.text.get(el)
+        if n is None:
+            n = self.text[el] = len(_tc(el))
+        return n
+
+    def density(self, el) -> float:
+        n = self.length(el)
+        if not n:
+            return 0.0
+        links = self.link.get(el)
+        if links is None:
+            links = self.link[el] = sum(self.length(a) for a in el.iter("a"))
+        return min(1.0, links / n)
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -204,6 +214,10 @@ class _Measure:
 def _decode(raw: bytes | str) -> str:
     if isinstance(raw, str):
         return raw
+    try:
+        return raw.decode("utf-8")  # most pages; detecting the encoding costs more than parsing them
+    except UnicodeDecodeError:
+        pass
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
     return bytes_to_str(raw, detect_encoding(raw))
@@ -247,8 +261,8 @@ def _parser():
 
 
 def _tc(el) -> str:
-    """text_content() for plain etree elements."""
-    return "".join(el.itertext())
+    """text_content() for plain etree elements: libxml2's text serialiser, several times faster than itertext."""
+    return _tostring(el, method="text", encoding="unicode", with_tail=False)
 
 
 # --------------------------------------------------------------------------------------------- metadata
@@ -331,16 +345,33 @@ def extract_metadata(root, url: str | None = None) -> dict[str, str | None]:
 # --------------------------------------------------------------------------------------------- main text
 
 
+# Paragraph candidates in document order; a div counts only when it directly holds text (old <br>-separated
+# pages), which the XPath engine checks in C instead of Python looking at every div's children.
+_PARAGRAPH_XPATH = None
+
+
+def _paragraph_candidates(body):
+    global _PARAGRAPH_XPATH
+    if _PARAGRAPH_XPATH is None:
+        from lxml import etree
+
+        _PARAGRAPH_XPATH = etree.XPath(
+            " | ".join(f".//{t}" for t in _PARAGRAPH_TAGS) + " | .//div[text()[normalize-space()]]"
+        )
+    return _PARAGRAPH_XPATH(body)
+
+
 def _paragraphs(body, m: _Measure):
     """(element, worth) for every prose paragraph: long enough, not a list of links."""
     out = []
-    for p in body.iter(*_PARAGRAPH_TAGS, "div"):
+    for p in _paragraph_candidates(body):
         if p.tag == "div":
-            # a div that directly holds text (old <br>-separated pages) counts as a paragraph
-            text = ((p.text or "") + "".join((c.tail or "") for c in p)).strip()
+            text = ((p.text or "") + "".join([c.tail for c in p if c.tail])).strip()
             ld = 0.0
         else:
-            text = _tc(p).strip()
+            raw = _tc(p)
+            m.text[p] = len(raw)
+            text = raw.strip()
             ld = m.density(p) if text else 1.0
         n = _text_len(text)
         if n < 25 or ld > 0.5:
@@ -363,55 +394,58 @@ def _choose_container(body, m: _Measure):
     paragraphs = _paragraphs(body, m)
     if not paragraphs:
         return [body]
-    scores: dict[int, float] = {}
-    nodes: dict[int, Any] = {}
-    raw_mass: dict[int, float] = {}
-    chains = []
+    # Keys are the elements themselves (a dict holding them keeps lxml's proxies, hence identities, alive).
+    scores: dict[Any, float] = {}
+    worth_by_parent: dict[Any, float] = {}
     for p, worth in paragraphs:
+        parent = p.getparent()
+        worth_by_parent[parent] = worth_by_parent.get(parent, 0.0) + worth
+        levels = (parent,) if parent is body else (parent, parent.getparent())
+        for level, anc in enumerate(levels):
+            if anc is None:
+                continue
+            if anc not in scores:
+                scores[anc] = float(_class_weight(anc)) + _TAG_BONUS.get(anc.tag, 0)
+            scores[anc] += worth / (1 + level)
+    # every distinct parent's ancestor chain up to body, walked once however many paragraphs it holds
+    raw_mass: dict[Any, float] = {}
+    chains = []
+    for parent, worth in worth_by_parent.items():
         chain = []
-        anc = p.getparent()
+        anc = parent
         while anc is not None:
             chain.append(anc)
-            raw_mass[id(anc)] = raw_mass.get(id(anc), 0.0) + worth
+            raw_mass[anc] = raw_mass.get(anc, 0.0) + worth
             if anc is body:
                 break
             anc = anc.getparent()
         chains.append((chain, worth))
-        for level, anc in enumerate(chain[:2]):
-            k = id(anc)
-            if k not in scores:
-                nodes[k] = anc
-                scores[k] = float(_class_weight(anc)) + _TAG_BONUS.get(anc.tag, 0)
-            scores[k] += worth / (1 + level)
-    total = raw_mass.get(id(body), 0.0) or 1.0
-    weight_cache: dict[int, int] = {}
-
-    def boiler(el) -> bool:
-        k = id(el)
-        if k not in weight_cache:
-            weight_cache[k] = _class_weight(el)
-        return weight_cache[k] < 0 and raw_mass.get(k, 0.0) < 0.5 * total
-
-    mass: dict[int, float] = {}
+    total = raw_mass.get(body, 0.0) or 1.0
+    boiler: dict[Any, bool] = {}
+    mass: dict[Any, float] = {}
     for chain, worth in chains:
         # teaser cards (paragraphs inside list items) and boilerplate regions are not article mass
-        if any(boiler(a) for a in chain) or any(a.tag == "li" for a in chain[:4]):
+        if any(a.tag == "li" for a in chain[:4]):
             continue
         for a in chain:
-            mass[id(a)] = mass.get(id(a), 0.0) + worth
+            if a not in boiler:
+                boiler[a] = _class_weight(a) < 0 and raw_mass.get(a, 0.0) < 0.5 * total
+            if boiler[a]:
+                break
+        else:
+            for a in chain:
+                mass[a] = mass.get(a, 0.0) + worth
 
-    best_key, best_score = None, float("-inf")
-    for k, s in scores.items():
-        el = nodes[k]
+    top, best_score = None, float("-inf")
+    for el, s in scores.items():
         s = s * (1 - m.density(el))
         if s > best_score:
-            best_key, best_score = k, s
-    top = nodes[best_key]
+            top, best_score = el, s
     # widen: climb while the parent holds clearly more clean article mass than the current node
     # (ancestors that add nothing are passed through; one that adds a little side content stops the climb)
     cur, anc = top, top.getparent()
     while anc is not None:
-        m_cur, m_anc = mass.get(id(cur), 0.0), mass.get(id(anc), 0.0)
+        m_cur, m_anc = mass.get(cur, 0.0), mass.get(anc, 0.0)
         if m_anc >= 1.35 * m_cur and m_anc > 0:
             if m.density(anc) > 0.35:
                 break
@@ -436,33 +470,33 @@ def _choose_container(body, m: _Measure):
     return chosen
 
 
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden")
+
+
 def _prune(container, container_len: int, m: _Measure) -> None:
-    """Remove boilerplate subtrees inside the chosen article container (never the container itself)."""
-    doomed = []
-    for el in container.iterdescendants():
-        tag = el.tag
-        if not isinstance(tag, str):  # comments, processing instructions
-            doomed.append(el)
-            continue
-        if tag in _DROP_TAGS or tag == "h1" or (tag == "form" and len(el) < 40):
-            doomed.append(el)
-            continue
+    """Remove boilerplate subtrees inside the chosen article container (never the container itself).
+
+    Each rule asks lxml for its candidates (tag and attribute filters run in C), so Python only looks at
+    elements that might go."""
+    doomed = {}
+    for el in container.iter(*_DROP_TAGS, "h1", "form"):
+        if el is not container and (el.tag != "form" or len(el) < 40):
+            doomed[el] = None
+    for el in container.xpath(".//*[@hidden or @aria-hidden='true' or @style]"):
         if el.get("hidden") is not None or el.get("aria-hidden") == "true":
-            doomed.append(el)
+            doomed[el] = None
+        elif _HIDDEN_STYLE.search(el.get("style")):
+            doomed[el] = None
+    for el in container.xpath(".//*[@class or @id]"):
+        # a wrapper holding most of the article is never boilerplate, whatever its name
+        if el not in doomed and _class_weight(el) < 0 and m.length(el) < 0.3 * container_len:
+            doomed[el] = None
+    for el in container.iter("ul", "ol", "table", "div"):
+        if el is container or el in doomed:
             continue
-        style = el.get("style")
-        if style and re.search(r"display\s*:\s*none|visibility\s*:\s*hidden", style):
-            doomed.append(el)
-            continue
-        if _class_weight(el) < 0:
-            # a wrapper holding most of the article is never boilerplate, whatever its name
-            if m.length(el) < 0.3 * container_len:
-                doomed.append(el)
-                continue
-        if tag in ("ul", "ol", "table") or tag == "div":
-            n = m.length(el)
-            if n and m.density(el) > 0.6 and n < 0.3 * container_len:
-                doomed.append(el)  # lists of links: menus, related stories, tag clouds
+        n = m.length(el)
+        if n and n < 0.3 * container_len and m.density(el) > 0.6:
+            doomed[el] = None  # lists of links: menus, related stories, tag clouds
     for el in doomed:
         parent = el.getparent()
         if parent is None:
