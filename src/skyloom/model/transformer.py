@@ -32,6 +32,7 @@ from torch import nn
 
 from skyloom.model.arch import arch_spec
 from skyloom.model.config import ModelConfig
+from skyloom.model.doc_attention import DocumentMask, document_attention
 from skyloom.model.kv_cache import KVCache, LayerKV
 from skyloom.model.moe import MoE, moe_layers
 
@@ -108,7 +109,7 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
-        attn_mask: torch.Tensor | None,
+        attn_mask: torch.Tensor | DocumentMask | None,
         kv: LayerKV | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
@@ -120,6 +121,9 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv is not None:
             k, v = kv.update(k, v)
+        if isinstance(attn_mask, DocumentMask):  # packed documents: no dense mask (model/doc_attention.py)
+            out = document_attention(q, k, v, attn_mask, self.dropout if self.training else 0.0)
+            return self.wo(out.transpose(1, 2).reshape(b, t, -1))
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -254,19 +258,27 @@ class Transformer(nn.Module):
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | DocumentMask | None = None,
         cache: KVCache | None = None,
         valid: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for every position.
 
         position_ids: [B, T] (default 0..T-1), e.g. restarting at each packed sample.
         attn_mask: optional boolean [B, 1, T, T] (True = may attend) replacing the plain causal mask,
         e.g. block-diagonal causal masks for packed samples or padding; the caller keeps it causal.
+        doc_ids: [B, T] document ids of packed rows (a document = a run of equal ids): causal attention within
+        each document without a dense mask (FlexAttention on CUDA, per-document SDPA elsewhere;
+        model/doc_attention.py). `attn_mask=DocumentMask(doc_ids)` is the same (how a `Batch` carries it).
         cache: a `build_kv_cache` cache: `input_ids` continue what it holds, positions and mask come from it;
         valid: [B, T] bool, False for left-padding pads (with a cache only; default all real).
         """
         b, t = input_ids.shape
+        if doc_ids is not None:
+            if attn_mask is not None or cache is not None:
+                raise ValueError("doc_ids= replaces attn_mask= and does not combine with a KV cache")
+            attn_mask = DocumentMask(doc_ids)
         if cache is not None:
             if attn_mask is not None or position_ids is not None:
                 raise ValueError("with a KV cache, positions and the attention mask come from the cache")

@@ -4,9 +4,11 @@ A sample of n tokens occupies n−1 positions of a window (inputs ids[:-1], labe
 where the predicted token is trainable). Two layouts:
 
 * `packed` — several samples share a window (first-fit over the last 64 open windows, in the epoch's
-  shuffled order). Positions restart at 0 for every sample and the attention mask is block-diagonal causal,
-  so no token attends across a sample boundary and each sample is computed exactly as if it were alone.
-  The unused tail is padding (label -100, its own block, never seen by real tokens).
+  shuffled order). Positions restart at 0 for every sample and attention is block-diagonal causal, so no
+  token attends across a sample boundary and each sample is computed exactly as if it were alone.
+  The unused tail is padding (label -100, its own block, never seen by real tokens). The batch carries the
+  blocks as a `DocumentMask` (per-token block ids, no dense [B,1,T,T] mask): the model runs FlexAttention on
+  CUDA and per-sample SDPA on CPU (model/doc_attention.py); `block_causal_mask` is the equivalent dense mask.
 * `padded` — one sample per window, right-padded; plain causal attention is already exact then, so no
   mask or position ids are passed (the fast SDPA path).
 
@@ -25,6 +27,7 @@ from typing import Literal
 import torch
 
 from skyloom.data.batch import IGNORE_INDEX, Batch
+from skyloom.model.doc_attention import DocumentMask
 from skyloom.sft.data import Sample
 
 Layout = Literal["packed", "padded"]
@@ -88,7 +91,7 @@ def make_batch(samples_per_window: Sequence[Sequence[Sample]], seq_len: int, pad
     ids, labels, pos, blocks = (torch.stack(x) for x in zip(*parts))
     if layout == "padded":
         return Batch(ids, labels)
-    return Batch(ids, labels, pos, block_causal_mask(blocks))
+    return Batch(ids, labels, pos, DocumentMask(blocks))
 
 
 class SFTBatchSource:

@@ -1,0 +1,189 @@
+"""Document-masked causal attention without a dense [B, 1, T, T] mask (packed SFT, any document masking).
+
+A row of `doc_ids` [B, T] holds consecutive documents: a document is a run of equal ids (padding at the end of a
+packed window is one more run). Query i may see key j iff j ≤ i and both lie in the same run — exactly the dense
+block-diagonal causal mask of `sft.packing.block_causal_mask`, which stays as `DocumentMask.dense()` (the
+fallback, and what the tests compare against).
+
+Where each path runs (`document_attention`):
+
+* CUDA, no attention dropout: FlexAttention (`torch.nn.attention.flex_attention`, compiled) with a `BlockMask`
+  built once per forward from the run ids; blocks outside every document are skipped, memory is O(T).
+* everywhere else (CPU, dropout): exact causal SDPA per document. Each document is cut out as a window starting at
+  its first token and stretched to a bucketed length (≤ 25 % longer, zero-padded past the row's end); under the
+  causal mask a document's queries never see the stretched tail, so their outputs are exact and the tail's are
+  dropped. Windows of one bucket length run as one batched SDPA call, so a step makes a few dozen calls at most,
+  and memory is linear in T for a fixed document length (no T×T anything). Eager FlexAttention on CPU computes
+  the full T×T scores, so it is not used there.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+def run_ids(doc_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] ids → [B, T] 0, 1, 2 … numbering the runs of equal consecutive ids in each row."""
+    change = (doc_ids[:, 1:] != doc_ids[:, :-1]).long()
+    return torch.cat([torch.zeros_like(doc_ids[:, :1]), change.cumsum(1)], dim=1)
+
+
+def bucket_length(n: int) -> int:
+    """`n` rounded up to a multiple of a quarter of its power of two (≤ 25 % longer): few distinct lengths."""
+    if n <= 16:
+        return n
+    step = 1 << (n.bit_length() - 3)
+    return -(-n // step) * step
+
+
+@dataclass
+class SegmentPlan:
+    """Per bucket length L: the flat window starts (row·T + start) of the documents stretched to L; `order`
+    maps the concatenated kept outputs back to flat positions 0 … B·T−1."""
+
+    windows: list[tuple[int, torch.Tensor, torch.Tensor]]  # (L, flat starts [n], true lengths [n])
+    gather: torch.Tensor  # [B·T] indices into the concatenation of every window's kept positions
+
+
+def plan_segments(runs: torch.Tensor) -> SegmentPlan:
+    b, t = runs.shape
+    starts_mask = torch.ones_like(runs, dtype=torch.bool)
+    starts_mask[:, 1:] = runs[:, 1:] != runs[:, :-1]
+    rows, cols = starts_mask.nonzero(as_tuple=True)
+    flat_starts = (rows * t + cols).tolist()
+    ends = flat_starts[1:] + [b * t]
+    lengths = [min(e, (s // t + 1) * t) - s for s, e in zip(flat_starts, ends)]
+    by_bucket: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_bucket.setdefault(bucket_length(n), []).append(i)
+    windows, kept = [], []
+    offset = 0
+    for length, members in sorted(by_bucket.items()):
+        starts = torch.tensor([flat_starts[i] for i in members])
+        true = torch.tensor([lengths[i] for i in members])
+        windows.append((length, starts, true))
+        # kept outputs of this bucket, in window-major order: window w keeps its first true[w] positions
+        local = torch.arange(length)
+        keep = local[None, :] < true[:, None]
+        flat = (starts[:, None] + local[None, :])[keep]
+        kept.append((flat, offset + (torch.arange(len(members))[:, None] * length + local[None, :])[keep]))
+        offset += len(members) * length
+    flat_pos = torch.cat([f for f, _ in kept])
+    src = torch.cat([s for _, s in kept])
+    gather = torch.empty(b * t, dtype=torch.long)
+    gather[flat_pos] = src
+    return SegmentPlan(windows, gather)
+
+
+@dataclass(eq=False)
+class DocumentMask:
+    """Document ids [B, T] standing for the block-diagonal causal mask; derived plans are built once per forward
+    (the same object goes through every layer) and cached on the object."""
+
+    doc_ids: torch.Tensor
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.doc_ids.dim() != 2:
+            raise ValueError(f"doc_ids must be [batch, seq], got shape {tuple(self.doc_ids.shape)}")
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> DocumentMask:
+        return DocumentMask(self.doc_ids.to(device, non_blocking=non_blocking))
+
+    @property
+    def runs(self) -> torch.Tensor:
+        if "runs" not in self._cache:
+            self._cache["runs"] = run_ids(self.doc_ids)
+        return self._cache["runs"]
+
+    def dense(self) -> torch.Tensor:
+        """bool [B, 1, T, T], True = may attend: the fallback and the reference."""
+        runs = self.runs
+        t = runs.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=runs.device).tril()
+        return ((runs[:, :, None] == runs[:, None, :]) & causal)[:, None]
+
+    def segment_plan(self) -> SegmentPlan:
+        if "plan" not in self._cache:
+            plan = plan_segments(self.runs.cpu())
+            device = self.doc_ids.device
+            windows = [(n, s.to(device), c.to(device)) for n, s, c in plan.windows]
+            self._cache["plan"] = SegmentPlan(windows, plan.gather.to(device))
+        return self._cache["plan"]
+
+    def mask_mod(self):
+        """FlexAttention mask_mod: causal and same document (run)."""
+        runs = self.runs
+
+        def same_document_causal(b, h, q_idx, kv_idx):
+            return (q_idx >= kv_idx) & (runs[b, q_idx] == runs[b, kv_idx])
+
+        return same_document_causal
+
+    def block_mask(self, block_size: int = 128):
+        """FlexAttention BlockMask of `mask_mod` (blocks holding no allowed pair are skipped by the kernel)."""
+        key = ("block_mask", block_size)
+        if key not in self._cache:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            b, t = self.doc_ids.shape
+            self._cache[key] = create_block_mask(
+                self.mask_mod(), b, None, t, t, device=self.doc_ids.device, BLOCK_SIZE=block_size
+            )
+        return self._cache[key]
+
+
+def segment_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Exact document-masked causal attention by causal SDPA over bucketed per-document windows.
+    q [B, Hq, T, D], k/v [B, Hkv, T, D] → [B, Hq, T, D]."""
+    b, hq, t, d = q.shape
+    plan = mask.segment_plan()
+    longest = max(n for n, _, _ in plan.windows)
+    # [B·T + pad, H, D] rows, zero-padded so a stretched window never runs past the end
+    flat = [F.pad(x.transpose(1, 2).reshape(b * t, x.shape[1], d), (0, 0, 0, 0, 0, longest)) for x in (q, k, v)]
+    outs = []
+    for length, starts, _ in plan.windows:
+        index = starts[:, None] + torch.arange(length, device=starts.device)[None, :]  # [n, L]
+        qs, ks, vs = (x[index].transpose(1, 2) for x in flat)  # [n, H, L, D]
+        out = F.scaled_dot_product_attention(
+            qs, ks, vs, is_causal=True, dropout_p=dropout_p, enable_gqa=ks.shape[1] != qs.shape[1]
+        )
+        outs.append(out.transpose(1, 2).reshape(-1, hq, d))
+    # the kept outputs (each window's first true-length positions), back in row order
+    full = torch.cat(outs)[plan.gather]
+    return full.view(b, t, hq, d).transpose(1, 2)
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_available(q: torch.Tensor, dropout_p: float) -> bool:
+    """FlexAttention's fused kernel: CUDA only here (no dropout; eager CPU flex would materialise T×T)."""
+    return q.is_cuda and dropout_p == 0.0
+
+
+def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask) -> torch.Tensor:
+    return _compiled_flex()(q, k, v, block_mask=mask.block_mask(), enable_gqa=k.shape[1] != q.shape[1])
+
+
+def document_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Causal attention within documents: FlexAttention on CUDA, per-document SDPA elsewhere (module docstring)."""
+    if q.shape[2] != mask.doc_ids.shape[1] or q.shape[0] != mask.doc_ids.shape[0]:
+        raise ValueError(
+            f"doc_ids of shape {tuple(mask.doc_ids.shape)} do not match {q.shape[0]} rows of {q.shape[2]} tokens"
+        )
+    if flex_available(q, dropout_p):
+        return flex_document_attention(q, k, v, mask)
+    return segment_attention(q, k, v, mask, dropout_p)
