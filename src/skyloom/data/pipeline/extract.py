@@ -145,7 +145,9 @@ _BOILER_LINE = re.compile(
     r"(follow|like) us on \w+|subscribe( now| to our newsletter)?|sign up( for \w+)?|"
     r"(image|photo|picture)( credit)?:.*|\(image: [^)]*\)|getty images|back to top|"
     r"(this|our) (web)?site uses cookies.*|we use cookies.*|accept( all)? cookies|"
-    r"all rights reserved.*|copyright ©.*|© \d{4}.*|"
+    r"all rights reserved.*|copyright ©.*|© \d{4}.*|don'?t miss|like this:?|like loading\.*|"
+    r"(more|related|recommended|trending|popular|latest|top) (\w+ ){0,2}(stories|articles|posts|reads|videos)|"
+    r"(posted|updated|published|last updated)( on)?:? [^.!?]*\d[^.!?]*|by [^.!?,]{2,40}(, [^.!?]{2,30})?|"
     r"更多|相关阅读|相关文章|相关新闻|责任编辑[:：].*|分享到[:：]?.*|点击查看.*|广告|返回顶部)$",
     re.I,
 )
@@ -497,6 +499,10 @@ def _prune(container, container_len: int, m: _Measure) -> None:
         n = m.length(el)
         if n and n < 0.3 * container_len and m.density(el) > 0.6:
             doomed[el] = None  # lists of links: menus, related stories, tag clouds
+    for el in container.iter("p", "li", "h2", "h3", "h4", "h5", "h6"):
+        # a short block that is nothing but a link is a teaser ("Related: …", "[VIDEO] …"), not prose
+        if el is not container and el not in doomed and m.length(el) < 200 and m.density(el) > 0.9:
+            doomed[el] = None
     for el in doomed:
         parent = el.getparent()
         if parent is None:
