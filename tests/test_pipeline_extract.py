@@ -138,3 +138,67 @@ def test_warc_responses_are_read_and_extracted(pages, tmp_path):
     out = list(HtmlExtractor(ExtractConfig()).run(full))
     assert len(out) == 2 and out[0].metadata["url"] == "https://news.example/a" and out[0].metadata.get("title")
     assert _prf(out[0].text, gold1)[2] > 0.8
+
+
+_PROSE = (
+    "<p>The council approved the new budget on Monday, after a debate that lasted well into the night, "
+    "and the mayor said the vote was a turning point for the city.</p>"
+    "<p>Spending on schools rises by four percent, while road repairs, parks and libraries keep last year's "
+    "money, according to the finance office, which published the figures.</p>"
+    "<p>Opposition members said the plan relies on optimistic tax forecasts, and they asked for a review in "
+    "the spring, when the first quarterly numbers are known.</p>"
+)
+
+
+def test_link_only_teasers_and_byline_lines_inside_the_article_are_dropped():
+    """Teasers inside the article body (a paragraph or list item that is just a link) and byline / date-stamp /
+    'Like this:' lines are page furniture; prose paragraphs that contain links stay."""
+    html = f"""<html><body><div class="content">
+    <p>By Jane Roe, City Desk</p><p>Updated: 18 Nov 2019 9:38 pm</p>
+    {_PROSE}
+    <p><a href="/x">Mayor faces fresh questions over stadium deal [VIDEO]</a></p>
+    <ul><li><a href="/y">Budget 2020: what changes for your council tax bill</a></li></ul>
+    <p>The <a href="/budget">full budget</a> is available at the town hall, and residents may comment until the
+    end of the month.</p>
+    <p>Like this:</p><p>Like Loading...</p><p>Don't miss</p>
+    </div></body></html>"""
+    text = extract_html(html).text
+    assert "turning point" in text and "optimistic tax forecasts" in text and "full budget is available" in text
+    for junk in ("stadium deal", "council tax bill", "Jane Roe", "9:38", "Like", "Don't miss"):
+        assert junk not in text, junk
+
+
+def test_utf8_bytes_win_over_a_wrong_encoding_guess(monkeypatch):
+    """Bytes that decode as UTF-8 are UTF-8, whatever the statistical detector guesses (it once read a
+    1 MB, mostly-ASCII page as cp1252 and wrote 'â€”' for every dash)."""
+    import resiliparse.parse.encoding as enc
+
+    monkeypatch.setattr(enc, "detect_encoding", lambda raw, *a, **k: "cp1252")
+    html = f"<html><body><div>{_PROSE}<p>Dubai — the carrier’s order, worth $15bn, was signed.</p></div></body></html>"
+    text = extract_html(html.encode("utf-8")).text
+    assert "Dubai — the carrier’s order" in text and "â€" not in text
+
+
+def test_non_utf8_chinese_page_is_decoded():
+    body = "<p>这是一篇关于城市预算的新闻报道，市议会在周一批准了新的预算，学校经费增加百分之四。</p>" * 4
+    html = f'<html><head><meta charset="gbk"></head><body><div>{body}</div></body></html>'
+    assert "市议会在周一批准了新的预算" in extract_html(html.encode("gbk")).text
+
+
+def test_chinese_pages_keep_their_main_text():
+    """Real Chinese pages in the repository (benchmarks/data/extraction_zh, hand-marked): F1 over characters."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "extraction_zh"
+    truth = json.loads((data / "ground-truth.json").read_text(encoding="utf-8"))
+    tokens = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+    f1s = []
+    for name in ("debian-faq-kernel", "lilypond-bug-reports", "libreoffice-collab"):
+        raw = gzip.decompress((data / "html" / f"{name}.html.gz").read_bytes())
+        p = Counter(tokens.findall(extract_html(raw).text.lower()))
+        g = Counter(tokens.findall(truth[name]["articleBody"].lower()))
+        tp = sum((p & g).values())
+        f1s.append(2 * tp / (sum(p.values()) + sum(g.values())))
+    assert min(f1s) > 0.95, f1s
