@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lxml import etree
 from lxml.etree import tostring as _tostring
 
 BACKENDS = ("skyloom", "resiliparse", "trafilatura")
@@ -230,8 +231,6 @@ _HTML_SNIFF = re.compile(r"<\s*(?:!doctype\s+html|html|head|body|div|p|article|t
 
 def parse_html(raw: bytes | str):
     """lxml tree of a page; NotHTML when the input has no HTML structure at all."""
-    from lxml import etree
-
     text = _decode(raw)
     head = text[:4096]
     if "\x00" in head or not _HTML_SNIFF.search(text[:65536]):
@@ -254,8 +253,6 @@ _PARSER = None
 def _parser():
     global _PARSER
     if _PARSER is None:
-        from lxml import etree
-
         _PARSER = etree.HTMLParser(
             remove_comments=True, remove_pis=True, no_network=True, recover=True, default_doctype=False
         )
@@ -349,18 +346,9 @@ def extract_metadata(root, url: str | None = None) -> dict[str, str | None]:
 
 # Paragraph candidates in document order; a div counts only when it directly holds text (old <br>-separated
 # pages), which the XPath engine checks in C instead of Python looking at every div's children.
-_PARAGRAPH_XPATH = None
-
-
-def _paragraph_candidates(body):
-    global _PARAGRAPH_XPATH
-    if _PARAGRAPH_XPATH is None:
-        from lxml import etree
-
-        _PARAGRAPH_XPATH = etree.XPath(
-            " | ".join(f".//{t}" for t in _PARAGRAPH_TAGS) + " | .//div[text()[normalize-space()]]"
-        )
-    return _PARAGRAPH_XPATH(body)
+_paragraph_candidates = etree.XPath(
+    " | ".join(f".//{t}" for t in _PARAGRAPH_TAGS) + " | .//div[text()[normalize-space()]]"
+)
 
 
 def _paragraphs(body, m: _Measure):
@@ -473,6 +461,8 @@ def _choose_container(body, m: _Measure):
 
 
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden")
+# descendants that the attribute rules of _prune look at (compiled once: compiling costs more than evaluating)
+_ATTRIBUTED = etree.XPath(".//*[@class or @id or @hidden or @aria-hidden or @style]")
 
 
 def _prune(container, container_len: int, m: _Measure) -> None:
@@ -484,14 +474,17 @@ def _prune(container, container_len: int, m: _Measure) -> None:
     for el in container.iter(*_DROP_TAGS, "h1", "form"):
         if el is not container and (el.tag != "form" or len(el) < 40):
             doomed[el] = None
-    for el in container.xpath(".//*[@hidden or @aria-hidden='true' or @style]"):
+    for el in _ATTRIBUTED(container):
+        if el in doomed:
+            continue
         if el.get("hidden") is not None or el.get("aria-hidden") == "true":
             doomed[el] = None
-        elif _HIDDEN_STYLE.search(el.get("style")):
+            continue
+        style = el.get("style")
+        if style and _HIDDEN_STYLE.search(style):
             doomed[el] = None
-    for el in container.xpath(".//*[@class or @id]"):
         # a wrapper holding most of the article is never boilerplate, whatever its name
-        if el not in doomed and _class_weight(el) < 0 and m.length(el) < 0.3 * container_len:
+        elif _class_weight(el) < 0 and m.length(el) < 0.3 * container_len:
             doomed[el] = None
     for el in container.iter("ul", "ol", "table", "div"):
         if el is container or el in doomed:
@@ -609,8 +602,6 @@ def extract_html(
     root = parse_html(raw)
     meta = extract_metadata(root, url)
     if backend == "skyloom":
-        from lxml import etree
-
         etree.strip_elements(root, "script", "style", "noscript", "template", with_tail=False)
         text = _main_text_skyloom(root, meta["title"])
         if _text_len(text) < min_chars_fallback:
