@@ -10,7 +10,7 @@ Where each path runs (`document_attention`):
 * CUDA, no attention dropout: FlexAttention (`torch.nn.attention.flex_attention`, compiled) with a `BlockMask`
   built once per forward from the run ids; blocks outside every document are skipped, memory is O(T).
 * everywhere else (CPU, dropout): exact causal SDPA per document. Each document is cut out as a window starting at
-  its first token and stretched to a bucketed length (≤ 25 % longer, zero-padded past the row's end); under the
+  its first token and stretched to a bucketed length (≤ 25 % longer; past the batch's end the last row repeats); under the
   causal mask a document's queries never see the stretched tail, so their outputs are exact and the tail's are
   dropped. Windows of one bucket length run as one batched SDPA call, so a step makes a few dozen calls at most,
   and memory is linear in T for a fixed document length (no T×T anything). Eager FlexAttention on CPU computes
@@ -41,15 +41,18 @@ def bucket_length(n: int) -> int:
 
 
 @dataclass
-class SegmentPlan:
-    """Per bucket length L: the flat window starts (row·T + start) of the documents stretched to L; `order`
-    maps the concatenated kept outputs back to flat positions 0 … B·T−1."""
+class SegmentWindows:
+    """The documents of one bucket length L: each document's window of L flat rows (row·T + position, clamped
+    to the last row) and which of its L outputs are the document's own (its first true-length ones)."""
 
-    windows: list[tuple[int, torch.Tensor, torch.Tensor]]  # (L, flat starts [n], true lengths [n])
-    gather: torch.Tensor  # [B·T] indices into the concatenation of every window's kept positions
+    length: int
+    index: torch.Tensor  # [n, L] flat rows
+    keep: torch.Tensor  # [n, L] bool
+    kept_rows: torch.Tensor  # [keep.sum()] flat rows of the kept outputs, in index[keep] order
 
 
-def plan_segments(runs: torch.Tensor) -> SegmentPlan:
+def plan_segments(runs: torch.Tensor) -> list[SegmentWindows]:
+    """Group the runs of `runs` [B, T] into bucket lengths (`bucket_length`); every flat row is kept exactly once."""
     b, t = runs.shape
     starts_mask = torch.ones_like(runs, dtype=torch.bool)
     starts_mask[:, 1:] = runs[:, 1:] != runs[:, :-1]
@@ -60,23 +63,15 @@ def plan_segments(runs: torch.Tensor) -> SegmentPlan:
     by_bucket: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         by_bucket.setdefault(bucket_length(n), []).append(i)
-    windows, kept = [], []
-    offset = 0
+    plan = []
     for length, members in sorted(by_bucket.items()):
         starts = torch.tensor([flat_starts[i] for i in members])
         true = torch.tensor([lengths[i] for i in members])
-        windows.append((length, starts, true))
-        # kept outputs of this bucket, in window-major order: window w keeps its first true[w] positions
         local = torch.arange(length)
+        index = starts[:, None] + local[None, :]
         keep = local[None, :] < true[:, None]
-        flat = (starts[:, None] + local[None, :])[keep]
-        kept.append((flat, offset + (torch.arange(len(members))[:, None] * length + local[None, :])[keep]))
-        offset += len(members) * length
-    flat_pos = torch.cat([f for f, _ in kept])
-    src = torch.cat([s for _, s in kept])
-    gather = torch.empty(b * t, dtype=torch.long)
-    gather[flat_pos] = src
-    return SegmentPlan(windows, gather)
+        plan.append(SegmentWindows(length, index.clamp(max=b * t - 1), keep, index[keep]))
+    return plan
 
 
 @dataclass(eq=False)
@@ -107,12 +102,13 @@ class DocumentMask:
         causal = torch.ones(t, t, dtype=torch.bool, device=runs.device).tril()
         return ((runs[:, :, None] == runs[:, None, :]) & causal)[:, None]
 
-    def segment_plan(self) -> SegmentPlan:
+    def segment_plan(self) -> list[SegmentWindows]:
         if "plan" not in self._cache:
-            plan = plan_segments(self.runs.cpu())
             device = self.doc_ids.device
-            windows = [(n, s.to(device), c.to(device)) for n, s, c in plan.windows]
-            self._cache["plan"] = SegmentPlan(windows, plan.gather.to(device))
+            self._cache["plan"] = [
+                SegmentWindows(w.length, w.index.to(device), w.keep.to(device), w.kept_rows.to(device))
+                for w in plan_segments(self.runs.cpu())
+            ]
         return self._cache["plan"]
 
     def mask_mod(self):
@@ -143,21 +139,21 @@ def segment_attention(
     """Exact document-masked causal attention by causal SDPA over bucketed per-document windows.
     q [B, Hq, T, D], k/v [B, Hkv, T, D] → [B, Hq, T, D]."""
     b, hq, t, d = q.shape
+    flat = [x.transpose(1, 2).reshape(b * t, x.shape[1], d) for x in (q, k, v)]  # [B·T, H, D], a view in the model
     plan = mask.segment_plan()
-    longest = max(n for n, _, _ in plan.windows)
-    # [B·T + pad, H, D] rows, zero-padded so a stretched window never runs past the end
-    flat = [F.pad(x.transpose(1, 2).reshape(b * t, x.shape[1], d), (0, 0, 0, 0, 0, longest)) for x in (q, k, v)]
-    outs = []
-    for length, starts, _ in plan.windows:
-        index = starts[:, None] + torch.arange(length, device=starts.device)[None, :]  # [n, L]
-        qs, ks, vs = (x[index].transpose(1, 2) for x in flat)  # [n, H, L, D]
-        out = F.scaled_dot_product_attention(
+    # one gather per tensor, split per bucket (its backward is one cat, not a full-size buffer per bucket)
+    index = torch.cat([w.index.flatten() for w in plan])
+    sizes = [w.index.numel() for w in plan]
+    parts = [x[index].split(sizes) for x in flat]
+    out = q.new_empty(b * t, hq, d)  # every row is written once below
+    for w, *qkv in zip(plan, *parts):
+        # [n, H, L, D] windows; a stretched tail is never seen by the document's own queries (causal)
+        qs, ks, vs = (x.view(*w.index.shape, x.shape[1], d).transpose(1, 2) for x in qkv)
+        o = F.scaled_dot_product_attention(
             qs, ks, vs, is_causal=True, dropout_p=dropout_p, enable_gqa=ks.shape[1] != qs.shape[1]
         )
-        outs.append(out.transpose(1, 2).reshape(-1, hq, d))
-    # the kept outputs (each window's first true-length positions), back in row order
-    full = torch.cat(outs)[plan.gather]
-    return full.view(b, t, hq, d).transpose(1, 2)
+        out.index_put_((w.kept_rows,), o.transpose(1, 2)[w.keep])
+    return out.view(b, t, hq, d).transpose(1, 2)
 
 
 @functools.cache
