@@ -202,3 +202,18 @@ def test_chinese_pages_keep_their_main_text():
         tp = sum((p & g).values())
         f1s.append(2 * tp / (sum(p.values()) + sum(g.values())))
     assert min(f1s) > 0.95, f1s
+
+
+def test_lead_paragraph_beside_the_article_body_is_kept():
+    """A lead paragraph kept apart from the body container (a div holding its text directly, as some news sites
+    write it) is a prose sibling of the chosen container and belongs to the article."""
+    body = "".join(f"<p>{s}</p>" for s in re.findall(r"<p>(.*?)</p>", _PROSE) * 2)
+    html = f"""<html><body><div class="outer"><div class="wrap">
+    <div class="lede"><cite>(Wire)</cite> Lead: the city council met late on Monday, and it passed the budget for
+    next year, with most members voting in favour after a long debate.</div>
+    <div class="rest">{body}</div></div>
+    <div class="box"><p>Sponsored: a partner's offer of the week, with fine print and terms applying.</p></div>
+    </div></body></html>"""
+    text = extract_html(html).text
+    assert text.startswith("(Wire) Lead: the city council") and "optimistic tax forecasts" in text
+    assert "Sponsored" not in text

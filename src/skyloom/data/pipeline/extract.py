@@ -451,11 +451,14 @@ def _choose_container(body, m: _Measure):
     parent = top.getparent()
     if parent is None:
         return [top]
+    # readability's sibling step: prose paragraphs next to the top candidate (a lead paragraph kept apart from
+    # the body, as a <p> or as a div that holds its text directly) belong to the article
+    prose = {p for p, _ in paragraphs}
     chosen = []
     for sib in parent:
         if sib is top:
             chosen.append(sib)
-        elif sib.tag == "p":
+        elif sib in prose and sib.tag in ("p", "div"):
             if m.length(sib) > 80 and m.density(sib) < 0.25:
                 chosen.append(sib)
     return chosen
@@ -495,7 +498,7 @@ def _prune(container, container_len: int, m: _Measure) -> None:
             doomed[el] = None  # lists of links: menus, related stories, tag clouds
     for el in container.iter("p", "li", "h2", "h3", "h4", "h5", "h6"):
         # a short block that is nothing but a link is a teaser ("Related: …", "[VIDEO] …"), not prose
-        if el is not container and el not in doomed and m.length(el) < 200 and m.density(el) > 0.9:
+        if el is not container and el not in doomed and m.length(el) < 300 and m.density(el) > 0.8:
             doomed[el] = None
     for el in doomed:
         parent = el.getparent()
