@@ -134,7 +134,7 @@ _POSITIVE = re.compile(
 _SPLIT_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
 _ws = re.compile(r"[ \t\r\f\v\u00a0\u200b]+")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 
 # Whole lines that are page furniture even inside an article body.
 _BOILER_LINE = re.compile(
@@ -177,7 +177,7 @@ def _names_weight(names: str) -> int:
 
 def _text_len(s: str) -> int:
     """Characters that carry text; a CJK character counts as much as ~2 Latin characters of a word."""
-    return len(s) + len(_CJK.findall(s))
+    return len(s) + sum(map(len, _CJK_RUN.findall(s)))  # runs, not characters: one match per run
 
 
 class _Measure:
