@@ -553,3 +553,184 @@ def test_word_candidates_by_count_or_by_characters_saved():
     assert by_count == ["人民", "中国", "中华人民共和国"]  # 11, 10, 4; "x1" is no Han word
     by_savings = [e for e, _, _ in rank(corpus, Counter(), 1.0, is_han_word, lambda e, c: c * (len(e) - 1))]
     assert by_savings == ["中华人民共和国", "中国", "人民"]  # 24, then 10 and 10 by text
+
+
+def _naive_bpe(words: dict[str, int], merges: int, min_count: int) -> list[tuple[str, str]]:
+    """Oracle: textbook BPE over counted words (recount every pair after each merge); stops at a tie."""
+    from collections import Counter
+
+    split = {w: list(w) for w in words}
+    out = []
+    while len(out) < merges:
+        pairs: Counter = Counter()
+        for w, symbols in split.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += words[w]
+        if not pairs:
+            break
+        (best, count), *rest = pairs.most_common()
+        if count < min_count:
+            break
+        if rest and rest[0][1] == count:
+            break
+        out.append(best)
+        for w, symbols in split.items():
+            i, merged = 0, []
+            while i < len(symbols):
+                if tuple(symbols[i : i + 2]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            split[w] = merged
+    return out
+
+
+def test_word_merges_are_learned_by_tokens_saved_like_textbook_bpe():
+    from skyloom.tokenizer.chinese import learn_word_merges
+
+    words = {"中华人民共和国": 9, "人民": 40, "人民币": 13, "共和国": 6, "共和": 1, "中华": 3, "国民": 2, "和平": 1}
+    expected = _naive_bpe(words, 10, 2)
+    assert expected[:3] == [("人", "民"), ("共", "和"), ("共和", "国")]  # 9+40+13 = 62, then 9+6+1 = 16, 15
+    assert len(expected) >= 4
+    assert learn_word_merges(words, len(expected)) == expected
+    assert learn_word_merges(words, 2) == expected[:2]
+
+
+def test_bpe_word_rank_fills_the_rows_exactly_and_every_entry_is_one_token():
+    from tokenizers import Tokenizer
+
+    out = _ROOT / "small-bpe"
+    train_tokenizer(
+        TrainSettings(
+            inputs=[str(training_corpus())], out=str(out), workers=1, progress=False, word_rank="bpe", **SIZES
+        )
+    )
+    breakdown = json.loads((out / "vocab_breakdown.json").read_text(encoding="utf-8"))
+    rows = breakdown["rows"]
+    assert [r["size"] for r in rows] == [1200, 800, 983, 17] and breakdown["settings"]["word_rank"] == "bpe"
+    assert rows[2]["entries"] > rows[2]["helpers"] > 0  # mostly whole words; some parts of longer ones
+    bpe = TextTokenizer.from_dir(out)
+    vocab = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab()
+    words = [t for t, i in vocab.items() if rows[2]["first_id"] <= i <= rows[2]["last_id"]]
+    assert len(words) == 983 and all(bpe.encode(w) == [vocab[w]] for w in words)
+    assert bpe.decode(bpe.encode("你好，中华人民共和国 hello 123")) == "你好，中华人民共和国 hello 123"
+
+
+# --- the fast batch encoder: same ids as tokenizers -----------------------------------------------------------
+
+
+def _mixed_texts(n: int, seed: int) -> list[str]:
+    """Random en/zh/emoji/digit/punctuation/whitespace mixes, plus characters outside the vetted set."""
+    import random
+
+    rng = random.Random(seed)
+    words = [
+        "the",
+        " cat",
+        "'s",
+        " don't",
+        "我们",
+        "中华人民共和国",
+        "的",
+        "，",
+        "。",
+        "😀",
+        "👍🏽",
+        "１２",
+        "42",
+        " ",
+        "  ",
+        "\n",
+        "\r\n",
+        "\t",
+        "\u3000",
+        "«",
+        "ΑΒΓ",
+        "привет",
+        "ＡＢＣ",
+        "①",
+        "…",
+        "—",
+        "'LL",
+        "'Ve",
+    ]
+    rare = ["\u0301", "\u200b", "\u00a0", "𠀀", "ꙮ", "\x1f", "\ufeff", "ſ", "K"]
+    out = []
+    for i in range(n):
+        pool = words + (rare if i % 5 == 0 else [])
+        out.append("".join(rng.choice(pool) for _ in range(rng.randint(0, 40))))
+    return out
+
+
+def test_fast_pre_split_matches_the_oniguruma_split_for_every_vetted_character():
+    from tokenizers import Tokenizer
+
+    from skyloom.tokenizer.base import pre_tokenizer_json
+    from skyloom.tokenizer.fast_encode import SAFE_BLOCKS, UNVETTED, WHITESPACE, patterns
+
+    doc = {"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": pre_tokenizer_json()}
+    onig = Tokenizer.from_str(json.dumps(doc)).pre_tokenizer  # the Oniguruma split skyloom's tokenizers use
+    unsafe, piece = patterns()
+    chars = [chr(c) for a, b in SAFE_BLOCKS for c in range(a, b + 1) if c not in UNVETTED]
+    chars += [chr(c) for c in range(0x4E00, 0x9FFF, 97)] + list(WHITESPACE) + ["𠀀", "\U00030000"]
+    checked = 0
+    for c in chars:
+        templates = [
+            c,
+            c + c,
+            "a" + c,
+            c + "a",
+            " " + c,
+            c + " ",
+            "'" + c,
+            c + "'s",
+            "1" + c + "2",
+            "中" + c + "文",
+            " " + c + "b",
+            "\n" + c + "\r\n",
+            c + "  \n",
+            "x  " + c,
+            "。" + c + "，",
+        ]
+        for text in templates:
+            if unsafe.search(text) is not None:
+                continue  # outside the vetted set (unassigned, marks, format characters): tokenizers' own path
+            assert piece.findall(text) == [p for p, _ in onig.pre_tokenize_str(text)], (hex(ord(c)), text)
+            checked += 1
+    for text in _mixed_texts(300, seed=7):
+        if unsafe.search(text) is None:
+            assert piece.findall(text) == [p for p, _ in onig.pre_tokenize_str(text)], repr(text)
+            checked += 1
+    assert checked > 40_000
+
+
+def test_fast_encode_batch_gives_the_same_ids_as_tokenizers(tok):
+    from skyloom.tokenizer.fast_encode import FastEncoder
+
+    fresh = TextTokenizer.from_dir(small_tokenizer_dir())
+    texts = EDGE_CASES + _mixed_texts(400, seed=3) + [t for docs in _real_texts().values() for t in docs]
+    slow = fresh.encode_batch(texts, fast=False)
+    assert fresh.encode_batch(texts) == slow  # cold cache
+    assert isinstance(fresh._fast, FastEncoder) and len(fresh._fast.cache) > 1000
+    assert fresh.encode_batch(texts[::-1]) == slow[::-1]  # warm cache, other batch order
+    assert [fresh.encode_batch([t])[0] for t in texts[:200]] == slow[:200]  # one by one
+    assert [fresh.encode(t) for t in EDGE_CASES] == slow[: len(EDGE_CASES)]
+
+
+def test_fast_encoder_declines_tokenizers_it_could_change():
+    from tokenizers import Tokenizer
+
+    from skyloom.tokenizer.fast_encode import FastEncoder
+
+    assert FastEncoder.for_tokenizer(TextTokenizer.from_dir(_converted_mistral()).tokenizer) is None  # normalizer
+    doc = json.loads((small_tokenizer_dir() / "tokenizer.json").read_text(encoding="utf-8"))
+    assert FastEncoder.for_tokenizer(Tokenizer.from_str(json.dumps(doc))) is None  # specials would be matched
+    raw = Tokenizer.from_str(json.dumps(doc))
+    raw.encode_special_tokens = True
+    assert FastEncoder.for_tokenizer(raw) is not None
+    doc["model"]["dropout"] = 0.1
+    raw = Tokenizer.from_str(json.dumps(doc))
+    raw.encode_special_tokens = True
+    assert FastEncoder.for_tokenizer(raw) is None

@@ -9,6 +9,7 @@ dictionary (its word frequencies, shipped inside the wheel) is the deterministic
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -172,3 +173,35 @@ def rank(corpus: Counter, user: Counter, weight: float, keep, value=None) -> lis
     score = combined if value is None else {e: value(e, c) for e, c in combined.items()}
     ranked = sorted(combined, key=lambda e: (-score[e], e))
     return [(e, combined[e], origin[e]) for e in ranked]
+
+
+def learn_word_merges(words: dict[str, float], merges: int, min_count: int = 2) -> list[tuple[str, str]]:
+    """Up to `merges` BPE merges learned on Chinese words weighted by their counts, in the order learned.
+
+    Each merge joins the adjacent pair that occurs most often across the counted words, i.e. the entry that
+    saves the most tokens given the ones before it; words are never joined across, so every merge yields a
+    word or a part of one. The halves of each merge are single characters or earlier merges, so an extension
+    that adds them in this order needs no helpers."""
+    from tokenizers import Tokenizer, models, trainers
+
+    weighted = {w: int(round(c)) for w, c in words.items() if len(w) > 1 and round(c) >= 1}
+    if not weighted or merges <= 0:
+        return []
+    alphabet = {ch for w in weighted for ch in w}
+    tok = Tokenizer(models.BPE())
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(alphabet) + merges, min_frequency=min_count, show_progress=False, special_tokens=[]
+    )
+
+    def repeated() -> Iterator[list[str]]:  # the trainer counts words itself: each word once per occurrence
+        batch: list[str] = []
+        for word in sorted(weighted):
+            batch.extend([word] * weighted[word])
+            if len(batch) >= 65536:
+                yield batch
+                batch = []
+        yield batch
+
+    tok.train_from_iterator(repeated(), trainer=trainer)
+    learned = json.loads(tok.to_str())["model"]["merges"]
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in learned][:merges]

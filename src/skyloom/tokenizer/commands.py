@@ -98,10 +98,11 @@ class VocabOptions:
         "jieba", choices=("jieba", "none"), help="what supplies entries the corpus lacks"
     )
     min_word_count: int = option(2, help="corpus words seen fewer times are not candidates")
-    word_rank: Literal["count", "savings"] = option(
+    word_rank: Literal["count", "savings", "bpe"] = option(
         "count",
-        choices=("count", "savings"),
-        help="order of word candidates: by count, or by count x (characters - 1), the tokens saved",
+        choices=("count", "savings", "bpe"),
+        help="word selection: by count; by count x (characters - 1), the tokens saved; or 'bpe': merges "
+        "learned on the counted words, each the one saving the most tokens given those before it",
     )
     no_hmm: bool = option(False, help="jieba without its HMM for unseen words")
     workers: int = option(0, help="processes for jieba segmentation (0: one per CPU)")

@@ -225,11 +225,18 @@ class VocabExtender:
         self.next_id += 1
 
     def fill(
-        self, row: Addition, budget: int, candidates: Iterable[tuple[str, str]], count: Callable[[str], float]
+        self,
+        row: Addition,
+        budget: int,
+        candidates: Iterable[tuple[str, str]],
+        count: Callable[[str], float],
+        resume: bool = False,
     ) -> None:
         """Add candidates (text, origin) in order until `budget` new ids are used; skips entries already
-        present, unusable or unreachable, and ones whose helpers would overflow the budget."""
-        row.first_id = self.next_id
+        present, unusable or unreachable, and ones whose helpers would overflow the budget. `resume`: the row
+        already holds entries (its first id stays)."""
+        if not (resume and row.first_id is not None):
+            row.first_id = self.next_id
         candidates = iter(candidates)
         while row.size < budget:
             try:
@@ -248,6 +255,27 @@ class VocabExtender:
                 row.helpers.extend(merged for _, _, merged in steps[:-1])
             row.entries.append(text)
             row.origin[text] = origin
+        row.last_id = self.next_id - 1
+
+    def fill_merges(
+        self, row: Addition, budget: int, merges: Iterable[tuple[str, str]], is_word: Callable[[str], bool]
+    ) -> None:
+        """Add learned merges (left, right) in order until `budget` new ids are used. Both halves must already
+        be entries (a merge whose half was skipped is skipped too); results that are words (`is_word`) count as
+        entries, the rest (parts of words) as helpers. Only for character-level vocabularies."""
+        row.first_id = self.next_id
+        for left, right in merges:
+            if row.size >= budget:
+                break
+            merged = left + right
+            if self.has(merged) or not (self.has(left) and self.has(right)) or not self.usable(merged):
+                continue
+            self.apply([(left, right, merged)])
+            if is_word(merged):
+                row.entries.append(merged)
+                row.origin[merged] = "corpus"
+            else:
+                row.helpers.append(merged)
         row.last_id = self.next_id - 1
 
     # --- specials -------------------------------------------------------------------------------------

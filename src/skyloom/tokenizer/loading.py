@@ -12,6 +12,10 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from skyloom.tokenizer.fast_encode import FastEncoder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab_breakdown.json")
 SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -30,6 +34,7 @@ class TextTokenizer:
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
         raw = (source / "tokenizer.json").read_bytes() if (source / "tokenizer.json").is_file() else b""
         self.tokenizer_id: str = hashlib.sha256(raw).hexdigest()[:16]
+        self._fast: FastEncoder | None | bool = False  # False: not looked at yet
 
     @classmethod
     def from_dir(cls, path: str | Path) -> TextTokenizer:
@@ -76,8 +81,16 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Ids of many texts in parallel (RAYON_NUM_THREADS threads); offsets are not computed (faster)."""
+    def encode_batch(self, texts: Sequence[str], fast: bool = True) -> list[list[int]]:
+        """Ids of many texts. `fast`: skyloom's own tokenizers go through `FastEncoder` (same ids, ~3× the speed
+        per core: pre-split and cached pieces); others, and `fast=False`, through `tokenizers`' batch encoding in
+        parallel (RAYON_NUM_THREADS threads), offsets not computed."""
+        if fast and self._fast is False:
+            from skyloom.tokenizer.fast_encode import FastEncoder
+
+            self._fast = FastEncoder.for_tokenizer(self.tokenizer)
+        if fast and self._fast:
+            return self._fast.encode_batch(list(texts))
         encode = getattr(self.tokenizer, "encode_batch_fast", None) or self.tokenizer.encode_batch  # tokenizers ≥ 0.20
         return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 

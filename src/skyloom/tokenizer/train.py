@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Literal
 
 from skyloom.config import ConfigError
-from skyloom.tokenizer.chinese import Frequencies, count_frequencies, jieba_dictionary, rank, read_frequency_list
+from skyloom.tokenizer.chinese import (
+    Frequencies,
+    count_frequencies,
+    jieba_dictionary,
+    learn_word_merges,
+    rank,
+    read_frequency_list,
+)
 from skyloom.tokenizer.corpus import DEFAULT_MAX_DOC_CHARS, SizeGuard, iter_texts
 from skyloom.tokenizer.extend import Addition, BaseTokenizer, VocabExtender, load_base
 from skyloom.tokenizer.text import BYTE_TOKEN, is_chinese_char_or_symbol, is_han, is_han_word
@@ -48,8 +55,10 @@ class TrainSettings:
     fill: Literal["jieba", "none"] = "jieba"
     min_word_count: int = 2
     # "count": most frequent words first (the report's wording); "savings": by count × (characters − 1), the
-    # tokens a word saves over character-by-character encoding, so long frequent words are not crowded out.
-    word_rank: Literal["count", "savings"] = "count"
+    # tokens a word saves over character-by-character encoding, so long frequent words are not crowded out;
+    # "bpe": BPE merges learned on the counted words (each the pair that saves the most tokens given the
+    # entries before it; words and parts of words, no separate helpers) -- chinese.learn_word_merges.
+    word_rank: Literal["count", "savings", "bpe"] = "count"
     character_coverage: float = 0.9995
     min_frequency: int = 2
     max_token_length: int = 16
@@ -173,16 +182,20 @@ def _base_composition(vocab: dict[str, int], base_size: int) -> dict:
     }
 
 
-def train_tokenizer(s: TrainSettings) -> dict:
-    """Build and write the tokenizer directory; returns the vocabulary breakdown."""
+def train_tokenizer(s: TrainSettings, freqs: Frequencies | None = None, base: BaseTokenizer | None = None) -> dict:
+    """Build and write the tokenizer directory; returns the vocabulary breakdown.
+
+    `freqs` (the counts of `s.inputs`) and `base` (a base already trained on them) skip those steps, so an
+    experiment that varies only the Chinese layout counts and trains once (experiments/tokenizer_variants.py)."""
     started = time.time()
     if not s.inputs:
         raise ConfigError("INPUT", "give at least one input file")
     if not 0 < s.character_coverage <= 1:
         raise ConfigError("--character-coverage", f"must be in (0, 1], got {s.character_coverage}")
     workers = s.workers or (os.cpu_count() or 1)
-    base: BaseTokenizer | None = load_base(s.extend) if s.extend else None
-    if base is not None:
+    if base is None and s.extend:
+        base = load_base(s.extend)
+    if base is not None and (s.extend or base.kind != "trained"):
         probe = VocabExtender(base)
         sizes = resolve_sizes(s, probe.base_size)
     else:
@@ -194,12 +207,13 @@ def train_tokenizer(s: TrainSettings) -> dict:
     guard = SizeGuard(s.max_doc_chars)  # what the first reading skipped or split; the second reads the same
     texts = lambda g=None: iter_texts(s.inputs, s.fields, s.max_bytes, g or SizeGuard(s.max_doc_chars))  # noqa: E731
     segment = sizes.words > 0
-    _log(s, f"counting characters{' and jieba words' if segment else ''} ({workers} workers)")
-    bar = _Progress(s.progress, "count")
-    freqs: Frequencies = count_frequencies(
-        texts(guard), workers=workers if segment else 1, hmm=s.jieba_hmm, progress=bar, segment=segment
-    )
-    bar.close()
+    if freqs is None:
+        _log(s, f"counting characters{' and jieba words' if segment else ''} ({workers} workers)")
+        bar = _Progress(s.progress, "count")
+        freqs = count_frequencies(
+            texts(guard), workers=workers if segment else 1, hmm=s.jieba_hmm, progress=bar, segment=segment
+        )
+        bar.close()
     _log(
         s,
         f"  {freqs.documents:,} documents, {freqs.characters:,} characters, "
@@ -256,15 +270,21 @@ def train_tokenizer(s: TrainSettings) -> dict:
             f" exhausted); give more text or a --freq-list, or lower it",
         )
     corpus_words = Counter({w: c for w, c in freqs.words.items() if c >= s.min_word_count})
-    if s.word_rank not in ("count", "savings"):
-        raise ConfigError("--word-rank", f"must be 'count' or 'savings', got {s.word_rank!r}")
+    if s.word_rank not in ("count", "savings", "bpe"):
+        raise ConfigError("--word-rank", f"must be 'count', 'savings' or 'bpe', got {s.word_rank!r}")
     value = (lambda e, c: c * (len(e) - 1)) if s.word_rank == "savings" else None
-    ext.fill(
-        words_row,
-        sizes.words,
-        _candidates(rank(corpus_words, user, s.freq_list_weight, is_han_word, value), fill_words, is_han_word),
-        count,
-    )
+    ranked_words = rank(corpus_words, user, s.freq_list_weight, is_han_word, value)
+    if s.word_rank == "bpe":
+        if ext.byte_level:
+            raise ConfigError("--word-rank", "'bpe' needs a character-level base (this one is byte-level)")
+        weighted = {w: c for w, c, _ in ranked_words}
+        known = set(weighted)
+        # 30% more merges than ids: some are skipped (a half outside the characters row, or already an entry)
+        ext.fill_merges(
+            words_row, sizes.words, learn_word_merges(weighted, int(sizes.words * 1.3) + 100), known.__contains__
+        )
+    # the count/savings ranking -- and, for "bpe", whatever the merges left of the budget (jieba fill last)
+    ext.fill(words_row, sizes.words, _candidates(ranked_words, fill_words, is_han_word), count, resume=True)
     if words_row.size != sizes.words:
         raise ConfigError(
             "--chinese-words",
