@@ -217,3 +217,15 @@ def test_lead_paragraph_beside_the_article_body_is_kept():
     text = extract_html(html).text
     assert text.startswith("(Wire) Lead: the city council") and "optimistic tax forecasts" in text
     assert "Sponsored" not in text
+
+
+@pytest.mark.parametrize("tail", ["", "\udcff"])
+def test_str_pages_keep_their_characters_whatever_they_declare(tail):
+    """A str page goes to libxml2 as UTF-8 whatever its meta charset or XML prolog says; one that cannot be
+    encoded (a lone surrogate from a lossy decode) is parsed as a str."""
+    body = "<p>Café society met, and the señor spoke of crème brûlée, served late, with coffee and cake.</p>" * 4
+    html = (
+        '<?xml version="1.0" encoding="iso-8859-1"?><html><head><meta charset="iso-8859-1"></head>'
+        f"<body><div>{body}{tail}</div></body></html>"
+    )
+    assert extract_html(html).text.startswith("Café society met, and the señor spoke of crème brûlée")
