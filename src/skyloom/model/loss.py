@@ -56,3 +56,86 @@ def token_loss(
     if not parts:
         return logits.new_zeros((), dtype=torch.float32)
     return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+
+# ---- the output projection and the loss in one pass, row chunk by row chunk ----
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 22  # float32 logits of one chunk: 16 MiB, a few times the CPU's L2/L3 share
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum(CE(hidden @ weight.T, labels)) over labels ≠ ignore_index, chunk by chunk of rows.
+
+    Only one chunk's float32 logits ever exist. With gradients wanted, each chunk's gradients (softmax − one-hot,
+    through the projection) are formed right after its loss, while its logits are still hot, so the backward only
+    scales them by the incoming gradient: the same three matrix products as the plain path, no recomputation, and
+    memory hidden-sized + weight-sized instead of [rows, vocab] three times (logits, log-probabilities, gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, ignore_index, chunk_rows, compute_dtype):
+        with torch.autocast(hidden.device.type, enabled=False):
+            want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            w = weight.to(compute_dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if want_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+            for start in range(0, hidden.shape[0], chunk_rows):
+                h = hidden[start : start + chunk_rows].to(compute_dtype)
+                y = labels[start : start + chunk_rows]
+                logits = (h @ w.t()).float()
+                valid = y != ignore_index
+                target = torch.where(valid, y, torch.zeros_like(y)).unsqueeze(1)
+                lse = torch.logsumexp(logits, dim=-1)
+                total += torch.where(valid, lse - logits.gather(1, target).squeeze(1), 0.0).sum()
+                if not (want_hidden or want_weight):
+                    continue
+                probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in the logits' storage
+                probs.scatter_add_(1, target, torch.full_like(lse, -1.0).unsqueeze(1))
+                grad_logits = probs.mul_(valid.unsqueeze(1)).to(compute_dtype)
+                if want_hidden:
+                    grad_hidden[start : start + chunk_rows] = grad_logits @ w
+                if want_weight:
+                    if compute_dtype == torch.float32:
+                        grad_weight.addmm_(grad_logits.t(), h)
+                    else:
+                        grad_weight += (grad_logits.t() @ h).float()
+            ctx.save_for_backward(grad_hidden, grad_weight)
+            ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def linear_token_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """`token_loss(hidden @ weight.T, labels)` (reduction "sum", float32) without the [B, T, V] logits.
+
+    hidden [B, T, D] (the final norm's output), weight [V, D] (the output projection), labels [B, T]. The
+    projection runs in the autocast dtype when autocast is on (as `nn.Linear` would), in float32 otherwise; the
+    softmax and the loss are float32. Equal to the plain path up to float rounding (tests/test_chunked_loss.py);
+    deterministic: fixed chunks, fixed order.
+    """
+    if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise ValueError(
+            "linear_token_loss wants hidden [B, T, D], weight [V, D] and labels [B, T], got "
+            f"{tuple(hidden.shape)}, {tuple(weight.shape)} and {tuple(labels.shape)}"
+        )
+    device_type = hidden.device.type
+    compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+    chunk_rows = max(1, chunk_elements // max(weight.shape[0], 1))
+    return _LinearCrossEntropy.apply(
+        hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1), ignore_index, chunk_rows, compute_dtype
+    )

@@ -262,6 +262,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         valid: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
     ) -> torch.Tensor:
         """Logits for every position.
 
@@ -273,6 +274,8 @@ class Transformer(nn.Module):
         model/doc_attention.py). `attn_mask=DocumentMask(doc_ids)` is the same (how a `Batch` carries it).
         cache: a `build_kv_cache` cache: `input_ids` continue what it holds, positions and mask come from it;
         valid: [B, T] bool, False for left-padding pads (with a cache only; default all real).
+        return_hidden: the final norm's output [B, T, dim] instead of logits, for a loss that applies the output
+        projection itself chunk by chunk (model/loss.py `linear_token_loss`).
         """
         b, t = input_ids.shape
         if doc_ids is not None:
@@ -309,4 +312,5 @@ class Transformer(nn.Module):
             for index, layer in enumerate(self.layers):
                 x = layer(x, rope, attn_mask, cache.layer(index))
             cache.commit(valid)
-        return self.output(self.norm(x))
+        x = self.norm(x)
+        return x if return_hidden else self.output(x)

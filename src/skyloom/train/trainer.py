@@ -206,6 +206,14 @@ class Trainer:
         else:
             self.model = self._wrap(self.raw_model)
             self._materialize(self.raw_model)
+        # One process, plain parameters: the loss applies the output projection itself, chunk by chunk of rows
+        # (model/loss.py `linear_token_loss`), never holding [rows, vocab] float32 logits. Wrapped/sharded layouts
+        # (DDP, FSDP, TP, pipelines) keep logits from the model's forward, where their hooks expect them.
+        self.chunked_loss = (
+            self.pipeline is None
+            and self.model is self.raw_model
+            and type(self.raw_model.output.weight) is torch.nn.Parameter
+        )
         if lr_scale_fn is None and cfg.model.moe is not None:
             from skyloom.train.moe import lr_scale_fn_for
 
@@ -416,8 +424,13 @@ class Trainer:
                 self._sync_context(last),
                 torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None),
             ):
-                logits = self.model(batch.input_ids, position_ids=batch.position_ids, attn_mask=batch.attn_mask)
-                token_loss = lm_loss.token_loss(logits, batch.labels)  # float32 sum over labels ≠ -100
+                inputs = dict(position_ids=batch.position_ids, attn_mask=batch.attn_mask)
+                if self.chunked_loss:  # float32 sum over labels ≠ -100, without the whole batch's logits
+                    hidden = self.model(batch.input_ids, **inputs, return_hidden=True)
+                    token_loss = lm_loss.linear_token_loss(hidden, self.raw_model.output.weight, batch.labels)
+                else:
+                    logits = self.model(batch.input_ids, **inputs)
+                    token_loss = lm_loss.token_loss(logits, batch.labels)  # float32 sum over labels ≠ -100
                 # gradient of sum/n_global; ×dp because DDP/FSDP average gradients over the data-parallel ranks
                 loss = token_loss * (dp / max(n_global, 1))
                 for cb in self.callbacks:
