@@ -177,6 +177,8 @@ def _names_weight(names: str) -> int:
 
 def _text_len(s: str) -> int:
     """Characters that carry text; a CJK character counts as much as ~2 Latin characters of a word."""
+    if s.isascii():  # O(1) in CPython
+        return len(s)
     return len(s) + sum(map(len, _CJK_RUN.findall(s)))  # runs, not characters: one match per run
 
 
@@ -376,13 +378,14 @@ def _paragraphs(body, m: _Measure):
     for p in _paragraph_candidates(body):
         if p.tag == "div":
             text = ((p.text or "") + "".join([c.tail for c in p if c.tail])).strip()
+            n = _text_len(text)
             ld = 0.0
         else:
             raw = _tc(p)
             m.text[p] = len(raw)
             text = raw.strip()
-            ld = m.density(p) if text else 1.0
-        n = _text_len(text)
+            n = _text_len(text)
+            ld = m.density(p) if n >= 25 else 1.0  # the density (a walk over the links) only for long ones
         if n < 25 or ld > 0.5:
             continue
         worth = (1 + text.count(",") + text.count("，") + text.count("、") + min(3, n // 100)) * (1 - ld)
