@@ -76,6 +76,26 @@ def test_batching_padding_and_order_do_not_change_scores(sky):
         np.testing.assert_allclose(a, shuffled[order.index(i)], atol=2e-5)
 
 
+def test_projecting_only_scored_positions_changes_no_score(sky):
+    """The split path (hidden states, then the output projection of the scored rows only, chunk by chunk) against
+    full [B, T, V] logits: same per-token log-probabilities, log-likelihoods and greedy flags, padding included."""
+    rng = random.Random(1)
+    seqs = [[rng.randrange(4, 2048) for _ in range(rng.randrange(2, 90))] for _ in range(23)]
+    requests = [(s[:-k], s[-k:]) for s in seqs[:12] for k in (1, min(3, len(s) - 1))]
+    requests += [(seqs[0][:-2], seqs[0][-2:-1])]  # same model input as a longer request's, fewer scored rows
+    split = SkyloomLM(sky.model, sky.tokenizer, batch_tokens=700, max_batch_size=8, progress=False)
+    full = SkyloomLM(sky.model, sky.tokenizer, batch_tokens=700, max_batch_size=8, progress=False, split_head=False)
+    assert split.split_head and not full.split_head
+    split._head_rows = lambda: 7  # several chunks per batch, a ragged last one
+    split._logits = lambda ids: pytest.fail("the split path materialised full logits")
+    for a, b in zip(split.score(seqs), full.score(seqs)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    ours, theirs = split.loglikelihood(requests), full.loglikelihood(requests)
+    assert [g for _, g in ours] == [g for _, g in theirs]
+    np.testing.assert_allclose([x for x, _ in ours], [x for x, _ in theirs], rtol=0, atol=1e-5)
+
+
 def test_length_batches_respect_the_token_budget():
     lengths = [5, 100, 7, 64, 64, 3, 120]
     batches = length_batches(lengths, batch_tokens=200, max_batch_size=3)
@@ -91,12 +111,11 @@ def test_loglikelihood_matches_score_and_shares_identical_inputs(sky):
     )
     options = [sky.encode(x) for x in ("A", "B", "C", "D")]
     calls = []
-    original = sky._logits
-    sky._logits = lambda ids: calls.append(ids.shape) or original(ids)
+    hook = sky.model.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape))
     try:
         results = sky.loglikelihood([(ctx, o) for o in options])
     finally:
-        sky._logits = original
+        hook.remove()
     assert len(calls) == 1 and calls[0][0] == 1  # four single-token answers, one forward pass of one row
     for (ll, _), option in zip(results, options):
         assert ll == pytest.approx(float(sky.score([ctx + option])[0][-len(option) :].sum()), abs=1e-5)

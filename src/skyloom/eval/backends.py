@@ -13,6 +13,7 @@ which is how the two are checked against each other).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,7 @@ class SkyloomLM(LanguageModel):
         name: str = "model",
         kv_cache: bool = True,
         max_length: int | None = None,
+        split_head: bool = True,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -68,6 +70,7 @@ class SkyloomLM(LanguageModel):
         self.device, self.dtype = param.device, param.dtype
         self.max_length = min(max_length or model.config.max_seq_len, model.config.max_seq_len)
         self.kv_cache = kv_cache and hasattr(model, "build_kv_cache")
+        self.split_head = split_head and returns_hidden(model)
         vocab = getattr(tokenizer, "vocab_size", None)
         if vocab is not None and vocab > model.config.vocab_size:
             raise ValueError(f"{name}: tokenizer has {vocab} entries but the model only {model.config.vocab_size}")
@@ -107,6 +110,12 @@ class SkyloomLM(LanguageModel):
     def _logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)
 
+    def _hidden(self, ids: torch.Tensor) -> torch.Tensor | None:
+        return self.model(ids, return_hidden=True) if self.split_head else None
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.output(hidden)
+
     def _start(self, ids: torch.Tensor, valid: torch.Tensor):
         if not self.kv_cache:
             logits = self.model(ids, position_ids=left_padded_positions(valid), attn_mask=padded_causal_mask(valid))
@@ -124,6 +133,19 @@ class SkyloomLM(LanguageModel):
             return logits[:, -1], (ids, valid)
         cache: KVCache = state
         return self.model(next_ids[:, None], cache=cache)[:, -1], cache
+
+
+def returns_hidden(model: torch.nn.Module) -> bool:
+    """Whether `model(ids, return_hidden=True)` followed by `model.output` gives its logits: a plain local
+    `Transformer` (not a wrapper, not sharded: a sharded output projection only gathers its weight inside forward)."""
+    from skyloom.model.transformer import Transformer
+
+    return (
+        isinstance(model, Transformer)
+        and "return_hidden" in inspect.signature(model.forward).parameters
+        and isinstance(getattr(model, "output", None), torch.nn.Linear)
+        and not any(type(p).__name__ == "DTensor" for p in model.parameters())
+    )
 
 
 def require_transformers(purpose: str):

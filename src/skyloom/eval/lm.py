@@ -7,6 +7,9 @@ Evaluations (perplexity, leakage, benchmarks) talk only to `LanguageModel`; a ba
     _start(ids, valid)      left-padded prompts → (logits of the last position [B, V], decoding state)
     _step(state, next_ids)  one token per row → (logits [B, V], new state)
 
+and optionally `_hidden(ids)` / `_head(rows)` (final hidden states, then the output projection of some rows), with
+which scoring projects only the positions it scores, a cache-sized chunk at a time, never [B, T, V] at once.
+
 Everything else lives here once, so both backends batch, truncate, sample and stop identically:
 
 * Batching sorts requests by length (longest first, so memory trouble shows up in the first batch),
@@ -27,8 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from skyloom.data.batch import IGNORE_INDEX
 from skyloom.model.loss import token_loss
+
+HEAD_CHUNK_ELEMENTS = 1 << 21  # float32 logits per output-projection chunk on a CPU: 8 MiB, cache-sized
+HEAD_CHUNK_ELEMENTS_ACCELERATOR = 1 << 25  # on a GPU: large, so kernel launches stay few
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
@@ -162,6 +170,16 @@ class LanguageModel(ABC):
     def _logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, V] for right-padded ids [B, T] under a plain causal mask."""
 
+    def _hidden(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Final hidden states [B, T, D] such that `_head` of a row gives that row of `_logits`, or None when the
+        backend has no such split. With it, scoring projects only the positions it scores, a few rows at a time,
+        instead of materialising [B, T, V] logits (the output projection and its softmax dominate small models)."""
+        return None
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [N, V] of hidden-state rows [N, D] (backends whose `_hidden` returns a tensor)."""
+        raise NotImplementedError
+
     @abstractmethod
     def _start(self, ids: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Left-padded prompts ids [B, P] with valid [B, P] (False = pad): last-position logits + state."""
@@ -197,12 +215,11 @@ class LanguageModel(ABC):
                 ids[row, : inputs[i] + 1] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
             targets = ids[:, 1:].clone()
             for row, i in enumerate(batch):
-                targets[row, max(inputs[i], 0) :] = -100  # padding: not scored
-            ids, targets = ids.to(self.device), targets.to(self.device)
-            nll = token_loss(self._logits(ids[:, :-1]), targets, reduction="none").cpu()
+                targets[row, max(inputs[i], 0) :] = IGNORE_INDEX  # padding: not scored
+            nll = self._target_nll(ids[:, :-1].to(self.device), targets).cpu().double().numpy()
             for row, i in enumerate(batch):
                 if inputs[i] >= 1:
-                    out[i] = (-nll[row, : inputs[i]]).double().numpy()
+                    out[i] = -nll[row, : inputs[i]]
             bar.update(len(batch))
         bar.close()
         return out
@@ -238,19 +255,60 @@ class LanguageModel(ABC):
             ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
             for row, u in enumerate(batch):
                 ids[row, : lengths[u]] = torch.as_tensor(unique[u], dtype=torch.long)
-            logits = self._logits(ids.to(self.device))
-            for row, u in enumerate(batch):
-                n = lengths[u]
+            # only the rows a continuation is scored at: the last k positions of each input (k: its longest one)
+            spans = [(row, lengths[u], max(plans[i][1] for i in inputs[unique[u]])) for row, u in enumerate(batch)]
+            positions = torch.cat([torch.arange(row * longest + n - k, row * longest + n) for row, n, k in spans])
+            logprobs = torch.log_softmax(self._logits_at(ids.to(self.device), positions.to(self.device)).float(), -1)
+            sums, greedy = [], []
+            start = 0
+            for (_, _, k_max), u in zip(spans, batch):
                 for i in inputs[unique[u]]:
                     _, k, continuation = plans[i]
-                    logprobs = torch.log_softmax(logits[row, n - k : n].float(), dim=-1)
-                    target = torch.as_tensor(continuation, device=logprobs.device)
-                    ll = float(logprobs.gather(-1, target[:, None]).sum())
-                    greedy = bool((logprobs.argmax(-1) == target).all())
-                    results[i] = (ll, greedy)
+                    rows = logprobs[start + k_max - k : start + k_max]
+                    target = torch.as_tensor(continuation, device=rows.device)
+                    sums.append(rows.gather(-1, target[:, None]).sum())
+                    greedy.append((rows.argmax(-1) == target).all())
+                start += k_max
+            # one host transfer per batch, not two per request
+            for i, ll, hit in zip(
+                (i for u in batch for i in inputs[unique[u]]), torch.stack(sums).tolist(), torch.stack(greedy).tolist()
+            ):
+                results[i] = (ll, hit)
             bar.update(len(batch))
         bar.close()
         return results
+
+    def _target_nll(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """−log p(target) [B, T] float32 for right-padded ids [B, T] on the device and targets [B, T] on the host
+        (0 where the target is IGNORE_INDEX): `token_loss` of the logits, through `_hidden` when the backend has it
+        (then only the scored positions are projected, `head_chunk_elements` logits at a time; equal up to float
+        rounding, tests/test_eval_lm.py)."""
+        hidden = self._hidden(ids)
+        if hidden is None:
+            return token_loss(self._logits(ids), targets.to(ids.device), reduction="none")
+        flat = targets.reshape(-1)
+        positions = torch.nonzero(flat != IGNORE_INDEX).squeeze(1)
+        nll = torch.zeros(flat.shape, dtype=torch.float32, device=ids.device)
+        rows = self._head_rows()
+        rows_of = hidden.reshape(-1, hidden.shape[-1])
+        positions, flat = positions.to(ids.device), flat.to(ids.device)
+        for start in range(0, len(positions), rows):
+            at = positions[start : start + rows]
+            nll[at] = F.cross_entropy(self._head(rows_of.index_select(0, at)).float(), flat[at], reduction="none")
+        return nll.view(targets.shape)
+
+    def _logits_at(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits [N, V] at flat positions (row × T + t) of right-padded ids [B, T]."""
+        hidden = self._hidden(ids)
+        if hidden is None:
+            logits = self._logits(ids)
+            return logits.reshape(-1, logits.shape[-1]).index_select(0, positions)
+        return self._head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))
+
+    def _head_rows(self) -> int:
+        """Rows per output-projection chunk: small enough for the float32 logits to stay in cache on a CPU."""
+        elements = HEAD_CHUNK_ELEMENTS if self.device.type == "cpu" else HEAD_CHUNK_ELEMENTS_ACCELERATOR
+        return max(1, elements // (self.vocab_size or 32768))
 
     # ---- generation ------------------------------------------------------------------------------
     @torch.inference_mode()
