@@ -7,14 +7,27 @@ weight decay 0.1 on matrices only). skyloom's side is the real `Trainer.train_st
 clip, schedule, optimizer, metrics); the peer is the equivalent hand-written loop around transformers' model
 (attention through SDPA, as ours). Steps alternate one by one between the two so that a shared, noisy machine
 affects both alike; throughput = tokens per step / median step time (wall clock, and process CPU time).
+The peer's AdamW is the same kernel as ours (fused on CPU/CUDA), so the optimizer's implementation is not the
+difference measured.
 
-    .venv/bin/python benchmarks/bench_train_vs_hf.py                  # tiny and small presets, this CPU
+The limit: skyloom's model alone (same shape, same batches' shape, same precision), forward + backward with a plain
+`F.cross_entropy` over the whole batch's logits, then the same AdamW step — no loader, metrics, clipping or schedule
+— timed in the same rotation. Its forward+backward and its optimizer step are timed apart, so the table gives our
+fraction (and the peer's) of both the bare forward+backward and the bare forward+backward+optimizer step.
+
+    .venv/bin/python benchmarks/bench_train_vs_hf.py                  # tiny, small and base-150m, this CPU
     .venv/bin/python benchmarks/bench_train_vs_hf.py --presets small --precision bf16 --device cuda
+
+Each preset runs at its own CPU-sized shape unless --seq-len / --global-batch-tokens / --steps say otherwise
+(`PRESET_SHAPES`); the table, the command, the machine's load (`uptime`) and the versions go to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -24,6 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# (seq_len, global batch tokens, timed steps) per preset on the CPU; base-150m is smaller so a few steps fit
+PRESET_SHAPES = {"tiny": (256, 4096, 12), "small": (256, 4096, 12), "base-150m": (128, 1024, 4)}
+RESULTS = Path(__file__).parent / "results" / "train_vs_hf.txt"
 
 
 def make_source(directory: Path, vocab: int, n_tokens: int) -> Path:
@@ -80,7 +97,8 @@ class HFStep:
         torch.manual_seed(0)
         self.model = transformers.LlamaForCausalLM(hf_cfg).to(trainer.device).train()
         groups = [{k: v for k, v in g.items() if k not in ("names", "lr_scale")} for g in param_groups(self.model, 0.1)]
-        self.opt = torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), eps=1e-8)
+        fused = {"fused": True} if trainer.device.type in ("cpu", "cuda") else {}  # build_optimizer's kernel
+        self.opt = torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, **fused)
         self.loader = trainer.loader
         self.device = trainer.device
         self.dtype = trainer.autocast_dtype
@@ -106,6 +124,47 @@ class HFStep:
         return total, n
 
 
+class BareStep:
+    """The limit: skyloom's model alone on fixed batches of the same shape — forward, plain cross-entropy over the
+    whole batch's logits, backward, AdamW step; nothing else. Returns (forward+backward seconds, optimizer seconds)
+    for wall clock and CPU time."""
+
+    def __init__(self, trainer, args):
+        from skyloom.model.transformer import Transformer
+        from skyloom.train.optim import build_optimizer
+
+        cfg = trainer.cfg
+        torch.manual_seed(0)
+        self.model = Transformer(cfg.model).to(trainer.device).train()
+        self.opt = build_optimizer(self.model, cfg.train)
+        g = torch.Generator().manual_seed(1)
+        windows = args.global_batch_tokens // args.seq_len
+        ids = torch.randint(0, cfg.model.vocab_size, (windows, args.seq_len + 1), generator=g).to(trainer.device)
+        self.batches = [(w[:, :-1], w[:, 1:]) for w in ids.split(args.micro_batch)]
+        self.device = trainer.device
+        self.dtype = trainer.autocast_dtype
+
+    def step(self) -> tuple[float, tuple[float, float, float, float]]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        n = sum(y.numel() for _, y in self.batches)
+        total = 0.0
+        for x, y in self.batches:
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                logits = self.model(x)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum") / n
+            loss.backward()
+            total += loss.detach()
+        total = float(total)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t1, c1 = time.perf_counter(), time.process_time()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return total, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.process_time() - c1)
+
+
 def bench(preset: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         from skyloom.config import build
@@ -116,29 +175,40 @@ def bench(preset: str, args) -> dict:
         trainer = skyloom_trainer(preset, data, Path(tmp) / "run", args)
         trainer.logger = type("Quiet", (), {"event": lambda *a, **k: None})()
         peer = HFStep(trainer, args)
-        times = {"skyloom": [], "transformers": []}
-        cpu = {"skyloom": [], "transformers": []}
-        losses = {"skyloom": [], "transformers": []}
+        bare = BareStep(trainer, args)
+        sides = ("skyloom", "transformers", "bare")
+        times = {name: [] for name in (*sides, "bare_fb")}
+        cpu = {name: [] for name in times}
+        losses = {name: [] for name in sides}
         tokens = args.global_batch_tokens
         for i in range(args.warmup + args.steps):
-            order = ("skyloom", "transformers") if i % 2 == 0 else ("transformers", "skyloom")
-            for name in order:  # one step each, alternating who goes first
+            order = sides[i % 3 :] + sides[: i % 3]  # one step each, rotating who goes first
+            for name in order:
                 t0, c0 = time.perf_counter(), time.process_time()
-                loss = trainer.train_step()["loss"] if name == "skyloom" else peer.step()[0]
+                if name == "bare":
+                    loss, (fb_wall, fb_cpu, _, _) = bare.step()
+                else:
+                    loss = trainer.train_step()["loss"] if name == "skyloom" else peer.step()[0]
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 if i >= args.warmup:
                     times[name].append(dt)
                     cpu[name].append(dc)
+                    if name == "bare":
+                        times["bare_fb"].append(fb_wall)
+                        cpu["bare_fb"].append(fb_cpu)
                 losses[name].append(loss)
-        out = {"preset": preset, "params": trainer.n_params}
+        out = {"preset": preset, "params": trainer.n_params, "chunked_loss": trainer.chunked_loss}
         for name, ts in times.items():
             # medians: robust to the spikes of a machine shared with other work
             out[name] = tokens / statistics.median(ts)
             out[name + "_per_cpu_s"] = tokens / statistics.median(cpu[name])
+        for name in sides:
             out[name + "_first_loss"] = losses[name][0]
-            out[name + "_last_loss"] = losses[name][-1]
         out["ratio"] = out["skyloom"] / out["transformers"]
         out["cpu_ratio"] = out["skyloom_per_cpu_s"] / out["transformers_per_cpu_s"]
+        for name in ("skyloom", "transformers"):  # fractions of the limit, per CPU-second
+            out[name + "_of_bare"] = out[name + "_per_cpu_s"] / out["bare_per_cpu_s"]
+            out[name + "_of_bare_fb"] = out[name + "_per_cpu_s"] / out["bare_fb_per_cpu_s"]
         if trainer.device.type == "cuda":
             from skyloom.model.accounting import peak_flops_for_device
 
@@ -149,44 +219,80 @@ def bench(preset: str, args) -> dict:
         return out
 
 
+def preset_args(preset: str, args) -> argparse.Namespace:
+    """args with this preset's seq_len / batch tokens / steps (PRESET_SHAPES) where the command left them unset."""
+    seq_len, batch_tokens, steps = PRESET_SHAPES.get(preset, PRESET_SHAPES["small"])
+    if args.device != "cpu" and not (args.device == "auto" and not torch.cuda.is_available()):
+        seq_len, batch_tokens, steps = PRESET_SHAPES["small"]  # an accelerator takes the full shape
+    resolved = argparse.Namespace(**vars(args))
+    resolved.seq_len = args.seq_len or seq_len
+    resolved.global_batch_tokens = args.global_batch_tokens or batch_tokens
+    resolved.steps = args.steps or steps
+    return resolved
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["tiny", "small"])
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--presets", nargs="+", default=["tiny", "small", "base-150m"])
+    p.add_argument("--seq-len", type=int, default=None, help="default: PRESET_SHAPES")
     p.add_argument("--micro-batch", type=int, default=8)
-    p.add_argument("--global-batch-tokens", type=int, default=4096)
+    p.add_argument("--global-batch-tokens", type=int, default=None, help="default: PRESET_SHAPES")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--steps", type=int, default=12, help="timed steps per side (alternating)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per side, rotating (default: PRESET_SHAPES)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side at the start")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results file (table, command, load); '-' = none")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     import transformers
 
-    print(
-        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
-        f"seq {args.seq_len}, {args.global_batch_tokens} tokens/step in micro-batches of {args.micro_batch}, "
-        f"precision {args.precision}"
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    command = "python benchmarks/bench_train_vs_hf.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    say(f"command: {command}")
+    say(
+        f"load before (uptime): {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} "
+        f"on {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}"
     )
-    print("tok/s = wall-clock training throughput; tok/CPU-s = tokens per second of process CPU time (robust to a")
-    print("machine shared with other work; with N threads it is about tok/s ÷ N when the cores are free)")
-    print(
-        f"{'preset':<8} {'params':>12} {'skyloom tok/s':>14} {'HF tok/s':>10} {'ratio':>7} "
-        f"{'skyloom tok/CPU-s':>18} {'HF tok/CPU-s':>13} {'ratio':>7}  extra"
+    say(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
+        f"micro-batches of {args.micro_batch}, precision {args.precision}, warm-up {args.warmup} step(s) per side"
+    )
+    say("tok/s = wall-clock training throughput; tok/CPU-s = tokens per second of process CPU time (robust to a")
+    say("machine shared with other work). Limit = skyloom's model alone: bare fwd+bwd (+ AdamW), plain cross-entropy.")
+    say("sky/HF = skyloom ÷ transformers; of limit = tok/CPU-s ÷ the bare fwd+bwd+AdamW's (÷ bare fwd+bwd's).")
+    say(
+        f"{'preset':<10} {'params':>12} {'shape':>10} {'sky tok/s':>10} {'HF tok/s':>9} {'sky/HF':>7} "
+        f"{'sky tok/CPU-s':>14} {'HF tok/CPU-s':>13} {'sky/HF':>7} {'limit tok/CPU-s':>16} "
+        f"{'sky of limit':>13} {'HF of limit':>12}  extra"
     )
     for preset in args.presets:
-        r = bench(preset, args)
-        extra = f"first loss {r['skyloom_first_loss']:.3f} / {r['transformers_first_loss']:.3f}"
+        pa = preset_args(preset, args)
+        r = bench(preset, pa)
+        extra = (
+            f"first loss {r['skyloom_first_loss']:.3f} / {r['transformers_first_loss']:.3f} / {r['bare_first_loss']:.3f}"
+            f", {'chunked' if r['chunked_loss'] else 'plain'} loss, {pa.steps} steps"
+        )
         if "skyloom_mfu" in r:
             extra += f", MFU {r['skyloom_mfu']:.1%} / {r['transformers_mfu']:.1%}"
-        print(
-            f"{preset:<8} {r['params']:>12,} {r['skyloom']:>14,.0f} {r['transformers']:>10,.0f} "
-            f"{r['ratio']:>7.3f} {r['skyloom_per_cpu_s']:>18,.0f} {r['transformers_per_cpu_s']:>13,.0f} "
-            f"{r['cpu_ratio']:>7.3f}  {extra}",
-            flush=True,
+        shape = f"{pa.global_batch_tokens // pa.seq_len}x{pa.seq_len}"
+        say(
+            f"{preset:<10} {r['params']:>12,} {shape:>10} {r['skyloom']:>10,.0f} {r['transformers']:>9,.0f} "
+            f"{r['ratio']:>7.3f} {r['skyloom_per_cpu_s']:>14,.0f} {r['transformers_per_cpu_s']:>13,.0f} "
+            f"{r['cpu_ratio']:>7.3f} {r['bare_per_cpu_s']:>7,.0f} ({r['bare_fb_per_cpu_s']:>6,.0f}) "
+            f"{r['skyloom_of_bare']:>5.3f} ({r['skyloom_of_bare_fb']:.3f}) "
+            f"{r['transformers_of_bare']:>5.3f} ({r['transformers_of_bare_fb']:.3f})  {extra}"
         )
+    say(f"load after (uptime): {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    if str(args.out) != "-":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
 
