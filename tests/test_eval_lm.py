@@ -88,9 +88,12 @@ def test_projecting_only_scored_positions_changes_no_score(sky):
     assert split.split_head and not full.split_head
     split._head_rows = lambda: 7  # several chunks per batch, a ragged last one
     split._logits = lambda ids: pytest.fail("the split path materialised full logits")
-    for a, b in zip(split.score(seqs), full.score(seqs)):
-        assert a.shape == b.shape
+    tails = [rng.randrange(0, len(s)) for s in seqs]  # only the last k log-probabilities asked for
+    for a, b, c, k in zip(split.score(seqs), full.score(seqs), split.score(seqs, last=tails), tails):
+        assert a.shape == b.shape == c.shape
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+        assert np.isnan(c[: len(c) - k]).all()
+        np.testing.assert_allclose(c[len(c) - k :], a[len(a) - k :], rtol=0, atol=1e-5)
     ours, theirs = split.loglikelihood(requests), full.loglikelihood(requests)
     assert [g for _, g in ours] == [g for _, g in theirs]
     np.testing.assert_allclose([x for x, _ in ours], [x for x, _ in theirs], rtol=0, atol=1e-5)

@@ -194,15 +194,20 @@ class LanguageModel(ABC):
             raise ValueError(f"{what} of {n} tokens exceeds the model's maximum length {self.max_length}")
 
     @torch.inference_mode()
-    def score(self, sequences: Sequence[Sequence[int]], desc: str = "scoring") -> list[np.ndarray]:
+    def score(
+        self, sequences: Sequence[Sequence[int]], desc: str = "scoring", last: Sequence[int] | None = None
+    ) -> list[np.ndarray]:
         """Per-token log-probabilities: element t-1 of the result is log p(x_t | x_<t), t = 1 … n-1.
 
         The model reads x_0 … x_{n-2} (so a sequence may be max_length + 1 tokens long); the first token
-        is context only. Cut longer documents into windows first (`perplexity.py`).
+        is context only. Cut longer documents into windows first (`perplexity.py`). With `last`, only the last
+        last[i] log-probabilities of sequence i are computed (the context-only positions of overlapping windows
+        cost no output projection) and the earlier elements are NaN.
         """
         inputs = [len(s) - 1 for s in sequences]
         for i, n in enumerate(inputs):
             self._check_length(n, f"sequence {i} (model input)")
+        skip = [0] * len(sequences) if last is None else [max(n - k, 0) for n, k in zip(inputs, last)]
         out: list[np.ndarray] = [np.zeros(0, dtype=np.float64)] * len(sequences)
         bar = progress_bar(len(sequences), desc, self.progress)
         for batch in length_batches(inputs, self.batch_tokens, self.max_batch_size):
@@ -216,10 +221,12 @@ class LanguageModel(ABC):
             targets = ids[:, 1:].clone()
             for row, i in enumerate(batch):
                 targets[row, max(inputs[i], 0) :] = IGNORE_INDEX  # padding: not scored
+                targets[row, : skip[i]] = IGNORE_INDEX  # context only: not asked for
             nll = self._target_nll(ids[:, :-1].to(self.device), targets).cpu().double().numpy()
             for row, i in enumerate(batch):
                 if inputs[i] >= 1:
                     out[i] = -nll[row, : inputs[i]]
+                    out[i][: skip[i]] = np.nan
             bar.update(len(batch))
         bar.close()
         return out

@@ -139,7 +139,7 @@ def packed_windows(stream: Sequence[int], max_tokens: int, budget: int | None = 
 
 def window_losses(lm: LanguageModel, windows: Sequence[Window], desc: str = "scoring") -> np.ndarray:
     """Σ NLL (nats) of each window's counted predictions."""
-    logprobs = lm.score([w.ids for w in windows], desc=desc)
+    logprobs = lm.score([w.ids for w in windows], desc=desc, last=[w.n_predict for w in windows])
     return np.array(
         [-float(lp[len(lp) - w.n_predict :].sum()) if w.n_predict else 0.0 for lp, w in zip(logprobs, windows)],
         dtype=np.float64,
