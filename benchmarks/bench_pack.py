@@ -1,7 +1,8 @@
 """Packing throughput: `skyloom data pack` vs the bare encoder it is built on.
 
-The peer is the floor of any packer: reading the same JSON lines and calling `tokenizers`' `encode_batch`
-on them, nothing written. `skyloom data pack` adds planning, EOS, uint16/uint32 shards with document offsets,
+The reference is the raw-encode limit of any packer built on `tokenizers`: reading the same JSON lines and
+calling `tokenizers`' bare `encode_batch` on them, nothing written; "read+encode" is the same with skyloom's
+`encode_batch` (its FastEncoder: same ids, from an empty cache each round), which is what packing calls. `skyloom data pack` adds planning, EOS, uint16/uint32 shards with document offsets,
 sha256 per shard, metadata and the index. Both run with one encoder thread per process; pack also runs with
 several worker processes (the speed-up is bounded by the cores the machine really has free). Runs alternate
 (peer, pack, peer, pack …) and the median is taken, as wall time and as CPU time of this process and its
@@ -48,8 +49,10 @@ def default_inputs(work: Path) -> list[Path]:
     return files + [wiki]
 
 
-def peer(tok, files: list[Path], batch: int = 256) -> tuple[int, int]:
-    """Read + encode_batch, nothing written: (documents, tokens + one EOS per document)."""
+def peer(tok, files: list[Path], batch: int = 256, fast: bool = False) -> tuple[int, int]:
+    """Read + encode_batch, nothing written: (documents, tokens + one EOS per document). `fast=False`: the bare
+    `tokenizers` batch encoding (the raw-encode limit); `fast=True`: skyloom's `encode_batch` (its FastEncoder,
+    from an empty cache), what `data pack` calls."""
     docs = tokens = 0
     for path in files:
         texts = []
@@ -57,13 +60,26 @@ def peer(tok, files: list[Path], batch: int = 256) -> tuple[int, int]:
             for line in f:
                 texts.append(json.loads(line)["text"])
                 if len(texts) == batch:
-                    tokens += sum(len(ids) + 1 for ids in tok.encode_batch(texts))
+                    tokens += sum(len(ids) + 1 for ids in tok.encode_batch(texts, fast=fast))
                     docs += len(texts)
                     texts = []
         if texts:
-            tokens += sum(len(ids) + 1 for ids in tok.encode_batch(texts))
+            tokens += sum(len(ids) + 1 for ids in tok.encode_batch(texts, fast=fast))
             docs += len(texts)
     return docs, tokens
+
+
+class _SentencePiece:
+    """Mistral-7B's model in SentencePiece's own C++ encoder, one thread: the outside peer (another vocabulary,
+    so compare characters per CPU-second, not tokens)."""
+
+    def __init__(self):
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_file=str(MISTRAL))
+
+    def encode_batch(self, texts, fast: bool = False):
+        return self.sp.encode(texts, num_threads=1)
 
 
 def main() -> int:
@@ -92,12 +108,19 @@ def main() -> int:
         tok = TextTokenizer.from_dir(tok_dir)
         size = sum(p.stat().st_size for p in files)
         chars = sum(len(json.loads(line)["text"]) for p in files for line in open(p, encoding="utf-8"))
-        times: dict[str, list[tuple[float, float]]] = {"peer": []} | {f"pack x{w}": [] for w in args.workers}
+        names = ["bare encode (limit)", "read+encode", "sentencepiece peer"] + [f"pack x{w}" for w in args.workers]
+        sp = _SentencePiece()
+        times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
         counts = {}
         for r in range(args.rounds):
+            for name, fast in (("bare encode (limit)", False), ("read+encode", True)):
+                fresh = TextTokenizer.from_dir(tok_dir)  # an empty FastEncoder cache, like a new pack worker
+                w0, c0 = time.perf_counter(), _cpu()
+                counts[name] = peer(fresh, files, fast=fast)
+                times[name].append((time.perf_counter() - w0, _cpu() - c0))
             w0, c0 = time.perf_counter(), _cpu()
-            counts["peer"] = peer(tok, files)
-            times["peer"].append((time.perf_counter() - w0, _cpu() - c0))
+            sp_counts = peer(sp, files)
+            times["sentencepiece peer"].append((time.perf_counter() - w0, _cpu() - c0))
             for w in args.workers:
                 out = work / f"out{w}"
                 shutil.rmtree(out, ignore_errors=True)
@@ -109,19 +132,27 @@ def main() -> int:
                 counts[f"pack x{w}"] = (summary.sources["all"]["documents"], summary.sources["all"]["tokens"])
             print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr)
         assert len(set(counts.values())) == 1, counts  # every packer wrote exactly what the peer counted
-        docs, tokens = counts["peer"]
+        docs, tokens = counts["bare encode (limit)"]
         print(
             f"input: {len(files)} files, {size / 1e6:.1f} MB, {chars:,} characters, {docs:,} documents, "
             f"{tokens:,} tokens (EOS included); tokenizer {tok_dir} ({tok.vocab_size:,}); "
-            f"{os.cpu_count()} CPUs visible; median of {args.rounds}"
+            f"{os.cpu_count()} CPUs visible; median of {args.rounds}; load: {os.getloadavg()}"
         )
-        peer_wall = statistics.median(t[0] for t in times["peer"])
-        peer_cpu = statistics.median(t[1] for t in times["peer"])
+        peer_wall = statistics.median(t[0] for t in times["bare encode (limit)"])
+        peer_cpu = statistics.median(t[1] for t in times["bare encode (limit)"])
         for name, ts in times.items():
             wall, cpu = statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
+            if name == "sentencepiece peer":
+                print(
+                    f"  {name:<20} {chars / wall / 1e6:5.2f} M chars/s wall, {chars / cpu / 1e6:5.2f} M chars/CPU-s "
+                    f"(Mistral-7B's 32,000 vocabulary, {sp_counts[1]:,} tokens);  CPU ×{peer_cpu / cpu:.2f} of the "
+                    "bare-encode limit"
+                )
+                continue
             print(
-                f"  {name:<10} {tokens / wall / 1e6:6.2f} M tokens/s wall ({chars / wall / 1e6:5.2f} M chars/s), "
-                f"{tokens / cpu / 1e6:6.2f} M tokens/CPU-s;  wall ×{peer_wall / wall:.2f}, CPU ×{peer_cpu / cpu:.2f} vs peer"
+                f"  {name:<20} {tokens / wall / 1e6:6.2f} M tokens/s wall ({chars / wall / 1e6:5.2f} M chars/s), "
+                f"{tokens / cpu / 1e6:6.2f} M tokens/CPU-s ({chars / cpu / 1e6:5.2f} M chars/CPU-s);  "
+                f"wall ×{peer_wall / wall:.2f}, CPU ×{peer_cpu / cpu:.2f} of the bare-encode limit"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

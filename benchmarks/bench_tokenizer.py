@@ -32,6 +32,8 @@ import os
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # before `tokenizers` starts its pool: per-core figures
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import sys
@@ -201,33 +203,54 @@ def compression(tokenizers: dict, texts: dict[str, list[str]]) -> dict:
     return out
 
 
-def throughput(tokenizers: dict, texts: list[str], rounds: int, batch_size: int = 1024) -> dict:
-    """Median characters/s (wall and CPU) of encode_batch over `texts`, interleaved across tokenizers;
-    plus SentencePiece's own encoder on Mistral's model as the outside peer."""
+def throughput(tokenizers: dict, texts: list[str], rounds: int, warm_texts: list[str], batch_size: int = 1024) -> dict:
+    """Median characters/s (wall and CPU) over `texts`, interleaved round by round: per tokenizer the raw-encode
+    limit (`tokenizers`' bare batch encoding, `fast=False`) and skyloom's `encode_batch` -- its `FastEncoder`
+    where it applies, once from an empty cache ("cold", every round) and once with the cache a packer has after
+    reading `warm_texts` (other documents; "steady", reset to that state every round) -- and SentencePiece's
+    own encoder on Mistral's model as the outside peer. Asserts the fast path's ids equal the bare ones."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(MISTRAL))
     chars = sum(map(len, texts))
 
-    def run_tokenizers(tok):
-        for i in range(0, len(texts), batch_size):
-            tok.encode_batch(texts[i : i + batch_size])
+    def batched(encode):
+        def run():
+            for i in range(0, len(texts), batch_size):
+                encode(texts[i : i + batch_size])
 
-    def run_sp(_):
-        for i in range(0, len(texts), batch_size):
-            sp.encode(texts[i : i + batch_size], num_threads=1)
+        return run
 
-    runners = {name: (run_tokenizers, tok) for name, tok in tokenizers.items()}
-    runners["mistral (sentencepiece)"] = (run_sp, None)
+    runners = {}
+    for name, tok in tokenizers.items():
+        runners[f"{name}: bare encode_batch (limit)"] = (batched(lambda b, t=tok: t.encode_batch(b, fast=False)), None)
+        tok.encode_batch(texts[:1])
+        fast = tok._fast or None
+        if fast is None:
+            continue
+        assert tok.encode_batch(texts) == tok.encode_batch(texts, fast=False), name  # identical ids
+        empty = dict(fast.single)
+        for i in range(0, len(warm_texts), batch_size):
+            tok.encode_batch(warm_texts[i : i + batch_size])
+        steady = dict(fast.cache)
+        runners[f"{name}: skyloom, cold cache"] = (
+            batched(tok.encode_batch),
+            lambda f=fast, c=empty: setattr(f, "cache", dict(c)),
+        )
+        runners[f"{name}: skyloom, steady cache"] = (
+            batched(tok.encode_batch),
+            lambda f=fast, c=steady: setattr(f, "cache", dict(c)),
+        )
+    runners["mistral (sentencepiece)"] = (batched(lambda b: sp.encode(b, num_threads=1)), None)
     sp.encode(texts[:64], num_threads=1)  # warm-up
-    for tok in tokenizers.values():
-        tok.encode_batch(texts[:64])
     wall: dict[str, list[float]] = {n: [] for n in runners}
     cpu: dict[str, list[float]] = {n: [] for n in runners}
     for r in range(rounds):
-        for name, (fn, tok) in runners.items():
+        for name, (fn, reset) in runners.items():
+            if reset:
+                reset()
             w, c = time.perf_counter(), time.process_time()
-            fn(tok)
+            fn()
             wall[name].append(time.perf_counter() - w)
             cpu[name].append(time.process_time() - c)
         print(f"  throughput round {r + 1}/{rounds} done", file=sys.stderr)
@@ -241,6 +264,82 @@ def throughput(tokenizers: dict, texts: list[str], rounds: int, batch_size: int 
     }
 
 
+def throughput_sample(texts: dict[str, list[str]], total: int) -> list[str]:
+    """Chinese domain documents then WikiText paragraphs, half of `total` characters each."""
+    zh_docs = [d for k, v in texts.items() if k.startswith("zh_") for d in v]
+    sample, budget = [], total // 2
+    for docs in (zh_docs, texts["wikitext2_test"]):
+        used = 0
+        for d in docs:
+            if used >= budget:
+                break
+            sample.append(d[: budget - used])
+            used += len(sample[-1])
+    return sample
+
+
+def warm_sample(corpus: Path, chars: int) -> list[str]:
+    """The first `chars` characters of the training corpus, Chinese and English documents alternating."""
+    from skyloom.tokenizer.text import HAN_RUN
+
+    docs = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
+    zh, en = [d for d in docs if HAN_RUN.search(d)], [d for d in docs if not HAN_RUN.search(d)]
+    mixed = [d for pair in zip(zh, en) for d in pair]
+    out, used = [], 0
+    for d in mixed:
+        if used >= chars:
+            break
+        out.append(d)
+        used += len(d)
+    return out
+
+
+def print_speed(speed: dict) -> None:
+    base = speed["mistral (sentencepiece)"]["cpu_chars_per_s"]
+    limits = {name.split(":")[0]: t["cpu_chars_per_s"] for name, t in speed.items() if "(limit)" in name}
+    for name, t in speed.items():
+        limit = limits.get(name.split(":")[0])
+        print(
+            f"  {name:<40} {t['cpu_chars_per_s'] / 1e6:6.2f} M chars/s CPU  {t['wall_chars_per_s'] / 1e6:6.2f} M chars/s wall"
+            f"  ×{t['cpu_chars_per_s'] / base:.2f} vs sentencepiece"
+            + (f"  ×{t['cpu_chars_per_s'] / limit:.2f} of the bare limit" if limit else "")
+        )
+
+
+def speed_only(args, work: Path, corpus: Path) -> int:
+    import subprocess
+
+    from skyloom.tokenizer import TextTokenizer
+
+    tokenizers = {
+        name: TextTokenizer.from_dir(work / d)
+        for name, d in (("skyloom", "skyloom"), ("mistral+zh", "mistral-zh"))
+        if (work / d / "tokenizer.json").is_file()
+    }
+    sample = throughput_sample(eval_texts(), args.throughput_chars)
+    speed = throughput(tokenizers, sample, args.rounds, warm_sample(corpus, args.warm_chars))
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(
+        f"\nencode throughput, 1 thread, {sum(map(len, sample)):,} chars (half Chinese, half English), "
+        f"median of {args.rounds} interleaved rounds; load: {load}"
+    )
+    print_speed(speed)
+    if args.json:
+        args.json.write_text(json.dumps({"throughput": speed, "load": load}, indent=1) + "\n")
+    results = ROOT / "benchmarks" / "results" / "tokenizer_speed.txt"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        print_speed(speed)
+    results.write_text(
+        f"# command: RAYON_NUM_THREADS=1 .venv/bin/python benchmarks/bench_tokenizer.py {' '.join(sys.argv[1:])}\n"
+        f"# {sum(map(len, sample)):,} chars (half Chinese domain text, half WikiText-2 test), one thread, median of "
+        f"{args.rounds} interleaved rounds; 'steady' = cache after {args.warm_chars:,} chars of training text\n"
+        f"# load: {load}\n" + buffer.getvalue(),
+        encoding="utf-8",
+    )
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=None, help="directory for the corpus and tokenizers (reused)")
@@ -249,6 +348,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     ap.add_argument("--throughput-chars", type=int, default=2_000_000, help="characters timed per round")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="only the encode throughput of the tokenizers already in --work (skyloom/, mistral-zh/)",
+    )
+    ap.add_argument("--warm-chars", type=int, default=10_000_000, help="training text read before 'steady'")
     args = ap.parse_args()
 
     from skyloom.tokenizer import TextTokenizer
@@ -259,6 +364,8 @@ def main() -> int:
     corpus = work / "train_corpus.jsonl"
     if not corpus.is_file():
         corpus = build_corpus(work)
+    if args.speed_only:
+        return speed_only(args, work, corpus)
     seconds = {
         "skyloom": train_skyloom(corpus, work / "skyloom", args.total, None, args.workers),
         "plain-bpe": train_plain(corpus, work / "plain-bpe", args.total),
@@ -276,19 +383,9 @@ def main() -> int:
     print("measuring compression and round trips ...", file=sys.stderr)
     comp = compression(tokenizers, texts)
 
-    # throughput text: alternate Chinese and English documents up to the budget, half each
-    zh_docs = [d for k, v in texts.items() if k.startswith("zh_") for d in v]
-    en_docs = texts["wikitext2_test"]
-    sample, budget = [], args.throughput_chars // 2
-    for docs in (zh_docs, en_docs):
-        used = 0
-        for d in docs:
-            if used >= budget:
-                break
-            sample.append(d[: budget - used])
-            used += len(sample[-1])
+    sample = throughput_sample(texts, args.throughput_chars)
     print("timing encode throughput (1 thread) ...", file=sys.stderr)
-    speed = throughput(tokenizers, sample, args.rounds)
+    speed = throughput(tokenizers, sample, args.rounds, warm_sample(corpus, args.warm_chars))
 
     print(
         f"\nvocabulary {args.total:,}; training seconds: "
@@ -329,12 +426,7 @@ def main() -> int:
         f"\nencode throughput, 1 thread, {sum(map(len, sample)):,} chars (half Chinese, half English), "
         f"median of {args.rounds}:"
     )
-    base = speed["mistral (sentencepiece)"]["cpu_chars_per_s"]
-    for name, t in speed.items():
-        print(
-            f"  {name:<24} {t['cpu_chars_per_s'] / 1e6:6.2f} M chars/s CPU  {t['wall_chars_per_s'] / 1e6:6.2f} M chars/s wall"
-            f"  ×{t['cpu_chars_per_s'] / base:.2f} vs sentencepiece"
-        )
+    print_speed(speed)
     if args.json:
         args.json.write_text(
             json.dumps(

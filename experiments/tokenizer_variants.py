@@ -90,6 +90,7 @@ class Variant:
     word_rank: str = "count"
     jieba_list: bool = False
     extend: Path | None = None
+    units: str = "words"  # "runs": count whole Han runs instead of jieba words (BPE merges may then span words)
     note: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -110,6 +111,8 @@ VARIANTS = [
     Variant("K-all+jieba-8000-bpe", ("bench", "news", "reviews"), word_rank="bpe", jieba_list=True),
     Variant("L-all+jieba-6000-bpe", ("bench", "news", "reviews"), chars=6000, word_rank="bpe", jieba_list=True),
     Variant("N-all+jieba-4500-bpe", ("bench", "news", "reviews"), chars=4500, word_rank="bpe", jieba_list=True),
+    Variant("O-all-8000-bpe-runs", ("bench", "news", "reviews"), word_rank="bpe", units="runs"),
+    Variant("P-all-6000-bpe-runs", ("bench", "news", "reviews"), chars=6000, word_rank="bpe", units="runs"),
 ]
 
 
@@ -127,6 +130,7 @@ def main() -> int:
     from skyloom.tokenizer.chinese import Frequencies, count_frequencies
     from skyloom.tokenizer.extend import BaseTokenizer
     from skyloom.tokenizer.stats import measure
+    from skyloom.tokenizer.text import HAN_RUN
     from skyloom.tokenizer.train import TrainSettings, train_tokenizer
 
     bench = _bench()
@@ -177,6 +181,10 @@ def main() -> int:
             total = Frequencies()
             for s in v.sources:
                 total.update(freqs[s])
+            if v.units == "runs":  # the same characters; Han runs (≥ 2 characters) in place of jieba's words
+                total.words = Counter()
+                for s in v.sources:
+                    total.words.update(r for t in sources[s] for r in HAN_RUN.findall(t) if len(r) > 1)
             freq_list = []
             weight = 1.0
             if v.jieba_list:
@@ -194,6 +202,7 @@ def main() -> int:
                 freq_lists=freq_list,
                 freq_list_weight=weight,
                 extend=str(v.extend) if v.extend else None,
+                min_word_count=1 if v.units == "runs" else 2,  # most runs occur once; their pairs repeat
                 progress=False,
             )
             train_tokenizer(settings, freqs=total, base=None if v.extend else base)
@@ -206,7 +215,7 @@ def main() -> int:
         row = {
             "variant": v.name,
             "base": "mistral-7b" if v.extend else "skyloom 32,000",
-            "train_text": "+".join(v.sources) + ("+jieba-list" if v.jieba_list else ""),
+            "train_text": "+".join(v.sources) + ("+jieba-list" if v.jieba_list else "") + f" ({v.units})",
             "chars_row": breakdown["rows"][1]["size"],
             "words_row": words_row["size"],
             "helpers": words_row["helpers"],
@@ -236,12 +245,12 @@ def write_results(rows: list[dict], args, seconds: float) -> None:
         "# zh6 = six Skywork domain sets (chars/token); news = held-out last 20% of People's Daily 1998-01;",
         "# en = WikiText-2 test (bytes/token). None of these were trained on. Vocabulary 65,536 in every row.",
         "",
-        f"{'variant':<28} {'base':<15} {'train text':<30} {'chars':>6} {'words':>6} {'helpers':>7} "
+        f"{'variant':<28} {'base':<15} {'train text':<38} {'chars':>6} {'words':>6} {'helpers':>7} "
         f"{'zh6 c/t':>8} {'news c/t':>8} {'en B/t':>7} {'rt-fail':>7}",
     ]
     for r in rows:
         lines.append(
-            f"{r['variant']:<28} {r['base']:<15} {r['train_text']:<30} {r['chars_row']:>6} {r['words_row']:>6} "
+            f"{r['variant']:<28} {r['base']:<15} {r['train_text']:<38} {r['chars_row']:>6} {r['words_row']:>6} "
             f"{r['helpers']:>7} {r['zh6_chars_per_token']:>8.3f} {r['news_chars_per_token']:>8.3f} "
             f"{r['en_bytes_per_token']:>7.3f} {r['roundtrip_failures']:>7}"
         )

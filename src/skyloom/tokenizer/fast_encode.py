@@ -121,7 +121,9 @@ class FastEncoder:
         # linked[h]: some entry may hold a pair hashing to h (a superset of the pairs: collisions only cut less)
         self.linked = np.zeros(1 << HASH_BITS, dtype=bool)
         self.linked[_hash(np.array(sorted(pairs), dtype=np.uint64))] = True
-        self.cache: dict[str, list[int]] = {}
+        # a single character in the vocabulary is its own id (no merge applies to one symbol)
+        self.single = {t: [i] for t, i in doc["model"]["vocab"].items() if len(t) == 1}
+        self.cache: dict[str, list[int]] = dict(self.single)
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> FastEncoder | None:
@@ -156,16 +158,26 @@ class FastEncoder:
             return [], [0] * len(texts)
         lengths = map(len, chain.from_iterable(map(self.piece.findall, texts)))
         ends = np.fromiter(accumulate(lengths), dtype=np.int64)
-        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        linked = self.linked[_hash((codes[:-1] << np.uint64(21)) | codes[1:])]
+        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        wide = codes.astype(np.uint64)
+        linked = self.linked[_hash((wide[:-1] << np.uint64(21)) | wide[1:])]
         boundary = np.zeros(len(joined) + 1, dtype=bool)
-        boundary[0] = True
         boundary[ends] = True
         boundary[1:-1] |= ~linked
-        bounds = np.flatnonzero(boundary)
-        parts = list(map(joined.__getitem__, map(slice, bounds[:-1].tolist(), bounds[1:].tolist())))
+        cuts = np.flatnonzero(boundary[1:-1]) + 1
+        # a NUL (never in a vetted text) at every cut, then one C-level str.split
+        parts = np.insert(codes, cuts, 0).tobytes().decode("utf-32-le").split("\x00")
+        bounds = np.concatenate(([0], cuts, [len(joined)]))
         doc_ends = np.searchsorted(bounds, np.fromiter(accumulate(map(len, texts)), dtype=np.int64), side="left")
         return parts, doc_ends.tolist()
+
+    def _learn(self, missing: list[str]) -> None:
+        """Encode parts never seen (one pre-split sequence: one BPE word each) into the cache."""
+        encoding = self.bare.encode(missing, is_pretokenized=True, add_special_tokens=False)
+        found: list[list[int]] = [[] for _ in missing]
+        for token_id, word in zip(encoding.ids, encoding.word_ids):
+            found[word].append(token_id)
+        self.cache.update(zip(missing, found))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         out: list[list[int] | None] = [None] * len(texts)
@@ -178,15 +190,13 @@ class FastEncoder:
                 slow_at.append(i)
                 slow_texts.append(text)
         if fast_texts:
-            cache = self.cache
-            if len(cache) > CACHE_LIMIT:
-                cache.clear()
+            if len(self.cache) > CACHE_LIMIT:
+                self.cache = dict(self.single)
             parts, doc_ends = self.split(fast_texts)
-            missing = list(set(parts).difference(cache))
-            if missing:
-                for part, enc in zip(missing, _encode_batch(self.bare)(missing, add_special_tokens=False)):
-                    cache[part] = enc.ids
-            ids = list(map(cache.__getitem__, parts))
+            ids = list(map(self.cache.get, parts))
+            if None in ids:
+                self._learn(list({p for p, found in zip(parts, ids) if found is None}))
+                ids = list(map(self.cache.__getitem__, parts))
             start = 0
             for i, end in zip(fast_at, doc_ends):
                 out[i] = list(chain.from_iterable(ids[start:end]))
