@@ -90,3 +90,27 @@ def test_parquet_output_holds_the_jsonl_outputs_documents(tmp_path, compression)
     # datatrove's own reader gets the metadata back as a dict
     docs = list(ParquetReader(str(out / "main")).run())
     assert [(d.id, d.text, d.metadata["source"]) for d in docs] == [(r["id"], r["text"], "s") for r in jsonl]
+
+
+def test_html_inputs_that_are_valid_utf8_are_read_as_utf8(tmp_path, monkeypatch):
+    """The reader decodes page bytes as the extractor does: valid UTF-8 is UTF-8, whatever the detector guesses."""
+    import resiliparse.parse.encoding as enc
+
+    monkeypatch.setattr(enc, "detect_encoding", lambda raw, *a, **k: "cp1252")
+    (tmp_path / "in").mkdir()
+    page = "<html><body><p>Dubai \u2014 the carrier\u2019s order was signed.</p></body></html>"
+    (tmp_path / "in" / "a.html").write_bytes(page.encode("utf-8"))
+    out = tmp_path / "out"
+    cfg = write_yaml(
+        tmp_path / "p.yaml",
+        {
+            "output_dir": str(out),
+            "inputs": [{"path": str(tmp_path / "in"), "format": "html", "source": "web"}],
+            "steps": [
+                {"type": "python", "class": "datatrove.pipeline.filters:RegexFilter", "args": {"regex_exp": "^$"}}
+            ],
+        },
+    )
+    assert main(["data", "run", str(cfg)]) == 0
+    (doc,) = read_outputs(out, "main")
+    assert "Dubai \u2014 the carrier\u2019s order" in doc["text"] and "\u00e2\u20ac" not in doc["text"]

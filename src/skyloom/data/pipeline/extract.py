@@ -213,7 +213,9 @@ class _Measure:
 # --------------------------------------------------------------------------------------------- parsing
 
 
-def _decode(raw: bytes | str) -> str:
+def decode_html(raw: bytes | str) -> str:
+    """Page bytes → text: UTF-8 when the bytes are valid UTF-8 (a statistical detector once read a mostly-ASCII
+    UTF-8 page as cp1252), else resiliparse's detected encoding."""
     if isinstance(raw, str):
         return raw
     try:
@@ -239,7 +241,7 @@ def parse_html(raw: bytes | str):
             text = raw.decode("utf-8")
             utf8 = raw
         except UnicodeDecodeError:
-            text = _decode(raw)
+            text = decode_html(raw)
     else:
         text = raw
         try:
@@ -641,7 +643,7 @@ def extract_html(
     elif backend == "resiliparse":
         text = _resiliparse_text(raw)
     else:
-        text = _trafilatura_text(_decode(raw))
+        text = _trafilatura_text(decode_html(raw))
     return Extracted(text=text.strip(), title=meta["title"], url=meta["url"], date=meta["date"])
 
 

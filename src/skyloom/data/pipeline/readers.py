@@ -296,7 +296,7 @@ class SourceReader(BaseDiskReader):
                 yield doc
 
     def _read_html(self, filepath: str) -> Iterator[Document]:
-        from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+        from skyloom.data.pipeline.extract import decode_html
 
         if not self._mine():
             return
@@ -305,7 +305,7 @@ class SourceReader(BaseDiskReader):
         if len(raw) > self.cfg.max_chars:
             self._bad(filepath, 1, "gigantic", f"{len(raw):,} bytes", chars=len(raw))
             return
-        html = bytes_to_str(raw, detect_encoding(raw))
+        html = decode_html(raw)
         doc = self._doc(filepath, 1, html, None, {"content_type": "html"})
         if doc is not None:
             yield doc
@@ -315,7 +315,8 @@ class SourceReader(BaseDiskReader):
         here (not by fastwarc) so that a record cut short — fastwarc hands it over with fewer bytes than its
         Content-Length — is caught and reported as ``truncated_record``."""
         from fastwarc.warc import ArchiveIterator, WarcRecordType
-        from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+        from skyloom.data.pipeline.extract import decode_html
 
         with self.data_folder.open(filepath, "rb", compression="infer") as f:
             try:
@@ -345,7 +346,7 @@ class SourceReader(BaseDiskReader):
                     ctype = m.group(1).decode("latin-1").lower() if m else ""
                     if ctype and "html" not in ctype:
                         continue
-                    html = bytes_to_str(raw, detect_encoding(raw))
+                    html = decode_html(raw)
                     headers = record.headers
                     doc = self._doc(
                         filepath,
