@@ -4,8 +4,10 @@ One attention call, forward + backward, on packed rows of documents (lengths dra
 [--doc-min, --doc-max], seeded; the row's tail is padding, its own document), for each T. Paths:
 
 * `dense`: `sft.packing.block_causal_mask` (what packed SFT built until now) + SDPA with that mask;
-* `doc`: `DocumentMask(doc_ids)` → `document_attention` (per-document bucketed causal SDPA on CPU), the plan
-  built inside the timed call;
+* `doc`: `DocumentMask(doc_ids)` → `document_attention` (on CPU: the fused flash kernel once per document), the
+  document spans found inside the timed call;
+* `bucketed`: the generic fallback (`segment_attention`: documents gathered into bucketed windows, batched causal
+  SDPA; what runs with attention dropout or on other devices);
 * `causal`: plain causal SDPA over the whole row (no documents), for reference: the fused kernel's cost for the
   same T, which document masking can undercut because it skips the cross-document blocks.
 
@@ -28,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-PATHS = ("dense", "doc", "causal")
+PATHS = ("dense", "doc", "bucketed", "causal")
 RESULTS = Path(__file__).parent / "results" / "doc_attention.txt"
 
 
@@ -53,13 +55,15 @@ def attention_step(path: str, q, k, v, doc_ids) -> None:
     """Forward + backward of one attention call by `path`, building whatever the path needs from doc_ids."""
     import torch.nn.functional as F
 
-    from skyloom.model.doc_attention import DocumentMask, document_attention
+    from skyloom.model.doc_attention import DocumentMask, document_attention, segment_attention
     from skyloom.sft.packing import block_causal_mask
 
     if path == "dense":
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=block_causal_mask(doc_ids))
     elif path == "doc":
         out = document_attention(q, k, v, DocumentMask(doc_ids))
+    elif path == "bucketed":
+        out = segment_attention(q, k, v, DocumentMask(doc_ids))
     else:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     out.sum().backward()

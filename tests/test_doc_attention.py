@@ -10,7 +10,13 @@ import torch
 from skyloom.config import build
 from skyloom.data.batch import Batch
 from skyloom.model.config import ModelConfig
-from skyloom.model.doc_attention import DocumentMask, bucket_length, document_attention, segment_attention
+from skyloom.model.doc_attention import (
+    DocumentMask,
+    bucket_length,
+    document_attention,
+    per_document_flash_cpu,
+    segment_attention,
+)
 from skyloom.model.transformer import Transformer
 from skyloom.sft.data import Sample
 from skyloom.sft.packing import SFTBatchSource, block_causal_mask
@@ -82,12 +88,13 @@ def test_mask_mod_and_block_mask_equal_the_dense_mask():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
 
 
-def test_segment_attention_equals_dense_with_gqa_and_grads():
+@pytest.mark.parametrize("attend", [per_document_flash_cpu, segment_attention])
+def test_cpu_paths_equal_dense_with_gqa_and_grads(attend):
     torch.manual_seed(2)
     mask = DocumentMask(DOC_IDS)
-    q = torch.randn(4, 4, T, 8, requires_grad=True)
+    q = torch.randn(4, T, 4, 8).transpose(1, 2).requires_grad_()  # the model's layout: [B, T, H, D] seen as BHTD
     k, v = (torch.randn(4, 2, T, 8, requires_grad=True) for _ in range(2))
-    out = segment_attention(q, k, v, mask)
+    out = attend(q, k, v, mask)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(), enable_gqa=True)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
     grad = torch.randn_like(out)

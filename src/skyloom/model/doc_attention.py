@@ -9,12 +9,15 @@ Where each path runs (`document_attention`):
 
 * CUDA, no attention dropout: FlexAttention (`torch.nn.attention.flex_attention`, compiled) with a `BlockMask`
   built once per forward from the run ids; blocks outside every document are skipped, memory is O(T).
-* everywhere else (CPU, dropout): exact causal SDPA per document. Each document is cut out as a window starting at
-  its first token and stretched to a bucketed length (≤ 25 % longer; past the batch's end the last row repeats); under the
-  causal mask a document's queries never see the stretched tail, so their outputs are exact and the tail's are
-  dropped. Windows of one bucket length run as one batched SDPA call, so a step makes a few dozen calls at most,
-  and memory is linear in T for a fixed document length (no T×T anything). Eager FlexAttention on CPU computes
-  the full T×T scores, so it is not used there.
+* CPU, no dropout: PyTorch's fused CPU flash-attention kernel called once per document (a custom autograd
+  function over the documents' slices of q/k/v): nothing is copied or gathered, memory is what plain causal SDPA
+  over the rows needs (O(T)), and work is Σ L² over documents instead of T². (FlexAttention has no CPU backward in
+  torch 2.13, and eager CPU flex computes the full T×T scores.)
+* anywhere else (dropout, other devices): exact causal SDPA per document, bucketed. Each document is cut out as
+  a window starting at its first token and stretched to a bucketed length (≤ 25 % longer; past the batch's end the
+  last row repeats); under the causal mask a document's queries never see the stretched tail, so their outputs are
+  exact and the tail's are dropped. Windows of one bucket length run as one batched SDPA call (a few dozen calls
+  per layer at most); memory is linear in T for a fixed document length (gathered copies of q/k/v, no T×T).
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class DocumentMask:
         causal = torch.ones(t, t, dtype=torch.bool, device=runs.device).tril()
         return ((runs[:, :, None] == runs[:, None, :]) & causal)[:, None]
 
+    @torch.compiler.disable  # data-dependent host work, once per forward: outside any compiled graph
     def segment_plan(self) -> list[SegmentWindows]:
         if "plan" not in self._cache:
             device = self.doc_ids.device
@@ -110,6 +114,21 @@ class DocumentMask:
                 for w in plan_segments(self.runs.cpu())
             ]
         return self._cache["plan"]
+
+    @torch.compiler.disable  # data-dependent host work, once per forward: outside any compiled graph
+    def spans(self) -> list[tuple[int, int, int]]:
+        """(row, start, length) of every document, in row order."""
+        if "spans" not in self._cache:
+            runs = self.runs.cpu()
+            t = runs.shape[1]
+            starts = torch.ones_like(runs, dtype=torch.bool)
+            starts[:, 1:] = runs[:, 1:] != runs[:, :-1]
+            spans = []
+            for row, cols in enumerate(starts.tolist()):
+                at = [i for i, first in enumerate(cols) if first] + [t]
+                spans += [(row, s, e - s) for s, e in zip(at, at[1:])]
+            self._cache["spans"] = spans
+        return self._cache["spans"]
 
     def mask_mod(self):
         """FlexAttention mask_mod: causal and same document (run)."""
@@ -120,6 +139,7 @@ class DocumentMask:
 
         return same_document_causal
 
+    @torch.compiler.disable  # data-dependent host work, once per forward: outside any compiled graph
     def block_mask(self, block_size: int = 128):
         """FlexAttention BlockMask of `mask_mod` (blocks holding no allowed pair are skipped by the kernel)."""
         key = ("block_mask", block_size)
@@ -133,6 +153,7 @@ class DocumentMask:
         return self._cache[key]
 
 
+@torch.compiler.disable  # data-dependent shapes per batch: eager inside a compiled block (a graph break)
 def segment_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask, dropout_p: float = 0.0
 ) -> torch.Tensor:
@@ -156,11 +177,61 @@ def segment_attention(
     return out.view(b, t, hq, d).transpose(1, 2)
 
 
+class _PerDocumentFlashCPU(torch.autograd.Function):
+    """Causal flash attention on CPU, one kernel call per document slice; grads written into one buffer each."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, spans):
+        groups = q.shape[1] // k.shape[1]
+        b, hq, t, d = q.shape
+        out = q.new_empty(b, t, hq, d).transpose(1, 2)  # the layout the model's wo projection reads as a view
+        lses = []
+        for r, s, n in spans:
+            qd, kd, vd = _document_slices(q, k, v, r, s, n, groups)
+            o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qd, kd, vd, 0.0, True)
+            out[r : r + 1, :, s : s + n].copy_(o)
+            lses.append(lse)
+        ctx.save_for_backward(q, k, v, out, *lses)
+        ctx.spans, ctx.groups = spans, groups
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, *lses = ctx.saved_tensors
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)  # every row is one document's
+        for (r, s, n), lse in zip(ctx.spans, lses):
+            qd, kd, vd = _document_slices(q, k, v, r, s, n, ctx.groups)
+            piece = (slice(r, r + 1), slice(None), slice(s, s + n))
+            dqd, dkd, dvd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad[piece], qd, kd, vd, out[piece], lse, 0.0, True
+            )
+            if ctx.groups > 1:  # the repeated key/value heads' gradients add up to their shared head's
+                dkd, dvd = (x.unflatten(1, (-1, ctx.groups)).sum(2) for x in (dkd, dvd))
+            dq[piece].copy_(dqd), dk[piece].copy_(dkd), dv[piece].copy_(dvd)
+        return dq, dk, dv, None
+
+
+def _document_slices(q, k, v, r: int, s: int, n: int, groups: int):
+    qd, kd, vd = (x[r : r + 1, :, s : s + n] for x in (q, k, v))
+    if groups > 1:  # grouped-query attention: the fused CPU kernel wants one key/value head per query head
+        kd, vd = kd.repeat_interleave(groups, 1), vd.repeat_interleave(groups, 1)
+    return qd, kd, vd
+
+
+@torch.compiler.disable  # a Python loop over documents: eager inside a compiled block (a graph break)
+def per_document_flash_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask) -> torch.Tensor:
+    """Exact document-masked causal attention on CPU without copies (module docstring)."""
+    return _PerDocumentFlashCPU.apply(q, k, v, mask.spans())
+
+
 @functools.cache
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
+
+
+CPU_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def flex_available(q: torch.Tensor, dropout_p: float) -> bool:
@@ -175,11 +246,13 @@ def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
 def document_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask, dropout_p: float = 0.0
 ) -> torch.Tensor:
-    """Causal attention within documents: FlexAttention on CUDA, per-document SDPA elsewhere (module docstring)."""
+    """Causal attention within documents: FlexAttention on CUDA, per-document flash on CPU, bucketed SDPA else."""
     if q.shape[2] != mask.doc_ids.shape[1] or q.shape[0] != mask.doc_ids.shape[0]:
         raise ValueError(
             f"doc_ids of shape {tuple(mask.doc_ids.shape)} do not match {q.shape[0]} rows of {q.shape[2]} tokens"
         )
     if flex_available(q, dropout_p):
         return flex_document_attention(q, k, v, mask)
+    if q.device.type == "cpu" and dropout_p == 0.0 and q.dtype in CPU_FLASH_DTYPES:
+        return per_document_flash_cpu(q, k, v, mask)
     return segment_attention(q, k, v, mask, dropout_p)
