@@ -111,8 +111,9 @@ VARIANTS = [
     Variant("K-all+jieba-8000-bpe", ("bench", "news", "reviews"), word_rank="bpe", jieba_list=True),
     Variant("L-all+jieba-6000-bpe", ("bench", "news", "reviews"), chars=6000, word_rank="bpe", jieba_list=True),
     Variant("N-all+jieba-4500-bpe", ("bench", "news", "reviews"), chars=4500, word_rank="bpe", jieba_list=True),
-    Variant("O-all-8000-bpe-runs", ("bench", "news", "reviews"), word_rank="bpe", units="runs"),
-    Variant("P-all-6000-bpe-runs", ("bench", "news", "reviews"), chars=6000, word_rank="bpe", units="runs"),
+    Variant("O-all-8000-bpe-runs", ("bench", "news", "reviews"), word_rank="bpe-runs", units="runs"),
+    Variant("P-all-6000-bpe-runs", ("bench", "news", "reviews"), chars=6000, word_rank="bpe-runs", units="runs"),
+    Variant("Q-bench-8000-bpe-runs", ("bench",), word_rank="bpe-runs", units="runs"),
 ]
 
 
@@ -121,7 +122,9 @@ def main() -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="*", default=None, help="variant names (prefix letters) to run")
-    ap.add_argument("--mistral", action="store_true", help="also extend Mistral-7B's 32,000 with each layout")
+    ap.add_argument(
+        "--mistral", nargs="*", default=None, help="also extend Mistral-7B's 32,000 with these layouts (none: all)"
+    )
     args = ap.parse_args()
     started = time.time()
 
@@ -168,10 +171,11 @@ def main() -> int:
     evals["wikitext2_test"] = bench.EN_EVAL.read_text(encoding="utf-8").splitlines(keepends=True)
 
     variants = [v for v in VARIANTS if not args.only or any(v.name.startswith(o) for o in args.only)]
-    if args.mistral:
+    if args.mistral is not None:
         variants += [
-            Variant("M" + v.name[1:], v.sources, v.chars, v.word_rank, v.jieba_list, MISTRAL, "Mistral-7B base")
+            Variant("M" + v.name, v.sources, v.chars, v.word_rank, v.jieba_list, MISTRAL, "Mistral-7B base", v.units)
             for v in list(variants)
+            if not args.mistral or any(v.name.startswith(o) for o in args.mistral)
         ]
     rows = []
     for v in variants:

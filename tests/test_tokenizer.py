@@ -598,24 +598,36 @@ def test_word_merges_are_learned_by_tokens_saved_like_textbook_bpe():
     assert learn_word_merges(words, 2) == expected[:2]
 
 
-def test_bpe_word_rank_fills_the_rows_exactly_and_every_entry_is_one_token():
+@pytest.mark.parametrize("word_rank", ["bpe", "bpe-runs"])
+def test_bpe_word_rank_fills_the_rows_exactly_and_every_entry_is_one_token(word_rank):
     from tokenizers import Tokenizer
 
-    out = _ROOT / "small-bpe"
+    out = _ROOT / f"small-{word_rank}"
     train_tokenizer(
         TrainSettings(
-            inputs=[str(training_corpus())], out=str(out), workers=1, progress=False, word_rank="bpe", **SIZES
+            inputs=[str(training_corpus())], out=str(out), workers=1, progress=False, word_rank=word_rank, **SIZES
         )
     )
     breakdown = json.loads((out / "vocab_breakdown.json").read_text(encoding="utf-8"))
     rows = breakdown["rows"]
-    assert [r["size"] for r in rows] == [1200, 800, 983, 17] and breakdown["settings"]["word_rank"] == "bpe"
-    assert rows[2]["entries"] > rows[2]["helpers"] > 0  # mostly whole words; some parts of longer ones
+    assert [r["size"] for r in rows] == [1200, 800, 983, 17] and breakdown["settings"]["word_rank"] == word_rank
+    assert rows[2]["entries"] > rows[2]["helpers"] > 0  # mostly whole words (or runs seen twice); some parts
     bpe = TextTokenizer.from_dir(out)
     vocab = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab()
     words = [t for t, i in vocab.items() if rows[2]["first_id"] <= i <= rows[2]["last_id"]]
     assert len(words) == 983 and all(bpe.encode(w) == [vocab[w]] for w in words)
     assert bpe.decode(bpe.encode("你好，中华人民共和国 hello 123")) == "你好，中华人民共和国 hello 123"
+
+
+def test_run_counts_are_the_han_runs_of_two_or_more_characters():
+    from collections import Counter
+
+    from skyloom.tokenizer.chinese import count_batch
+
+    texts = ["我们的祖国，a中国b中国。", "好", "中国 中国人民"]
+    counts = count_batch(texts, runs=True)
+    assert counts.words == Counter({"我们的祖国": 1, "中国": 3, "中国人民": 1})
+    assert counts.characters == sum(map(len, texts)) and counts.chars["中"] == 4
 
 
 # --- the fast batch encoder: same ids as tokenizers -----------------------------------------------------------

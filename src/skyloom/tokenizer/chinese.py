@@ -50,13 +50,16 @@ def _jieba():
     return jieba
 
 
-def count_batch(texts: list[str], hmm: bool = True, segment: bool = True) -> Frequencies:
-    """Counts for a batch of documents (runs in a worker process); `segment=False` counts characters only."""
-    jieba = _jieba() if segment else None
+def count_batch(texts: list[str], hmm: bool = True, segment: bool = True, runs: bool = False) -> Frequencies:
+    """Counts for a batch of documents (runs in a worker process); `segment=False` counts characters only;
+    `runs=True` counts whole Han runs (≥ 2 characters) as the "words", without jieba."""
+    jieba = _jieba() if segment and not runs else None
     out = Frequencies(documents=len(texts))
     for text in texts:
         out.characters += len(text)
         out.chars.update(text)
+        if runs:
+            out.words.update(run for run in HAN_RUN.findall(text) if len(run) > 1)
         if jieba is None:
             continue
         for run in HAN_RUN.findall(text):
@@ -82,13 +85,19 @@ def _batches(texts: Iterable[str], max_chars: int = 1 << 16, max_docs: int = 102
 
 
 def count_frequencies(
-    texts: Iterable[str], workers: int = 1, hmm: bool = True, progress=None, segment: bool = True
+    texts: Iterable[str],
+    workers: int = 1,
+    hmm: bool = True,
+    progress=None,
+    segment: bool = True,
+    runs: bool = False,
 ) -> Frequencies:
-    """Character and jieba word counts over `texts`; `workers` > 1 segments in that many processes.
+    """Character and jieba word counts (or, `runs=True`, Han run counts) over `texts`; `workers` > 1 segments
+    in that many processes.
 
     `progress(n_chars)` is called as batches finish. Results do not depend on `workers`."""
     total = Frequencies()
-    fn = partial(count_batch, hmm=hmm, segment=segment)
+    fn = partial(count_batch, hmm=hmm, segment=segment, runs=runs)
     if workers <= 1:
         for batch in _batches(texts):
             part = fn(batch)

@@ -98,11 +98,12 @@ class VocabOptions:
         "jieba", choices=("jieba", "none"), help="what supplies entries the corpus lacks"
     )
     min_word_count: int = option(2, help="corpus words seen fewer times are not candidates")
-    word_rank: Literal["count", "savings", "bpe"] = option(
+    word_rank: Literal["count", "savings", "bpe", "bpe-runs"] = option(
         "count",
-        choices=("count", "savings", "bpe"),
-        help="word selection: by count; by count x (characters - 1), the tokens saved; or 'bpe': merges "
-        "learned on the counted words, each the one saving the most tokens given those before it",
+        choices=("count", "savings", "bpe", "bpe-runs"),
+        help="word selection: by count; by count x (characters - 1), the tokens saved; 'bpe': merges "
+        "learned on the counted words, each the one saving the most tokens given those before it; 'bpe-runs': "
+        "the same on whole Han runs, no jieba (entries may be phrases; the most Chinese per token)",
     )
     no_hmm: bool = option(False, help="jieba without its HMM for unseen words")
     workers: int = option(0, help="processes for jieba segmentation (0: one per CPU)")
