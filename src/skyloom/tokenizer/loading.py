@@ -82,9 +82,9 @@ class TextTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str], fast: bool = True) -> list[list[int]]:
-        """Ids of many texts. `fast`: skyloom's own tokenizers go through `FastEncoder` (same ids, ~3× the speed
-        per core: pre-split and cached pieces); others, and `fast=False`, through `tokenizers`' batch encoding in
-        parallel (RAYON_NUM_THREADS threads), offsets not computed."""
+        """Ids of many texts. `fast`: skyloom's own tokenizers go through `FastEncoder` (same ids, about twice the
+        speed per core once warm: pre-split, cached pieces; one core); others, and `fast=False`, through
+        `tokenizers`' batch encoding in parallel (RAYON_NUM_THREADS threads), offsets not computed."""
         if fast and self._fast is False:
             from skyloom.tokenizer.fast_encode import FastEncoder
 
