@@ -173,7 +173,16 @@ def main() -> int:
     variants = [v for v in VARIANTS if not args.only or any(v.name.startswith(o) for o in args.only)]
     if args.mistral is not None:
         variants += [
-            Variant("M" + v.name, v.sources, v.chars, v.word_rank, v.jieba_list, MISTRAL, "Mistral-7B base", v.units)
+            Variant(
+                "M" + v.name,
+                v.sources,
+                chars=v.chars,
+                word_rank=v.word_rank,
+                jieba_list=v.jieba_list,
+                extend=MISTRAL,
+                units=v.units,
+                note="Mistral-7B base",
+            )
             for v in list(variants)
             if not args.mistral or any(v.name.startswith(o) for o in args.mistral)
         ]
