@@ -125,6 +125,10 @@ class FastEncoder:
         # a single character in the vocabulary is its own id (no merge applies to one symbol)
         self.single = {t: [i] for t, i in doc["model"]["vocab"].items() if len(t) == 1}
         self.cache: dict[str, list[int]] = dict(self.single)
+        # two characters: BPE has one pair to consider -- merged if that merge exists, else the two characters
+        vocab = doc["model"]["vocab"]
+        halves = (m.split(" ", 1) if isinstance(m, str) else m for m in doc["model"]["merges"])
+        self.pair_merges = {a + b: vocab[a + b] for a, b in halves if len(a) == 1 and len(b) == 1}
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> FastEncoder | None:
@@ -174,6 +178,16 @@ class FastEncoder:
 
     def _learn(self, missing: list[str]) -> None:
         """Encode parts never seen (one pre-split sequence: one BPE word each) into the cache."""
+        single, merged, rest = self.single, self.pair_merges, []
+        for part in missing:
+            if len(part) == 2 and part[0] in single and part[1] in single:
+                pair = merged.get(part)
+                self.cache[part] = [pair] if pair is not None else single[part[0]] + single[part[1]]
+            else:
+                rest.append(part)
+        if not rest:
+            return
+        missing = rest
         encoding = self.bare.encode(missing, is_pretokenized=True, add_special_tokens=False)
         found: list[list[int]] = [[] for _ in missing]
         for token_id, word in zip(encoding.ids, encoding.word_ids):
