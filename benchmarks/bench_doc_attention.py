@@ -11,11 +11,12 @@ One attention call, forward + backward, on packed rows of documents (lengths dra
 * `causal`: plain causal SDPA over the whole row (no documents), for reference: the fused kernel's cost for the
   same T, which document masking can undercut because it skips the cross-document blocks.
 
-Peak memory: each (T, path) runs once in a fresh subprocess; peak RSS (ru_maxrss) minus RSS just before the call,
-after q/k/v exist and a tiny warm-up call ran. Time: the paths alternate call by call in one process (a shared
-machine slows all alike); medians of wall and process CPU time. Results go to benchmarks/results/doc_attention.txt.
+Peak memory: torch's own allocations during the call (forward, backward, the mask or plan it builds, kernel
+workspaces; the gradients it leaves), from the profiler's allocation events: the peak of their running sum.
+Deterministic, so one call per path and T. Time: the paths alternate call by call in one process (a shared machine
+slows all alike); medians of wall and process CPU time. Results go to benchmarks/results/doc_attention.txt.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_doc_attention.py              # ~1-2 min
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_doc_attention.py              # ~2 min
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -78,22 +77,18 @@ def qkv(args, t: int):
     return leaves, [x.transpose(1, 2) for x in leaves]
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def peak_mib(path: str, q, k, v, doc_ids) -> float:
+    """Peak of torch's live allocations (MiB) during one forward + backward, from the profiler's memory events."""
+    from torch.profiler import ProfilerActivity, profile
 
-
-def child(args) -> None:
-    """Peak extra memory of one (T, path) call, printed as MiB."""
-    t, path = args.child_t, args.child_path
-    _, small = qkv(args, 64)
-    attention_step(path, *small, packed_doc_ids(args.batch, 64, 4, 16, 0))  # library warm-up, same path
-    _, (q, k, v) = qkv(args, t)
-    doc_ids = packed_doc_ids(args.batch, t, args.doc_min, args.doc_max, args.seed)
-    before = rss_mib()
-    attention_step(path, q, k, v, doc_ids)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{max(peak - before, 0.0):.1f}")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        attention_step(path, q, k, v, doc_ids)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def main() -> None:
@@ -107,15 +102,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="timed calls per path and T (after one warm-up)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--child-t", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--child-path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    if args.child_t:
-        child(args)
-        return
     lines = [
         f"# {' '.join(['OMP_NUM_THREADS=' + os.environ.get('OMP_NUM_THREADS', '1'), '.venv/bin/python'] + sys.argv)}",
         f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s); load before: {os.getloadavg()}",
@@ -128,14 +118,12 @@ def main() -> None:
     for t in args.seq_lens:
         doc_ids = packed_doc_ids(args.batch, t, args.doc_min, args.doc_max, args.seed)
         docs = (doc_ids.max(1).values + 1).float().mean().item()
+        leaves, (q, k, v) = qkv(args, t)
         memory = {}
         for path in PATHS:
-            cmd = [sys.executable, __file__, "--child-t", str(t), "--child-path", path]
-            cmd += [f"--{k}={v}" for k, v in (("batch", args.batch), ("heads", args.heads))]
-            cmd += [f"--head-dim={args.head_dim}", f"--doc-min={args.doc_min}", f"--doc-max={args.doc_max}"]
-            cmd += [f"--seed={args.seed}"]
-            memory[path] = float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
-        leaves, (q, k, v) = qkv(args, t)
+            for x in leaves:
+                x.grad = None
+            memory[path] = peak_mib(path, q, k, v, doc_ids)
         wall = {p: [] for p in PATHS}
         cpu = {p: [] for p in PATHS}
         for rep in range(args.reps + 1):
