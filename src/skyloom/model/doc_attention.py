@@ -235,8 +235,13 @@ CPU_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def flex_available(q: torch.Tensor, dropout_p: float) -> bool:
-    """FlexAttention's fused kernel: CUDA only here (no dropout; eager CPU flex would materialise T×T)."""
-    return q.is_cuda and dropout_p == 0.0
+    """FlexAttention's fused kernel: CUDA with Triton only (no dropout; eager CPU flex would materialise T×T).
+    Without it the bucketed SDPA path runs (exact, O(T) memory)."""
+    if not (q.is_cuda and dropout_p == 0.0):
+        return False
+    from torch.utils._triton import has_triton
+
+    return has_triton()
 
 
 def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask) -> torch.Tensor:
