@@ -7,7 +7,7 @@ fallback, and what the tests compare against).
 
 Where each path runs (`document_attention`):
 
-* CUDA, no attention dropout: FlexAttention (`torch.nn.attention.flex_attention`, compiled) with a `BlockMask`
+* CUDA with Triton, no dropout: FlexAttention (`torch.nn.attention.flex_attention`, compiled) with a `BlockMask`
   built once per forward from the run ids; blocks outside every document are skipped, memory is O(T).
 * CPU, no dropout: PyTorch's fused CPU flash-attention kernel called once per document (a custom autograd
   function over the documents' slices of q/k/v): nothing is copied or gathered, memory is what plain causal SDPA
