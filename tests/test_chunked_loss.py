@@ -15,14 +15,14 @@ from tests.train_helpers import random_token_corpus, single_thread  # noqa: F401
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def both_paths(hidden, weight, labels, chunk_elements, dtype=None):
+def both_paths(hidden, weight, labels, chunk_rows, dtype=None):
     """(loss, d/dhidden, d/dweight) of the plain path and of the chunked one, under autocast to `dtype` if given."""
     results = []
     for chunked in (False, True):
         h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             if chunked:
-                loss = linear_token_loss(h, w, labels, chunk_elements=chunk_elements)
+                loss = linear_token_loss(h, w, labels, chunk_rows=chunk_rows)
             else:
                 loss = token_loss(torch.nn.functional.linear(h, w), labels)
         (loss * 0.5).backward()  # a non-unit incoming gradient reaches both
@@ -42,7 +42,7 @@ def inputs(seed=0, b=3, t=9, d=16, v=37):
 @pytest.mark.parametrize("chunk_rows", [1, 4, 27, 1000])  # one row, uneven chunks, one chunk, more than the rows
 def test_chunked_loss_and_gradients_equal_the_plain_path_fp32(chunk_rows):
     hidden, weight, labels = inputs()
-    (loss, gh, gw), (closs, cgh, cgw) = both_paths(hidden, weight, labels, chunk_rows * weight.shape[0])
+    (loss, gh, gw), (closs, cgh, cgw) = both_paths(hidden, weight, labels, chunk_rows)
     assert loss.dtype == closs.dtype == torch.float32
     assert closs.item() == pytest.approx(loss.item(), rel=1e-6)
     torch.testing.assert_close(cgh, gh, rtol=1e-6, atol=1e-6)
@@ -52,7 +52,7 @@ def test_chunked_loss_and_gradients_equal_the_plain_path_fp32(chunk_rows):
 
 def test_chunked_loss_bf16_autocast_is_close_to_the_plain_path():
     hidden, weight, labels = inputs(seed=1, v=301)
-    (loss, gh, gw), (closs, cgh, cgw) = both_paths(hidden, weight, labels, 5 * 301, dtype=torch.bfloat16)
+    (loss, gh, gw), (closs, cgh, cgw) = both_paths(hidden, weight, labels, 5, dtype=torch.bfloat16)
     assert closs.dtype == torch.float32 and cgw.dtype == torch.float32
     assert closs.item() == pytest.approx(loss.item(), rel=1e-3)
     torch.testing.assert_close(cgh, gh, rtol=2e-2, atol=2e-3)
@@ -63,7 +63,7 @@ def test_chunked_loss_all_masked_and_without_autograd():
     hidden, weight, labels = inputs()
     assert linear_token_loss(hidden, weight, torch.full_like(labels, -100)).item() == 0.0
     with torch.no_grad():
-        got = linear_token_loss(hidden.requires_grad_(), weight, labels, chunk_elements=37)
+        got = linear_token_loss(hidden.requires_grad_(), weight, labels, chunk_rows=1)
     assert got.item() == pytest.approx(token_loss(hidden.detach() @ weight.t(), labels).item(), rel=1e-6)
     with pytest.raises(ValueError, match="hidden \\[B, T, D\\]"):
         linear_token_loss(hidden[0], weight, labels)
