@@ -1,7 +1,9 @@
 """The one token loss: next-token cross-entropy in float32, labels equal to -100 (`IGNORE_INDEX`) ignored.
 
-Training, validation, SFT validation and evaluation scoring all call `token_loss`, so the loss a run logs, the
-loss it validates on and the log-likelihood a benchmark scores are the same function. Logits are upcast to
+Training, validation, SFT validation and evaluation scoring all compute this loss, so the loss a run logs, the
+loss it validates on and the log-likelihood a benchmark scores are the same function: `token_loss` on logits, or
+`linear_token_loss` (one-process training) on hidden states with the output projection applied chunk by chunk,
+equal up to float rounding (tests/test_chunked_loss.py). Logits are upcast to
 float32 (half-precision log-softmax loses digits over large vocabularies). Without autograd the rows are
 processed in groups that keep the float32 copy under `max_elements`; with autograd one call is made (the
 backward keeps the float32 log-probabilities either way, so groups would save nothing and change rounding).
