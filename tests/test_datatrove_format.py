@@ -55,28 +55,13 @@ def _datatrove_tokenize(corpus: dict, out: Path, shuffle: bool, tasks: int = 2) 
     return out
 
 
+def _pack_argv(corpus: dict, out: Path, *extra: str) -> list[str]:
+    options = ["-t", str(corpus["tok"]), "-o", str(out), "-q", "--workers", "1", "--shard-bytes", "1", *extra]
+    return ["data", "pack", *options, *(f"docs={f}" for f in corpus["files"])]
+
+
 def _skyloom_pack(corpus: dict, out: Path, *extra: str) -> Path:
-    files = [f"docs={f}" for f in corpus["files"]]
-    assert (
-        main(
-            [
-                "data",
-                "pack",
-                "-t",
-                str(corpus["tok"]),
-                "-o",
-                str(out),
-                "-q",
-                "--workers",
-                "1",
-                "--shard-bytes",
-                "1",
-                *extra,
-                *files,
-            ]
-        )
-        == 0
-    )
+    assert main(_pack_argv(corpus, out, *extra)) == 0
     return out / "docs"
 
 
@@ -101,25 +86,7 @@ def test_pack_layout_datatrove_writes_what_datatroves_tokenizer_writes(corpus, t
     _skyloom_pack(corpus, tmp_path / "ours", "--layout", "datatrove")
     assert {p.name: p.stat().st_mtime_ns for p in ours.glob("*_unshuffled.ds*")} == before and len(before) == 6
     # a different layout in the same folder is refused
-    assert (
-        main(
-            [
-                "data",
-                "pack",
-                "-t",
-                str(corpus["tok"]),
-                "-o",
-                str(tmp_path / "ours"),
-                "-q",
-                "--workers",
-                "1",
-                "--shard-bytes",
-                "1",
-                *[f"docs={f}" for f in corpus["files"]],
-            ]
-        )
-        == 2
-    )
+    assert main(_pack_argv(corpus, tmp_path / "ours")) == 2
 
 
 def test_datatrove_readers_read_the_datatrove_layout(corpus, tmp_path):
