@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from skyloom.config import ConfigError
+from skyloom.progress import Progress
 from skyloom.tokenizer.chinese import (
     Frequencies,
     count_frequencies,
@@ -113,23 +114,9 @@ def resolve_sizes(s: TrainSettings, base_size: int | None = None) -> Sizes:
     return Sizes(base, s.chinese_chars, words, s.reserved)
 
 
-class _Progress:
-    """Progress over characters when asked for (a bar on a terminal, log lines elsewhere), silent otherwise."""
-
-    def __init__(self, enabled: bool, desc: str):
-        self.bar = None
-        if enabled:
-            from skyloom.progress import Progress
-
-            self.bar = Progress(desc=desc, unit="char", unit_scale=True, leave=False)
-
-    def __call__(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _char_progress(enabled: bool, desc: str) -> Progress:
+    """Progress over characters (a callable taking the amount read) when asked for, a no-op otherwise."""
+    return Progress(desc=desc, unit="char", unit_scale=True, leave=False, enabled=enabled)
 
 
 def _log(settings: TrainSettings, message: str) -> None:
@@ -211,7 +198,7 @@ def train_tokenizer(s: TrainSettings, freqs: Frequencies | None = None, base: Ba
     segment = sizes.words > 0
     if freqs is None:
         _log(s, f"counting characters{' and jieba words' if segment else ''} ({workers} workers)")
-        bar = _Progress(s.progress, "count")
+        bar = _char_progress(s.progress, "count")
         runs = s.word_rank == "bpe-runs"
         freqs = count_frequencies(
             texts(guard),
@@ -250,7 +237,7 @@ def train_tokenizer(s: TrainSettings, freqs: Frequencies | None = None, base: Ba
                 f"raise it or lower --character-coverage",
             )
         _log(s, f"training the base BPE: {sizes.base:,} entries (256 bytes, alphabet ≤ {alphabet})")
-        bar = _Progress(s.progress, "base BPE")
+        bar = _char_progress(s.progress, "base BPE")
         doc = train_base(texts(), sizes.base, alphabet, s.min_frequency, s.max_token_length, on_text=bar)
         bar.close()
         base = BaseTokenizer(doc, {}, "trained on the inputs", "trained")
