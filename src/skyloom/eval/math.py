@@ -331,3 +331,184 @@ class MathTask(Task):
             },
             "prompt_sha256": digest.hexdigest(),
         }
+
+
+# ---- competition math (MATH, minerva_math) -----------------------------------------------------------------
+
+# lm-eval's minerva_math exemplars (tasks/minerva_math/utils.py `list_fewshot_samples`), byte for byte
+MINERVA_EXEMPLARS: tuple[dict[str, str], ...] = (
+    {
+        "problem": "Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.",
+        "solution": "The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so "
+        "$x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, "
+        "which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\nFinal Answer: The final "
+        "answer is $[2,5)$. I hope it is correct.",
+    },
+    {
+        "problem": "If $\\det \\mathbf{A} = 2$ and $\\det \\mathbf{B} = 12,$ then find "
+        "$\\det (\\mathbf{A} \\mathbf{B}).$",
+        "solution": "We have that $\\det (\\mathbf{A} \\mathbf{B}) = (\\det \\mathbf{A})(\\det \\mathbf{B}) = "
+        "(2)(12) = \\boxed{24}.$\nFinal Answer: The final answer is $24$. I hope it is correct.",
+    },
+    {
+        "problem": "Terrell usually lifts two 20-pound weights 12 times. If he uses two 15-pound weights instead, "
+        "how many times must Terrell lift them in order to lift the same total weight?",
+        "solution": "If Terrell lifts two 20-pound weights 12 times, he lifts a total of $2\\cdot 12\\cdot20=480$ "
+        "pounds of weight.  If he lifts two 15-pound weights instead for $n$ times, he will lift a total of "
+        "$2\\cdot15\\cdot n=30n$ pounds of weight.  Equating this to 480 pounds, we can solve for $n$:\n"
+        "\\begin{align*}\n30n&=480\\\\\n\\Rightarrow\\qquad n&=480/30=\\boxed{16}\n\\end{align*}\nFinal Answer: "
+        "The final answer is $16$. I hope it is correct.",
+    },
+    {
+        "problem": "If the system of equations\n\n\\begin{align*}\n6x-4y&=a,\\\\\n6y-9x &=b.\n\\end{align*}has a "
+        "solution $(x, y)$ where $x$ and $y$ are both nonzero,\nfind $\\frac{a}{b},$ assuming $b$ is nonzero.",
+        "solution": "If we multiply the first equation by $-\\frac{3}{2}$, we obtain\n\n$$6y-9x=-\\frac{3}{2}a.$$"
+        "Since we also know that $6y-9x=b$, we have\n\n$$-\\frac{3}{2}a=b\\Rightarrow\\frac{a}{b}=\\boxed{-\\frac{2}"
+        "{3}}.$$\nFinal Answer: The final answer is $-\\frac{2}{3}$. I hope it is correct.",
+    },
+)
+MATH_STOP = ("Problem:", "</s>", "<|endoftext|>")
+
+
+def minerva_prompt(problem: str, shots: int) -> str:
+    """lm-eval's minerva_math request: K exemplars as "Problem:\\n{p}\\n\\nSolution: {solution}\\n\\n", then
+    "Problem:\\n{problem}\\n\\nSolution:" (doc_to_text, target delimiter " ", few-shot delimiter "\\n\\n")."""
+    shown = "".join(f"Problem:\n{e['problem']}\n\nSolution: {e['solution']}\n\n" for e in MINERVA_EXEMPLARS[:shots])
+    return f"{shown}Problem:\n{problem}\n\nSolution:"
+
+
+def _math_record(record: Any, where: str) -> dict[str, Any]:
+    from skyloom.eval.math_grading import reference_answer
+
+    if not isinstance(record, dict) or not isinstance(record.get("problem"), str):
+        raise ValueError(f"{where}: expected an object with a 'problem' string")
+    gold = record.get("answer")
+    if not isinstance(gold, str) or not gold.strip():
+        solution = record.get("solution")
+        gold = reference_answer(solution) if isinstance(solution, str) else None
+        if gold is None:
+            raise ValueError(f"{where}: no 'answer' string and no \\boxed{{…}} answer in 'solution'")
+    meta = {k: record[k] for k in ("level", "type", "subject", "unique_id") if k in record}
+    return {"problem": record["problem"], "gold": str(gold), "where": where, "meta": meta}
+
+
+def read_competition_math(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """MATH problems from the released tree (DIR/**/N.json, one problem each), one .json (a problem or a list), or
+    JSONL {"problem", "solution" | "answer"[, "level", "type"]}; gold = `answer`, else the solution's last box."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.rglob("*.json"), key=lambda p: (str(p.parent), int(p.stem) if p.stem.isdigit() else 0))
+        if not files:
+            raise FileNotFoundError(f"MATH: no *.json problem files under {path}")
+        items = []
+        for file in files:
+            try:
+                items.append((str(file), json.loads(file.read_text(encoding="utf-8"))))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{file}: not a JSON problem ({err})") from None
+    elif path.is_file() and path.suffix == ".json":
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not JSON ({err})") from None
+        loaded = loaded if isinstance(loaded, list) else [loaded]
+        items = [(f"{path}[{i}]", record) for i, record in enumerate(loaded)]
+    elif path.is_file():
+        items = [(f"{path}:{number}", record) for number, record in iter_records(path)]
+    else:
+        raise FileNotFoundError(f"MATH: no {path}")
+    problems = [_math_record(record, where) for where, record in items[: limit or None]]
+    if not problems:
+        raise ValueError(f"{path}: no problems")
+    return problems
+
+
+@dataclass
+class _CompetitionSet:
+    path: Path
+    problems: list[dict[str, Any]]
+    shots: int
+    prompts: list[str] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+
+
+class CompetitionMathTask(Task):
+    """MATH with lm-eval minerva_math's 4-shot prompt; the boxed / "final answer is" answer graded by
+    `skyloom.eval.math_grading.is_equiv` (normalised LaTeX, sympy where both sides parse)."""
+
+    kind = "generation"
+    default_shots = 4
+
+    def __init__(self, name: str = "math", default_path: str | None = None):
+        self.name, self.default_path = name, default_path
+
+    def load(self, path: Path, options: TaskOptions) -> _CompetitionSet:
+        if options.shots > len(MINERVA_EXEMPLARS):
+            raise ValueError(
+                f"{self.name}: at most {len(MINERVA_EXEMPLARS)} exemplars (minerva's), got {options.shots}"
+            )
+        return _CompetitionSet(path, read_competition_math(path, options.limit), options.shots)
+
+    def requests(self, lm: LanguageModel, data: _CompetitionSet, options: TaskOptions) -> list[str]:
+        data.prompts = [minerva_prompt(p["problem"], data.shots) for p in data.problems]
+        data.prompt_ids = lm.encode_batch(data.prompts)
+        return data.prompts
+
+    def score(
+        self, lm: LanguageModel, data: _CompetitionSet, requests: list[str], options: TaskOptions
+    ) -> list[dict[str, Any]]:
+        from skyloom.eval.math_grading import extract_final_answer, is_equiv
+
+        completions = lm.generate(
+            data.prompt_ids,
+            max_new_tokens=options.max_new_tokens,
+            stop=MATH_STOP,
+            sampling=options.sampling,
+            desc=f"{self.name} ({len(data.problems)} problems)",
+        )
+        records = []
+        for i, (p, prompt, completion) in enumerate(zip(data.problems, requests, completions)):
+            predicted = extract_final_answer(completion)
+            records.append(
+                {
+                    "id": f"{self.name}/{i}",
+                    "where": p["where"],
+                    "context": prompt,
+                    "completion": completion,
+                    "gold": p["gold"],
+                    "prediction": predicted,
+                    "correct": is_equiv(predicted, p["gold"]),
+                    **p["meta"],
+                }
+            )
+        return records
+
+    def aggregate(self, data: _CompetitionSet, records: list[dict[str, Any]], options: TaskOptions) -> dict[str, Any]:
+        subjects: dict[str, list[bool]] = {}
+        for p, r in zip(data.problems, records):
+            subjects.setdefault(str(p["meta"].get("type", self.name)), []).append(r["correct"])
+        digest = hashlib.sha256()
+        for r in records:
+            digest.update(json.dumps({"id": r["id"], "context": r["context"]}, ensure_ascii=False).encode() + b"\n")
+        n = len(records)
+        return {
+            "task": self.name,
+            "kind": "generation",
+            "path": str(data.path),
+            "shots": data.shots,
+            "limit": options.limit,
+            "overall": {  # micro accuracy over problems (lm-eval's hendrycks_math group: weight_by_size)
+                "acc": sum(r["correct"] for r in records) / n if n else float("nan"),
+                "n": n,
+                "invalid": sum(r["prediction"] is None for r in records),
+            },
+            "subjects": {
+                k: {"n": len(v), "acc": sum(v) / len(v), "acc_norm": sum(v) / len(v)} for k, v in subjects.items()
+            },
+            "generation": {
+                "max_new_tokens": options.max_new_tokens,
+                "stop": list(MATH_STOP),
+                "sampling": vars(options.sampling) if options.sampling else "greedy",
+            },
+            "prompt_sha256": digest.hexdigest(),
+        }

@@ -75,8 +75,9 @@ def register_task(name: str, factory: Callable[[], Task]) -> None:
 
 
 def _builtin() -> dict[str, Callable[[], Task]]:
+    from skyloom.eval.benchmarks import SPECS, BenchmarkTask
     from skyloom.eval.gsm8k import Gsm8kTask
-    from skyloom.eval.math import MathTask
+    from skyloom.eval.math import CompetitionMathTask, MathTask
     from skyloom.eval.multiple_choice import MultipleChoiceTask
 
     return {
@@ -87,6 +88,10 @@ def _builtin() -> dict[str, Callable[[], Task]]:
         # zero-shot math in a chat template: GSM8K test, or any math JSONL given as PATH
         "gsm8k-chat": lambda: MathTask("gsm8k-chat", "gsm8k/test.jsonl"),
         "math-zh": lambda: MathTask("math-zh", None),
+        # Table 11 / Figure 1 benchmarks with lm-eval's prompts (boolq, piqa, … triviaqa): need a PATH
+        **{name: (lambda name=name: BenchmarkTask(name)) for name in SPECS},
+        # MATH (competition math, LaTeX answers): minerva_math 4-shot, graded by math_grading.is_equiv
+        "math": lambda: CompetitionMathTask("math", None),
     }
 
 
