@@ -82,6 +82,7 @@ def register_step(name: str, step_type: StepType) -> StepType:
 
 
 def step_types() -> dict[str, StepType]:
+    from skyloom.data.pipeline.ccnet import CCNetConfig, make_ccnet_step
     from skyloom.data.pipeline.code import CodeConfig, CodeFilter
     from skyloom.data.pipeline.decontam import DecontamConfig, Decontaminate
     from skyloom.data.pipeline.dedup import ExactDedupStepConfig, MinhashStepConfig, exact_dedup_stages, minhash_stages
@@ -98,6 +99,7 @@ def step_types() -> dict[str, StepType]:
         "langid": StepType(LangIdConfig, "doc", LanguageFilter, "language", "language + score; keep en/zh"),
         "heuristics": StepType(HeuristicsConfig, "doc", HeuristicFilter, "heuristics", "Gopher/C4 rules per language"),
         "quality": StepType(QualityConfig, "doc", QualityClassifier, "quality", "CCNet-style score + bucket"),
+        "ccnet": StepType(CCNetConfig, "doc", make_ccnet_step, "ccnet", "reference n-gram LM perplexity + bucket"),
         "code_filter": StepType(CodeConfig, "doc", CodeFilter, "code", "RedPajama-style code rules"),
         "decontaminate": StepType(DecontamConfig, "doc", Decontaminate, "contaminated", "benchmark n-gram overlap"),
         "stem_split": StepType(StemConfig, "doc", StemSplit, "stem", "route to SkyPile-STEM / -Main"),
