@@ -175,6 +175,15 @@ class EvalBenchConfig(BenchOptions, LoadingOptions):
     log_samples: str | None = option(None, metavar="DIR", help="write every prompt and prediction to DIR/<task>.jsonl")
     overall_only: bool = option(False, help="print no per-subject table")
     output: str | None = option(None, metavar="FILE", help="write the results as JSON")
+    allow_code_execution: bool = option(
+        False,
+        help="humaneval: EXECUTE model-generated code (each program in a separate process with a timeout, memory, "
+        "file-size and process limits and no network where the kernel allows; NOT a security sandbox — use a "
+        "container or VM). Code tasks refuse to run without it",
+    )
+    samples: int = option(1, help="humaneval: completions per problem (n of pass@k; sample with --temperature)")
+    pass_k: str = option("1", metavar="K[,K…]", help="humaneval: the k of pass@k, each ≤ --samples")
+    code_timeout: float = option(3.0, help="humaneval: wall-clock seconds per program")
 
 
 @dataclass(kw_only=True)
@@ -365,24 +374,44 @@ def _sampling(args: argparse.Namespace):
     return Sampling(args.temperature, args.top_k, args.top_p, args.seed) if args.temperature > 0 else None
 
 
+def _code_task(args: argparse.Namespace, spec):
+    """A task that runs model-written code (humaneval), set up from the flags; refused without
+    --allow-code-execution (lm-eval's convention), before any model is loaded."""
+    from skyloom.eval.code_exec import CodeExecutionRefused, Limits
+    from skyloom.eval.humaneval import parse_pass_k
+
+    if not args.allow_code_execution:
+        raise CodeExecutionRefused()
+    task = spec.task
+    task.allow_code_execution, task.samples = True, args.samples
+    task.pass_k, task.limits = parse_pass_k(args.pass_k), Limits(timeout_s=args.code_timeout)
+    return task
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from skyloom.eval.bench import format_results, parse_task, run_task, write_records
+    from skyloom.eval.tasks import TaskOptions
 
     specs = [parse_task(t) for t in args.task]
-    lm = _load(args, args.model)
+    code_tasks = {s.name: _code_task(args, s) for s in specs if getattr(s.task, "executes_code", False)}
+    lm = _load(args, args.model)  # after the refusal above: nothing is loaded for a run that cannot start
     results, all_records = {}, {}
     for spec in specs:
-        result, records = run_task(
-            lm,
-            spec,
-            shots=args.shots,
-            limit=args.limit,
-            fmt=args.format,
-            split=args.split,
-            subjects=args.subjects.split(",") if args.subjects else None,
-            max_new_tokens=args.max_new_tokens,
-            sampling=_sampling(args),
-        )
+        if spec.name in code_tasks:
+            options = TaskOptions(limit=args.limit, max_new_tokens=args.max_new_tokens, sampling=_sampling(args))
+            result, records = code_tasks[spec.name].evaluate(lm, spec.path, options)
+        else:
+            result, records = run_task(
+                lm,
+                spec,
+                shots=args.shots,
+                limit=args.limit,
+                fmt=args.format,
+                split=args.split,
+                subjects=args.subjects.split(",") if args.subjects else None,
+                max_new_tokens=args.max_new_tokens,
+                sampling=_sampling(args),
+            )
         results[spec.name] = result
         all_records[spec.name] = records
         for line in result.get("warnings", []):
@@ -511,6 +540,9 @@ def register(sub) -> None:
             "Multiple choice (MMLU-format CSVs: question, A-D, answer; K-shot from each subject's dev file):\n"
             "acc and length-normalised acc_norm, per subject and overall (mean over subjects; micro too).\n"
             "GSM8K: K-shot greedy generation, answer from '#### N', 'answer is N', else the last number.\n"
+            "math:PATH (MATH): minerva_math 4-shot; the last \\boxed{} answer, equal as LaTeX or under sympy.\n"
+            "humaneval:FILE: pass@k of completions run in a limited subprocess; EXECUTES MODEL CODE, so it\n"
+            "refuses to start without --allow-code-execution (not a security sandbox: see docs/eval.md).\n"
             "The exact prompts are hashed (prompt_sha256) and can be written with --log-samples.\n\n"
             "example: skyloom eval bench --model ckpt --task ceval --task cmmlu --task gsm8k --output bench.json\n"
             "         skyloom eval bench --model hf_dir --task mmlu:data/mmlu --shots 5"

@@ -77,6 +77,7 @@ def register_task(name: str, factory: Callable[[], Task]) -> None:
 def _builtin() -> dict[str, Callable[[], Task]]:
     from skyloom.eval.benchmarks import SPECS, BenchmarkTask
     from skyloom.eval.gsm8k import Gsm8kTask
+    from skyloom.eval.humaneval import HumanEvalTask
     from skyloom.eval.math import CompetitionMathTask, MathTask
     from skyloom.eval.multiple_choice import MultipleChoiceTask
 
@@ -92,6 +93,8 @@ def _builtin() -> dict[str, Callable[[], Task]]:
         **{name: (lambda name=name: BenchmarkTask(name)) for name in SPECS},
         # MATH (competition math, LaTeX answers): minerva_math 4-shot, graded by math_grading.is_equiv
         "math": lambda: CompetitionMathTask("math", None),
+        # HumanEval (code, pass@k): runs model-written programs, so only with --allow-code-execution
+        "humaneval": HumanEvalTask,
     }
 
 
