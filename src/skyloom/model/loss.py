@@ -92,13 +92,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits = (h @ w.t()).float()
                 valid = y != ignore_index
                 target = torch.where(valid, y, torch.zeros_like(y)).unsqueeze(1)
-                lse = torch.logsumexp(logits, dim=-1)
-                total += torch.where(valid, lse - logits.gather(1, target).squeeze(1), 0.0).sum()
+                picked = logits.gather(1, target).squeeze(1)
+                # log-sum-exp by hand, in the logits' storage: one exp pass serves the loss and the softmax
+                # (torch.logsumexp allocates its own shifted copy and exponentiates it again)
+                peak = logits.amax(dim=-1, keepdim=True)
+                exps = logits.sub_(peak).exp_()
+                sums = exps.sum(dim=-1, keepdim=True)
+                lse = (sums.log() + peak).squeeze(1)
+                total += torch.where(valid, lse - picked, 0.0).sum()
                 if not (want_hidden or want_weight):
                     continue
-                probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in the logits' storage
-                probs.scatter_add_(1, target, torch.full_like(lse, -1.0).unsqueeze(1))
-                grad_logits = probs.mul_(valid.unsqueeze(1)).to(compute_dtype)
+                keep = valid.unsqueeze(1)
+                # softmax − one-hot on kept rows, zeros on ignored ones (÷ inf), with no separate masking pass
+                probs = exps.div_(torch.where(keep, sums, torch.inf))
+                probs.scatter_add_(1, target, keep.to(probs.dtype).neg_())
+                grad_logits = probs.to(compute_dtype)
                 if want_hidden:
                     grad_hidden[start : start + chunk_rows] = grad_logits @ w
                 if want_weight:
