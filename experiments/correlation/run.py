@@ -18,6 +18,9 @@ multiple-choice tasks a model of this size might move on, scored by log-likeliho
 
 The scores are recorded in the run's metrics.jsonl as {"kind": "bench", "step", "task", "score"} lines and the
 correlation is computed by `skyloom eval correlate RUN_DIR` (Pearson r, Spearman ρ, a scatter PNG).
+With `--task NAME:PATH` (repeatable) the report's own tasks are scored too, from a local copy of their files and
+with lm-evaluation-harness's prompts — e.g. `--task boolq:DIR --task piqa:DIR --task winogrande:DIR` (skyloom
+eval tasks; docs/evaluation.md lists them and the file layouts they read). Nothing here downloads them.
 
 Writes RESULTS/{results.json,results.md,correlation.png}; the run lives under --out and resumes when re-run;
 scores already computed for a checkpoint are reused.
@@ -50,6 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=2048, help="tokens per optimizer step (2048)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak LR, cosine to LR/10 (3e-3)")
     p.add_argument("--items", type=int, default=200, help="questions per task (200)")
+    p.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="NAME:PATH",
+        help="also score a registered `eval bench` task zero-shot on its first --items items at every checkpoint, e.g. "
+        "the report's own boolq, piqa, winogrande, race, triviaqa (lm-eval's prompts) on a local copy (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=0)
     C.add_common_options(
         p,
@@ -173,22 +184,29 @@ def score(lm, items: list[tuple[str, list[str], int]], per_char: bool, task: str
 def record_scores(args: argparse.Namespace, run_dir: Path) -> dict[str, dict[int, float]]:
     """Score every checkpoint (cached in RUN_DIR/eval/step_X/<task>.json) and put bench lines in metrics.jsonl."""
     from skyloom.eval.backends import load_lm
+    from skyloom.eval.bench import parse_task, run_task
     from skyloom.eval.correlate import list_checkpoints
 
     items = {task: make(args) for task, (make, _) in TASKS.items()}
+    bench = {spec.name: spec for spec in map(parse_task, args.task)}  # registry tasks on real files (--task)
     settings = {"items": args.items, "seed": args.seed}
-    scores: dict[str, dict[int, float]] = {task: {} for task in TASKS}
+    scores: dict[str, dict[int, float]] = {task: {} for task in [*TASKS, *bench]}
     for step, ckpt in list_checkpoints(run_dir).items():
         lm = None
-        for task, (_, per_char) in TASKS.items():
+        for task in scores:
             cache = run_dir / "eval" / ckpt.name / f"{task}.json"
-            if cache.is_file() and json.loads(cache.read_text())["settings"] == settings:
+            task_settings = {**settings, "path": str(bench[task].path)} if task in bench else settings
+            if cache.is_file() and json.loads(cache.read_text())["settings"] == task_settings:
                 scores[task][step] = json.loads(cache.read_text())["score"]
                 continue
             lm = lm or load_lm(ckpt, device="cpu", progress=False)
-            scores[task][step] = score(lm, items[task], per_char, task)
-            C.save_json(cache, {"settings": settings, "score": scores[task][step], "n": len(items[task])})
-        print(f"checkpoint step {step}: " + "  ".join(f"{t} {scores[t][step]:.3f}" for t in TASKS), flush=True)
+            if task in bench:  # zero-shot acc, lm-eval's prompts (skyloom/eval/benchmarks.py)
+                result, _ = run_task(lm, bench[task], shots=0, limit=args.items)
+                scores[task][step], n = result["overall"]["acc"], result["overall"]["n"]
+            else:
+                scores[task][step], n = score(lm, items[task], TASKS[task][1], task), len(items[task])
+            C.save_json(cache, {"settings": task_settings, "score": scores[task][step], "n": n})
+        print(f"checkpoint step {step}: " + "  ".join(f"{t} {scores[t][step]:.3f}" for t in scores), flush=True)
     metrics = run_dir / "metrics.jsonl"
     lines = [x for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
     kept = [x for x in lines if json.loads(x).get("kind") != "bench"]
