@@ -154,6 +154,13 @@ def test_common_layouts_and_partial_scoring():
     ]
 
 
+def test_a_folder_without_the_split_names_what_was_looked_for(tmp_path):
+    (tmp_path / "validation.jsonl").write_text(json.dumps({"query": "q", "choices": ["a", "b"], "gold": 0}) + "\n")
+    with pytest.raises(FileNotFoundError, match=r"boolq: no train split in .*train\.jsonl"):
+        BenchmarkTask("boolq").load(tmp_path, TaskOptions(shots=1))  # exemplars need the training split
+    assert BenchmarkTask("boolq").load(tmp_path, TaskOptions()).shots == 0  # zero-shot needs only the scored one
+
+
 @pytest.mark.parametrize(
     ("dataset", "row", "message"),
     [

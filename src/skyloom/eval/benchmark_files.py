@@ -129,7 +129,7 @@ def winogrande_row(row: dict[str, Any], where: str, label: Any) -> tuple[tuple[s
     sentence, option1, option2 = (_need(row, k, where) for k in ("sentence", "option1", "option2"))
     if "_" not in sentence:
         raise RowError(f"{where}: key 'sentence' has no blank '_'")
-    value = row.get("answer", label)
+    value = row.get("answer") or label  # the release's test rows carry answer "" (labels, if any, apart)
     if value in (None, ""):
         raise RowError(f"{where}: missing key 'answer' (and no -labels.lst file beside it)")
     gold = _index(str(value).strip(), 3, "answer", where) - 1
@@ -280,27 +280,27 @@ def _race_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     files = (
         sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".json")) if path.is_dir() else [path]
     )
-    pending: tuple[str, str, list[dict[str, Any]]] | None = None
+    pending: tuple[str, str, Any, list[dict[str, Any]]] | None = None  # where, article, example_id, problems
     for file in files:
         for where, row in _json_rows(file):
             if not isinstance(row, dict):
                 raise RowError(f"{where}: expected a JSON object")
             if "question" in row and "problems" not in row and "questions" not in row:
-                article = _need(row, "article", where)
+                article, example = _need(row, "article", where), row.get("example_id")
                 problem = {"question": row.get("question"), "options": row.get("options"), "answer": row.get("answer")}
-                if pending and pending[1] == article:
-                    pending[2].append(problem)
+                if pending and (pending[1], pending[2]) == (article, example):
+                    pending[3].append(problem)
                     continue
                 if pending:
-                    yield pending[0], {"article": pending[1], "problems": pending[2]}
-                pending = (where, article, [problem])
+                    yield pending[0], {"article": pending[1], "problems": pending[3]}
+                pending = (where, article, example, [problem])
                 continue
             if pending:
-                yield pending[0], {"article": pending[1], "problems": pending[2]}
+                yield pending[0], {"article": pending[1], "problems": pending[3]}
                 pending = None
             yield where, row
     if pending:
-        yield pending[0], {"article": pending[1], "problems": pending[2]}
+        yield pending[0], {"article": pending[1], "problems": pending[3]}
 
 
 def read_items(dataset: str, path: Path, limit: int | None = None) -> list[Item]:
