@@ -17,6 +17,7 @@ from skyloom.eval.math_grading import (
     last_boxed_only_string,
     latex_to_sympy,
     normalize_answer,
+    strip_equal,
 )
 from skyloom.eval.tasks import TaskOptions, get_task
 
@@ -201,3 +202,52 @@ def test_math_task_end_to_end(tmp_path):
     assert result["overall"]["acc"] == pytest.approx(2 / 3)
     assert result["subjects"]["Algebra"]["acc"] == 1.0 and result["subjects"]["Geometry"]["acc"] == 0.0
     assert lm.prompts[0] == minerva_prompt("Half of one?", 4)
+
+
+STRIP_CASES = [
+    r"\frac12",
+    r"\frac1{72}",
+    r"\frac{72}1",
+    "0.5",
+    ".5",
+    "3/4",
+    "a/b",
+    r"\left(1,2\right)",
+    r"5\text{ cm}",
+    r"50\%",
+    "xy=3",
+    r"\sqrt3",
+    r"\sqrt[3]{8}",
+    r"\frac{a}b",
+    "\\frac",
+    r"5\text{ m}\text{ s}",
+    r"\tfrac{1}{\sqrt2}",
+]
+
+
+def test_hendrycks_exact_match_is_lm_evals():
+    """hendrycks-math grades with the reference strip_string, quirks included: same verdicts as lm-eval's."""
+    reference = pytest.importorskip("lm_eval.tasks.hendrycks_math.utils")
+    for a in STRIP_CASES:
+        for b in STRIP_CASES + ["0.5", r"\frac{1}{2}", "3", r"\sqrt{[}3]{8}"]:
+            assert strip_equal(a, b) == reference.is_equiv(a, b), (a, b)
+
+
+def test_hendrycks_math_task_prompt_and_grading(tmp_path):
+    task = get_task("hendrycks-math")
+    assert not task.takes_shots
+    lm = _ScriptedLM(
+        {
+            "Half of one?": r" $\frac{2}{4}$",  # equal under sympy, not under exact match
+            "Two squared?": " $4$ because 2 squared is $4$",  # the span from the first to the last $
+            "Interval?": " [2, 5) is the set",
+        }
+    )
+    _, records = task.evaluate(lm, _write_math_tree(tmp_path / "MATH"), TaskOptions())
+    assert lm.prompts[0] == "Problem: Half of one?\nAnswer:"
+    assert [r["correct"] for r in records] == [False, False, False]
+    assert records[1]["prediction"] == "4$ because 2 squared is $4"
+    lm.answers["Interval?"] = "$[2,5)$"
+    lm.answers["Half of one?"] = "$0.5$"
+    _, records = task.evaluate(lm, _write_math_tree(tmp_path / "MATH"), TaskOptions())
+    assert [r["correct"] for r in records] == [True, False, True]

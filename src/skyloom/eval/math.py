@@ -433,31 +433,40 @@ class _CompetitionSet:
 
 
 class CompetitionMathTask(Task):
-    """MATH with lm-eval minerva_math's 4-shot prompt; the boxed / "final answer is" answer graded by
-    `skyloom.eval.math_grading.is_equiv` (normalised LaTeX, sympy where both sides parse)."""
+    """MATH. style "minerva": lm-eval minerva_math's 4-shot prompt, the boxed / "final answer is" answer graded by
+    `math_grading.is_equiv` (normalised LaTeX, sympy where both sides parse). style "hendrycks": lm-eval
+    hendrycks_math's zero-shot "Problem: …\nAnswer:", the span between the first and last `$` (or the whole
+    completion), graded as its exact_match: equal after `strip_string`, no sympy."""
 
     kind = "generation"
     default_shots = 4
 
-    def __init__(self, name: str = "math", default_path: str | None = None):
-        self.name, self.default_path = name, default_path
+    def __init__(self, name: str = "math", default_path: str | None = None, style: str = "minerva"):
+        if style not in ("minerva", "hendrycks"):
+            raise ValueError(f"MATH prompt style: minerva or hendrycks, got {style!r}")
+        self.name, self.default_path, self.style = name, default_path, style
+        if style == "hendrycks":
+            self.default_shots, self.takes_shots = 0, False
 
     def load(self, path: Path, options: TaskOptions) -> _CompetitionSet:
-        if options.shots > len(MINERVA_EXEMPLARS):
+        if self.style == "minerva" and options.shots > len(MINERVA_EXEMPLARS):
             raise ValueError(
                 f"{self.name}: at most {len(MINERVA_EXEMPLARS)} exemplars (minerva's), got {options.shots}"
             )
         return _CompetitionSet(path, read_competition_math(path, options.limit), options.shots)
 
     def requests(self, lm: LanguageModel, data: _CompetitionSet, options: TaskOptions) -> list[str]:
-        data.prompts = [minerva_prompt(p["problem"], data.shots) for p in data.problems]
+        if self.style == "hendrycks":
+            data.prompts = [f"Problem: {p['problem']}\nAnswer:" for p in data.problems]
+        else:
+            data.prompts = [minerva_prompt(p["problem"], data.shots) for p in data.problems]
         data.prompt_ids = lm.encode_batch(data.prompts)
         return data.prompts
 
     def score(
         self, lm: LanguageModel, data: _CompetitionSet, requests: list[str], options: TaskOptions
     ) -> list[dict[str, Any]]:
-        from skyloom.eval.math_grading import extract_final_answer, is_equiv
+        from skyloom.eval.math_grading import dollar_span, extract_final_answer, is_equiv, strip_equal
 
         completions = lm.generate(
             data.prompt_ids,
@@ -468,7 +477,8 @@ class CompetitionMathTask(Task):
         )
         records = []
         for i, (p, prompt, completion) in enumerate(zip(data.problems, requests, completions)):
-            predicted = extract_final_answer(completion)
+            hendrycks = self.style == "hendrycks"
+            predicted = dollar_span(completion) if hendrycks else extract_final_answer(completion)
             records.append(
                 {
                     "id": f"{self.name}/{i}",
@@ -477,7 +487,7 @@ class CompetitionMathTask(Task):
                     "completion": completion,
                     "gold": p["gold"],
                     "prediction": predicted,
-                    "correct": is_equiv(predicted, p["gold"]),
+                    "correct": (strip_equal if hendrycks else is_equiv)(predicted, p["gold"]),
                     **p["meta"],
                 }
             )

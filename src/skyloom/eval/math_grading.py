@@ -83,6 +83,12 @@ def extract_final_answer(completion: str) -> str | None:
     return dollars[-1].strip() if dollars else lines[-1]
 
 
+def dollar_span(completion: str) -> str:
+    """lm-eval hendrycks_math's answer: the text between the first and the last `$`, else the whole completion."""
+    first, last = completion.find("$"), completion.rfind("$")
+    return completion[first + 1 : last] if first != last else completion
+
+
 def reference_answer(solution: str) -> str | None:
     """The gold answer of a MATH solution: its last boxed expression."""
     boxed = last_boxed_only_string(solution)
@@ -206,6 +212,61 @@ def strip_string(text: str) -> str:
     text = re.sub(r"\\frac\{([^{}]*)\}(\w)", r"\\frac{\1}{\2}", text)
     text = _fix_a_slash_b(text)
     return "\\frac{1}{2}" if text == "0.5" else text
+
+
+def _reference_fix_fracs(text: str) -> str:
+    pieces = text.split("\\frac")
+    out = pieces[0]
+    for piece in pieces[1:]:
+        out += "\\frac"
+        if piece[0] == "{":  # IndexError on a trailing \\frac, as the reference
+            out += piece
+            continue
+        if len(piece) < 2:
+            return text
+        a, b, rest = piece[0], piece[1], piece[2:]
+        out += "{" + a + "}{" + b + "}" + rest if b != "{" else "{" + a + "}" + b + rest
+    return out
+
+
+def _reference_fix_a_slash_b(text: str) -> str:
+    if len(text.split("/")) != 2:
+        return text
+    a, b = text.split("/")
+    a_int, b_int = int(a), int(b)  # ValueError for "a/b", as the reference (its caller then compares raw strings)
+    return f"\\frac{{{a_int}}}{{{b_int}}}" if text == f"{a_int}/{b_int}" else text
+
+
+def hendrycks_strip_string(text: str) -> str:
+    """The Hendrycks MATH reference's `strip_string` as lm-eval's hendrycks_math runs it, quirks included
+    (`\\sqrt[3]{8}` → `\\sqrt{[}3]{8}`); raises where it raises (`a/b`, a trailing `\\frac`, two `\\text{ `)."""
+    text = text.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+    text = text.replace("tfrac", "frac").replace("dfrac", "frac")
+    text = text.replace("\\left", "").replace("\\right", "")
+    text = text.replace("^{\\circ}", "").replace("^\\circ", "")
+    text = text.replace("\\$", "")
+    if "\\text{ " in text:
+        splits = text.split("\\text{ ")
+        if len(splits) != 2:
+            raise ValueError("more than one \\text{ ")
+        text = splits[0]
+    text = text.replace("\\%", "")
+    text = text.replace(" .", " 0.").replace("{.", "{0.")
+    if not text:
+        return text
+    if text[0] == ".":
+        text = "0" + text
+    if len(text.split("=")) == 2 and len(text.split("=")[0]) <= 2:
+        text = text.split("=")[1]
+    if "\\sqrt" in text:
+        splits = text.split("\\sqrt")
+        text = splits[0] + "".join(
+            "\\sqrt" + split if split[0] == "{" else "\\sqrt{" + split[0] + "}" + split[1:] for split in splits[1:]
+        )
+    text = _reference_fix_fracs(text.replace(" ", ""))
+    if text == "0.5":
+        text = "\\frac{1}{2}"
+    return _reference_fix_a_slash_b(text)
 
 
 def normalize_answer(answer: str) -> str:
@@ -408,6 +469,16 @@ def _equal_parts(a: str, b: str) -> bool:
             return False
         return all(x == y or _sympy_equal(x, y) for x, y in zip(pa, pb))
     return _sympy_equal(a, b)
+
+
+def strip_equal(predicted: str | None, gold: str | None) -> bool:
+    """hendrycks_math's exact_match: equal after the reference `strip_string` (raw strings where it raises)."""
+    if predicted is None or gold is None:
+        return False
+    try:
+        return hendrycks_strip_string(predicted) == hendrycks_strip_string(gold)
+    except (ValueError, IndexError):
+        return predicted == gold
 
 
 def is_equiv(predicted: str | None, gold: str | None, timeout_s: float = SYMPY_TIMEOUT_S) -> bool:

@@ -93,6 +93,7 @@ def _builtin() -> dict[str, Callable[[], Task]]:
         **{name: (lambda name=name: BenchmarkTask(name)) for name in SPECS},
         # MATH (competition math, LaTeX answers): minerva_math 4-shot, graded by math_grading.is_equiv
         "math": lambda: CompetitionMathTask("math", None),
+        "hendrycks-math": lambda: CompetitionMathTask("hendrycks-math", None, style="hendrycks"),
         # HumanEval (code, pass@k): runs model-written programs, so only with --allow-code-execution
         "humaneval": HumanEvalTask,
     }
