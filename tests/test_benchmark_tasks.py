@@ -141,6 +141,13 @@ def test_release_layouts_read_as_the_hugging_face_layout(name, release, hf):
     assert [(i.contexts, i.targets, i.gold) for i in released] == [(i.contexts, i.targets, i.gold) for i in reference]
 
 
+def test_race_release_files_are_read_in_numeric_order(tmp_path):
+    for number in (10, 2):
+        problem = {"questions": ["Q?"], "options": [["a", "b", "c", "d"]], "answers": ["A"], "article": f"art {number}"}
+        (tmp_path / f"{number}.txt").write_text(json.dumps(problem), encoding="utf-8")
+    assert [i.contexts[0][:14] for i in read_items("race", tmp_path)] == ["Article: art 2", "Article: art 1"]
+
+
 def test_common_layouts_and_partial_scoring():
     """{"query","choices","gold"}: the query is the prompt; {"context_options","continuation","gold"}: one context
     per option and the continuation after each (WinoGrande's partial scoring)."""

@@ -276,10 +276,12 @@ def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _race_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Articles of a RACE file or folder; per-question rows of one article (same article text) are grouped."""
-    files = (
-        sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".json")) if path.is_dir() else [path]
-    )
+    """Articles of a RACE file or folder; consecutive per-question rows of one article (same text and example_id) are
+    grouped."""
+    files = [path]
+    if path.is_dir():  # the release's numbered files, in numeric order (2.txt before 10.txt)
+        found = [p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".json")]
+        files = sorted(found, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
     pending: tuple[str, str, Any, list[dict[str, Any]]] | None = None  # where, article, example_id, problems
     for file in files:
         for where, row in _json_rows(file):
