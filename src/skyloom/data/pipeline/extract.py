@@ -189,7 +189,7 @@ def _names_weight(names: str) -> int:
 
 def _text_len(s: str) -> int:
     """Characters that carry text; a CJK character counts as much as ~2 Latin characters of a word."""
-    if s.isascii():  # O(1) in CPython
+    if s.isascii() or max(s, default="") < "\u3040":  # O(1), and one C pass: no CJK, no regex scan
         return len(s)
     return len(s) + sum(map(len, _CJK_RUN.findall(s)))  # runs, not characters: one match per run
 
@@ -331,6 +331,7 @@ def _parser(utf8: bool = False):
             no_network=True,
             recover=True,
             default_doctype=False,
+            collect_ids=False,  # no hash table of id attributes (nothing looks elements up by id): 5-7% of the parse
             encoding="utf-8" if utf8 else None,
         )
     return _PARSERS[utf8]
@@ -692,9 +693,14 @@ def _serialize_walk(elements) -> str:
 def _drop_boilerplate_lines(text: str, title: str | None) -> str:
     out = []
     title_norm = _squash(title).strip().lower() if title else None
+    # lower-casing never shortens a string: a long line longer than the title is kept without lower-casing it
+    longest_title = len(title_norm) if title_norm else -1
     for line in text.split("\n"):
         s = line.strip()
         if not s:
+            continue
+        if len(s) >= 120 and len(s) > longest_title:
+            out.append(s)
             continue
         low = s.lower()
         if len(s) < 120 and _BOILER_LINE.match(low):
@@ -752,7 +758,7 @@ def extract_html(
     meta = extract_metadata(root, url)
     if backend == "skyloom":
         text = _skyloom_text(raw, root, meta["title"])
-        if _text_len(text) < min_chars_fallback:
+        if len(text) < min_chars_fallback and _text_len(text) < min_chars_fallback:  # _text_len ≥ len
             # container choice failed (e.g. a page of short items): fall back to the whole-page extractor
             alt = _drop_boilerplate_lines(_resiliparse_text(raw), meta["title"])
             if _text_len(alt) > _text_len(text):
