@@ -72,6 +72,43 @@ def test_stage2_tokens_shares_and_epochs_add_up(skywork_plan):
     assert rows["en_web"]["tokens_drawn"] / rows["zh_web"]["tokens_drawn"] == pytest.approx(39.8 / 30.4, rel=1e-3)
 
 
+TABLE1 = {  # Skywork-13B Table 1: Stage-1 (0 → 3T) as a whole, percent
+    **{"en_web": 39.8, "en_books": 3.6, "en_papers": 3.0, "en_encyclopedia": 0.5, "en_misc": 2.9},
+    **{"zh_web": 30.4, "zh_social": 5.5, "zh_encyclopedia": 0.8, "zh_misc": 3.1},
+    **{"other_encyclopedia": 2.4, "code": 8.0},
+}
+
+
+def test_stage1_b_changes_the_mixture_and_the_sessions_average_to_table_1():
+    """§3.6.1: session B used "a slightly different composition ... data from certain sources had been depleted
+    and fresh sources were introduced"; Table 1 is Stage-1 as a whole, so 2T of A and 1T of B average to it."""
+    recipe = load_recipe(REPO / "recipes" / "skywork-13b")
+    a, b = (
+        {k: float(v.weight) for k, v in recipe.session_config(n).data.sources.items()} for n in ("stage1-a", "stage1-b")
+    )
+    assert sum(a.values()) == pytest.approx(100) and sum(b.values()) == pytest.approx(100)
+    assert set(b) - set(a) == {"en_web_fresh", "zh_web_fresh"}  # fresh sources, B only
+    assert all(b[k] < a[k] for k in ("en_encyclopedia", "zh_encyclopedia", "other_encyclopedia"))  # depleted
+    for name, table in TABLE1.items():
+        fresh = b.get(name + "_fresh", 0.0)  # a fresh crawl counts in its category (webpages)
+        assert (2 * a[name] + b[name] + fresh) / 3 == pytest.approx(table, abs=1e-9), name
+
+
+def test_every_session_monitors_the_reports_domains_from_named_sources():
+    """§2.2 (code, academic, social media, web in Chinese and English) + Table 6's domains, in every session; the
+    sets that ../shared/data holds are named by their path there."""
+    recipe = load_recipe(REPO / "recipes" / "skywork-13b")
+    sets = [recipe.session_config(ref.name).validation.sets for ref in recipe.sessions]
+    assert all(s == sets[0] for s in sets)
+    table6 = {f"zh_{d}" for d in ("tech", "movie", "government", "game", "finance", "general")}
+    assert table6 | {"en_web", "zh_web", "code", "en_academic", "zh_academic", "zh_social"} <= set(sets[0])
+    for name in table6:
+        assert sets[0][name].path == f"../shared/data/skywork/{name}.jsonl"
+    for name, cfg in sets[0].items():
+        if cfg.path.startswith("../shared/data/") and (REPO / cfg.path).parent.is_dir():  # present where it runs
+            assert (REPO / cfg.path).is_file(), (name, cfg.path)
+
+
 def test_gpu_hours_formula_check_against_the_reports_39_days(skywork_plan):
     """Formula check, not a measurement: fed the report's own figures (§3.5: 512 A800s at MFU 56.5%), the planner's
     throughput and GPU-hour formulas give back its 1,873 tokens/s/GPU and 39 days."""
