@@ -89,7 +89,8 @@ def _seccomp_no_fork_or_exec():
     if arch is None:
         return False
     allow, deny = 0x7FFF0000, 0x00050000 | 1
-    ops = [(0x20, 0, 0, 4), (0x15, 1, 0, arch), (0x06, 0, 0, allow), (0x20, 0, 0, 0), (0x35, len(calls) + 1, 0, 0x40000000)]
+    # arch ≠ ours (i386 via int 0x80) and x32 numbers: denied; a listed call: denied; anything else: allowed
+    ops = [(0x20, 0, 0, 4), (0x15, 1, 0, arch), (0x06, 0, 0, deny), (0x20, 0, 0, 0), (0x35, len(calls) + 1, 0, 0x40000000)]
     ops += [(0x15, len(calls) - i, 0, nr) for i, nr in enumerate(calls)]
     ops += [(0x06, 0, 0, allow), (0x06, 0, 0, deny)]
     raw = b"".join(struct.pack("HBBI", *op) for op in ops)
