@@ -14,6 +14,10 @@
 
 A Chinese (or any) math set is JSONL with `question` and either `answer` holding the solution text (its final
 value marked "#### N" or "答案是 N") or a numeric `final` / `label` / `gold` field.
+
+Competition math (`--task math:PATH`, `hendrycks-math:PATH`; `CompetitionMathTask`): MATH's released problems
+with LaTeX answers, lm-eval's minerva_math 4-shot (or hendrycks_math zero-shot) prompt, graded by
+`skyloom.eval.math_grading` (boxed extraction, normalisation, sympy equivalence).
 """
 
 from __future__ import annotations
