@@ -58,6 +58,32 @@ def init_normal_(param: torch.Tensor, base: int, name: str, std: float) -> None:
     local.copy_(mine.to_local())
 
 
+def _plain_fp32(*tensors: torch.Tensor) -> bool:
+    """Float32 tensors that are not DTensors (tensor parallelism): the hand-written kernels below apply."""
+    return all(t.dtype == torch.float32 and not hasattr(t, "to_local") for t in tensors)
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """RMSNorm on float32 with a hand-written backward: half the passes over memory of autograd's chain of
+    elementwise ops (pow, mean, rsqrt, two products, and each one's backward), the same values."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rstd = torch.rsqrt(torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps)).unsqueeze(-1)
+        normed = x * rstd
+        ctx.save_for_backward(normed, rstd, weight)
+        return normed * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        normed, rstd, weight = ctx.saved_tensors
+        grad_weight = (grad * normed).reshape(-1, grad.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        grad_normed = grad * weight
+        # d/dx of x·rstd(x): rstd · (g − x̂ · mean(g ⊙ x̂))
+        mean_dot = torch.linalg.vecdot(grad_normed, normed).div_(grad.shape[-1]).unsqueeze(-1)
+        return grad_normed.sub_(normed * mean_dot).mul_(rstd), grad_weight, None
+
+
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x²) + eps) · g  (Zhang & Sennrich 2019), computed in fp32."""
 
@@ -67,6 +93,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _plain_fp32(x, self.weight):
+            return _RMSNormFn.apply(x, self.weight, self.eps)
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * self.weight.float()).to(x.dtype)
@@ -80,8 +108,40 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[
     return angles.cos(), angles.sin()
 
 
+def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> None:
+    """out = (x1·c − sign·x2·s, x2·c + sign·x1·s) by halves, written in place: no rotated copy of x."""
+    half = x.shape[-1] // 2
+    x1, x2, c, s = x[..., :half], x[..., half:], cos[..., :half], sin[..., :half]
+    o1, o2 = out[..., :half], out[..., half:]
+    torch.mul(x1, c, out=o1)
+    o1.sub_(x2 * s, alpha=sign)
+    torch.mul(x2, c, out=o2)
+    o2.add_(x1 * s, alpha=sign)
+
+
+class _RopeFn(torch.autograd.Function):
+    """Rotate-half RoPE on float32 with a hand-written backward (the rotation by −angle), same values as the
+    autograd chain (negate, concatenate, two products, add) with fewer passes and no temporaries of x's size."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        out = torch.empty(torch.broadcast_shapes(x.shape, cos.shape), dtype=x.dtype, device=x.device)
+        _rotate_into(out, x, cos, sin, 1.0)
+        ctx.save_for_backward(cos, sin)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        out = torch.empty_like(grad, memory_format=torch.contiguous_format)
+        _rotate_into(out, grad, cos, sin, -1.0)
+        return out, None, None
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each (x[i], x[i + d/2]) pair by its angle; x is [B, H, T, d], cos/sin [B or 1, 1, T, d]."""
+    if _plain_fp32(x, cos, sin) and not (cos.requires_grad or sin.requires_grad):
+        return _RopeFn.apply(x, cos, sin)
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
