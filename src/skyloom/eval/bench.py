@@ -41,7 +41,10 @@ def parse_task(spec: str) -> TaskSpec:
     if path:
         return TaskSpec(name, Path(path))
     if task.default_path is None:
-        raise ValueError(f"task {name!r} needs a path: --task {name}:DIR (a folder with dev/ and test/ CSVs)")
+        raise ValueError(
+            f"task {name!r} needs a path: --task {name}:PATH (its data file or folder; "
+            "docs/evaluation.md lists each task's file layouts)"
+        )
     return TaskSpec(name, shared_data_dir() / task.default_path)
 
 
