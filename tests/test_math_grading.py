@@ -251,3 +251,23 @@ def test_hendrycks_math_task_prompt_and_grading(tmp_path):
     lm.answers["Half of one?"] = "$0.5$"
     _, records = task.evaluate(lm, _write_math_tree(tmp_path / "MATH"), TaskOptions())
     assert [r["correct"] for r in records] == [True, False, True]
+
+
+def test_a_slow_sympy_comparison_is_cut_off(monkeypatch):
+    import sympy
+
+    monkeypatch.setattr(sympy, "simplify", lambda expr: time.sleep(30))
+    start = time.monotonic()
+    assert not is_equiv("x^2+2x+1", "(x+1)^2", timeout_s=0.3)
+    assert time.monotonic() - start < 3
+
+
+def test_math_through_eval_bench_specs(tmp_path):
+    from skyloom.eval.bench import parse_task, run_task
+
+    root = _write_math_tree(tmp_path / "MATH")
+    lm = _ScriptedLM({"Half of one?": r"$\boxed{\frac{1}{2}}$", "Two squared?": "$\\boxed{5}$", "Interval?": ""})
+    result, records = run_task(lm, parse_task(f"math:{root}"), limit=2)
+    assert result["shots"] == 4 and result["overall"]["n"] == 2 and [r["correct"] for r in records] == [True, False]
+    with pytest.raises(ValueError, match="at most 4 exemplars"):
+        run_task(lm, parse_task(f"math:{root}"), shots=5)
