@@ -146,6 +146,7 @@ def _squash(s: str) -> str:
     return _SPACE_RUN.sub(" ", s)
 
 
+_WIDE_CHAR = re.compile("[\u3040-\uffff]")  # every CJK range below lies in it
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 
 # Whole lines that are page furniture even inside an article body.
@@ -189,7 +190,7 @@ def _names_weight(names: str) -> int:
 
 def _text_len(s: str) -> int:
     """Characters that carry text; a CJK character counts as much as ~2 Latin characters of a word."""
-    if s.isascii() or max(s, default="") < "\u3040":  # O(1), and one C pass: no CJK, no regex scan
+    if s.isascii() or not _WIDE_CHAR.search(s):  # O(1); a one-range scan is several times cheaper than the runs'
         return len(s)
     return len(s) + sum(map(len, _CJK_RUN.findall(s)))  # runs, not characters: one match per run
 
@@ -212,14 +213,25 @@ class _Measure:
             n = self.text[el] = len(_tc(el))
         return n
 
+    def links(self, el) -> int:
+        """Text length inside the element's links (0 without links: cheap, no text is serialised)."""
+        n = self.link.get(el)
+        if n is None:
+            n = 0
+            text = self.text
+            for a in el.iter("a"):
+                k = text.get(a)
+                if k is None:
+                    k = text[a] = len(_tc(a))
+                n += k
+            self.link[el] = n
+        return n
+
     def density(self, el) -> float:
         n = self.length(el)
         if not n:
             return 0.0
-        links = self.link.get(el)
-        if links is None:
-            links = self.link[el] = sum(self.length(a) for a in el.iter("a"))
-        return min(1.0, links / n)
+        return min(1.0, self.links(el) / n)
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -573,14 +585,16 @@ def _prune(container, container_len: int, m: _Measure) -> None:
         elif _class_weight(el) < 0 and m.length(el) < 0.3 * container_len:
             doomed[el] = None
     for el in container.iter("ul", "ol", "table", "div"):
-        if el is container or el in doomed:
+        if el is container or el in doomed or not m.links(el):  # no links: density 0 (most are; no text measured)
             continue
         n = m.length(el)
         if n and n < 0.3 * container_len and m.density(el) > 0.6:
             doomed[el] = None  # lists of links: menus, related stories, tag clouds
     for el in container.iter("p", "li", "h2", "h3", "h4", "h5", "h6"):
         # a short block that is nothing but a link is a teaser ("Related: …", "[VIDEO] …"), not prose
-        if el is not container and el not in doomed and m.length(el) < 300 and m.density(el) > 0.8:
+        if el is container or el in doomed or not m.links(el):
+            continue
+        if m.length(el) < 300 and m.density(el) > 0.8:
             doomed[el] = None
     for el in doomed:
         parent = el.getparent()
