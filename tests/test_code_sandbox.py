@@ -25,6 +25,7 @@ from skyloom.eval.tasks import TaskOptions
 
 TINY = Path(__file__).parent / "data" / "humaneval" / "tiny.jsonl"
 LIMITS = Limits(timeout_s=1.5, memory_bytes=512 << 20, file_bytes=1 << 20)
+ROOMY = Limits(timeout_s=10, memory_bytes=512 << 20, file_bytes=1 << 20)  # programs that end on their own (slow CI)
 
 
 @pytest.mark.parametrize("n", range(1, 7))
@@ -47,16 +48,16 @@ def test_pass_at_k_is_stable_at_large_n():
     assert pass_at_k(1000, 3, 100) == pytest.approx(1 - comb(997, 100) / comb(1000, 100))
 
 
-def _run(program: str) -> tuple[object, float]:
+def _run(program: str, limits: Limits = LIMITS) -> tuple[object, float]:
     start = time.monotonic()
-    result = run_program(program, LIMITS, allow=True)
+    result = run_program(program, limits, allow=True)
     return result, time.monotonic() - start
 
 
 def test_a_correct_program_passes_and_its_output_is_captured():
-    result, _ = _run("def f(x):\n    return x + 1\nassert f(1) == 2\nprint('ran')")
+    result, _ = _run("def f(x):\n    return x + 1\nassert f(1) == 2\nprint('ran')", ROOMY)
     assert result.passed and result.status == "passed" and result.stdout == "ran\n"
-    flood, _ = _run("print('y' * 100000)")
+    flood, _ = _run("print('y' * 100000)", ROOMY)
     assert flood.passed and len(flood.stdout) < LIMITS.output_bytes + 20 and flood.stdout.endswith("[… truncated]")
 
 
@@ -77,10 +78,10 @@ BAD_PROGRAMS = {
 
 @pytest.mark.parametrize("what", list(BAD_PROGRAMS))
 def test_misbehaving_programs_fail_quickly(what):
-    result, elapsed = _run(BAD_PROGRAMS[what])
-    assert not result.passed and result.status == "failed", (what, result)
+    result, elapsed = _run(BAD_PROGRAMS[what], ROOMY)
+    assert not result.passed and result.status == "failed", (what, result)  # stopped by a limit, not the clock
     assert "escaped" not in result.stdout
-    assert elapsed < LIMITS.timeout_s
+    assert elapsed < ROOMY.timeout_s
 
 
 def test_an_endless_loop_is_stopped_at_the_timeout():
@@ -91,7 +92,7 @@ def test_an_endless_loop_is_stopped_at_the_timeout():
 
 @pytest.mark.skipif(not network_isolated(), reason="no unprivileged network namespace on this kernel")
 def test_no_network_even_past_the_python_guard():
-    result, _ = _run("import _socket\ns = _socket.socket()\ns.settimeout(1)\ns.connect(('1.1.1.1', 80))")
+    result, _ = _run("import _socket\ns = _socket.socket()\ns.settimeout(1)\ns.connect(('1.1.1.1', 80))", ROOMY)
     assert not result.passed and "unreachable" in result.stderr
 
 
@@ -153,7 +154,7 @@ def test_humaneval_cli_with_permission_computes_pass_at_k(tmp_path, monkeypatch)
         "--pass-k",
         "1,2",
         "--code-timeout",
-        "1",
+        "2",
         "--temperature",
         "0.8",
     ]
@@ -171,7 +172,7 @@ def test_program_layout_and_stop_truncation():
     assert completion == "    return a + b\n"
     program = check_program(problem, completion)
     assert program == problem["prompt"] + completion + "\n" + problem["test"] + "\ncheck(add)"
-    assert run_program(program, LIMITS, allow=True).passed
+    assert run_program(program, ROOMY, allow=True).passed
 
 
 def test_bad_problem_file_is_named(tmp_path):
