@@ -385,19 +385,32 @@ def _clean(s: str | None) -> str | None:
     return s or None
 
 
+_LD_KEYS = ("datePublished", "dateCreated", "headline", "\\u")  # what JSON-LD is read for (or keys in \u escapes)
+
+
 def extract_metadata(root, url: str | None = None) -> dict[str, str | None]:
     """Title, canonical URL and publication date from meta tags, JSON-LD and <time> elements."""
     metas: dict[str, str] = {}
-    for m in root.iter("meta"):
-        key = (m.get("property") or m.get("name") or m.get("itemprop") or "").strip().lower()
-        val = m.get("content")
-        if key and val and key not in metas:
-            metas[key] = val
+    canonical = None
+    for el in root.iter("meta", "link"):  # one walk for both
+        if el.tag == "meta":
+            val = el.get("content")
+            if not val:
+                continue
+            key = (el.get("property") or el.get("name") or el.get("itemprop") or "").strip().lower()
+            if key and key not in metas:
+                metas[key] = val
+        elif canonical is None and (el.get("rel") or "").lower() == "canonical":
+            href = el.get("href", "")
+            if href.startswith("http"):
+                canonical = href.strip()
     title = next((_clean(metas[k]) for k in _TITLE_KEYS if metas.get(k)), None)
     date = next((_clean(metas[k]) for k in _DATE_KEYS if metas.get(k)), None)
     if date is None or title is None:
         for script in root.iter("script"):
             if (script.get("type") or "").lower() != "application/ld+json" or not script.text:
+                continue
+            if not any(k in script.text for k in _LD_KEYS):  # nothing to read in it
                 continue
             try:
                 data = json.loads(script.text)
@@ -422,11 +435,6 @@ def extract_metadata(root, url: str | None = None) -> dict[str, str | None]:
         h1 = next(root.iter("h1"), None)
         t = root.find(".//title")
         title = _clean(_tc(h1) if h1 is not None else None) or _clean(_tc(t) if t is not None else None)
-    canonical = None
-    for link in root.iter("link"):
-        if (link.get("rel") or "").lower() == "canonical" and link.get("href", "").startswith("http"):
-            canonical = link.get("href").strip()
-            break
     page_url = url or canonical or _clean(metas.get("og:url"))
     return {"title": title, "date": date, "url": page_url}
 
