@@ -160,6 +160,7 @@ def test_evaluator_callback_logs_task_scores_during_training(train_corpus, tiny_
         ({"tasks": ["no-such-task"], "every": 2}, "unknown task 'no-such-task'"),
         ({"tasks": ["ceval"]}, "never runs"),
         ({"tasks": ["ceval"], "every": 2, "metrics": "acc"}, "metrics"),
+        ({"tasks": [f"humaneval:{Path(__file__).parent / 'data/humaneval/tiny.jsonl'}"], "every": 2}, "executes"),
     ],
 )
 def test_bad_evaluator_settings_are_refused_naming_the_callback(train_corpus, tmp_path, capsys, args, message):

@@ -76,7 +76,7 @@ def run_task(
     result, records = task.evaluate(lm, spec.path, options)
     if not task.takes_shots:
         result["shots_requested"] = k
-        result["warnings"] = [f"{spec.name}: zero-shot in a chat template; --shots {k} is ignored"] if k else []
+        result["warnings"] = [f"{spec.name}: always zero-shot; --shots {k} is ignored"] if k else []
     return result, records
 
 

@@ -47,6 +47,12 @@ class Evaluator(Callback):
         if not every and not at_validation:
             raise ValueError("never runs: set every (steps) and/or at_validation: true")
         self.specs = [parse_task(t) for t in tasks]  # unknown names / missing paths are refused here
+        for spec in self.specs:  # refused at start-up, not at the first evaluation hours into training
+            if getattr(spec.task, "executes_code", False):
+                raise ValueError(
+                    f"tasks: {spec.name!r} executes model-written code; run it after training with "
+                    "`skyloom eval bench --allow-code-execution` instead of inside the trainer"
+                )
         self.every, self.at_validation, self.metric = every, at_validation, metric
         self.options = {"shots": shots, "limit": limit, "max_new_tokens": max_new_tokens, "fmt": format, "split": split}
         self.last: dict[str, float] = {}
