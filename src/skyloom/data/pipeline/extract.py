@@ -443,9 +443,10 @@ def extract_metadata(root, url: str | None = None) -> dict[str, str | None]:
 
 
 # Paragraph candidates in document order; a div counts only when it directly holds text (old <br>-separated
-# pages), which the XPath engine checks in C instead of Python looking at every div's children.
+# pages), which the XPath engine checks in C instead of Python looking at every div's children. The axis is
+# spelled descendant:: — ".//x" is descendant-or-self::node()/child::x, which libxml2 evaluates 2-3x slower.
 _paragraph_candidates = etree.XPath(
-    " | ".join(f".//{t}" for t in _PARAGRAPH_TAGS) + " | .//div[text()[normalize-space()]]"
+    " | ".join(f"descendant::{t}" for t in _PARAGRAPH_TAGS) + " | descendant::div[text()[normalize-space()]]"
 )
 
 
@@ -568,7 +569,7 @@ def _choose_container(body, m: _Measure):
 
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden")
 # descendants that the attribute rules of _prune look at (compiled once: compiling costs more than evaluating)
-_ATTRIBUTED = etree.XPath(".//*[@class or @id or @hidden or @aria-hidden or @style]")
+_ATTRIBUTED = etree.XPath("descendant::*[@class or @id or @hidden or @aria-hidden or @style]")
 
 
 def _prune(container, container_len: int, m: _Measure) -> None:
