@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -164,6 +165,24 @@ def jieba_dictionary() -> tuple[tuple[str, ...], tuple[str, ...], dict[str, int]
     chars = tuple(w for w in ranked if len(w) == 1 and is_chinese_char_or_symbol(w))
     words = tuple(w for w in ranked if is_han_word(w))
     return chars, words, freq
+
+
+def whole_digit_sets(chars: Counter, keep) -> Counter:
+    """`chars` with each non-ASCII set of ten decimal digits (full-width ０-９, ...) counted as one: every digit of
+    a set that `keep` accepts gets the set's total count, so the ten enter the characters row together.
+
+    A digit's own frequency says little about the next text (a corpus that writes years has ０１２９ but few ３s);
+    leaving the rest out costs 3 byte tokens per digit (5% of the tokens on held-out news, measured)."""
+    totals: Counter = Counter()
+    for ch, count in chars.items():
+        if len(ch) == 1 and ord(ch) > 127 and unicodedata.decimal(ch, None) is not None and keep(ch):
+            totals[ord(ch) - unicodedata.decimal(ch)] += count
+    out = Counter(chars)
+    for zero, total in totals.items():
+        for digit in map(chr, range(zero, zero + 10)):
+            if keep(digit):
+                out[digit] = total
+    return out
 
 
 def rank(corpus: Counter, user: Counter, weight: float, keep, value=None) -> list[tuple[str, float, str]]:

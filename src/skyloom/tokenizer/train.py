@@ -29,6 +29,7 @@ from skyloom.tokenizer.chinese import (
     learn_word_merges,
     rank,
     read_frequency_list,
+    whole_digit_sets,
 )
 from skyloom.tokenizer.corpus import DEFAULT_MAX_DOC_CHARS, SizeGuard, iter_texts
 from skyloom.tokenizer.extend import Addition, BaseTokenizer, VocabExtender, load_base
@@ -50,6 +51,9 @@ class TrainSettings:
     chinese_chars: int = 8000
     chinese_words: int | None = None  # None: whatever the total leaves
     reserved: int = 17
+    # the characters row also takes full-width digits/letters (１９９８, ＡＢＣ) by count; False: the former
+    # choice (Han, non-ASCII punctuation/symbols), which left them to 3 byte tokens each -- kept to reproduce it
+    fullwidth_chars: bool = True
     extend: str | None = None
     freq_lists: list[str] = field(default_factory=list)
     freq_list_weight: float = 1.0
@@ -249,12 +253,14 @@ def train_tokenizer(s: TrainSettings, freqs: Frequencies | None = None, base: Ba
 
     fill_chars = (lambda: jieba_dictionary()[0]) if s.fill == "jieba" else None
     fill_words = (lambda: jieba_dictionary()[1]) if s.fill == "jieba" else None
-    char_keep = lambda e: len(e) == 1 and is_chinese_char_or_symbol(e)  # noqa: E731
+    char_keep = lambda e: len(e) == 1 and is_chinese_char_or_symbol(e, s.fullwidth_chars)  # noqa: E731
     chars_row, words_row = Addition(), Addition()
     ext.fill(
         chars_row,
         sizes.chars,
-        _candidates(rank(freqs.chars, user, s.freq_list_weight, char_keep), fill_chars, char_keep),
+        _candidates(
+            rank(whole_digit_sets(freqs.chars, char_keep), user, s.freq_list_weight, char_keep), fill_chars, char_keep
+        ),
         count,
     )
     if chars_row.size != sizes.chars:
@@ -362,6 +368,7 @@ def train_tokenizer(s: TrainSettings, freqs: Frequencies | None = None, base: Ba
             "freq_lists": s.freq_lists,
             "freq_list_weight": s.freq_list_weight,
             "fill": s.fill,
+            "fullwidth_chars": s.fullwidth_chars,
             "min_word_count": s.min_word_count,
             "word_rank": s.word_rank,
             "character_coverage": s.character_coverage,
