@@ -193,6 +193,7 @@ def test_model_round_trip_keeps_tables_cutoffs_and_scores(trained, tmp_path):
 
 def test_step_tags_buckets_drops_tail_and_the_funnel_balances(trained, tmp_path):
     from skyloom.data.pipeline.base import Accounted
+    from skyloom.data.pipeline.builder import step_types
 
     cfg, step, texts = trained
     docs = [
@@ -223,6 +224,10 @@ def test_step_tags_buckets_drops_tail_and_the_funnel_balances(trained, tmp_path)
         assert cell["docs_in"] == cell["docs_out"] + dropped, key
     assert sum(c["dropped"].get("ccnet_tail", {}).get("docs", 0) for c in funnel["cells"].values()) == n_tail
     assert funnel["counters"]["bucket:tail"] == n_tail and funnel["counters"]["no_model:fr"] == 1
+    # unknown_language: drop → the French page leaves with its own reason
+    strict = step_types()["ccnet"].make(build(CCNetConfig, {"model": cfg.model, "unknown_language": "drop"}))
+    french = Document(text=docs[-1].text, id="fr2", metadata={"language": "fr"})
+    assert list(strict.run(iter([french]))) == [] and french.metadata["filter_reason"] == "ccnet_no_model:fr"
 
 
 def test_bad_or_missing_model_file_is_a_clear_error_naming_it(tmp_path):

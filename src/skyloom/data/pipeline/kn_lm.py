@@ -1,11 +1,12 @@
-"""Interpolated modified Kneser-Ney n-gram language model in numpy (Chen & Goodman 1998, as KenLM's lmplz).
+"""Interpolated modified Kneser-Ney n-gram language model in numpy (Chen & Goodman 1998, the estimator of KenLM).
 
 Why our own: CCNet's reference model is a KenLM 5-gram, but the ``kenlm`` package needs compiling; counting and
 querying sorted hash tables in numpy is a few dozen lines and needs nothing new.
 
 Tokens are strings (words, CJK characters, tokenizer pieces — the caller decides); each is hashed (xxh64), and an
 n-gram is a 64-bit rolling hash of its tokens, so no vocabulary is stored. Each line is its own sentence: ``order-1``
-``<s>`` before it, ``</s>`` after it (``</s>`` is predicted, ``<s>`` never is).
+``<s>`` before it, ``</s>`` after it (``</s>`` is predicted, ``<s>`` never is). Unlike KenLM, n-grams that start with
+``<s>`` get continuation counts below the highest order too (``<s>`` is an ordinary context token here).
 
 For order n (highest N), context h (n-1 tokens) and token w::
 
