@@ -350,7 +350,10 @@ def _parser(utf8: bool = False):
 
 
 def _tc(el) -> str:
-    """text_content() for plain etree elements: libxml2's text serialiser, several times faster than itertext."""
+    """text_content() for plain etree elements: libxml2's text serialiser, several times faster than itertext;
+    a leaf's text is read directly (most links and many paragraphs are leaves; tostring's call costs more)."""
+    if not len(el):
+        return el.text or ""
     return _tostring(el, method="text", encoding="unicode", with_tail=False)
 
 
