@@ -11,10 +11,10 @@ the extractor's rules were developed on; odd positions: the half only checked) a
 
 Speed: pages per CPU-second on one core and per wall-second (HTML already in memory, gzip excluded). Every page
 is run through every extractor in turn, and through the **limit** — the bare parse with the parser skyloom uses
-(``parse_html``: the UTF-8 check or encoding detection and lxml's HTML parser, nothing else) — so load changes
-on a shared machine hit all alike; the best of --repeat passes per page and extractor is kept. The table gives
-each one's fraction of the limit. Everything printed is also written to --out, with the command and the machine
-load in its header.
+(``parse_html``: lxml's HTML parser on the bytes, UTF-8 checked by libxml2 or the encoding detected, nothing
+else) — so load changes on a shared machine hit all alike; the best of --repeat passes per page and extractor is
+kept. The table gives each one's fraction of the limit. Everything printed is also written to --out, with the
+command and the machine load in its header.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 _WORD = re.compile(r"\w+")
 _CJK_OR_WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
-LIMIT = "limit: bare parse (skyloom's parse_html: UTF-8 check + lxml HTMLParser)"
+LIMIT = "limit: bare parse (skyloom's parse_html: lxml HTMLParser, UTF-8 checked by libxml2)"
 OURS = "skyloom (lxml + readability scoring + pruning)"
 
 
