@@ -469,7 +469,8 @@ def _paragraphs(body, m: _Measure):
             ld = m.density(p) if n >= 25 else 1.0  # the density (a walk over the links) only for long ones
         if n < 25 or ld > 0.5:
             continue
-        worth = (1 + text.count(",") + text.count("，") + text.count("、") + min(3, n // 100)) * (1 - ld)
+        commas = text.count(",") if text.isascii() else text.count(",") + text.count("，") + text.count("、")
+        worth = (1 + commas + min(3, n // 100)) * (1 - ld)
         out.append((p, worth))
     return out
 
