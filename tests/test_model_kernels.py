@@ -108,3 +108,14 @@ def test_trainer_losses_unchanged(monkeypatch, tmp_path):
 
     fast, reference = both_paths(monkeypatch, losses)
     assert fast == pytest.approx(reference, abs=1e-6, rel=0)
+
+
+def test_chunked_loss_refuses_a_second_backward():
+    """Its gradients are scaled in place and handed to autograd: a retained graph cannot reuse them."""
+    from skyloom.model.loss import linear_token_loss
+
+    hidden, weight = torch.randn(2, 5, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    loss = linear_token_loss(hidden, weight, torch.randint(0, 11, (2, 5)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()

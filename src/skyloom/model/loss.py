@@ -85,7 +85,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             w = weight.to(compute_dtype)
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_hidden = torch.empty_like(hidden) if want_hidden else None
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+            grad_weight = None  # the first chunk's product, then each later chunk added into it
             for start in range(0, hidden.shape[0], chunk_rows):
                 h = hidden[start : start + chunk_rows].to(compute_dtype)
                 y = labels[start : start + chunk_rows]
@@ -110,21 +110,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if want_hidden:
                     grad_hidden[start : start + chunk_rows] = grad_logits @ w
                 if want_weight:
-                    if compute_dtype == torch.float32:
+                    if grad_weight is None:
+                        grad_weight = (grad_logits.t() @ h).float()
+                    elif compute_dtype == torch.float32:
                         grad_weight.addmm_(grad_logits.t(), h)
                     else:
                         grad_weight += (grad_logits.t() @ h).float()
-            ctx.save_for_backward(grad_hidden, grad_weight)
+            if want_weight and grad_weight is None:  # no rows
+                grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            # kept on ctx, not saved: the backward scales them in place and hands them over without a copy
+            ctx.grads = (grad_hidden, grad_weight)
             ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        if ctx.grads is None:
+            raise RuntimeError("linear_token_loss: a second backward through the same graph is not supported")
+        grad_hidden, grad_weight = ctx.grads
+        ctx.grads = None  # the only other reference: autograd may now take these tensors as the .grad themselves
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+            grad_hidden = grad_hidden.mul_(grad_output.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(grad_output).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None, None
 
 
