@@ -38,6 +38,18 @@ class UpcycleConfig:
     no_verify: bool = option(
         False, help="skip checking DENSE_CKPT against its manifest.json (sizes + sha256) before upcycling"
     )
+    expert_init: str | None = option(
+        None,
+        metavar="SOURCE:COUNT,...",
+        help="Appendix C.2: experts from several dense checkpoints, in expert order, e.g. "
+        "base:2,runs/cn/checkpoints/step_00001000:3,... ('base' = DENSE_CKPT; counts add up to --experts); "
+        "each must be DENSE_CKPT with only the FFN trained",
+    )
+    shared_tolerance: float = option(
+        0.0,
+        help="--expert-init: largest |difference| allowed between a source's non-FFN weights and DENSE_CKPT's "
+        "(0 = bit-identical, what train.trainable: ffn gives)",
+    )
     advise: bool = option(False, help="print the §3.3 upcycle-or-from-scratch advice instead")
     dense_cost: float | None = option(None, help="--advise: what the dense checkpoint cost (any unit)")
     moe_budget: float | None = option(None, help="--advise: what the MoE training may cost (same unit)")
@@ -55,6 +67,14 @@ adaptive=true capacity_factor=1.25 every_n_layers=2.
 
   skyloom upcycle runs/tiny/checkpoints/step-000120 --experts 8 --top-k 2 --out runs/tiny-moe-init --set gate_norm=true
 
+Expert specialisation (Appendix C.2): --expert-init takes each expert's FFN from a chosen dense checkpoint — the
+report's 8 experts = 3 × M_cn, 3 × M_en, 1 × M_code, 1 × M_base, the specialised checkpoints continued from the
+base with only the FFN trained (train.trainable: ffn); attention, norms and embeddings come from DENSE_CKPT, and a
+source whose non-FFN weights differ from DENSE_CKPT's (beyond --shared-tolerance) is refused, naming the tensor:
+
+  skyloom upcycle runs/base/checkpoints/step_00001000 --experts 8 --out runs/moe-init \
+      --expert-init runs/cn/checkpoints/step_00000500:3,runs/en/checkpoints/step_00000500:3,base:1,runs/code/...:1
+
 With --advise, print the report's rule of thumb (§3.3) instead: upcycle or train from scratch, given what the
 dense checkpoint cost and what the MoE may spend — as --dense-cost/--moe-budget in any one unit (GPU hours,
 FLOPs), or as --dense-tokens/--moe-tokens, converted to FLOPs with the models' active parameters
@@ -70,6 +90,22 @@ def _moe_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings.setdefault("n_experts", args.experts)
     settings.setdefault("top_k", args.top_k)
     return settings
+
+
+def parse_expert_init(spec: str, dense: str, n_experts: int) -> list[tuple[str, int]]:
+    """`SOURCE:COUNT,...` → [(checkpoint path, count)] in expert order ('base' = `dense`); the counts must add up
+    to `n_experts`. A path may hold ':' (the count is after the last one)."""
+    sources: list[tuple[str, int]] = []
+    for i, item in enumerate(part.strip() for part in spec.split(",")):
+        path, sep, count = item.rpartition(":")
+        if not sep or not path or not count.strip().isdigit() or int(count) < 1:
+            raise ConfigError("--expert-init", f"item {i + 1} {item!r}: expected SOURCE:COUNT with COUNT ≥ 1")
+        sources.append((dense if path == "base" else path, int(count)))
+    total = sum(count for _, count in sources)
+    if total != n_experts:
+        counts = " + ".join(str(count) for _, count in sources)
+        raise ConfigError("--expert-init", f"the counts add up to {counts} = {total}, not --experts {n_experts}")
+    return sources
 
 
 def _advice(args: argparse.Namespace) -> int:
@@ -110,20 +146,44 @@ def cmd_upcycle(args: argparse.Namespace) -> int:
     from skyloom.model.accounting import count_params
     from skyloom.model.upcycle import upcycle_checkpoint
 
+    settings = _moe_settings(args)
+    expert_init = None
+    if args.expert_init is not None:
+        expert_init = parse_expert_init(args.expert_init, args.dense, int(settings["n_experts"]))
+    if args.shared_tolerance < 0:
+        raise ConfigError("--shared-tolerance", f"must be ≥ 0, got {args.shared_tolerance}")
     try:
         out, model = upcycle_checkpoint(
-            args.dense, args.out, _moe_settings(args), gate_std=args.gate_std, seed=args.seed, verify=not args.no_verify
+            args.dense,
+            args.out,
+            settings,
+            gate_std=args.gate_std,
+            seed=args.seed,
+            verify=not args.no_verify,
+            expert_init=expert_init,
+            shared_atol=args.shared_tolerance,
         )
-    except (ValueError, FileNotFoundError) as err:  # FileNotFoundError: DENSE_CKPT does not exist
+    except (ValueError, FileNotFoundError) as err:  # FileNotFoundError: DENSE_CKPT (or a source) does not exist
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError("upcycle", str(err) if args.dense in str(err) else f"{args.dense}: {err}") from None
+        named = [args.dense, *(path for path, _ in expert_init or ())]
+        message = str(err) if any(path in str(err) for path in named) else f"{args.dense}: {err}"
+        raise ConfigError("upcycle", message) from None
     counts = count_params(model.config)
     moe = model.config.moe
     print(
         f"wrote {out}: {len(model.moe_layers())} MoE layers × {moe.n_experts} experts (top-{moe.top_k}), "
         f"{counts.total:,} parameters, {counts.active:,} active per token"
     )
+    if expert_init is not None:
+        first = 0
+        for path, count in expert_init:
+            print(
+                f"  experts {first}–{first + count - 1}: FFN of {path}"
+                if count > 1
+                else f"  expert {first}: FFN of {path}"
+            )
+            first += count
     return 0
 
 

@@ -8,12 +8,21 @@ capacity factor ≥ n/k) — whatever the gate says. A small random gate rather 
 training: with all-equal logits every token picks the same k experts (ties), which would then receive identical
 updates and never diversify.
 
+Expert specialisation (Appendix C.2): the experts may instead come from SEVERAL dense checkpoints — the
+report's 8 experts = 3 × M_cn, 3 × M_en, 1 × M_code, 1 × M_base, the specialised ones continued from M_base on
+one domain each with only the FFN updated (`train.trainable: ffn`). Expert j of every MoE block copies the FFN of
+its source; everything else comes from the base. A specialised checkpoint whose non-FFN weights differ from the
+base's is refused, naming the tensor, rather than averaged: the report's recipe leaves them untouched, so a
+difference means a wrong checkpoint (another base, or a run that trained everything), and an average would be a
+model none of the sources is.
+
 `upcycle_advice` is the report's §3.3 rule of thumb on whether to upcycle at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,10 +55,79 @@ def upcycled_config(dense: ModelConfig, moe: MoEConfig | dict[str, Any]) -> Mode
     return build(ModelConfig, data, prefix="model")
 
 
+def is_ffn_parameter(name: str) -> bool:
+    """Whether a parameter belongs to a block's FFN (`layers.N.ffn.*`: the dense SwiGLU, or an MoE layer's experts
+    and gate) — the part Appendix C.2's specialised checkpoints train; its norm (`ffn_norm`) is not."""
+    return ".ffn." in name
+
+
+# One source of experts: (label for messages — its path —, the dense model, how many experts copy its FFN).
+ExpertSource = tuple[str, Transformer, int]
+
+
+def check_specialised(base: Transformer, source: Transformer, label: str, atol: float = 0.0) -> None:
+    """Refuse a specialised checkpoint that is not `base` with only the FFN changed (ValueError naming `label` and
+    the config key or tensor): same config, same tensors and shapes, non-FFN weights within `atol` of the base's."""
+    mine, theirs = to_dict(base.config), to_dict(source.config)
+    for key in sorted(set(mine) | set(theirs)):
+        if key != "preset" and mine.get(key) != theirs.get(key):
+            raise ValueError(
+                f"{label}: model.{key} is {theirs.get(key)!r}, the base checkpoint's is {mine.get(key)!r}; "
+                "every expert source must have the base's shape"
+            )
+    base_state, state = base.state_dict(), source.state_dict()
+    for name in sorted(set(base_state) | set(state)):
+        if name not in state or name not in base_state:
+            where = "base checkpoint" if name not in base_state else label
+            raise ValueError(f"{label}: tensor {name} is missing from the {where}")
+        b, t = base_state[name], state[name]
+        if b.shape != t.shape:
+            raise ValueError(f"{label}: tensor {name} has shape {tuple(t.shape)}, the base's {tuple(b.shape)}")
+        if is_ffn_parameter(name) or torch.equal(b, t):
+            continue
+        diff = float((t.float() - b.float()).abs().max()) if t.numel() else 0.0
+        if not diff <= atol:  # also NaN
+            raise ValueError(
+                f"{label}: tensor {name} differs from the base checkpoint's by {diff:.3g} (> tolerance {atol:g}); "
+                "a specialised checkpoint continues the base with only the FFN trained (train.trainable: ffn), so "
+                "attention, norms and embeddings must be the base's"
+            )
+
+
+def _expert_models(dense: Transformer, n_experts: int, sources: Sequence[ExpertSource] | None, atol: float):
+    """The dense model each expert copies its FFN from, in expert order (all `dense` without sources)."""
+    if sources is None:
+        return [dense] * n_experts
+    models: list[Transformer] = []
+    for label, model, count in sources:
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"{label}: an expert source gives at least 1 expert, got {count!r}")
+        if model is not dense:
+            check_specialised(dense, model, label, atol)
+        models.extend([model] * count)
+    if len(models) != n_experts:
+        counts = " + ".join(str(count) for _, _, count in sources)
+        raise ValueError(f"the expert sources give {counts} = {len(models)} experts, the MoE has n_experts={n_experts}")
+    return models
+
+
 @torch.no_grad()
-def upcycle(dense: Transformer, moe: MoEConfig | dict[str, Any], gate_std: float = 0.02, seed: int = 0) -> Transformer:
-    """A new MoE Transformer whose experts are copies of `dense`'s FFNs (see the module docstring)."""
+def upcycle(
+    dense: Transformer,
+    moe: MoEConfig | dict[str, Any],
+    gate_std: float = 0.02,
+    seed: int = 0,
+    expert_sources: Sequence[ExpertSource] | None = None,
+    shared_atol: float = 0.0,
+) -> Transformer:
+    """A new MoE Transformer whose experts are copies of `dense`'s FFNs (see the module docstring).
+
+    `expert_sources` (Appendix C.2): (label, dense model, count) in expert order — expert j copies the FFN of the
+    source it falls in; the counts add up to n_experts; `dense` may appear itself (M_base). Every other source must
+    equal `dense` outside the FFN to within `shared_atol` (`check_specialised`). The gate is drawn as without them.
+    """
     cfg = upcycled_config(dense.config, moe)
+    experts = _expert_models(dense, cfg.moe.n_experts, expert_sources, shared_atol)
     with torch.device("meta"):
         model = Transformer(cfg)
     device = next(dense.parameters()).device
@@ -63,13 +141,21 @@ def upcycle(dense: Transformer, moe: MoEConfig | dict[str, Any], gate_std: float
     for i, block in enumerate(model.layers):
         if not isinstance(block.ffn, MoE):
             continue
-        source = dense.layers[i].ffn
-        if not isinstance(source, SwiGLU):
-            raise ValueError(f"layer {i}: the dense FFN is {type(source).__name__}, not SwiGLU")
         layer = block.ffn
-        layer.w1.copy_(source.w1.weight.unsqueeze(0).expand_as(layer.w1))
-        layer.w3.copy_(source.w3.weight.unsqueeze(0).expand_as(layer.w3))
-        layer.w2.copy_(source.w2.weight.unsqueeze(0).expand_as(layer.w2))
+        if expert_sources is None:  # one source: broadcast copies
+            source = dense.layers[i].ffn
+            if not isinstance(source, SwiGLU):
+                raise ValueError(f"layer {i}: the dense FFN is {type(source).__name__}, not SwiGLU")
+            layer.w1.copy_(source.w1.weight.unsqueeze(0).expand_as(layer.w1))
+            layer.w3.copy_(source.w3.weight.unsqueeze(0).expand_as(layer.w3))
+            layer.w2.copy_(source.w2.weight.unsqueeze(0).expand_as(layer.w2))
+        for j, expert_model in enumerate(experts if expert_sources is not None else ()):
+            source = expert_model.layers[i].ffn
+            if not isinstance(source, SwiGLU):
+                raise ValueError(f"layer {i}: the dense FFN is {type(source).__name__}, not SwiGLU")
+            layer.w1[j].copy_(source.w1.weight)
+            layer.w3[j].copy_(source.w3.weight)
+            layer.w2[j].copy_(source.w2.weight)
         weight = torch.randn(layer.gate.weight.shape, generator=generator) * gate_std
         layer.gate.weight.copy_(weight.to(layer.gate.weight.dtype))
         if layer.gate.bias is not None:
@@ -87,15 +173,32 @@ def upcycle_checkpoint(
     gate_std: float = 0.02,
     seed: int = 0,
     verify: bool = True,
+    expert_init: Sequence[tuple[str | Path, int]] | None = None,
+    shared_atol: float = 0.0,
 ) -> tuple[Path, Transformer]:
     """Load a dense checkpoint (skyloom or HF Llama; verified against its manifest unless `verify=False`),
-    upcycle it, save it with the source's tokenizer files."""
+    upcycle it, save it with the source's tokenizer files.
+
+    `expert_init`: (checkpoint path, count) in expert order (Appendix C.2, see `upcycle`); each path is loaded once,
+    `dense_path` itself may be listed."""
     from skyloom.model.checkpoint import load_model, save_model
     from skyloom.model.hf import TOKENIZER_FILES
 
     dense = load_model(dense_path, verify=verify)
-    model = upcycle(dense, moe, gate_std=gate_std, seed=seed)
-    out = save_model(model, out_dir, metadata={"upcycled_from": str(dense_path), "gate_std": gate_std, "seed": seed})
+    sources = None
+    if expert_init is not None:
+        loaded: dict[Path, Transformer] = {Path(dense_path).resolve(): dense}
+        sources = []
+        for path, count in expert_init:
+            key = Path(path).resolve()
+            if key not in loaded:
+                loaded[key] = load_model(path, verify=verify)
+            sources.append((str(path), loaded[key], count))
+    model = upcycle(dense, moe, gate_std=gate_std, seed=seed, expert_sources=sources, shared_atol=shared_atol)
+    metadata: dict[str, Any] = {"upcycled_from": str(dense_path), "gate_std": gate_std, "seed": seed}
+    if expert_init is not None:
+        metadata["expert_init"] = [[str(path), count] for path, count in expert_init]
+    out = save_model(model, out_dir, metadata=metadata)
     for name in TOKENIZER_FILES:
         src = Path(dense_path) / name
         if src.is_file():

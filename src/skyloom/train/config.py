@@ -153,6 +153,8 @@ class TrainConfig:
     seed: int = 0
     init_from: str | None = None  # chained session: start from another run's checkpoint (fresh schedule)
     init_optimizer: bool = False  # with init_from: also take its optimizer state
+    # ffn: update only the blocks' FFNs, the rest frozen bit-identical (Skywork-MoE App. C.2, train/trainable.py)
+    trainable: Literal["all", "ffn"] = "all"
     max_bad_steps: int = 5  # stop after this many consecutive non-finite steps
     log_every: int = 1  # metrics.jsonl gets every step; the console a line every `log_every` (non-TTY)
     tensorboard: bool = False  # RUN_DIR/tensorboard/ event files (needs the tensorboard package)
@@ -211,6 +213,12 @@ class TrainConfig:
             raise ConfigError("max_bad_steps", f"must be ≥ 1, got {self.max_bad_steps}")
         if self.init_optimizer and not self.init_from:
             raise ConfigError("init_optimizer", "needs train.init_from")
+        if self.init_optimizer and self.trainable != "all":
+            raise ConfigError(
+                "init_optimizer",
+                f"cannot be combined with train.trainable: {self.trainable} (the checkpoint's AdamW state covers other "
+                "parameters); start the session with a fresh optimizer",
+            )
         if self.log_every < 1:
             raise ConfigError("log_every", f"must be ≥ 1, got {self.log_every}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:

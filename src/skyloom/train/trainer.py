@@ -51,6 +51,7 @@ from skyloom.train.optim import build_optimizer, lr_at, set_lr
 from skyloom.train.parallel.apply import enable_activation_checkpointing, parallelize  # noqa: F401  (re-exported)
 from skyloom.train.parallel.mesh import build_mesh, data_parallel_rank, sub_mesh
 from skyloom.train.standard_callbacks import default_callbacks
+from skyloom.train.trainable import apply_trainable
 
 
 def total_steps_for(cfg: RunConfig) -> int:
@@ -198,6 +199,7 @@ class Trainer:
         # Model: the same seed on every rank gives the same initial weights.
         torch.manual_seed(cfg.train.seed)
         self.raw_model = self._build_model()
+        apply_trainable(self.raw_model, cfg.train.trainable)  # before any layout: wrappers keep requires_grad
         self.n_params = count_params(cfg.model).total
         self.flops_per_token = flops_per_token(cfg.model, self.seq_len)
         self.pipeline = None
