@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,12 @@ from skyloom.recipes.plan import _vectorised_draws, plan_recipe
 from skyloom.recipes.recipe import load_recipe
 from tests.conftest import REPO
 
-RECIPES = [REPO / "recipes" / "skywork-13b", REPO / "recipes" / "demo", REPO / "recipes" / "demo" / "tiny.yaml"]
+RECIPES = [
+    REPO / "recipes" / "skywork-13b",
+    REPO / "recipes" / "skywork-moe",
+    REPO / "recipes" / "demo",
+    REPO / "recipes" / "demo" / "tiny.yaml",
+]
 BATCH = 16 * 1024 * 1024  # 16M tokens = 4,096 × 4,096
 
 
@@ -199,3 +205,29 @@ def test_plan_gives_the_upcycling_advice_for_an_moe_session(capsys):
     # a dense checkpoint that cost little compared with the MoE budget: from scratch
     assert main(["plan", str(tiny), *moe, "--dense-gpu-hours", "1e-9"]) == 0
     assert "upcycle?  from-scratch" in capsys.readouterr().out
+
+
+def test_skywork_moe_recipe_is_the_reports_model_upcycled_from_the_13b_recipe():
+    """MoE report Table 2 / §4 / §5 / App. B.3: 16 experts top-2 in every layer, seq 8,192, gate normalisation λ 1,
+    adaptive α (ξ 1/5, α_max 0.01, β 0.99), 7:2:1 English/Chinese/code, PP 12 × TP=EP 4 × DP 32 + ZeRO-1 on 1,536
+    GPUs that fits 80 GB; its model is exactly the Skywork-13B recipe's upcycled (so init_from's weights fit)."""
+    from skyloom.model.upcycle import upcycled_config
+
+    recipe = load_recipe(REPO / "recipes" / "skywork-moe")
+    cfg = recipe.session_config("pretrain")
+    moe = cfg.model.moe
+    assert (moe.n_experts, moe.top_k, moe.every_n_layers, cfg.seq_len) == (16, 2, 1, 8192)
+    assert moe.gate_norm and moe.gate_norm_lambda == 1.0 and moe.aux_loss == "eq4"
+    assert moe.adaptive and (moe.xi, moe.alpha_max, moe.beta) == (0.2, 0.01, 0.99)
+    weights = {k: float(v.weight) for k, v in cfg.data.sources.items()}
+    assert weights == {"en": 70.0, "zh": 20.0, "code": 10.0}
+    dense = load_recipe(REPO / "recipes" / "skywork-13b").session_config("stage2").model
+    upcycled = upcycled_config(dense, moe)
+    assert dataclasses.replace(upcycled, max_seq_len=8192, preset=cfg.model.preset) == cfg.model
+    plan = plan_recipe(recipe)
+    session = plan["sessions"][0]
+    assert session["layout"]["data_parallel"] == 32
+    assert (cfg.train.parallel.pp, cfg.train.parallel.tp, cfg.train.parallel.ep) == (12, 4, 4)
+    assert cfg.train.parallel.zero1 and plan["hardware"]["gpus"] == 1536
+    memory = session["memory"]
+    assert memory["fits"] and memory["peak_gb"] < 80 < memory["gpu_gb"]  # an 80 GiB A800
