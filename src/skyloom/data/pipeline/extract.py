@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,12 +333,17 @@ def _parse_utf8(raw: bytes):
     return root
 
 
-_PARSERS: dict[bool, Any] = {}
+_THREAD = threading.local()
 
 
 def _parser(utf8: bool = False):
-    if utf8 not in _PARSERS:
-        _PARSERS[utf8] = etree.HTMLParser(
+    """This thread's parser: ``_parse_utf8`` reads its error log after the parse, which another thread's parse
+    with a shared parser would replace."""
+    parsers = getattr(_THREAD, "parsers", None)
+    if parsers is None:
+        parsers = _THREAD.parsers = {}
+    if utf8 not in parsers:
+        parsers[utf8] = etree.HTMLParser(
             remove_comments=True,
             remove_pis=True,
             no_network=True,
@@ -346,7 +352,7 @@ def _parser(utf8: bool = False):
             collect_ids=False,  # no hash table of id attributes (nothing looks elements up by id): 5-7% of the parse
             encoding="utf-8" if utf8 else None,
         )
-    return _PARSERS[utf8]
+    return parsers[utf8]
 
 
 def _tc(el) -> str:
