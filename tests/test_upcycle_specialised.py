@@ -130,8 +130,8 @@ def corpus(tmp_path_factory):
     return random_token_corpus(tmp_path_factory.mktemp("specialise") / "data", 60, seed=4)
 
 
-def session(corpus, run_dir, steps: int, **train) -> Trainer:
-    cfg = build(
+def run_config(corpus, steps: int, **train) -> RunConfig:
+    return build(
         RunConfig,
         {
             "model": {
@@ -147,6 +147,10 @@ def session(corpus, run_dir, steps: int, **train) -> Trainer:
             "checkpoint": {"every": 0},
         },
     )
+
+
+def session(corpus, run_dir, steps: int, **train) -> Trainer:
+    cfg = run_config(corpus, steps, **train)
     trainer = Trainer(cfg, run_dir, log=lambda *_: None)
     trainer.fit()
     return trainer
@@ -174,3 +178,6 @@ def test_ffn_only_continuation_freezes_the_rest_bit_for_bit_and_feeds_expert_ini
     # the all-parameter run's AdamW state does not fit an FFN-only session: refused up front, naming the key
     with pytest.raises(ConfigError, match="train.init_optimizer.*trainable: ffn"):
         session(corpus, tmp_path / "x", 1, init_from=str(tmp_path / "base"), trainable="ffn", init_optimizer=True)
+    # torch's SequenceParallel re-creates the norm weights as trainable parameters: refused rather than unfrozen
+    with pytest.raises(ConfigError, match="train.trainable.*tensor parallelism"):
+        run_config(corpus, 1, trainable="ffn", parallel={"tp": 2})

@@ -213,6 +213,12 @@ class TrainConfig:
             raise ConfigError("max_bad_steps", f"must be ≥ 1, got {self.max_bad_steps}")
         if self.init_optimizer and not self.init_from:
             raise ConfigError("init_optimizer", "needs train.init_from")
+        if self.trainable != "all" and self.parallel.tp > 1:  # torch's SequenceParallel re-creates the norm
+            raise ConfigError(  # weights as trainable parameters: they would not stay frozen
+                "trainable",
+                f"{self.trainable} is not supported with tensor parallelism (train.parallel.tp={self.parallel.tp}); "
+                "use data/pipeline/expert parallelism or FSDP for an FFN-only session",
+            )
         if self.init_optimizer and self.trainable != "all":
             raise ConfigError(
                 "init_optimizer",
