@@ -72,8 +72,7 @@ report's 8 experts = 3 × M_cn, 3 × M_en, 1 × M_code, 1 × M_base, the special
 base with only the FFN trained (train.trainable: ffn); attention, norms and embeddings come from DENSE_CKPT, and a
 source whose non-FFN weights differ from DENSE_CKPT's (beyond --shared-tolerance) is refused, naming the tensor:
 
-  skyloom upcycle runs/base/checkpoints/step_00001000 --experts 8 --out runs/moe-init \
-      --expert-init runs/cn/checkpoints/step_00000500:3,runs/en/checkpoints/step_00000500:3,base:1,runs/code/...:1
+  skyloom upcycle BASE_CKPT --experts 8 --out runs/moe-init --expert-init CN_CKPT:3,EN_CKPT:3,base:1,CODE_CKPT:1
 
 With --advise, print the report's rule of thumb (§3.3) instead: upcycle or train from scratch, given what the
 dense checkpoint cost and what the MoE may spend — as --dense-cost/--moe-budget in any one unit (GPU hours,
