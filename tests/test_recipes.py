@@ -231,3 +231,7 @@ def test_skywork_moe_recipe_is_the_reports_model_upcycled_from_the_13b_recipe():
     assert cfg.train.parallel.zero1 and plan["hardware"]["gpus"] == 1536
     memory = session["memory"]
     assert memory["fits"] and memory["peak_gb"] < 80 < memory["gpu_gb"]  # an 80 GiB A800
+    # upcycled from a checkpoint trained elsewhere: no "C_dense = 0, train from scratch" advice without its cost
+    assert session["upcycle_advice"]["choice"] == "unknown"
+    advised = plan_recipe(recipe, dense_gpu_hours=767_000)["sessions"][0]["upcycle_advice"]
+    assert advised["choice"] == "upcycle" and advised["ratio"] < 1

@@ -232,6 +232,17 @@ def add_upcycle_advice(sessions: list[dict[str, Any]], dense_gpu_hours: float | 
         else sum(s["gpu_hours"] for s, moe in zip(sessions[:first], is_moe) if not moe)
     )
     budget = sum(s["gpu_hours"] for s, moe in zip(sessions[first:], is_moe[first:]) if moe)
+    if dense == 0 and sessions[first]["init_from"]:
+        # upcycled from a checkpoint trained elsewhere: its cost is unknown, and "C_dense = 0" would advise scratch
+        sessions[first]["upcycle_advice"] = {
+            "choice": "unknown",
+            "ratio": None,
+            "dense_gpu_hours": None,
+            "moe_gpu_hours": budget,
+            "reasoning": f"starts from {sessions[first]['init_from']}, trained outside this recipe; pass "
+            "--dense-gpu-hours (its training cost) for Skywork-MoE §3.3's advice.",
+        }
+        return
     advice = upcycle_advice(dense, budget)
     sessions[first]["upcycle_advice"] = {
         "choice": advice.choice,
@@ -363,7 +374,7 @@ def format_plan(plan: dict[str, Any]) -> str:
             a = s["upcycle_advice"]
             lines.append(
                 f"upcycle?  {a['choice']} (C_MoE {_hours(a['moe_gpu_hours'])} vs C_dense "
-                f"{_hours(a['dense_gpu_hours'])}): {a['reasoning']}"
+                f"{_hours(a['dense_gpu_hours']) if a['dense_gpu_hours'] is not None else '?'}): {a['reasoning']}"
             )
         lines.append("")
     if any(r["origin"] == "declared" for s in plan["sessions"] for r in s["sources"]):
