@@ -117,3 +117,33 @@ def test_the_build_does_not_depend_on_the_process(built, tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "12345", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-c", code, str(root), str(built), str(tmp_path / "again")], check=True, env=env)
     assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (built / "runs" / "tokenizer.json").read_bytes()
+
+
+def test_jieba_list_weighs_as_much_as_the_corpus_words():
+    from skyloom.tokenizer.chinese import Frequencies
+    from skyloom.tokenizer.train import _jieba_list
+
+    listed = _jieba_list(Frequencies(words=Counter({"中国": 30, "经济": 10})), freq_list_weight=2.0)
+    assert 2.0 * sum(c for w, c in listed.items() if len(w) > 1) == pytest.approx(40)
+    assert listed["的"] > listed["中国"] > 0  # characters come with it
+    assert _jieba_list(Frequencies(), 1.0) == Counter()  # nothing counted: nothing to scale to
+
+
+def test_extend_with_jieba_list_from_the_command_line(built, tmp_path):
+    """`--jieba-list`: characters the corpus lacks come ranked from jieba's list, not from the unranked fill."""
+    from skyloom.cli import main
+
+    rows = {}
+    for name, extra in (("plain", []), ("listed", ["--jieba-list"])):
+        out = tmp_path / name
+        argv = ["tokenizer", "extend", str(built / "base"), str(built / "zh.jsonl"), "--out", str(out), "-q"]
+        assert (
+            main([*argv, "--total", "420", "--chinese-chars", "90", "--reserved", "0", "--workers", "1", *extra]) == 0
+        )
+        breakdown = json.loads((out / "vocab_breakdown.json").read_text(encoding="utf-8"))
+        assert breakdown["settings"]["jieba_list"] is bool(extra) and breakdown["rows"][1]["size"] == 90
+        rows[name] = breakdown["rows"][1]
+    assert rows["plain"]["from_frequency_list"] == 0 and rows["plain"]["from_jieba_fill"] > 0
+    assert rows["listed"]["from_frequency_list"] > 0 and rows["listed"]["from_jieba_fill"] == 0
+    tok = TextTokenizer.from_dir(tmp_path / "listed")
+    assert tok.decode(tok.encode(MIXED)) == MIXED and len(tok.encode("１９９８")) == 4

@@ -18,7 +18,7 @@ Train a bilingual byte-fallback BPE tokenizer the Skywork way (report §3.3, Tab
   1. base vocabulary: a BPE with byte fallback (<0x00>..<0xFF>) and single-digit numbers, trained on the
      non-Chinese part of INPUT (Latin words, code, punctuation) -- or, with --extend, an existing
      tokenizer.json or SentencePiece .model (e.g. LLaMA's or Mistral's), every id kept;
-  2. the N most frequent Chinese characters and symbols (--chinese-chars);
+  2. the N most frequent Chinese characters and symbols, full-width digits/letters included (--chinese-chars);
   3. the most frequent Chinese multi-character words, counted with jieba on INPUT (plus --freq-list),
      as many as the total leaves (--chinese-words);
   4. reserved specials <unk> <s> </s> <pad> (those the base lacks) and spares <reserved_N> (--reserved).
@@ -94,6 +94,12 @@ class VocabOptions:
         help="extra 'entry count' lines (jieba dict format) added to the corpus counts",
     )
     freq_list_weight: float = option(1.0, help="multiplier for --freq-list counts")
+    jieba_list: bool = option(
+        False,
+        help="also count jieba's bundled dictionary frequencies, scaled so its words weigh as much as the corpus' "
+        "(generic words the input lacks; with --word-rank bpe-runs --chinese-chars 6000: the most Chinese per "
+        "token on unseen news, docs/tokenizer.md)",
+    )
     fill: Literal["jieba", "none"] = option(
         "jieba", choices=("jieba", "none"), help="what supplies entries the corpus lacks"
     )
@@ -238,6 +244,7 @@ def _train(args: argparse.Namespace) -> int:
         extend=args.extend,
         freq_lists=args.freq_lists,
         freq_list_weight=args.freq_list_weight,
+        jieba_list=args.jieba_list,
         fill=args.fill,
         min_word_count=args.min_word_count,
         word_rank=args.word_rank,

@@ -57,6 +57,9 @@ class TrainSettings:
     extend: str | None = None
     freq_lists: list[str] = field(default_factory=list)
     freq_list_weight: float = 1.0
+    # jieba's bundled dictionary frequencies as one more frequency list, scaled so that its multi-character words
+    # total the corpus' word (or run) count: generic words the training text lacks (experiments/tokenizer_variants.py)
+    jieba_list: bool = False
     fill: Literal["jieba", "none"] = "jieba"
     min_word_count: int = 2
     # "count": most frequent words first (the report's wording); "savings": by count × (characters − 1), the
@@ -139,6 +142,18 @@ def _candidates(
     for entry in fill() if fill else ():
         if entry not in seen and keep(entry):
             yield entry, "jieba_fill"
+
+
+def _jieba_list(freqs: Frequencies, freq_list_weight: float) -> Counter:
+    """jieba's dictionary (characters and words) scaled so that, after `freq_list_weight`, its multi-character
+    words weigh as much as the corpus' counted words: the list fills gaps without outvoting the corpus."""
+    listed = jieba_dictionary()[2]
+    listed_words = sum(c for w, c in listed.items() if len(w) > 1)
+    corpus_words = sum(freqs.words.values())
+    if not listed_words or not corpus_words:
+        return Counter()
+    scale = corpus_words / listed_words
+    return Counter({w: c * scale / freq_list_weight for w, c in listed.items()})
 
 
 def _row(category: str, addition: Addition | None = None, **extra) -> dict:
@@ -227,6 +242,8 @@ def train_tokenizer(s: TrainSettings, freqs: Frequencies | None = None, base: Ba
         )
     if freqs.characters == 0:
         raise ConfigError("INPUT", "the inputs hold no text")
+    if s.jieba_list:
+        user.update(_jieba_list(freqs, s.freq_list_weight))
 
     if base is None:
         from skyloom.tokenizer.base import alphabet_size, train_base
@@ -367,6 +384,7 @@ def train_tokenizer(s: TrainSettings, freqs: Frequencies | None = None, base: Ba
             "extend": s.extend,
             "freq_lists": s.freq_lists,
             "freq_list_weight": s.freq_list_weight,
+            "jieba_list": s.jieba_list,
             "fill": s.fill,
             "fullwidth_chars": s.fullwidth_chars,
             "min_word_count": s.min_word_count,
