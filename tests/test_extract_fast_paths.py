@@ -71,3 +71,23 @@ def test_bytes_fast_path_agrees_with_the_decoded_text(raw):
             return "NotHTML"
 
     assert outcome(raw) == outcome(ex.decode_html(raw))
+
+
+@pytest.mark.parametrize(
+    ("names", "weight"),
+    [
+        ("sidebar", -25),
+        ("Comments", -25),
+        ("readMore", -25),  # camelCase split
+        ("x ad2", -25),  # a digit ends a word
+        ("ad-slot", -25),
+        ("adsense", 0),  # no word boundary after "ads"
+        ("mainContent", 25),
+        ("post-body related-links", 0),
+        ("entry-content\n", 25),
+        ("\u00a0nav\u00a0", -25),  # any Unicode blank separates words
+    ],
+)
+def test_class_names_weigh_by_whole_words(names, weight):
+    """The class/id rules match whole words (start, end, '-', '_', blanks), searched in the padded names."""
+    assert ex._names_weight.__wrapped__(names) == weight
