@@ -1,7 +1,7 @@
 """YAML steps → datatrove stages.
 
-Per-document steps (extract, langid, heuristics, quality, code_filter, decontaminate, stem_split) run inside
-one stage, one after the other, in every task. A global step (exact_dedup, minhash_dedup, semantic_filter)
+Per-document steps (extract, langid, heuristics, quality, ccnet, code_filter, decontaminate, stem_split) run
+inside one stage, one after the other, in every task. A global step (exact_dedup, minhash_dedup, semantic_filter)
 needs the whole corpus, so it ends the current stage: the stage writes its documents (``work/<stage>/``, one
 file per task) and the step's signatures; the step's global stages run (finding duplicates / clusters); the
 next per-document stage reads the hand-over files back — task *r* reads exactly what task *r* wrote, which
