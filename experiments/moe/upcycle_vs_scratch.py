@@ -92,6 +92,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(REPO / "runs" / "moe-upcycle"))
+    parser.add_argument(
+        "--results-name",
+        default="upcycle",
+        help="stem of the results files under experiments/moe/results (e.g. upcycle_budget2 for another budget)",
+    )
     parser.add_argument("--fresh", action="store_true", help="retrain runs that already finished under --out")
     parser.add_argument(
         "--runs",
@@ -201,7 +206,7 @@ def main() -> None:
     }
     results["invocation_wall_s"] = round(time.time() - t0, 1)  # this call only (finished runs are reused)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "upcycle.json").write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / f"{args.results_name}.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [
         "| run | val en (start → end) | val zh (start → end) | train loss (last 10) | drop rate (last 10) | "
         "α (mean, end) | expert similarity L1 |",
@@ -216,7 +221,9 @@ def main() -> None:
             [f"{r['drop_rate_last10']:.3f}", f"{r['aux_coef_end']:.4f}"] if r["aux_coef_end"] is not None else ["—"] * 2
         )
         lines.append(f"| {name} | {' | '.join(cells)} | {r['train_loss_last10']:.3f} | {' | '.join(moe)} | {sim} |")
-    (RESULTS / "upcycle.md").write_text("\n".join(lines) + "\n")
+    ratio = results["cost_flops"]["moe_over_dense"]
+    lines += ["", f"C_MoE / C_dense = {ratio:.3g}; §3.3 rule (upcycle_advice): {results['advice']}"]
+    (RESULTS / f"{args.results_name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(results["advice"])
 
