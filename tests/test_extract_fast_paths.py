@@ -91,3 +91,36 @@ def test_bytes_fast_path_agrees_with_the_decoded_text(raw):
 def test_class_names_weigh_by_whole_words(names, weight):
     """The class/id rules match whole words (start, end, '-', '_', blanks), searched in the padded names."""
     assert ex._names_weight.__wrapped__(names) == weight
+
+
+def test_blank_runs_squash_to_one_space():
+    text = " a\t\tb\u00a0\u00a0c \u200b d\r\fe\v  f   "
+    assert ex._squash(text) == " a b c d e f "
+    assert ex._squash("plain words") == "plain words"
+
+
+def test_cjk_characters_count_twice_in_text_length():
+    assert ex._text_len("abc") == 3
+    assert ex._text_len("\u2019quoted\u2019 \u00e9t\u00e9") == 12  # non-ASCII, no CJK: the plain length
+    assert ex._text_len("中文abc") == 7
+    assert ex._text_len("かなカナ한국") == 12
+
+
+def test_metadata_from_one_walk_over_meta_and_link_tags():
+    page = (
+        "<html><head><link rel='canonical' href='/relative'><link rel='Canonical' href='https://x.org/a'>"
+        '<script type=\'application/ld+json\'>{"@type": "WebSite", "name": "no keys read here"}</script>'
+        '<script type=\'application/ld+json\'>{"headline": "LD title", "datePublished": "2020-01-02"}</script>'
+        "</head><body><meta itemprop='author' content='someone'><p>text</p></body></html>"
+    )
+    meta = ex.extract_metadata(ex.parse_html(page))
+    assert meta == {"title": "LD title", "date": "2020-01-02", "url": "https://x.org/a"}
+    page = page.replace("<p>text</p>", "<meta property='og:title' content=' Meta  title '><p>text</p>")
+    assert ex.extract_metadata(ex.parse_html(page))["title"] == "Meta title"
+
+
+def test_a_long_line_repeating_the_title_is_dropped():
+    title = "A very long headline " * 7
+    kept = "x" * 130
+    text = ex._drop_boilerplate_lines(f"{title.strip()}\n{kept}\nRead more", title)
+    assert text == kept
