@@ -71,6 +71,8 @@ README_RESULTS = {
     "arch_gpt_vs_llama/README.md": ["arch_gpt_vs_llama/results/results.json"],
     "skymath/README.md": ["skymath/results/results.json"],
     "moe/README.md": ["moe/results/fig3.json", "moe/results/upcycle.json"],
+    "ccnet/README.md": ["ccnet/results/results.json"],
+    "lr_continuation/README.md": ["lr_continuation/results/results.json", "lr_continuation/results/seed1/results.json"],
 }
 README_RESULTS["README.md"] = sorted({f for files in README_RESULTS.values() for f in files})  # the index
 DOC_PASSAGES = {  # docs that quote experiment outcomes: (doc, the passage's first words) → the experiment's results

@@ -112,7 +112,7 @@ def register(sub) -> None:
         "run a YAML-described SkyPile pipeline (datatrove steps, local or Slurm)",
         description=(
             "Run the pipeline described in PIPELINE.yaml: inputs (jsonl/json/text/html/warc/files), ordered steps\n"
-            "(extract, langid, heuristics, quality, code_filter, exact_dedup, minhash_dedup, semantic_filter,\n"
+            "(extract, langid, heuristics, quality, ccnet, code_filter, exact_dedup, minhash_dedup, semantic_filter,\n"
             "decontaminate, stem_split — each with its parameters), output_dir and executor (tasks/workers, or\n"
             "Slurm). Writes OUTPUT/main/ and OUTPUT/stem/ (JSONL with text, id, metadata), stats.json and a\n"
             "funnel table (funnel.md). Rerunning the same command resumes: finished tasks are skipped.\n\n"
