@@ -114,14 +114,14 @@ def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: tor
     x1, x2, c, s = x[..., :half], x[..., half:], cos[..., :half], sin[..., :half]
     o1, o2 = out[..., :half], out[..., half:]
     torch.mul(x1, c, out=o1)
-    o1.sub_(x2 * s, alpha=sign)
+    o1.addcmul_(x2, s, value=-sign)
     torch.mul(x2, c, out=o2)
-    o2.add_(x1 * s, alpha=sign)
+    o2.addcmul_(x1, s, value=sign)
 
 
 class _RopeFn(torch.autograd.Function):
-    """Rotate-half RoPE on float32 with a hand-written backward (the rotation by −angle), same values as the
-    autograd chain (negate, concatenate, two products, add) with fewer passes and no temporaries of x's size."""
+    """Rotate-half RoPE on float32 with a hand-written backward (the rotation by −angle): the autograd chain's values
+    up to rounding (negate, concatenate, two products, add), in fewer passes and no temporaries of x's size."""
 
     @staticmethod
     def forward(ctx, x, cos, sin):
