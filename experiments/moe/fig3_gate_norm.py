@@ -320,7 +320,7 @@ def main() -> None:
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     jobs = [(name, args.seed, "") for name in args.runs]
     if args.seeds:
-        jobs = [(name, seed, f"/seed{seed}") for name in args.runs for seed in args.seeds]
+        jobs = [(name, seed, f"/seed{seed}") for seed in args.seeds for name in args.runs]  # seed by seed
     for name, seed, seed_key in jobs:
         run_dir = Path(args.out) / f"{name}{args.label}{seed_key.replace('/', '-')}"
         settings = {
