@@ -125,22 +125,26 @@ class _RopeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, cos, sin):
-        out = torch.empty(torch.broadcast_shapes(x.shape, cos.shape), dtype=x.dtype, device=x.device)
+        # x's memory layout kept ([B, T, H, d] under the [B, H, T, d] view), for the output and for the gradient:
+        # the gradient then flows back through the transpose and view to the projection without a copy
+        out = torch.empty_like(x)
         _rotate_into(out, x, cos, sin, 1.0)
         ctx.save_for_backward(cos, sin)
+        ctx.layout = (out.shape, out.stride())
         return out
 
     @staticmethod
     def backward(ctx, grad):
         cos, sin = ctx.saved_tensors
-        out = torch.empty_like(grad, memory_format=torch.contiguous_format)
+        out = torch.empty_strided(*ctx.layout, dtype=grad.dtype, device=grad.device)
         _rotate_into(out, grad, cos, sin, -1.0)
         return out, None, None
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each (x[i], x[i + d/2]) pair by its angle; x is [B, H, T, d], cos/sin [B or 1, 1, T, d]."""
-    if _plain_fp32(x, cos, sin) and not (cos.requires_grad or sin.requires_grad):
+    fixed_tables = not (cos.requires_grad or sin.requires_grad)
+    if _plain_fp32(x, cos, sin) and fixed_tables and x.shape == torch.broadcast_shapes(x.shape, cos.shape):
         return _RopeFn.apply(x, cos, sin)
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
