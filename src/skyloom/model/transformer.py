@@ -64,12 +64,15 @@ def _plain_fp32(*tensors: torch.Tensor) -> bool:
 
 
 class _RMSNormFn(torch.autograd.Function):
-    """RMSNorm on float32 with a hand-written backward: half the passes over memory of autograd's chain of
-    elementwise ops (pow, mean, rsqrt, two products, and each one's backward), the same values."""
+    """RMSNorm on float32 with a hand-written backward: about half the passes over memory and a third of the
+    temporaries of autograd's chain of elementwise ops (pow, mean, rsqrt, two products, each one's backward);
+    equal to rounding."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        rstd = torch.rsqrt(torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps)).unsqueeze(-1)
+        dim = x.shape[-1]
+        # one reduction pass, no x² temporary: mean(x²) = ‖x‖² / dim
+        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(dim).add_(eps).rsqrt_()
         normed = x * rstd
         ctx.save_for_backward(normed, rstd, weight)
         return normed * weight
@@ -77,11 +80,12 @@ class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         normed, rstd, weight = ctx.saved_tensors
-        grad_weight = (grad * normed).reshape(-1, grad.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
-        grad_normed = grad * weight
-        # d/dx of x·rstd(x): rstd · (g − x̂ · mean(g ⊙ x̂))
-        mean_dot = torch.linalg.vecdot(grad_normed, normed).div_(grad.shape[-1]).unsqueeze(-1)
-        return grad_normed.sub_(normed * mean_dot).mul_(rstd), grad_weight, None
+        dim = grad.shape[-1]
+        rows = (grad * normed).reshape(-1, dim)  # g ⊙ x̂: summed over rows for the weight, · weight for x
+        grad_weight = rows.sum(0) if ctx.needs_input_grad[1] else None
+        # d/dx of x·rstd(x)·w: rstd · (g⊙w − x̂ · mean(g⊙w⊙x̂)), the mean as one matrix-vector product
+        mean_dot = (rows @ weight).div_(dim).view(*grad.shape[:-1], 1)
+        return (grad * weight).addcmul_(normed, mean_dot, value=-1).mul_(rstd), grad_weight, None
 
 
 class RMSNorm(nn.Module):
