@@ -1,5 +1,6 @@
-"""The hand-written float32 kernels of model/transformer.py (RMSNorm, rotate-half RoPE) equal the autograd chains
-they replace: outputs and input/weight gradients, alone, through the whole model, and over a few trainer steps.
+"""The hand-written float32 kernels of model/transformer.py (RMSNorm, rotate-half RoPE, SwiGLU's SiLU ⊙ up) equal
+the autograd chains they replace: outputs and input/weight gradients, alone, through the whole model, and over a
+few trainer steps.
 
 The reference is the same module with the kernels switched off (`_plain_fp32` → False: the code path DTensors and
 half precision still take)."""
@@ -27,6 +28,17 @@ def both_paths(monkeypatch, fn):
         m.setattr(transformer, "_plain_fp32", lambda *tensors: False)
         reference = fn()
     return fast, reference
+
+
+def graph_nodes(output: torch.Tensor) -> set[str]:
+    """Names of every autograd node behind `output`."""
+    seen, todo = set(), [output.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
 
 
 def assert_close(fast, reference, rtol=1e-6):
@@ -71,6 +83,23 @@ def test_rope_kernel_equals_autograd(monkeypatch, per_row_positions):
     fast, reference = both_paths(monkeypatch, run)
     assert fast[2] == "_RopeFnBackward" and reference[2] != fast[2]
     assert_close(fast[:2], reference[:2])
+
+
+def test_gated_silu_kernel_equals_autograd(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    ffn = transformer.SwiGLU(16, 40)
+    x0, incoming = torch.randn(2, 5, 16, generator=g), torch.randn(2, 5, 16, generator=g)
+
+    def run():
+        x = x0.clone().requires_grad_()
+        ffn.zero_grad(set_to_none=True)
+        y = ffn(x)
+        y.backward(incoming)
+        return [y.detach(), x.grad, ffn.w1.weight.grad, ffn.w3.weight.grad], graph_nodes(y)
+
+    (fast, fast_nodes), (reference, reference_nodes) = both_paths(monkeypatch, run)
+    assert "_GatedSiLUFnBackward" in fast_nodes and "_GatedSiLUFnBackward" not in reference_nodes
+    assert_close(fast, reference)
 
 
 def test_model_logits_and_gradients_equal_autograd(monkeypatch):

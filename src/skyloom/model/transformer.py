@@ -59,7 +59,7 @@ def init_normal_(param: torch.Tensor, base: int, name: str, std: float) -> None:
 
 
 def _plain_fp32(*tensors: torch.Tensor) -> bool:
-    """Float32 tensors that are not DTensors (tensor parallelism): the hand-written kernels below apply."""
+    """Float32 tensors that are not DTensors (tensor parallelism): the hand-written kernels of this module apply."""
     return all(t.dtype == torch.float32 and not hasattr(t, "to_local") for t in tensors)
 
 
@@ -204,6 +204,25 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 
+class _GatedSiLUFn(torch.autograd.Function):
+    """SiLU(gate) ⊙ up with a hand-written backward that works in place where it can: two fewer temporaries of the
+    FFN's hidden width than autograd's (SiLU output, product, and each one's backward), and one fewer saved;
+    the same values."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate).mul_(up)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        grad_up = F.silu(gate).mul_(grad)
+        grad_gate = grad * up
+        torch.ops.aten.silu_backward.grad_input(grad_gate, gate, grad_input=grad_gate)
+        return grad_gate, grad_up
+
+
 class SwiGLU(nn.Module):
     """FFN(x) = W2 · (SiLU(W1 x) ⊙ W3 x)  (Shazeer 2020); W1 = gate, W3 = up, W2 = down."""
 
@@ -214,7 +233,10 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w1(x), self.w3(x)
+        if _plain_fp32(gate, up):
+            return self.w2(_GatedSiLUFn.apply(gate, up))
+        return self.w2(F.silu(gate) * up)
 
 
 class GeluMLP(nn.Module):
