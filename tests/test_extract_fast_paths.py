@@ -124,3 +124,10 @@ def test_a_long_line_repeating_the_title_is_dropped():
     kept = "x" * 130
     text = ex._drop_boilerplate_lines(f"{title.strip()}\n{kept}\nRead more", title)
     assert text == kept
+
+
+def test_pruned_element_between_words_keeps_them_apart():
+    """A pruned image's tail of blanks used to go with it, joining "alpha" and "beta" into one word."""
+    prose = "Long prose, with commas, to be chosen as the article body here. " * 3
+    page = f"<html><body><div id='story'><p>{prose}</p><p><b>alpha</b><img src=x> <b>beta</b></p></div></body></html>"
+    assert ex.extract_html(page, min_chars_fallback=0).text.endswith("\nalpha beta")

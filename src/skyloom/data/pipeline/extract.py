@@ -621,8 +621,8 @@ def _prune(container, container_len: int, m: _Measure) -> None:
         parent = el.getparent()
         if parent is None:
             continue
-        # keep the tail text (it belongs to the parent)
-        if el.tail and el.tail.strip():
+        # keep the tail text (it belongs to the parent), blanks too: they keep the neighbouring words apart
+        if el.tail:
             prev = el.getprevious()
             if prev is not None:
                 prev.tail = (prev.tail or "") + el.tail
