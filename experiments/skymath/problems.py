@@ -1,11 +1,16 @@
-"""Procedurally generated 1–4 step arithmetic word problems with GSM8K-style annotated solutions, English and
-Chinese. The `test` split uses sentence templates, names and items never seen in training, and starting numbers
-that are multiples of 5 (training never starts from one), so it measures transfer to new wording and new
-numbers; `val` problems are new problems from the training templates (in-distribution).
+"""Procedurally generated 1–3 step arithmetic word problems with GSM8K-style annotated solutions, English and
+Chinese, sized so that a ~1M-parameter model trained for minutes on one CPU thread can learn them.
 
 A problem: someone starts with A items; each step applies one operation (buy more: +, give away: −,
-k times as many: ×, share equally among k and keep one share: ÷, always exact) and writes one solution line
-"… = <<a op b=r>>r …"; the last line is "#### R". Every annotation is exact (checked in `generate`).
+k times as many: ×, share equally among k and keep one share: ÷, always exact), every intermediate result in
+1..99; the solution writes one line "a op b = <<a op b=r>>r" per step, then "#### R". Every annotation is exact
+(checked in `generate`).
+
+Sentences are composed: an opening (4 forms per language in training), steps of a connective (5) and an
+operation phrase (2 per operation), a question (3). The `test` split holds out: the opening and question forms,
+the connective (every step sentence is new as a whole), the names, the items, and the starting numbers
+(`TEST_STARTS`; training never starts from one). The operation phrases themselves are shared: a model trained
+from scratch on this text has no other way to learn what a verb means. `val` is new problems from the training templates (in-distribution).
 """
 
 from __future__ import annotations
@@ -15,115 +20,183 @@ import random
 from pathlib import Path
 
 OPS = ("add", "sub", "mul", "div")
+MAX_VALUE = 99
 
-EN = {
-    "train": {
-        "names": ["Tom", "Anna", "Ben", "Lucy", "Sam", "Mia", "Jack", "Emma"],
-        "items": ["apples", "pencils", "stickers", "marbles", "cookies", "cards"],
-        "start": "{name} has {a} {item}.",
-        "add": ("Then {name} buys {n} more {item}.", "After buying, {name} has {x}+{n} = <<{x}+{n}={r}>>{r} {item}."),
-        "sub": (
-            "Then {name} gives away {n} {item}.",
-            "After giving some away, {name} has {x}-{n} = <<{x}-{n}={r}>>{r} {item}.",
-        ),
-        "mul": (
-            "Then the number of {item} becomes {n} times as many.",
-            "Now {name} has {x}*{n} = <<{x}*{n}={r}>>{r} {item}.",
-        ),
-        "div": (
-            "Then {name} splits the {item} equally into {n} bags and keeps one bag.",
-            "One bag holds {x}/{n} = <<{x}/{n}={r}>>{r} {item}.",
-        ),
-        "ask": "How many {item} does {name} have now?",
+# solution lines: the arithmetic only (no names or items to copy), the same for both languages and both splits
+# (the test references are never trained on; only `final` is graded)
+SOLUTION = {op: "{x}" + sign + "{n} = <<{x}" + sign + "{n}={r}>>{r}" for op, sign in zip(OPS, "+-*/", strict=True)}
+PHRASES = {  # operation phrases, shared by both splits
+    "en": {
+        "add": ["{name} buys {n} more {item}.", "{name} finds {n} more {item}."],
+        "sub": ["{name} gives away {n} {item}.", "{name} loses {n} {item}."],
+        "mul": ["the number of {item} becomes {n} times as many.", "{name} gets {n} times as many {item}."],
+        "div": [
+            "{name} splits the {item} equally into {n} bags and keeps one bag.",
+            "{name} shares the {item} equally among {n} kids and keeps one share.",
+        ],
     },
-    "test": {
-        "names": ["Olivia", "Noah", "Grace", "Leo", "Chloe", "Ethan"],
-        "items": ["books", "coins", "shells", "balloons", "stamps"],
-        "start": "At the start, {name} owns {a} {item}.",
-        "add": ("Later {name} receives another {n} {item}.", "{name} now owns {x}+{n} = <<{x}+{n}={r}>>{r} {item}."),
-        "sub": ("Later {name} loses {n} of the {item}.", "{name} is left with {x}-{n} = <<{x}-{n}={r}>>{r} {item}."),
-        "mul": (
-            "Later {name}'s collection of {item} grows to {n} times its size.",
-            "The collection is {x}*{n} = <<{x}*{n}={r}>>{r} {item}.",
-        ),
-        "div": (
-            "Later {name} divides the {item} evenly among {n} friends and keeps one share.",
-            "Each share is {x}/{n} = <<{x}/{n}={r}>>{r} {item}.",
-        ),
-        "ask": "How many {item} does {name} own at the end?",
+    "zh": {
+        "add": ["{name}又买了{n}个{item}。", "{name}又找到了{n}个{item}。"],
+        "sub": ["{name}送出了{n}个{item}。", "{name}弄丢了{n}个{item}。"],
+        "mul": ["{item}的数量变成了原来的{n}倍。", "{name}的{item}变成了原来的{n}倍。"],
+        "div": ["{name}把{item}平均装进{n}个袋子，只留下一袋。", "{name}把{item}平均分给{n}个人，自己留一份。"],
     },
 }
-ZH = {
-    "train": {
-        "names": ["小明", "小红", "小刚", "小丽", "小华", "小军"],
-        "items": ["苹果", "铅笔", "贴纸", "弹珠", "饼干"],
-        "start": "{name}有{a}个{item}。",
-        "add": ("然后{name}又买了{n}个{item}。", "买了以后，{name}有 {x}+{n}=<<{x}+{n}={r}>>{r} 个{item}。"),
-        "sub": ("然后{name}送出了{n}个{item}。", "送出以后，{name}有 {x}-{n}=<<{x}-{n}={r}>>{r} 个{item}。"),
-        "mul": ("然后{item}的数量变成了原来的{n}倍。", "现在{name}有 {x}*{n}=<<{x}*{n}={r}>>{r} 个{item}。"),
-        "div": ("然后{name}把{item}平均装进{n}个袋子，只留下一袋。", "一袋有 {x}/{n}=<<{x}/{n}={r}>>{r} 个{item}。"),
-        "ask": "现在{name}有多少个{item}？",
+FRAMES = {
+    "en": {
+        "train": {
+            "names": ["Tom", "Anna", "Ben", "Lucy", "Sam", "Mia", "Jack", "Emma"],
+            "items": ["apples", "pencils", "stickers", "marbles", "cookies", "cards"],
+            "start": [
+                "{name} has {a} {item}.",
+                "{name} starts with {a} {item}.",
+                "There are {a} {item} in {name}'s box.",
+                "{name} keeps {a} {item} in a box.",
+            ],
+            "connectives": ["Then", "Next,", "After a while,", "Soon", "After lunch,"],
+            "ask": [
+                "How many {item} does {name} have now?",
+                "How many {item} are there now?",
+                "How many {item} does {name} have in the end?",
+            ],
+        },
+        "test": {
+            "names": ["Olivia", "Noah", "Grace", "Leo", "Chloe", "Ethan"],
+            "items": ["books", "coins", "shells", "balloons", "stamps"],
+            "start": ["At the start, {name} has {a} {item}."],
+            "connectives": ["Later"],
+            "ask": ["What is the number of {item} that {name} has at the end?"],
+        },
     },
-    "test": {
-        "names": ["小芳", "小强", "小燕", "小龙", "小梅"],
-        "items": ["书", "硬币", "贝壳", "气球", "邮票"],
-        "start": "一开始，{name}拥有{a}个{item}。",
-        "add": ("后来{name}又得到了{n}个{item}。", "{name}现在拥有 {x}+{n}=<<{x}+{n}={r}>>{r} 个{item}。"),
-        "sub": ("后来{name}弄丢了{n}个{item}。", "{name}还剩 {x}-{n}=<<{x}-{n}={r}>>{r} 个{item}。"),
-        "mul": ("后来{name}的{item}增加到原来的{n}倍。", "{item}一共有 {x}*{n}=<<{x}*{n}={r}>>{r} 个。"),
-        "div": ("后来{name}把{item}平均分给{n}个朋友，自己留一份。", "每份是 {x}/{n}=<<{x}/{n}={r}>>{r} 个{item}。"),
-        "ask": "最后{name}拥有多少个{item}？",
+    "zh": {
+        "train": {
+            "names": ["小明", "小红", "小刚", "小丽", "小华", "小军"],
+            "items": ["苹果", "铅笔", "贴纸", "弹珠", "饼干"],
+            "start": [
+                "{name}有{a}个{item}。",
+                "{name}一开始有{a}个{item}。",
+                "盒子里有{name}的{a}个{item}。",
+                "{name}手里有{a}个{item}。",
+            ],
+            "connectives": ["然后", "接着，", "过了一会儿，", "不久", "午饭后，"],
+            "ask": ["现在{name}有多少个{item}？", "现在一共有多少个{item}？", "最后{name}有多少个{item}？"],
+        },
+        "test": {
+            "names": ["小芳", "小强", "小燕", "小龙", "小梅"],
+            "items": ["书", "硬币", "贝壳", "气球", "邮票"],
+            "start": ["早上，{name}有{a}个{item}。"],
+            "connectives": ["后来"],
+            "ask": ["{name}最终有几个{item}？"],
+        },
     },
+}
+# starting numbers of the test split; training never starts from one of them
+TEST_STARTS = (7, 12, 18, 23, 26)
+
+
+# General text for the pretraining corpus: every name and item of both splits and the words of the held-out
+# frames, in sentences with no numbers and no operations. A real pretrained model has read its test set's names and
+# words somewhere; what it has not seen is them in a word problem. Without this, the held-out tokens keep their
+# random initial embeddings and the test measures only that (a 0.7 → 0.1 drop from names alone, measured).
+FILLER = {
+    "en": [
+        "{name} likes {item}.",
+        "Later {name} goes home.",
+        "At the start, {name} is happy.",
+        "What is the color of the {item}?",
+        "That is the number that {name} likes.",
+        "{name} has {item} at the end of the day.",
+    ],
+    "zh": [
+        "{name}喜欢{item}。",
+        "后来{name}回家了。",
+        "早上，{name}很高兴。",
+        "{name}最终回家了。",
+        "这里有几个人？",
+        "{name}的{item}很好看。",
+    ],
 }
 
 
-def _operation(rng: random.Random, x: int, split: str) -> tuple[str, int, int] | None:
-    """(op, operand, result) keeping results integral and in 1..200; None if no operation fits."""
-    small = (2, 5)
+def filler(n: int, seed: int) -> list[str]:
+    """`n` general sentences over the names and items of both splits (see FILLER)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        lang = ("en", "zh")[i % 2]
+        split = rng.choice(("train", "test"))
+        t = FRAMES[lang][split]
+        out.append(rng.choice(FILLER[lang]).format(name=rng.choice(t["names"]), item=rng.choice(t["items"])))
+    return out
+
+
+def _operation(rng: random.Random, x: int) -> tuple[str, int, int] | None:
+    """(op, operand, result) keeping results integral and in 1..MAX_VALUE; None if no operation fits."""
     choices = list(OPS)
     rng.shuffle(choices)
     for op in choices:
         if op == "add":
             n = rng.randint(1, 20)
-            if x + n <= 200:
+            if x + n <= MAX_VALUE:
                 return op, n, x + n
         elif op == "sub" and x > 2:
-            n = rng.randint(1, x - 1)
+            n = rng.randint(1, min(x - 1, 20))
             return op, n, x - n
         elif op == "mul":
-            n = rng.randint(*small)
-            if x * n <= 200:
+            n = rng.randint(2, 5)
+            if x * n <= MAX_VALUE:
                 return op, n, x * n
         elif op == "div":
-            divisors = [d for d in range(small[0], small[1] + 1) if x % d == 0 and x // d >= 1]
+            divisors = [d for d in range(2, 6) if x % d == 0]
             if divisors:
                 n = rng.choice(divisors)
                 return op, n, x // n
     return None
 
 
+def _step_sentence(lang: str, connective: str, phrase: str) -> str:
+    return connective + phrase if lang == "zh" else f"{connective} {phrase}"
+
+
+# a split that holds out one factor only (the others from training): what a failure to transfer is due to
+FACTORS = ("frames", "names", "starts")
+
+
+def _sources(split: str) -> dict[str, str]:
+    """Which split each factor comes from: "train", "test" (all held out) or "test-FACTOR" (that one only)."""
+    if split in ("train", "test"):
+        return dict.fromkeys(FACTORS, split)
+    factor = split.removeprefix("test-")
+    if factor not in FACTORS:
+        raise ValueError(f"unknown split {split!r}")
+    return {f: "test" if f == factor else "train" for f in FACTORS}
+
+
 def make_problem(rng: random.Random, steps: int, lang: str, split: str) -> dict:
-    t = (EN if lang == "en" else ZH)[split]
-    name, item = rng.choice(t["names"]), rng.choice(t["items"])
-    # starting numbers: never a multiple of 5 in training, always one in the test set
-    a = rng.choice([v for v in range(2, 41) if (v % 5 == 0) == (split == "test")])
-    q = [t["start"].format(name=name, a=a, item=item)]
+    src = _sources(split)
+    t = FRAMES[lang][src["frames"]]
+    who = FRAMES[lang][src["names"]]
+    name, item = rng.choice(who["names"]), rng.choice(who["items"])
+    a = rng.choice([v for v in range(2, 31) if (v in TEST_STARTS) == (src["starts"] == "test")])
+    q = [rng.choice(t["start"]).format(name=name, a=a, item=item)]
     sol = []
     x = a
     for _ in range(steps):
-        op = _operation(rng, x, split)
+        op = _operation(rng, x)
         if op is None:
             return make_problem(rng, steps, lang, split)
         kind, n, r = op
-        q.append(t[kind][0].format(name=name, n=n, item=item))
-        sol.append(t[kind][1].format(name=name, n=n, item=item, x=x, r=r))
+        phrase = rng.choice(PHRASES[lang][kind])
+        q.append(_step_sentence(lang, rng.choice(t["connectives"]), phrase).format(name=name, n=n, item=item))
+        sol.append(SOLUTION[kind].format(n=n, x=x, r=r))
         x = r
-    q.append(t["ask"].format(name=name, item=item))
+    q.append(rng.choice(t["ask"]).format(name=name, item=item))
     sep = " " if lang == "en" else ""
     return {"question": sep.join(q), "answer": "\n".join(sol + [f"#### {x}"]), "steps": steps, "lang": lang, "final": x}
 
 
-def generate(n: int, split: str, seed: int) -> list[dict]:
+def generate(n: int, split: str, seed: int, max_steps: int = 3) -> list[dict]:
+    """`n` problems, step counts 1..max_steps and the two languages in equal shares, shuffled."""
     from decimal import Decimal
 
     from skyloom.eval.math import grade
@@ -131,7 +204,7 @@ def generate(n: int, split: str, seed: int) -> list[dict]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        p = make_problem(rng, 1 + i % 4, ("en", "zh")[(i // 4) % 2], split)
+        p = make_problem(rng, 1 + i % max_steps, ("en", "zh")[(i // max_steps) % 2], split)
         g = grade(p["answer"], Decimal(p["final"]))
         assert g.accepted, p  # every generated solution is right and every annotation checks
         out.append(p)

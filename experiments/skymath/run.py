@@ -1,20 +1,24 @@
 """SkyMath at CPU scale: plain SFT vs rejection-sampling (RFT) vs self-compare fine-tuning, equal training tokens.
 
-1. data     problems.py: 2,000 training problems (1–4 steps, English + Chinese, annotated solutions), 120 new
-            problems from the training templates (`val`, in-distribution) and 120 from held-out templates with
-            held-out starting numbers (`test`); 3,000 further training-template problems as pretraining text.
-2. pretrain a small Llama-style model (default dim 64, 2 layers, BPE trained here) on the pretraining text
+1. data     problems.py: 4,000 training problems (1–3 steps, English + Chinese, annotated solutions), new
+            problems from the training templates (`val`, in-distribution) and problems from held-out templates,
+            names, items and starting numbers (`test`); further training-template problems as pretraining text.
+2. pretrain a small Llama-style model (BPE trained here, every digit its own token) on the pretraining text
             with `skyloom train`'s engine (2,048 tokens per step everywhere).
-3. sft0     `skyloom sft` on the 3,000 references (Skywork chat template) — the common starting point.
-4. arms     one `skyloom skymath` round each from sft0, the same number of optimizer steps × tokens per step:
+3. sft0     `skyloom sft` on the training references (Skywork chat template) — the common starting point,
+            evaluated once (greedy) on val and test.
+4. arms     for each seed, one `skyloom skymath` round per arm from sft0, the same number of optimizer steps ×
+            tokens per step; the seed sets the sampling seed and the SFT data order:
               sft      mix reference=1, own=0, compare=0   (more plain SFT; no sampling)
               rft      mix reference=1, own=1, compare=0   (+ own correct, distinct solutions)
               compare  mix reference=1, own=1, compare=1   (+ self-compare examples)
-5. report   greedy zero-shot accuracy per step count and language on val and test with Wilson 95% intervals →
-            results/results.json and results/results.md.
+5. report   greedy zero-shot accuracy per step count and language on val and test with Wilson 95% intervals,
+            pooled over seeds, and each arm's difference from sft paired over problems and seeds with a
+            bootstrap 95% interval → results/results.json and results/results.md.
 
-    .venv/bin/python experiments/skymath/run.py                 # tens of minutes on 2 shared cores
-    .venv/bin/python experiments/skymath/run.py --quick         # a smoke run (minutes)
+    .venv/bin/python experiments/skymath/run.py                 # ~1 hour on one CPU thread
+    .venv/bin/python experiments/skymath/run.py --quick         # a smoke run (a few minutes)
+    .venv/bin/python experiments/skymath/run.py --pilot         # stop after sft0's evaluation
 Stages are cached in --work (default runs/skymath-exp); re-running continues where it stopped.
 """
 
@@ -24,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
 from contextlib import contextmanager
@@ -32,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from problems import generate, write  # noqa: E402
+from problems import FACTORS, filler, generate, write  # noqa: E402
 
 ARMS = {
     "sft": {"reference": 1.0, "own": 0.0, "compare": 0.0},
@@ -86,16 +91,19 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def make_data(work: Path, a) -> None:
     if (work / "data" / "DONE").is_file():
         return
-    train = generate(a.train, "train", 1)
+    steps = a.max_problem_steps
+    train = generate(a.train, "train", 1, steps)
     seen = {p["question"] for p in train}
-    val = [p for p in generate(a.val * 2, "train", 2) if p["question"] not in seen][: a.val]
-    pt = [p for p in generate(a.pretrain_problems, "train", 3) if p["question"] not in seen]
-    test = generate(a.test, "test", 4)
+    val = [p for p in generate(a.val * 2, "train", 2, steps) if p["question"] not in seen][: a.val]
+    pt = [p for p in generate(a.pretrain_problems, "train", 3, steps) if p["question"] not in seen]
+    test = generate(a.test, "test", 4, steps)
     d = work / "data"
     write(d / "train.jsonl", train)
     write(d / "val.jsonl", val)
     write(d / "test.jsonl", test)
-    write(d / "pt.jsonl", [{"text": p["question"] + "\n" + p["answer"]} for p in pt])
+    text = [p["question"] + "\n" + p["answer"] for p in pt] + filler(a.filler, 5)
+    random.Random(6).shuffle(text)
+    write(d / "pt.jsonl", [{"text": t} for t in text])
     (d / "DONE").write_text("ok")
 
 
@@ -119,7 +127,7 @@ def pretrain(work: Path, a) -> Path:
                 "vocab_size": 1024,
                 "dim": a.dim,
                 "n_layers": a.layers,
-                "n_heads": 4,
+                "n_heads": a.heads,
                 "max_seq_len": 512,
             },
             "data": {
@@ -137,8 +145,8 @@ def pretrain(work: Path, a) -> Path:
                 "max_steps": a.pretrain_steps,
                 "global_batch_tokens": 2048,
                 "micro_batch_size": 8,
-                "lr": 3e-3,
-                "min_lr": 3e-4,
+                "lr": a.pretrain_lr,
+                "min_lr": a.pretrain_lr / 10,
                 "warmup_steps": 20,
                 "device": "cpu",
                 "log_every": 25,
@@ -168,8 +176,8 @@ def sft0(work: Path, base: Path, a) -> Path:
                 "max_steps": a.sft0_steps,
                 "global_batch_tokens": 2048,
                 "micro_batch_size": 4,
-                "lr": 2e-3,
-                "min_lr": 1e-4,
+                "lr": a.sft_lr,
+                "min_lr": a.sft_lr / 20,
                 "warmup_steps": 10,
                 "weight_decay": 0.0,
                 "device": "cpu",
@@ -183,138 +191,310 @@ def sft0(work: Path, base: Path, a) -> Path:
     return find_checkpoint(run)
 
 
-def arm(work: Path, name: str, start: Path, a) -> list[dict]:
-    from skyloom.config import build
-    from skyloom.sft.skymath import SkyMathConfig, run_skymath
-
+def eval_sets(work: Path) -> dict:
     d = work / "data"
+    return {
+        "val": {"path": str(d / "val.jsonl"), "group_by": "steps"},
+        "test": {"path": str(d / "test.jsonl"), "group_by": "steps"},
+    }
+
+
+def make_factor_sets(work: Path, a) -> None:
+    """test-frames / test-names / test-starts: `--val` problems each holding out one factor of the test split."""
+    for i, f in enumerate(FACTORS):
+        path = work / "data" / f"test-{f}.jsonl"
+        if not path.is_file():
+            write(path, generate(a.val, f"test-{f}", 7 + i, a.max_problem_steps))
+
+
+def eval_factors(work: Path, start: Path) -> dict:
+    """sft0's greedy accuracy on the one-factor test sets → WORK/sft0/eval_factors.json (cached)."""
+    from skyloom.config import build
+    from skyloom.sft.skymath import SkyMathConfig, evaluate_round
+
+    out = work / "sft0" / "eval_factors.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    sets = {f"test-{f}": {"path": str(work / "data" / f"test-{f}.jsonl"), "group_by": "steps"} for f in FACTORS}
     cfg = build(
         SkyMathConfig,
         {
             "base": str(start),
-            "train_data": str(d / "train.jsonl"),
+            "train_data": str(work / "data" / "train.jsonl"),
+            "sft": {},
+            "eval": {"sets": sets, "max_new_tokens": 128},
+        },
+    )
+    ev = evaluate_round(start, cfg, "skywork")
+    out.write_text(json.dumps(ev) + "\n")
+    return ev
+
+
+def eval_start(work: Path, start: Path) -> dict:
+    """Greedy accuracy of sft0 (the common starting point) on val and test → WORK/sft0/eval.json (cached)."""
+    from skyloom.config import build
+    from skyloom.sft.skymath import SkyMathConfig, evaluate_round
+
+    out = work / "sft0" / "eval.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    cfg = build(
+        SkyMathConfig,
+        {
+            "base": str(start),
+            "train_data": str(work / "data" / "train.jsonl"),
+            "sft": {},
+            "eval": {"sets": eval_sets(work), "max_new_tokens": 128},
+        },
+    )
+    ev = evaluate_round(start, cfg, "skywork")
+    out.write_text(json.dumps(ev) + "\n")
+    return ev
+
+
+def arm_dir(work: Path, name: str, seed: int) -> Path:
+    return work / f"arm_{name}_s{seed}"
+
+
+def arm(work: Path, name: str, seed: int, start: Path, a) -> list[dict]:
+    """One `skyloom skymath` round from sft0; `seed` sets the sampling seed and the SFT data order."""
+    from skyloom.config import build
+    from skyloom.sft.skymath import SkyMathConfig, run_skymath
+
+    cfg = build(
+        SkyMathConfig,
+        {
+            "base": str(start),
+            "train_data": str(work / "data" / "train.jsonl"),
             "rounds": 1,
-            "sample": {"k": a.k, "temperature": 0.8, "max_new_tokens": 128, "seed": 0, "questions": a.sample_questions},
-            "mix": dict(ARMS[name], own_per_question=2, compare_per_question=1),
-            "eval": {
-                "sets": {
-                    "val": {"path": str(d / "val.jsonl"), "group_by": "steps"},
-                    "test": {"path": str(d / "test.jsonl"), "group_by": "steps"},
-                },
+            "sample": {
+                "k": a.k,
+                "temperature": 0.8,
                 "max_new_tokens": 128,
-                "at_start": name == "sft",
+                "seed": seed,
+                "questions": a.sample_questions,
             },
+            "mix": dict(ARMS[name], own_per_question=2, compare_per_question=1),
+            "eval": {"sets": eval_sets(work), "max_new_tokens": 128, "at_start": False},
             "sft": {
-                "data": {"seq_len": 512, "seed": 1},
+                "data": {"seq_len": 512, "seed": seed},
                 "train": {
                     "max_steps": a.arm_steps,
                     "global_batch_tokens": 2048,
                     "micro_batch_size": 4,
-                    "lr": 1e-3,
-                    "min_lr": 5e-5,
+                    "lr": a.arm_lr,
+                    "min_lr": a.arm_lr / 20,
                     "warmup_steps": 5,
                     "weight_decay": 0.0,
                     "device": "cpu",
                     "log_every": 25,
                 },
-                "checkpoint": {"every": 50, "keep_last": 1},
+                "checkpoint": {"every": 1000, "keep_last": 1},
             },
         },
     )
-    return run_skymath(cfg, work / f"arm_{name}")
+    return run_skymath(cfg, arm_dir(work, name, seed))
 
 
-def per_group(work: Path, run: str, round_no: int, set_name: str) -> dict:
-    """Accuracy by step count and by language, recomputed from the per-problem correctness in eval.json."""
-    ev = json.loads((work / run / f"round_{round_no:02d}" / "eval.json").read_text())[set_name]
-    probs = [json.loads(line) for line in (work / "data" / f"{set_name}.jsonl").read_text().splitlines()]
+def problems(work: Path, set_name: str) -> list[dict]:
+    return [json.loads(line) for line in (work / "data" / f"{set_name}.jsonl").read_text().splitlines()]
+
+
+def per_group(probs: list[dict], correct: list[bool]) -> dict:
+    """Accuracy by step count, by language and overall, from per-problem correctness."""
     groups: dict[str, list[bool]] = {}
-    for p, ok in zip(probs, ev["correct"]):
+    for p, ok in zip(probs, correct, strict=True):
         groups.setdefault(f"{p['steps']} step", []).append(ok)
         groups.setdefault(p["lang"], []).append(ok)
         groups.setdefault("all", []).append(ok)
     return {
-        g: {"k": sum(v), "n": len(v), "acc": sum(v) / len(v), "ci95": wilson(sum(v), len(v))}
-        for g, v in sorted(groups.items())
+        g: {"k": sum(v), "n": len(v), "acc": sum(v) / len(v), "ci95": wilson(sum(v), len(v))} for g, v in groups.items()
     }
 
 
-def report(work: Path, a) -> None:
-    out_dir = HERE / "results"
+def paired_bootstrap(arm: list[list[bool]], base: list[list[bool]], draws: int = 4000, seed: int = 0) -> dict:
+    """Accuracy difference arm − base (each a list over seeds of per-problem correctness on the same problems),
+    averaged over seeds, with a 95% percentile interval from resampling the problems (paired: the same draw for
+    both arms and every seed)."""
+    import random
+
+    n = len(base[0])
+    per_problem = [sum(a[i] - b[i] for a, b in zip(arm, base, strict=True)) / len(base) for i in range(n)]
+    rng = random.Random(seed)
+    means = sorted(sum(per_problem[rng.randrange(n)] for _ in range(n)) / n for _ in range(draws))
+    return {
+        "diff": sum(per_problem) / n,
+        "ci95": (means[int(0.025 * draws)], means[int(0.975 * draws) - 1]),
+        "problems": n,
+        "seeds": len(base),
+    }
+
+
+def report(work: Path, a) -> dict:
+    """results/results.json (every number) and results/results.md (the tables the README quotes); a --quick
+    smoke run writes them under WORK/results instead, leaving the committed results alone (and --results elsewhere)."""
+    out_dir = work / "results" if a.quick else Path(a.results)
     out_dir.mkdir(exist_ok=True)
     timing = work / "timing.json"
+    sets = ("val", "test")
+    probs = {s: problems(work, s) for s in sets}
     results: dict = {
         "settings": vars(a),
-        "models": {},
-        "rounds": {},
+        "sft0": {},
+        "arms": {},
+        "summary": {},
         "timing": json.loads(timing.read_text(encoding="utf-8")) if timing.is_file() else None,
     }
-    models = {"sft0 (start)": ("arm_sft", 0)} | {name: (f"arm_{name}", 1) for name in ARMS}
-    for label, (run, r) in models.items():
-        if (work / run / f"round_{r:02d}" / "eval.json").is_file():
-            results["models"][label] = {s: per_group(work, run, r, s) for s in ("val", "test")}
-    for name in ARMS:
-        f = work / f"arm_{name}" / "rounds.jsonl"
-        if f.is_file():
-            results["rounds"][name] = [json.loads(line) for line in f.read_text().splitlines()]
+    ev0 = work / "sft0" / "eval.json"
+    if ev0.is_file():
+        ev = json.loads(ev0.read_text())
+        results["sft0"] = {s: per_group(probs[s], ev[s]["correct"]) for s in sets}
+    evf = work / "sft0" / "eval_factors.json"
+    if evf.is_file():
+        ev = json.loads(evf.read_text())
+        results["sft0_factors"] = {s: per_group(problems(work, s), ev[s]["correct"]) for s in ev}
+    correct: dict[str, dict[str, list[list[bool]]]] = {}
+    for name in a.arms:
+        for seed in a.seeds:
+            d = arm_dir(work, name, seed)
+            f = d / "round_01" / "eval.json"
+            if not f.is_file():
+                continue
+            ev = json.loads(f.read_text())
+            rounds = [json.loads(line) for line in (d / "rounds.jsonl").read_text().splitlines()]
+            results["arms"].setdefault(name, {})[str(seed)] = {
+                **{s: per_group(probs[s], ev[s]["correct"]) for s in sets},
+                "round": next(r for r in rounds if r["round"] == 1),
+            }
+            for s in sets:
+                correct.setdefault(name, {}).setdefault(s, []).append(ev[s]["correct"])
+    complete = [n for n in a.arms if n in correct and len(correct[n]["test"]) == len(a.seeds)]
+    for name in complete:
+        results["summary"][name] = {}
+        for s in sets:
+            runs = correct[name][s]
+            k, n = sum(map(sum, runs)), sum(map(len, runs))
+            row = {
+                "k": k,
+                "n": n,
+                "acc": k / n,
+                "ci95": wilson(k, n),
+                "per_seed": [sum(r) / len(r) for r in runs],
+            }
+            if name != "sft" and "sft" in complete:
+                row["vs_sft"] = paired_bootstrap(runs, correct["sft"][s])
+            results["summary"][name][s] = row
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    md = markdown(results, a)
+    (out_dir / "results.md").write_text(md)
+    print(md)
+    return results
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def markdown(results: dict, a) -> str:
     lines = []
+    if results["summary"]:
+        lines += [
+            f"\n**Arms** (pooled over seeds {', '.join(map(str, a.seeds))}; Wilson 95% interval; "
+            "difference vs sft paired over problems and seeds, 95% bootstrap interval)\n",
+            "| arm | val acc | val per seed | val − sft | test acc | test per seed | test − sft |",
+            "|---|---:|---|---:|---:|---|---:|",
+        ]
+        for name, row in results["summary"].items():
+            cells = []
+            for s in ("val", "test"):
+                x = row[s]
+                cells.append(f"{pct(x['acc'])} [{pct(x['ci95'][0])}–{pct(x['ci95'][1])}]")
+                cells.append(" / ".join(pct(v) for v in x["per_seed"]))
+                d = x.get("vs_sft")
+                cells.append(
+                    "–"
+                    if d is None
+                    else f"{100 * d['diff']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
+                )
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    groups = [f"{i} step" for i in range(1, a.max_problem_steps + 1)] + ["en", "zh", "all"]
+    if results.get("sft0_factors"):
+        lines += [
+            "\n**sft0 on test sets that hold out one factor** (the others as in training)\n",
+            "| set | " + " | ".join(groups) + " |",
+            "|---|" + "---:|" * len(groups),
+        ]
+        for label, m in results["sft0_factors"].items():
+            cells = [f"{pct(m[g]['acc'])} [{100 * m[g]['ci95'][0]:.0f}–{100 * m[g]['ci95'][1]:.0f}]" for g in groups]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    models = {"sft0 (start)": results["sft0"]} if results["sft0"] else {}
+    for name, seeds in results["arms"].items():
+        for seed, m in seeds.items():
+            models[f"{name} s{seed}"] = m
     for s in ("val", "test"):
-        groups = ["1 step", "2 step", "3 step", "4 step", "en", "zh", "all"]
         lines += [
             f"\n**{s}** ({'training templates, new problems' if s == 'val' else 'held-out templates and starting numbers'})\n",
             "| model | " + " | ".join(groups) + " |",
             "|---|" + "---:|" * len(groups),
         ]
-        for label, m in results["models"].items():
+        for label, m in models.items():
             cells = []
             for g in groups:
                 x = m[s].get(g)
                 cells.append(
-                    "–" if x is None else f"{100 * x['acc']:.1f} [{100 * x['ci95'][0]:.0f}–{100 * x['ci95'][1]:.0f}]"
+                    "–" if x is None else f"{pct(x['acc'])} [{100 * x['ci95'][0]:.0f}–{100 * x['ci95'][1]:.0f}]"
                 )
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| arm | sampled | sample acc | accepted | reference / own / compare examples | SFT steps | answer tokens |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "| arm | seed | sampled | sample acc | accepted | reference / own / compare examples | SFT steps | answer tokens |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
-    for name, rounds in results["rounds"].items():
-        r = next((x for x in rounds if x["round"] == 1), None)
-        if r:
+    for name, seeds in results["arms"].items():
+        for seed, m in seeds.items():
+            r = m["round"]
             dstat = r["data"]
             ex = dstat["examples"]
-            acc = "–" if dstat["sample_accuracy"] is None else f"{100 * dstat['sample_accuracy']:.1f}%"
+            acc = "–" if dstat["sample_accuracy"] is None else f"{pct(dstat['sample_accuracy'])}%"
             lines.append(
-                f"| {name} | {dstat['samples']} | {acc} | {dstat['accepted']} | "
+                f"| {name} | {seed} | {dstat['samples']} | {acc} | {dstat['accepted']} | "
                 f"{ex['reference']} / {ex['own'] if ARMS[name]['own'] else 0} / "
                 f"{ex['compare'] if ARMS[name]['compare'] else 0} | {r['sft_steps']} | {r['sft_tokens']:,} |"
             )
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="runs/skymath-exp")
-    ap.add_argument("--train", type=int, default=2000)
+    ap.add_argument("--results", default=str(HERE / "results"), help="where results.json / results.md go")
+    ap.add_argument("--train", type=int, default=4000)
     ap.add_argument("--val", type=int, default=120)
-    ap.add_argument("--test", type=int, default=120)
-    ap.add_argument("--pretrain-problems", type=int, default=3000)
-    ap.add_argument("--pretrain-steps", type=int, default=60)
-    ap.add_argument("--sft0-steps", type=int, default=80)
-    ap.add_argument("--arm-steps", type=int, default=40)
-    ap.add_argument("--sample-questions", type=int, default=150)
-    ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--test", type=int, default=300)
+    ap.add_argument("--pretrain-problems", type=int, default=10000)
+    ap.add_argument("--filler", type=int, default=2000, help="general sentences in the pretraining text")
+    ap.add_argument("--pretrain-steps", type=int, default=700)
+    ap.add_argument("--sft0-steps", type=int, default=300)
+    ap.add_argument("--arm-steps", type=int, default=60)
+    ap.add_argument("--sample-questions", type=int, default=100)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--arms", nargs="*", default=list(ARMS))
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--max-problem-steps", type=int, default=3)
+    ap.add_argument("--pretrain-lr", type=float, default=3e-3)
+    ap.add_argument("--sft-lr", type=float, default=2e-3)
+    ap.add_argument("--pilot", action="store_true", help="stop after evaluating sft0")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3])
+    ap.add_argument("--arm-lr", type=float, default=1e-3)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     a = ap.parse_args()
     if a.quick:
         a.train, a.val, a.test, a.pretrain_problems = 200, 40, 40, 400
         a.pretrain_steps, a.sft0_steps, a.arm_steps, a.sample_questions, a.k = 20, 10, 6, 30, 2
+        a.seeds = a.seeds[:2]
     import torch
 
     torch.set_num_threads(a.threads)
@@ -328,12 +508,25 @@ def main() -> None:
     with timed(work, "sft0", (work / "sft0" / "DONE").is_file()):
         start = sft0(work, base, a)
     print(f"[{time.time() - t0:.0f}s] sft0: {start}", flush=True)
-    for name in a.arms:
-        rounds = work / f"arm_{name}" / "rounds.jsonl"
-        with timed(work, f"arm {name}", rounds.is_file() and any(json.loads(x)["round"] >= 1 for x in rounds.open())):
-            arm(work, name, start, a)
-        print(f"[{time.time() - t0:.0f}s] arm {name} done", flush=True)
-        report(work, a)
+    with timed(work, "eval sft0", (work / "sft0" / "eval.json").is_file()):
+        ev = eval_start(work, start)
+    print(f"[{time.time() - t0:.0f}s] sft0 accuracy: " + ", ".join(f"{k} {v['acc']:.3f}" for k, v in ev.items()))
+    make_factor_sets(work, a)
+    with timed(work, "eval sft0 factors", (work / "sft0" / "eval_factors.json").is_file()):
+        ev = eval_factors(work, start)
+    print(
+        f"[{time.time() - t0:.0f}s] sft0 one-factor test sets: "
+        + ", ".join(f"{k} {v['acc']:.3f}" for k, v in ev.items())
+    )
+    if a.pilot:
+        return
+    for seed in a.seeds:
+        for name in a.arms:
+            done = (arm_dir(work, name, seed) / "round_01" / "eval.json").is_file()
+            with timed(work, f"arm {name} s{seed}", done):
+                arm(work, name, seed, start, a)
+            print(f"[{time.time() - t0:.0f}s] arm {name} seed {seed} done", flush=True)
+            report(work, a)
     report(work, a)
     print(f"total {time.time() - t0:.0f}s")
 
