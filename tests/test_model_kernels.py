@@ -66,6 +66,25 @@ def test_rmsnorm_kernel_equals_autograd(monkeypatch):
     assert_close(fast[:3], reference[:3])
 
 
+def test_rmsnorm_kernel_backward_stays_float32_under_autocast(monkeypatch):
+    """The trainer calls backward inside its autocast context: the kernel's matrix-vector product must not drop
+    to bfloat16 there (the autograd reference has no matrix product to autocast)."""
+    g = torch.Generator().manual_seed(5)
+    x0, incoming = torch.randn(4, 6, 64, generator=g), torch.randn(4, 6, 64, generator=g)
+    norm = RMSNorm(64)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(64, generator=g))
+
+    def run():
+        x = x0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            norm(x).backward(incoming)
+        return (x.grad,)
+
+    fast, reference = both_paths(monkeypatch, run)
+    assert_close(fast, reference)
+
+
 @pytest.mark.parametrize("per_row_positions", [False, True])
 def test_rope_kernel_equals_autograd(monkeypatch, per_row_positions):
     g = torch.Generator().manual_seed(1)

@@ -83,8 +83,10 @@ class _RMSNormFn(torch.autograd.Function):
         dim = grad.shape[-1]
         rows = (grad * normed).reshape(-1, dim)  # g ⊙ x̂: summed over rows for the weight, · weight for x
         grad_weight = rows.sum(0) if ctx.needs_input_grad[1] else None
-        # d/dx of x·rstd(x)·w: rstd · (g⊙w − x̂ · mean(g⊙w⊙x̂)), the mean as one matrix-vector product
-        mean_dot = (rows @ weight).div_(dim).view(*grad.shape[:-1], 1)
+        # d/dx of x·rstd(x)·w: rstd · (g⊙w − x̂ · mean(g⊙w⊙x̂)), the mean as one matrix-vector product, in float32
+        # even when the backward runs under autocast (which would otherwise round the product to half precision)
+        with torch.autocast(grad.device.type, enabled=False):
+            mean_dot = (rows @ weight).div_(dim).view(*grad.shape[:-1], 1)
         return (grad * weight).addcmul_(normed, mean_dot, value=-1).mul_(rstd), grad_weight, None
 
 
