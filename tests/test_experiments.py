@@ -70,7 +70,14 @@ README_RESULTS = {
     "correlation/README.md": ["correlation/results/results.json"],
     "arch_gpt_vs_llama/README.md": ["arch_gpt_vs_llama/results/results.json"],
     "skymath/README.md": ["skymath/results/results.json"],
-    "moe/README.md": ["moe/results/fig3.json", "moe/results/upcycle.json"],
+    "moe/README.md": [
+        "moe/results/fig3.json",
+        "moe/results/upcycle.json",
+        "moe/results/fig3_boundary.json",
+        "moe/results/fig3_eq4.json",
+        "moe/results/upcycle_budget2.json",
+        "moe/results/upcycle_budget2_seed1.json",
+    ],
     "ccnet/README.md": ["ccnet/results/results.json"],
     "lr_continuation/README.md": ["lr_continuation/results/results.json", "lr_continuation/results/seed1/results.json"],
 }
@@ -78,6 +85,7 @@ README_RESULTS["README.md"] = sorted({f for files in README_RESULTS.values() for
 DOC_PASSAGES = {  # docs that quote experiment outcomes: (doc, the passage's first words) → the experiment's results
     ("docs/moe.md", "**Figure 3 and upcycling at CPU scale**"): README_RESULTS["moe/README.md"],
     ("docs/moe.md", "At CPU scale the rule's call"): README_RESULTS["moe/README.md"],
+    ("docs/moe.md", "**Under the report's Eq. 4**"): README_RESULTS["moe/README.md"],
     ("docs/sft.md", "**Experiment** (experiments/skymath/README.md)"): README_RESULTS["skymath/README.md"],
 }
 
