@@ -6,11 +6,12 @@ k times as many: ×, share equally among k and keep one share: ÷, always exact)
 1..99; the solution writes one line "a op b = <<a op b=r>>r" per step, then "#### R". Every annotation is exact
 (checked in `generate`).
 
-Sentences are composed: an opening (4 forms per language in training), steps of a connective (5) and an
-operation phrase (2 per operation), a question (3). The `test` split holds out: the opening and question forms,
+Sentences are composed: an opening (8 forms per language in training), steps of a connective (10) and an
+operation phrase (2 per operation), a question (6). The `test` split holds out: the opening and question forms,
 the connective (every step sentence is new as a whole), the names, the items, and the starting numbers
 (`TEST_STARTS`; training never starts from one). The operation phrases themselves are shared: a model trained
-from scratch on this text has no other way to learn what a verb means. `val` is new problems from the training templates (in-distribution).
+from scratch on this text has no other way to learn what a verb means. `val` is new problems from the training
+templates (in-distribution).
 """
 
 from __future__ import annotations
@@ -45,19 +46,54 @@ PHRASES = {  # operation phrases, shared by both splits
 FRAMES = {
     "en": {
         "train": {
-            "names": ["Tom", "Anna", "Ben", "Lucy", "Sam", "Mia", "Jack", "Emma"],
-            "items": ["apples", "pencils", "stickers", "marbles", "cookies", "cards"],
+            "names": [
+                "Tom",
+                "Anna",
+                "Ben",
+                "Lucy",
+                "Sam",
+                "Mia",
+                "Jack",
+                "Emma",
+                "Max",
+                "Lily",
+                "Dan",
+                "Zoe",
+                "Ivan",
+                "Rosa",
+                "Omar",
+                "Kate",
+            ],
+            "items": ["apples", "pencils", "stickers", "marbles", "cookies", "cards", "eggs", "pens", "cups", "toys"],
             "start": [
                 "{name} has {a} {item}.",
                 "{name} starts with {a} {item}.",
                 "There are {a} {item} in {name}'s box.",
                 "{name} keeps {a} {item} in a box.",
+                "On Monday, {name} has {a} {item}.",
+                "In the beginning, {name} has {a} {item}.",
+                "{name} owns {a} {item}.",
+                "First, {name} gets {a} {item}.",
             ],
-            "connectives": ["Then", "Next,", "After a while,", "Soon", "After lunch,"],
+            "connectives": [
+                "Then",
+                "Next,",
+                "After a while,",
+                "Soon",
+                "After lunch,",
+                "After that,",
+                "On Tuesday,",
+                "Afterwards",
+                "In the evening,",
+                "Now",
+            ],
             "ask": [
                 "How many {item} does {name} have now?",
                 "How many {item} are there now?",
                 "How many {item} does {name} have in the end?",
+                "Find the number of {item} {name} has.",
+                "How many {item} are left?",
+                "Count the {item} that {name} has now.",
             ],
         },
         "test": {
@@ -70,16 +106,38 @@ FRAMES = {
     },
     "zh": {
         "train": {
-            "names": ["小明", "小红", "小刚", "小丽", "小华", "小军"],
-            "items": ["苹果", "铅笔", "贴纸", "弹珠", "饼干"],
+            "names": ["小明", "小红", "小刚", "小丽", "小华", "小军", "小东", "小兰", "小文", "小静", "小伟", "小雪"],
+            "items": ["苹果", "铅笔", "贴纸", "弹珠", "饼干", "鸡蛋", "杯子", "玩具", "橘子", "本子"],
             "start": [
                 "{name}有{a}个{item}。",
                 "{name}一开始有{a}个{item}。",
                 "盒子里有{name}的{a}个{item}。",
                 "{name}手里有{a}个{item}。",
+                "星期一，{name}有{a}个{item}。",
+                "起初{name}有{a}个{item}。",
+                "{name}拿到了{a}个{item}。",
+                "{name}家里有{a}个{item}。",
             ],
-            "connectives": ["然后", "接着，", "过了一会儿，", "不久", "午饭后，"],
-            "ask": ["现在{name}有多少个{item}？", "现在一共有多少个{item}？", "最后{name}有多少个{item}？"],
+            "connectives": [
+                "然后",
+                "接着，",
+                "过了一会儿，",
+                "不久",
+                "午饭后，",
+                "之后",
+                "星期二，",
+                "随后",
+                "晚上，",
+                "这时",
+            ],
+            "ask": [
+                "现在{name}有多少个{item}？",
+                "现在一共有多少个{item}？",
+                "最后{name}有多少个{item}？",
+                "{name}还有多少个{item}？",
+                "请算出{name}的{item}有多少个。",
+                "剩下多少个{item}？",
+            ],
         },
         "test": {
             "names": ["小芳", "小强", "小燕", "小龙", "小梅"],

@@ -431,9 +431,10 @@ def markdown(results: dict, a) -> str:
     for name, seeds in results["arms"].items():
         for seed, m in seeds.items():
             models[f"{name} s{seed}"] = m
+    what = {"val": "training templates, new problems", "test": "held-out templates, names, items and starts"}
     for s in ("val", "test"):
         lines += [
-            f"\n**{s}** ({'training templates, new problems' if s == 'val' else 'held-out templates and starting numbers'})\n",
+            f"\n**{s}** ({what[s]})\n",
             "| model | " + " | ".join(groups) + " |",
             "|---|" + "---:|" * len(groups),
         ]
@@ -447,7 +448,8 @@ def markdown(results: dict, a) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| arm | seed | sampled | sample acc | accepted | reference / own / compare examples | SFT steps | answer tokens |",
+        "| arm | seed | sampled | sample acc | accepted | reference / own / compare examples | SFT steps "
+        "| answer tokens |",
         "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, seeds in results["arms"].items():
