@@ -542,7 +542,7 @@ def register(sub) -> None:
             "GSM8K: K-shot greedy generation, answer from '#### N', 'answer is N', else the last number.\n"
             "math:PATH (MATH): minerva_math 4-shot; the last \\boxed{} answer, equal as LaTeX or under sympy.\n"
             "humaneval:FILE: pass@k of completions run in a limited subprocess; EXECUTES MODEL CODE, so it\n"
-            "refuses to start without --allow-code-execution (not a security sandbox: see docs/eval.md).\n"
+            "refuses to start without --allow-code-execution (not a security sandbox: see docs/evaluation.md).\n"
             "The exact prompts are hashed (prompt_sha256) and can be written with --log-samples.\n\n"
             "example: skyloom eval bench --model ckpt --task ceval --task cmmlu --task gsm8k --output bench.json\n"
             "         skyloom eval bench --model hf_dir --task mmlu:data/mmlu --shots 5"
