@@ -28,9 +28,9 @@ import numpy as np
 from skyloom.config import ConfigError
 from skyloom.data.pipeline.base import SkyFilter
 from skyloom.data.pipeline.kn_lm import KneserNeyLM
+from skyloom.data.pipeline.quality import BUCKETS  # the same head/middle/tail as the classifier
 from skyloom.data.pipeline.text import cjk_fraction, units
 
-BUCKETS = ("head", "middle", "tail")
 FORMAT = "skyloom-ccnet-v1"
 _DIGIT = re.compile(r"\d")
 
