@@ -10,7 +10,7 @@ from skyloom.config import build
 from skyloom.model.loss import linear_token_loss, token_loss
 from skyloom.train.config import RunConfig
 from skyloom.train.trainer import Trainer
-from tests.train_helpers import random_token_corpus, single_thread  # noqa: F401
+from tests.train_helpers import random_run_config, random_token_corpus, single_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -75,22 +75,7 @@ def corpus(tmp_path_factory):
 
 
 def trainer_losses(corpus, run_dir, chunked: bool, steps: int = 4) -> list[float]:
-    cfg = build(
-        RunConfig,
-        {
-            "model": {
-                "preset": "tiny",
-                "vocab_size": 1024,
-                "dim": 64,
-                "ffn_dim": 176,
-                "n_layers": 2,
-                "max_seq_len": 32,
-            },
-            "data": {"seq_len": 32, "seed": 0, "sources": {"random": {"path": str(corpus)}}},
-            "train": {"global_batch_tokens": 256, "micro_batch_size": 4, "max_steps": steps, "lr": 3e-3},
-            "checkpoint": {"every": 0, "save_final": False},
-        },
-    )
+    cfg = build(RunConfig, random_run_config(corpus, steps, checkpoint={"save_final": False}))
     trainer = Trainer(cfg, run_dir, log=lambda *_: None)
     assert trainer.chunked_loss  # one process: the chunked path is the default
     trainer.chunked_loss = chunked

@@ -16,7 +16,7 @@ from skyloom.model.config import ModelConfig
 from skyloom.model.transformer import RMSNorm, Transformer, apply_rope, rope_cos_sin
 from skyloom.train.config import RunConfig
 from skyloom.train.trainer import Trainer
-from tests.train_helpers import random_token_corpus, single_thread  # noqa: F401
+from tests.train_helpers import random_run_config, random_token_corpus, single_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -141,15 +141,7 @@ def test_trainer_losses_unchanged(monkeypatch, tmp_path):
     corpus = random_token_corpus(tmp_path / "data", 40, seed=4)
 
     def losses():
-        cfg = build(
-            RunConfig,
-            {
-                "model": {"preset": "tiny", "vocab_size": 1024, "dim": 64, "ffn_dim": 176, "n_layers": 2},
-                "data": {"seq_len": 32, "seed": 0, "sources": {"random": {"path": str(corpus)}}},
-                "train": {"global_batch_tokens": 256, "micro_batch_size": 4, "max_steps": 3, "lr": 3e-3},
-                "checkpoint": {"every": 0, "save_final": False},
-            },
-        )
+        cfg = build(RunConfig, random_run_config(corpus, 3, checkpoint={"save_final": False}))
         torch.manual_seed(0)
         trainer = Trainer(cfg, tmp_path / f"run{len(list(tmp_path.iterdir()))}", log=lambda *_: None)
         return [trainer.train_step()["loss"] for _ in range(3)]

@@ -15,7 +15,7 @@ from skyloom.model.transformer import Transformer
 from skyloom.model.upcycle import is_ffn_parameter, upcycle
 from skyloom.train.config import RunConfig
 from skyloom.train.trainer import Trainer
-from tests.train_helpers import random_token_corpus, single_thread  # noqa: F401
+from tests.train_helpers import random_run_config, random_token_corpus, single_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -131,22 +131,7 @@ def corpus(tmp_path_factory):
 
 
 def run_config(corpus, steps: int, **train) -> RunConfig:
-    return build(
-        RunConfig,
-        {
-            "model": {
-                "preset": "tiny",
-                "vocab_size": 1024,
-                "dim": 64,
-                "ffn_dim": 176,
-                "n_layers": 2,
-                "max_seq_len": 32,
-            },
-            "data": {"seq_len": 32, "seed": 0, "sources": {"random": {"path": str(corpus)}}},
-            "train": {"global_batch_tokens": 256, "micro_batch_size": 4, "max_steps": steps, "lr": 3e-3, **train},
-            "checkpoint": {"every": 0},
-        },
-    )
+    return build(RunConfig, random_run_config(corpus, steps, **train))
 
 
 def session(corpus, run_dir, steps: int, **train) -> Trainer:

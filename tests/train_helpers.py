@@ -90,6 +90,16 @@ def random_token_corpus(out: Path, n_docs: int, seed: int) -> Path:
     return out
 
 
+def random_run_config(corpus: Path, steps: int, checkpoint: dict | None = None, **train) -> dict:
+    """A run config (plain dict) for a 2-layer dim-64 model on `random_token_corpus` shards (no tokenizer)."""
+    return {
+        "model": {"preset": "tiny", "vocab_size": 1024, "dim": 64, "ffn_dim": 176, "n_layers": 2, "max_seq_len": 32},
+        "data": {"seq_len": 32, "seed": 0, "sources": {"random": {"path": str(corpus)}}},
+        "train": {"global_batch_tokens": 256, "micro_batch_size": 4, "max_steps": steps, "lr": 3e-3, **train},
+        "checkpoint": {"every": 0, **(checkpoint or {})},
+    }
+
+
 def tiny_run_config(corpus: dict[str, Path], **sections) -> dict:
     """A run config (plain dict) for a ~240k-parameter model on the session corpus; `sections` update it."""
     cfg = {
