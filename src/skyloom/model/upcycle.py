@@ -142,14 +142,7 @@ def upcycle(
         if not isinstance(block.ffn, MoE):
             continue
         layer = block.ffn
-        if expert_sources is None:  # one source: broadcast copies
-            source = dense.layers[i].ffn
-            if not isinstance(source, SwiGLU):
-                raise ValueError(f"layer {i}: the dense FFN is {type(source).__name__}, not SwiGLU")
-            layer.w1.copy_(source.w1.weight.unsqueeze(0).expand_as(layer.w1))
-            layer.w3.copy_(source.w3.weight.unsqueeze(0).expand_as(layer.w3))
-            layer.w2.copy_(source.w2.weight.unsqueeze(0).expand_as(layer.w2))
-        for j, expert_model in enumerate(experts if expert_sources is not None else ()):
+        for j, expert_model in enumerate(experts):
             source = expert_model.layers[i].ffn
             if not isinstance(source, SwiGLU):
                 raise ValueError(f"layer {i}: the dense FFN is {type(source).__name__}, not SwiGLU")
