@@ -276,8 +276,18 @@ class Block(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, attn_mask, kv: LayerKV | None = None):
-        x = x + self.resid_dropout(self.attn(self.attn_norm(x), rope, attn_mask, kv))
-        return x + self.resid_dropout(self.ffn(self.ffn_norm(x)))
+        x = residual_add(self.resid_dropout(self.attn(self.attn_norm(x), rope, attn_mask, kv)), x)
+        return residual_add(self.resid_dropout(self.ffn(self.ffn_norm(x))), x)
+
+
+def residual_add(branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x + branch, written into `branch` when both are plain tensors of one dtype: the branch's output is the
+    block's own fresh tensor, which no backward needs, so the residual stream costs no new allocation (~1% of a
+    CPU training step at `small`). The block input `x` is never written (activation checkpointing re-reads it);
+    DTensors, collective outputs and mixed dtypes (a bf16 branch onto an fp32 stream) take the plain add."""
+    if branch.dtype == x.dtype and type(branch) is torch.Tensor and type(x) is torch.Tensor:
+        return branch.add_(x)
+    return x + branch
 
 
 class Transformer(nn.Module):
