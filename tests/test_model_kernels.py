@@ -159,3 +159,16 @@ def test_chunked_loss_refuses_a_second_backward():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="second backward"):
         loss.backward()
+
+
+def test_residual_add_writes_only_into_a_same_dtype_plain_branch():
+    """The in-place residual never touches the block input (activation checkpointing re-reads it) and never narrows
+    an fp32 stream to a bf16 branch's dtype."""
+    x, branch = torch.randn(2, 3), torch.randn(2, 3)
+    x0, expected = x.clone(), x + branch
+    out = transformer.residual_add(branch, x)
+    assert out.data_ptr() == branch.data_ptr() and torch.equal(out, expected) and torch.equal(x, x0)
+    half = torch.randn(2, 3).bfloat16()
+    half0 = half.clone()
+    mixed = transformer.residual_add(half, x)
+    assert mixed.dtype == torch.float32 and torch.equal(half, half0) and torch.equal(mixed, x + half)
