@@ -69,7 +69,11 @@ README_RESULTS = {
     "leakage/README.md": ["leakage/results/results.json"],
     "correlation/README.md": ["correlation/results/results.json"],
     "arch_gpt_vs_llama/README.md": ["arch_gpt_vs_llama/results/results.json"],
-    "skymath/README.md": ["skymath/results/results.json"],
+    "skymath/README.md": [
+        "skymath/results/results.json",
+        "skymath/results/results_sample200.json",
+        "skymath/results/results_previous_design.json",
+    ],
     "moe/README.md": [
         "moe/results/fig3.json",
         "moe/results/upcycle.json",

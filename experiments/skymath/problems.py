@@ -7,11 +7,14 @@ k times as many: ×, share equally among k and keep one share: ÷, always exact)
 (checked in `generate`).
 
 Sentences are composed: an opening (8 forms per language in training), steps of a connective (10) and an
-operation phrase (2 per operation), a question (6). The `test` split holds out: the opening and question forms,
-the connective (every step sentence is new as a whole), the names, the items, and the starting numbers
-(`TEST_STARTS`; training never starts from one). The operation phrases themselves are shared: a model trained
-from scratch on this text has no other way to learn what a verb means. `val` is new problems from the training
-templates (in-distribution).
+operation phrase (2 per operation), a question (6). Held-out factors: the "frames" (opening and question forms),
+the connectives, the names and items, and the starting numbers (`TEST_STARTS`; training never starts from one).
+The `test` split holds out the frames and the starting numbers (`HELD_OUT_IN_TEST`): new sentences around the
+training vocabulary, as GSM8K's test problems are new text about the same kind of everyday things. `test-all`
+holds out every factor (new names and items too: a model trained from scratch has never seen them in a problem),
+`test-FACTOR` one factor only (what a failure to transfer is due to). The operation phrases are always shared: a
+model trained from scratch on this text has no other way to learn what a verb means. `val` is new problems from
+the training templates (in-distribution).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ MAX_VALUE = 99
 # solution lines: the arithmetic only (no names or items to copy), the same for both languages and both splits
 # (the test references are never trained on; only `final` is graded)
 SOLUTION = {op: "{x}" + sign + "{n} = <<{x}" + sign + "{n}={r}>>{r}" for op, sign in zip(OPS, "+-*/", strict=True)}
+# + and × are written in either order (half the references each): a problem has more than one correct solution,
+# so RFT's distinct sampled solutions can differ from the reference (with one order only, RFT ≡ plain SFT)
+COMMUTATIVE = ("add", "mul")
 PHRASES = {  # operation phrases, shared by both splits
     "en": {
         "add": ["{name} buys {n} more {item}.", "{name} finds {n} more {item}."],
@@ -217,13 +223,17 @@ def _step_sentence(lang: str, connective: str, phrase: str) -> str:
 
 
 # a split that holds out one factor only (the others from training): what a failure to transfer is due to
-FACTORS = ("frames", "names", "starts")
+FACTORS = ("frames", "connectives", "names", "starts")
+HELD_OUT_IN_TEST = ("frames", "starts")  # the `test` split's held-out factors; `test-all` holds out every factor
 
 
 def _sources(split: str) -> dict[str, str]:
-    """Which split each factor comes from: "train", "test" (all held out) or "test-FACTOR" (that one only)."""
-    if split in ("train", "test"):
-        return dict.fromkeys(FACTORS, split)
+    """Which pool each factor comes from: "train", "test" (HELD_OUT_IN_TEST), "test-all" (every factor) or
+    "test-FACTOR" (that one only)."""
+    if split in ("train", "test-all"):
+        return dict.fromkeys(FACTORS, split.removesuffix("-all"))
+    if split == "test":
+        return {f: "test" if f in HELD_OUT_IN_TEST else "train" for f in FACTORS}
     factor = split.removeprefix("test-")
     if factor not in FACTORS:
         raise ValueError(f"unknown split {split!r}")
@@ -233,6 +243,7 @@ def _sources(split: str) -> dict[str, str]:
 def make_problem(rng: random.Random, steps: int, lang: str, split: str) -> dict:
     src = _sources(split)
     t = FRAMES[lang][src["frames"]]
+    joins = FRAMES[lang][src["connectives"]]
     who = FRAMES[lang][src["names"]]
     name, item = rng.choice(who["names"]), rng.choice(who["items"])
     a = rng.choice([v for v in range(2, 31) if (v in TEST_STARTS) == (src["starts"] == "test")])
@@ -245,8 +256,9 @@ def make_problem(rng: random.Random, steps: int, lang: str, split: str) -> dict:
             return make_problem(rng, steps, lang, split)
         kind, n, r = op
         phrase = rng.choice(PHRASES[lang][kind])
-        q.append(_step_sentence(lang, rng.choice(t["connectives"]), phrase).format(name=name, n=n, item=item))
-        sol.append(SOLUTION[kind].format(n=n, x=x, r=r))
+        q.append(_step_sentence(lang, rng.choice(joins["connectives"]), phrase).format(name=name, n=n, item=item))
+        x_first = kind not in COMMUTATIVE or rng.random() < 0.5
+        sol.append(SOLUTION[kind].format(n=n, x=x, r=r) if x_first else SOLUTION[kind].format(n=x, x=n, r=r))
         x = r
     q.append(rng.choice(t["ask"]).format(name=name, item=item))
     sep = " " if lang == "en" else ""

@@ -1,22 +1,23 @@
 """SkyMath at CPU scale: plain SFT vs rejection-sampling (RFT) vs self-compare fine-tuning, equal training tokens.
 
-1. data     problems.py: 4,000 training problems (1–3 steps, English + Chinese, annotated solutions), new
-            problems from the training templates (`val`, in-distribution) and problems from held-out templates,
-            names, items and starting numbers (`test`); further training-template problems as pretraining text.
+1. data     problems.py: 4,000 training problems (1–3 steps, English + Chinese, annotated solutions; + and × in
+            either order), new problems from the training templates (`val`, in-distribution), problems with
+            held-out opening/question forms and starting numbers (`test`), the same with held-out connectives,
+            names and items too (`test-all`); further training-template problems as pretraining text.
 2. pretrain a small Llama-style model (BPE trained here, every digit its own token) on the pretraining text
             with `skyloom train`'s engine (2,048 tokens per step everywhere).
 3. sft0     `skyloom sft` on the training references (Skywork chat template) — the common starting point,
-            evaluated once (greedy) on val and test.
+            evaluated once (greedy) on val, test and test-all, and on one-factor test sets (diagnosis).
 4. arms     for each seed, one `skyloom skymath` round per arm from sft0, the same number of optimizer steps ×
             tokens per step; the seed sets the sampling seed and the SFT data order:
               sft      mix reference=1, own=0, compare=0   (more plain SFT; no sampling)
               rft      mix reference=1, own=1, compare=0   (+ own correct, distinct solutions)
               compare  mix reference=1, own=1, compare=1   (+ self-compare examples)
-5. report   greedy zero-shot accuracy per step count and language on val and test with Wilson 95% intervals,
-            pooled over seeds, and each arm's difference from sft paired over problems and seeds with a
+5. report   greedy zero-shot accuracy per step count and language on val, test and test-all with Wilson 95%
+            intervals, pooled over seeds, and each arm's difference from sft paired over problems and seeds with a
             bootstrap 95% interval → results/results.json and results/results.md.
 
-    .venv/bin/python experiments/skymath/run.py                 # ~1 hour on one CPU thread
+    .venv/bin/python experiments/skymath/run.py                 # ~15 min on one CPU thread
     .venv/bin/python experiments/skymath/run.py --quick         # a smoke run (a few minutes)
     .venv/bin/python experiments/skymath/run.py --pilot         # stop after sft0's evaluation
 Stages are cached in --work (default runs/skymath-exp); re-running continues where it stopped.
@@ -39,6 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from problems import FACTORS, filler, generate, write  # noqa: E402
 
+SETS = ("val", "test", "test-all")  # evaluated for sft0 and every arm
 ARMS = {
     "sft": {"reference": 1.0, "own": 0.0, "compare": 0.0},
     "rft": {"reference": 1.0, "own": 1.0, "compare": 0.0},
@@ -96,11 +98,11 @@ def make_data(work: Path, a) -> None:
     seen = {p["question"] for p in train}
     val = [p for p in generate(a.val * 2, "train", 2, steps) if p["question"] not in seen][: a.val]
     pt = [p for p in generate(a.pretrain_problems, "train", 3, steps) if p["question"] not in seen]
-    test = generate(a.test, "test", 4, steps)
     d = work / "data"
     write(d / "train.jsonl", train)
     write(d / "val.jsonl", val)
-    write(d / "test.jsonl", test)
+    write(d / "test.jsonl", generate(a.test, "test", 4, steps))
+    write(d / "test-all.jsonl", generate(a.test, "test-all", 4, steps))
     text = [p["question"] + "\n" + p["answer"] for p in pt] + filler(a.filler, 5)
     random.Random(6).shuffle(text)
     write(d / "pt.jsonl", [{"text": t} for t in text])
@@ -196,11 +198,12 @@ def eval_sets(work: Path) -> dict:
     return {
         "val": {"path": str(d / "val.jsonl"), "group_by": "steps"},
         "test": {"path": str(d / "test.jsonl"), "group_by": "steps"},
+        "test-all": {"path": str(d / "test-all.jsonl"), "group_by": "steps"},
     }
 
 
 def make_factor_sets(work: Path, a) -> None:
-    """test-frames / test-names / test-starts: `--val` problems each holding out one factor of the test split."""
+    """test-FACTOR for each of FACTORS: `--val` problems each holding out that factor only."""
     for i, f in enumerate(FACTORS):
         path = work / "data" / f"test-{f}.jsonl"
         if not path.is_file():
@@ -231,7 +234,7 @@ def eval_factors(work: Path, start: Path) -> dict:
 
 
 def eval_start(work: Path, start: Path) -> dict:
-    """Greedy accuracy of sft0 (the common starting point) on val and test → WORK/sft0/eval.json (cached)."""
+    """Greedy accuracy of sft0 (the common starting point) on val, test and test-all → WORK/sft0/eval.json (cached)."""
     from skyloom.config import build
     from skyloom.sft.skymath import SkyMathConfig, evaluate_round
 
@@ -336,7 +339,7 @@ def report(work: Path, a) -> dict:
     out_dir = work / "results" if a.quick else Path(a.results)
     out_dir.mkdir(exist_ok=True)
     timing = work / "timing.json"
-    sets = ("val", "test")
+    sets = SETS
     probs = {s: problems(work, s) for s in sets}
     results: dict = {
         "settings": vars(a),
@@ -401,12 +404,12 @@ def markdown(results: dict, a) -> str:
         lines += [
             f"\n**Arms** (pooled over seeds {', '.join(map(str, a.seeds))}; Wilson 95% interval; "
             "difference vs sft paired over problems and seeds, 95% bootstrap interval)\n",
-            "| arm | val acc | val per seed | val − sft | test acc | test per seed | test − sft |",
-            "|---|---:|---|---:|---:|---|---:|",
+            "| arm | " + " | ".join(f"{s} acc | {s} per seed | {s} − sft" for s in SETS) + " |",
+            "|---|" + "---:|---|---:|" * len(SETS),
         ]
         for name, row in results["summary"].items():
             cells = []
-            for s in ("val", "test"):
+            for s in SETS:
                 x = row[s]
                 cells.append(f"{pct(x['acc'])} [{pct(x['ci95'][0])}–{pct(x['ci95'][1])}]")
                 cells.append(" / ".join(pct(v) for v in x["per_seed"]))
@@ -431,8 +434,12 @@ def markdown(results: dict, a) -> str:
     for name, seeds in results["arms"].items():
         for seed, m in seeds.items():
             models[f"{name} s{seed}"] = m
-    what = {"val": "training templates, new problems", "test": "held-out templates, names, items and starts"}
-    for s in ("val", "test"):
+    what = {
+        "val": "training templates, new problems",
+        "test": "held-out opening/question forms and starting numbers; training connectives, names and items",
+        "test-all": "held-out opening/question forms, connectives, names, items and starting numbers",
+    }
+    for s in SETS:
         lines += [
             f"\n**{s}** ({what[s]})\n",
             "| model | " + " | ".join(groups) + " |",
@@ -475,10 +482,10 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=300)
     ap.add_argument("--pretrain-problems", type=int, default=10000)
     ap.add_argument("--filler", type=int, default=2000, help="general sentences in the pretraining text")
-    ap.add_argument("--pretrain-steps", type=int, default=700)
-    ap.add_argument("--sft0-steps", type=int, default=300)
+    ap.add_argument("--pretrain-steps", type=int, default=1400)
+    ap.add_argument("--sft0-steps", type=int, default=1000)
     ap.add_argument("--arm-steps", type=int, default=60)
-    ap.add_argument("--sample-questions", type=int, default=100)
+    ap.add_argument("--sample-questions", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--k", type=int, default=4)
