@@ -162,8 +162,8 @@ def test_chunked_loss_refuses_a_second_backward():
 
 
 def test_residual_add_writes_only_into_a_same_dtype_plain_branch():
-    """The in-place residual never touches the block input (activation checkpointing re-reads it) and never narrows
-    an fp32 stream to a bf16 branch's dtype."""
+    """The in-place residual never touches the block input (activation checkpointing re-reads it), never narrows
+    an fp32 stream to a bf16 branch's dtype, and never writes into a view."""
     x, branch = torch.randn(2, 3), torch.randn(2, 3)
     x0, expected = x.clone(), x + branch
     out = transformer.residual_add(branch, x)
@@ -172,3 +172,7 @@ def test_residual_add_writes_only_into_a_same_dtype_plain_branch():
     half0 = half.clone()
     mixed = transformer.residual_add(half, x)
     assert mixed.dtype == torch.float32 and torch.equal(half, half0) and torch.equal(mixed, x + half)
+    buffer = torch.randn(3, 3)
+    view = buffer[:2]  # as the MoE layer's output: a slice of its combine buffer
+    sliced = transformer.residual_add(view, x)
+    assert sliced.data_ptr() != buffer.data_ptr() and torch.equal(sliced, x + view)

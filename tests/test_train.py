@@ -214,3 +214,35 @@ def test_activation_checkpointing_and_bf16_switches(train_corpus, tmp_path):
     assert losses("ac", activation_checkpointing=True) == pytest.approx(base, abs=1e-6)
     bf16 = losses("bf16", precision="bf16")
     assert all(math.isfinite(x) for x in bf16) and bf16 == pytest.approx(base, abs=0.05) and bf16 != base
+
+
+@pytest.mark.parametrize("grad_clip", [0.05, 0.0])
+def test_clipping_inside_the_fused_step_equals_clip_grad_norm(grad_clip, tmp_path, monkeypatch):
+    """The fused AdamW divides the gradients by the clip's factor in its kernel (no separate pass over them): the
+    same norms, losses and weights as torch's clip_grad_norm_ before the step, to rounding; the factor lives only
+    for its step. grad_clip 0.05 clips every step here; 0 (no clipping) never scales."""
+    from skyloom.config import build
+    from skyloom.train import trainer as trainer_module
+    from skyloom.train.config import RunConfig
+    from tests.train_helpers import random_run_config, random_token_corpus
+
+    corpus = random_token_corpus(tmp_path / "data", 40, seed=4)
+
+    def run(tag: str):
+        cfg = build(RunConfig, random_run_config(corpus, 4, checkpoint={"save_final": False}, grad_clip=grad_clip))
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, tmp_path / tag, log=lambda *_: None)
+        steps = [trainer.train_step() for _ in range(4)]
+        assert getattr(trainer.optimizer, "grad_scale", None) is None
+        weights = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()])
+        return trainer.clip_in_step, [s[key] for s in steps for key in ("loss", "grad_norm")], weights
+
+    folded, folded_steps, folded_weights = run("folded")
+    monkeypatch.setattr(trainer_module, "clips_in_step", lambda optimizer: False)
+    explicit, explicit_steps, explicit_weights = run("explicit")
+    assert folded and not explicit
+    if grad_clip:
+        assert all(norm > grad_clip for norm in explicit_steps[1::2])  # the clip acts on every step
+    assert folded_steps == pytest.approx(explicit_steps, rel=1e-6, abs=0)
+    # Adam divides by √v: a rounding-level gradient difference moves a weight by < 0.1% of one step (lr 3e-3)
+    assert (folded_weights - explicit_weights).abs().max() <= 3e-6

@@ -281,11 +281,14 @@ class Block(nn.Module):
 
 
 def residual_add(branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """x + branch, written into `branch` when both are plain tensors of one dtype: the branch's output is the
-    block's own fresh tensor, which no backward needs, so the residual stream costs no new allocation (~1% of a
-    CPU training step at `small`). The block input `x` is never written (activation checkpointing re-reads it);
-    DTensors, collective outputs and mixed dtypes (a bf16 branch onto an fp32 stream) take the plain add."""
-    if branch.dtype == x.dtype and type(branch) is torch.Tensor and type(x) is torch.Tensor:
+    """x + branch, written into `branch` when both are plain tensors of one dtype and `branch` is not a view: the
+    branch's output is the block's own fresh tensor, which no backward needs, so the residual stream costs no new
+    allocation (~1% of a CPU training step at `small`). The block input `x` is never written (activation
+    checkpointing re-reads it); DTensors, collective outputs, views (the MoE layer returns a slice of its combine
+    buffer, and an in-place write into a view rebases its autograd history: it broke expert parallelism's backward)
+    and mixed dtypes (a bf16 branch onto an fp32 stream) take the plain add."""
+    plain = type(branch) is torch.Tensor and type(x) is torch.Tensor
+    if plain and branch.dtype == x.dtype and branch._base is None:
         return branch.add_(x)
     return x + branch
 

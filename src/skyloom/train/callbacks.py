@@ -43,7 +43,9 @@ class Callback:
         """Gradients of the whole step are accumulated (and synchronised); nothing is clipped yet."""
 
     def pre_optim_step(self, trainer: Trainer) -> None:
-        """The step is finite and clipped; the optimizer is about to update the weights."""
+        """The step is finite and clipped; the optimizer is about to update the weights. (On one process or DDP
+        with the fused AdamW the clip's scaling is applied by the optimizer's kernel: the gradients read here are
+        unscaled, and `trainer.optimizer.grad_scale` holds what they will be divided by, or None.)"""
 
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         """After the update (or the skip); add keys to `metrics` to have them logged with the step."""

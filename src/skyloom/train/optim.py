@@ -84,6 +84,31 @@ def build_optimizer(
     return torch.optim.AdamW(groups, **kwargs)
 
 
+def clips_in_step(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer` can apply gradient clipping inside its own step: a plain fused AdamW over plain tensors
+    divides every gradient by `optimizer.grad_scale` in its kernel (the hook AMP's GradScaler uses), which saves
+    clipping's separate read-modify-write pass over all gradients (~2% of a CPU step at `small` and `base-150m`)."""
+    return (
+        type(optimizer) is torch.optim.AdamW
+        and bool(optimizer.defaults.get("fused"))
+        and all(type(p) is torch.nn.Parameter for g in optimizer.param_groups for p in g["params"])
+    )
+
+
+def clip_in_step(optimizer: torch.optim.Optimizer, parameters, max_norm: float) -> float:
+    """`clip_grad_norm_`'s norm and scaling, the scaling left to the optimizer's next step (`clips_in_step`):
+    grads are divided by (norm + 1e-6) / max_norm when that exceeds 1, as torch multiplies them by its inverse.
+    Returns the total norm before clipping."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        optimizer.grad_scale = None
+        return 0.0
+    norm = torch.nn.utils.get_total_norm(grads, 2.0)
+    divisor = (norm.float() + 1e-6) / max_norm
+    optimizer.grad_scale = divisor if bool(divisor > 1) else None
+    return float(norm)
+
+
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     """Learning rate for optimizer step `step` (0-based) of this session.
 

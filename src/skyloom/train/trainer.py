@@ -47,7 +47,7 @@ from skyloom.train.config import RunConfig
 from skyloom.train.distributed import DistEnv, all_reduce_sum, init_distributed
 from skyloom.train.host_memory import limit_heap_retention, wants_lean_heap
 from skyloom.train.metrics import MetricsLogger
-from skyloom.train.optim import build_optimizer, lr_at, set_lr
+from skyloom.train.optim import build_optimizer, clip_in_step, clips_in_step, lr_at, set_lr
 from skyloom.train.parallel.apply import enable_activation_checkpointing, parallelize  # noqa: F401  (re-exported)
 from skyloom.train.parallel.mesh import build_mesh, data_parallel_rank, sub_mesh
 from skyloom.train.standard_callbacks import default_callbacks
@@ -225,6 +225,8 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.raw_model, cfg.train, zero1=zero1_group is not None, zero1_group=zero1_group, lr_scale_fn=lr_scale_fn
         )
+        # one process or DDP on a fused AdamW: the clip's scaling happens inside the optimizer's kernel
+        self.clip_in_step = self.pipeline is None and p.ep == 1 and clips_in_step(self.optimizer)
 
         self.checkpointer = Checkpointer(
             cfg,
@@ -449,6 +451,8 @@ class Trainer:
             from skyloom.train.parallel.expert import clip_grad_norm_ as clip_with_experts
 
             return float(clip_with_experts(self.model.parameters(), max_norm))
+        if self.clip_in_step:
+            return clip_in_step(self.optimizer, self.model.parameters(), max_norm)
         if self.pipeline is None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
             return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -483,6 +487,8 @@ class Trainer:
             self.bad_steps += 1
             self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
+        if self.clip_in_step:
+            self.optimizer.grad_scale = None
         self.step += 1
         self.tokens += n_global
         metrics = {
