@@ -134,6 +134,18 @@ def _table(title: str, pages, outs, cpu, wall, tokens, halves: bool) -> list[str
     return lines + [""]
 
 
+def _versions() -> str:
+    """The parsers' versions: the libxml2 inside lxml sets most of the parse time (2.14's HTML parser is the one
+    measured here; lxml 5's 2.12/2.13 parse these pages markedly slower)."""
+    from importlib.metadata import version
+
+    from lxml import etree
+
+    libxml2 = ".".join(map(str, etree.LIBXML_VERSION))
+    others = ", ".join(f"{name} {version(name)}" for name in ("trafilatura", "resiliparse"))
+    return f"lxml {version('lxml')} (libxml2 {libxml2}), {others}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.environ.get("SKYLOOM_SHARED_DATA", "../shared/data") + "/extraction")
@@ -159,6 +171,7 @@ def main() -> None:
         "# " + " ".join([".venv/bin/python", *sys.argv]),
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, one core (OMP_NUM_THREADS=1), "
         f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after, {os.cpu_count()} CPUs",
+        f"# {_versions()}",
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
