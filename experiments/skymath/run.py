@@ -193,13 +193,13 @@ def sft0(work: Path, base: Path, a) -> Path:
     return find_checkpoint(run)
 
 
+def eval_set(path: Path) -> dict:
+    return {"path": str(path), "group_by": "steps"}
+
+
 def eval_sets(work: Path) -> dict:
-    d = work / "data"
-    return {
-        "val": {"path": str(d / "val.jsonl"), "group_by": "steps"},
-        "test": {"path": str(d / "test.jsonl"), "group_by": "steps"},
-        "test-all": {"path": str(d / "test-all.jsonl"), "group_by": "steps"},
-    }
+    """val, test and test-all: what sft0 and every arm are evaluated on."""
+    return {s: eval_set(work / "data" / f"{s}.jsonl") for s in SETS}
 
 
 def make_factor_sets(work: Path, a) -> None:
@@ -210,15 +210,18 @@ def make_factor_sets(work: Path, a) -> None:
             write(path, generate(a.val, f"test-{f}", 7 + i, a.max_problem_steps))
 
 
-def eval_factors(work: Path, start: Path) -> dict:
-    """sft0's greedy accuracy on the one-factor test sets → WORK/sft0/eval_factors.json (cached)."""
+def factor_sets(work: Path) -> dict:
+    return {f"test-{f}": eval_set(work / "data" / f"test-{f}.jsonl") for f in FACTORS}
+
+
+def eval_start(work: Path, start: Path, sets: dict, name: str) -> dict:
+    """Greedy accuracy of sft0 (the common starting point) on `sets` → WORK/sft0/NAME (cached)."""
     from skyloom.config import build
     from skyloom.sft.skymath import SkyMathConfig, evaluate_round
 
-    out = work / "sft0" / "eval_factors.json"
+    out = work / "sft0" / name
     if out.is_file():
         return json.loads(out.read_text())
-    sets = {f"test-{f}": {"path": str(work / "data" / f"test-{f}.jsonl"), "group_by": "steps"} for f in FACTORS}
     cfg = build(
         SkyMathConfig,
         {
@@ -226,28 +229,6 @@ def eval_factors(work: Path, start: Path) -> dict:
             "train_data": str(work / "data" / "train.jsonl"),
             "sft": {},
             "eval": {"sets": sets, "max_new_tokens": 128},
-        },
-    )
-    ev = evaluate_round(start, cfg, "skywork")
-    out.write_text(json.dumps(ev) + "\n")
-    return ev
-
-
-def eval_start(work: Path, start: Path) -> dict:
-    """Greedy accuracy of sft0 (the common starting point) on val, test and test-all → WORK/sft0/eval.json (cached)."""
-    from skyloom.config import build
-    from skyloom.sft.skymath import SkyMathConfig, evaluate_round
-
-    out = work / "sft0" / "eval.json"
-    if out.is_file():
-        return json.loads(out.read_text())
-    cfg = build(
-        SkyMathConfig,
-        {
-            "base": str(start),
-            "train_data": str(work / "data" / "train.jsonl"),
-            "sft": {},
-            "eval": {"sets": eval_sets(work), "max_new_tokens": 128},
         },
     )
     ev = evaluate_round(start, cfg, "skywork")
@@ -339,8 +320,7 @@ def report(work: Path, a) -> dict:
     out_dir = work / "results" if a.quick else Path(a.results)
     out_dir.mkdir(exist_ok=True)
     timing = work / "timing.json"
-    sets = SETS
-    probs = {s: problems(work, s) for s in sets}
+    probs = {s: problems(work, s) for s in SETS}
     results: dict = {
         "settings": vars(a),
         "sft0": {},
@@ -351,7 +331,7 @@ def report(work: Path, a) -> dict:
     ev0 = work / "sft0" / "eval.json"
     if ev0.is_file():
         ev = json.loads(ev0.read_text())
-        results["sft0"] = {s: per_group(probs[s], ev[s]["correct"]) for s in sets}
+        results["sft0"] = {s: per_group(probs[s], ev[s]["correct"]) for s in SETS}
     evf = work / "sft0" / "eval_factors.json"
     if evf.is_file():
         ev = json.loads(evf.read_text())
@@ -366,15 +346,15 @@ def report(work: Path, a) -> dict:
             ev = json.loads(f.read_text())
             rounds = [json.loads(line) for line in (d / "rounds.jsonl").read_text().splitlines()]
             results["arms"].setdefault(name, {})[str(seed)] = {
-                **{s: per_group(probs[s], ev[s]["correct"]) for s in sets},
+                **{s: per_group(probs[s], ev[s]["correct"]) for s in SETS},
                 "round": next(r for r in rounds if r["round"] == 1),
             }
-            for s in sets:
+            for s in SETS:
                 correct.setdefault(name, {}).setdefault(s, []).append(ev[s]["correct"])
     complete = [n for n in a.arms if n in correct and len(correct[n]["test"]) == len(a.seeds)]
     for name in complete:
         results["summary"][name] = {}
-        for s in sets:
+        for s in SETS:
             runs = correct[name][s]
             k, n = sum(map(sum, runs)), sum(map(len, runs))
             row = {
@@ -518,11 +498,11 @@ def main() -> None:
         start = sft0(work, base, a)
     print(f"[{time.time() - t0:.0f}s] sft0: {start}", flush=True)
     with timed(work, "eval sft0", (work / "sft0" / "eval.json").is_file()):
-        ev = eval_start(work, start)
+        ev = eval_start(work, start, eval_sets(work), "eval.json")
     print(f"[{time.time() - t0:.0f}s] sft0 accuracy: " + ", ".join(f"{k} {v['acc']:.3f}" for k, v in ev.items()))
     make_factor_sets(work, a)
     with timed(work, "eval sft0 factors", (work / "sft0" / "eval_factors.json").is_file()):
-        ev = eval_factors(work, start)
+        ev = eval_start(work, start, factor_sets(work), "eval_factors.json")
     print(
         f"[{time.time() - t0:.0f}s] sft0 one-factor test sets: "
         + ", ".join(f"{k} {v['acc']:.3f}" for k, v in ev.items())
