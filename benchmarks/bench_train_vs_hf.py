@@ -14,9 +14,13 @@ The limit: skyloom's model alone (same shape, same batches' shape, same precisio
 `F.cross_entropy` over the whole batch's logits, then the same AdamW step — no loader, metrics, clipping or schedule
 — timed in the same rotation. Its forward+backward and its optimizer step are timed apart, so the table gives our
 fraction (and the peer's) of both the bare forward+backward and the bare forward+backward+optimizer step.
+Each side's share of CPU time spent in the OS kernel is printed too: on a CPU it is mostly the zeroing of fresh pages
+the C allocator maps for large tensors, and it moves with the allocator's state from run to run.
+With --compile every transformer block is torch.compile'd on all three sides (eager otherwise).
 
     .venv/bin/python benchmarks/bench_train_vs_hf.py                  # tiny, small and base-150m, this CPU
     .venv/bin/python benchmarks/bench_train_vs_hf.py --presets small --precision bf16 --device cuda
+    .venv/bin/python benchmarks/bench_train_vs_hf.py --presets small --compile --out benchmarks/results/train_vs_hf_compiled.txt
 
 Each preset runs at its own CPU-sized shape unless --seq-len / --global-batch-tokens / --steps say otherwise
 (`PRESET_SHAPES`); the table, the command, the machine's load (`uptime`) and the versions go to --out.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shlex
 import statistics
 import sys
@@ -69,6 +74,7 @@ def skyloom_trainer(preset: str, data_dir: Path, run_dir: Path, args):
                 "precision": args.precision,
                 "device": args.device,
                 "log_every": 10**9,
+                "compile": args.compile,
             },
             "checkpoint": {"every": 0, "save_final": False},
         },
@@ -96,6 +102,9 @@ class HFStep:
         hf_cfg._attn_implementation = "sdpa"
         torch.manual_seed(0)
         self.model = transformers.LlamaForCausalLM(hf_cfg).to(trainer.device).train()
+        if args.compile:  # as skyloom's `train.compile`: each decoder layer on its own
+            for layer in self.model.model.layers:
+                layer.compile()
         groups = [{k: v for k, v in g.items() if k not in ("names", "lr_scale")} for g in param_groups(self.model, 0.1)]
         fused = {"fused": True} if trainer.device.type in ("cpu", "cuda") else {}  # build_optimizer's kernel
         self.opt = torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, **fused)
@@ -136,6 +145,9 @@ class BareStep:
         cfg = trainer.cfg
         torch.manual_seed(0)
         self.model = Transformer(cfg.model).to(trainer.device).train()
+        if args.compile:
+            for layer in self.model.layers:
+                layer.compile()
         self.opt = build_optimizer(self.model, cfg.train)
         g = torch.Generator().manual_seed(1)
         windows = args.global_batch_tokens // args.seq_len
@@ -179,12 +191,13 @@ def bench(preset: str, args) -> dict:
         sides = ("skyloom", "transformers", "bare")
         times = {name: [] for name in (*sides, "bare_fb")}
         cpu = {name: [] for name in times}
+        kernel = {name: 0.0 for name in sides}  # system CPU time: mostly the kernel zeroing freshly mapped pages
         losses = {name: [] for name in sides}
         tokens = args.global_batch_tokens
         for i in range(args.warmup + args.steps):
             order = sides[i % 3 :] + sides[: i % 3]  # one step each, rotating who goes first
             for name in order:
-                t0, c0 = time.perf_counter(), time.process_time()
+                t0, c0, s0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
                 if name == "bare":
                     loss, (fb_wall, fb_cpu, _, _) = bare.step()
                 else:
@@ -193,6 +206,7 @@ def bench(preset: str, args) -> dict:
                 if i >= args.warmup:
                     times[name].append(dt)
                     cpu[name].append(dc)
+                    kernel[name] += resource.getrusage(resource.RUSAGE_SELF).ru_stime - s0
                     if name == "bare":
                         times["bare_fb"].append(fb_wall)
                         cpu["bare_fb"].append(fb_cpu)
@@ -204,6 +218,7 @@ def bench(preset: str, args) -> dict:
             out[name + "_per_cpu_s"] = tokens / statistics.median(cpu[name])
         for name in sides:
             out[name + "_first_loss"] = losses[name][0]
+            out[name + "_system_share"] = kernel[name] / sum(cpu[name])
         out["ratio"] = out["skyloom"] / out["transformers"]
         out["cpu_ratio"] = out["skyloom_per_cpu_s"] / out["transformers_per_cpu_s"]
         for name in ("skyloom", "transformers"):  # fractions of the limit, per CPU-second
@@ -241,6 +256,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--steps", type=int, default=None, help="timed steps per side, rotating (default: PRESET_SHAPES)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side at the start")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every transformer block, on all three sides (skyloom's train.compile; each of "
+        "transformers' decoder layers; the limit's blocks); the warm-up steps absorb the compilation",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results file (table, command, load); '-' = none")
     args = p.parse_args(argv)
@@ -263,10 +284,15 @@ def main(argv=None) -> int:
     say(
         f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
         f"micro-batches of {args.micro_batch}, precision {args.precision}, warm-up {args.warmup} step(s) per side"
+        + (", every block torch.compile'd on every side" if args.compile else ", eager")
     )
     say("tok/s = wall-clock training throughput; tok/CPU-s = tokens per second of process CPU time (robust to a")
     say("machine shared with other work). Limit = skyloom's model alone: bare fwd+bwd (+ AdamW), plain cross-entropy.")
     say("sky/HF = skyloom ÷ transformers; of limit = tok/CPU-s ÷ the bare fwd+bwd+AdamW's (÷ bare fwd+bwd's).")
+    say("system CPU = each side's share of CPU time spent in the OS kernel (sky / HF / limit): on a CPU, mostly the")
+    say(
+        "zeroing of fresh pages that the C allocator maps for large tensors (a whole batch's float32 logits) each step."
+    )
     say(
         f"{'preset':<10} {'params':>12} {'shape':>10} {'sky tok/s':>10} {'HF tok/s':>9} {'sky/HF':>7} "
         f"{'sky tok/CPU-s':>14} {'HF tok/CPU-s':>13} {'sky/HF':>7} {'limit tok/CPU-s':>16} "
@@ -277,7 +303,8 @@ def main(argv=None) -> int:
         r = bench(preset, pa)
         extra = (
             f"first loss {r['skyloom_first_loss']:.3f} / {r['transformers_first_loss']:.3f} / {r['bare_first_loss']:.3f}"
-            f", {'chunked' if r['chunked_loss'] else 'plain'} loss, {pa.steps} steps"
+            f", {'chunked' if r['chunked_loss'] else 'plain'} loss, {pa.steps} steps, system CPU "
+            f"{r['skyloom_system_share']:.1%} / {r['transformers_system_share']:.1%} / {r['bare_system_share']:.1%}"
         )
         if "skyloom_mfu" in r:
             extra += f", MFU {r['skyloom_mfu']:.1%} / {r['transformers_mfu']:.1%}"

@@ -137,6 +137,33 @@ def test_model_logits_and_gradients_equal_autograd(monkeypatch):
     assert_close(fast, reference, rtol=1e-5)  # 2 layers of float rounding on top of each op's 1e-7
 
 
+def test_compiled_blocks_trace_the_plain_formulations_and_match_eager():
+    """Under torch.compile the kernels step aside (a hand-written autograd Function is a fusion boundary to the
+    compiler): the plain formulations are traced, and the compiled model gives eager's logits and gradients."""
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def kernels_chosen(x):
+        return x + 1 if transformer._plain_fp32(x) else x - 1
+
+    assert kernels_chosen(torch.zeros(1)).item() == -1
+    assert transformer._plain_fp32(torch.zeros(1))  # eager: the kernels
+
+    cfg = build(ModelConfig, {"preset": "tiny", "vocab_size": 97, "dim": 32, "ffn_dim": 88, "n_layers": 2})
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(2))
+
+    def run(compiled: bool):
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+        if compiled:
+            for layer in model.layers:
+                layer.compile()
+        logits = model(ids)
+        torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 97), ids[:, 1:].reshape(-1)).backward()
+        return [logits.detach()] + [p.grad for p in model.parameters()]
+
+    assert_close(run(compiled=True), run(compiled=False), rtol=1e-5)
+
+
 def test_trainer_losses_unchanged(monkeypatch, tmp_path):
     corpus = random_token_corpus(tmp_path / "data", 40, seed=4)
 

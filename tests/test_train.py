@@ -235,7 +235,7 @@ def test_clipping_inside_the_fused_step_equals_clip_grad_norm(grad_clip, tmp_pat
         steps = [trainer.train_step() for _ in range(4)]
         assert getattr(trainer.optimizer, "grad_scale", None) is None
         weights = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()])
-        return trainer.clip_in_step, [s[key] for s in steps for key in ("loss", "grad_norm")], weights
+        return trainer.clip_folded, [s[key] for s in steps for key in ("loss", "grad_norm")], weights
 
     folded, folded_steps, folded_weights = run("folded")
     monkeypatch.setattr(trainer_module, "clips_in_step", lambda optimizer: False)

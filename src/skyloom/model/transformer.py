@@ -59,7 +59,11 @@ def init_normal_(param: torch.Tensor, base: int, name: str, std: float) -> None:
 
 
 def _plain_fp32(*tensors: torch.Tensor) -> bool:
-    """Float32 tensors that are not DTensors (tensor parallelism): the hand-written kernels of this module apply."""
+    """Float32 tensors that are not DTensors (tensor parallelism), in eager mode: the hand-written kernels of this
+    module apply. Under torch.compile the plain formulations are traced instead, which the compiler fuses whole
+    (a hand-written autograd Function is a fusion boundary to it)."""
+    if torch.compiler.is_compiling():
+        return False
     return all(t.dtype == torch.float32 and not hasattr(t, "to_local") for t in tensors)
 
 

@@ -226,7 +226,7 @@ class Trainer:
             self.raw_model, cfg.train, zero1=zero1_group is not None, zero1_group=zero1_group, lr_scale_fn=lr_scale_fn
         )
         # one process or DDP on a fused AdamW: the clip's scaling happens inside the optimizer's kernel
-        self.clip_in_step = self.pipeline is None and p.ep == 1 and clips_in_step(self.optimizer)
+        self.clip_folded = self.pipeline is None and p.ep == 1 and clips_in_step(self.optimizer)
 
         self.checkpointer = Checkpointer(
             cfg,
@@ -451,7 +451,7 @@ class Trainer:
             from skyloom.train.parallel.expert import clip_grad_norm_ as clip_with_experts
 
             return float(clip_with_experts(self.model.parameters(), max_norm))
-        if self.clip_in_step:
+        if self.clip_folded:
             return clip_in_step(self.optimizer, self.model.parameters(), max_norm)
         if self.pipeline is None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -487,7 +487,7 @@ class Trainer:
             self.bad_steps += 1
             self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
-        if self.clip_in_step:
+        if self.clip_folded:
             self.optimizer.grad_scale = None
         self.step += 1
         self.tokens += n_global
