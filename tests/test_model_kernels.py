@@ -154,9 +154,9 @@ def test_compiled_blocks_trace_the_plain_formulations_and_match_eager():
     def run(compiled: bool):
         torch.manual_seed(0)
         model = Transformer(cfg)
-        if compiled:
+        if compiled:  # traced as torch.compile traces it; run without code generation (no C++ compiler needed)
             for layer in model.layers:
-                layer.compile()
+                layer.compile(backend="aot_eager")
         logits = model(ids)
         torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 97), ids[:, 1:].reshape(-1)).backward()
         return [logits.detach()] + [p.grad for p in model.parameters()]
