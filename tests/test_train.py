@@ -9,11 +9,20 @@ import pytest
 import torch
 
 from skyloom.model.transformer import Transformer
+from skyloom.train import trainer as trainer_module
 from skyloom.train.callbacks import Callback, InjectNonFinite
 from skyloom.train.config import TrainConfig
 from skyloom.train.optim import lr_at, param_groups
 from skyloom.train.trainer import Trainer, TrainingAborted
-from tests.train_helpers import build_run_config, read_metrics, single_thread, tiny_run_config, train_corpus  # noqa: F401
+from tests.train_helpers import (  # noqa: F401
+    build_run_config,
+    random_run_config,
+    random_token_corpus,
+    read_metrics,
+    single_thread,
+    tiny_run_config,
+    train_corpus,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -221,15 +230,10 @@ def test_clipping_inside_the_fused_step_equals_clip_grad_norm(grad_clip, tmp_pat
     """The fused AdamW divides the gradients by the clip's factor in its kernel (no separate pass over them): the
     same norms, losses and weights as torch's clip_grad_norm_ before the step, to rounding; the factor lives only
     for its step. grad_clip 0.05 clips every step here; 0 (no clipping) never scales."""
-    from skyloom.config import build
-    from skyloom.train import trainer as trainer_module
-    from skyloom.train.config import RunConfig
-    from tests.train_helpers import random_run_config, random_token_corpus
-
     corpus = random_token_corpus(tmp_path / "data", 40, seed=4)
 
     def run(tag: str):
-        cfg = build(RunConfig, random_run_config(corpus, 4, checkpoint={"save_final": False}, grad_clip=grad_clip))
+        cfg = build_run_config(random_run_config(corpus, 4, checkpoint={"save_final": False}, grad_clip=grad_clip))
         torch.manual_seed(0)
         trainer = Trainer(cfg, tmp_path / tag, log=lambda *_: None)
         steps = [trainer.train_step() for _ in range(4)]
